@@ -1,0 +1,193 @@
+//! Expansion of `#[aggregate]` (and of a `#[handles]` found outside of one).
+
+use crate::internals::Ctxt;
+use crate::internals::ast::{Aggregate, Handler};
+use crate::internals::attr::UnknownEvents;
+use proc_macro2::TokenStream;
+use quote::{ToTokens, quote, quote_spanned};
+use syn::ext::IdentExt;
+use syn::spanned::Spanned;
+
+pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
+    let item: syn::ItemImpl = match syn::parse2(input.clone()) {
+        Ok(item) => item,
+        Err(_) => {
+            // Keep the user's item so that the rest of their code still resolves.
+            let error = syn::Error::new(
+                proc_macro2::Span::call_site(),
+                "`#[aggregate]` goes on an inherent impl block: `#[aggregate] impl BankAccount { ... }`",
+            );
+            let error = error.into_compile_error();
+            return quote!(#error #input);
+        }
+    };
+
+    let cx = Ctxt::new();
+    let aggregate = Aggregate::from_ast(&cx, args, item);
+    let errors = cx.into_compile_errors();
+    let item = &aggregate.item;
+    let generated = if aggregate.expandable {
+        generate(&aggregate)
+    } else {
+        TokenStream::new()
+    };
+    quote! {
+        #errors
+        #item
+        #generated
+    }
+}
+
+/// `#[handles]` on its own: only ever reached outside an `#[aggregate]` impl block, because
+/// `#[aggregate]` removes the markers before they expand.
+pub(crate) fn stray_handles(input: TokenStream) -> TokenStream {
+    let error = syn::Error::new(
+        proc_macro2::Span::call_site(),
+        "`#[handles]` must be used inside an `#[aggregate]` impl block",
+    )
+    .into_compile_error();
+    quote!(#error #input)
+}
+
+fn generate(aggregate: &Aggregate) -> TokenStream {
+    let item = &aggregate.item;
+    let krate = aggregate
+        .attrs
+        .krate
+        .clone()
+        .unwrap_or_else(|| syn::parse_quote!(::eventsource));
+    let self_ty = &item.self_ty;
+    let (impl_generics, _, where_clause) = item.generics.split_for_impl();
+    let name = match &aggregate.attrs.name {
+        Some(lit) => lit.value(),
+        None => type_name(self_ty),
+    };
+    let id = match &aggregate.attrs.id {
+        Some(ty) => ty.to_token_stream(),
+        None => quote!(#krate::Uuid),
+    };
+    let policy = match aggregate.attrs.unknown_events {
+        UnknownEvents::Error => quote!(Error),
+        UnknownEvents::Warn => quote!(Warn),
+        UnknownEvents::Ignore => quote!(Ignore),
+    };
+
+    let handlers: Vec<&Handler> = aggregate.handlers.iter().filter(|h| !h.duplicate).collect();
+    let valid: Vec<&Handler> = handlers.iter().copied().filter(|h| h.valid).collect();
+    let retired = &aggregate.attrs.retired;
+    let handled_names = valid.iter().map(|h| {
+        let event = &h.event;
+        quote!(<#event as #krate::DomainEvent>::EVENT_TYPE)
+    });
+    let dispatch = valid.iter().map(|h| {
+        let event = &h.event;
+        let method = &h.method;
+        quote! {
+            if #krate::__private::named::<#event>(__event.event_type) {
+                let __decoded = #krate::__private::decode_stored::<#event>(__event)?;
+                Self::#method(self, &__decoded);
+                return #krate::__private::Ok(());
+            }
+        }
+    });
+    let handles_impls = handlers.iter().map(|h| {
+        let event = &h.event;
+        let method = &h.method;
+        let body = if h.valid {
+            quote!(Self::#method(self, event))
+        } else {
+            // The signature error is already reported; this stub only avoids a cascade of
+            // "does not handle" errors at every `record` of this event.
+            quote!(let _ = event;)
+        };
+        quote! {
+            #[automatically_derived]
+            impl #impl_generics #krate::Handles<#event> for #self_ty #where_clause {
+                #[inline]
+                fn handle(&mut self, event: &#event) {
+                    #body
+                }
+            }
+        }
+    });
+    let checks = compile_time_checks(&krate, &name, &handlers);
+
+    quote! {
+        #[doc(hidden)]
+        const _: () = {
+            #[automatically_derived]
+            impl #impl_generics #krate::Aggregate for #self_ty #where_clause {
+                const TYPE: &'static str = #name;
+                type Id = #id;
+                const UNKNOWN_EVENTS: #krate::UnknownEvents = #krate::UnknownEvents::#policy;
+                const HANDLED_EVENTS: &'static [&'static str] = &[#(#handled_names),*];
+                const RETIRED_EVENTS: &'static [&'static str] = &[#(#retired),*];
+
+                fn apply(
+                    &mut self,
+                    __event: #krate::EventView<'_>,
+                ) -> #krate::__private::Result<(), #krate::Error> {
+                    #(#dispatch)*
+                    #krate::__private::unhandled_event::<Self>(__event)
+                }
+            }
+
+            #(#handles_impls)*
+
+            #checks
+        };
+    }
+}
+
+/// Checks that need the events' constants, so they run in const evaluation: no two handled
+/// event types share a stored name (dispatch is by name), and an event that names its aggregate
+/// is handled only by that aggregate.
+fn compile_time_checks(krate: &syn::Path, name: &str, handlers: &[&Handler]) -> TokenStream {
+    let mut checks = TokenStream::new();
+    for (i, later) in handlers.iter().enumerate() {
+        let later_ty = &later.event;
+        let later_str = later_ty.to_token_stream().to_string();
+        let span = later_ty.span();
+        for earlier in &handlers[..i] {
+            let earlier_ty = &earlier.event;
+            let earlier_str = earlier_ty.to_token_stream().to_string();
+            let message = format!(
+                "`{later_str}` and `{earlier_str}` are both handled by `{name}` but share a stored event name (or alias): rename one with #[event(name = \"...\")]"
+            );
+            checks.extend(quote_spanned! {span=>
+                const _: () = ::core::assert!(
+                    !#krate::__private::names_overlap(
+                        <#later_ty as #krate::DomainEvent>::EVENT_TYPE,
+                        <#later_ty as #krate::DomainEvent>::ALIASES,
+                        <#earlier_ty as #krate::DomainEvent>::EVENT_TYPE,
+                        <#earlier_ty as #krate::DomainEvent>::ALIASES,
+                    ),
+                    #message
+                );
+            });
+        }
+        let message = format!(
+            "`{later_str}` is handled by aggregate `{name}`, but its #[event(aggregate = \"...\")] names another aggregate"
+        );
+        checks.extend(quote_spanned! {span=>
+            const _: () = ::core::assert!(
+                #krate::__private::belongs_to(<#later_ty as #krate::DomainEvent>::AGGREGATE_TYPE, #name),
+                #message
+            );
+        });
+    }
+    checks
+}
+
+/// The aggregate's default name: the last segment of its type (`crate::bank::Account` -> `Account`).
+fn type_name(ty: &syn::Type) -> String {
+    match ty {
+        syn::Type::Path(path) => path
+            .path
+            .segments
+            .last()
+            .map(|segment| segment.ident.unraw().to_string())
+            .unwrap_or_default(),
+        other => other.to_token_stream().to_string(),
+    }
+}

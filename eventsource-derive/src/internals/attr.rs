@@ -1,0 +1,406 @@
+//! Parsing of `#[event(...)]` and `#[aggregate(...)]` arguments.
+//!
+//! Unknown keys and duplicates are recorded in the [`Ctxt`] and parsing goes on, so that every
+//! mistake of one attribute is reported in the same compiler run.
+
+use super::Ctxt;
+use super::symbol::{
+    AGGREGATE, ALIAS, CRATE, EVENT, FROM, ID, JSON, NAME, RETIRED, Symbol, UNKNOWN_EVENTS, UPCAST,
+    VERSION,
+};
+use proc_macro2::{Span, TokenStream};
+use quote::ToTokens;
+use syn::meta::ParseNestedMeta;
+use syn::parse::Parser;
+use syn::{Attribute, Expr, Lit, LitInt, LitStr, Token};
+
+/// One attribute key: remembers its value and reports a second occurrence.
+struct Attr<'c, T> {
+    cx: &'c Ctxt,
+    attribute: Symbol,
+    key: Symbol,
+    value: Option<T>,
+}
+
+impl<'c, T> Attr<'c, T> {
+    fn none(cx: &'c Ctxt, attribute: Symbol, key: Symbol) -> Self {
+        Attr {
+            cx,
+            attribute,
+            key,
+            value: None,
+        }
+    }
+
+    fn set<A: ToTokens>(&mut self, key_tokens: A, value: T) {
+        if self.value.is_some() {
+            self.cx.error_spanned_by(
+                key_tokens,
+                format!(
+                    "duplicate `{}` in #[{}(...)]: each key may be given once",
+                    self.key, self.attribute
+                ),
+            );
+        } else {
+            self.value = Some(value);
+        }
+    }
+
+    fn get(self) -> Option<T> {
+        self.value
+    }
+}
+
+/// A schema version (`version = N`), at least 1, with the span of its literal.
+#[derive(Clone, Copy)]
+pub(crate) struct Version {
+    pub(crate) value: u32,
+    pub(crate) span: Span,
+}
+
+/// How payloads stored at an older schema version reach the next version.
+pub(crate) enum UpcastStep {
+    /// `from = Type`: the payload decodes as `Type`, converted to the next version's type with
+    /// `TryFrom` (or `From`).
+    Typed(syn::Type),
+    /// `json = function`: the payload's JSON is rewritten by `function` into the next version's.
+    Json(syn::Path),
+}
+
+/// One `upcast(...)` of `#[event(...)]`.
+pub(crate) struct Upcast {
+    pub(crate) keyword: syn::Path,
+    pub(crate) version: Version,
+    pub(crate) step: UpcastStep,
+}
+
+/// The arguments of `#[event(...)]` on a `#[derive(DomainEvent)]` type.
+pub(crate) struct EventAttrs {
+    pub(crate) name: Option<LitStr>,
+    pub(crate) version: Option<Version>,
+    pub(crate) aggregate: Option<LitStr>,
+    pub(crate) krate: Option<syn::Path>,
+    pub(crate) upcasts: Vec<Upcast>,
+    pub(crate) aliases: Vec<LitStr>,
+}
+
+impl EventAttrs {
+    pub(crate) fn from_attrs(cx: &Ctxt, attrs: &[Attribute]) -> Self {
+        let mut name = Attr::none(cx, EVENT, NAME);
+        let mut version = Attr::none(cx, EVENT, VERSION);
+        let mut aggregate = Attr::none(cx, EVENT, AGGREGATE);
+        let mut krate = Attr::none(cx, EVENT, CRATE);
+        let mut upcasts = Vec::new();
+        let mut aliases = Vec::new();
+
+        for attr in attrs.iter().filter(|attr| attr.path() == EVENT) {
+            if let syn::Meta::Path(path) = &attr.meta {
+                cx.error_spanned_by(
+                    path,
+                    "expected arguments: #[event(name = \"...\", version = N, aggregate = \"...\")]",
+                );
+                continue;
+            }
+            let result = attr.parse_nested_meta(|meta| {
+                if meta.path == NAME {
+                    if let Some(lit) = parse_non_empty_str(cx, &meta, NAME)? {
+                        name.set(&meta.path, lit);
+                    }
+                } else if meta.path == VERSION {
+                    if let Some(v) = parse_version(cx, &meta)? {
+                        version.set(&meta.path, v);
+                    }
+                } else if meta.path == AGGREGATE {
+                    if let Some(lit) = parse_non_empty_str(cx, &meta, AGGREGATE)? {
+                        aggregate.set(&meta.path, lit);
+                    }
+                } else if meta.path == CRATE {
+                    if let Some(path) = parse_crate_path(cx, &meta)? {
+                        krate.set(&meta.path, path);
+                    }
+                } else if meta.path == UPCAST {
+                    upcasts.extend(parse_upcast(cx, &meta)?);
+                } else if meta.path == ALIAS {
+                    aliases.extend(parse_non_empty_str(cx, &meta, ALIAS)?);
+                } else {
+                    unknown_key(
+                        cx,
+                        &meta,
+                        EVENT,
+                        &[NAME, VERSION, AGGREGATE, UPCAST, ALIAS, CRATE],
+                    )?;
+                }
+                Ok(())
+            });
+            if let Err(err) = result {
+                cx.syn_error(err);
+            }
+        }
+
+        EventAttrs {
+            name: name.get(),
+            version: version.get(),
+            aggregate: aggregate.get(),
+            krate: krate.get(),
+            upcasts,
+            aliases,
+        }
+    }
+}
+
+/// `upcast(from = Type, version = N)` or `upcast(json = function, version = N)`.
+fn parse_upcast(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<Upcast>> {
+    let mut from = Attr::none(cx, UPCAST, FROM);
+    let mut json = Attr::none(cx, UPCAST, JSON);
+    let mut version = Attr::none(cx, UPCAST, VERSION);
+    meta.parse_nested_meta(|inner| {
+        if inner.path == FROM {
+            let ty: syn::Type = inner.value()?.parse()?;
+            from.set(&inner.path, ty);
+        } else if inner.path == JSON {
+            let function: syn::Path = inner.value()?.parse()?;
+            json.set(&inner.path, function);
+        } else if inner.path == VERSION {
+            if let Some(v) = parse_version(cx, &inner)? {
+                version.set(&inner.path, v);
+            }
+        } else {
+            unknown_key(cx, &inner, UPCAST, &[FROM, JSON, VERSION])?;
+        }
+        Ok(())
+    })?;
+    let step = match (from.get(), json.get()) {
+        (Some(ty), None) => UpcastStep::Typed(ty),
+        (None, Some(function)) => UpcastStep::Json(function),
+        (Some(_), Some(_)) => {
+            cx.error_spanned_by(
+                &meta.path,
+                "an upcast takes either `from = OldType` or `json = function`, not both",
+            );
+            return Ok(None);
+        }
+        (None, None) => {
+            cx.error_spanned_by(
+                &meta.path,
+                "an upcast needs `from = OldType` (a typed conversion) or `json = function` (a JSON rewrite)",
+            );
+            return Ok(None);
+        }
+    };
+    let Some(version) = version.get() else {
+        cx.error_spanned_by(
+            &meta.path,
+            "an upcast needs the schema version it decodes: `upcast(from = OldType, version = 1)`",
+        );
+        return Ok(None);
+    };
+    Ok(Some(Upcast {
+        keyword: meta.path.clone(),
+        version,
+        step,
+    }))
+}
+
+/// What a stored event of a type the aggregate does not handle does on load.
+#[derive(Clone, Copy)]
+pub(crate) enum UnknownEvents {
+    Error,
+    Warn,
+    Ignore,
+}
+
+/// The arguments of `#[aggregate(...)]`.
+pub(crate) struct AggregateAttrs {
+    pub(crate) name: Option<LitStr>,
+    pub(crate) id: Option<syn::Type>,
+    pub(crate) unknown_events: UnknownEvents,
+    pub(crate) retired: Vec<LitStr>,
+    pub(crate) krate: Option<syn::Path>,
+}
+
+impl AggregateAttrs {
+    pub(crate) fn from_args(cx: &Ctxt, args: TokenStream) -> Self {
+        let mut name = Attr::none(cx, AGGREGATE, NAME);
+        let mut id = Attr::none(cx, AGGREGATE, ID);
+        let mut unknown_events = Attr::none(cx, AGGREGATE, UNKNOWN_EVENTS);
+        let mut krate = Attr::none(cx, AGGREGATE, CRATE);
+        let mut retired = Vec::new();
+
+        let parser = syn::meta::parser(|meta| {
+            if meta.path == NAME {
+                if let Some(lit) = parse_non_empty_str(cx, &meta, NAME)? {
+                    name.set(&meta.path, lit);
+                }
+            } else if meta.path == ID {
+                let ty: syn::Type = meta.value()?.parse()?;
+                id.set(&meta.path, ty);
+            } else if meta.path == UNKNOWN_EVENTS {
+                let lit = parse_str(cx, &meta, UNKNOWN_EVENTS)?;
+                let policy = lit.as_ref().and_then(|lit| match lit.value().as_str() {
+                    "error" => Some(UnknownEvents::Error),
+                    "warn" => Some(UnknownEvents::Warn),
+                    "ignore" => Some(UnknownEvents::Ignore),
+                    _ => {
+                        cx.error_spanned_by(
+                            lit,
+                            "unknown policy: expected `\"error\"`, `\"warn\"` or `\"ignore\"`",
+                        );
+                        None
+                    }
+                });
+                if let Some(policy) = policy {
+                    unknown_events.set(&meta.path, policy);
+                }
+            } else if meta.path == CRATE {
+                if let Some(path) = parse_crate_path(cx, &meta)? {
+                    krate.set(&meta.path, path);
+                }
+            } else if meta.path == RETIRED {
+                // retired = ["OldEvent", "OtherOldEvent"]
+                let list: syn::ExprArray = meta.value()?.parse()?;
+                for element in list.elems {
+                    match element {
+                        Expr::Lit(syn::ExprLit {
+                            lit: Lit::Str(lit), ..
+                        }) => retired.push(lit),
+                        other => cx.error_spanned_by(
+                            other,
+                            "expected the stored name of a retired event: `retired = [\"OldEvent\"]`",
+                        ),
+                    }
+                }
+            } else {
+                unknown_key(
+                    cx,
+                    &meta,
+                    AGGREGATE,
+                    &[NAME, ID, UNKNOWN_EVENTS, RETIRED, CRATE],
+                )?;
+            }
+            Ok(())
+        });
+        if let Err(err) = parser.parse2(args) {
+            cx.syn_error(err);
+        }
+
+        AggregateAttrs {
+            name: name.get(),
+            id: id.get(),
+            unknown_events: unknown_events.get().unwrap_or(UnknownEvents::Error),
+            retired,
+            krate: krate.get(),
+        }
+    }
+}
+
+/// Reports an unknown key and skips its value, so that the keys after it are still checked.
+fn unknown_key(
+    cx: &Ctxt,
+    meta: &ParseNestedMeta,
+    attribute: Symbol,
+    expected: &[Symbol],
+) -> syn::Result<()> {
+    let expected: Vec<String> = expected
+        .iter()
+        .map(|s| format!("`{}`", s.as_str()))
+        .collect();
+    let key = meta.path.to_token_stream().to_string().replace(' ', "");
+    cx.error_spanned_by(
+        &meta.path,
+        format!(
+            "unknown key `{key}` in #[{attribute}(...)]; expected one of: {}",
+            expected.join(", ")
+        ),
+    );
+    if meta.input.peek(Token![=]) {
+        meta.value()?.parse::<Expr>()?;
+    } else if meta.input.peek(syn::token::Paren) {
+        let content;
+        syn::parenthesized!(content in meta.input);
+        content.parse::<TokenStream>()?;
+    }
+    Ok(())
+}
+
+fn parse_str(cx: &Ctxt, meta: &ParseNestedMeta, key: Symbol) -> syn::Result<Option<LitStr>> {
+    let expr: Expr = meta.value()?.parse()?;
+    match expr {
+        Expr::Lit(syn::ExprLit {
+            lit: Lit::Str(lit), ..
+        }) => Ok(Some(lit)),
+        other => {
+            cx.error_spanned_by(
+                other,
+                format!("expected a string literal: `{key} = \"...\"`"),
+            );
+            Ok(None)
+        }
+    }
+}
+
+fn parse_non_empty_str(
+    cx: &Ctxt,
+    meta: &ParseNestedMeta,
+    key: Symbol,
+) -> syn::Result<Option<LitStr>> {
+    let lit = parse_str(cx, meta, key)?;
+    if let Some(lit) = &lit
+        && lit.value().trim().is_empty()
+    {
+        cx.error_spanned_by(lit, format!("`{key}` cannot be empty"));
+        return Ok(None);
+    }
+    Ok(lit)
+}
+
+fn parse_version(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<Version>> {
+    let expr: Expr = meta.value()?.parse()?;
+    let lit: LitInt = match expr {
+        Expr::Lit(syn::ExprLit {
+            lit: Lit::Int(lit), ..
+        }) => lit,
+        other => {
+            cx.error_spanned_by(other, "expected an integer literal: `version = 2`");
+            return Ok(None);
+        }
+    };
+    // Stored as a 32-bit signed integer (PostgreSQL `INTEGER`).
+    match lit
+        .base10_parse::<u32>()
+        .ok()
+        .filter(|v| *v <= i32::MAX as u32)
+        .ok_or(())
+    {
+        Ok(0) => {
+            cx.error_spanned_by(
+                &lit,
+                "schema versions start at 1: `version = 0` is not a valid version",
+            );
+            Ok(None)
+        }
+        Ok(value) => Ok(Some(Version {
+            value,
+            span: lit.span(),
+        })),
+        Err(_) => {
+            cx.error_spanned_by(&lit, "a schema version is a number from 1 to 2147483647");
+            Ok(None)
+        }
+    }
+}
+
+fn parse_crate_path(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<syn::Path>> {
+    let Some(lit) = parse_str(cx, meta, CRATE)? else {
+        return Ok(None);
+    };
+    match lit.parse::<syn::Path>() {
+        Ok(path) => Ok(Some(path)),
+        Err(_) => {
+            cx.error_spanned_by(
+                &lit,
+                "expected a path to the eventsource crate, such as `\"::my_app::eventsource\"`",
+            );
+            Ok(None)
+        }
+    }
+}

@@ -1,0 +1,57 @@
+use std::fmt::{self, Display};
+use syn::{Ident, Path};
+
+/// An attribute keyword, named once here so that parsing and messages cannot drift apart.
+#[derive(Copy, Clone)]
+pub(crate) struct Symbol(&'static str);
+
+pub(crate) const EVENT: Symbol = Symbol("event");
+pub(crate) const HANDLES: Symbol = Symbol("handles");
+
+pub(crate) const NAME: Symbol = Symbol("name");
+pub(crate) const VERSION: Symbol = Symbol("version");
+pub(crate) const AGGREGATE: Symbol = Symbol("aggregate");
+pub(crate) const CRATE: Symbol = Symbol("crate");
+pub(crate) const ID: Symbol = Symbol("id");
+pub(crate) const UNKNOWN_EVENTS: Symbol = Symbol("unknown_events");
+pub(crate) const UPCAST: Symbol = Symbol("upcast");
+pub(crate) const FROM: Symbol = Symbol("from");
+pub(crate) const JSON: Symbol = Symbol("json");
+pub(crate) const ALIAS: Symbol = Symbol("alias");
+pub(crate) const RETIRED: Symbol = Symbol("retired");
+
+impl Symbol {
+    pub(crate) fn as_str(self) -> &'static str {
+        self.0
+    }
+}
+
+impl PartialEq<Symbol> for Ident {
+    fn eq(&self, word: &Symbol) -> bool {
+        self == word.0
+    }
+}
+
+impl PartialEq<Symbol> for &Ident {
+    fn eq(&self, word: &Symbol) -> bool {
+        *self == word.0
+    }
+}
+
+impl PartialEq<Symbol> for Path {
+    fn eq(&self, word: &Symbol) -> bool {
+        self.is_ident(word.0)
+    }
+}
+
+impl PartialEq<Symbol> for &Path {
+    fn eq(&self, word: &Symbol) -> bool {
+        self.is_ident(word.0)
+    }
+}
+
+impl Display for Symbol {
+    fn fmt(&self, formatter: &mut fmt::Formatter) -> fmt::Result {
+        formatter.write_str(self.0)
+    }
+}

@@ -1,0 +1,283 @@
+//! Event sourcing for Rust: annotate plain types, get an event-sourced system whose event
+//! dispatch is checked by the compiler.
+//!
+//! - `#[derive(DomainEvent)]` names an event, versions its schema and registers it.
+//! - `#[aggregate]` on an impl block, `#[handles]` on its methods: the generated dispatch applies
+//!   stored events, and recording an event the aggregate has no handler for does not compile.
+//! - [`Repository`] loads aggregates from an [`EventStore`] and saves what they recorded, with
+//!   optimistic concurrency.
+//!
+//! ```
+//! use eventsource::prelude::*;
+//! use serde::{Deserialize, Serialize};
+//!
+//! #[derive(DomainEvent, Serialize, Deserialize, Debug)]
+//! struct AccountOpened { owner: String }
+//!
+//! #[derive(DomainEvent, Serialize, Deserialize, Debug)]
+//! struct Deposited { amount: i64 }
+//!
+//! #[derive(Default, Debug)]
+//! struct BankAccount { owner: String, balance: i64 }
+//!
+//! #[aggregate]
+//! impl BankAccount {
+//!     #[handles]
+//!     fn opened(&mut self, event: &AccountOpened) { self.owner = event.owner.clone(); }
+//!     #[handles]
+//!     fn deposited(&mut self, event: &Deposited) { self.balance += event.amount; }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> eventsource::Result<()> {
+//! let repo = Repository::<BankAccount, _>::new(InMemoryEventStore::new());
+//! let id = Uuid::now_v7();
+//! let mut account = repo.create(id);
+//! account.record(AccountOpened { owner: "Ada".into() });
+//! account.record(Deposited { amount: 500 });
+//! repo.save(&mut account).await?;
+//!
+//! let account = repo.load(id).await?;
+//! assert_eq!(account.state().balance, 500);
+//! assert_eq!(account.version(), 2);
+//! # Ok(())
+//! # }
+//! ```
+//!
+//! Where things live: an event is encoded in [`aggregate`](mod@aggregate) (`Root::record`, then
+//! `Root::encode_pending` at save), stored by a backend in [`store`], decoded by the
+//! `DomainEvent::decode` the derive generates, and dispatched by the `Aggregate::apply`
+//! that `#[aggregate]` generates.
+
+#![warn(missing_docs, unreachable_pub, missing_debug_implementations)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+#![forbid(unsafe_code)]
+
+extern crate self as eventsource;
+
+pub mod aggregate;
+pub mod error;
+pub mod event;
+pub mod registry;
+pub mod repository;
+pub mod store;
+
+pub use aggregate::{
+    Aggregate, AggregateId, AppliesTo, Handles, PendingEvent, Root, UnknownEvents,
+};
+pub use error::{DecodeError, Error, Result};
+pub use event::{DomainEvent, EventView, Metadata, NewEvent, RecordedEvent};
+pub use registry::{EventRegistry, EventType};
+pub use repository::Repository;
+pub use store::memory::InMemoryEventStore;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub use store::postgres::PostgresEventStore;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub use store::sqlite::SqliteEventStore;
+pub use store::{AppendResult, EventStore, ExpectedVersion, ReadAll, StreamId, StreamQuery};
+
+pub use chrono;
+pub use uuid::{self, Uuid};
+
+#[cfg(feature = "derive")]
+pub use eventsource_derive::{DomainEvent, aggregate, handles};
+
+/// Everything an application needs: `use eventsource::prelude::*;`.
+pub mod prelude {
+    #[cfg(feature = "derive")]
+    pub use eventsource_derive::{aggregate, handles};
+
+    // The trait and, with the `derive` feature, the derive macro of the same name.
+    #[cfg(feature = "postgres")]
+    pub use crate::PostgresEventStore;
+    #[cfg(feature = "sqlite")]
+    pub use crate::SqliteEventStore;
+    pub use crate::{
+        Aggregate, DomainEvent, Error, EventStore, ExpectedVersion, Handles, InMemoryEventStore,
+        Metadata, ReadAll, RecordedEvent, Repository, Root, StreamId, StreamQuery, Uuid,
+    };
+}
+
+/// Support for the generated code. Not public API: no semver promise.
+#[doc(hidden)]
+pub mod __private {
+    pub use core::option::Option::{self, None, Some};
+    pub use core::result::Result::{self, Err, Ok};
+    pub use inventory;
+
+    pub use crate::registry::EventType;
+
+    use crate::aggregate::{Aggregate, UnknownEvents};
+    use crate::error::{DecodeError, Error};
+    use crate::event::{DomainEvent, EventView};
+
+    pub use serde_json::Value;
+
+    /// Whether `name` is `E`'s stored name or one of its aliases.
+    #[inline]
+    pub fn named<E: DomainEvent>(name: &str) -> bool {
+        name == E::EVENT_TYPE || E::ALIASES.contains(&name)
+    }
+
+    /// Deserializes a stored payload.
+    #[inline]
+    pub fn from_json<T: serde::de::DeserializeOwned>(payload: &str) -> Result<T, DecodeError> {
+        serde_json::from_str(payload).map_err(DecodeError::Payload)
+    }
+
+    /// Deserializes a payload rewritten by a JSON upcaster.
+    pub fn from_value<T: serde::de::DeserializeOwned>(value: Value) -> Result<T, DecodeError> {
+        serde_json::from_value(value).map_err(DecodeError::Payload)
+    }
+
+    /// Serializes an intermediate version for a JSON upcaster.
+    pub fn to_json<T: serde::Serialize>(value: T) -> Result<Value, DecodeError> {
+        serde_json::to_value(value).map_err(DecodeError::Payload)
+    }
+
+    /// The bound of a typed upcast step, on the older type so that a missing conversion is
+    /// reported in our words (the same reason as `AppliesTo`).
+    #[diagnostic::on_unimplemented(
+        message = "no conversion from `{Self}` to `{T}` for the upcast chain",
+        label = "`{T}` cannot be built from `{Self}`",
+        note = "implement `From<{Self}> for {T}` (or `TryFrom`, with an error type that implements `std::error::Error`)"
+    )]
+    pub trait UpcastInto<T> {
+        /// Converts to the next schema version's type.
+        fn upcast_into(self) -> Result<T, Box<dyn std::error::Error + Send + Sync + 'static>>;
+    }
+
+    impl<P, T> UpcastInto<T> for P
+    where
+        T: TryFrom<P>,
+        <T as TryFrom<P>>::Error: std::error::Error + Send + Sync + 'static,
+    {
+        #[inline]
+        fn upcast_into(self) -> Result<T, Box<dyn std::error::Error + Send + Sync + 'static>> {
+            T::try_from(self).map_err(|err| Box::new(err) as _)
+        }
+    }
+
+    /// One typed step of an upcast chain: version `from` (type `P`) to version `to` (type `T`),
+    /// for an event type whose current version is `current`.
+    #[inline]
+    pub fn upcast<P: UpcastInto<T>, T>(
+        previous: P,
+        from: u32,
+        to: u32,
+        current: u32,
+    ) -> Result<T, DecodeError> {
+        previous
+            .upcast_into()
+            .map_err(|source| DecodeError::Upcast {
+                from,
+                to,
+                current,
+                source,
+            })
+    }
+
+    /// One JSON step of an upcast chain: `function` rewrites version `from`'s JSON into the next
+    /// version's.
+    pub fn upcast_json<F, E>(
+        function: F,
+        value: Value,
+        from: u32,
+        current: u32,
+    ) -> Result<Value, DecodeError>
+    where
+        F: FnOnce(Value) -> Result<Value, E>,
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    {
+        function(value).map_err(|err| DecodeError::Upcast {
+            from,
+            to: from + 1,
+            current,
+            source: err.into(),
+        })
+    }
+
+    /// Whether two event types share a stored name, counting aliases.
+    pub const fn names_overlap(a: &str, a_aliases: &[&str], b: &str, b_aliases: &[&str]) -> bool {
+        if str_eq(a, b) || contains(a_aliases, b) || contains(b_aliases, a) {
+            return true;
+        }
+        let mut i = 0;
+        while i < a_aliases.len() {
+            if contains(b_aliases, a_aliases[i]) {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
+    const fn contains(names: &[&str], name: &str) -> bool {
+        let mut i = 0;
+        while i < names.len() {
+            if str_eq(names[i], name) {
+                return true;
+            }
+            i += 1;
+        }
+        false
+    }
+
+    /// Decodes a recorded event whose name is known to be `E`'s.
+    #[inline]
+    pub fn decode_stored<E: DomainEvent>(event: EventView<'_>) -> Result<E, Error> {
+        E::decode(event.schema_version, event.payload).map_err(|source| event.decode_error(source))
+    }
+
+    /// What an aggregate does with a stored event none of its handlers takes.
+    pub fn unhandled_event<A: Aggregate>(event: EventView<'_>) -> Result<(), Error> {
+        if A::RETIRED_EVENTS.contains(&event.event_type) {
+            return Ok(());
+        }
+        match A::UNKNOWN_EVENTS {
+            UnknownEvents::Error => Err(event.unknown_type()),
+            UnknownEvents::Warn => {
+                tracing::warn!(
+                    aggregate = A::TYPE,
+                    stream = %event.stream,
+                    version = event.version,
+                    event_type = %event.event_type,
+                    "skipping a stored event the aggregate has no handler for"
+                );
+                Ok(())
+            }
+            UnknownEvents::Ignore => Ok(()),
+        }
+    }
+
+    /// `a == b`, usable in the compile-time checks the macros generate.
+    pub const fn str_eq(a: &str, b: &str) -> bool {
+        let (a, b) = (a.as_bytes(), b.as_bytes());
+        if a.len() != b.len() {
+            return false;
+        }
+        let mut i = 0;
+        while i < a.len() {
+            if a[i] != b[i] {
+                return false;
+            }
+            i += 1;
+        }
+        true
+    }
+
+    /// Whether an event that declares `declared` as its aggregate may be handled by `aggregate`.
+    pub const fn belongs_to(declared: Option<&str>, aggregate: &str) -> bool {
+        match declared {
+            Some(declared) => str_eq(declared, aggregate),
+            None => true,
+        }
+    }
+}
+
+/// The README's examples, compiled and run as doctests so that they cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../../README.md")]
+struct ReadmeDoctests;

@@ -1,0 +1,154 @@
+//! [`InMemoryEventStore`]: the whole log in process memory, for tests and prototypes. Same
+//! semantics as the database stores; nothing survives the process.
+
+use super::{
+    AppendResult, EventStore, ExpectedVersion, ReadAll, StreamId, StreamQuery, paged,
+    validate_append,
+};
+use crate::error::{Error, Result};
+use crate::event::{NewEvent, RecordedEvent};
+use futures::stream::BoxStream;
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, PoisonError, RwLock};
+use uuid::Uuid;
+
+/// An event store in memory. Cloning gives another handle to the same log, safe to share
+/// between tokio tasks: appends are serialized by a lock that is never held across an `.await`.
+#[derive(Clone, Debug, Default)]
+pub struct InMemoryEventStore {
+    log: Arc<RwLock<Log>>,
+}
+
+#[derive(Debug, Default)]
+struct Log {
+    /// The global log; an event's position is its index + 1.
+    events: Vec<RecordedEvent>,
+    /// Per stream, the indices of its events in version order.
+    streams: HashMap<StreamId, Vec<usize>>,
+    event_ids: HashSet<Uuid>,
+}
+
+impl InMemoryEventStore {
+    /// An empty store.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The number of events stored.
+    pub fn len(&self) -> usize {
+        self.read().events.len()
+    }
+
+    /// Whether no event is stored.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    // A panic while the lock is held cannot leave the log half-updated (every append checks
+    // everything before it mutates), so a poisoned lock is safe to keep using.
+    fn read(&self) -> std::sync::RwLockReadGuard<'_, Log> {
+        self.log.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn write(&self) -> std::sync::RwLockWriteGuard<'_, Log> {
+        self.log.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl EventStore for InMemoryEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        validate_append(stream, &events)?;
+        let mut log = self.write();
+        let current = log.streams.get(stream).map_or(0, Vec::len) as u64;
+        if !expected.is_satisfied_by(current) {
+            return Err(expected.conflict(stream, current));
+        }
+        for event in &events {
+            if log.event_ids.contains(&event.event_id) {
+                return Err(Error::DuplicateEvent {
+                    stream: stream.clone(),
+                    event_id: event.event_id,
+                });
+            }
+        }
+
+        let Log {
+            events: all,
+            streams,
+            event_ids,
+        } = &mut *log;
+        let indices = streams.entry(stream.clone()).or_default();
+        for (offset, event) in events.into_iter().enumerate() {
+            let index = all.len();
+            event_ids.insert(event.event_id);
+            indices.push(index);
+            all.push(RecordedEvent::new(
+                stream.clone(),
+                current + offset as u64 + 1,
+                index as u64 + 1,
+                event,
+            ));
+        }
+        let last_position = indices.last().map_or(0, |index| *index as u64 + 1);
+        Ok(AppendResult {
+            stream_version: indices.len() as u64,
+            last_position,
+        })
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        query: StreamQuery,
+    ) -> Result<Vec<RecordedEvent>> {
+        let log = self.read();
+        let Some(indices) = log.streams.get(stream) else {
+            return Ok(Vec::new());
+        };
+        let in_range = |index: &&usize| query.matches(&log.events[**index]);
+        let limit = query.limit.unwrap_or(usize::MAX);
+        let events = if query.backwards {
+            indices
+                .iter()
+                .rev()
+                .filter(in_range)
+                .take(limit)
+                .map(|i| log.events[*i].clone())
+                .collect()
+        } else {
+            indices
+                .iter()
+                .filter(in_range)
+                .take(limit)
+                .map(|i| log.events[*i].clone())
+                .collect()
+        };
+        Ok(events)
+    }
+
+    fn read_all(&self, query: ReadAll) -> BoxStream<'_, Result<RecordedEvent>> {
+        // One page per lock acquisition, so a long read neither holds the lock nor copies the log.
+        paged(query, move |query| {
+            let log = self.read();
+            let start = usize::try_from(query.after)
+                .unwrap_or(usize::MAX)
+                .min(log.events.len());
+            let page: Vec<RecordedEvent> = log.events[start..]
+                .iter()
+                .filter(|event| query.matches(event))
+                .take(query.batch_size)
+                .cloned()
+                .collect();
+            std::future::ready(Ok(page))
+        })
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
+        Ok(self.read().streams.get(stream).map_or(0, Vec::len) as u64)
+    }
+}

@@ -1,0 +1,664 @@
+//! Event stores: the [`EventStore`] trait and what it speaks in (streams, expected versions,
+//! queries). Backends live one per file: [`memory`] (more to come behind features).
+//!
+//! A store keeps one ordered log. Each event belongs to one stream (an aggregate type and id)
+//! where it has a version (1, 2, 3, ...), and has a position in the global order of the whole
+//! store. Appends to a stream are atomic and guarded by an [`ExpectedVersion`].
+
+pub mod memory;
+#[cfg(feature = "postgres")]
+#[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
+pub mod postgres;
+#[cfg(feature = "sqlite")]
+#[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
+pub mod sqlite;
+
+use crate::error::{Error, Result};
+use crate::event::{EventView, NewEvent, RecordedEvent};
+use futures::stream::BoxStream;
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+
+/// The longest aggregate type or id a store accepts, in bytes.
+pub const MAX_ID_LEN: usize = 255;
+
+/// The most events one append takes (PostgreSQL positions leave room for this many per
+/// transaction; every store enforces the same limit).
+pub const MAX_BATCH: usize = 65_536;
+
+/// Identifies a stream: the events of one aggregate. Cheap to clone (every event read carries
+/// one): both parts are shared strings.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct StreamId {
+    /// The aggregate type (`BankAccount`).
+    pub aggregate_type: Arc<str>,
+    /// The aggregate id, as text (a UUID, or a readable id such as `order-123`).
+    pub aggregate_id: Arc<str>,
+}
+
+impl StreamId {
+    /// The stream of aggregate `aggregate_id` of type `aggregate_type`.
+    pub fn new(aggregate_type: impl Into<Arc<str>>, aggregate_id: impl Into<Arc<str>>) -> Self {
+        StreamId {
+            aggregate_type: aggregate_type.into(),
+            aggregate_id: aggregate_id.into(),
+        }
+    }
+
+    /// Checks what every store requires of a stream id: neither part empty, longer than
+    /// [`MAX_ID_LEN`] bytes, or holding a NUL byte.
+    pub fn validate(&self) -> Result<()> {
+        for (what, value) in [
+            ("aggregate type", &*self.aggregate_type),
+            ("aggregate id", &*self.aggregate_id),
+        ] {
+            let reason = if value.is_empty() {
+                format!("the {what} is empty")
+            } else if value.len() > MAX_ID_LEN {
+                format!(
+                    "the {what} is {} bytes long, the limit is {MAX_ID_LEN}",
+                    value.len()
+                )
+            } else if value.contains('\0') {
+                format!("the {what} holds a NUL byte")
+            } else {
+                continue;
+            };
+            return Err(Error::InvalidInput {
+                stream: self.clone(),
+                reason,
+            });
+        }
+        Ok(())
+    }
+}
+
+impl fmt::Display for StreamId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}", self.aggregate_type, self.aggregate_id)
+    }
+}
+
+/// What an append expects of the stream: the optimistic-concurrency check.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExpectedVersion {
+    /// No check.
+    Any,
+    /// The stream must not exist (have no events).
+    NoStream,
+    /// The stream must have at least one event.
+    StreamExists,
+    /// The stream must be at exactly this version (0 is the same as [`NoStream`](Self::NoStream)).
+    Exact(u64),
+}
+
+impl ExpectedVersion {
+    /// Whether a stream at `current` (0: no stream) satisfies the expectation.
+    pub fn is_satisfied_by(self, current: u64) -> bool {
+        match self {
+            ExpectedVersion::Any => true,
+            ExpectedVersion::NoStream => current == 0,
+            ExpectedVersion::StreamExists => current > 0,
+            ExpectedVersion::Exact(version) => current == version,
+        }
+    }
+
+    /// The conflict error for a stream found at `actual`.
+    pub fn conflict(self, stream: &StreamId, actual: u64) -> Error {
+        Error::Concurrency {
+            stream: stream.clone(),
+            expected: self,
+            actual,
+        }
+    }
+}
+
+impl fmt::Display for ExpectedVersion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExpectedVersion::Any => f.write_str("any"),
+            ExpectedVersion::NoStream => f.write_str("no stream"),
+            ExpectedVersion::StreamExists => f.write_str("an existing stream"),
+            ExpectedVersion::Exact(version) => write!(f, "{version}"),
+        }
+    }
+}
+
+/// What an append did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AppendResult {
+    /// The stream's version after the append (the version of its last event).
+    pub stream_version: u64,
+    /// The global position of the last appended event (of the stream's last event, for an
+    /// empty batch).
+    pub last_position: u64,
+}
+
+/// Which events of one stream to read.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct StreamQuery {
+    /// The first version to read (inclusive; versions start at 1).
+    pub from_version: u64,
+    /// The last version to read (inclusive), or to the end.
+    pub to_version: Option<u64>,
+    /// Newest first instead of oldest first.
+    pub backwards: bool,
+    /// At most this many events.
+    pub limit: Option<usize>,
+    /// Only events that occurred at or before this time (time travel by date).
+    pub until: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+impl StreamQuery {
+    /// The whole stream, oldest first.
+    pub fn all() -> Self {
+        StreamQuery {
+            from_version: 1,
+            to_version: None,
+            backwards: false,
+            limit: None,
+            until: None,
+        }
+    }
+
+    /// From `version` (inclusive) to the end.
+    pub fn from_version(version: u64) -> Self {
+        StreamQuery {
+            from_version: version.max(1),
+            ..Self::all()
+        }
+    }
+
+    /// The last `n` events, newest first.
+    pub fn last(n: usize) -> Self {
+        Self::all().backwards().limit(n)
+    }
+
+    /// Stops at `version` (inclusive).
+    pub fn to_version(mut self, version: u64) -> Self {
+        self.to_version = Some(version);
+        self
+    }
+
+    /// Reads newest first.
+    pub fn backwards(mut self) -> Self {
+        self.backwards = true;
+        self
+    }
+
+    /// Reads at most `n` events.
+    pub fn limit(mut self, n: usize) -> Self {
+        self.limit = Some(n);
+        self
+    }
+
+    /// Only events that occurred at or before `time`.
+    pub fn until(mut self, time: chrono::DateTime<chrono::Utc>) -> Self {
+        self.until = Some(time);
+        self
+    }
+
+    /// Whether `event` is in the query's range (version and time; not the limit).
+    pub fn matches(&self, event: &RecordedEvent) -> bool {
+        event.version >= self.from_version
+            && self.to_version.is_none_or(|to| event.version <= to)
+            && self.until.is_none_or(|until| event.occurred_at <= until)
+    }
+
+    /// The limit as an SQL `LIMIT` value (-1: none; SQLite and PostgreSQL both read a negative
+    /// or NULL limit as "all", we use `i64::MAX` to be explicit).
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub(crate) fn sql_limit(&self) -> i64 {
+        self.limit
+            .map_or(i64::MAX, |n| i64::try_from(n).unwrap_or(i64::MAX))
+    }
+
+    /// The version range as SQL bounds.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub(crate) fn sql_versions(&self) -> (i64, i64) {
+        let from = i64::try_from(self.from_version).unwrap_or(i64::MAX);
+        let to = self
+            .to_version
+            .map_or(i64::MAX, |v| i64::try_from(v).unwrap_or(i64::MAX));
+        (from, to)
+    }
+}
+
+impl Default for StreamQuery {
+    fn default() -> Self {
+        Self::all()
+    }
+}
+
+/// Which events of the global log to read, and how many per round trip.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReadAll {
+    /// Read events after this position (exclusive; 0 reads from the start).
+    pub after: u64,
+    /// Only events of these types (empty: all).
+    pub event_types: Vec<String>,
+    /// Only events of these aggregate types (empty: all).
+    pub aggregate_types: Vec<String>,
+    /// Only events of this tenant.
+    pub tenant_id: Option<String>,
+    /// Events fetched per round trip; bounds the memory a read holds.
+    pub batch_size: usize,
+}
+
+impl ReadAll {
+    /// The default number of events per round trip.
+    pub const DEFAULT_BATCH_SIZE: usize = 1000;
+
+    /// Everything, from the first event.
+    pub fn from_start() -> Self {
+        Self::after(0)
+    }
+
+    /// Everything after position `position` (exclusive): resume from a checkpoint.
+    pub fn after(position: u64) -> Self {
+        ReadAll {
+            after: position,
+            event_types: Vec::new(),
+            aggregate_types: Vec::new(),
+            tenant_id: None,
+            batch_size: Self::DEFAULT_BATCH_SIZE,
+        }
+    }
+
+    /// Only events of these types.
+    pub fn event_types<I: IntoIterator<Item = T>, T: Into<String>>(mut self, types: I) -> Self {
+        self.event_types = types.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Only events of these aggregate types.
+    pub fn aggregate_types<I: IntoIterator<Item = T>, T: Into<String>>(mut self, types: I) -> Self {
+        self.aggregate_types = types.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Only events of this tenant.
+    pub fn tenant(mut self, tenant_id: impl Into<String>) -> Self {
+        self.tenant_id = Some(tenant_id.into());
+        self
+    }
+
+    /// Events fetched per round trip (at least 1).
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n.max(1);
+        self
+    }
+
+    /// Whether `event` passes the filters (not the position).
+    pub fn matches(&self, event: &RecordedEvent) -> bool {
+        (self.event_types.is_empty() || self.event_types.contains(&event.event_type))
+            && (self.aggregate_types.is_empty()
+                || self
+                    .aggregate_types
+                    .iter()
+                    .any(|t| **t == *event.stream.aggregate_type))
+            && self
+                .tenant_id
+                .as_ref()
+                .is_none_or(|tenant| event.metadata.tenant_id.as_ref() == Some(tenant))
+    }
+}
+
+impl Default for ReadAll {
+    fn default() -> Self {
+        Self::from_start()
+    }
+}
+
+/// A durable, ordered log of events, split in streams.
+///
+/// Every implementation passes the same conformance suite: atomic batch appends checked against
+/// an [`ExpectedVersion`], rejection of already stored event ids, stream reads, and reads of the
+/// global order that never skip or repeat an event.
+pub trait EventStore: Send + Sync {
+    /// Appends `events` to `stream`, all or none, if the stream is at `expected`.
+    ///
+    /// Fails with [`Error::Concurrency`] if it is not, [`Error::DuplicateEvent`] if an event id
+    /// is already stored, [`Error::InvalidInput`] for a stream id no store accepts; in each case
+    /// nothing is written.
+    fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> impl Future<Output = Result<AppendResult>> + Send;
+
+    /// Reads events of one stream.
+    fn read_stream(
+        &self,
+        stream: &StreamId,
+        query: StreamQuery,
+    ) -> impl Future<Output = Result<Vec<RecordedEvent>>> + Send;
+
+    /// Reads the global log in position order, up to the end as it is while reading. The stream
+    /// fetches [`ReadAll::batch_size`] events at a time, so memory stays bounded.
+    fn read_all(&self, query: ReadAll) -> BoxStream<'_, Result<RecordedEvent>>;
+
+    /// The stream's current version (0: no events).
+    fn stream_version(&self, stream: &StreamId) -> impl Future<Output = Result<u64>> + Send;
+
+    /// Feeds the events of one stream to `apply`, in version order, as borrowed views: how a
+    /// repository loads an aggregate. Stores override it to read only what dispatch needs and
+    /// allocate nothing per event; the default goes through [`read_stream`](Self::read_stream).
+    /// Stops at the first error `apply` returns. `query.backwards` is ignored.
+    fn fold_stream<F>(
+        &self,
+        stream: &StreamId,
+        query: StreamQuery,
+        mut apply: F,
+    ) -> impl Future<Output = Result<()>> + Send
+    where
+        F: FnMut(EventView<'_>) -> Result<()> + Send,
+    {
+        async move {
+            let query = StreamQuery {
+                backwards: false,
+                ..query
+            };
+            for event in self.read_stream(stream, query).await? {
+                apply(event.view())?;
+            }
+            Ok(())
+        }
+    }
+
+    /// Whether the stream has events.
+    fn stream_exists(&self, stream: &StreamId) -> impl Future<Output = Result<bool>> + Send {
+        async move { Ok(self.stream_version(stream).await? > 0) }
+    }
+}
+
+macro_rules! forward_event_store {
+    ($($ty:ty),*) => {$(
+        /// Forwards to the store behind the pointer, so a repository can borrow or share a store.
+        impl<S: EventStore + ?Sized> EventStore for $ty {
+            fn append(
+                &self,
+                stream: &StreamId,
+                expected: ExpectedVersion,
+                events: Vec<NewEvent>,
+            ) -> impl Future<Output = Result<AppendResult>> + Send {
+                (**self).append(stream, expected, events)
+            }
+
+            fn read_stream(
+                &self,
+                stream: &StreamId,
+                query: StreamQuery,
+            ) -> impl Future<Output = Result<Vec<RecordedEvent>>> + Send {
+                (**self).read_stream(stream, query)
+            }
+
+            fn read_all(&self, query: ReadAll) -> BoxStream<'_, Result<RecordedEvent>> {
+                (**self).read_all(query)
+            }
+
+            fn stream_version(&self, stream: &StreamId) -> impl Future<Output = Result<u64>> + Send {
+                (**self).stream_version(stream)
+            }
+
+            fn fold_stream<F>(
+                &self,
+                stream: &StreamId,
+                query: StreamQuery,
+                apply: F,
+            ) -> impl Future<Output = Result<()>> + Send
+            where
+                F: FnMut(EventView<'_>) -> Result<()> + Send,
+            {
+                (**self).fold_stream(stream, query, apply)
+            }
+        }
+    )*};
+}
+
+forward_event_store!(&S, std::sync::Arc<S>);
+
+/// Checks a batch before any store writes it, so that every backend refuses the same input with
+/// the same error: a bad stream id, an empty or NUL-holding event type, a schema version of 0,
+/// a payload that is not JSON or holds a NUL character, duplicate ids within the batch.
+pub(crate) fn validate_append(stream: &StreamId, events: &[NewEvent]) -> Result<()> {
+    stream.validate()?;
+    if events.len() > MAX_BATCH {
+        return Err(Error::InvalidInput {
+            stream: stream.clone(),
+            reason: format!(
+                "{} events in one append, the limit is {MAX_BATCH}",
+                events.len()
+            ),
+        });
+    }
+    let mut ids = std::collections::HashSet::with_capacity(events.len());
+    for event in events {
+        if !ids.insert(event.event_id) {
+            return Err(Error::DuplicateEvent {
+                stream: stream.clone(),
+                event_id: event.event_id,
+            });
+        }
+        let reason = if event.event_type.is_empty() {
+            "an event type is empty".to_owned()
+        } else if event.event_type.len() > MAX_ID_LEN || event.event_type.contains('\0') {
+            format!(
+                "event type `{}` is too long or holds a NUL byte",
+                event.event_type.escape_debug()
+            )
+        } else if event.schema_version == 0 || event.schema_version > i32::MAX as u32 {
+            format!(
+                "event `{}` has schema version {}; versions go from 1 to {}",
+                event.event_type,
+                event.schema_version,
+                i32::MAX
+            )
+        } else if let Err(err) = serde_json::from_str::<serde::de::IgnoredAny>(&event.payload) {
+            format!(
+                "the payload of event `{}` is not JSON: {err}",
+                event.event_type
+            )
+        } else if has_nul_escape(&event.payload) {
+            // PostgreSQL's JSONB cannot hold U+0000; refuse it everywhere so that data written to
+            // one store can be copied to any other.
+            format!(
+                "the payload of event `{}` holds a NUL character (\\u0000)",
+                event.event_type
+            )
+        } else {
+            continue;
+        };
+        return Err(Error::InvalidInput {
+            stream: stream.clone(),
+            reason,
+        });
+    }
+    Ok(())
+}
+
+/// Whether JSON text holds the escape `\u0000` (and not an escaped backslash followed by `u0000`).
+fn has_nul_escape(json: &str) -> bool {
+    let bytes = json.as_bytes();
+    let mut from = 0;
+    while let Some(found) = json[from..].find("u0000") {
+        let at = from + found;
+        let backslashes = bytes[..at]
+            .iter()
+            .rev()
+            .take_while(|b| **b == b'\\')
+            .count();
+        if backslashes % 2 == 1 {
+            return true;
+        }
+        from = at + 1;
+    }
+    false
+}
+
+/// A [`EventStore::read_all`] stream built from a function that fetches one page: the events
+/// after a position, at most a limit. Pages are fetched lazily, one at a time; an error is
+/// yielded (never swallowed as the end of the stream) and ends the stream.
+pub(crate) fn paged<'a, F, Fut>(query: ReadAll, fetch: F) -> BoxStream<'a, Result<RecordedEvent>>
+where
+    F: Fn(ReadAll) -> Fut + Send + Sync + 'a,
+    Fut: Future<Output = Result<Vec<RecordedEvent>>> + Send + 'a,
+{
+    use futures::StreamExt;
+    let pages = futures::stream::unfold(Some(query), move |state| {
+        let page = state.map(|query| (fetch(query.clone()), query));
+        async move {
+            let (page, query) = page?;
+            match page.await {
+                Ok(events) => {
+                    let next = match events.last() {
+                        Some(last) if events.len() >= query.batch_size => Some(ReadAll {
+                            after: last.position,
+                            ..query
+                        }),
+                        _ => None,
+                    };
+                    if events.is_empty() {
+                        return None;
+                    }
+                    Some((
+                        futures::stream::iter(events.into_iter().map(Ok)).left_stream(),
+                        next,
+                    ))
+                }
+                Err(err) => Some((futures::stream::iter([Err(err)]).right_stream(), None)),
+            }
+        }
+    });
+    pages.flatten().boxed()
+}
+
+/// The free-form part of the metadata as JSON, `None` when there is none.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn extra_json(metadata: &crate::event::Metadata) -> Option<String> {
+    if metadata.extra.is_empty() {
+        None
+    } else {
+        serde_json::to_string(&metadata.extra).ok()
+    }
+}
+
+/// One row of an SQL `events` table, as read, before its invariants are checked.
+///
+/// Reads select the metadata as one packed column, NULL when an event has none (the common
+/// case): the SQL drivers copy every column of every row, so five mostly-NULL columns cost more
+/// than one JSON array `[tenant, actor, correlation, causation, extra]` decoded when present.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) struct EventRow {
+    pub(crate) stream: StreamId,
+    pub(crate) position: i64,
+    pub(crate) event_id: uuid::Uuid,
+    pub(crate) version: i64,
+    pub(crate) event_type: String,
+    pub(crate) schema_version: i64,
+    pub(crate) occurred_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub(crate) metadata: Option<String>,
+    pub(crate) payload: String,
+}
+
+/// A view of a row read by a store's `fold_stream`, or [`Error::Corrupt`] if its numbers are
+/// out of range.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn row_view<'a>(
+    stream: &'a StreamId,
+    version: i64,
+    event_type: &'a str,
+    schema_version: i64,
+    payload: &'a str,
+) -> Result<EventView<'a>> {
+    match (u64::try_from(version), u32::try_from(schema_version)) {
+        (Ok(version), Ok(schema_version)) if version > 0 && schema_version > 0 => Ok(
+            EventView::new(stream, version, event_type, schema_version, payload),
+        ),
+        _ => Err(Error::Corrupt {
+            stream: stream.clone(),
+            reason: format!("version {version} or schema version {schema_version} out of range"),
+        }),
+    }
+}
+
+/// The packed metadata column: `[tenant, actor, correlation, causation, extra]`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+type PackedMetadata = (
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<String>,
+    Option<serde_json::Map<String, serde_json::Value>>,
+);
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl EventRow {
+    /// The recorded event, or [`Error::Corrupt`] if the row breaks the store's invariants.
+    pub(crate) fn into_event(self) -> Result<RecordedEvent> {
+        let EventRow {
+            stream,
+            position,
+            event_id,
+            version,
+            event_type,
+            schema_version,
+            occurred_at,
+            metadata,
+            payload,
+        } = self;
+        let corrupt = |reason: String| Error::Corrupt {
+            stream: stream.clone(),
+            reason,
+        };
+        let (Ok(position), Ok(version), Ok(schema_version), Some(occurred_at)) = (
+            u64::try_from(position),
+            u64::try_from(version),
+            u32::try_from(schema_version),
+            occurred_at,
+        ) else {
+            return Err(corrupt(format!(
+                "position {position}, version {version}, schema version {schema_version} or the time of the event is out of range"
+            )));
+        };
+        let metadata = match metadata {
+            None => crate::event::Metadata::new(),
+            Some(packed) => {
+                let bad = |what: String| corrupt(format!("metadata at version {version}: {what}"));
+                let (tenant_id, actor_id, correlation, causation, extra): PackedMetadata =
+                    serde_json::from_str(&packed).map_err(|err| bad(err.to_string()))?;
+                let uuid = |text: Option<String>| -> Result<Option<uuid::Uuid>> {
+                    match text.filter(|t| !t.is_empty()) {
+                        None => Ok(None),
+                        Some(t) => uuid::Uuid::parse_str(&t)
+                            .map(Some)
+                            .map_err(|err| bad(err.to_string())),
+                    }
+                };
+                let mut metadata = crate::event::Metadata::new();
+                metadata.tenant_id = tenant_id;
+                metadata.actor_id = actor_id;
+                metadata.correlation_id = uuid(correlation)?;
+                metadata.causation_id = uuid(causation)?;
+                metadata.extra = extra.unwrap_or_default();
+                metadata
+            }
+        };
+        Ok(RecordedEvent {
+            event_id,
+            stream,
+            version,
+            position,
+            event_type,
+            schema_version,
+            occurred_at,
+            metadata,
+            payload,
+        })
+    }
+}

@@ -1,0 +1,383 @@
+//! [`SqliteEventStore`]: the embedded default. One file (or `:memory:`), WAL mode, the schema
+//! created on connect.
+//!
+//! Appends run in a `BEGIN IMMEDIATE` transaction on a single writer connection: SQLite has one
+//! writer at a time anyway, and taking the write lock up front means the version check and the
+//! insert are atomic (the `UNIQUE (aggregate_type, aggregate_id, version)` constraint backs it
+//! up). Reads go through a separate pool of reader connections, which WAL lets run while a
+//! write is in progress.
+
+use super::{
+    AppendResult, EventRow, EventStore, ExpectedVersion, ReadAll, StreamId, StreamQuery,
+    extra_json, paged, row_view, validate_append,
+};
+use crate::error::{Error, Result};
+use crate::event::{EventView, NewEvent, RecordedEvent};
+use futures::stream::BoxStream;
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteRow,
+    SqliteSynchronous,
+};
+use sqlx::{QueryBuilder, Row, Sqlite};
+use std::path::Path;
+use std::str::FromStr;
+use std::time::Duration;
+use uuid::Uuid;
+
+/// An event store in an SQLite database. Cloning gives another handle to the same pools.
+#[derive(Clone, Debug)]
+pub struct SqliteEventStore {
+    writer: SqlitePool,
+    reader: SqlitePool,
+}
+
+/// The columns of a stream read; a global read adds the stream's (at indexes 8 and 9).
+macro_rules! stream_columns {
+    () => {
+        "position, event_id, version, event_type, schema_version, occurred_at, \
+         CASE WHEN tenant_id IS NULL AND actor_id IS NULL AND correlation_id IS NULL \
+         AND causation_id IS NULL AND metadata IS NULL THEN NULL \
+         ELSE json_array(tenant_id, actor_id, lower(hex(correlation_id)), \
+         lower(hex(causation_id)), json(metadata)) END, payload"
+    };
+}
+
+/// Parameters per inserted row; SQLite allows 32,766 bound parameters per statement.
+const INSERT_COLUMNS: usize = 13;
+const ROWS_PER_INSERT: usize = 32_766 / INSERT_COLUMNS;
+
+impl SqliteEventStore {
+    /// Opens (creating it if missing) the database at `url`: `sqlite://events.db`,
+    /// `sqlite::memory:`, or a plain path. Creates the schema if it is missing.
+    pub async fn connect(url: &str) -> Result<Self> {
+        let options = SqliteConnectOptions::from_str(url).map_err(Error::database("connect"))?;
+        Self::connect_with(options).await
+    }
+
+    /// Opens (creating it if missing) the database file at `path`.
+    pub async fn open(path: impl AsRef<Path>) -> Result<Self> {
+        Self::connect_with(SqliteConnectOptions::new().filename(path)).await
+    }
+
+    /// A private in-memory database: gone when the store (and its clones) are dropped.
+    pub async fn in_memory() -> Result<Self> {
+        Self::connect("sqlite::memory:").await
+    }
+
+    /// Opens a database with explicit options. WAL mode, `synchronous = FULL` (an append is
+    /// durable when it returns) and a busy timeout are set on top of them; the schema is created
+    /// if it is missing.
+    pub async fn connect_with(options: SqliteConnectOptions) -> Result<Self> {
+        let in_memory = options.get_filename() == Path::new(":memory:");
+        let options = options
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .synchronous(SqliteSynchronous::Full)
+            .busy_timeout(Duration::from_secs(10));
+        // One writer connection: appends queue in the pool instead of failing with SQLITE_BUSY.
+        // An in-memory database lives in its connection, so it gets only that one connection.
+        let writer = SqlitePoolOptions::new()
+            .max_connections(1)
+            .min_connections(if in_memory { 1 } else { 0 })
+            .idle_timeout(None)
+            .max_lifetime(None)
+            .test_before_acquire(false)
+            .connect_with(options.clone())
+            .await
+            .map_err(Error::database("connect"))?;
+        sqlx::migrate!("./migrations/sqlite")
+            .run(&writer)
+            .await
+            .map_err(Error::Migration)?;
+        let reader = if in_memory {
+            writer.clone()
+        } else {
+            SqlitePoolOptions::new()
+                .max_connections(4)
+                .test_before_acquire(false)
+                .connect_with(options.read_only(true))
+                .await
+                .map_err(Error::database("connect"))?
+        };
+        Ok(SqliteEventStore { writer, reader })
+    }
+
+    /// The pool of reader connections, for queries of your own (read models in the same file).
+    pub fn pool(&self) -> &SqlitePool {
+        &self.reader
+    }
+
+    /// Closes every connection, waiting for those in use.
+    pub async fn close(&self) {
+        self.writer.close().await;
+        self.reader.close().await;
+    }
+
+    async fn append_inner(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendResult> {
+        let mut tx = self
+            .writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(Error::database("append"))?;
+        let current = current_version(&mut tx, stream).await?;
+        if !expected.is_satisfied_by(current) {
+            return Err(expected.conflict(stream, current));
+        }
+
+        let mut last_position = 0;
+        for (chunk_index, chunk) in events.chunks(ROWS_PER_INSERT).enumerate() {
+            let first_version = current + (chunk_index * ROWS_PER_INSERT) as u64 + 1;
+            let mut insert = QueryBuilder::<Sqlite>::new(
+                "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
+                 schema_version, occurred_at, tenant_id, actor_id, correlation_id, causation_id, \
+                 metadata, payload) ",
+            );
+            insert.push_values(chunk.iter().enumerate(), |mut row, (i, event)| {
+                row.push_bind(event.event_id)
+                    .push_bind(&*stream.aggregate_type)
+                    .push_bind(&*stream.aggregate_id)
+                    .push_bind(to_i64(first_version + i as u64))
+                    .push_bind(&*event.event_type)
+                    .push_bind(event.schema_version)
+                    .push_bind(event.occurred_at.timestamp_micros())
+                    .push_bind(event.metadata.tenant_id.as_deref())
+                    .push_bind(event.metadata.actor_id.as_deref())
+                    .push_bind(event.metadata.correlation_id)
+                    .push_bind(event.metadata.causation_id)
+                    .push_bind(extra_json(&event.metadata))
+                    .push_bind(&event.payload);
+            });
+            match insert.build().execute(&mut *tx).await {
+                Ok(done) => last_position = done.last_insert_rowid() as u64,
+                Err(err) if is_unique_violation(&err) => {
+                    // The version was checked under the write lock, so the taken key is an
+                    // event id. Find which one (without reading the error text).
+                    let ids: Vec<Uuid> = chunk.iter().map(|e| e.event_id).collect();
+                    let taken = taken_event_id(&mut tx, &ids).await?;
+                    return Err(match taken {
+                        Some(event_id) => Error::DuplicateEvent {
+                            stream: stream.clone(),
+                            event_id,
+                        },
+                        None => Error::Database {
+                            operation: "append",
+                            source: err,
+                        },
+                    });
+                }
+                Err(err) => return Err(Error::database("append")(err)),
+            }
+        }
+        if events.is_empty() {
+            last_position = sqlx::query_scalar::<_, Option<i64>>(
+                "SELECT MAX(position) FROM events WHERE aggregate_type = ? AND aggregate_id = ?",
+            )
+            .bind(&*stream.aggregate_type)
+            .bind(&*stream.aggregate_id)
+            .fetch_one(&mut *tx)
+            .await
+            .map_err(Error::database("append"))?
+            .unwrap_or(0) as u64;
+        }
+        tx.commit().await.map_err(Error::database("append"))?;
+        Ok(AppendResult {
+            stream_version: current + events.len() as u64,
+            last_position,
+        })
+    }
+
+    async fn read_page(&self, query: ReadAll) -> Result<Vec<RecordedEvent>> {
+        let mut select = QueryBuilder::<Sqlite>::new(concat!(
+            "SELECT ",
+            stream_columns!(),
+            ", aggregate_type, aggregate_id FROM events WHERE position > "
+        ));
+        select.push_bind(to_i64(query.after));
+        if !query.event_types.is_empty() {
+            select.push(" AND event_type IN (SELECT value FROM json_each(");
+            select.push_bind(serde_json::to_string(&query.event_types).unwrap_or_default());
+            select.push("))");
+        }
+        if !query.aggregate_types.is_empty() {
+            select.push(" AND aggregate_type IN (SELECT value FROM json_each(");
+            select.push_bind(serde_json::to_string(&query.aggregate_types).unwrap_or_default());
+            select.push("))");
+        }
+        if let Some(tenant) = &query.tenant_id {
+            select.push(" AND tenant_id = ");
+            select.push_bind(tenant);
+        }
+        select.push(" ORDER BY position LIMIT ");
+        select.push_bind(to_i64(query.batch_size as u64));
+        let rows = select
+            .build()
+            .fetch_all(&self.reader)
+            .await
+            .map_err(Error::database("read_all"))?;
+        rows.iter().map(|row| decode_row(row, None)).collect()
+    }
+}
+
+impl EventStore for SqliteEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        validate_append(stream, &events)?;
+        self.append_inner(stream, expected, &events).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        query: StreamQuery,
+    ) -> Result<Vec<RecordedEvent>> {
+        const FORWARDS: &str = concat!(
+            "SELECT ",
+            stream_columns!(),
+            " FROM events WHERE aggregate_type = ? AND aggregate_id = ? AND version BETWEEN ? AND ? \
+             AND (? IS NULL OR occurred_at <= ?) ORDER BY version ASC LIMIT ?"
+        );
+        const BACKWARDS: &str = concat!(
+            "SELECT ",
+            stream_columns!(),
+            " FROM events WHERE aggregate_type = ? AND aggregate_id = ? AND version BETWEEN ? AND ? \
+             AND (? IS NULL OR occurred_at <= ?) ORDER BY version DESC LIMIT ?"
+        );
+        let sql = if query.backwards { BACKWARDS } else { FORWARDS };
+        let until = query.until.map(|t| t.timestamp_micros());
+        let (from, to) = query.sql_versions();
+        let rows = sqlx::query(sql)
+            .bind(&*stream.aggregate_type)
+            .bind(&*stream.aggregate_id)
+            .bind(from)
+            .bind(to)
+            .bind(until)
+            .bind(until)
+            .bind(query.sql_limit())
+            .fetch_all(&self.reader)
+            .await
+            .map_err(Error::database("read_stream"))?;
+        rows.iter()
+            .map(|row| decode_row(row, Some(stream)))
+            .collect()
+    }
+
+    fn read_all(&self, query: ReadAll) -> BoxStream<'_, Result<RecordedEvent>> {
+        paged(query, move |query| self.read_page(query))
+    }
+
+    async fn fold_stream<F>(
+        &self,
+        stream: &StreamId,
+        query: StreamQuery,
+        mut apply: F,
+    ) -> Result<()>
+    where
+        F: FnMut(EventView<'_>) -> Result<()> + Send,
+    {
+        const SQL: &str = "SELECT version, event_type, schema_version, payload FROM events \
+             WHERE aggregate_type = ? AND aggregate_id = ? AND version BETWEEN ? AND ? \
+             AND (? IS NULL OR occurred_at <= ?) ORDER BY version ASC LIMIT ?";
+        let (from, to) = query.sql_versions();
+        let until = query.until.map(|t| t.timestamp_micros());
+        let rows = sqlx::query(SQL)
+            .bind(&*stream.aggregate_type)
+            .bind(&*stream.aggregate_id)
+            .bind(from)
+            .bind(to)
+            .bind(until)
+            .bind(until)
+            .bind(query.sql_limit())
+            .fetch_all(&self.reader)
+            .await
+            .map_err(Error::database("load"))?;
+        let get = |err: sqlx::Error| Error::database("decode row")(err);
+        for row in &rows {
+            apply(row_view(
+                stream,
+                row.try_get(0).map_err(get)?,
+                row.try_get(1).map_err(get)?,
+                row.try_get(2).map_err(get)?,
+                row.try_get(3).map_err(get)?,
+            )?)?;
+        }
+        Ok(())
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
+        let mut conn = self
+            .reader
+            .acquire()
+            .await
+            .map_err(Error::database("stream_version"))?;
+        current_version(&mut conn, stream).await
+    }
+}
+
+async fn current_version(conn: &mut sqlx::SqliteConnection, stream: &StreamId) -> Result<u64> {
+    let version: i64 = sqlx::query_scalar(
+        "SELECT COALESCE(MAX(version), 0) FROM events WHERE aggregate_type = ? AND aggregate_id = ?",
+    )
+    .bind(&*stream.aggregate_type)
+    .bind(&*stream.aggregate_id)
+    .fetch_one(conn)
+    .await
+    .map_err(Error::database("stream_version"))?;
+    Ok(version.max(0) as u64)
+}
+
+async fn taken_event_id(conn: &mut sqlx::SqliteConnection, ids: &[Uuid]) -> Result<Option<Uuid>> {
+    for id in ids {
+        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM events WHERE event_id = ?")
+            .bind(id)
+            .fetch_optional(&mut *conn)
+            .await
+            .map_err(Error::database("append"))?;
+        if found.is_some() {
+            return Ok(Some(*id));
+        }
+    }
+    Ok(None)
+}
+
+/// SQLite's extended result codes for a UNIQUE (2067) or PRIMARY KEY (1555) violation.
+fn is_unique_violation(err: &sqlx::Error) -> bool {
+    err.as_database_error()
+        .and_then(|db| db.code())
+        .is_some_and(|code| code == "2067" || code == "1555")
+}
+
+fn to_i64(n: u64) -> i64 {
+    i64::try_from(n).unwrap_or(i64::MAX)
+}
+
+fn decode_row(row: &SqliteRow, stream: Option<&StreamId>) -> Result<RecordedEvent> {
+    let get = |err: sqlx::Error| Error::database("decode row")(err);
+    let stream = match stream {
+        Some(stream) => stream.clone(),
+        None => StreamId::new(
+            row.try_get::<&str, _>(8).map_err(get)?,
+            row.try_get::<&str, _>(9).map_err(get)?,
+        ),
+    };
+    EventRow {
+        stream,
+        position: row.try_get(0).map_err(get)?,
+        event_id: row.try_get(1).map_err(get)?,
+        version: row.try_get(2).map_err(get)?,
+        event_type: row.try_get(3).map_err(get)?,
+        schema_version: row.try_get(4).map_err(get)?,
+        occurred_at: chrono::DateTime::from_timestamp_micros(row.try_get(5).map_err(get)?),
+        metadata: row.try_get(6).map_err(get)?,
+        payload: row.try_get(7).map_err(get)?,
+    }
+    .into_event()
+}

@@ -1,0 +1,1017 @@
+//! The benchmark: each workload of DESIGN.md section 7 through the framework's public API and
+//! through hand-written raw sqlx on an equivalent table, in the same process and the same run,
+//! on fresh tables for each repetition. Prints events/s, the framework / raw ratio and the
+//! process's peak memory per workload; `--json FILE` writes the same for tools.
+//!
+//! ```sh
+//! cargo run --release --example bench                       # everything, full sizes
+//! cargo run --release --example bench -- --backend sqlite --workload w3 --scale small
+//! cargo run --release --example bench -- --scale tiny --reps 1   # the CI smoke run
+//! ```
+//!
+//! Workloads (full scale):
+//! - W1 command path: 10,000 aggregates x 10 events, each event one load -> command -> save.
+//! - W2 batch append: one stream, 10,000 events in batches of 100.
+//! - W3 load: all 10,000 aggregates of 10 events; and one aggregate of 10,000 events.
+//! - W4 projection catch-up: fold all 100,000 events in global order into balances.
+//! - W5 (PostgreSQL) 8 concurrent writers appending one event at a time to their own streams:
+//!   the cost of gap-free global positions. "raw" uses a plain sequence; the extra row "raw +
+//!   xid positions" is the same raw SQL with the framework's transaction-id positions.
+//!
+//! The raw side is the least code that stores the same rows in the same transactions: a table
+//! with the same columns and constraints, positions from an identity column, payloads
+//! deserialized straight into the same event types.
+
+use clap::{Parser, ValueEnum};
+use eventsource::NewEvent;
+use eventsource::prelude::*;
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};
+use sqlx::sqlite::{
+    SqliteConnectOptions, SqliteJournalMode, SqlitePool, SqlitePoolOptions, SqliteSynchronous,
+};
+use sqlx::{ConnectOptions, Row};
+use std::collections::HashMap;
+use std::str::FromStr;
+use std::time::{Duration, Instant};
+
+// --- The domain: the bank account of the quickstart. ---
+
+#[derive(DomainEvent, Serialize, Deserialize, Clone, Debug)]
+#[event(name = "bench.AccountOpened")]
+struct AccountOpened {
+    owner: String,
+}
+
+#[derive(DomainEvent, Serialize, Deserialize, Clone, Debug)]
+#[event(name = "bench.Deposited")]
+struct Deposited {
+    amount_cents: i64,
+}
+
+#[derive(Default, Debug)]
+struct Account {
+    owner: String,
+    balance: i64,
+}
+
+#[aggregate(name = "Account", id = String)]
+impl Account {
+    #[handles]
+    fn opened(&mut self, e: &AccountOpened) {
+        self.owner.clone_from(&e.owner);
+    }
+
+    #[handles]
+    fn deposited(&mut self, e: &Deposited) {
+        self.balance += e.amount_cents;
+    }
+}
+
+/// The raw side's fold: what a hand-written loader does with (event_type, payload) rows.
+fn raw_apply(state: &mut Account, event_type: &str, payload: &str) {
+    if event_type == Deposited::EVENT_TYPE {
+        let e: Deposited = serde_json::from_str(payload).expect("raw payload");
+        state.balance += e.amount_cents;
+    } else if event_type == AccountOpened::EVENT_TYPE {
+        let e: AccountOpened = serde_json::from_str(payload).expect("raw payload");
+        state.owner = e.owner;
+    }
+}
+
+fn account_id(i: usize) -> String {
+    format!("acct-{i:06}")
+}
+
+// --- Command line. ---
+
+#[derive(Parser, Debug)]
+#[command(about = "eventsource vs raw sqlx, every backend, one run")]
+struct Args {
+    /// Which store to measure.
+    #[arg(long, value_enum, default_value_t = BackendArg::All)]
+    backend: BackendArg,
+    /// Which workload: w1, w2, w3, w4, w5 or all.
+    #[arg(long, default_value = "all")]
+    workload: String,
+    /// full (DESIGN.md sizes), small (a tenth), tiny (a smoke run).
+    #[arg(long, value_enum, default_value_t = Scale::Full)]
+    scale: Scale,
+    /// Repetitions per figure; the median is reported.
+    #[arg(long, default_value_t = 3)]
+    reps: usize,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    json: Option<std::path::PathBuf>,
+    /// PostgreSQL server (default: DATABASE_URL, else the local test server).
+    #[arg(long)]
+    database_url: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
+enum BackendArg {
+    Memory,
+    Sqlite,
+    Postgres,
+    All,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
+enum Scale {
+    Full,
+    Small,
+    Tiny,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct Sizes {
+    aggregates: usize,
+    events_per_aggregate: usize,
+    w2_events: usize,
+    w2_batch: usize,
+    long_stream: usize,
+    w5_writers: usize,
+    w5_appends_per_writer: usize,
+}
+
+impl Scale {
+    fn sizes(self) -> Sizes {
+        let (aggregates, w2_events, long_stream, w5) = match self {
+            Scale::Full => (10_000, 10_000, 10_000, 250),
+            Scale::Small => (1_000, 10_000, 10_000, 100),
+            Scale::Tiny => (20, 500, 500, 5),
+        };
+        Sizes {
+            aggregates,
+            events_per_aggregate: 10,
+            w2_events,
+            w2_batch: 100,
+            long_stream,
+            w5_writers: 8,
+            w5_appends_per_writer: w5,
+        }
+    }
+}
+
+// --- Results. ---
+
+#[derive(Serialize, Debug, Clone)]
+struct Figure {
+    backend: &'static str,
+    workload: &'static str,
+    unit: &'static str,
+    framework: f64,
+    raw: Option<f64>,
+    ratio: Option<f64>,
+    peak_rss_mb: f64,
+}
+
+/// The repetitions of one workload.
+#[derive(Default)]
+struct Sample {
+    unit: &'static str,
+    framework: Vec<f64>,
+    raw: Vec<f64>,
+    peak_rss_mb: f64,
+}
+
+/// Every workload's repetitions, by workload.
+#[derive(Default)]
+struct Samples(HashMap<&'static str, Sample>);
+
+impl Samples {
+    fn add(
+        &mut self,
+        workload: &'static str,
+        unit: &'static str,
+        framework: f64,
+        raw: Option<f64>,
+        rss: f64,
+    ) {
+        let entry = self.0.entry(workload).or_insert_with(|| Sample {
+            unit,
+            ..Sample::default()
+        });
+        entry.framework.push(framework);
+        entry.raw.extend(raw);
+        entry.peak_rss_mb = entry.peak_rss_mb.max(rss);
+    }
+}
+
+fn median(values: &mut [f64]) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[values.len() / 2]
+}
+
+/// Resets the process's peak resident set size (Linux), so each workload reports its own.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+/// The process's peak resident set size since the last reset, in MB (0 where /proc has none).
+fn peak_rss_mb() -> f64 {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmHWM:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<f64>().ok())
+        .map_or(0.0, |kb| kb / 1024.0)
+}
+
+fn per_second(count: usize, elapsed: Duration) -> f64 {
+    count as f64 / elapsed.as_secs_f64()
+}
+
+// --- The fixtures: a fresh framework store and a fresh raw table, side by side. ---
+
+enum Raw {
+    None,
+    Sqlite(SqlitePool),
+    Postgres(PgPool),
+}
+
+struct Fixture<S> {
+    store: S,
+    raw: Raw,
+    cleanup: Option<Box<dyn FnOnce()>>,
+}
+
+impl<S> Drop for Fixture<S> {
+    fn drop(&mut self) {
+        if let Some(cleanup) = self.cleanup.take() {
+            cleanup();
+        }
+    }
+}
+
+const SQLITE_RAW_TABLE: &str = "CREATE TABLE raw_events (
+    position INTEGER PRIMARY KEY, event_id BLOB NOT NULL UNIQUE, aggregate_type TEXT NOT NULL,
+    aggregate_id TEXT NOT NULL, version INTEGER NOT NULL, event_type TEXT NOT NULL,
+    schema_version INTEGER NOT NULL, occurred_at TEXT NOT NULL, tenant_id TEXT, actor_id TEXT,
+    correlation_id BLOB, causation_id BLOB, metadata TEXT, payload TEXT NOT NULL,
+    UNIQUE (aggregate_type, aggregate_id, version))";
+
+const PG_RAW_TABLE: &str = "CREATE TABLE raw_events (
+    position BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, event_id UUID NOT NULL UNIQUE,
+    aggregate_type TEXT NOT NULL, aggregate_id TEXT NOT NULL, version BIGINT NOT NULL,
+    event_type TEXT NOT NULL, schema_version INTEGER NOT NULL, occurred_at TIMESTAMPTZ NOT NULL,
+    tenant_id TEXT, actor_id TEXT, correlation_id UUID, causation_id UUID, metadata JSONB,
+    payload JSONB NOT NULL, UNIQUE (aggregate_type, aggregate_id, version))";
+
+/// The same table with the framework's transaction-id positions, for W5.
+const PG_RAW_XID_TABLE: &str =
+    "CREATE TABLE raw_xid_events (LIKE raw_events INCLUDING CONSTRAINTS INCLUDING INDEXES)";
+
+async fn sqlite_fixture() -> Fixture<SqliteEventStore> {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join("bench.db");
+    let store = SqliteEventStore::open(&path).await.expect("sqlite store");
+    let options = SqliteConnectOptions::new()
+        .filename(&path)
+        .journal_mode(SqliteJournalMode::Wal)
+        .synchronous(SqliteSynchronous::Full);
+    let raw = SqlitePoolOptions::new()
+        .max_connections(1)
+        .test_before_acquire(false)
+        .connect_with(options)
+        .await
+        .expect("raw sqlite pool");
+    sqlx::query(SQLITE_RAW_TABLE)
+        .execute(&raw)
+        .await
+        .expect("raw table");
+    Fixture {
+        store,
+        raw: Raw::Sqlite(raw),
+        cleanup: Some(Box::new(move || drop(dir))),
+    }
+}
+
+async fn postgres_fixture(url: &str) -> Fixture<PostgresEventStore> {
+    let options = PgConnectOptions::from_str(url).expect("a PostgreSQL URL");
+    let schema = format!("bench_{}", Uuid::now_v7().simple());
+    let mut admin = options.connect().await.expect("connect to PostgreSQL");
+    sqlx::query(&format!("CREATE SCHEMA {schema}"))
+        .execute(&mut admin)
+        .await
+        .expect("schema");
+    let scoped = options.clone().options([("search_path", schema.as_str())]);
+    let store = PostgresEventStore::connect_with(scoped.clone())
+        .await
+        .expect("postgres store");
+    let raw = PgPoolOptions::new()
+        .max_connections(10)
+        .test_before_acquire(false)
+        .connect_with(scoped)
+        .await
+        .expect("raw postgres pool");
+    sqlx::query(PG_RAW_TABLE)
+        .execute(&raw)
+        .await
+        .expect("raw table");
+    sqlx::query(PG_RAW_XID_TABLE)
+        .execute(&raw)
+        .await
+        .expect("raw xid table");
+    let drop_schema = format!("DROP SCHEMA {schema} CASCADE");
+    Fixture {
+        store,
+        raw: Raw::Postgres(raw),
+        cleanup: Some(Box::new(move || {
+            // Runs outside the runtime's async context: a thread with a runtime of its own.
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(async {
+                    if let Ok(mut conn) = options.connect().await {
+                        let _ = sqlx::query(&drop_schema).execute(&mut conn).await;
+                    }
+                });
+            })
+            .join();
+        })),
+    }
+}
+
+// --- Framework side: only the public API. ---
+
+async fn fw_w1<S: EventStore>(store: &S, sizes: Sizes) -> usize {
+    let repo = Repository::<Account, _>::new(store);
+    for i in 0..sizes.aggregates {
+        let mut account = repo.create(account_id(i));
+        account.record(AccountOpened {
+            owner: format!("owner {i}"),
+        });
+        repo.save(&mut account).await.expect("save");
+    }
+    for _ in 1..sizes.events_per_aggregate {
+        for i in 0..sizes.aggregates {
+            let mut account = repo.load(account_id(i)).await.expect("load");
+            account.record(Deposited { amount_cents: 100 });
+            repo.save(&mut account).await.expect("save");
+        }
+    }
+    sizes.aggregates * sizes.events_per_aggregate
+}
+
+async fn fw_seed<S: EventStore>(store: &S, sizes: Sizes) {
+    for i in 0..sizes.aggregates {
+        let mut batch = vec![
+            NewEvent::new(&AccountOpened {
+                owner: format!("owner {i}"),
+            })
+            .unwrap(),
+        ];
+        for _ in 1..sizes.events_per_aggregate {
+            batch.push(NewEvent::new(&Deposited { amount_cents: 100 }).unwrap());
+        }
+        store
+            .append(
+                &StreamId::new("Account", account_id(i)),
+                ExpectedVersion::NoStream,
+                batch,
+            )
+            .await
+            .expect("seed");
+    }
+}
+
+async fn fw_append_stream<S: EventStore>(store: &S, id: &str, events: usize, batch: usize) {
+    let stream = StreamId::new("Account", id);
+    let mut version = 0;
+    while (version as usize) < events {
+        let n = batch.min(events - version as usize);
+        let batch: Vec<NewEvent> = (0..n)
+            .map(|_| NewEvent::new(&Deposited { amount_cents: 1 }).unwrap())
+            .collect();
+        version = store
+            .append(&stream, ExpectedVersion::Exact(version), batch)
+            .await
+            .expect("append")
+            .stream_version;
+    }
+}
+
+async fn fw_w3<S: EventStore>(store: &S, sizes: Sizes) -> i64 {
+    let repo = Repository::<Account, _>::new(store);
+    let mut total = 0;
+    for i in 0..sizes.aggregates {
+        total += repo
+            .load(account_id(i))
+            .await
+            .expect("load")
+            .state()
+            .balance;
+    }
+    total
+}
+
+async fn fw_w3_long<S: EventStore>(store: &S) -> i64 {
+    let repo = Repository::<Account, _>::new(store);
+    repo.load("long".to_owned())
+        .await
+        .expect("load")
+        .state()
+        .balance
+}
+
+async fn fw_w4<S: EventStore>(store: &S) -> usize {
+    let mut balances: HashMap<std::sync::Arc<str>, i64> = HashMap::new();
+    let mut events = store.read_all(ReadAll::from_start());
+    let mut count = 0;
+    while let Some(event) = events.try_next().await.expect("read_all") {
+        count += 1;
+        if event.is::<Deposited>() {
+            let e: Deposited = event.decode().expect("decode");
+            *balances.entry(event.stream.aggregate_id).or_default() += e.amount_cents;
+        } else if event.is::<AccountOpened>() {
+            event.decode::<AccountOpened>().expect("decode");
+            balances.entry(event.stream.aggregate_id).or_default();
+        }
+    }
+    count
+}
+
+async fn fw_w5<S: EventStore + Clone + 'static>(store: &S, sizes: Sizes) -> usize {
+    let tasks: Vec<_> = (0..sizes.w5_writers)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let stream = StreamId::new("Account", format!("writer-{w}"));
+                for v in 0..sizes.w5_appends_per_writer as u64 {
+                    let event = NewEvent::new(&Deposited { amount_cents: 1 }).unwrap();
+                    store
+                        .append(&stream, ExpectedVersion::Exact(v), vec![event])
+                        .await
+                        .expect("append");
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    sizes.w5_writers * sizes.w5_appends_per_writer
+}
+
+// --- Raw side: hand-written sqlx, one module per dialect. ---
+
+mod raw_sqlite {
+    use super::*;
+
+    pub(super) async fn insert(
+        pool: &SqlitePool,
+        id: &str,
+        first_version: i64,
+        events: &[(&str, String)],
+    ) {
+        let mut sql = String::from(
+            "INSERT INTO raw_events (event_id, aggregate_type, aggregate_id, version, event_type, \
+             schema_version, occurred_at, payload) VALUES ",
+        );
+        for i in 0..events.len() {
+            sql.push_str(if i == 0 {
+                "(?,?,?,?,?,?,?,?)"
+            } else {
+                ",(?,?,?,?,?,?,?,?)"
+            });
+        }
+        let mut query = sqlx::query(&sql);
+        for (i, (event_type, payload)) in events.iter().enumerate() {
+            query = query
+                .bind(Uuid::now_v7())
+                .bind("Account")
+                .bind(id)
+                .bind(first_version + i as i64)
+                .bind(*event_type)
+                .bind(1_i64)
+                .bind(chrono::Utc::now())
+                .bind(payload);
+        }
+        query.execute(pool).await.expect("raw insert");
+    }
+
+    pub(super) async fn load(pool: &SqlitePool, id: &str) -> (Account, i64) {
+        let rows = sqlx::query(
+            "SELECT event_type, payload, version FROM raw_events WHERE aggregate_type = 'Account' \
+             AND aggregate_id = ? ORDER BY version",
+        )
+        .bind(id)
+        .fetch_all(pool)
+        .await
+        .expect("raw load");
+        let mut state = Account::default();
+        let mut version = 0;
+        for row in &rows {
+            raw_apply(&mut state, row.get(0), row.get(1));
+            version = row.get(2);
+        }
+        (state, version)
+    }
+
+    pub(super) async fn fold_all(pool: &SqlitePool) -> usize {
+        let (mut after, mut count) = (0_i64, 0);
+        let mut balances: HashMap<String, Account> = HashMap::new();
+        loop {
+            let rows = sqlx::query(
+                "SELECT position, aggregate_id, event_type, payload FROM raw_events \
+                 WHERE position > ? ORDER BY position LIMIT 1000",
+            )
+            .bind(after)
+            .fetch_all(pool)
+            .await
+            .expect("raw read");
+            let Some(last) = rows.last() else {
+                return count;
+            };
+            after = last.get(0);
+            for row in &rows {
+                raw_apply(
+                    balances.entry(row.get(1)).or_default(),
+                    row.get(2),
+                    row.get(3),
+                );
+                count += 1;
+            }
+        }
+    }
+}
+
+mod raw_pg {
+    use super::*;
+
+    pub(super) async fn insert(
+        pool: &PgPool,
+        table: &str,
+        id: &str,
+        first_version: i64,
+        events: &[(&str, String)],
+    ) {
+        // Positions: the identity column, or (raw_xid_events) the framework's xid-based ones.
+        let position = if table == "raw_xid_events" {
+            "pg_current_xact_id()::TEXT::BIGINT * 65536 + e.ord - 1, "
+        } else {
+            ""
+        };
+        let columns = if position.is_empty() {
+            ""
+        } else {
+            "position, "
+        };
+        let sql = format!(
+            "INSERT INTO {table} ({columns}event_id, aggregate_type, aggregate_id, version, event_type, \
+             schema_version, occurred_at, payload) SELECT {position}e.id, 'Account', $1, $2 + e.ord - 1, \
+             e.t, 1, now(), e.p::JSONB FROM UNNEST($3::UUID[], $4::TEXT[], $5::TEXT[]) \
+             WITH ORDINALITY AS e(id, t, p, ord)"
+        );
+        let ids: Vec<Uuid> = events.iter().map(|_| Uuid::now_v7()).collect();
+        let types: Vec<&str> = events.iter().map(|(t, _)| *t).collect();
+        let payloads: Vec<&str> = events.iter().map(|(_, p)| p.as_str()).collect();
+        sqlx::query(&sql)
+            .bind(id)
+            .bind(first_version)
+            .bind(&ids)
+            .bind(&types)
+            .bind(&payloads)
+            .execute(pool)
+            .await
+            .expect("raw insert");
+    }
+
+    pub(super) async fn load(pool: &PgPool, id: &str) -> (Account, i64) {
+        let rows = sqlx::query(
+            "SELECT event_type, payload::TEXT, version FROM raw_events WHERE aggregate_type = 'Account' \
+             AND aggregate_id = $1 ORDER BY version",
+        )
+        .bind(id)
+        .fetch_all(pool)
+        .await
+        .expect("raw load");
+        let mut state = Account::default();
+        let mut version = 0;
+        for row in &rows {
+            raw_apply(&mut state, row.get(0), row.get(1));
+            version = row.get(2);
+        }
+        (state, version)
+    }
+
+    pub(super) async fn fold_all(pool: &PgPool) -> usize {
+        let (mut after, mut count) = (0_i64, 0);
+        let mut balances: HashMap<String, Account> = HashMap::new();
+        loop {
+            let rows = sqlx::query(
+                "SELECT position, aggregate_id, event_type, payload::TEXT FROM raw_events \
+                 WHERE position > $1 ORDER BY position LIMIT 1000",
+            )
+            .bind(after)
+            .fetch_all(pool)
+            .await
+            .expect("raw read");
+            let Some(last) = rows.last() else {
+                return count;
+            };
+            after = last.get(0);
+            for row in &rows {
+                raw_apply(
+                    balances.entry(row.get(1)).or_default(),
+                    row.get(2),
+                    row.get(3),
+                );
+                count += 1;
+            }
+        }
+    }
+}
+
+fn opened(i: usize) -> (&'static str, String) {
+    (
+        AccountOpened::EVENT_TYPE,
+        serde_json::to_string(&AccountOpened {
+            owner: format!("owner {i}"),
+        })
+        .unwrap(),
+    )
+}
+
+fn deposited(amount_cents: i64) -> (&'static str, String) {
+    (
+        Deposited::EVENT_TYPE,
+        serde_json::to_string(&Deposited { amount_cents }).unwrap(),
+    )
+}
+
+impl Raw {
+    async fn insert(&self, id: &str, first_version: i64, events: &[(&str, String)]) {
+        match self {
+            Raw::None => {}
+            Raw::Sqlite(pool) => raw_sqlite::insert(pool, id, first_version, events).await,
+            Raw::Postgres(pool) => {
+                raw_pg::insert(pool, "raw_events", id, first_version, events).await
+            }
+        }
+    }
+
+    async fn load(&self, id: &str) -> (Account, i64) {
+        match self {
+            Raw::None => unreachable!("no raw side"),
+            Raw::Sqlite(pool) => raw_sqlite::load(pool, id).await,
+            Raw::Postgres(pool) => raw_pg::load(pool, id).await,
+        }
+    }
+
+    async fn w1(&self, sizes: Sizes) -> usize {
+        for i in 0..sizes.aggregates {
+            self.insert(&account_id(i), 1, &[opened(i)]).await;
+        }
+        for _ in 1..sizes.events_per_aggregate {
+            for i in 0..sizes.aggregates {
+                let id = account_id(i);
+                let (_state, version) = self.load(&id).await;
+                self.insert(&id, version + 1, &[deposited(100)]).await;
+            }
+        }
+        sizes.aggregates * sizes.events_per_aggregate
+    }
+
+    async fn seed(&self, sizes: Sizes) {
+        for i in 0..sizes.aggregates {
+            let mut batch = vec![opened(i)];
+            batch.extend((1..sizes.events_per_aggregate).map(|_| deposited(100)));
+            self.insert(&account_id(i), 1, &batch).await;
+        }
+    }
+
+    async fn append_stream(&self, id: &str, events: usize, batch: usize) {
+        let mut version = 0;
+        while version < events {
+            let n = batch.min(events - version);
+            let rows: Vec<_> = (0..n).map(|_| deposited(1)).collect();
+            self.insert(id, version as i64 + 1, &rows).await;
+            version += n;
+        }
+    }
+
+    async fn w3(&self, sizes: Sizes) -> i64 {
+        let mut total = 0;
+        for i in 0..sizes.aggregates {
+            total += self.load(&account_id(i)).await.0.balance;
+        }
+        total
+    }
+
+    async fn w4(&self) -> usize {
+        match self {
+            Raw::None => unreachable!("no raw side"),
+            Raw::Sqlite(pool) => raw_sqlite::fold_all(pool).await,
+            Raw::Postgres(pool) => raw_pg::fold_all(pool).await,
+        }
+    }
+
+    async fn w5(&self, table: &'static str, sizes: Sizes) -> usize {
+        let Raw::Postgres(pool) = self else {
+            unreachable!("W5 is PostgreSQL only")
+        };
+        let tasks: Vec<_> = (0..sizes.w5_writers)
+            .map(|w| {
+                let pool = pool.clone();
+                tokio::spawn(async move {
+                    let id = format!("writer-{w}");
+                    for v in 0..sizes.w5_appends_per_writer as i64 {
+                        raw_pg::insert(&pool, table, &id, v + 1, &[deposited(1)]).await;
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+        sizes.w5_writers * sizes.w5_appends_per_writer
+    }
+}
+
+// --- Running it all. ---
+
+struct Run<'a> {
+    sizes: Sizes,
+    selected: &'a dyn Fn(&str) -> bool,
+}
+
+impl Run<'_> {
+    /// One repetition of every selected workload on a fresh fixture.
+    async fn repetition<S: EventStore + Clone + 'static>(
+        &self,
+        fx: &Fixture<S>,
+        samples: &mut Samples,
+    ) {
+        let sizes = self.sizes;
+        let has_raw = !matches!(fx.raw, Raw::None);
+        let events = sizes.aggregates * sizes.events_per_aggregate;
+
+        reset_peak_rss();
+        if (self.selected)("w1") {
+            let t = Instant::now();
+            let n = fw_w1(&fx.store, sizes).await;
+            let framework = per_second(n, t.elapsed());
+            let raw = if has_raw {
+                let t = Instant::now();
+                let n = fx.raw.w1(sizes).await;
+                Some(per_second(n, t.elapsed()))
+            } else {
+                None
+            };
+            samples.add("W1 command path", "events/s", framework, raw, peak_rss_mb());
+        } else if (self.selected)("w3") || (self.selected)("w4") {
+            fw_seed(&fx.store, sizes).await;
+            if has_raw {
+                fx.raw.seed(sizes).await;
+            }
+        }
+
+        if (self.selected)("w3") {
+            reset_peak_rss();
+            let t = Instant::now();
+            let total = fw_w3(&fx.store, sizes).await;
+            let framework = per_second(sizes.aggregates, t.elapsed());
+            let raw = if has_raw {
+                let t = Instant::now();
+                assert_eq!(
+                    fx.raw.w3(sizes).await,
+                    total,
+                    "both sides fold the same balances"
+                );
+                Some(per_second(sizes.aggregates, t.elapsed()))
+            } else {
+                None
+            };
+            samples.add(
+                "W3 load 10-event aggregates",
+                "aggregates/s",
+                framework,
+                raw,
+                peak_rss_mb(),
+            );
+        }
+
+        if (self.selected)("w4") {
+            reset_peak_rss();
+            let t = Instant::now();
+            let n = fw_w4(&fx.store).await;
+            assert_eq!(n, events);
+            let framework = per_second(n, t.elapsed());
+            let raw = if has_raw {
+                let t = Instant::now();
+                assert_eq!(fx.raw.w4().await, events);
+                Some(per_second(events, t.elapsed()))
+            } else {
+                None
+            };
+            samples.add(
+                "W4 projection catch-up",
+                "events/s",
+                framework,
+                raw,
+                peak_rss_mb(),
+            );
+        }
+
+        if (self.selected)("w3") {
+            fw_append_stream(&fx.store, "long", sizes.long_stream, 1000).await;
+            if has_raw {
+                fx.raw.append_stream("long", sizes.long_stream, 1000).await;
+            }
+            reset_peak_rss();
+            let t = Instant::now();
+            let balance = fw_w3_long(&fx.store).await;
+            let framework = t.elapsed().as_secs_f64() * 1000.0;
+            let raw = if has_raw {
+                let t = Instant::now();
+                assert_eq!(fx.raw.load("long").await.0.balance, balance);
+                Some(t.elapsed().as_secs_f64() * 1000.0)
+            } else {
+                None
+            };
+            samples.add(
+                "W3 one aggregate, long stream, no snapshot",
+                "ms (lower is better)",
+                framework,
+                raw,
+                peak_rss_mb(),
+            );
+        }
+
+        if (self.selected)("w2") {
+            reset_peak_rss();
+            let t = Instant::now();
+            fw_append_stream(&fx.store, "w2", sizes.w2_events, sizes.w2_batch).await;
+            let framework = per_second(sizes.w2_events, t.elapsed());
+            let raw = if has_raw {
+                let t = Instant::now();
+                fx.raw
+                    .append_stream("w2", sizes.w2_events, sizes.w2_batch)
+                    .await;
+                Some(per_second(sizes.w2_events, t.elapsed()))
+            } else {
+                None
+            };
+            samples.add("W2 batch append", "events/s", framework, raw, peak_rss_mb());
+        }
+
+        if (self.selected)("w5") && matches!(fx.raw, Raw::Postgres(_)) {
+            reset_peak_rss();
+            let t = Instant::now();
+            let n = fw_w5(&fx.store, sizes).await;
+            let framework = per_second(n, t.elapsed());
+            let t = Instant::now();
+            let n = fx.raw.w5("raw_events", sizes).await;
+            let raw_seq = per_second(n, t.elapsed());
+            let t = Instant::now();
+            let n = fx.raw.w5("raw_xid_events", sizes).await;
+            let raw_xid = per_second(n, t.elapsed());
+            let rss = peak_rss_mb();
+            samples.add(
+                "W5 8 concurrent writers",
+                "events/s",
+                framework,
+                Some(raw_seq),
+                rss,
+            );
+            samples.add(
+                "W5 raw + xid positions (vs raw)",
+                "events/s",
+                raw_xid,
+                Some(raw_seq),
+                rss,
+            );
+        }
+    }
+}
+
+fn report(backend: &'static str, samples: Samples, figures: &mut Vec<Figure>) {
+    let order = [
+        "W1 command path",
+        "W2 batch append",
+        "W3 load 10-event aggregates",
+        "W3 one aggregate, long stream, no snapshot",
+        "W4 projection catch-up",
+        "W5 8 concurrent writers",
+        "W5 raw + xid positions (vs raw)",
+    ];
+    let mut samples = samples.0;
+    for workload in order {
+        let Some(Sample {
+            unit,
+            framework: mut fw,
+            mut raw,
+            peak_rss_mb: rss,
+        }) = samples.remove(workload)
+        else {
+            continue;
+        };
+        let framework = median(&mut fw);
+        let raw = (!raw.is_empty()).then(|| median(&mut raw));
+        let lower_is_better = unit.starts_with("ms");
+        let ratio = raw.map(|raw| {
+            if lower_is_better {
+                raw / framework
+            } else {
+                framework / raw
+            }
+        });
+        figures.push(Figure {
+            backend,
+            workload,
+            unit,
+            framework,
+            raw,
+            ratio,
+            peak_rss_mb: rss,
+        });
+    }
+}
+
+fn print_table(figures: &[Figure], sizes: Sizes, reps: usize) {
+    println!(
+        "\n{} aggregates x {} events, W2 {} events in batches of {}, long stream {} events; median of {reps}",
+        sizes.aggregates,
+        sizes.events_per_aggregate,
+        sizes.w2_events,
+        sizes.w2_batch,
+        sizes.long_stream
+    );
+    println!(
+        "{:<9} {:<44} {:>14} {:>14} {:>7} {:>9}  unit",
+        "backend", "workload", "framework", "raw sqlx", "ratio", "peak MB"
+    );
+    for f in figures {
+        let raw = f.raw.map_or("-".to_owned(), |r| format!("{r:.1}"));
+        let ratio = f.ratio.map_or("-".to_owned(), |r| format!("{r:.2}"));
+        println!(
+            "{:<9} {:<44} {:>14.1} {:>14} {:>7} {:>9.1}  {}",
+            f.backend, f.workload, f.framework, raw, ratio, f.peak_rss_mb, f.unit
+        );
+    }
+    println!(
+        "ratio = framework / raw for rates, raw / framework for times: 1.00 is the database's own speed"
+    );
+    println!("W3 one aggregate with a snapshot: not available (snapshots are not implemented yet)");
+}
+
+#[tokio::main]
+async fn main() {
+    let args = Args::parse();
+    let sizes = args.scale.sizes();
+    let workload = args.workload.to_lowercase();
+    let selected = move |w: &str| workload == "all" || workload.split(',').any(|x| x == w);
+    let run = Run {
+        sizes,
+        selected: &selected,
+    };
+    let url = args
+        .database_url
+        .clone()
+        .or_else(|| std::env::var("DATABASE_URL").ok())
+        .unwrap_or_else(|| "postgres://postgres@127.0.0.1:5432/test".to_owned());
+    let wants = |b: BackendArg| args.backend == b || args.backend == BackendArg::All;
+    let reps = args.reps.max(1);
+    let mut figures = Vec::new();
+
+    if wants(BackendArg::Memory) {
+        let mut samples = Samples::default();
+        for _ in 0..reps {
+            let fx = Fixture {
+                store: InMemoryEventStore::new(),
+                raw: Raw::None,
+                cleanup: None,
+            };
+            run.repetition(&fx, &mut samples).await;
+        }
+        report("memory", samples, &mut figures);
+    }
+    if wants(BackendArg::Sqlite) {
+        let mut samples = Samples::default();
+        for _ in 0..reps {
+            run.repetition(&sqlite_fixture().await, &mut samples).await;
+        }
+        report("sqlite", samples, &mut figures);
+    }
+    if wants(BackendArg::Postgres) {
+        let mut samples = Samples::default();
+        for _ in 0..reps {
+            run.repetition(&postgres_fixture(&url).await, &mut samples)
+                .await;
+        }
+        report("postgres", samples, &mut figures);
+    }
+
+    print_table(&figures, sizes, reps);
+    if let Some(path) = &args.json {
+        let json =
+            serde_json::json!({ "sizes": format!("{sizes:?}"), "reps": reps, "results": figures });
+        std::fs::write(path, serde_json::to_string_pretty(&json).unwrap()).expect("write JSON");
+        println!("wrote {}", path.display());
+    }
+}

@@ -1,0 +1,47 @@
+//! The conformance suite (`tests/support/conformance.rs`), run against every store: each case on
+//! a fresh in-memory store, a fresh SQLite file and a fresh PostgreSQL schema.
+
+use eventsource_tests::{conformance, databases};
+
+macro_rules! suite {
+    ($backend:ident: $($case:ident),* $(,)?) => {
+        mod $backend {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(db) = databases::$backend().await else { return };
+                    conformance::$case(db.store()).await;
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! every_backend {
+    ($($case:ident),* $(,)?) => {
+        suite!(memory: $($case),*);
+        suite!(sqlite: $($case),*);
+        suite!(postgres: $($case),*);
+    };
+}
+
+every_backend!(
+    expected_any,
+    expected_no_stream,
+    expected_stream_exists,
+    expected_exact,
+    batch_is_atomic,
+    retried_append_is_idempotent,
+    read_stream_queries,
+    metadata_round_trips,
+    read_all_order_and_filters,
+    large_and_unicode_payloads,
+    ten_thousand_events,
+    concurrent_writers_one_stream,
+    bad_input_is_refused,
+    undecodable_events_are_typed_errors,
+    time_travel,
+    repository_conflict_and_retry,
+    old_schema_versions_are_upcast,
+);

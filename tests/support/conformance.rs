@@ -1,0 +1,1042 @@
+//! The behaviour every [`EventStore`] must have. Each function is one case; `tests/conformance.rs`
+//! runs every case against every backend, each on a fresh store.
+
+use chrono::{Duration, Utc};
+use eventsource::prelude::*;
+use eventsource::{AppendResult, NewEvent};
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use std::collections::HashSet;
+
+/// An event of the suite's small domain.
+#[derive(DomainEvent, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[event(name = "conformance.Noted", aggregate = "Notebook")]
+pub struct Noted {
+    /// What was noted.
+    pub text: String,
+}
+
+/// The suite's aggregate: the notes taken, in order.
+#[derive(Default, Debug)]
+pub struct Notebook {
+    /// The notes.
+    pub notes: Vec<String>,
+}
+
+#[aggregate(name = "Notebook", id = String)]
+impl Notebook {
+    #[handles]
+    fn noted(&mut self, event: &Noted) {
+        self.notes.push(event.text.clone());
+    }
+}
+
+fn stream(id: &str) -> StreamId {
+    StreamId::new("Notebook", id)
+}
+
+fn note(text: &str) -> NewEvent {
+    NewEvent::new(&Noted { text: text.into() }).expect("serializable")
+}
+
+fn notes(texts: &[&str]) -> Vec<NewEvent> {
+    texts.iter().map(|t| note(t)).collect()
+}
+
+async fn count_all<S: EventStore>(store: &S) -> usize {
+    let all: Vec<RecordedEvent> = store
+        .read_all(ReadAll::from_start())
+        .try_collect()
+        .await
+        .unwrap();
+    all.len()
+}
+
+async fn texts<S: EventStore>(store: &S, id: &str) -> Vec<String> {
+    store
+        .read_stream(&stream(id), StreamQuery::all())
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.decode::<Noted>().unwrap().text)
+        .collect()
+}
+
+fn assert_conflict(result: Result<AppendResult, Error>, expected: ExpectedVersion, actual: u64) {
+    match result {
+        Err(Error::Concurrency {
+            expected: e,
+            actual: a,
+            ..
+        }) => {
+            assert_eq!((e, a), (expected, actual), "conflict details");
+        }
+        other => panic!("expected a concurrency conflict, got {other:?}"),
+    }
+}
+
+fn assert_invalid<T: std::fmt::Debug>(result: Result<T, Error>, needle: &str) {
+    match result {
+        Err(Error::InvalidInput { reason, .. }) => {
+            assert!(
+                reason.contains(needle),
+                "reason {reason:?} should mention {needle:?}"
+            )
+        }
+        other => panic!("expected invalid input ({needle}), got {other:?}"),
+    }
+}
+
+/// `Any` appends whatever the stream's state, numbering on.
+pub async fn expected_any<S: EventStore>(store: &S) {
+    let s = stream("any");
+    let first = store
+        .append(&s, ExpectedVersion::Any, notes(&["a", "b"]))
+        .await
+        .unwrap();
+    assert_eq!(first.stream_version, 2);
+    let second = store
+        .append(&s, ExpectedVersion::Any, notes(&["c"]))
+        .await
+        .unwrap();
+    assert_eq!(second.stream_version, 3);
+    assert!(second.last_position > first.last_position);
+    assert_eq!(texts(store, "any").await, ["a", "b", "c"]);
+}
+
+/// `NoStream` only creates.
+pub async fn expected_no_stream<S: EventStore>(store: &S) {
+    let s = stream("new");
+    store
+        .append(&s, ExpectedVersion::NoStream, notes(&["a", "b"]))
+        .await
+        .unwrap();
+    let again = store
+        .append(&s, ExpectedVersion::NoStream, notes(&["c"]))
+        .await;
+    assert_conflict(again, ExpectedVersion::NoStream, 2);
+    assert_eq!(texts(store, "new").await, ["a", "b"]);
+}
+
+/// `StreamExists` only appends to a stream with events.
+pub async fn expected_stream_exists<S: EventStore>(store: &S) {
+    let s = stream("exists");
+    let missing = store
+        .append(&s, ExpectedVersion::StreamExists, notes(&["a"]))
+        .await;
+    assert_conflict(missing, ExpectedVersion::StreamExists, 0);
+    assert_eq!(store.stream_version(&s).await.unwrap(), 0);
+    store
+        .append(&s, ExpectedVersion::Any, notes(&["a"]))
+        .await
+        .unwrap();
+    let ok = store
+        .append(&s, ExpectedVersion::StreamExists, notes(&["b"]))
+        .await
+        .unwrap();
+    assert_eq!(ok.stream_version, 2);
+}
+
+/// `Exact(n)` appends only at version n: stale and future versions conflict.
+pub async fn expected_exact<S: EventStore>(store: &S) {
+    let s = stream("exact");
+    store
+        .append(&s, ExpectedVersion::Exact(0), notes(&["a"]))
+        .await
+        .unwrap();
+    store
+        .append(&s, ExpectedVersion::Exact(1), notes(&["b", "c"]))
+        .await
+        .unwrap();
+    assert_conflict(
+        store
+            .append(&s, ExpectedVersion::Exact(1), notes(&["x"]))
+            .await,
+        ExpectedVersion::Exact(1),
+        3,
+    );
+    assert_conflict(
+        store
+            .append(&s, ExpectedVersion::Exact(7), notes(&["x"]))
+            .await,
+        ExpectedVersion::Exact(7),
+        3,
+    );
+    assert_eq!(texts(store, "exact").await, ["a", "b", "c"]);
+    assert_eq!(store.stream_version(&s).await.unwrap(), 3);
+    assert!(store.stream_exists(&s).await.unwrap());
+    assert!(!store.stream_exists(&stream("nobody")).await.unwrap());
+}
+
+/// A batch that conflicts or holds a taken event id stores none of its events.
+pub async fn batch_is_atomic<S: EventStore>(store: &S) {
+    let s = stream("atomic");
+    store
+        .append(&s, ExpectedVersion::NoStream, notes(&["a"]))
+        .await
+        .unwrap();
+    let conflicting = store
+        .append(&s, ExpectedVersion::NoStream, notes(&["x", "y", "z"]))
+        .await;
+    assert_conflict(conflicting, ExpectedVersion::NoStream, 1);
+
+    let taken = store.read_stream(&s, StreamQuery::all()).await.unwrap()[0].event_id;
+    let mut batch = notes(&["b", "c"]);
+    batch.push(note("d").with_event_id(taken));
+    match store.append(&s, ExpectedVersion::Exact(1), batch).await {
+        Err(Error::DuplicateEvent { event_id, .. }) => assert_eq!(event_id, taken),
+        other => panic!("expected a duplicate event, got {other:?}"),
+    }
+    // The same id in another stream is refused too: ids are unique in the whole store.
+    let elsewhere = store
+        .append(
+            &stream("other"),
+            ExpectedVersion::Any,
+            vec![note("e").with_event_id(taken)],
+        )
+        .await;
+    assert!(
+        matches!(elsewhere, Err(Error::DuplicateEvent { .. })),
+        "{elsewhere:?}"
+    );
+
+    let twice = note("f");
+    let dup = twice.clone();
+    let within = store
+        .append(&s, ExpectedVersion::Exact(1), vec![twice, dup])
+        .await;
+    assert!(
+        matches!(within, Err(Error::DuplicateEvent { .. })),
+        "{within:?}"
+    );
+
+    assert_eq!(texts(store, "atomic").await, ["a"]);
+    assert_eq!(count_all(store).await, 1);
+}
+
+/// A retried append (same event ids) cannot store its events twice.
+pub async fn retried_append_is_idempotent<S: EventStore>(store: &S) {
+    let s = stream("retry");
+    let batch = notes(&["a", "b"]);
+    store
+        .append(&s, ExpectedVersion::Any, batch.clone())
+        .await
+        .unwrap();
+    let retry = store.append(&s, ExpectedVersion::Any, batch).await;
+    assert!(
+        matches!(retry, Err(Error::DuplicateEvent { .. })),
+        "{retry:?}"
+    );
+    assert_eq!(texts(store, "retry").await, ["a", "b"]);
+}
+
+/// Stream reads: ranges, backwards, limits, and by time.
+pub async fn read_stream_queries<S: EventStore>(store: &S) {
+    let s = stream("ranges");
+    let texts_of = |events: Vec<RecordedEvent>| -> Vec<String> {
+        events
+            .iter()
+            .map(|e| e.decode::<Noted>().unwrap().text)
+            .collect()
+    };
+    let start = Utc::now() - Duration::hours(10);
+    let batch: Vec<NewEvent> = (1..=6)
+        .map(|i| note(&i.to_string()).with_occurred_at(start + Duration::hours(i)))
+        .collect();
+    store
+        .append(&s, ExpectedVersion::NoStream, batch)
+        .await
+        .unwrap();
+
+    let read = |q: StreamQuery| store.read_stream(&s, q);
+    assert_eq!(
+        texts_of(read(StreamQuery::all()).await.unwrap()),
+        ["1", "2", "3", "4", "5", "6"]
+    );
+    assert_eq!(
+        texts_of(read(StreamQuery::from_version(4)).await.unwrap()),
+        ["4", "5", "6"]
+    );
+    assert_eq!(
+        texts_of(
+            read(StreamQuery::from_version(2).to_version(3))
+                .await
+                .unwrap()
+        ),
+        ["2", "3"]
+    );
+    assert_eq!(
+        texts_of(read(StreamQuery::all().limit(2)).await.unwrap()),
+        ["1", "2"]
+    );
+    assert_eq!(
+        texts_of(read(StreamQuery::last(2)).await.unwrap()),
+        ["6", "5"]
+    );
+    assert_eq!(
+        texts_of(
+            read(StreamQuery::all().to_version(4).backwards())
+                .await
+                .unwrap()
+        ),
+        ["4", "3", "2", "1"]
+    );
+    assert_eq!(
+        texts_of(
+            read(StreamQuery::all().until(start + Duration::hours(3)))
+                .await
+                .unwrap()
+        ),
+        ["1", "2", "3"]
+    );
+    assert!(read(StreamQuery::from_version(7)).await.unwrap().is_empty());
+    assert!(
+        store
+            .read_stream(&stream("none"), StreamQuery::all())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+    let versions: Vec<u64> = read(StreamQuery::all())
+        .await
+        .unwrap()
+        .iter()
+        .map(|e| e.version)
+        .collect();
+    assert_eq!(versions, [1, 2, 3, 4, 5, 6]);
+}
+
+/// Every field of a stored event, metadata included, reads back as written.
+pub async fn metadata_round_trips<S: EventStore>(store: &S) {
+    let s = stream("meta");
+    let correlation = Uuid::now_v7();
+    let causation = Uuid::now_v7();
+    let metadata = Metadata::new()
+        .with_tenant("acme")
+        .with_actor("user-7")
+        .with_correlation_id(correlation)
+        .with_causation_id(causation)
+        .with_extra("ip", "10.0.0.1")
+        .with_extra("attempt", 2);
+    let event = note("hello").with_metadata(metadata.clone());
+    let (id, occurred_at) = (event.event_id, event.occurred_at);
+    let result = store
+        .append(&s, ExpectedVersion::NoStream, vec![event, note("plain")])
+        .await
+        .unwrap();
+    let read = store.read_stream(&s, StreamQuery::all()).await.unwrap();
+    assert_eq!(read[0].event_id, id);
+    assert_eq!(read[0].stream, s);
+    assert_eq!(read[0].aggregate_type(), "Notebook");
+    assert_eq!(read[0].aggregate_id(), "meta");
+    assert_eq!(read[0].event_type, "conformance.Noted");
+    assert_eq!(read[0].schema_version, 1);
+    assert_eq!(read[0].occurred_at, occurred_at);
+    assert_eq!(read[0].metadata, metadata);
+    assert!(read[1].metadata.is_empty());
+    assert_eq!(read[1].position, result.last_position);
+    assert!(read[0].position < read[1].position);
+    // read_all returns the same events as read_stream.
+    let all: Vec<RecordedEvent> = store
+        .read_all(ReadAll::from_start())
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(all, read);
+}
+
+/// Global reads: order, resuming after a position, paging, filters.
+pub async fn read_all_order_and_filters<S: EventStore>(store: &S) {
+    for i in 0..5 {
+        let s = StreamId::new(
+            if i % 2 == 0 { "Notebook" } else { "Diary" },
+            format!("s{i}"),
+        );
+        let mut batch = Vec::new();
+        for j in 0..7 {
+            let mut event = note(&format!("{i}.{j}"));
+            if j % 3 == 0 {
+                event = NewEvent::from_json("conformance.Other", 1, "{}");
+            }
+            batch.push(event.with_metadata(Metadata::new().with_tenant(if i < 2 {
+                "t1"
+            } else {
+                "t2"
+            })));
+        }
+        store
+            .append(&s, ExpectedVersion::NoStream, batch)
+            .await
+            .unwrap();
+    }
+    let read = |q: ReadAll| async move {
+        let events: Vec<RecordedEvent> = store.read_all(q).try_collect().await.unwrap();
+        events
+    };
+    let all = read(ReadAll::from_start()).await;
+    assert_eq!(all.len(), 35);
+    assert!(
+        all.windows(2).all(|w| w[0].position < w[1].position),
+        "strictly increasing positions"
+    );
+    let ids: HashSet<Uuid> = all.iter().map(|e| e.event_id).collect();
+    assert_eq!(ids.len(), 35);
+
+    // Small pages give the same result.
+    assert_eq!(read(ReadAll::from_start().batch_size(3)).await, all);
+    // Resuming after any position gives exactly the rest.
+    for cut in [0, 1, 13, 34] {
+        let rest = read(ReadAll::after(all[cut].position).batch_size(4)).await;
+        assert_eq!(rest, all[cut + 1..]);
+    }
+    assert!(read(ReadAll::after(all[34].position)).await.is_empty());
+
+    let noted = read(ReadAll::from_start().event_types(["conformance.Noted"])).await;
+    assert_eq!(noted.len(), 20);
+    assert!(noted.iter().all(|e| e.event_type == "conformance.Noted"));
+    let diaries = read(
+        ReadAll::from_start()
+            .aggregate_types(["Diary"])
+            .batch_size(2),
+    )
+    .await;
+    assert_eq!(diaries.len(), 14);
+    let t1 = read(ReadAll::from_start().tenant("t1")).await;
+    assert_eq!(t1.len(), 14);
+    assert!(
+        t1.iter()
+            .all(|e| e.metadata.tenant_id.as_deref() == Some("t1"))
+    );
+    let combined = read(
+        ReadAll::from_start()
+            .tenant("t2")
+            .aggregate_types(["Notebook"])
+            .event_types(["conformance.Other", "nothing"]),
+    )
+    .await;
+    assert_eq!(combined.len(), 6);
+}
+
+/// A 1 MB payload and text in many scripts survive the round trip.
+pub async fn large_and_unicode_payloads<S: EventStore>(store: &S) {
+    let big = "x".repeat(1 << 20);
+    let unicode = "Grüße, 日本語, العربية, emoji 🦀👩‍💻, \"quotes\", back\\slash, \ttab\nnewline";
+    let s = StreamId::new("Notebook", "ünïcødé-🦀");
+    store
+        .append(&s, ExpectedVersion::NoStream, notes(&[&big, unicode]))
+        .await
+        .unwrap();
+    let read = store.read_stream(&s, StreamQuery::all()).await.unwrap();
+    assert_eq!(read[0].decode::<Noted>().unwrap().text, big);
+    assert_eq!(read[1].decode::<Noted>().unwrap().text, unicode);
+    assert_eq!(read[1].aggregate_id(), "ünïcødé-🦀");
+    // A backslash followed by "u0000" is text, not a NUL.
+    store
+        .append(&s, ExpectedVersion::Exact(2), notes(&["\\u0000"]))
+        .await
+        .unwrap();
+}
+
+/// A stream of 10,000 events, appended in batches, reads back whole and in order.
+pub async fn ten_thousand_events<S: EventStore>(store: &S) {
+    let s = stream("long");
+    for batch in 0..20 {
+        let events = (0..500)
+            .map(|i| note(&(batch * 500 + i).to_string()))
+            .collect();
+        store
+            .append(&s, ExpectedVersion::Exact(batch * 500), events)
+            .await
+            .unwrap();
+    }
+    assert_eq!(store.stream_version(&s).await.unwrap(), 10_000);
+    let read = store.read_stream(&s, StreamQuery::all()).await.unwrap();
+    assert_eq!(read.len(), 10_000);
+    for (i, event) in read.iter().enumerate() {
+        assert_eq!(event.version, i as u64 + 1);
+        assert_eq!(event.decode::<Noted>().unwrap().text, i.to_string());
+    }
+    let repo = Repository::<Notebook, _>::new(store);
+    assert_eq!(repo.load("long").await.unwrap().state().notes.len(), 10_000);
+}
+
+/// Many writers, one stream, each appending at the version it read: exactly one wins each
+/// version, nothing is lost or stored twice.
+pub async fn concurrent_writers_one_stream<S: EventStore + Clone + 'static>(store: &S) {
+    const WRITERS: usize = 8;
+    const EACH: usize = 10;
+    let s = stream("contended");
+    let mut tasks = Vec::new();
+    for w in 0..WRITERS {
+        let store = store.clone();
+        let s = s.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut won = Vec::new();
+            let mut conflicts = 0;
+            while won.len() < EACH {
+                let version = store.stream_version(&s).await.unwrap();
+                let event = note(&format!("{w}.{}", won.len()));
+                let id = event.event_id;
+                match store
+                    .append(&s, ExpectedVersion::Exact(version), vec![event])
+                    .await
+                {
+                    Ok(result) => {
+                        assert_eq!(result.stream_version, version + 1);
+                        won.push((version + 1, id));
+                    }
+                    Err(Error::Concurrency { actual, .. }) => {
+                        assert!(actual > version, "a conflict means someone else got ahead");
+                        conflicts += 1;
+                    }
+                    Err(other) => panic!("unexpected error: {other}"),
+                }
+            }
+            (won, conflicts)
+        }));
+    }
+    let mut winners = Vec::new();
+    for task in tasks {
+        winners.extend(task.await.unwrap().0);
+    }
+    winners.sort();
+    let versions: Vec<u64> = winners.iter().map(|(v, _)| *v).collect();
+    assert_eq!(
+        versions,
+        (1..=(WRITERS * EACH) as u64).collect::<Vec<_>>(),
+        "one winner per version"
+    );
+    let stored = store.read_stream(&s, StreamQuery::all()).await.unwrap();
+    let stored: Vec<(u64, Uuid)> = stored.iter().map(|e| (e.version, e.event_id)).collect();
+    assert_eq!(
+        stored, winners,
+        "the store holds exactly the winners' events"
+    );
+}
+
+/// Input no store accepts is refused with a typed error, and nothing is stored.
+pub async fn bad_input_is_refused<S: EventStore>(store: &S) {
+    let ok = stream("fine");
+    assert_invalid(
+        store
+            .append(
+                &ok,
+                ExpectedVersion::Any,
+                vec![NewEvent::from_json("T", 1, "{not json")],
+            )
+            .await,
+        "not JSON",
+    );
+    assert_invalid(
+        store
+            .append(
+                &ok,
+                ExpectedVersion::Any,
+                vec![NewEvent::from_json("T", 1, "")],
+            )
+            .await,
+        "not JSON",
+    );
+    assert_invalid(
+        store
+            .append(&ok, ExpectedVersion::Any, notes(&["nul \0 inside"]))
+            .await,
+        "NUL",
+    );
+    assert_invalid(
+        store
+            .append(
+                &ok,
+                ExpectedVersion::Any,
+                vec![NewEvent::from_json("", 1, "{}")],
+            )
+            .await,
+        "empty",
+    );
+    assert_invalid(
+        store
+            .append(
+                &ok,
+                ExpectedVersion::Any,
+                vec![NewEvent::from_json("T\0", 1, "{}")],
+            )
+            .await,
+        "NUL",
+    );
+    assert_invalid(
+        store
+            .append(
+                &ok,
+                ExpectedVersion::Any,
+                vec![NewEvent::from_json("T", 0, "{}")],
+            )
+            .await,
+        "schema version",
+    );
+    let long = StreamId::new("Notebook", "x".repeat(1024));
+    assert_invalid(
+        store
+            .append(&long, ExpectedVersion::Any, notes(&["a"]))
+            .await,
+        "1024 bytes",
+    );
+    let nul = StreamId::new("Notebook", "a\0b");
+    assert_invalid(
+        store
+            .append(&nul, ExpectedVersion::Any, notes(&["a"]))
+            .await,
+        "NUL",
+    );
+    let empty = StreamId::new("", "x");
+    assert_invalid(
+        store
+            .append(&empty, ExpectedVersion::Any, notes(&["a"]))
+            .await,
+        "empty",
+    );
+    assert_eq!(count_all(store).await, 0);
+    // A good append still works after all of that.
+    store
+        .append(&ok, ExpectedVersion::NoStream, notes(&["a"]))
+        .await
+        .unwrap();
+    assert_eq!(count_all(store).await, 1);
+}
+
+/// What the store holds but the code cannot read is a typed error at load, naming the event.
+pub async fn undecodable_events_are_typed_errors<S: EventStore>(store: &S) {
+    let repo = Repository::<Notebook, _>::new(store);
+    let s = stream("broken");
+    store
+        .append(
+            &s,
+            ExpectedVersion::NoStream,
+            vec![
+                note("a"),
+                NewEvent::from_json("conformance.Noted", 1, r#"{"txt":"typo"}"#),
+            ],
+        )
+        .await
+        .unwrap();
+    match repo.load("broken").await {
+        Err(Error::Decode {
+            stream,
+            version,
+            event_type,
+            schema_version,
+            ..
+        }) => {
+            assert_eq!(
+                (
+                    &*stream.aggregate_id,
+                    version,
+                    event_type.as_str(),
+                    schema_version
+                ),
+                ("broken", 2, "conformance.Noted", 1)
+            );
+        }
+        other => panic!("expected a decode error, got {other:?}"),
+    }
+    let s = stream("retired");
+    store
+        .append(
+            &s,
+            ExpectedVersion::NoStream,
+            vec![
+                note("a"),
+                NewEvent::from_json("conformance.Retired", 3, "{}"),
+            ],
+        )
+        .await
+        .unwrap();
+    match repo.load("retired").await {
+        Err(Error::UnknownEventType {
+            version,
+            event_type,
+            schema_version,
+            ..
+        }) => {
+            assert_eq!(
+                (version, event_type.as_str(), schema_version),
+                (2, "conformance.Retired", 3)
+            );
+        }
+        other => panic!("expected an unknown event type, got {other:?}"),
+    }
+    let s = stream("future");
+    store
+        .append(
+            &s,
+            ExpectedVersion::NoStream,
+            vec![NewEvent::from_json(
+                "conformance.Noted",
+                9,
+                r#"{"text":"from the future"}"#,
+            )],
+        )
+        .await
+        .unwrap();
+    match repo.load("future").await {
+        Err(Error::Decode {
+            source: eventsource::DecodeError::UnsupportedSchemaVersion { stored, current },
+            ..
+        }) => {
+            assert_eq!((stored, current), (9, 1));
+        }
+        other => panic!("expected an unsupported schema version, got {other:?}"),
+    }
+}
+
+/// Repository time travel through the store: by version and by date.
+pub async fn time_travel<S: EventStore>(store: &S) {
+    let repo = Repository::<Notebook, _>::new(store);
+    let start = Utc::now() - Duration::days(3);
+    let events = (1..=3)
+        .map(|day| note(&format!("day {day}")).with_occurred_at(start + Duration::days(day - 1)))
+        .collect();
+    store
+        .append(&stream("travel"), ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
+
+    let at_2 = repo.load_at("travel", 2).await.unwrap();
+    assert_eq!(
+        (at_2.version(), at_2.state().notes.clone()),
+        (2, vec!["day 1".to_owned(), "day 2".to_owned()])
+    );
+    assert!(matches!(
+        repo.load_at("travel", 4).await,
+        Err(Error::VersionNotFound {
+            requested: 4,
+            current: 3,
+            ..
+        })
+    ));
+
+    let noon_day_1 = start + Duration::hours(12);
+    assert_eq!(
+        repo.load_as_of("travel", noon_day_1)
+            .await
+            .unwrap()
+            .state()
+            .notes,
+        ["day 1"]
+    );
+    assert_eq!(
+        repo.load_as_of("travel", Utc::now())
+            .await
+            .unwrap()
+            .version(),
+        3
+    );
+    assert!(matches!(
+        repo.load_as_of("travel", start - Duration::hours(1)).await,
+        Err(Error::AggregateNotFound { .. })
+    ));
+}
+
+/// The repository's optimistic concurrency, end to end through the store.
+pub async fn repository_conflict_and_retry<S: EventStore + Clone + 'static>(store: &S) {
+    let repo = Repository::<Notebook, _>::new(store.clone());
+    let mut first = repo.create("shared");
+    first.record(Noted {
+        text: "created".into(),
+    });
+    repo.save(&mut first).await.unwrap();
+
+    let mut a = repo.load("shared").await.unwrap();
+    let mut b = repo.load("shared").await.unwrap();
+    a.record(Noted { text: "a".into() });
+    b.record(Noted { text: "b".into() });
+    repo.save(&mut a).await.unwrap();
+    match repo.save(&mut b).await {
+        Err(Error::Concurrency {
+            expected, actual, ..
+        }) => {
+            assert_eq!((expected, actual), (ExpectedVersion::Exact(1), 2))
+        }
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(
+        b.pending_events().len(),
+        1,
+        "a refused save keeps the pending events"
+    );
+
+    let tasks: Vec<_> = (0..6)
+        .map(|i| {
+            let repo = Repository::<Notebook, _>::new(store.clone()).with_max_attempts(50);
+            tokio::spawn(async move {
+                repo.update("shared", |nb| {
+                    nb.record(Noted {
+                        text: format!("update {i}"),
+                    });
+                    Ok::<_, Error>(())
+                })
+                .await
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap().unwrap();
+    }
+    let loaded = repo.load("shared").await.unwrap();
+    assert_eq!(loaded.version(), 8);
+    assert_eq!(
+        loaded
+            .state()
+            .notes
+            .iter()
+            .filter(|n| n.starts_with("update"))
+            .count(),
+        6
+    );
+}
+
+// --- Schema evolution: what older releases stored, read by the current code. ---
+
+/// Schema version 2 of `conformance.Paid`: whole euros. (Version 1 named the field `amount`; a
+/// JSON step renames it.)
+#[derive(Deserialize, Debug)]
+pub struct PaidV2 {
+    /// Whole euros.
+    pub euros: i64,
+}
+
+/// Schema version 3: cents and a currency.
+#[derive(Deserialize, Debug)]
+pub struct PaidV3 {
+    /// The amount in cents.
+    pub cents: i64,
+    /// ISO currency code.
+    pub currency: String,
+}
+
+impl From<PaidV2> for PaidV3 {
+    fn from(v2: PaidV2) -> Self {
+        PaidV3 {
+            cents: v2.euros * 100,
+            currency: "EUR".into(),
+        }
+    }
+}
+
+/// Why a version 3 payment cannot become a version 4 one.
+#[derive(Debug, thiserror::Error)]
+#[error("a payment of {0} cents is negative")]
+pub struct NegativePayment(pub i64);
+
+impl TryFrom<PaidV3> for Paid {
+    type Error = NegativePayment;
+    fn try_from(v3: PaidV3) -> Result<Self, NegativePayment> {
+        if v3.cents < 0 {
+            return Err(NegativePayment(v3.cents));
+        }
+        Ok(Paid {
+            cents: v3.cents,
+            currency: v3.currency,
+            method: "unknown".into(),
+        })
+    }
+}
+
+/// Version 1 stored `{"amount": n}`; version 2 calls it `euros`.
+pub fn rename_amount(
+    mut v1: serde_json::Value,
+) -> Result<serde_json::Value, Box<dyn std::error::Error + Send + Sync>> {
+    let amount = v1
+        .as_object_mut()
+        .and_then(|o| o.remove("amount"))
+        .ok_or("a version 1 payment has an `amount`")?;
+    Ok(serde_json::json!({ "euros": amount }))
+}
+
+/// The current (version 4) payment. Was stored as `conformance.PaymentMade` before a rename.
+#[derive(DomainEvent, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[event(
+    name = "conformance.Paid",
+    version = 4,
+    alias = "conformance.PaymentMade",
+    upcast(json = rename_amount, version = 1),
+    upcast(from = PaidV2, version = 2),
+    upcast(from = PaidV3, version = 3)
+)]
+pub struct Paid {
+    /// The amount in cents.
+    pub cents: i64,
+    /// ISO currency code.
+    pub currency: String,
+    /// How it was paid.
+    pub method: String,
+}
+
+/// An aggregate whose history spans four schema versions, a rename and a retired event.
+#[derive(Default, Debug)]
+pub struct Ledger {
+    /// Payments, as the current code sees them.
+    pub payments: Vec<Paid>,
+}
+
+#[aggregate(name = "Ledger", id = String, retired = ["conformance.Audited"])]
+impl Ledger {
+    #[handles]
+    fn paid(&mut self, event: &Paid) {
+        self.payments.push(event.clone());
+    }
+}
+
+/// Payloads of every older schema version, an old event name and a retired event decode into
+/// the current types; failures name both versions; reading rewrites nothing.
+pub async fn old_schema_versions_are_upcast<S: EventStore>(store: &S) {
+    let repo = Repository::<Ledger, _>::new(store);
+    let s = StreamId::new("Ledger", "history");
+    let old = vec![
+        NewEvent::from_json("conformance.Paid", 1, r#"{"amount": 12}"#),
+        NewEvent::from_json("conformance.Paid", 2, r#"{"euros": 3}"#),
+        NewEvent::from_json("conformance.Audited", 1, r#"{"by": "auditor"}"#),
+        NewEvent::from_json(
+            "conformance.Paid",
+            3,
+            r#"{"cents": 250, "currency": "USD"}"#,
+        ),
+        NewEvent::from_json(
+            "conformance.PaymentMade",
+            4,
+            r#"{"cents": 5, "currency": "EUR", "method": "card"}"#,
+        ),
+    ];
+    store
+        .append(&s, ExpectedVersion::NoStream, old)
+        .await
+        .unwrap();
+    let mut ledger = repo.load("history").await.unwrap();
+    let cents: Vec<(i64, &str, &str)> = ledger
+        .state()
+        .payments
+        .iter()
+        .map(|p| (p.cents, p.currency.as_str(), p.method.as_str()))
+        .collect();
+    assert_eq!(
+        cents,
+        [
+            (1200, "EUR", "unknown"),
+            (300, "EUR", "unknown"),
+            (250, "USD", "unknown"),
+            (5, "EUR", "card")
+        ]
+    );
+    assert_eq!(ledger.version(), 5);
+
+    // New events are written at the current version, and read back the same.
+    ledger.record(Paid {
+        cents: 1,
+        currency: "EUR".into(),
+        method: "cash".into(),
+    });
+    repo.save(&mut ledger).await.unwrap();
+    let stored = store.read_stream(&s, StreamQuery::all()).await.unwrap();
+    let versions: Vec<(&str, u32)> = stored
+        .iter()
+        .map(|e| (e.event_type.as_str(), e.schema_version))
+        .collect();
+    assert_eq!(
+        versions,
+        [
+            ("conformance.Paid", 1),
+            ("conformance.Paid", 2),
+            ("conformance.Audited", 1),
+            ("conformance.Paid", 3),
+            ("conformance.PaymentMade", 4),
+            ("conformance.Paid", 4)
+        ],
+        "reading rewrites nothing"
+    );
+    assert!(
+        stored[0].payload.contains("amount"),
+        "the version 1 payload is as it was written"
+    );
+    // Every read path decodes the same way: the registry too, and RecordedEvent::decode.
+    assert_eq!(stored[0].decode::<Paid>().unwrap().cents, 1200);
+    assert_eq!(
+        eventsource::EventRegistry::global()
+            .decode_json(&stored[4])
+            .unwrap()["method"],
+        "card"
+    );
+
+    let s = StreamId::new("Ledger", "broken");
+    store
+        .append(
+            &s,
+            ExpectedVersion::NoStream,
+            vec![NewEvent::from_json(
+                "conformance.Paid",
+                3,
+                r#"{"cents": -5, "currency": "EUR"}"#,
+            )],
+        )
+        .await
+        .unwrap();
+    match repo.load("broken").await {
+        Err(Error::Decode {
+            stream,
+            version,
+            event_type,
+            schema_version,
+            source:
+                eventsource::DecodeError::Upcast {
+                    from,
+                    to,
+                    current,
+                    source,
+                },
+        }) => {
+            assert_eq!(
+                (
+                    &*stream.aggregate_id,
+                    version,
+                    event_type.as_str(),
+                    schema_version
+                ),
+                ("broken", 1, "conformance.Paid", 3)
+            );
+            assert_eq!((from, to, current), (3, 4, 4));
+            assert_eq!(source.to_string(), "a payment of -5 cents is negative");
+        }
+        other => panic!("expected an upcast failure, got {other:?}"),
+    }
+    let s = StreamId::new("Ledger", "bad-v1");
+    store
+        .append(
+            &s,
+            ExpectedVersion::NoStream,
+            vec![NewEvent::from_json("conformance.Paid", 1, r#"{"sum": 1}"#)],
+        )
+        .await
+        .unwrap();
+    assert!(matches!(
+        repo.load("bad-v1").await,
+        Err(Error::Decode {
+            source: eventsource::DecodeError::Upcast { from: 1, to: 2, .. },
+            ..
+        })
+    ));
+    let s = StreamId::new("Ledger", "newer");
+    store
+        .append(
+            &s,
+            ExpectedVersion::NoStream,
+            vec![NewEvent::from_json("conformance.Paid", 5, "{}")],
+        )
+        .await
+        .unwrap();
+    match repo.load("newer").await {
+        Err(Error::Decode {
+            schema_version: 5,
+            source: eventsource::DecodeError::UnsupportedSchemaVersion { stored, current },
+            ..
+        }) => assert_eq!((stored, current), (5, 4)),
+        other => panic!("expected an unsupported version, got {other:?}"),
+    }
+}

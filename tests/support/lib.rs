@@ -1,0 +1,4 @@
+//! Shared test support of the workspace: the store conformance suite and fresh databases.
+
+pub mod conformance;
+pub mod databases;

@@ -1,0 +1,27 @@
+use eventsource::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(DomainEvent, Serialize, Deserialize)]
+struct Deposited {
+    amount: i64,
+}
+
+#[derive(Default)]
+struct Account {
+    balance: i64,
+}
+
+#[aggregate]
+impl Account {
+    #[handles]
+    fn deposited(&mut self, event: &Deposited) {
+        self.balance += event.amount;
+    }
+
+    #[handles]
+    fn deposited_again(&mut self, event: &Deposited) {
+        self.balance += event.amount;
+    }
+}
+
+fn main() {}

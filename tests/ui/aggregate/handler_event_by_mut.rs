@@ -1,0 +1,22 @@
+use eventsource::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(DomainEvent, Serialize, Deserialize)]
+struct Deposited {
+    amount: i64,
+}
+
+#[derive(Default)]
+struct Account {
+    balance: i64,
+}
+
+#[aggregate]
+impl Account {
+    #[handles]
+    fn deposited(&mut self, event: &mut Deposited) {
+        self.balance += event.amount;
+    }
+}
+
+fn main() {}

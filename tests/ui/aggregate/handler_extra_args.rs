@@ -1,0 +1,23 @@
+use eventsource::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(DomainEvent, Serialize, Deserialize)]
+struct Deposited {
+    amount: i64,
+}
+
+#[derive(Default)]
+struct Account {
+    balance: i64,
+}
+
+#[aggregate]
+impl Account {
+    #[handles]
+    fn deposited(&mut self, event: &Deposited, fee: i64, note: &str) {
+        self.balance += event.amount - fee;
+        let _ = note;
+    }
+}
+
+fn main() {}

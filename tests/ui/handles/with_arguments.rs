@@ -1,0 +1,28 @@
+use eventsource::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(DomainEvent, Serialize, Deserialize)]
+struct Deposited {
+    amount: i64,
+}
+
+#[derive(Default)]
+struct Account {
+    balance: i64,
+}
+
+#[aggregate]
+impl Account {
+    #[handles(Deposited)]
+    fn deposited(&mut self, event: &Deposited) {
+        self.balance += event.amount;
+    }
+
+    #[handles]
+    #[handles]
+    fn deposited_twice(&mut self, event: &Deposited) {
+        self.balance += event.amount;
+    }
+}
+
+fn main() {}
