@@ -44,4 +44,10 @@ every_backend!(
     time_travel,
     repository_conflict_and_retry,
     old_schema_versions_are_upcast,
+    snapshot_plus_tail_equals_replay,
+    snapshot_strategies,
+    snapshot_schema_change_rebuilds,
+    corrupt_snapshot_is_ignored,
+    snapshot_time_travel,
+    concurrent_save_and_snapshot,
 );

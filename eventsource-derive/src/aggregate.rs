@@ -75,6 +75,11 @@ fn generate(aggregate: &Aggregate) -> TokenStream {
     let handlers: Vec<&Handler> = aggregate.handlers.iter().filter(|h| !h.duplicate).collect();
     let valid: Vec<&Handler> = handlers.iter().copied().filter(|h| h.valid).collect();
     let retired = &aggregate.attrs.retired;
+    let snapshot_every = match aggregate.attrs.snapshot_every {
+        Some(n) => quote!(#krate::__private::Some(#n)),
+        None => quote!(#krate::__private::None),
+    };
+    let state_version = aggregate.attrs.state_version.unwrap_or(1);
     let handled_names = valid.iter().map(|h| {
         let event = &h.event;
         quote!(<#event as #krate::DomainEvent>::EVENT_TYPE)
@@ -122,6 +127,8 @@ fn generate(aggregate: &Aggregate) -> TokenStream {
                 const UNKNOWN_EVENTS: #krate::UnknownEvents = #krate::UnknownEvents::#policy;
                 const HANDLED_EVENTS: &'static [&'static str] = &[#(#handled_names),*];
                 const RETIRED_EVENTS: &'static [&'static str] = &[#(#retired),*];
+                const SNAPSHOT_EVERY: #krate::__private::Option<u64> = #snapshot_every;
+                const STATE_VERSION: u32 = #state_version;
 
                 fn apply(
                     &mut self,

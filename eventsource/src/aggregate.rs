@@ -14,7 +14,8 @@ use uuid::Uuid;
 ///
 /// Implemented by `#[aggregate]` on the aggregate's inherent impl block; each `#[handles]`
 /// method of the block applies one event type. Options: `#[aggregate(name = "...", id = Type,
-/// unknown_events = "error" | "warn" | "ignore", crate = "...")]`.
+/// unknown_events = "error" | "warn" | "ignore", retired = ["..."], snapshot_every = N,
+/// state_version = N, crate = "...")]`.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an aggregate",
     label = "not an aggregate",
@@ -33,6 +34,13 @@ pub trait Aggregate: Default + Send + Sync + 'static {
     /// The aggregate id: `Uuid` by default, `#[aggregate(id = String)]` for readable ids such as
     /// `order-123`, or any type that displays as the stream's id.
     type Id: AggregateId;
+    /// The default snapshot interval of a repository with a snapshot store
+    /// (`#[aggregate(snapshot_every = N)]`); `None` snapshots only on demand.
+    const SNAPSHOT_EVERY: Option<u64> = None;
+    /// The schema version of the state as snapshots hold it (`#[aggregate(state_version = N)]`,
+    /// default 1). Raise it when the state's fields change: snapshots of another version are
+    /// ignored and the state is rebuilt from the events.
+    const STATE_VERSION: u32 = 1;
 
     /// Decodes a stored event and applies it with its handler (generated dispatch).
     fn apply(&mut self, event: EventView<'_>) -> Result<()>;
@@ -100,6 +108,7 @@ pub struct Root<A: Aggregate> {
     committed_version: u64,
     pending: Vec<PendingEvent>,
     metadata: Metadata,
+    snapshot_version: Option<u64>,
 }
 
 impl<A: Aggregate> Root<A> {
@@ -114,6 +123,7 @@ impl<A: Aggregate> Root<A> {
             committed_version: 0,
             pending: Vec::new(),
             metadata: Metadata::default(),
+            snapshot_version: None,
         }
     }
 
@@ -186,6 +196,20 @@ impl<A: Aggregate> Root<A> {
     /// Whether there are events to save.
     pub fn has_pending_events(&self) -> bool {
         !self.pending.is_empty()
+    }
+
+    /// The version of the snapshot this root was loaded from, if it was (the events after it
+    /// were replayed on top).
+    pub fn snapshot_version(&self) -> Option<u64> {
+        self.snapshot_version
+    }
+
+    /// Starts a load from a snapshot's state at `version`.
+    pub(crate) fn restore_snapshot(&mut self, state: A, version: u64) {
+        self.state = state;
+        self.version = version;
+        self.committed_version = version;
+        self.snapshot_version = Some(version);
     }
 
     /// Applies a stored event (used while loading).

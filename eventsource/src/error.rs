@@ -105,6 +105,16 @@ pub enum Error {
         source: serde_json::Error,
     },
 
+    /// An aggregate's state could not be serialized for a snapshot. Nothing was written.
+    #[error("cannot encode the state of {stream} for a snapshot")]
+    SnapshotEncode {
+        /// The aggregate's stream.
+        stream: StreamId,
+        /// The serializer's error.
+        #[source]
+        source: serde_json::Error,
+    },
+
     /// A stream id or an event that no store accepts: empty, too long, or holding a NUL byte.
     #[error("invalid input for stream {stream}: {reason}")]
     InvalidInput {

@@ -60,6 +60,7 @@ pub mod error;
 pub mod event;
 pub mod registry;
 pub mod repository;
+pub mod snapshot;
 pub mod store;
 
 pub use aggregate::{
@@ -69,6 +70,9 @@ pub use error::{DecodeError, Error, Result};
 pub use event::{DomainEvent, EventView, Metadata, NewEvent, RecordedEvent};
 pub use registry::{EventRegistry, EventType};
 pub use repository::Repository;
+pub use snapshot::{
+    NoSnapshots, Snapshot, SnapshotPolicy, SnapshotStore, SnapshotStrategy, Snapshots,
+};
 pub use store::memory::InMemoryEventStore;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
@@ -96,7 +100,8 @@ pub mod prelude {
     pub use crate::SqliteEventStore;
     pub use crate::{
         Aggregate, DomainEvent, Error, EventStore, ExpectedVersion, Handles, InMemoryEventStore,
-        Metadata, ReadAll, RecordedEvent, Repository, Root, StreamId, StreamQuery, Uuid,
+        Metadata, ReadAll, RecordedEvent, Repository, Root, SnapshotStore, SnapshotStrategy,
+        StreamId, StreamQuery, Uuid,
     };
 }
 

@@ -1,31 +1,101 @@
-//! [`Repository`]: loads aggregates from their events and saves the events they record, with
-//! optimistic concurrency.
+//! [`Repository`]: loads aggregates from their events (and snapshots) and saves the events they
+//! record, with optimistic concurrency.
 
 use crate::aggregate::{Aggregate, Root};
 use crate::error::{Error, Result};
+use crate::snapshot::{
+    NoSnapshots, Restored, Snapshot, SnapshotPolicy, SnapshotStore, SnapshotStrategy, Snapshots,
+};
 use crate::store::{AppendResult, EventStore, ExpectedVersion, StreamId, StreamQuery};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
 use std::fmt;
 use std::marker::PhantomData;
 
-/// Loads and saves aggregates of type `A` in store `S`.
-pub struct Repository<A, S> {
+/// How many times [`Repository::update`] runs a command by default before giving up.
+pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
+
+/// Loads and saves aggregates of type `A` in store `S`; `P` is [`NoSnapshots`] until
+/// [`with_snapshots`](Repository::with_snapshots) gives it a snapshot store.
+pub struct Repository<A, S, P = NoSnapshots> {
     store: S,
+    snapshots: P,
     max_attempts: u32,
     _aggregate: PhantomData<fn() -> A>,
 }
 
 impl<A: Aggregate, S: EventStore> Repository<A, S> {
-    /// How many times [`update`](Self::update) runs a command by default before giving up.
-    pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
-
-    /// A repository over `store`.
+    /// A repository over `store`, without snapshots.
     pub fn new(store: S) -> Self {
         Repository {
             store,
-            max_attempts: Self::DEFAULT_MAX_ATTEMPTS,
+            snapshots: NoSnapshots,
+            max_attempts: DEFAULT_MAX_ATTEMPTS,
             _aggregate: PhantomData,
         }
     }
+
+    /// Keeps snapshots in `snapshots` (usually a clone of the event store: every store keeps them
+    /// in a table of its own), taken as `#[aggregate(snapshot_every = N)]` says or, without it,
+    /// only on demand; [`with_snapshot_strategy`](Repository::with_snapshot_strategy) changes that.
+    pub fn with_snapshots<T>(self, snapshots: T) -> Repository<A, S, Snapshots<T>>
+    where
+        A: Serialize + DeserializeOwned,
+        T: SnapshotStore + Clone + 'static,
+    {
+        Repository {
+            store: self.store,
+            snapshots: Snapshots::new(snapshots, SnapshotStrategy::of::<A>()),
+            max_attempts: self.max_attempts,
+            _aggregate: PhantomData,
+        }
+    }
+}
+
+impl<A, S, T> Repository<A, S, Snapshots<T>>
+where
+    A: Aggregate + Serialize + DeserializeOwned,
+    S: EventStore,
+    T: SnapshotStore + Clone + 'static,
+{
+    /// Sets when snapshots are taken.
+    pub fn with_snapshot_strategy(mut self, strategy: SnapshotStrategy) -> Self {
+        self.snapshots.set_strategy(strategy);
+        self
+    }
+
+    /// The snapshots: their store and strategy.
+    pub fn snapshots(&self) -> &Snapshots<T> {
+        &self.snapshots
+    }
+
+    /// Loads the aggregate and snapshots its current state, whatever the strategy (on-demand
+    /// snapshots). Returns the snapshot.
+    pub async fn snapshot(&self, id: impl Into<A::Id>) -> Result<Snapshot> {
+        let root = self.load(id).await?;
+        self.snapshots.take(&root).await
+    }
+
+    /// Snapshots the state of `root`, which must have no unsaved events.
+    pub async fn snapshot_root(&self, root: &Root<A>) -> Result<Snapshot> {
+        if root.has_pending_events() {
+            return Err(Error::InvalidInput {
+                stream: root.stream_id().clone(),
+                reason: "a root with unsaved events cannot be snapshotted: save it first".into(),
+            });
+        }
+        self.snapshots.take(root).await
+    }
+
+    /// Waits for the snapshot writes started in the background so far.
+    pub async fn flush_snapshots(&self) {
+        self.snapshots.flush().await;
+    }
+}
+
+impl<A: Aggregate, S: EventStore, P: SnapshotPolicy<A>> Repository<A, S, P> {
+    /// How many times [`update`](Self::update) runs a command by default before giving up.
+    pub const DEFAULT_MAX_ATTEMPTS: u32 = DEFAULT_MAX_ATTEMPTS;
 
     /// Sets how many times [`update`](Self::update) runs a command that keeps meeting concurrent
     /// writers (at least 1).
@@ -45,13 +115,14 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         Root::new(id.into())
     }
 
-    /// Loads the aggregate from all its events. [`Error::AggregateNotFound`] if it has none.
+    /// Loads the aggregate: its newest usable snapshot, if the repository has snapshots, and the
+    /// events after it. [`Error::AggregateNotFound`] if it has no events.
     pub async fn load(&self, id: impl Into<A::Id>) -> Result<Root<A>> {
         self.load_query(id.into(), StreamQuery::all()).await
     }
 
-    /// Loads the aggregate as it was at `version` (time travel): its first `version` events.
-    /// [`Error::VersionNotFound`] if the stream has not reached `version`.
+    /// Loads the aggregate as it was at `version` (time travel): its first `version` events (from
+    /// a snapshot only if it is at or before `version`). [`Error::VersionNotFound`] if the stream has not reached `version`.
     pub async fn load_at(&self, id: impl Into<A::Id>, version: u64) -> Result<Root<A>> {
         let root = self
             .load_query(id.into(), StreamQuery::all().to_version(version))
@@ -67,8 +138,9 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         Ok(root)
     }
 
-    /// Loads the aggregate as it was at `time`: its events that occurred at or before it.
-    /// [`Error::AggregateNotFound`] if it had none yet.
+    /// Loads the aggregate as it was at `time`: its events that occurred at or before it (from a
+    /// snapshot only if it was taken at or before `time`). [`Error::AggregateNotFound`] if it had
+    /// none yet.
     pub async fn load_as_of(
         &self,
         id: impl Into<A::Id>,
@@ -86,7 +158,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
 
     /// Appends the aggregate's pending events, if the stream is still at the version the
     /// aggregate was loaded at. On [`Error::Concurrency`] nothing is stored and the root keeps its
-    /// pending events.
+    /// pending events. A save that crosses the snapshot interval also takes a snapshot; failing to
+    /// does not fail the save (the events are stored; it is logged).
     pub async fn save(&self, root: &mut Root<A>) -> Result<AppendResult> {
         let committed = root.committed_version();
         let expected = if committed == 0 {
@@ -107,6 +180,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             .append(root.stream_id(), expected, events)
             .await?;
         root.mark_committed(result.stream_version);
+        self.snapshots.saved(root, committed).await;
         Ok(result)
     }
 
@@ -149,31 +223,48 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     async fn load_query(&self, id: A::Id, query: StreamQuery) -> Result<Root<A>> {
         let mut root = Root::new(id);
         let stream = root.stream_id().clone();
+        let whole_stream = query.to_version.is_none() && query.until.is_none();
+        let mut replace_snapshot = false;
+        match self.snapshots.restore(&stream, &query).await {
+            Restored::Hit { state, version } => root.restore_snapshot(state, version),
+            Restored::Miss => {}
+            Restored::Unusable => replace_snapshot = whole_stream,
+        }
+        let query = StreamQuery {
+            from_version: root.version() + 1,
+            ..query
+        };
         self.store
             .fold_stream(&stream, query, |event| root.apply_stored(event))
             .await?;
         if root.version() == 0 {
             return Err(Error::AggregateNotFound { stream });
         }
+        if replace_snapshot {
+            // Re-snapshot as the strategy would have, had the stream been saved from nothing.
+            self.snapshots.saved(&root, 0).await;
+        }
         Ok(root)
     }
 }
 
-impl<A, S: Clone> Clone for Repository<A, S> {
+impl<A, S: Clone, P: Clone> Clone for Repository<A, S, P> {
     fn clone(&self) -> Self {
         Repository {
             store: self.store.clone(),
+            snapshots: self.snapshots.clone(),
             max_attempts: self.max_attempts,
             _aggregate: PhantomData,
         }
     }
 }
 
-impl<A: Aggregate, S: fmt::Debug> fmt::Debug for Repository<A, S> {
+impl<A: Aggregate, S: fmt::Debug, P: fmt::Debug> fmt::Debug for Repository<A, S, P> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Repository")
             .field("aggregate", &A::TYPE)
             .field("store", &self.store)
+            .field("snapshots", &self.snapshots)
             .field("max_attempts", &self.max_attempts)
             .finish()
     }

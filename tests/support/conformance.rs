@@ -1040,3 +1040,429 @@ pub async fn old_schema_versions_are_upcast<S: EventStore>(store: &S) {
         other => panic!("expected an unsupported version, got {other:?}"),
     }
 }
+
+// --- Snapshots: a shortcut that must never change what a load returns. ---
+
+/// Adds to a [`Tally`].
+#[derive(DomainEvent, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[event(name = "conformance.Added")]
+pub struct Added {
+    /// What is added.
+    pub n: i64,
+}
+
+/// Multiplies a [`Tally`]: with [`Added`], order matters, so a snapshot that skipped or repeated
+/// an event would show.
+#[derive(DomainEvent, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[event(name = "conformance.Multiplied")]
+pub struct Multiplied {
+    /// The factor.
+    pub by: i64,
+}
+
+/// A snapshotted aggregate: a running total and the history of operations.
+#[derive(Default, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct Tally {
+    /// The total, with wrapping arithmetic.
+    pub total: i64,
+    /// The operations applied, in order.
+    pub ops: Vec<String>,
+}
+
+#[aggregate(name = "Tally", id = String, snapshot_every = 5)]
+impl Tally {
+    #[handles]
+    fn added(&mut self, event: &Added) {
+        self.total = self.total.wrapping_add(event.n);
+        self.ops.push(format!("+{}", event.n));
+    }
+
+    #[handles]
+    fn multiplied(&mut self, event: &Multiplied) {
+        self.total = self.total.wrapping_mul(event.by);
+        self.ops.push(format!("*{}", event.by));
+    }
+}
+
+/// The same aggregate after a release changed the shape of its state: its snapshots carry state
+/// schema version 2, and version 1 snapshots must not be trusted. (A version 1 state would even
+/// decode as this one, with `count` 0: exactly the silent error the state version prevents.)
+#[derive(Default, Serialize, Deserialize, Clone, Debug, PartialEq)]
+pub struct TallyV2 {
+    /// The total.
+    pub total: i64,
+    /// How many operations were applied (version 1 kept the list).
+    #[serde(default)]
+    pub count: usize,
+}
+
+#[aggregate(name = "Tally", id = String, snapshot_every = 5, state_version = 2)]
+impl TallyV2 {
+    #[handles]
+    fn added(&mut self, event: &Added) {
+        self.total = self.total.wrapping_add(event.n);
+        self.count += 1;
+    }
+
+    #[handles]
+    fn multiplied(&mut self, event: &Multiplied) {
+        self.total = self.total.wrapping_mul(event.by);
+        self.count += 1;
+    }
+}
+
+fn tally(id: &str) -> StreamId {
+    StreamId::new("Tally", id)
+}
+
+/// Property: for random event sequences, saved in random batches with a random snapshot
+/// interval, loading from the snapshot and the events after it gives exactly the state and
+/// version of a full replay, after every save.
+pub async fn snapshot_plus_tail_equals_replay<S>(store: &S)
+where
+    S: EventStore + SnapshotStore + Clone + 'static,
+{
+    use rand::{Rng, SeedableRng};
+    let replay = Repository::<Tally, _>::new(store.clone());
+    for seed in 0..12u64 {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        let every = rng.gen_range(1..=9);
+        let strategy = if seed % 3 == 0 {
+            SnapshotStrategy::every(every).in_background()
+        } else {
+            SnapshotStrategy::every(every)
+        };
+        let repo = Repository::<Tally, _>::new(store.clone())
+            .with_snapshots(store.clone())
+            .with_snapshot_strategy(strategy);
+        let id = format!("prop-{seed}");
+        let mut root = repo.create(id.clone());
+        let mut used_a_snapshot = false;
+        for _ in 0..rng.gen_range(1..=12) {
+            for _ in 0..rng.gen_range(1..=7) {
+                if rng.gen_bool(0.7) {
+                    root.record(Added {
+                        n: rng.gen_range(-50..=50),
+                    });
+                } else {
+                    root.record(Multiplied {
+                        by: rng.gen_range(-3..=3),
+                    });
+                }
+            }
+            let before = root.committed_version();
+            repo.save(&mut root).await.unwrap();
+            repo.flush_snapshots().await;
+            let fast = repo.load(id.clone()).await.unwrap();
+            let slow = replay.load(id.clone()).await.unwrap();
+            assert_eq!(
+                (fast.version(), fast.state()),
+                (slow.version(), slow.state()),
+                "seed {seed}"
+            );
+            assert_eq!(fast.version(), root.version(), "seed {seed}");
+            let stored = store_snapshot_version(store, &id).await;
+            if before / every < root.version() / every {
+                assert_eq!(
+                    stored,
+                    Some(root.version()),
+                    "seed {seed}: a save from {before} crossing a multiple of {every} snapshots"
+                );
+            }
+            assert_eq!(
+                fast.snapshot_version(),
+                stored,
+                "seed {seed}: the load starts from the stored snapshot"
+            );
+            used_a_snapshot |= fast.snapshot_version().is_some();
+            // Keep recording on the freshly loaded root, as an application would.
+            root = fast;
+        }
+        let stored = store_snapshot_version(store, &id).await;
+        assert!(
+            stored.is_none_or(|v| v <= root.version()),
+            "seed {seed}: a snapshot never runs ahead of its stream"
+        );
+        assert_eq!(
+            used_a_snapshot,
+            stored.is_some(),
+            "seed {seed}: loads used the snapshot once there was one"
+        );
+    }
+}
+
+async fn store_snapshot_version<S: SnapshotStore>(store: &S, id: &str) -> Option<u64> {
+    store
+        .load_snapshot(&tally(id))
+        .await
+        .unwrap()
+        .map(|snapshot| snapshot.version)
+}
+
+/// Snapshots are taken when a save crosses a multiple of the interval, at the version it
+/// reaches; on demand with a manual strategy; never from a root with unsaved events.
+pub async fn snapshot_strategies<S>(store: &S)
+where
+    S: EventStore + SnapshotStore + Clone + 'static,
+{
+    // `#[aggregate(snapshot_every = 5)]` is the default.
+    let repo = Repository::<Tally, _>::new(store.clone()).with_snapshots(store.clone());
+    assert_eq!(repo.snapshots().strategy(), SnapshotStrategy::every(5));
+    let mut root = repo.create("crossing");
+    for n in 1..=4 {
+        root.record(Added { n });
+    }
+    repo.save(&mut root).await.unwrap();
+    assert_eq!(store_snapshot_version(store, "crossing").await, None);
+    for n in 5..=7 {
+        root.record(Added { n });
+    }
+    repo.save(&mut root).await.unwrap();
+    assert_eq!(
+        store_snapshot_version(store, "crossing").await,
+        Some(7),
+        "4 -> 7 crosses 5: the snapshot holds the state at 7"
+    );
+    let loaded = repo.load("crossing").await.unwrap();
+    assert_eq!(loaded.snapshot_version(), Some(7));
+    assert_eq!(loaded.state().total, 28);
+
+    let manual = Repository::<Tally, _>::new(store.clone())
+        .with_snapshots(store.clone())
+        .with_snapshot_strategy(SnapshotStrategy::manual());
+    let mut root = manual.create("manual");
+    for n in 1..=12 {
+        root.record(Added { n });
+    }
+    manual.save(&mut root).await.unwrap();
+    assert_eq!(store_snapshot_version(store, "manual").await, None);
+    let snapshot = manual.snapshot("manual").await.unwrap();
+    assert_eq!((snapshot.version, snapshot.state_version), (12, 1));
+    assert_eq!(
+        manual.load("manual").await.unwrap().snapshot_version(),
+        Some(12)
+    );
+    root.record(Added { n: 13 });
+    assert!(matches!(
+        manual.snapshot_root(&root).await,
+        Err(Error::InvalidInput { .. })
+    ));
+    assert!(matches!(
+        manual.snapshot("missing").await,
+        Err(Error::AggregateNotFound { .. })
+    ));
+
+    // An older snapshot never replaces a newer one of the same state schema.
+    let mut stale = store
+        .load_snapshot(&tally("manual"))
+        .await
+        .unwrap()
+        .unwrap();
+    stale.version = 3;
+    stale.state = r#"{"total": 6, "ops": ["+1", "+2", "+3"]}"#.into();
+    store.save_snapshot(&stale).await.unwrap();
+    assert_eq!(store_snapshot_version(store, "manual").await, Some(12));
+    assert!(store.delete_snapshot(&tally("manual")).await.unwrap());
+    assert!(!store.delete_snapshot(&tally("manual")).await.unwrap());
+    assert_eq!(store_snapshot_version(store, "manual").await, None);
+}
+
+/// A snapshot taken under another state schema version is ignored: the state is rebuilt from
+/// the events and re-snapshotted under the current version. Going back to the old code ignores
+/// the new snapshot the same way.
+pub async fn snapshot_schema_change_rebuilds<S>(store: &S)
+where
+    S: EventStore + SnapshotStore + Clone + 'static,
+{
+    let v1 = Repository::<Tally, _>::new(store.clone()).with_snapshots(store.clone());
+    let mut root = v1.create("evolving");
+    for n in 1..=6 {
+        root.record(Added { n });
+    }
+    v1.save(&mut root).await.unwrap();
+    let old = store
+        .load_snapshot(&tally("evolving"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((old.version, old.state_version), (6, 1));
+
+    let v2 = Repository::<TallyV2, _>::new(store.clone()).with_snapshots(store.clone());
+    let loaded = v2.load("evolving").await.unwrap();
+    assert_eq!(
+        loaded.snapshot_version(),
+        None,
+        "a v1 snapshot is not trusted"
+    );
+    assert_eq!(
+        loaded.state(),
+        &TallyV2 {
+            total: 21,
+            count: 6
+        },
+        "rebuilt from the events"
+    );
+    let new = store
+        .load_snapshot(&tally("evolving"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        (new.version, new.state_version),
+        (6, 2),
+        "re-snapshotted under the new state version"
+    );
+    assert_eq!(
+        v2.load("evolving").await.unwrap().snapshot_version(),
+        Some(6)
+    );
+
+    let back = v1.load("evolving").await.unwrap();
+    assert_eq!(back.snapshot_version(), None);
+    assert_eq!(back.state().ops.len(), 6);
+}
+
+/// A snapshot that does not decode is ignored (and logged), the state rebuilt from the events,
+/// and the snapshot replaced; it never fails the load and is never used.
+pub async fn corrupt_snapshot_is_ignored<S>(store: &S)
+where
+    S: EventStore + SnapshotStore + Clone + 'static,
+{
+    let repo = Repository::<Tally, _>::new(store.clone()).with_snapshots(store.clone());
+    let mut root = repo.create("corrupt");
+    for n in 1..=7 {
+        root.record(Added { n });
+    }
+    repo.save(&mut root).await.unwrap();
+    for state in [
+        r#"{"total": "not a number", "ops": []}"#,
+        r#"{"total": 1}"#,
+        r#"[1, 2, 3]"#,
+    ] {
+        let forged = eventsource::Snapshot {
+            stream: tally("corrupt"),
+            version: 7,
+            state_version: 1,
+            state: state.into(),
+            taken_at: Utc::now(),
+        };
+        // A newer forged version, so that it replaces the good snapshot.
+        store
+            .save_snapshot(&eventsource::Snapshot {
+                state_version: 9,
+                ..forged.clone()
+            })
+            .await
+            .unwrap();
+        store.save_snapshot(&forged).await.unwrap();
+        let loaded = repo.load("corrupt").await.unwrap();
+        assert_eq!(loaded.snapshot_version(), None, "{state} is not used");
+        assert_eq!((loaded.version(), loaded.state().total), (7, 28));
+        let replaced = store
+            .load_snapshot(&tally("corrupt"))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            serde_json::from_str::<Tally>(&replaced.state)
+                .unwrap()
+                .total,
+            28,
+            "the corrupt snapshot was replaced by a good one"
+        );
+    }
+}
+
+/// Time travel uses a snapshot only when it lies at or before the requested point.
+pub async fn snapshot_time_travel<S>(store: &S)
+where
+    S: EventStore + SnapshotStore + Clone + 'static,
+{
+    let repo = Repository::<Tally, _>::new(store.clone()).with_snapshots(store.clone());
+    let mut root = repo.create("travel");
+    for n in 1..=10 {
+        root.record(Added { n });
+    }
+    repo.save(&mut root).await.unwrap();
+    let taken = store
+        .load_snapshot(&tally("travel"))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(taken.version, 10);
+    root.record(Multiplied { by: 2 });
+    repo.save(&mut root).await.unwrap();
+
+    let at_4 = repo.load_at("travel", 4).await.unwrap();
+    assert_eq!(
+        (at_4.snapshot_version(), at_4.version(), at_4.state().total),
+        (None, 4, 10)
+    );
+    let at_10 = repo.load_at("travel", 10).await.unwrap();
+    assert_eq!(
+        (at_10.snapshot_version(), at_10.state().total),
+        (Some(10), 55)
+    );
+    let at_11 = repo.load_at("travel", 11).await.unwrap();
+    assert_eq!(
+        (at_11.snapshot_version(), at_11.state().total),
+        (Some(10), 110)
+    );
+    let before = repo
+        .load_as_of("travel", taken.taken_at - Duration::microseconds(1))
+        .await
+        .unwrap();
+    assert_eq!(before.snapshot_version(), None, "taken after that time");
+    assert_eq!(before.version(), 10);
+    let now = repo.load_as_of("travel", Utc::now()).await.unwrap();
+    assert_eq!((now.snapshot_version(), now.version()), (Some(10), 11));
+}
+
+/// Concurrent commands on one aggregate, with snapshots written in the background: every
+/// command lands once, and the snapshotted load equals a full replay.
+pub async fn concurrent_save_and_snapshot<S>(store: &S)
+where
+    S: EventStore + SnapshotStore + Clone + 'static,
+{
+    let repo = Repository::<Tally, _>::new(store.clone())
+        .with_snapshots(store.clone())
+        .with_snapshot_strategy(SnapshotStrategy::every(3).in_background())
+        .with_max_attempts(100);
+    let mut root = repo.create("busy");
+    root.record(Added { n: 0 });
+    repo.save(&mut root).await.unwrap();
+    let tasks: Vec<_> = (1..=8)
+        .map(|task| {
+            let repo = repo.clone();
+            tokio::spawn(async move {
+                for i in 0..5 {
+                    repo.update("busy", |tally| {
+                        tally.record(Added { n: task * 10 + i });
+                        Ok::<_, Error>(())
+                    })
+                    .await
+                    .unwrap();
+                }
+            })
+        })
+        .collect();
+    for task in tasks {
+        task.await.unwrap();
+    }
+    repo.flush_snapshots().await;
+    let fast = repo.load("busy").await.unwrap();
+    let slow = Repository::<Tally, _>::new(store.clone())
+        .load("busy")
+        .await
+        .unwrap();
+    assert_eq!(fast.version(), 41);
+    assert_eq!(
+        (fast.version(), fast.state()),
+        (slow.version(), slow.state())
+    );
+    assert!(fast.snapshot_version().is_some());
+    let mut ops = slow.state().ops.clone();
+    ops.sort();
+    ops.dedup();
+    assert_eq!(ops.len(), 41, "every command applied exactly once");
+}

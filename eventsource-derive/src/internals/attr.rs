@@ -5,8 +5,8 @@
 
 use super::Ctxt;
 use super::symbol::{
-    AGGREGATE, ALIAS, CRATE, EVENT, FROM, ID, JSON, NAME, RETIRED, Symbol, UNKNOWN_EVENTS, UPCAST,
-    VERSION,
+    AGGREGATE, ALIAS, CRATE, EVENT, FROM, ID, JSON, NAME, RETIRED, SNAPSHOT_EVERY, STATE_VERSION,
+    Symbol, UNKNOWN_EVENTS, UPCAST, VERSION,
 };
 use proc_macro2::{Span, TokenStream};
 use quote::ToTokens;
@@ -215,6 +215,10 @@ pub(crate) struct AggregateAttrs {
     pub(crate) id: Option<syn::Type>,
     pub(crate) unknown_events: UnknownEvents,
     pub(crate) retired: Vec<LitStr>,
+    /// `snapshot_every = N`: the default snapshot interval of repositories with a snapshot store.
+    pub(crate) snapshot_every: Option<u64>,
+    /// `state_version = N`: the schema version of the state that snapshots hold.
+    pub(crate) state_version: Option<u32>,
     pub(crate) krate: Option<syn::Path>,
 }
 
@@ -225,6 +229,8 @@ impl AggregateAttrs {
         let mut unknown_events = Attr::none(cx, AGGREGATE, UNKNOWN_EVENTS);
         let mut krate = Attr::none(cx, AGGREGATE, CRATE);
         let mut retired = Vec::new();
+        let mut snapshot_every = Attr::none(cx, AGGREGATE, SNAPSHOT_EVERY);
+        let mut state_version = Attr::none(cx, AGGREGATE, STATE_VERSION);
 
         let parser = syn::meta::parser(|meta| {
             if meta.path == NAME {
@@ -255,6 +261,24 @@ impl AggregateAttrs {
                 if let Some(path) = parse_crate_path(cx, &meta)? {
                     krate.set(&meta.path, path);
                 }
+            } else if meta.path == SNAPSHOT_EVERY {
+                if let Some(n) = parse_positive(
+                    cx,
+                    &meta,
+                    i64::MAX as u64,
+                    "`snapshot_every = N` takes a number of events from 1 (`snapshot_every = 100`)",
+                )? {
+                    snapshot_every.set(&meta.path, n);
+                }
+            } else if meta.path == STATE_VERSION {
+                if let Some(n) = parse_positive(
+                    cx,
+                    &meta,
+                    i32::MAX as u64,
+                    "a state schema version is a number from 1 to 2147483647 (`state_version = 2`)",
+                )? {
+                    state_version.set(&meta.path, n as u32);
+                }
             } else if meta.path == RETIRED {
                 // retired = ["OldEvent", "OtherOldEvent"]
                 let list: syn::ExprArray = meta.value()?.parse()?;
@@ -274,7 +298,15 @@ impl AggregateAttrs {
                     cx,
                     &meta,
                     AGGREGATE,
-                    &[NAME, ID, UNKNOWN_EVENTS, RETIRED, CRATE],
+                    &[
+                        NAME,
+                        ID,
+                        UNKNOWN_EVENTS,
+                        RETIRED,
+                        SNAPSHOT_EVERY,
+                        STATE_VERSION,
+                        CRATE,
+                    ],
                 )?;
             }
             Ok(())
@@ -288,6 +320,8 @@ impl AggregateAttrs {
             id: id.get(),
             unknown_events: unknown_events.get().unwrap_or(UnknownEvents::Error),
             retired,
+            snapshot_every: snapshot_every.get(),
+            state_version: state_version.get(),
             krate: krate.get(),
         }
     }
@@ -384,6 +418,31 @@ fn parse_version(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<Versio
         })),
         Err(_) => {
             cx.error_spanned_by(&lit, "a schema version is a number from 1 to 2147483647");
+            Ok(None)
+        }
+    }
+}
+
+/// An integer literal from 1 to `max` (`key = N`); anything else is reported with `message`.
+fn parse_positive(
+    cx: &Ctxt,
+    meta: &ParseNestedMeta,
+    max: u64,
+    message: &str,
+) -> syn::Result<Option<u64>> {
+    let expr: Expr = meta.value()?.parse()?;
+    match &expr {
+        Expr::Lit(syn::ExprLit {
+            lit: Lit::Int(lit), ..
+        }) => match lit.base10_parse::<u64>() {
+            Ok(n) if (1..=max).contains(&n) => Ok(Some(n)),
+            _ => {
+                cx.error_spanned_by(lit, message);
+                Ok(None)
+            }
+        },
+        other => {
+            cx.error_spanned_by(other, message);
             Ok(None)
         }
     }

@@ -19,6 +19,8 @@ pub(crate) const FROM: Symbol = Symbol("from");
 pub(crate) const JSON: Symbol = Symbol("json");
 pub(crate) const ALIAS: Symbol = Symbol("alias");
 pub(crate) const RETIRED: Symbol = Symbol("retired");
+pub(crate) const SNAPSHOT_EVERY: Symbol = Symbol("snapshot_every");
+pub(crate) const STATE_VERSION: Symbol = Symbol("state_version");
 
 impl Symbol {
     pub(crate) fn as_str(self) -> &'static str {

@@ -7,6 +7,7 @@ use super::{
 };
 use crate::error::{Error, Result};
 use crate::event::{NewEvent, RecordedEvent};
+use crate::snapshot::{Snapshot, SnapshotStore};
 use futures::stream::BoxStream;
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, PoisonError, RwLock};
@@ -17,6 +18,7 @@ use uuid::Uuid;
 #[derive(Clone, Debug, Default)]
 pub struct InMemoryEventStore {
     log: Arc<RwLock<Log>>,
+    snapshots: Arc<RwLock<HashMap<StreamId, Snapshot>>>,
 }
 
 #[derive(Debug, Default)]
@@ -52,6 +54,40 @@ impl InMemoryEventStore {
 
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Log> {
         self.log.write().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl SnapshotStore for InMemoryEventStore {
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
+        let mut snapshots = self
+            .snapshots
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        match snapshots.get(&snapshot.stream) {
+            Some(kept)
+                if kept.version > snapshot.version
+                    && kept.state_version == snapshot.state_version => {}
+            _ => {
+                snapshots.insert(snapshot.stream.clone(), snapshot.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
+        let snapshots = self
+            .snapshots
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok(snapshots.get(stream).cloned())
+    }
+
+    async fn delete_snapshot(&self, stream: &StreamId) -> Result<bool> {
+        let mut snapshots = self
+            .snapshots
+            .write()
+            .unwrap_or_else(PoisonError::into_inner);
+        Ok(snapshots.remove(stream).is_some())
     }
 }
 

@@ -587,6 +587,37 @@ pub(crate) fn row_view<'a>(
     }
 }
 
+/// A snapshot read from a `snapshots` row, or [`Error::Corrupt`] if its numbers are out of
+/// range. (A state that does not decode is the repository's concern: it ignores the snapshot.)
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn snapshot_row(
+    stream: &StreamId,
+    version: i64,
+    state_version: i64,
+    state: String,
+    taken_at: Option<chrono::DateTime<chrono::Utc>>,
+) -> Result<crate::snapshot::Snapshot> {
+    match (
+        u64::try_from(version),
+        u32::try_from(state_version),
+        taken_at,
+    ) {
+        (Ok(version), Ok(state_version), Some(taken_at)) => Ok(crate::snapshot::Snapshot {
+            stream: stream.clone(),
+            version,
+            state_version,
+            state,
+            taken_at,
+        }),
+        _ => Err(Error::Corrupt {
+            stream: stream.clone(),
+            reason: format!(
+                "snapshot version {version}, state version {state_version} or time out of range"
+            ),
+        }),
+    }
+}
+
 /// The packed metadata column: `[tenant, actor, correlation, causation, extra]`.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 type PackedMetadata = (
