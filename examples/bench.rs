@@ -50,7 +50,7 @@ struct Deposited {
     amount_cents: i64,
 }
 
-#[derive(Default, Debug)]
+#[derive(Default, Debug, Serialize, Deserialize)]
 struct Account {
     owner: String,
     balance: i64,
@@ -409,6 +409,35 @@ async fn fw_w3<S: EventStore>(store: &S, sizes: Sizes) -> i64 {
     total
 }
 
+/// The snapshot the long stream is loaded from: taken 50 events before its end, the average tail
+/// of `snapshot_every = 100`.
+const SNAPSHOT_TAIL: u64 = 50;
+
+async fn fw_w3_snapshot<S: EventStore + SnapshotStore + Clone + 'static>(store: &S) {
+    let repo = Repository::<Account, _>::new(store.clone()).with_snapshots(store.clone());
+    let version = store
+        .stream_version(&StreamId::new("Account", "long"))
+        .await
+        .expect("version");
+    let root = repo
+        .load_at("long".to_owned(), version.saturating_sub(SNAPSHOT_TAIL))
+        .await
+        .expect("load");
+    repo.snapshot_root(&root).await.expect("snapshot");
+}
+
+async fn fw_w3_long_from_snapshot<S: EventStore + SnapshotStore + Clone + 'static>(
+    store: &S,
+) -> i64 {
+    let repo = Repository::<Account, _>::new(store.clone()).with_snapshots(store.clone());
+    let root = repo.load("long".to_owned()).await.expect("load");
+    assert!(
+        root.snapshot_version().is_some(),
+        "loaded from the snapshot"
+    );
+    root.state().balance
+}
+
 async fn fw_w3_long<S: EventStore>(store: &S) -> i64 {
     let repo = Repository::<Account, _>::new(store);
     repo.load("long".to_owned())
@@ -742,7 +771,7 @@ struct Run<'a> {
 
 impl Run<'_> {
     /// One repetition of every selected workload on a fresh fixture.
-    async fn repetition<S: EventStore + Clone + 'static>(
+    async fn repetition<S: EventStore + SnapshotStore + Clone + 'static>(
         &self,
         fx: &Fixture<S>,
         samples: &mut Samples,
@@ -841,6 +870,19 @@ impl Run<'_> {
                 raw,
                 peak_rss_mb(),
             );
+
+            fw_w3_snapshot(&fx.store).await;
+            reset_peak_rss();
+            let t = Instant::now();
+            assert_eq!(fw_w3_long_from_snapshot(&fx.store).await, balance);
+            let from_snapshot = t.elapsed().as_secs_f64() * 1000.0;
+            samples.add(
+                "W3 same, from a snapshot (vs no snapshot)",
+                "ms (lower is better)",
+                from_snapshot,
+                Some(framework),
+                peak_rss_mb(),
+            );
         }
 
         if (self.selected)("w2") {
@@ -896,6 +938,7 @@ fn report(backend: &'static str, samples: Samples, figures: &mut Vec<Figure>) {
         "W2 batch append",
         "W3 load 10-event aggregates",
         "W3 one aggregate, long stream, no snapshot",
+        "W3 same, from a snapshot (vs no snapshot)",
         "W4 projection catch-up",
         "W5 8 concurrent writers",
         "W5 raw + xid positions (vs raw)",
@@ -957,7 +1000,9 @@ fn print_table(figures: &[Figure], sizes: Sizes, reps: usize) {
     println!(
         "ratio = framework / raw for rates, raw / framework for times: 1.00 is the database's own speed"
     );
-    println!("W3 one aggregate with a snapshot: not available (snapshots are not implemented yet)");
+    println!(
+        "W3 from a snapshot: the snapshot is {SNAPSHOT_TAIL} events behind the end; its ratio is the speed-up over a full replay"
+    );
 }
 
 #[tokio::main]

@@ -1,0 +1,348 @@
+//! The repository and the root, beyond what every store's conformance suite checks: missing
+//! aggregates, the unknown-event policies, command errors, exhausted retries, metadata, pending
+//! events and the registry.
+
+use eventsource::prelude::*;
+use eventsource::{EventRegistry, NewEvent};
+use serde::{Deserialize, Serialize};
+
+#[derive(DomainEvent, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[event(name = "repo.Opened", aggregate = "Account")]
+struct Opened {
+    owner: String,
+}
+
+#[derive(DomainEvent, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[event(name = "repo.Deposited", version = 2, aggregate = "Account")]
+struct Deposited {
+    cents: i64,
+}
+
+#[derive(Default, Debug)]
+struct Account {
+    owner: String,
+    balance: i64,
+}
+
+#[derive(Debug, thiserror::Error, PartialEq)]
+enum AccountError {
+    #[error("a deposit must be positive, got {0}")]
+    NotPositive(i64),
+}
+
+#[aggregate(name = "Account", id = String)]
+impl Account {
+    #[handles]
+    fn opened(&mut self, event: &Opened) {
+        self.owner.clone_from(&event.owner);
+    }
+
+    #[handles]
+    fn deposited(&mut self, event: &Deposited) {
+        self.balance += event.cents;
+    }
+}
+
+impl Account {
+    fn deposit(&self, cents: i64) -> Result<Deposited, AccountError> {
+        if cents <= 0 {
+            return Err(AccountError::NotPositive(cents));
+        }
+        Ok(Deposited { cents })
+    }
+}
+
+/// The same stream read by aggregates that only know `Opened`, with each policy for the rest.
+#[derive(Default, Debug)]
+struct Lenient {
+    owner: String,
+}
+
+#[aggregate(name = "Account", id = String, unknown_events = "ignore")]
+impl Lenient {
+    #[handles]
+    fn opened(&mut self, event: &Opened) {
+        self.owner.clone_from(&event.owner);
+    }
+}
+
+#[derive(Default, Debug)]
+struct Watchful {
+    owner: String,
+}
+
+#[aggregate(name = "Account", id = String, unknown_events = "warn")]
+impl Watchful {
+    #[handles]
+    fn opened(&mut self, event: &Opened) {
+        self.owner.clone_from(&event.owner);
+    }
+}
+
+#[derive(Default, Debug)]
+struct Strict;
+
+#[aggregate(name = "Account", id = String)]
+impl Strict {
+    #[handles]
+    fn opened(&mut self, _event: &Opened) {}
+}
+
+async fn opened_account(store: &InMemoryEventStore, id: &str, deposits: &[i64]) {
+    let repo = Repository::<Account, _>::new(store.clone());
+    let mut root = repo.create(id);
+    root.record(Opened {
+        owner: "Ada".into(),
+    });
+    for cents in deposits {
+        root.record(Deposited { cents: *cents });
+    }
+    repo.save(&mut root).await.unwrap();
+}
+
+#[tokio::test]
+async fn a_missing_aggregate_is_a_typed_error() {
+    let store = InMemoryEventStore::new();
+    let repo = Repository::<Account, _>::new(store.clone());
+    match repo.load("nobody").await {
+        Err(Error::AggregateNotFound { stream }) => {
+            assert_eq!(stream.to_string(), "Account/nobody");
+        }
+        other => panic!("expected AggregateNotFound, got {other:?}"),
+    }
+    assert!(!repo.exists("nobody").await.unwrap());
+    assert!(matches!(
+        repo.update("nobody", |_| Ok::<_, Error>(())).await,
+        Err(Error::AggregateNotFound { .. })
+    ));
+    assert!(store.is_empty(), "a failed update wrote nothing");
+
+    opened_account(&store, "ada", &[5]).await;
+    assert!(repo.exists("ada").await.unwrap());
+    assert_eq!(repo.load("ada").await.unwrap().state().balance, 5);
+}
+
+#[tokio::test]
+async fn a_second_create_of_one_id_conflicts() {
+    let store = InMemoryEventStore::new();
+    opened_account(&store, "ada", &[]).await;
+    let repo = Repository::<Account, _>::new(store.clone());
+    let mut again = repo.create("ada");
+    again.record(Opened {
+        owner: "Impostor".into(),
+    });
+    match repo.save(&mut again).await {
+        Err(Error::Concurrency {
+            expected, actual, ..
+        }) => assert_eq!((expected, actual), (ExpectedVersion::NoStream, 1)),
+        other => panic!("expected a conflict, got {other:?}"),
+    }
+    assert_eq!(repo.load("ada").await.unwrap().state().owner, "Ada");
+}
+
+#[tokio::test]
+async fn unknown_events_follow_the_aggregate_policy() {
+    let store = InMemoryEventStore::new();
+    opened_account(&store, "ada", &[7, 8]).await;
+
+    let lenient = Repository::<Lenient, _>::new(store.clone())
+        .load("ada")
+        .await
+        .unwrap();
+    assert_eq!(
+        (lenient.state().owner.as_str(), lenient.version()),
+        ("Ada", 3),
+        "skipped events still count as versions"
+    );
+    let watchful = Repository::<Watchful, _>::new(store.clone())
+        .load("ada")
+        .await
+        .unwrap();
+    assert_eq!(watchful.version(), 3);
+    match Repository::<Strict, _>::new(store.clone())
+        .load("ada")
+        .await
+    {
+        Err(Error::UnknownEventType {
+            stream,
+            version,
+            event_type,
+            schema_version,
+        }) => assert_eq!(
+            (
+                &*stream.aggregate_id,
+                version,
+                event_type.as_str(),
+                schema_version
+            ),
+            ("ada", 2, "repo.Deposited", 2)
+        ),
+        other => panic!("expected UnknownEventType, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_command_error_saves_nothing_and_comes_back_typed() {
+    let store = InMemoryEventStore::new();
+    opened_account(&store, "ada", &[10]).await;
+    let repo = Repository::<Account, _>::new(store.clone());
+
+    #[derive(Debug, thiserror::Error)]
+    enum AppError {
+        #[error(transparent)]
+        Account(#[from] AccountError),
+        #[error(transparent)]
+        Store(#[from] Error),
+    }
+    let result = repo
+        .update("ada", |root| {
+            let event = root.state().deposit(-3)?;
+            root.record(event);
+            Ok::<_, AppError>(())
+        })
+        .await;
+    assert!(matches!(
+        result,
+        Err(AppError::Account(AccountError::NotPositive(-3)))
+    ));
+
+    // The same with the framework's own error type, through Error::command.
+    let result = repo
+        .update("ada", |root| {
+            root.record(Deposited { cents: 1 });
+            let event = root.state().deposit(0).map_err(Error::command)?;
+            root.record(event);
+            Ok(())
+        })
+        .await;
+    match result {
+        Err(Error::Command(source)) => assert_eq!(
+            source.downcast_ref::<AccountError>(),
+            Some(&AccountError::NotPositive(0))
+        ),
+        other => panic!("expected a command error, got {other:?}"),
+    }
+    assert_eq!(store.len(), 2, "neither update stored anything");
+
+    let balance = repo
+        .update("ada", |root| {
+            let event = root.state().deposit(5).map_err(Error::command)?;
+            root.record(event);
+            Ok::<_, Error>(root.state().balance)
+        })
+        .await
+        .unwrap();
+    assert_eq!(balance, 15, "update returns the command's output");
+}
+
+#[tokio::test]
+async fn retries_are_bounded() {
+    let store = InMemoryEventStore::new();
+    opened_account(&store, "ada", &[]).await;
+    let repo = Repository::<Account, _>::new(store.clone()).with_max_attempts(3);
+    let stream = StreamId::new("Account", "ada");
+    let mut runs = 0;
+    let result = repo
+        .update("ada", |root| {
+            runs += 1;
+            // A rival writer gets in between every load and save. (The in-memory store's
+            // append completes without awaiting anything, so it can run inside the command.)
+            let rival = NewEvent::new(&Deposited { cents: 1000 }).unwrap();
+            futures::executor::block_on(store.append(&stream, ExpectedVersion::Any, vec![rival]))
+                .unwrap();
+            root.record(Deposited { cents: 1 });
+            Ok::<_, Error>(())
+        })
+        .await;
+    match result {
+        Err(Error::RetriesExhausted {
+            stream,
+            attempts,
+            last,
+        }) => {
+            assert_eq!((stream.to_string().as_str(), attempts), ("Account/ada", 3));
+            assert!(last.is_concurrency(), "the last error was {last}");
+        }
+        other => panic!("expected RetriesExhausted, got {other:?}"),
+    }
+    assert_eq!(runs, 3);
+    let account = repo.load("ada").await.unwrap();
+    assert_eq!(
+        (account.version(), account.state().balance),
+        (4, 3000),
+        "only the rivals' events were stored"
+    );
+}
+
+#[tokio::test]
+async fn metadata_flows_onto_recorded_events() {
+    let store = InMemoryEventStore::new();
+    let repo = Repository::<Account, _>::new(store.clone());
+    let correlation = Uuid::now_v7();
+    let mut root = repo.create("ada");
+    root.set_metadata(
+        Metadata::new()
+            .with_tenant("acme")
+            .with_actor("user-7")
+            .with_correlation_id(correlation),
+    );
+    root.record(Opened {
+        owner: "Ada".into(),
+    });
+    let cause_id = root.pending_events()[0].event_id();
+    root.record_with(
+        Deposited { cents: 3 },
+        Metadata::new().with_extra("channel", "atm"),
+    );
+
+    let pending = root.pending_events();
+    assert_eq!(pending.len(), 2);
+    assert_eq!(
+        pending[0].downcast_ref::<Opened>(),
+        Some(&Opened {
+            owner: "Ada".into()
+        })
+    );
+    assert_eq!(pending[0].downcast_ref::<Deposited>(), None);
+    assert_eq!(
+        (pending[1].event_type(), pending[1].schema_version()),
+        ("repo.Deposited", 2)
+    );
+    repo.save(&mut root).await.unwrap();
+    assert!(!root.has_pending_events());
+
+    let stored = store
+        .read_stream(root.stream_id(), StreamQuery::all())
+        .await
+        .unwrap();
+    assert_eq!(stored[0].event_id, cause_id, "ids are fixed when recorded");
+    assert_eq!(stored[0].metadata.tenant_id.as_deref(), Some("acme"));
+    assert_eq!(stored[0].metadata.actor_id.as_deref(), Some("user-7"));
+    assert_eq!(stored[0].metadata.correlation_id, Some(correlation));
+    assert_eq!(stored[1].metadata.tenant_id, None, "record_with replaces");
+    assert_eq!(stored[1].metadata.extra["channel"], "atm");
+
+    let reaction = Metadata::caused_by(&stored[0]);
+    assert_eq!(reaction.causation_id, Some(stored[0].event_id));
+    assert_eq!(reaction.correlation_id, Some(correlation));
+    assert_eq!(reaction.tenant_id.as_deref(), Some("acme"));
+}
+
+#[test]
+fn the_registry_lists_every_derived_event() {
+    let registry = EventRegistry::global();
+    let deposited = registry.get("repo.Deposited").expect("registered");
+    assert_eq!(deposited.schema_version(), 2);
+    assert_eq!(deposited.aggregate(), Some("Account"));
+    assert!(deposited.rust_type().ends_with("Deposited"));
+    assert!(deposited.versions().contains(&2));
+    let names: Vec<_> = registry.iter().map(|t| t.name()).collect();
+    assert!(names.contains(&"repo.Opened") && names.contains(&"repo.Deposited"));
+    assert_eq!(registry.len(), names.len());
+    assert!(
+        registry.conflicts().is_empty(),
+        "{:?}",
+        registry.conflicts()
+    );
+    assert!(registry.get("repo.Nothing").is_none());
+}
