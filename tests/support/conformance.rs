@@ -956,6 +956,14 @@ pub async fn old_schema_versions_are_upcast<S: EventStore>(store: &S) {
         stored[0].payload.contains("amount"),
         "the version 1 payload is as it was written"
     );
+    // The registry lists the type with every version it decodes, and its old name.
+    let paid = eventsource::EventRegistry::global()
+        .get("conformance.Paid")
+        .unwrap();
+    assert_eq!(
+        (paid.schema_version(), paid.versions(), paid.aliases()),
+        (4, &[1, 2, 3, 4][..], &["conformance.PaymentMade"][..])
+    );
     // Every read path decodes the same way: the registry too, and RecordedEvent::decode.
     assert_eq!(stored[0].decode::<Paid>().unwrap().cents, 1200);
     assert_eq!(
