@@ -144,6 +144,8 @@ async fn a_second_create_of_one_id_conflicts() {
 async fn unknown_events_follow_the_aggregate_policy() {
     let store = InMemoryEventStore::new();
     opened_account(&store, "ada", &[7, 8]).await;
+    let logs = eventsource_tests::logs::capture();
+    const SKIPPED: &str = "skipping a stored event the aggregate has no handler for";
 
     let lenient = Repository::<Lenient, _>::new(store.clone())
         .load("ada")
@@ -154,11 +156,26 @@ async fn unknown_events_follow_the_aggregate_policy() {
         ("Ada", 3),
         "skipped events still count as versions"
     );
+    assert!(
+        logs.lines_with(SKIPPED).is_empty(),
+        "\"ignore\" logs nothing"
+    );
     let watchful = Repository::<Watchful, _>::new(store.clone())
         .load("ada")
         .await
         .unwrap();
     assert_eq!(watchful.version(), 3);
+    let warnings = logs.lines_with(SKIPPED);
+    assert_eq!(
+        warnings.len(),
+        2,
+        "one warning per skipped event: {warnings:?}"
+    );
+    for (line, version) in warnings.iter().zip([2, 3]) {
+        assert!(line.contains("WARN"), "{line}");
+        assert!(line.contains("event_type=repo.Deposited"), "{line}");
+        assert!(line.contains(&format!("version={version}")), "{line}");
+    }
     match Repository::<Strict, _>::new(store.clone())
         .load("ada")
         .await

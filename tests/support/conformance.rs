@@ -1342,11 +1342,15 @@ where
         root.record(Added { n });
     }
     repo.save(&mut root).await.unwrap();
-    for state in [
+    let logs = crate::logs::capture();
+    for (seen, state) in [
         r#"{"total": "not a number", "ops": []}"#,
         r#"{"total": 1}"#,
         r#"[1, 2, 3]"#,
-    ] {
+    ]
+    .into_iter()
+    .enumerate()
+    {
         let forged = eventsource::Snapshot {
             stream: tally("corrupt"),
             version: 7,
@@ -1366,6 +1370,14 @@ where
         let loaded = repo.load("corrupt").await.unwrap();
         assert_eq!(loaded.snapshot_version(), None, "{state} is not used");
         assert_eq!((loaded.version(), loaded.state().total), (7, 28));
+        let warnings = logs.lines_with("corrupt snapshot ignored");
+        assert_eq!(warnings.len(), seen + 1, "one warning per corrupt snapshot");
+        let stream = format!("stream={}", tally("corrupt"));
+        assert!(
+            warnings[seen].contains("WARN") && warnings[seen].contains(&stream),
+            "a warning that names the stream: {}",
+            warnings[seen]
+        );
         let replaced = store
             .load_snapshot(&tally("corrupt"))
             .await
