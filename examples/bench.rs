@@ -13,7 +13,9 @@
 //! - W1 command path: 10,000 aggregates x 10 events, each event one load -> command -> save.
 //! - W2 batch append: one stream, 10,000 events in batches of 100.
 //! - W3 load: all 10,000 aggregates of 10 events; and one aggregate of 10,000 events.
-//! - W4 projection catch-up: fold all 100,000 events in global order into balances.
+//! - W4 projection catch-up: fold all 100,000 events in global order into balances. Two extra
+//!   rows run the raw fold selecting 7 and 10 columns (`read_all`'s) while using the same four:
+//!   what handing over more columns costs by itself.
 //! - W5 (PostgreSQL) 8 concurrent writers appending one event at a time to their own streams:
 //!   the cost of gap-free global positions. "raw" uses a plain sequence; the extra row "raw +
 //!   xid positions" is the same raw SQL with the framework's transaction-id positions.
@@ -541,18 +543,26 @@ mod raw_sqlite {
         (state, version)
     }
 
-    pub(super) async fn fold_all(pool: &SqlitePool) -> usize {
+    /// `read_all`'s packed metadata column, as the SQLite store selects it.
+    pub(super) const METADATA: &str = "CASE WHEN tenant_id IS NULL AND actor_id IS NULL \
+         AND correlation_id IS NULL AND causation_id IS NULL AND metadata IS NULL THEN NULL \
+         ELSE json_array(tenant_id, actor_id, lower(hex(correlation_id)), \
+         lower(hex(causation_id)), json(metadata)) END";
+
+    pub(super) async fn fold_all(pool: &SqlitePool, columns: W4Columns) -> usize {
         let (mut after, mut count) = (0_i64, 0);
         let mut balances: HashMap<String, Account> = HashMap::new();
+        let sql = format!(
+            "SELECT position, aggregate_id, event_type, payload{} FROM raw_events \
+             WHERE position > ? ORDER BY position LIMIT 1000",
+            columns.extra(METADATA)
+        );
         loop {
-            let rows = sqlx::query(
-                "SELECT position, aggregate_id, event_type, payload FROM raw_events \
-                 WHERE position > ? ORDER BY position LIMIT 1000",
-            )
-            .bind(after)
-            .fetch_all(pool)
-            .await
-            .expect("raw read");
+            let rows = sqlx::query(&sql)
+                .bind(after)
+                .fetch_all(pool)
+                .await
+                .expect("raw read");
             let Some(last) = rows.last() else {
                 return count;
             };
@@ -628,18 +638,25 @@ mod raw_pg {
         (state, version)
     }
 
-    pub(super) async fn fold_all(pool: &PgPool) -> usize {
+    /// `read_all`'s packed metadata column, as the PostgreSQL store selects it.
+    pub(super) const METADATA: &str = "CASE WHEN tenant_id IS NULL AND actor_id IS NULL \
+         AND correlation_id IS NULL AND causation_id IS NULL AND metadata IS NULL THEN NULL \
+         ELSE json_build_array(tenant_id, actor_id, correlation_id, causation_id, metadata)::TEXT END";
+
+    pub(super) async fn fold_all(pool: &PgPool, columns: W4Columns) -> usize {
         let (mut after, mut count) = (0_i64, 0);
         let mut balances: HashMap<String, Account> = HashMap::new();
+        let sql = format!(
+            "SELECT position, aggregate_id, event_type, payload::TEXT{} FROM raw_events \
+             WHERE position > $1 ORDER BY position LIMIT 1000",
+            columns.extra(METADATA)
+        );
         loop {
-            let rows = sqlx::query(
-                "SELECT position, aggregate_id, event_type, payload::TEXT FROM raw_events \
-                 WHERE position > $1 ORDER BY position LIMIT 1000",
-            )
-            .bind(after)
-            .fetch_all(pool)
-            .await
-            .expect("raw read");
+            let rows = sqlx::query(&sql)
+                .bind(after)
+                .fetch_all(pool)
+                .await
+                .expect("raw read");
             let Some(last) = rows.last() else {
                 return count;
             };
@@ -652,6 +669,31 @@ mod raw_pg {
                 );
                 count += 1;
             }
+        }
+    }
+}
+
+/// The columns the raw W4 fold selects. It always uses the first four; the wider sets are
+/// selected and left unread, to show what handing over more columns costs by itself (sqlx
+/// copies every column of every row): `Lean`, the least a projection runner must hand over
+/// (position, stream, version, type, schema version, payload), and `ReadAll`, the ten that
+/// `read_all` selects.
+#[derive(Clone, Copy)]
+enum W4Columns {
+    Used,
+    Lean,
+    ReadAll,
+}
+
+impl W4Columns {
+    /// The columns after the four used ones; `metadata` is the backend's packed metadata.
+    fn extra(self, metadata: &str) -> String {
+        match self {
+            W4Columns::Used => String::new(),
+            W4Columns::Lean => ", aggregate_type, version, schema_version".to_owned(),
+            W4Columns::ReadAll => format!(
+                ", aggregate_type, version, schema_version, event_id, occurred_at, {metadata}"
+            ),
         }
     }
 }
@@ -732,11 +774,11 @@ impl Raw {
         total
     }
 
-    async fn w4(&self) -> usize {
+    async fn w4(&self, columns: W4Columns) -> usize {
         match self {
             Raw::None => unreachable!("no raw side"),
-            Raw::Sqlite(pool) => raw_sqlite::fold_all(pool).await,
-            Raw::Postgres(pool) => raw_pg::fold_all(pool).await,
+            Raw::Sqlite(pool) => raw_sqlite::fold_all(pool, columns).await,
+            Raw::Postgres(pool) => raw_pg::fold_all(pool, columns).await,
         }
     }
 
@@ -833,18 +875,24 @@ impl Run<'_> {
             let framework = per_second(n, t.elapsed());
             let raw = if has_raw {
                 let t = Instant::now();
-                assert_eq!(fx.raw.w4().await, events);
+                assert_eq!(fx.raw.w4(W4Columns::Used).await, events);
                 Some(per_second(events, t.elapsed()))
             } else {
                 None
             };
-            samples.add(
-                "W4 projection catch-up",
-                "events/s",
-                framework,
-                raw,
-                peak_rss_mb(),
-            );
+            let rss = peak_rss_mb();
+            samples.add("W4 projection catch-up", "events/s", framework, raw, rss);
+            if let Some(raw) = raw {
+                for (workload, columns) in [
+                    ("W4 raw, 7 columns (vs raw)", W4Columns::Lean),
+                    ("W4 raw, read_all's 10 columns (vs raw)", W4Columns::ReadAll),
+                ] {
+                    let t = Instant::now();
+                    assert_eq!(fx.raw.w4(columns).await, events);
+                    let wide = per_second(events, t.elapsed());
+                    samples.add(workload, "events/s", wide, Some(raw), rss);
+                }
+            }
         }
 
         if (self.selected)("w3") {
@@ -940,6 +988,8 @@ fn report(backend: &'static str, samples: Samples, figures: &mut Vec<Figure>) {
         "W3 one aggregate, long stream, no snapshot",
         "W3 same, from a snapshot (vs no snapshot)",
         "W4 projection catch-up",
+        "W4 raw, 7 columns (vs raw)",
+        "W4 raw, read_all's 10 columns (vs raw)",
         "W5 8 concurrent writers",
         "W5 raw + xid positions (vs raw)",
     ];
