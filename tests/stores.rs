@@ -1,12 +1,34 @@
-//! How the SQL stores are opened, beyond what the conformance suite runs on: every constructor
-//! the README names, the settings it promises (SQLite's WAL mode, durability across reopening),
-//! and PostgreSQL's explicit migrations on a pool of the application's own.
+//! The SQL stores beyond what the conformance suite runs on: every constructor the README names,
+//! the settings it promises (SQLite's WAL mode, durability across reopening), PostgreSQL's
+//! explicit migrations on a pool of the application's own, and what each store does when its
+//! database is damaged behind its back (a dropped table, a row written by hand).
 
 use eventsource::prelude::*;
-use eventsource::{NewEvent, Snapshot};
-use eventsource_tests::databases;
-use futures::TryStreamExt;
+use eventsource::{NewEvent, Snapshot, SnapshotStrategy};
+use eventsource_tests::{databases, logs};
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgPoolOptions;
+use sqlx::sqlite::SqlitePool;
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug)]
+#[event(name = "stores.Counted")]
+struct Counted {
+    n: i64,
+}
+
+#[derive(Default, Debug, Serialize, Deserialize)]
+struct Counter {
+    total: i64,
+}
+
+#[aggregate(name = "Counter", id = String)]
+impl Counter {
+    #[handles]
+    fn counted(&mut self, e: &Counted) {
+        self.total += e.n;
+    }
+}
 
 fn event(n: i64) -> NewEvent {
     NewEvent::from_json("stores.Counted", 1, format!(r#"{{"n": {n}}}"#))
@@ -182,4 +204,141 @@ async fn postgres_connect_takes_a_url_and_migrates() {
         ),
         "{bad:?}"
     );
+}
+
+/// With its `snapshots` table gone, a store cannot write snapshots: the save that would take one
+/// still succeeds, with a warning; an explicit `snapshot(id)` returns the database error.
+async fn snapshot_failure_leaves_the_save_alone<S>(store: &S)
+where
+    S: EventStore + SnapshotStore + Clone + 'static,
+{
+    let repo = Repository::<Counter, _>::new(store.clone())
+        .with_snapshots(store.clone())
+        .with_snapshot_strategy(SnapshotStrategy::every(1));
+    let logs = logs::capture();
+    let mut root = repo.create("no-table");
+    root.record(Counted { n: 5 });
+    repo.save(&mut root).await.unwrap();
+    assert_eq!(store.stream_version(&stream("no-table")).await.unwrap(), 1);
+    let warnings = logs.lines_with("snapshot not taken");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(warnings[0].contains("WARN") && warnings[0].contains("Counter/no-table"));
+    let loaded = repo.load("no-table").await.unwrap();
+    assert_eq!((loaded.state().total, loaded.snapshot_version()), (5, None));
+    let explicit = repo.snapshot("no-table").await;
+    assert!(
+        matches!(
+            explicit,
+            Err(Error::Database {
+                operation: "save snapshot",
+                ..
+            })
+        ),
+        "{explicit:?}"
+    );
+}
+
+/// A row whose schema version is out of range (-1 or 0, written by hand) is an
+/// `Error::Corrupt` naming its stream on every read path (a global read stops there: it cannot
+/// skip an event), and spoils no other stream's reads.
+async fn corrupt_rows_are_typed_errors<S: EventStore>(store: &S) {
+    let bad = stream("bad");
+    let result = store.read_stream(&bad, StreamQuery::all()).await;
+    assert!(
+        matches!(&result, Err(Error::Corrupt { stream, .. }) if *stream == bad),
+        "{result:?}"
+    );
+    let first = store.read_all(ReadAll::from_start()).next().await;
+    assert!(
+        matches!(&first, Some(Err(Error::Corrupt { stream, .. })) if *stream == bad),
+        "{first:?}"
+    );
+    let loaded = Repository::<Counter, _>::new(store).load("bad").await;
+    assert!(
+        matches!(&loaded, Err(Error::Corrupt { stream, .. }) if *stream == bad),
+        "{loaded:?}"
+    );
+    let good = stream("good");
+    store
+        .append(&good, ExpectedVersion::NoStream, vec![event(4)])
+        .await
+        .unwrap();
+    assert_eq!(
+        store
+            .read_stream(&good, StreamQuery::all())
+            .await
+            .unwrap()
+            .len(),
+        1
+    );
+    let counter = Repository::<Counter, _>::new(store)
+        .load("good")
+        .await
+        .unwrap();
+    assert_eq!(counter.state().total, 4);
+}
+
+/// A read-write pool on the SQLite file of a store, for damaging it.
+async fn sqlite_file_store() -> (tempfile::TempDir, SqliteEventStore, SqlitePool) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let store = SqliteEventStore::open(&path).await.unwrap();
+    let raw = SqlitePool::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
+    (dir, store, raw)
+}
+
+#[tokio::test]
+async fn sqlite_snapshot_failure_leaves_the_save_alone() {
+    let (_dir, store, raw) = sqlite_file_store().await;
+    sqlx::query("DROP TABLE snapshots")
+        .execute(&raw)
+        .await
+        .unwrap();
+    snapshot_failure_leaves_the_save_alone(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_snapshot_failure_leaves_the_save_alone() {
+    let Some(db) = databases::postgres().await else {
+        return;
+    };
+    sqlx::query("DROP TABLE snapshots")
+        .execute(db.store().pool())
+        .await
+        .unwrap();
+    snapshot_failure_leaves_the_save_alone(db.store()).await;
+}
+
+#[tokio::test]
+async fn sqlite_corrupt_rows_are_typed_errors() {
+    let (_dir, store, raw) = sqlite_file_store().await;
+    sqlx::query(
+        "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
+         schema_version, occurred_at, payload) \
+         VALUES (?, 'Counter', 'bad', 1, 'stores.Counted', -1, 0, '{\"n\": 1}')",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .execute(&raw)
+    .await
+    .unwrap();
+    corrupt_rows_are_typed_errors(&store).await;
+}
+
+#[tokio::test]
+async fn postgres_corrupt_rows_are_typed_errors() {
+    let Some(db) = databases::postgres().await else {
+        return;
+    };
+    sqlx::query(
+        "INSERT INTO events (position, event_id, aggregate_type, aggregate_id, version, \
+         event_type, schema_version, occurred_at, payload) \
+         VALUES (1, $1, 'Counter', 'bad', 1, 'stores.Counted', 0, now(), '{\"n\": 1}')",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .execute(db.store().pool())
+    .await
+    .unwrap();
+    corrupt_rows_are_typed_errors(db.store()).await;
 }

@@ -576,10 +576,24 @@ pub(crate) fn row_view<'a>(
     schema_version: i64,
     payload: &'a str,
 ) -> Result<EventView<'a>> {
+    let (version, schema_version) = checked_versions(stream, version, schema_version)?;
+    Ok(EventView::new(
+        stream,
+        version,
+        event_type,
+        schema_version,
+        payload,
+    ))
+}
+
+/// A stored row's version in its stream and schema version, or [`Error::Corrupt`] unless both
+/// are at least 1 (and the schema version fits a `u32`): the one rule of every read path.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn checked_versions(stream: &StreamId, version: i64, schema_version: i64) -> Result<(u64, u32)> {
     match (u64::try_from(version), u32::try_from(schema_version)) {
-        (Ok(version), Ok(schema_version)) if version > 0 && schema_version > 0 => Ok(
-            EventView::new(stream, version, event_type, schema_version, payload),
-        ),
+        (Ok(version), Ok(schema_version)) if version > 0 && schema_version > 0 => {
+            Ok((version, schema_version))
+        }
         _ => Err(Error::Corrupt {
             stream: stream.clone(),
             reason: format!("version {version} or schema version {schema_version} out of range"),
@@ -647,14 +661,10 @@ impl EventRow {
             stream: stream.clone(),
             reason,
         };
-        let (Ok(position), Ok(version), Ok(schema_version), Some(occurred_at)) = (
-            u64::try_from(position),
-            u64::try_from(version),
-            u32::try_from(schema_version),
-            occurred_at,
-        ) else {
+        let (version, schema_version) = checked_versions(&stream, version, schema_version)?;
+        let (Ok(position), Some(occurred_at)) = (u64::try_from(position), occurred_at) else {
             return Err(corrupt(format!(
-                "position {position}, version {version}, schema version {schema_version} or the time of the event is out of range"
+                "position {position} or the time of the event at version {version} is out of range"
             )));
         };
         let metadata = match metadata {
