@@ -363,3 +363,118 @@ fn the_registry_lists_every_derived_event() {
     );
     assert!(registry.get("repo.Nothing").is_none());
 }
+
+/// Serializes as an error: an event or a state that cannot be encoded.
+fn refuse<T, S: serde::Serializer>(_: &T, _: S) -> Result<S::Ok, S::Error> {
+    Err(serde::ser::Error::custom(
+        "this value refuses to be serialized",
+    ))
+}
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug)]
+#[event(name = "repo.Unencodable")]
+struct Unencodable {
+    #[serde(serialize_with = "refuse")]
+    value: i64,
+}
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug)]
+#[event(name = "repo.Noted")]
+struct Noted;
+
+/// Serializes `false`, and refuses `true`.
+fn refuse_true<S: serde::Serializer>(poisoned: &bool, serializer: S) -> Result<S::Ok, S::Error> {
+    if *poisoned {
+        refuse(poisoned, serializer)
+    } else {
+        serializer.serialize_bool(false)
+    }
+}
+
+/// A state that cannot be snapshotted once it holds a poisoned event.
+#[derive(Default, Debug, Serialize, Deserialize)]
+struct Fragile {
+    #[serde(serialize_with = "refuse_true")]
+    poisoned: bool,
+    notes: u32,
+}
+
+#[aggregate(name = "Fragile", id = String)]
+impl Fragile {
+    #[handles]
+    fn unencodable(&mut self, _e: &Unencodable) {
+        self.poisoned = true;
+    }
+
+    #[handles]
+    fn noted(&mut self, _e: &Noted) {
+        self.notes += 1;
+    }
+}
+
+#[tokio::test]
+async fn an_event_that_does_not_serialize_fails_the_save_and_stores_nothing() {
+    let store = InMemoryEventStore::new();
+    let repo = Repository::<Fragile, _>::new(store.clone());
+    let mut root = repo.create("f");
+    root.record(Noted);
+    root.record(Unencodable { value: 1 });
+    match repo.save(&mut root).await {
+        Err(Error::Encode {
+            stream, event_type, ..
+        }) => assert_eq!(
+            (stream.to_string(), event_type.as_str()),
+            ("Fragile/f".to_owned(), "repo.Unencodable")
+        ),
+        other => panic!("expected Error::Encode, got {other:?}"),
+    }
+    assert!(!repo.exists("f").await.unwrap(), "not even the first event");
+    assert_eq!(root.pending_events().len(), 2, "the root keeps its events");
+}
+
+#[tokio::test]
+async fn a_state_that_does_not_serialize_is_a_snapshot_error_never_a_failed_save() {
+    let store = InMemoryEventStore::new();
+    let repo = Repository::<Fragile, _>::new(store.clone())
+        .with_snapshots(store.clone())
+        .with_snapshot_strategy(SnapshotStrategy::every(1));
+    let mut root = repo.create("g");
+    root.record(Noted);
+    let logs = eventsource_tests::logs::capture();
+    repo.save(&mut root).await.unwrap();
+    assert!(logs.lines_with("snapshot not taken").is_empty());
+
+    // A root with unsaved events cannot be snapshotted.
+    let mut root = repo.load("g").await.unwrap();
+    assert_eq!(root.snapshot_version(), Some(1));
+    root.record(Noted);
+    assert!(matches!(
+        repo.snapshot_root(&root).await,
+        Err(Error::InvalidInput { .. })
+    ));
+    repo.save(&mut root).await.unwrap();
+
+    // Poisoned: a save that crosses the interval stores its events and logs the snapshot.
+    let mut root = repo.load("g").await.unwrap();
+    let poison = NewEvent::from_json("repo.Unencodable", 1, r#"{"value": 1}"#);
+    store
+        .append(root.stream_id(), ExpectedVersion::Exact(2), vec![poison])
+        .await
+        .unwrap();
+    root = repo.load("g").await.unwrap();
+    assert!(root.state().poisoned);
+    root.record(Noted);
+    repo.save(&mut root).await.unwrap();
+    assert_eq!(store.stream_version(root.stream_id()).await.unwrap(), 4);
+    let warnings = logs.lines_with("snapshot not taken");
+    assert_eq!(warnings.len(), 1, "{warnings:?}");
+    assert!(
+        warnings[0].contains("cannot encode the state of Fragile/g"),
+        "{}",
+        warnings[0]
+    );
+    match repo.snapshot("g").await {
+        Err(Error::SnapshotEncode { stream, .. }) => assert_eq!(stream.to_string(), "Fragile/g"),
+        other => panic!("expected Error::SnapshotEncode, got {other:?}"),
+    }
+}
