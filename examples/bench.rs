@@ -341,7 +341,7 @@ async fn postgres_fixture(url: &str) -> Fixture<PostgresEventStore> {
 // --- Framework side: only the public API. ---
 
 async fn fw_w1<S: EventStore>(store: &S, sizes: Sizes) -> usize {
-    let repo = Repository::<Account, _>::new(store);
+    let repo = Account::repository(store);
     for i in 0..sizes.aggregates {
         let mut account = repo.create(account_id(i));
         account.record(AccountOpened {
@@ -372,7 +372,7 @@ async fn fw_seed<S: EventStore>(store: &S, sizes: Sizes) {
         }
         store
             .append(
-                &StreamId::new("Account", account_id(i)),
+                &StreamId::new("Account", account_id(i)).expect("valid"),
                 ExpectedVersion::NoStream,
                 batch,
             )
@@ -382,7 +382,7 @@ async fn fw_seed<S: EventStore>(store: &S, sizes: Sizes) {
 }
 
 async fn fw_append_stream<S: EventStore>(store: &S, id: &str, events: usize, batch: usize) {
-    let stream = StreamId::new("Account", id);
+    let stream = StreamId::new("Account", id).expect("valid");
     let mut version = 0;
     while (version as usize) < events {
         let n = batch.min(events - version as usize);
@@ -398,7 +398,7 @@ async fn fw_append_stream<S: EventStore>(store: &S, id: &str, events: usize, bat
 }
 
 async fn fw_w3<S: EventStore>(store: &S, sizes: Sizes) -> i64 {
-    let repo = Repository::<Account, _>::new(store);
+    let repo = Account::repository(store);
     let mut total = 0;
     for i in 0..sizes.aggregates {
         total += repo
@@ -416,9 +416,9 @@ async fn fw_w3<S: EventStore>(store: &S, sizes: Sizes) -> i64 {
 const SNAPSHOT_TAIL: u64 = 50;
 
 async fn fw_w3_snapshot<S: EventStore + SnapshotStore + Clone + 'static>(store: &S) {
-    let repo = Repository::<Account, _>::new(store.clone()).with_snapshots(store.clone());
+    let repo = Account::repository(store.clone()).with_snapshots();
     let version = store
-        .stream_version(&StreamId::new("Account", "long"))
+        .stream_version(&StreamId::new("Account", "long").expect("valid"))
         .await
         .expect("version");
     let root = repo
@@ -431,7 +431,7 @@ async fn fw_w3_snapshot<S: EventStore + SnapshotStore + Clone + 'static>(store: 
 async fn fw_w3_long_from_snapshot<S: EventStore + SnapshotStore + Clone + 'static>(
     store: &S,
 ) -> i64 {
-    let repo = Repository::<Account, _>::new(store.clone()).with_snapshots(store.clone());
+    let repo = Account::repository(store.clone()).with_snapshots();
     let root = repo.load("long".to_owned()).await.expect("load");
     assert!(
         root.snapshot_version().is_some(),
@@ -441,7 +441,7 @@ async fn fw_w3_long_from_snapshot<S: EventStore + SnapshotStore + Clone + 'stati
 }
 
 async fn fw_w3_long<S: EventStore>(store: &S) -> i64 {
-    let repo = Repository::<Account, _>::new(store);
+    let repo = Account::repository(store);
     repo.load("long".to_owned())
         .await
         .expect("load")
@@ -457,10 +457,14 @@ async fn fw_w4<S: EventStore>(store: &S) -> usize {
         count += 1;
         if event.is::<Deposited>() {
             let e: Deposited = event.decode().expect("decode");
-            *balances.entry(event.stream.aggregate_id).or_default() += e.amount_cents;
+            *balances
+                .entry(std::sync::Arc::<str>::from(event.stream.aggregate_id()))
+                .or_default() += e.amount_cents;
         } else if event.is::<AccountOpened>() {
             event.decode::<AccountOpened>().expect("decode");
-            balances.entry(event.stream.aggregate_id).or_default();
+            balances
+                .entry(std::sync::Arc::<str>::from(event.stream.aggregate_id()))
+                .or_default();
         }
     }
     count
@@ -471,7 +475,7 @@ async fn fw_w5<S: EventStore + Clone + 'static>(store: &S, sizes: Sizes) -> usiz
         .map(|w| {
             let store = store.clone();
             tokio::spawn(async move {
-                let stream = StreamId::new("Account", format!("writer-{w}"));
+                let stream = StreamId::new("Account", format!("writer-{w}")).expect("valid");
                 for v in 0..sizes.w5_appends_per_writer as u64 {
                     let event = NewEvent::new(&Deposited { amount_cents: 1 }).unwrap();
                     store

@@ -62,7 +62,7 @@ struct Order {
     status: Status,
 }
 
-#[aggregate(name = "Order", id = String)]
+#[aggregate(name = "Order", id = String, error = OrderError)]
 impl Order {
     #[handles]
     fn created(&mut self, e: &OrderCreated) {
@@ -104,10 +104,6 @@ enum OrderError {
     NoSuchItem(String),
     #[error("cannot pay an empty order")]
     Empty,
-    #[error(transparent)]
-    Store(#[from] eventsource::Error),
-    #[error("cannot set up the example's schema")]
-    Setup(#[from] sqlx::Error),
 }
 
 impl Order {
@@ -172,10 +168,10 @@ async fn command<E: DomainEvent + eventsource::AppliesTo<Order>>(
     orders: &Orders,
     id: &str,
     decide: impl Fn(&Order) -> Result<E, OrderError>,
-) -> Result<(), OrderError> {
+) -> Result<(), UpdateError<OrderError>> {
     orders
         .update(id.to_owned(), |order| {
-            let event = decide(order.state())?;
+            let event = decide(order)?;
             order.record(event);
             Ok(())
         })
@@ -183,7 +179,7 @@ async fn command<E: DomainEvent + eventsource::AppliesTo<Order>>(
 }
 
 #[tokio::main]
-async fn main() -> Result<(), OrderError> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let url = std::env::var("DATABASE_URL")
         .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432/test".to_owned());
     let admin = sqlx::PgPool::connect(&url)

@@ -41,7 +41,7 @@ struct BankAccount {
     open: bool,
 }
 
-#[aggregate(name = "BankAccount")]
+#[aggregate(name = "BankAccount", error = AccountError)]
 impl BankAccount {
     #[handles]
     fn opened(&mut self, event: &AccountOpened) {
@@ -76,9 +76,6 @@ enum AccountError {
     /// Not enough money.
     #[error("insufficient funds: balance {balance}, asked {asked}")]
     InsufficientFunds { balance: i64, asked: i64 },
-    /// A storage problem.
-    #[error(transparent)]
-    Store(#[from] eventsource::Error),
 }
 
 impl BankAccount {
@@ -104,7 +101,7 @@ impl BankAccount {
 }
 
 #[tokio::main]
-async fn main() -> Result<(), AccountError> {
+async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // A fresh database file in the temporary directory; the schema is created on connect.
     let path = std::env::temp_dir().join("eventsource-quickstart.db");
     for suffix in ["", "-wal", "-shm"] {
@@ -112,7 +109,7 @@ async fn main() -> Result<(), AccountError> {
     }
     let store = SqliteEventStore::open(&path).await?;
     println!("event store: {}", path.display());
-    let repo = Repository::<BankAccount, _>::new(store.clone());
+    let repo = BankAccount::repository(store.clone());
 
     // Open an account: create, record, save (the stream must not exist yet).
     let id = Uuid::now_v7();
@@ -132,33 +129,37 @@ async fn main() -> Result<(), AccountError> {
 
     // Commands through `update`: load, run, save; retried if another writer got there first.
     repo.update(id, |account| {
-        let event = account.state().withdraw(2_500)?;
+        let event = account.withdraw(2_500)?;
         account.record(event);
-        Ok::<_, AccountError>(())
+        Ok(())
     })
     .await?;
     repo.update(id, |account| {
-        let event = account.state().deposit(1_200)?;
+        let event = account.deposit(1_200)?;
         account.record(event);
-        Ok::<_, AccountError>(())
+        Ok(())
     })
     .await?;
 
-    // A command that breaks an invariant records nothing.
+    // A command that breaks an invariant records nothing; its error is the domain's, apart from
+    // the store's.
     let refused = repo
         .update(id, |account| {
-            let event = account.state().withdraw(1_000_000)?;
+            let event = account.withdraw(1_000_000)?;
             account.record(event);
-            Ok::<_, AccountError>(())
+            Ok(())
         })
         .await;
-    println!("refused:  {}", refused.unwrap_err());
+    match refused {
+        Err(UpdateError::Rejected(reason)) => println!("refused:  {reason}"),
+        other => panic!("the withdrawal should be refused, got {other:?}"),
+    }
 
     // Optimistic concurrency: two copies loaded at the same version, only the first save wins.
     let mut first = repo.load(id).await?;
     let mut second = repo.load(id).await?;
-    first.record(first.state().deposit(100)?);
-    second.record(second.state().deposit(200)?);
+    first.record(first.deposit(100)?);
+    second.record(second.deposit(200)?);
     repo.save(&mut first).await?;
     println!("conflict: {}", repo.save(&mut second).await.unwrap_err());
 

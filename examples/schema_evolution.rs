@@ -54,8 +54,8 @@ fn rename_amount(mut v1: serde_json::Value) -> Result<serde_json::Value, String>
     name = "Deposited",
     version = 3,
     alias = "MoneyDeposited",
-    upcast(json = rename_amount, version = 1),
-    upcast(from = DepositedV2, version = 2)
+    upcast(from_version = 1, json = rename_amount),
+    upcast(from_version = 2, via = DepositedV2)
 )]
 struct Deposited {
     cents: i64,
@@ -97,7 +97,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let store = SqliteEventStore::open(dir.path().join("bank.db")).await?;
 
     // What releases 1 and 2 left in the store.
-    let stream = StreamId::new("Account", "acct-1");
+    let stream = StreamId::new("Account", "acct-1")?;
     store
         .append(
             &stream,
@@ -127,7 +127,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         );
     }
 
-    let repo = Repository::<Account, _>::new(store.clone()).with_snapshots(store.clone());
+    let repo = Account::repository(store.clone()).with_snapshots();
     let mut account = repo.load("acct-1").await?;
     println!(
         "\nLoaded acct-1 at version {}: {} deposits, balance {} cents (12 EUR from release 1, 30 EUR from release 2)",
@@ -166,7 +166,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         repo.save(&mut long).await?;
     }
-    let plain = Repository::<Account, _>::new(store.clone());
+    let plain = Account::repository(store.clone());
     let t = Instant::now();
     let replayed = plain.load("acct-long").await?;
     let replay_time = t.elapsed();

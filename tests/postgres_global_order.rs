@@ -30,10 +30,18 @@ async fn concurrent_writers_and_a_polling_reader_see_every_event_once_in_order()
         let done = Arc::clone(&done);
         tokio::spawn(async move {
             let mut seen: Vec<RecordedEvent> = Vec::new();
-            let mut checkpoint = 0;
+            let mut checkpoint = Position::START;
             loop {
-                // Read the flag before reading: a final pass after the writers finished.
+                // Read the flag before reading: a final pass after the writers finished, once
+                // everything they committed is readable.
                 let finished = done.load(Ordering::Acquire);
+                if finished {
+                    let head = store.log_head().await.expect("log_head");
+                    store
+                        .wait_for(head.last, std::time::Duration::from_secs(30))
+                        .await
+                        .expect("wait_for");
+                }
                 let page: Vec<RecordedEvent> = store
                     .read_all(ReadAll::after(checkpoint).batch_size(97))
                     .try_collect()
@@ -55,7 +63,7 @@ async fn concurrent_writers_and_a_polling_reader_see_every_event_once_in_order()
         .map(|w| {
             let store = store.clone();
             tokio::spawn(async move {
-                let stream = StreamId::new("Writer", format!("w{w}"));
+                let stream = StreamId::new("Writer", format!("w{w}")).unwrap();
                 let mut ids = Vec::new();
                 let mut version = 0;
                 for i in 0..APPENDS_PER_WRITER {

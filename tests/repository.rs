@@ -30,7 +30,7 @@ enum AccountError {
     NotPositive(i64),
 }
 
-#[aggregate(name = "Account", id = String)]
+#[aggregate(name = "Account", id = String, error = AccountError)]
 impl Account {
     #[handles]
     fn opened(&mut self, event: &Opened) {
@@ -89,7 +89,7 @@ impl Strict {
 }
 
 async fn opened_account(store: &InMemoryEventStore, id: &str, deposits: &[i64]) {
-    let repo = Repository::<Account, _>::new(store.clone());
+    let repo = Account::repository(store.clone());
     let mut root = repo.create(id);
     root.record(Opened {
         owner: "Ada".into(),
@@ -103,7 +103,7 @@ async fn opened_account(store: &InMemoryEventStore, id: &str, deposits: &[i64]) 
 #[tokio::test]
 async fn a_missing_aggregate_is_a_typed_error() {
     let store = InMemoryEventStore::new();
-    let repo = Repository::<Account, _>::new(store.clone());
+    let repo = Account::repository(store.clone());
     match repo.load("nobody").await {
         Err(Error::AggregateNotFound { stream }) => {
             assert_eq!(stream.to_string(), "Account/nobody");
@@ -112,9 +112,10 @@ async fn a_missing_aggregate_is_a_typed_error() {
     }
     assert!(!repo.exists("nobody").await.unwrap());
     assert!(matches!(
-        repo.update("nobody", |_| Ok::<_, Error>(())).await,
-        Err(Error::AggregateNotFound { .. })
+        repo.update("nobody", |_| Ok(())).await,
+        Err(UpdateError::Store(Error::AggregateNotFound { .. }))
     ));
+    assert!(repo.try_load("nobody").await.unwrap().is_none());
     assert!(store.is_empty(), "a failed update wrote nothing");
 
     opened_account(&store, "ada", &[5]).await;
@@ -126,7 +127,7 @@ async fn a_missing_aggregate_is_a_typed_error() {
 async fn a_second_create_of_one_id_conflicts() {
     let store = InMemoryEventStore::new();
     opened_account(&store, "ada", &[]).await;
-    let repo = Repository::<Account, _>::new(store.clone());
+    let repo = Account::repository(store.clone());
     let mut again = repo.create("ada");
     again.record(Opened {
         owner: "Impostor".into(),
@@ -187,7 +188,7 @@ async fn unknown_events_follow_the_aggregate_policy() {
             schema_version,
         }) => assert_eq!(
             (
-                &*stream.aggregate_id,
+                stream.aggregate_id(),
                 version,
                 event_type.as_str(),
                 schema_version
@@ -202,50 +203,40 @@ async fn unknown_events_follow_the_aggregate_policy() {
 async fn a_command_error_saves_nothing_and_comes_back_typed() {
     let store = InMemoryEventStore::new();
     opened_account(&store, "ada", &[10]).await;
-    let repo = Repository::<Account, _>::new(store.clone());
+    let repo = Account::repository(store.clone());
 
-    #[derive(Debug, thiserror::Error)]
-    enum AppError {
-        #[error(transparent)]
-        Account(#[from] AccountError),
-        #[error(transparent)]
-        Store(#[from] Error),
-    }
     let result = repo
         .update("ada", |root| {
-            let event = root.state().deposit(-3)?;
-            root.record(event);
-            Ok::<_, AppError>(())
-        })
-        .await;
-    assert!(matches!(
-        result,
-        Err(AppError::Account(AccountError::NotPositive(-3)))
-    ));
-
-    // The same with the framework's own error type, through Error::command.
-    let result = repo
-        .update("ada", |root| {
-            root.record(Deposited { cents: 1 });
-            let event = root.state().deposit(0).map_err(Error::command)?;
+            let event = root.deposit(-3)?;
             root.record(event);
             Ok(())
         })
         .await;
     match result {
-        Err(Error::Command(source)) => assert_eq!(
-            source.downcast_ref::<AccountError>(),
-            Some(&AccountError::NotPositive(0))
-        ),
-        other => panic!("expected a command error, got {other:?}"),
+        Err(UpdateError::Rejected(error)) => assert_eq!(error, AccountError::NotPositive(-3)),
+        other => panic!("expected the domain's error, got {other:?}"),
     }
+
+    // Events recorded before the refusal are not saved either.
+    let result = repo
+        .update("ada", |root| {
+            root.record(Deposited { cents: 1 });
+            let event = root.deposit(0)?;
+            root.record(event);
+            Ok(())
+        })
+        .await;
+    assert!(
+        matches!(&result, Err(e) if e.rejected() == Some(&AccountError::NotPositive(0))),
+        "{result:?}"
+    );
     assert_eq!(store.len(), 2, "neither update stored anything");
 
     let balance = repo
         .update("ada", |root| {
-            let event = root.state().deposit(5).map_err(Error::command)?;
+            let event = root.deposit(5)?;
             root.record(event);
-            Ok::<_, Error>(root.state().balance)
+            Ok(root.balance)
         })
         .await
         .unwrap();
@@ -256,8 +247,8 @@ async fn a_command_error_saves_nothing_and_comes_back_typed() {
 async fn retries_are_bounded() {
     let store = InMemoryEventStore::new();
     opened_account(&store, "ada", &[]).await;
-    let repo = Repository::<Account, _>::new(store.clone()).with_max_attempts(3);
-    let stream = StreamId::new("Account", "ada");
+    let repo = Account::repository(store.clone()).with_max_attempts(3);
+    let stream = StreamId::new("Account", "ada").unwrap();
     let mut runs = 0;
     let result = repo
         .update("ada", |root| {
@@ -268,15 +259,15 @@ async fn retries_are_bounded() {
             futures::executor::block_on(store.append(&stream, ExpectedVersion::Any, vec![rival]))
                 .unwrap();
             root.record(Deposited { cents: 1 });
-            Ok::<_, Error>(())
+            Ok(())
         })
         .await;
     match result {
-        Err(Error::RetriesExhausted {
+        Err(UpdateError::Store(Error::RetriesExhausted {
             stream,
             attempts,
             last,
-        }) => {
+        })) => {
             assert_eq!((stream.to_string().as_str(), attempts), ("Account/ada", 3));
             assert!(last.is_concurrency(), "the last error was {last}");
         }
@@ -294,7 +285,7 @@ async fn retries_are_bounded() {
 #[tokio::test]
 async fn metadata_flows_onto_recorded_events() {
     let store = InMemoryEventStore::new();
-    let repo = Repository::<Account, _>::new(store.clone());
+    let repo = Account::repository(store.clone());
     let correlation = Uuid::now_v7();
     let mut root = repo.create("ada");
     root.set_metadata(
@@ -436,7 +427,7 @@ async fn an_event_that_does_not_serialize_fails_the_save_and_stores_nothing() {
 async fn a_state_that_does_not_serialize_is_a_snapshot_error_never_a_failed_save() {
     let store = InMemoryEventStore::new();
     let repo = Repository::<Fragile, _>::new(store.clone())
-        .with_snapshots(store.clone())
+        .with_snapshots()
         .with_snapshot_strategy(SnapshotStrategy::every(1));
     let mut root = repo.create("g");
     root.record(Noted);

@@ -35,7 +35,7 @@ fn event(n: i64) -> NewEvent {
 }
 
 fn stream(id: &str) -> StreamId {
-    StreamId::new("Counter", id)
+    StreamId::new("Counter", id).expect("a valid stream id")
 }
 
 /// Appends two events, then reads them back through a stream read and a global read.
@@ -86,13 +86,12 @@ async fn sqlite_file_store_is_in_wal_mode_and_keeps_its_events_across_reopening(
         assert_eq!(mode, "wal");
         round_trip(&store, "kept").await;
         store
-            .save_snapshot(&Snapshot {
-                stream: stream("kept"),
-                version: 2,
-                state_version: 1,
-                state: r#"{"total": 3}"#.into(),
-                taken_at: chrono::Utc::now(),
-            })
+            .save_snapshot(&Snapshot::new(
+                stream("kept"),
+                2,
+                1,
+                r#"{"total": 3}"#.into(),
+            ))
             .await
             .unwrap();
         store.close().await;
@@ -102,7 +101,7 @@ async fn sqlite_file_store_is_in_wal_mode_and_keeps_its_events_across_reopening(
     assert_eq!(store.stream_version(&stream("kept")).await.unwrap(), 2);
     let snapshot = store.load_snapshot(&stream("kept")).await.unwrap().unwrap();
     assert_eq!(
-        (snapshot.version, snapshot.state.as_str()),
+        (snapshot.version(), snapshot.state()),
         (2, r#"{"total": 3}"#)
     );
     let conflict = store
@@ -213,7 +212,7 @@ where
     S: EventStore + SnapshotStore + Clone + 'static,
 {
     let repo = Repository::<Counter, _>::new(store.clone())
-        .with_snapshots(store.clone())
+        .with_snapshots()
         .with_snapshot_strategy(SnapshotStrategy::every(1));
     let logs = logs::capture();
     let mut root = repo.create("no-table");

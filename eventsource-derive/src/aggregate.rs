@@ -3,6 +3,7 @@
 use crate::internals::Ctxt;
 use crate::internals::ast::{Aggregate, Handler};
 use crate::internals::attr::UnknownEvents;
+use crate::internals::check::type_string;
 use proc_macro2::TokenStream;
 use quote::{ToTokens, quote, quote_spanned};
 use syn::ext::IdentExt;
@@ -66,6 +67,10 @@ fn generate(aggregate: &Aggregate) -> TokenStream {
         Some(ty) => ty.to_token_stream(),
         None => quote!(#krate::Uuid),
     };
+    let error = match &aggregate.attrs.error {
+        Some(ty) => ty.to_token_stream(),
+        None => quote!(#krate::__private::Infallible),
+    };
     let policy = match aggregate.attrs.unknown_events {
         UnknownEvents::Error => quote!(Error),
         UnknownEvents::Warn => quote!(Warn),
@@ -124,6 +129,7 @@ fn generate(aggregate: &Aggregate) -> TokenStream {
             impl #impl_generics #krate::Aggregate for #self_ty #where_clause {
                 const TYPE: &'static str = #name;
                 type Id = #id;
+                type Error = #error;
                 const UNKNOWN_EVENTS: #krate::UnknownEvents = #krate::UnknownEvents::#policy;
                 const HANDLED_EVENTS: &'static [&'static str] = &[#(#handled_names),*];
                 const RETIRED_EVENTS: &'static [&'static str] = &[#(#retired),*];
@@ -153,11 +159,11 @@ fn compile_time_checks(krate: &syn::Path, name: &str, handlers: &[&Handler]) -> 
     let mut checks = TokenStream::new();
     for (i, later) in handlers.iter().enumerate() {
         let later_ty = &later.event;
-        let later_str = later_ty.to_token_stream().to_string();
+        let later_str = type_string(later_ty);
         let span = later_ty.span();
         for earlier in &handlers[..i] {
             let earlier_ty = &earlier.event;
-            let earlier_str = earlier_ty.to_token_stream().to_string();
+            let earlier_str = type_string(earlier_ty);
             let message = format!(
                 "`{later_str}` and `{earlier_str}` are both handled by `{name}` but share a stored event name (or alias): rename one with #[event(name = \"...\")]"
             );

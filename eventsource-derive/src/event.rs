@@ -38,7 +38,7 @@ pub(crate) fn expand(input: &syn::DeriveInput) -> TokenStream {
             .attrs
             .upcasts
             .iter()
-            .map(|u| u.version.value)
+            .map(|u| u.from_version.value)
             .collect();
         versions.push(version);
         versions.sort_unstable();
@@ -74,8 +74,10 @@ pub(crate) fn expand(input: &syn::DeriveInput) -> TokenStream {
 /// The body of `DomainEvent::decode`: one match arm per decodable schema version, each walking
 /// the upcast chain from that version to the current type.
 fn decode_body(krate: &syn::Path, current: u32, upcasts: &[Upcast]) -> TokenStream {
-    let steps: BTreeMap<u32, &UpcastStep> =
-        upcasts.iter().map(|u| (u.version.value, &u.step)).collect();
+    let steps: BTreeMap<u32, &UpcastStep> = upcasts
+        .iter()
+        .map(|u| (u.from_version.value, &u.step))
+        .collect();
     let arms = steps.keys().map(|&stored| {
         let chain = chain_from(krate, stored, current, &steps);
         quote!(#stored => #krate::__private::Ok(#chain),)

@@ -4,18 +4,19 @@
 
 use crate::error::{Error, Result};
 use crate::event::{DomainEvent, EventView, Metadata, NewEvent};
-use crate::store::StreamId;
+use crate::stream::StreamId;
 use chrono::{DateTime, Utc};
 use std::any::Any;
-use std::fmt::{self, Debug, Display};
+use std::fmt::{self, Debug};
+use std::ops::Deref;
 use uuid::Uuid;
 
 /// An event-sourced aggregate: state rebuilt by applying its events in order.
 ///
 /// Implemented by `#[aggregate]` on the aggregate's inherent impl block; each `#[handles]`
 /// method of the block applies one event type. Options: `#[aggregate(name = "...", id = Type,
-/// unknown_events = "error" | "warn" | "ignore", retired = ["..."], snapshot_every = N,
-/// state_version = N, crate = "...")]`.
+/// error = Type, unknown_events = "error" | "warn" | "ignore", retired = ["..."],
+/// snapshot_every = N, state_version = N, crate = "...")]`.
 #[diagnostic::on_unimplemented(
     message = "`{Self}` is not an aggregate",
     label = "not an aggregate",
@@ -32,8 +33,13 @@ pub trait Aggregate: Default + Send + Sync + 'static {
     /// skipped on load, whatever the policy for unknown events.
     const RETIRED_EVENTS: &'static [&'static str];
     /// The aggregate id: `Uuid` by default, `#[aggregate(id = String)]` for readable ids such as
-    /// `order-123`, or any type that displays as the stream's id.
+    /// `order-123`, or a type of your own ([`AggregateId`], [`typed_id!`](crate::typed_id)).
     type Id: AggregateId;
+    /// The domain error of the aggregate's commands (`#[aggregate(error = AccountError)]`);
+    /// `std::convert::Infallible` when not given. [`Repository::update`](crate::Repository::update)
+    /// returns it as [`UpdateError::Rejected`](crate::UpdateError::Rejected), apart from the
+    /// store's failures.
+    type Error: std::error::Error + Send + Sync + 'static;
     /// The default snapshot interval of a repository with a snapshot store
     /// (`#[aggregate(snapshot_every = N)]`); `None` snapshots only on demand.
     const SNAPSHOT_EVERY: Option<u64> = None;
@@ -79,11 +85,122 @@ impl<A: Handles<E>, E: DomainEvent> AppliesTo<A> for E {
     }
 }
 
-/// An aggregate id: anything cloneable that displays as the stream id (`Uuid`, `String`, a
-/// newtype).
-pub trait AggregateId: Clone + Debug + Display + Send + Sync + 'static {}
+/// An aggregate id, and the text its stream is stored under.
+///
+/// The conversion is explicit (not `Display`), so that changing how an id prints can never move
+/// its stream. Implemented for `Uuid` (hyphenated, lowercase), `String` and the integer types;
+/// [`typed_id!`](crate::typed_id) declares a UUID newtype per aggregate, so that an order's id
+/// cannot load an account.
+pub trait AggregateId: Clone + Debug + Send + Sync + 'static {
+    /// The stream key: stored as the stream's aggregate id. Must never change for a given id.
+    fn stream_key(&self) -> String;
+}
 
-impl<T: Clone + Debug + Display + Send + Sync + 'static> AggregateId for T {}
+impl AggregateId for Uuid {
+    fn stream_key(&self) -> String {
+        self.hyphenated().to_string()
+    }
+}
+
+impl AggregateId for String {
+    fn stream_key(&self) -> String {
+        self.clone()
+    }
+}
+
+macro_rules! integer_ids {
+    ($($ty:ty),*) => {$(
+        impl AggregateId for $ty {
+            fn stream_key(&self) -> String {
+                self.to_string()
+            }
+        }
+    )*};
+}
+
+integer_ids!(u32, u64, i32, i64, u128);
+
+/// Declares a UUID newtype to use as an aggregate's id (`#[aggregate(id = AccountId)]`), so that
+/// the ids of different aggregates cannot be mixed up: `orders.load(account_id)` does not
+/// compile. The type gets `new()` (a fresh UUID v7), `From<Uuid>`, `Display`, `FromStr`,
+/// serde (as the bare UUID), and [`AggregateId`].
+///
+/// ```
+/// eventsource::typed_id!(
+///     /// Identifies a bank account.
+///     pub struct AccountId;
+/// );
+/// let id = AccountId::new();
+/// let parsed: AccountId = id.to_string().parse().unwrap();
+/// assert_eq!(id, parsed);
+/// ```
+#[macro_export]
+macro_rules! typed_id {
+    ($(#[$meta:meta])* $vis:vis struct $name:ident;) => {
+        $(#[$meta])*
+        #[derive(
+            ::core::clone::Clone, ::core::marker::Copy, ::core::fmt::Debug, ::core::cmp::PartialEq,
+            ::core::cmp::Eq, ::core::hash::Hash, ::core::cmp::PartialOrd, ::core::cmp::Ord,
+        )]
+        $vis struct $name($crate::Uuid);
+
+        impl $name {
+            /// A new, unique id (UUID v7: ids sort by creation time).
+            #[allow(clippy::new_without_default)]
+            pub fn new() -> Self {
+                $name($crate::Uuid::now_v7())
+            }
+
+            /// The UUID inside.
+            pub fn uuid(&self) -> $crate::Uuid {
+                self.0
+            }
+        }
+
+        impl ::core::convert::From<$crate::Uuid> for $name {
+            fn from(uuid: $crate::Uuid) -> Self {
+                $name(uuid)
+            }
+        }
+
+        impl ::core::fmt::Display for $name {
+            fn fmt(&self, f: &mut ::core::fmt::Formatter<'_>) -> ::core::fmt::Result {
+                ::core::fmt::Display::fmt(&self.0, f)
+            }
+        }
+
+        impl ::core::str::FromStr for $name {
+            type Err = $crate::uuid::Error;
+            fn from_str(s: &str) -> ::core::result::Result<Self, Self::Err> {
+                $crate::Uuid::parse_str(s).map($name)
+            }
+        }
+
+        impl $crate::AggregateId for $name {
+            fn stream_key(&self) -> $crate::__private::String {
+                $crate::AggregateId::stream_key(&self.0)
+            }
+        }
+
+        impl $crate::__private::serde::Serialize for $name {
+            fn serialize<S: $crate::__private::serde::Serializer>(
+                &self,
+                serializer: S,
+            ) -> ::core::result::Result<S::Ok, S::Error> {
+                $crate::__private::serde::Serialize::serialize(&self.0, serializer)
+            }
+        }
+
+        impl<'de> $crate::__private::serde::Deserialize<'de> for $name {
+            fn deserialize<D: $crate::__private::serde::Deserializer<'de>>(
+                deserializer: D,
+            ) -> ::core::result::Result<Self, D::Error> {
+                <$crate::Uuid as $crate::__private::serde::Deserialize>::deserialize(deserializer)
+                    .map($name)
+            }
+        }
+    };
+}
 
 /// What loading does with a stored event whose type the aggregate does not handle (say, one
 /// retired from the code).
@@ -114,7 +231,7 @@ pub struct Root<A: Aggregate> {
 impl<A: Aggregate> Root<A> {
     /// A new aggregate with no events (what [`Repository::create`](crate::Repository::create) gives).
     pub fn new(id: A::Id) -> Self {
-        let stream = StreamId::new(A::TYPE, id.to_string());
+        let stream = StreamId::unchecked(A::TYPE, id.stream_key());
         Root {
             id,
             stream,
@@ -137,7 +254,7 @@ impl<A: Aggregate> Root<A> {
         &self.stream
     }
 
-    /// The current state.
+    /// The current state. `Root<A>` also dereferences to it: `account.balance` reads the state.
     pub fn state(&self) -> &A {
         &self.state
     }
@@ -188,6 +305,26 @@ impl<A: Aggregate> Root<A> {
         &self.metadata
     }
 
+    /// Applies `event` as if it had been loaded from the store: it is not pending, and the version
+    /// the next save expects moves past it. For tests: build the state a command runs on from a
+    /// given history, without a store (`Root::new(id).given(Opened { .. }).given(Deposited { .. })`).
+    /// Call it before recording anything.
+    pub fn given<E: AppliesTo<A>>(mut self, event: E) -> Self {
+        debug_assert!(
+            self.pending.is_empty(),
+            "Root::given after Root::record: give the history first"
+        );
+        event.apply_to(&mut self.state);
+        self.version += 1;
+        self.committed_version = self.version;
+        self
+    }
+
+    /// The pending events of type `E`, oldest first: what a command recorded, typed.
+    pub fn recorded<E: DomainEvent>(&self) -> impl Iterator<Item = &E> + '_ {
+        self.pending.iter().filter_map(PendingEvent::downcast_ref)
+    }
+
     /// The events recorded and not yet saved, oldest first.
     pub fn pending_events(&self) -> &[PendingEvent] {
         &self.pending
@@ -216,13 +353,18 @@ impl<A: Aggregate> Root<A> {
     pub(crate) fn apply_stored(&mut self, event: EventView<'_>) -> Result<()> {
         let expected = self.version + 1;
         if event.version != expected {
-            return Err(Error::Corrupt {
-                stream: self.stream.clone(),
-                reason: format!(
+            return Err(Error::corrupt(
+                &self.stream,
+                format!(
                     "the store returned version {} where version {expected} was due",
                     event.version
                 ),
-            });
+            )
+            .at_row(
+                Some(event.position),
+                Some(event.version),
+                Some(event.event_type),
+            ));
         }
         self.state.apply(event)?;
         self.version = event.version;
@@ -255,6 +397,15 @@ impl<A: Aggregate> Root<A> {
         self.pending.clear();
         self.version = version;
         self.committed_version = version;
+    }
+}
+
+impl<A: Aggregate> Deref for Root<A> {
+    type Target = A;
+
+    /// The state, read-only: changes go through [`Root::record`].
+    fn deref(&self) -> &A {
+        &self.state
     }
 }
 

@@ -1,7 +1,8 @@
 //! The one error type of the crate.
 
-use crate::store::ExpectedVersion;
-use crate::store::StreamId;
+use crate::stream::{ExpectedVersion, Position, StreamId};
+use std::fmt;
+use std::time::Duration;
 use uuid::Uuid;
 
 /// `Result` with [`Error`] as the default error type.
@@ -124,33 +125,62 @@ pub enum Error {
         reason: String,
     },
 
-    /// What a store returned contradicts its own invariants (a version out of sequence, a
-    /// negative number): the data was changed outside eventsource, or a bug.
-    #[error("stored data of stream {stream} is inconsistent: {reason}")]
+    /// A stored row is damaged: a column that cannot be read or breaks the store's invariants (a
+    /// version out of sequence or range, metadata of the wrong shape, a value of the wrong type).
+    /// The data was changed outside eventsource, or a bug. Names everything that could be read of
+    /// the row; a global read that meets one yields this error for the row and goes on after
+    /// it (its [`position`](Error::position) is where to resume).
+    #[error(
+        "stored data of stream {stream} is damaged{}: {reason}",
+        RowPlace { position: *position, version: *version, event_type: event_type.as_deref() }
+    )]
     Corrupt {
         /// The stream concerned.
         stream: StreamId,
+        /// The damaged row's position in the global order, where it is known.
+        position: Option<Position>,
+        /// The damaged row's version in its stream, where it can be read.
+        version: Option<u64>,
+        /// The damaged row's event type, where it can be read.
+        event_type: Option<String>,
         /// What is wrong.
         reason: String,
     },
 
-    /// The database failed (connection, I/O, a constraint that no other variant explains).
-    #[cfg(any(feature = "sqlite", feature = "postgres"))]
-    #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
+    /// The database failed (connection, I/O, a constraint that no other variant explains), or a
+    /// third-party store's backend did.
     #[error("database error during {operation}")]
     Database {
         /// What the store was doing (`append`, `read_stream`, ...).
         operation: &'static str,
         /// The driver's error.
         #[source]
-        source: sqlx::Error,
+        source: DatabaseError,
     },
 
     /// The store's schema could not be created or migrated.
-    #[cfg(any(feature = "sqlite", feature = "postgres"))]
-    #[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
     #[error("cannot migrate the event store schema")]
-    Migration(#[source] sqlx::migrate::MigrateError),
+    Migration(#[source] DatabaseError),
+
+    /// [`AnyStore::connect`](crate::store::AnyStore::connect) got a URL of a scheme it does not
+    /// know, or whose backend's feature is off.
+    #[error(
+        "no event store for URL scheme `{scheme}`: expected `memory:`, `sqlite:` (feature `sqlite`) or `postgres:` (feature `postgres`)"
+    )]
+    UnsupportedUrl {
+        /// The URL's scheme.
+        scheme: String,
+    },
+
+    /// A wait gave up: [`EventStore::wait_for`](crate::EventStore::wait_for) did not see the
+    /// position become readable in time.
+    #[error("{operation} timed out after {waited:?}")]
+    Timeout {
+        /// What was waited for.
+        operation: &'static str,
+        /// How long.
+        waited: Duration,
+    },
 
     /// [`Repository::update`](crate::Repository::update) met a concurrent writer on every attempt.
     #[error("gave up on stream {stream} after {attempts} attempts, each met a concurrent write")]
@@ -163,28 +193,163 @@ pub enum Error {
         #[source]
         last: Box<Error>,
     },
-
-    /// A command refused to run: a domain error of the application, carried through.
-    #[error("command rejected")]
-    Command(#[source] Box<dyn std::error::Error + Send + Sync + 'static>),
 }
 
 impl Error {
     /// A database error during `operation`.
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn database(operation: &'static str) -> impl FnOnce(sqlx::Error) -> Self {
-        move |source| Error::Database { operation, source }
+        move |source| Error::Database {
+            operation,
+            source: DatabaseError::from_sqlx(source),
+        }
     }
 
-    /// Wraps an application's domain error, for commands whose error type is [`Error`]:
-    /// `account.state().withdraw(100).map_err(Error::command)?`.
-    pub fn command(error: impl std::error::Error + Send + Sync + 'static) -> Self {
-        Error::Command(Box::new(error))
+    /// A damaged row of `stream`, with what is known of where it is.
+    pub(crate) fn corrupt(stream: &StreamId, reason: impl Into<String>) -> Self {
+        Error::Corrupt {
+            stream: stream.clone(),
+            position: None,
+            version: None,
+            event_type: None,
+            reason: reason.into(),
+        }
+    }
+
+    /// Adds what is known of a damaged row's place to an [`Error::Corrupt`] (other errors are
+    /// returned as they are).
+    pub(crate) fn at_row(
+        mut self,
+        at: Option<Position>,
+        row_version: Option<u64>,
+        row_type: Option<&str>,
+    ) -> Self {
+        if let Error::Corrupt {
+            position,
+            version,
+            event_type,
+            ..
+        } = &mut self
+        {
+            if position.is_none() {
+                *position = at;
+            }
+            if version.is_none() {
+                *version = row_version;
+            }
+            if event_type.is_none() {
+                *event_type = row_type.map(str::to_owned);
+            }
+        }
+        self
+    }
+
+    /// For an error about one stored row (a damaged row, an event that does not decode): the
+    /// row's position in the global order, where it is known. A reader resumes after it.
+    pub fn position(&self) -> Option<Position> {
+        match self {
+            Error::Corrupt { position, .. } => *position,
+            _ => None,
+        }
     }
 
     /// Whether this is an optimistic-concurrency conflict, the error worth retrying.
     pub fn is_concurrency(&self) -> bool {
         matches!(self, Error::Concurrency { .. })
+    }
+}
+
+/// Where in the log a damaged row is, for [`Error::Corrupt`]'s message.
+struct RowPlace<'a> {
+    position: Option<Position>,
+    version: Option<u64>,
+    event_type: Option<&'a str>,
+}
+
+impl fmt::Display for RowPlace<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(version) = self.version {
+            write!(f, " at version {version}")?;
+        }
+        if let Some(event_type) = self.event_type {
+            write!(f, " (event `{event_type}`)")?;
+        }
+        if let Some(position) = self.position {
+            write!(f, ", position {position}")?;
+        }
+        Ok(())
+    }
+}
+
+/// A database driver's error, kept behind a type of our own so that upgrading the driver is not
+/// a breaking change of this crate. It displays as the driver's error; [`get_ref`](Self::get_ref)
+/// gives the driver's error itself (to downcast, knowing the driver's version). Third-party
+/// stores wrap theirs with [`DatabaseError::new`].
+#[derive(Debug)]
+pub struct DatabaseError {
+    code: Option<String>,
+    inner: Box<dyn std::error::Error + Send + Sync + 'static>,
+}
+
+impl DatabaseError {
+    /// Wraps a backend's error (for stores outside this crate).
+    pub fn new(error: impl Into<Box<dyn std::error::Error + Send + Sync + 'static>>) -> Self {
+        DatabaseError {
+            code: None,
+            inner: error.into(),
+        }
+    }
+
+    /// Sets the database's own error code (SQLSTATE, SQLite extended result code).
+    pub fn with_code(mut self, code: impl Into<String>) -> Self {
+        self.code = Some(code.into());
+        self
+    }
+
+    /// The backend's error, as it was.
+    pub fn get_ref(&self) -> &(dyn std::error::Error + Send + Sync + 'static) {
+        &*self.inner
+    }
+
+    /// The database's error code, if it reported one: SQLSTATE on PostgreSQL (`40001`), the
+    /// extended result code on SQLite (`2067`).
+    pub fn code(&self) -> Option<&str> {
+        self.code.as_deref()
+    }
+
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub(crate) fn from_sqlx(error: sqlx::Error) -> Self {
+        let code = error
+            .as_database_error()
+            .and_then(|db| db.code())
+            .map(|code| code.into_owned());
+        DatabaseError {
+            code,
+            inner: Box::new(error),
+        }
+    }
+
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub(crate) fn from_migrate(error: sqlx::migrate::MigrateError) -> Self {
+        match error {
+            sqlx::migrate::MigrateError::Execute(error) => Self::from_sqlx(error),
+            other => DatabaseError {
+                code: None,
+                inner: Box::new(other),
+            },
+        }
+    }
+}
+
+impl fmt::Display for DatabaseError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Display::fmt(&self.inner, f)
+    }
+}
+
+impl std::error::Error for DatabaseError {
+    fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+        self.inner.source()
     }
 }
 

@@ -3,7 +3,7 @@
 //! and [`RecordedEvent`] (read back from a store).
 
 use crate::error::{DecodeError, Error, Result};
-use crate::store::StreamId;
+use crate::stream::{Position, StreamId};
 use chrono::{DateTime, Utc};
 use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
@@ -19,6 +19,10 @@ use uuid::Uuid;
 /// - `version = N`: the schema version of the payload (default 1, starts at 1).
 /// - `aggregate = "..."`: the aggregate the event belongs to; an aggregate of another name that
 ///   tries to handle it fails to compile.
+/// - `alias = "..."` (repeatable): an older name stored events of this type may carry.
+/// - `upcast(from_version = N, via = Type)`: payloads stored at schema version N decode as
+///   `Type`, converted by `From`/`TryFrom` into the next version's type;
+///   `upcast(from_version = N, json = function)` rewrites version N's JSON into the next one's.
 /// - `crate = "..."`: the path to this crate if it is re-exported under another name.
 ///
 /// The derive also registers the type in the global [`EventRegistry`](crate::EventRegistry), with
@@ -80,8 +84,10 @@ impl Metadata {
     }
 
     /// Metadata for events caused by `event` (in a process manager or a reaction to an event):
-    /// the causation is that event, the correlation and the tenant are carried over (a
-    /// correlation starts at the first event that had none).
+    /// the causation is that event; the correlation, the tenant and the actor are carried over
+    /// (the reaction acts on behalf of whoever caused the first event; replace it with
+    /// [`with_actor`](Self::with_actor) when a service acts in its own name); a correlation
+    /// starts at the first event that had none. Free-form metadata is not carried over.
     pub fn caused_by(event: &RecordedEvent) -> Self {
         Metadata {
             tenant_id: event.metadata.tenant_id.clone(),
@@ -217,7 +223,7 @@ pub struct RecordedEvent {
     /// The event's version in its stream: 1 for the first event.
     pub version: u64,
     /// The event's position in the store's global order: increasing, assigned at append.
-    pub position: u64,
+    pub position: Position,
     /// The stored type name.
     pub event_type: String,
     /// The payload's schema version.
@@ -237,6 +243,8 @@ pub struct RecordedEvent {
 pub struct EventView<'a> {
     /// The stream the event belongs to.
     pub stream: &'a StreamId,
+    /// The event's position in the global order.
+    pub position: Position,
     /// The event's version in its stream.
     pub version: u64,
     /// The stored type name.
@@ -251,6 +259,7 @@ impl<'a> EventView<'a> {
     /// A view of one stored event.
     pub fn new(
         stream: &'a StreamId,
+        position: Position,
         version: u64,
         event_type: &'a str,
         schema_version: u32,
@@ -258,6 +267,7 @@ impl<'a> EventView<'a> {
     ) -> Self {
         EventView {
             stream,
+            position,
             version,
             event_type,
             schema_version,
@@ -304,6 +314,7 @@ impl RecordedEvent {
     pub fn view(&self) -> EventView<'_> {
         EventView::new(
             &self.stream,
+            self.position,
             self.version,
             &self.event_type,
             self.schema_version,
@@ -312,7 +323,7 @@ impl RecordedEvent {
     }
 
     /// Builds the stored form of `event`, once the store has given it a version and a position.
-    pub fn new(stream: StreamId, version: u64, position: u64, event: NewEvent) -> Self {
+    pub fn new(stream: StreamId, version: u64, position: Position, event: NewEvent) -> Self {
         RecordedEvent {
             event_id: event.event_id,
             stream,
@@ -328,12 +339,12 @@ impl RecordedEvent {
 
     /// The aggregate type of the event's stream.
     pub fn aggregate_type(&self) -> &str {
-        &self.stream.aggregate_type
+        self.stream.aggregate_type()
     }
 
     /// The aggregate id of the event's stream.
     pub fn aggregate_id(&self) -> &str {
-        &self.stream.aggregate_id
+        self.stream.aggregate_id()
     }
 
     /// Whether this event is stored under `E`'s name (or one of its aliases).

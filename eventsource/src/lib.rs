@@ -30,7 +30,7 @@
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> eventsource::Result<()> {
-//! let repo = Repository::<BankAccount, _>::new(InMemoryEventStore::new());
+//! let repo = BankAccount::repository(InMemoryEventStore::new());
 //! let id = Uuid::now_v7();
 //! let mut account = repo.create(id);
 //! account.record(AccountOpened { owner: "Ada".into() });
@@ -38,7 +38,7 @@
 //! repo.save(&mut account).await?;
 //!
 //! let account = repo.load(id).await?;
-//! assert_eq!(account.state().balance, 500);
+//! assert_eq!(account.balance, 500);     // `Root<BankAccount>` reads as the state
 //! assert_eq!(account.version(), 2);
 //! # Ok(())
 //! # }
@@ -55,6 +55,8 @@
 
 extern crate self as eventsource;
 
+// Layers, bottom up: `stream` and `error`; the model (`event`, `aggregate`, `registry`); the
+// stores and snapshots; the repository.
 pub mod aggregate;
 pub mod error;
 pub mod event;
@@ -62,17 +64,16 @@ pub mod registry;
 pub mod repository;
 pub mod snapshot;
 pub mod store;
+pub mod stream;
 
 pub use aggregate::{
     Aggregate, AggregateId, AppliesTo, Handles, PendingEvent, Root, UnknownEvents,
 };
-pub use error::{DecodeError, Error, Result};
+pub use error::{DatabaseError, DecodeError, Error, Result};
 pub use event::{DomainEvent, EventView, Metadata, NewEvent, RecordedEvent};
 pub use registry::{EventRegistry, EventType};
-pub use repository::Repository;
-pub use snapshot::{
-    NoSnapshots, Snapshot, SnapshotPolicy, SnapshotStore, SnapshotStrategy, Snapshots,
-};
+pub use repository::{AggregateRepository, Repository, UpdateError};
+pub use snapshot::{Snapshot, SnapshotStore, SnapshotStrategy};
 pub use store::memory::InMemoryEventStore;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
@@ -80,9 +81,16 @@ pub use store::postgres::PostgresEventStore;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub use store::sqlite::SqliteEventStore;
-pub use store::{AppendResult, EventStore, ExpectedVersion, ReadAll, StreamId, StreamQuery};
+pub use store::{AnyStore, AppendResult, DynEventStore, EventStore, LogHead, ReadAll, StreamQuery};
+pub use stream::{ExpectedVersion, Position, StreamId};
 
+// Crates whose types appear in this crate's public API, so that users name the same versions.
 pub use chrono;
+pub use futures;
+pub use serde_json;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg_attr(docsrs, doc(cfg(any(feature = "sqlite", feature = "postgres"))))]
+pub use sqlx;
 pub use uuid::{self, Uuid};
 
 #[cfg(feature = "derive")]
@@ -99,18 +107,21 @@ pub mod prelude {
     #[cfg(feature = "sqlite")]
     pub use crate::SqliteEventStore;
     pub use crate::{
-        Aggregate, DomainEvent, Error, EventStore, ExpectedVersion, Handles, InMemoryEventStore,
-        Metadata, ReadAll, RecordedEvent, Repository, Root, SnapshotStore, SnapshotStrategy,
-        StreamId, StreamQuery, Uuid,
+        Aggregate, AggregateRepository, AnyStore, DomainEvent, Error, EventStore, ExpectedVersion,
+        Handles, InMemoryEventStore, Metadata, Position, ReadAll, RecordedEvent, Repository, Root,
+        SnapshotStore, SnapshotStrategy, StreamId, StreamQuery, UpdateError, Uuid,
     };
 }
 
 /// Support for the generated code. Not public API: no semver promise.
 #[doc(hidden)]
 pub mod __private {
+    pub use core::convert::Infallible;
     pub use core::option::Option::{self, None, Some};
     pub use core::result::Result::{self, Err, Ok};
     pub use inventory;
+    pub use serde;
+    pub use std::string::String;
 
     pub use crate::registry::EventType;
 

@@ -1,27 +1,74 @@
 //! [`Repository`]: loads aggregates from their events (and snapshots) and saves the events they
 //! record, with optimistic concurrency.
 
-use crate::aggregate::{Aggregate, Root};
+use crate::aggregate::{Aggregate, AggregateId, Root};
 use crate::error::{Error, Result};
-use crate::snapshot::{
-    NoSnapshots, Restored, Snapshot, SnapshotPolicy, SnapshotStore, SnapshotStrategy, Snapshots,
-};
+use crate::event::Metadata;
+use crate::snapshot::{Restored, Snapshot, SnapshotStore, SnapshotStrategy, Snapshots};
 use crate::store::{AppendResult, EventStore, ExpectedVersion, StreamId, StreamQuery};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt;
-use std::marker::PhantomData;
 
 /// How many times [`Repository::update`] runs a command by default before giving up.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 
-/// Loads and saves aggregates of type `A` in store `S`; `P` is [`NoSnapshots`] until
-/// [`with_snapshots`](Repository::with_snapshots) gives it a snapshot store.
-pub struct Repository<A, S, P = NoSnapshots> {
+/// Loads and saves aggregates of type `A` in store `S`.
+///
+/// `S` is any [`EventStore`]: a store, a reference to one, an `Arc`, an
+/// [`AnyStore`](crate::store::AnyStore) chosen at run time, or an `Arc<dyn DynEventStore>`.
+/// Snapshots are a run-time option ([`with_snapshots`](Self::with_snapshots)): they do not change
+/// the repository's type.
+///
+/// Build one with `A::repository(store)` (no type to spell out) or `Repository::new(store)`
+/// where the aggregate type is known from the context.
+pub struct Repository<A: Aggregate, S> {
     store: S,
-    snapshots: P,
+    snapshots: Option<Snapshots<A>>,
     max_attempts: u32,
-    _aggregate: PhantomData<fn() -> A>,
+}
+
+/// `BankAccount::repository(store)`: a [`Repository`] of the aggregate, without naming the
+/// store's type. Implemented for every aggregate; in the prelude.
+pub trait AggregateRepository: Aggregate {
+    /// A repository of this aggregate over `store`, without snapshots.
+    fn repository<S: EventStore>(store: S) -> Repository<Self, S> {
+        Repository::new(store)
+    }
+}
+
+impl<A: Aggregate> AggregateRepository for A {}
+
+/// Why [`Repository::update`] did not save: the command refused (the aggregate's own error), or
+/// the store failed (including [`Error::RetriesExhausted`] after repeated conflicts).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum UpdateError<E> {
+    /// The command rejected the change: the domain's error, as the command returned it. Nothing
+    /// was saved.
+    #[error("command rejected: {0}")]
+    Rejected(#[source] E),
+    /// Loading or saving failed.
+    #[error(transparent)]
+    Store(#[from] Error),
+}
+
+impl<E> UpdateError<E> {
+    /// The domain error, if the command rejected the change.
+    pub fn rejected(&self) -> Option<&E> {
+        match self {
+            UpdateError::Rejected(error) => Some(error),
+            UpdateError::Store(_) => None,
+        }
+    }
+
+    /// The store's error, if loading or saving failed.
+    pub fn store_error(&self) -> Option<&Error> {
+        match self {
+            UpdateError::Store(error) => Some(error),
+            UpdateError::Rejected(_) => None,
+        }
+    }
 }
 
 impl<A: Aggregate, S: EventStore> Repository<A, S> {
@@ -29,73 +76,50 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     pub fn new(store: S) -> Self {
         Repository {
             store,
-            snapshots: NoSnapshots,
+            snapshots: None,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
-            _aggregate: PhantomData,
         }
     }
 
-    /// Keeps snapshots in `snapshots` (usually a clone of the event store: every store keeps them
-    /// in a table of its own), taken as `#[aggregate(snapshot_every = N)]` says or, without it,
-    /// only on demand; [`with_snapshot_strategy`](Repository::with_snapshot_strategy) changes that.
-    pub fn with_snapshots<T>(self, snapshots: T) -> Repository<A, S, Snapshots<T>>
+    /// Keeps snapshots in the event store itself (every built-in store has a `snapshots` table
+    /// next to its events), taken as `#[aggregate(snapshot_every = N)]` says or, without it, only
+    /// on demand; [`with_snapshot_strategy`](Self::with_snapshot_strategy) changes that.
+    pub fn with_snapshots(self) -> Self
     where
         A: Serialize + DeserializeOwned,
-        T: SnapshotStore + Clone + 'static,
+        S: SnapshotStore + Clone + 'static,
     {
-        Repository {
-            store: self.store,
-            snapshots: Snapshots::new(snapshots, SnapshotStrategy::of::<A>()),
-            max_attempts: self.max_attempts,
-            _aggregate: PhantomData,
-        }
+        let store = self.store.clone();
+        self.with_snapshot_store(store)
     }
-}
 
-impl<A, S, T> Repository<A, S, Snapshots<T>>
-where
-    A: Aggregate + Serialize + DeserializeOwned,
-    S: EventStore,
-    T: SnapshotStore + Clone + 'static,
-{
-    /// Sets when snapshots are taken.
-    pub fn with_snapshot_strategy(mut self, strategy: SnapshotStrategy) -> Self {
-        self.snapshots.set_strategy(strategy);
+    /// Keeps snapshots in `snapshots`, a store other than the event store.
+    pub fn with_snapshot_store<T>(mut self, snapshots: T) -> Self
+    where
+        A: Serialize + DeserializeOwned,
+        T: SnapshotStore + 'static,
+    {
+        let strategy = self.snapshots.as_ref().map(Snapshots::strategy);
+        let mut snapshots = Snapshots::new(snapshots);
+        if let Some(strategy) = strategy {
+            snapshots.set_strategy(strategy);
+        }
+        self.snapshots = Some(snapshots);
         self
     }
 
-    /// The snapshots: their store and strategy.
-    pub fn snapshots(&self) -> &Snapshots<T> {
-        &self.snapshots
-    }
-
-    /// Loads the aggregate and snapshots its current state, whatever the strategy (on-demand
-    /// snapshots). Returns the snapshot.
-    pub async fn snapshot(&self, id: impl Into<A::Id>) -> Result<Snapshot> {
-        let root = self.load(id).await?;
-        self.snapshots.take(&root).await
-    }
-
-    /// Snapshots the state of `root`, which must have no unsaved events.
-    pub async fn snapshot_root(&self, root: &Root<A>) -> Result<Snapshot> {
-        if root.has_pending_events() {
-            return Err(Error::InvalidInput {
-                stream: root.stream_id().clone(),
-                reason: "a root with unsaved events cannot be snapshotted: save it first".into(),
-            });
+    /// Sets when snapshots are taken (with a snapshot store; without one this does nothing).
+    pub fn with_snapshot_strategy(mut self, strategy: SnapshotStrategy) -> Self {
+        if let Some(snapshots) = &mut self.snapshots {
+            snapshots.set_strategy(strategy);
         }
-        self.snapshots.take(root).await
+        self
     }
 
-    /// Waits for the snapshot writes started in the background so far.
-    pub async fn flush_snapshots(&self) {
-        self.snapshots.flush().await;
+    /// When snapshots are taken, if the repository has a snapshot store.
+    pub fn snapshot_strategy(&self) -> Option<SnapshotStrategy> {
+        self.snapshots.as_ref().map(Snapshots::strategy)
     }
-}
-
-impl<A: Aggregate, S: EventStore, P: SnapshotPolicy<A>> Repository<A, S, P> {
-    /// How many times [`update`](Self::update) runs a command by default before giving up.
-    pub const DEFAULT_MAX_ATTEMPTS: u32 = DEFAULT_MAX_ATTEMPTS;
 
     /// Sets how many times [`update`](Self::update) runs a command that keeps meeting concurrent
     /// writers (at least 1).
@@ -107,6 +131,11 @@ impl<A: Aggregate, S: EventStore, P: SnapshotPolicy<A>> Repository<A, S, P> {
     /// The store.
     pub fn store(&self) -> &S {
         &self.store
+    }
+
+    /// The stream of aggregate `id`.
+    pub fn stream_id(&self, id: &A::Id) -> StreamId {
+        StreamId::unchecked(A::TYPE, id.stream_key())
     }
 
     /// A new aggregate with no events. Its first save fails with [`Error::Concurrency`] if the
@@ -121,8 +150,19 @@ impl<A: Aggregate, S: EventStore, P: SnapshotPolicy<A>> Repository<A, S, P> {
         self.load_query(id.into(), StreamQuery::all()).await
     }
 
+    /// Loads the aggregate if it has events: `None` where [`load`](Self::load) fails with
+    /// [`Error::AggregateNotFound`].
+    pub async fn try_load(&self, id: impl Into<A::Id>) -> Result<Option<Root<A>>> {
+        match self.load(id).await {
+            Ok(root) => Ok(Some(root)),
+            Err(Error::AggregateNotFound { .. }) => Ok(None),
+            Err(other) => Err(other),
+        }
+    }
+
     /// Loads the aggregate as it was at `version` (time travel): its first `version` events (from
-    /// a snapshot only if it is at or before `version`). [`Error::VersionNotFound`] if the stream has not reached `version`.
+    /// a snapshot only if it is at or before `version`). [`Error::VersionNotFound`] if the stream
+    /// has not reached `version`.
     pub async fn load_at(&self, id: impl Into<A::Id>, version: u64) -> Result<Root<A>> {
         let root = self
             .load_query(id.into(), StreamQuery::all().to_version(version))
@@ -152,7 +192,7 @@ impl<A: Aggregate, S: EventStore, P: SnapshotPolicy<A>> Repository<A, S, P> {
 
     /// Whether the aggregate has events.
     pub async fn exists(&self, id: impl Into<A::Id>) -> Result<bool> {
-        let stream = StreamId::new(A::TYPE, id.into().to_string());
+        let stream = self.stream_id(&id.into());
         self.store.stream_exists(&stream).await
     }
 
@@ -160,48 +200,125 @@ impl<A: Aggregate, S: EventStore, P: SnapshotPolicy<A>> Repository<A, S, P> {
     /// aggregate was loaded at. On [`Error::Concurrency`] nothing is stored and the root keeps its
     /// pending events. A save that crosses the snapshot interval also takes a snapshot; failing to
     /// does not fail the save (the events are stored; it is logged).
+    ///
+    /// Saving again after an error whose outcome is unknown (a connection lost during the
+    /// commit) is safe: if the events were stored, with the same ids at the same versions, the
+    /// store reports success instead of [`Error::DuplicateEvent`].
     pub async fn save(&self, root: &mut Root<A>) -> Result<AppendResult> {
         let committed = root.committed_version();
-        let expected = if committed == 0 {
+        let expected = if !root.has_pending_events() {
+            // Nothing to check: report where the stream is.
+            ExpectedVersion::Any
+        } else if committed == 0 {
             ExpectedVersion::NoStream
         } else {
             ExpectedVersion::Exact(committed)
         };
         let events = root.encode_pending()?;
-        if events.is_empty() {
-            let stream_version = self.store.stream_version(root.stream_id()).await?;
-            return Ok(AppendResult {
-                stream_version,
-                last_position: 0,
-            });
-        }
         let result = self
             .store
             .append(root.stream_id(), expected, events)
             .await?;
+        if !root.has_pending_events() {
+            return Ok(result);
+        }
         root.mark_committed(result.stream_version);
-        self.snapshots.saved(root, committed).await;
+        if let Some(snapshots) = &self.snapshots {
+            snapshots.saved(root, committed).await;
+        }
         Ok(result)
     }
 
     /// Loads the aggregate, runs `command` on it and saves what it recorded; on a concurrency
     /// conflict, does it all again on the fresh state, up to the repository's attempt limit
-    /// ([`Error::RetriesExhausted`] after that). An error of the command ends the update at once
-    /// with nothing saved.
+    /// ([`Error::RetriesExhausted`] after that). A command that returns the aggregate's error
+    /// ends the update at once with nothing saved: [`UpdateError::Rejected`].
     ///
-    /// The command's error type `E` is the application's own (any type that an [`Error`] converts
-    /// into), or [`Error`] itself with [`Error::command`] for domain errors.
-    pub async fn update<T, E, F>(&self, id: impl Into<A::Id>, mut command: F) -> Result<T, E>
+    /// ```
+    /// # use eventsource::prelude::*;
+    /// # use serde::{Deserialize, Serialize};
+    /// # #[derive(DomainEvent, Serialize, Deserialize)]
+    /// # struct Deposited { cents: i64 }
+    /// #[derive(Debug, thiserror::Error)]
+    /// #[error("deposits must be positive")]
+    /// struct NotPositive;
+    ///
+    /// #[derive(Default)]
+    /// struct Account { balance: i64 }
+    ///
+    /// #[aggregate(error = NotPositive)]
+    /// impl Account {
+    ///     #[handles]
+    ///     fn deposited(&mut self, e: &Deposited) { self.balance += e.cents; }
+    /// }
+    ///
+    /// impl Account {
+    ///     fn deposit(&self, cents: i64) -> Result<Deposited, NotPositive> {
+    ///         if cents <= 0 { return Err(NotPositive); }
+    ///         Ok(Deposited { cents })
+    ///     }
+    /// }
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+    /// let accounts = Account::repository(InMemoryEventStore::new());
+    /// let id = Uuid::now_v7();
+    /// let mut account = accounts.create(id);
+    /// account.record(Deposited { cents: 1 });
+    /// accounts.save(&mut account).await?;
+    ///
+    /// accounts.update(id, |account| {
+    ///     let event = account.deposit(500)?;     // `?` converts to the aggregate's error
+    ///     account.record(event);
+    ///     Ok(())
+    /// }).await?;
+    ///
+    /// let refused = accounts.update(id, |account| account.deposit(-1).map(drop)).await;
+    /// assert!(matches!(refused, Err(UpdateError::Rejected(NotPositive))));
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn update<T, F>(
+        &self,
+        id: impl Into<A::Id>,
+        command: F,
+    ) -> Result<T, UpdateError<A::Error>>
     where
-        F: FnMut(&mut Root<A>) -> Result<T, E>,
-        E: From<Error>,
+        F: FnMut(&mut Root<A>) -> Result<T, A::Error>,
     {
-        let id = id.into();
+        self.run(id.into(), None, command).await
+    }
+
+    /// [`update`](Self::update), with `metadata` (tenant, actor, correlation, causation) on every
+    /// event the command records, on whichever attempt succeeds.
+    pub async fn update_with<T, F>(
+        &self,
+        id: impl Into<A::Id>,
+        metadata: Metadata,
+        command: F,
+    ) -> Result<T, UpdateError<A::Error>>
+    where
+        F: FnMut(&mut Root<A>) -> Result<T, A::Error>,
+    {
+        self.run(id.into(), Some(metadata), command).await
+    }
+
+    async fn run<T, F>(
+        &self,
+        id: A::Id,
+        metadata: Option<Metadata>,
+        mut command: F,
+    ) -> Result<T, UpdateError<A::Error>>
+    where
+        F: FnMut(&mut Root<A>) -> Result<T, A::Error>,
+    {
         let mut attempt = 0;
         loop {
             attempt += 1;
             let mut root = self.load(id.clone()).await?;
-            let output = command(&mut root)?;
+            if let Some(metadata) = &metadata {
+                root.set_metadata(metadata.clone());
+            }
+            let output = command(&mut root).map_err(UpdateError::Rejected)?;
             match self.save(&mut root).await {
                 Ok(_) => return Ok(output),
                 Err(conflict @ Error::Concurrency { .. }) if attempt < self.max_attempts => {
@@ -220,15 +337,53 @@ impl<A: Aggregate, S: EventStore, P: SnapshotPolicy<A>> Repository<A, S, P> {
         }
     }
 
+    /// Loads the aggregate and snapshots its current state, whatever the strategy (on-demand
+    /// snapshots). Returns the snapshot. [`Error::InvalidInput`] if the repository has no
+    /// snapshot store.
+    pub async fn snapshot(&self, id: impl Into<A::Id>) -> Result<Snapshot> {
+        let root = self.load(id).await?;
+        self.snapshot_root(&root).await
+    }
+
+    /// Snapshots the state of `root`, which must have no unsaved events.
+    pub async fn snapshot_root(&self, root: &Root<A>) -> Result<Snapshot> {
+        let Some(snapshots) = &self.snapshots else {
+            return Err(Error::InvalidInput {
+                stream: root.stream_id().clone(),
+                reason: "this repository has no snapshot store: build it with `with_snapshots()`"
+                    .into(),
+            });
+        };
+        if root.has_pending_events() {
+            return Err(Error::InvalidInput {
+                stream: root.stream_id().clone(),
+                reason: "a root with unsaved events cannot be snapshotted: save it first".into(),
+            });
+        }
+        snapshots.take(root).await
+    }
+
+    /// Waits for the snapshot writes started in the background so far.
+    pub async fn flush_snapshots(&self) {
+        if let Some(snapshots) = &self.snapshots {
+            snapshots.flush().await;
+        }
+    }
+
     async fn load_query(&self, id: A::Id, query: StreamQuery) -> Result<Root<A>> {
-        let mut root = Root::new(id);
+        let mut root = Root::<A>::new(id);
         let stream = root.stream_id().clone();
         let whole_stream = query.to_version.is_none() && query.until.is_none();
         let mut replace_snapshot = false;
-        match self.snapshots.restore(&stream, &query).await {
-            Restored::Hit { state, version } => root.restore_snapshot(state, version),
-            Restored::Miss => {}
-            Restored::Unusable => replace_snapshot = whole_stream,
+        if let Some(snapshots) = &self.snapshots {
+            match snapshots
+                .restore(&stream, query.to_version, query.until)
+                .await
+            {
+                Restored::Hit { state, version } => root.restore_snapshot(state, version),
+                Restored::Miss => {}
+                Restored::Unusable => replace_snapshot = whole_stream,
+            }
         }
         let query = StreamQuery {
             from_version: root.version() + 1,
@@ -240,26 +395,25 @@ impl<A: Aggregate, S: EventStore, P: SnapshotPolicy<A>> Repository<A, S, P> {
         if root.version() == 0 {
             return Err(Error::AggregateNotFound { stream });
         }
-        if replace_snapshot {
+        if replace_snapshot && let Some(snapshots) = &self.snapshots {
             // Re-snapshot as the strategy would have, had the stream been saved from nothing.
-            self.snapshots.saved(&root, 0).await;
+            snapshots.saved(&root, 0).await;
         }
         Ok(root)
     }
 }
 
-impl<A, S: Clone, P: Clone> Clone for Repository<A, S, P> {
+impl<A: Aggregate, S: Clone> Clone for Repository<A, S> {
     fn clone(&self) -> Self {
         Repository {
             store: self.store.clone(),
             snapshots: self.snapshots.clone(),
             max_attempts: self.max_attempts,
-            _aggregate: PhantomData,
         }
     }
 }
 
-impl<A: Aggregate, S: fmt::Debug, P: fmt::Debug> fmt::Debug for Repository<A, S, P> {
+impl<A: Aggregate, S: fmt::Debug> fmt::Debug for Repository<A, S> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Repository")
             .field("aggregate", &A::TYPE)

@@ -13,8 +13,9 @@
 
 use crate::aggregate::{Aggregate, Root};
 use crate::error::{Error, Result};
-use crate::store::{StreamId, StreamQuery};
+use crate::stream::StreamId;
 use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt;
@@ -25,24 +26,67 @@ use tokio::task::JoinHandle;
 
 /// An aggregate's state at a version of its stream, as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
 pub struct Snapshot {
+    stream: StreamId,
+    version: u64,
+    state_version: u32,
+    state: String,
+    taken_at: DateTime<Utc>,
+}
+
+impl Snapshot {
+    /// A snapshot of `stream` after events `1..=version`, taken now: `state` is the state as JSON,
+    /// of state schema version `state_version`.
+    pub fn new(stream: StreamId, version: u64, state_version: u32, state: String) -> Self {
+        Snapshot {
+            stream,
+            version,
+            state_version,
+            state,
+            taken_at: crate::event::now(),
+        }
+    }
+
+    /// Sets when it was taken (truncated to the microsecond, what every store keeps).
+    pub fn taken_at(mut self, time: DateTime<Utc>) -> Self {
+        use chrono::SubsecRound;
+        self.taken_at = time.trunc_subsecs(6);
+        self
+    }
+
     /// The aggregate's stream.
-    pub stream: StreamId,
+    pub fn stream(&self) -> &StreamId {
+        &self.stream
+    }
+
     /// The stream version the state reflects: the state after events `1..=version`.
-    pub version: u64,
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
     /// The schema version of the state ([`Aggregate::STATE_VERSION`] when it was taken).
-    pub state_version: u32,
+    pub fn state_version(&self) -> u32 {
+        self.state_version
+    }
+
     /// The state, as JSON text.
-    pub state: String,
+    pub fn state(&self) -> &str {
+        &self.state
+    }
+
     /// When it was taken. Time travel to an earlier time does not use it.
-    pub taken_at: DateTime<Utc>,
+    pub fn time(&self) -> DateTime<Utc> {
+        self.taken_at
+    }
 }
 
 /// Where snapshots are kept: one per stream, the newest.
 ///
 /// Implemented by [`InMemoryEventStore`](crate::InMemoryEventStore),
-/// [`SqliteEventStore`](crate::SqliteEventStore) and
-/// [`PostgresEventStore`](crate::PostgresEventStore), each in the same database as its events.
+/// [`SqliteEventStore`](crate::SqliteEventStore),
+/// [`PostgresEventStore`](crate::PostgresEventStore) and [`AnyStore`](crate::store::AnyStore),
+/// each in the same database as its events.
 pub trait SnapshotStore: Send + Sync {
     /// Stores `snapshot` as its stream's snapshot, replacing the stored one unless that one has
     /// a later version and the same state schema version (so that a slow writer of an old
@@ -59,33 +103,41 @@ pub trait SnapshotStore: Send + Sync {
     fn delete_snapshot(&self, stream: &StreamId) -> impl Future<Output = Result<bool>> + Send;
 }
 
-impl<T: SnapshotStore + ?Sized> SnapshotStore for &T {
-    fn save_snapshot(&self, snapshot: &Snapshot) -> impl Future<Output = Result<()>> + Send {
-        (**self).save_snapshot(snapshot)
-    }
-    fn load_snapshot(
-        &self,
-        stream: &StreamId,
-    ) -> impl Future<Output = Result<Option<Snapshot>>> + Send {
-        (**self).load_snapshot(stream)
-    }
-    fn delete_snapshot(&self, stream: &StreamId) -> impl Future<Output = Result<bool>> + Send {
-        (**self).delete_snapshot(stream)
-    }
+macro_rules! forward_snapshot_store {
+    ($($ty:ty),*) => {$(
+        /// Forwards to the store behind the pointer.
+        impl<T: SnapshotStore + ?Sized> SnapshotStore for $ty {
+            fn save_snapshot(&self, snapshot: &Snapshot) -> impl Future<Output = Result<()>> + Send {
+                (**self).save_snapshot(snapshot)
+            }
+            fn load_snapshot(
+                &self,
+                stream: &StreamId,
+            ) -> impl Future<Output = Result<Option<Snapshot>>> + Send {
+                (**self).load_snapshot(stream)
+            }
+            fn delete_snapshot(&self, stream: &StreamId) -> impl Future<Output = Result<bool>> + Send {
+                (**self).delete_snapshot(stream)
+            }
+        }
+    )*};
 }
 
-impl<T: SnapshotStore + ?Sized> SnapshotStore for Arc<T> {
-    fn save_snapshot(&self, snapshot: &Snapshot) -> impl Future<Output = Result<()>> + Send {
-        (**self).save_snapshot(snapshot)
+forward_snapshot_store!(&T, Arc<T>, Box<T>);
+
+/// [`SnapshotStore`] as a trait object, so that a repository's snapshots are a run-time option
+/// that does not show in its type.
+trait DynSnapshotStore: Send + Sync {
+    fn save<'a>(&'a self, snapshot: &'a Snapshot) -> BoxFuture<'a, Result<()>>;
+    fn load<'a>(&'a self, stream: &'a StreamId) -> BoxFuture<'a, Result<Option<Snapshot>>>;
+}
+
+impl<T: SnapshotStore> DynSnapshotStore for T {
+    fn save<'a>(&'a self, snapshot: &'a Snapshot) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.save_snapshot(snapshot))
     }
-    fn load_snapshot(
-        &self,
-        stream: &StreamId,
-    ) -> impl Future<Output = Result<Option<Snapshot>>> + Send {
-        (**self).load_snapshot(stream)
-    }
-    fn delete_snapshot(&self, stream: &StreamId) -> impl Future<Output = Result<bool>> + Send {
-        (**self).delete_snapshot(stream)
+    fn load<'a>(&'a self, stream: &'a StreamId) -> BoxFuture<'a, Result<Option<Snapshot>>> {
+        Box::pin(self.load_snapshot(stream))
     }
 }
 
@@ -146,33 +198,8 @@ impl SnapshotStrategy {
     }
 }
 
-/// What a repository does about snapshots: [`NoSnapshots`] (the default) or [`Snapshots`].
-/// Sealed; its methods are the repository's business.
-pub trait SnapshotPolicy<A: Aggregate>: Send + Sync + sealed::Sealed {
-    /// The state and version to start a load from, if a usable snapshot exists for `query`.
-    #[doc(hidden)]
-    fn restore(
-        &self,
-        stream: &StreamId,
-        query: &StreamQuery,
-    ) -> impl Future<Output = Restored<A>> + Send;
-
-    /// Called after `root` was saved from version `before`, and after a full load that found an
-    /// unusable snapshot (`before` = 0): takes a snapshot if the strategy says so.
-    #[doc(hidden)]
-    fn saved(&self, root: &Root<A>, before: u64) -> impl Future<Output = ()> + Send;
-}
-
-mod sealed {
-    pub trait Sealed {}
-    impl Sealed for super::NoSnapshots {}
-    impl<T> Sealed for super::Snapshots<T> {}
-}
-
-/// What [`SnapshotPolicy::restore`] found.
-#[doc(hidden)]
-#[derive(Debug)]
-pub enum Restored<A> {
+/// What [`Snapshots::restore`] found.
+pub(crate) enum Restored<A> {
     /// A usable snapshot: the state after events `1..=version`.
     Hit {
         /// The decoded state.
@@ -187,43 +214,33 @@ pub enum Restored<A> {
     Unusable,
 }
 
-/// A repository without snapshots: every load replays the whole stream.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct NoSnapshots;
-
-impl<A: Aggregate> SnapshotPolicy<A> for NoSnapshots {
-    async fn restore(&self, _: &StreamId, _: &StreamQuery) -> Restored<A> {
-        Restored::Miss
-    }
-
-    async fn saved(&self, _: &Root<A>, _: u64) {}
-}
-
-/// A repository's snapshots: the store they live in, the strategy, and the background writes
-/// not yet finished.
-pub struct Snapshots<T> {
-    store: T,
+/// A repository's snapshots: the store they live in, the strategy, how to encode the state, and
+/// the background writes not yet finished.
+pub(crate) struct Snapshots<A> {
+    store: Arc<dyn DynSnapshotStore>,
     strategy: SnapshotStrategy,
     background: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    encode: fn(&A) -> serde_json::Result<String>,
+    decode: fn(&str) -> serde_json::Result<A>,
 }
 
-impl<T> Snapshots<T> {
-    /// Snapshots in `store`, taken as `strategy` says.
-    pub fn new(store: T, strategy: SnapshotStrategy) -> Self {
+impl<A: Aggregate> Snapshots<A> {
+    /// Snapshots of `A` in `store`, taken as `A`'s default strategy says.
+    pub(crate) fn new<T>(store: T) -> Self
+    where
+        A: Serialize + DeserializeOwned,
+        T: SnapshotStore + 'static,
+    {
         Snapshots {
-            store,
-            strategy,
+            store: Arc::new(store),
+            strategy: SnapshotStrategy::of::<A>(),
             background: Arc::default(),
+            encode: |state| serde_json::to_string(state),
+            decode: |text| serde_json::from_str(text),
         }
     }
 
-    /// The snapshot store.
-    pub fn store(&self) -> &T {
-        &self.store
-    }
-
-    /// The strategy.
-    pub fn strategy(&self) -> SnapshotStrategy {
+    pub(crate) fn strategy(&self) -> SnapshotStrategy {
         self.strategy
     }
 
@@ -232,7 +249,7 @@ impl<T> Snapshots<T> {
     }
 
     /// Waits until every snapshot write started in the background so far has finished.
-    pub async fn flush(&self) {
+    pub(crate) async fn flush(&self) {
         let handles = std::mem::take(
             &mut *self
                 .background
@@ -244,32 +261,43 @@ impl<T> Snapshots<T> {
             let _ = handle.await;
         }
     }
-}
 
-impl<T: SnapshotStore + Clone + 'static> Snapshots<T> {
+    fn encode(&self, root: &Root<A>) -> Result<Snapshot> {
+        let state = (self.encode)(root.state()).map_err(|source| Error::SnapshotEncode {
+            stream: root.stream_id().clone(),
+            source,
+        })?;
+        Ok(Snapshot::new(
+            root.stream_id().clone(),
+            root.committed_version(),
+            A::STATE_VERSION,
+            state,
+        ))
+    }
+
     /// Encodes `root`'s state and stores it, now.
-    pub(crate) async fn take<A: Aggregate + Serialize>(&self, root: &Root<A>) -> Result<Snapshot> {
-        let snapshot = encode(root)?;
-        self.store.save_snapshot(&snapshot).await?;
+    pub(crate) async fn take(&self, root: &Root<A>) -> Result<Snapshot> {
+        let snapshot = self.encode(root)?;
+        self.store.save(&snapshot).await?;
         Ok(snapshot)
     }
 
     /// Encodes `root`'s state now and stores it in a task of its own. Outside a tokio runtime the
     /// write happens before this returns.
-    async fn take_in_background<A: Aggregate + Serialize>(&self, root: &Root<A>) {
-        let snapshot = match encode(root) {
+    async fn take_in_background(&self, root: &Root<A>) {
+        let snapshot = match self.encode(root) {
             Ok(snapshot) => snapshot,
             Err(error) => return warn_not_taken(root.stream_id(), &error),
         };
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            if let Err(error) = self.store.save_snapshot(&snapshot).await {
+            if let Err(error) = self.store.save(&snapshot).await {
                 warn_not_taken(&snapshot.stream, &error);
             }
             return;
         };
-        let store = self.store.clone();
+        let store = Arc::clone(&self.store);
         let handle = runtime.spawn(async move {
-            if let Err(error) = store.save_snapshot(&snapshot).await {
+            if let Err(error) = store.save(&snapshot).await {
                 warn_not_taken(&snapshot.stream, &error);
             }
         });
@@ -280,33 +308,16 @@ impl<T: SnapshotStore + Clone + 'static> Snapshots<T> {
         background.retain(|handle| !handle.is_finished());
         background.push(handle);
     }
-}
 
-fn encode<A: Aggregate + Serialize>(root: &Root<A>) -> Result<Snapshot> {
-    let state = serde_json::to_string(root.state()).map_err(|source| Error::SnapshotEncode {
-        stream: root.stream_id().clone(),
-        source,
-    })?;
-    Ok(Snapshot {
-        stream: root.stream_id().clone(),
-        version: root.committed_version(),
-        state_version: A::STATE_VERSION,
-        state,
-        taken_at: crate::event::now(),
-    })
-}
-
-fn warn_not_taken(stream: &StreamId, error: &Error) {
-    tracing::warn!(%stream, %error, "snapshot not taken; loads replay more events until the next one");
-}
-
-impl<A, T> SnapshotPolicy<A> for Snapshots<T>
-where
-    A: Aggregate + Serialize + DeserializeOwned,
-    T: SnapshotStore + Clone + 'static,
-{
-    async fn restore(&self, stream: &StreamId, query: &StreamQuery) -> Restored<A> {
-        let snapshot = match self.store.load_snapshot(stream).await {
+    /// The state and version to start a load from, if a usable snapshot exists for a load up to
+    /// `to_version` / `until`.
+    pub(crate) async fn restore(
+        &self,
+        stream: &StreamId,
+        to_version: Option<u64>,
+        until: Option<DateTime<Utc>>,
+    ) -> Restored<A> {
+        let snapshot = match self.store.load(stream).await {
             Ok(Some(snapshot)) => snapshot,
             Ok(None) => return Restored::Miss,
             Err(error) => {
@@ -314,8 +325,8 @@ where
                 return Restored::Miss;
             }
         };
-        if query.to_version.is_some_and(|v| snapshot.version > v)
-            || query.until.is_some_and(|t| snapshot.taken_at > t)
+        if to_version.is_some_and(|v| snapshot.version > v)
+            || until.is_some_and(|t| snapshot.taken_at > t)
         {
             return Restored::Miss;
         }
@@ -328,7 +339,7 @@ where
             );
             return Restored::Unusable;
         }
-        match serde_json::from_str(&snapshot.state) {
+        match (self.decode)(&snapshot.state) {
             Ok(state) => Restored::Hit {
                 state,
                 version: snapshot.version,
@@ -345,7 +356,9 @@ where
         }
     }
 
-    async fn saved(&self, root: &Root<A>, before: u64) {
+    /// Called after `root` was saved from version `before`, and after a full load that found an
+    /// unusable snapshot (`before` = 0): takes a snapshot if the strategy says so.
+    pub(crate) async fn saved(&self, root: &Root<A>, before: u64) {
         if !self.strategy.crosses(before, root.committed_version()) {
             return;
         }
@@ -357,20 +370,25 @@ where
     }
 }
 
-impl<T: Clone> Clone for Snapshots<T> {
+fn warn_not_taken(stream: &StreamId, error: &Error) {
+    tracing::warn!(%stream, %error, "snapshot not taken; loads replay more events until the next one");
+}
+
+impl<A> Clone for Snapshots<A> {
     fn clone(&self) -> Self {
         Snapshots {
-            store: self.store.clone(),
+            store: Arc::clone(&self.store),
             strategy: self.strategy,
             background: Arc::clone(&self.background),
+            encode: self.encode,
+            decode: self.decode,
         }
     }
 }
 
-impl<T: fmt::Debug> fmt::Debug for Snapshots<T> {
+impl<A> fmt::Debug for Snapshots<A> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Snapshots")
-            .field("store", &self.store)
             .field("strategy", &self.strategy)
             .finish_non_exhaustive()
     }

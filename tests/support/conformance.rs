@@ -32,7 +32,7 @@ impl Notebook {
 }
 
 fn stream(id: &str) -> StreamId {
-    StreamId::new("Notebook", id)
+    StreamId::new("Notebook", id).expect("a valid stream id")
 }
 
 fn note(text: &str) -> NewEvent {
@@ -214,20 +214,56 @@ pub async fn batch_is_atomic<S: EventStore>(store: &S) {
     assert_eq!(count_all(store).await, 1);
 }
 
-/// A retried append (same event ids) cannot store its events twice.
+/// A retried append (same event ids) cannot store its events twice; retrying an append whose
+/// outcome was lost (all its events stored, same ids, same stream, same versions) reports the
+/// first attempt's result.
 pub async fn retried_append_is_idempotent<S: EventStore>(store: &S) {
     let s = stream("retry");
     let batch = notes(&["a", "b"]);
-    store
-        .append(&s, ExpectedVersion::Any, batch.clone())
+    let first = store
+        .append(&s, ExpectedVersion::NoStream, batch.clone())
         .await
         .unwrap();
-    let retry = store.append(&s, ExpectedVersion::Any, batch).await;
+    let again = store
+        .append(&s, ExpectedVersion::NoStream, batch.clone())
+        .await
+        .unwrap();
+    assert_eq!(again, first, "the retry reports the first attempt's result");
+    store
+        .append(&s, ExpectedVersion::Exact(2), notes(&["c"]))
+        .await
+        .unwrap();
+    for expected in [ExpectedVersion::NoStream, ExpectedVersion::Any] {
+        let late = store.append(&s, expected, batch.clone()).await.unwrap();
+        assert_eq!(
+            late, first,
+            "a late retry ({expected}) is still the same append"
+        );
+    }
+    assert_eq!(texts(store, "retry").await, ["a", "b", "c"]);
+
+    // Not the same append: part of it is new, its order differs, another stream, or an
+    // expected version the stored events do not satisfy.
+    let partly_new = vec![batch[0].clone(), note("new")];
+    let reordered = vec![batch[1].clone(), batch[0].clone()];
+    for attempt in [partly_new, reordered] {
+        let result = store.append(&s, ExpectedVersion::Any, attempt).await;
+        assert!(
+            matches!(result, Err(Error::DuplicateEvent { .. })),
+            "{result:?}"
+        );
+    }
+    let elsewhere = store
+        .append(&stream("retry-other"), ExpectedVersion::Any, batch.clone())
+        .await;
     assert!(
-        matches!(retry, Err(Error::DuplicateEvent { .. })),
-        "{retry:?}"
+        matches!(elsewhere, Err(Error::DuplicateEvent { .. })),
+        "{elsewhere:?}"
     );
-    assert_eq!(texts(store, "retry").await, ["a", "b"]);
+    let wrong = store.append(&s, ExpectedVersion::Exact(1), batch).await;
+    assert!(matches!(wrong, Err(Error::Concurrency { .. })), "{wrong:?}");
+    assert_eq!(texts(store, "retry").await, ["a", "b", "c"]);
+    assert_eq!(count_all(store).await, 3);
 }
 
 /// Stream reads: ranges, backwards, limits, and by time.
@@ -351,7 +387,8 @@ pub async fn read_all_order_and_filters<S: EventStore>(store: &S) {
         let s = StreamId::new(
             if i % 2 == 0 { "Notebook" } else { "Diary" },
             format!("s{i}"),
-        );
+        )
+        .unwrap();
         let mut batch = Vec::new();
         for j in 0..7 {
             let mut event = note(&format!("{i}.{j}"));
@@ -421,7 +458,7 @@ pub async fn read_all_order_and_filters<S: EventStore>(store: &S) {
 pub async fn large_and_unicode_payloads<S: EventStore>(store: &S) {
     let big = "x".repeat(1 << 20);
     let unicode = "Grüße, 日本語, العربية, emoji 🦀👩‍💻, \"quotes\", back\\slash, \ttab\nnewline";
-    let s = StreamId::new("Notebook", "ünïcødé-🦀");
+    let s = StreamId::new("Notebook", "ünïcødé-🦀").unwrap();
     store
         .append(&s, ExpectedVersion::NoStream, notes(&[&big, unicode]))
         .await
@@ -573,27 +610,24 @@ pub async fn bad_input_is_refused<S: EventStore>(store: &S) {
             .await,
         "schema version",
     );
-    let long = StreamId::new("Notebook", "x".repeat(1024));
+    // A stream id no store accepts cannot be built...
     assert_invalid(
-        store
-            .append(&long, ExpectedVersion::Any, notes(&["a"]))
-            .await,
+        StreamId::new("Notebook", "x".repeat(1024)).map(drop),
         "1024 bytes",
     );
-    let nul = StreamId::new("Notebook", "a\0b");
-    assert_invalid(
-        store
-            .append(&nul, ExpectedVersion::Any, notes(&["a"]))
-            .await,
-        "NUL",
-    );
-    let empty = StreamId::new("", "x");
-    assert_invalid(
-        store
-            .append(&empty, ExpectedVersion::Any, notes(&["a"]))
-            .await,
-        "empty",
-    );
+    assert_invalid(StreamId::new("Notebook", "a\0b").map(drop), "NUL");
+    assert_invalid(StreamId::new("", "x").map(drop), "empty");
+    // ...and an aggregate id that makes one is refused by the store at save.
+    let repo = Repository::<Notebook, _>::new(store);
+    for (id, reason) in [
+        ("x".repeat(1024), "1024 bytes"),
+        ("a\0b".into(), "NUL"),
+        (String::new(), "empty"),
+    ] {
+        let mut root = repo.create(id);
+        root.record(Noted { text: "a".into() });
+        assert_invalid(repo.save(&mut root).await.map(drop), reason);
+    }
     assert_eq!(count_all(store).await, 0);
     // A good append still works after all of that.
     store
@@ -628,7 +662,7 @@ pub async fn undecodable_events_are_typed_errors<S: EventStore>(store: &S) {
         }) => {
             assert_eq!(
                 (
-                    &*stream.aggregate_id,
+                    stream.aggregate_id(),
                     version,
                     event_type.as_str(),
                     schema_version
@@ -772,7 +806,7 @@ pub async fn repository_conflict_and_retry<S: EventStore + Clone + 'static>(stor
                     nb.record(Noted {
                         text: format!("update {i}"),
                     });
-                    Ok::<_, Error>(())
+                    Ok(())
                 })
                 .await
             })
@@ -858,9 +892,9 @@ pub fn rename_amount(
     name = "conformance.Paid",
     version = 4,
     alias = "conformance.PaymentMade",
-    upcast(json = rename_amount, version = 1),
-    upcast(from = PaidV2, version = 2),
-    upcast(from = PaidV3, version = 3)
+    upcast(from_version = 1, json = rename_amount),
+    upcast(from_version = 2, via = PaidV2),
+    upcast(from_version = 3, via = PaidV3)
 )]
 pub struct Paid {
     /// The amount in cents.
@@ -890,7 +924,7 @@ impl Ledger {
 /// the current types; failures name both versions; reading rewrites nothing.
 pub async fn old_schema_versions_are_upcast<S: EventStore>(store: &S) {
     let repo = Repository::<Ledger, _>::new(store);
-    let s = StreamId::new("Ledger", "history");
+    let s = StreamId::new("Ledger", "history").unwrap();
     let old = vec![
         NewEvent::from_json("conformance.Paid", 1, r#"{"amount": 12}"#),
         NewEvent::from_json("conformance.Paid", 2, r#"{"euros": 3}"#),
@@ -973,7 +1007,7 @@ pub async fn old_schema_versions_are_upcast<S: EventStore>(store: &S) {
         "card"
     );
 
-    let s = StreamId::new("Ledger", "broken");
+    let s = StreamId::new("Ledger", "broken").unwrap();
     store
         .append(
             &s,
@@ -1002,7 +1036,7 @@ pub async fn old_schema_versions_are_upcast<S: EventStore>(store: &S) {
         }) => {
             assert_eq!(
                 (
-                    &*stream.aggregate_id,
+                    stream.aggregate_id(),
                     version,
                     event_type.as_str(),
                     schema_version
@@ -1014,7 +1048,7 @@ pub async fn old_schema_versions_are_upcast<S: EventStore>(store: &S) {
         }
         other => panic!("expected an upcast failure, got {other:?}"),
     }
-    let s = StreamId::new("Ledger", "bad-v1");
+    let s = StreamId::new("Ledger", "bad-v1").unwrap();
     store
         .append(
             &s,
@@ -1030,7 +1064,7 @@ pub async fn old_schema_versions_are_upcast<S: EventStore>(store: &S) {
             ..
         })
     ));
-    let s = StreamId::new("Ledger", "newer");
+    let s = StreamId::new("Ledger", "newer").unwrap();
     store
         .append(
             &s,
@@ -1120,7 +1154,7 @@ impl TallyV2 {
 }
 
 fn tally(id: &str) -> StreamId {
-    StreamId::new("Tally", id)
+    StreamId::new("Tally", id).expect("a valid stream id")
 }
 
 /// Property: for random event sequences, saved in random batches with a random snapshot
@@ -1141,7 +1175,7 @@ where
             SnapshotStrategy::every(every)
         };
         let repo = Repository::<Tally, _>::new(store.clone())
-            .with_snapshots(store.clone())
+            .with_snapshots()
             .with_snapshot_strategy(strategy);
         let id = format!("prop-{seed}");
         let mut root = repo.create(id.clone());
@@ -1204,7 +1238,7 @@ async fn store_snapshot_version<S: SnapshotStore>(store: &S, id: &str) -> Option
         .load_snapshot(&tally(id))
         .await
         .unwrap()
-        .map(|snapshot| snapshot.version)
+        .map(|snapshot| snapshot.version())
 }
 
 /// Snapshots are taken when a save crosses a multiple of the interval, at the version it
@@ -1214,8 +1248,8 @@ where
     S: EventStore + SnapshotStore + Clone + 'static,
 {
     // `#[aggregate(snapshot_every = 5)]` is the default.
-    let repo = Repository::<Tally, _>::new(store.clone()).with_snapshots(store.clone());
-    assert_eq!(repo.snapshots().strategy(), SnapshotStrategy::every(5));
+    let repo = Repository::<Tally, _>::new(store.clone()).with_snapshots();
+    assert_eq!(repo.snapshot_strategy(), Some(SnapshotStrategy::every(5)));
     let mut root = repo.create("crossing");
     for n in 1..=4 {
         root.record(Added { n });
@@ -1236,7 +1270,7 @@ where
     assert_eq!(loaded.state().total, 28);
 
     let manual = Repository::<Tally, _>::new(store.clone())
-        .with_snapshots(store.clone())
+        .with_snapshots()
         .with_snapshot_strategy(SnapshotStrategy::manual());
     let mut root = manual.create("manual");
     for n in 1..=12 {
@@ -1245,7 +1279,7 @@ where
     manual.save(&mut root).await.unwrap();
     assert_eq!(store_snapshot_version(store, "manual").await, None);
     let snapshot = manual.snapshot("manual").await.unwrap();
-    assert_eq!((snapshot.version, snapshot.state_version), (12, 1));
+    assert_eq!((snapshot.version(), snapshot.state_version()), (12, 1));
     assert_eq!(
         manual.load("manual").await.unwrap().snapshot_version(),
         Some(12)
@@ -1261,13 +1295,17 @@ where
     ));
 
     // An older snapshot never replaces a newer one of the same state schema.
-    let mut stale = store
+    let stale = store
         .load_snapshot(&tally("manual"))
         .await
         .unwrap()
         .unwrap();
-    stale.version = 3;
-    stale.state = r#"{"total": 6, "ops": ["+1", "+2", "+3"]}"#.into();
+    let stale = eventsource::Snapshot::new(
+        stale.stream().clone(),
+        3,
+        stale.state_version(),
+        r#"{"total": 6, "ops": ["+1", "+2", "+3"]}"#.into(),
+    );
     store.save_snapshot(&stale).await.unwrap();
     assert_eq!(store_snapshot_version(store, "manual").await, Some(12));
     assert!(store.delete_snapshot(&tally("manual")).await.unwrap());
@@ -1282,7 +1320,7 @@ pub async fn snapshot_schema_change_rebuilds<S>(store: &S)
 where
     S: EventStore + SnapshotStore + Clone + 'static,
 {
-    let v1 = Repository::<Tally, _>::new(store.clone()).with_snapshots(store.clone());
+    let v1 = Repository::<Tally, _>::new(store.clone()).with_snapshots();
     let mut root = v1.create("evolving");
     for n in 1..=6 {
         root.record(Added { n });
@@ -1293,9 +1331,9 @@ where
         .await
         .unwrap()
         .unwrap();
-    assert_eq!((old.version, old.state_version), (6, 1));
+    assert_eq!((old.version(), old.state_version()), (6, 1));
 
-    let v2 = Repository::<TallyV2, _>::new(store.clone()).with_snapshots(store.clone());
+    let v2 = Repository::<TallyV2, _>::new(store.clone()).with_snapshots();
     let loaded = v2.load("evolving").await.unwrap();
     assert_eq!(
         loaded.snapshot_version(),
@@ -1316,7 +1354,7 @@ where
         .unwrap()
         .unwrap();
     assert_eq!(
-        (new.version, new.state_version),
+        (new.version(), new.state_version()),
         (6, 2),
         "re-snapshotted under the new state version"
     );
@@ -1336,7 +1374,7 @@ pub async fn corrupt_snapshot_is_ignored<S>(store: &S)
 where
     S: EventStore + SnapshotStore + Clone + 'static,
 {
-    let repo = Repository::<Tally, _>::new(store.clone()).with_snapshots(store.clone());
+    let repo = Repository::<Tally, _>::new(store.clone()).with_snapshots();
     let mut root = repo.create("corrupt");
     for n in 1..=7 {
         root.record(Added { n });
@@ -1351,19 +1389,15 @@ where
     .into_iter()
     .enumerate()
     {
-        let forged = eventsource::Snapshot {
-            stream: tally("corrupt"),
-            version: 7,
-            state_version: 1,
-            state: state.into(),
-            taken_at: Utc::now(),
-        };
+        let forged = eventsource::Snapshot::new(tally("corrupt"), 7, 1, state.into());
         // A newer forged version, so that it replaces the good snapshot.
         store
-            .save_snapshot(&eventsource::Snapshot {
-                state_version: 9,
-                ..forged.clone()
-            })
+            .save_snapshot(&eventsource::Snapshot::new(
+                tally("corrupt"),
+                7,
+                9,
+                state.into(),
+            ))
             .await
             .unwrap();
         store.save_snapshot(&forged).await.unwrap();
@@ -1384,7 +1418,7 @@ where
             .unwrap()
             .unwrap();
         assert_eq!(
-            serde_json::from_str::<Tally>(&replaced.state)
+            serde_json::from_str::<Tally>(replaced.state())
                 .unwrap()
                 .total,
             28,
@@ -1398,7 +1432,7 @@ pub async fn snapshot_time_travel<S>(store: &S)
 where
     S: EventStore + SnapshotStore + Clone + 'static,
 {
-    let repo = Repository::<Tally, _>::new(store.clone()).with_snapshots(store.clone());
+    let repo = Repository::<Tally, _>::new(store.clone()).with_snapshots();
     let mut root = repo.create("travel");
     for n in 1..=10 {
         root.record(Added { n });
@@ -1409,7 +1443,7 @@ where
         .await
         .unwrap()
         .unwrap();
-    assert_eq!(taken.version, 10);
+    assert_eq!(taken.version(), 10);
     root.record(Multiplied { by: 2 });
     repo.save(&mut root).await.unwrap();
 
@@ -1429,7 +1463,7 @@ where
         (Some(10), 110)
     );
     let before = repo
-        .load_as_of("travel", taken.taken_at - Duration::microseconds(1))
+        .load_as_of("travel", taken.time() - Duration::microseconds(1))
         .await
         .unwrap();
     assert_eq!(before.snapshot_version(), None, "taken after that time");
@@ -1445,7 +1479,7 @@ where
     S: EventStore + SnapshotStore + Clone + 'static,
 {
     let repo = Repository::<Tally, _>::new(store.clone())
-        .with_snapshots(store.clone())
+        .with_snapshots()
         .with_snapshot_strategy(SnapshotStrategy::every(3).in_background())
         .with_max_attempts(100);
     let mut root = repo.create("busy");
@@ -1458,7 +1492,7 @@ where
                 for i in 0..5 {
                     repo.update("busy", |tally| {
                         tally.record(Added { n: task * 10 + i });
-                        Ok::<_, Error>(())
+                        Ok(())
                     })
                     .await
                     .unwrap();

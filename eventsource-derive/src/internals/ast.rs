@@ -57,6 +57,7 @@ impl Aggregate {
     pub(crate) fn from_ast(cx: &Ctxt, args: TokenStream, mut item: ItemImpl) -> Self {
         let attrs = AggregateAttrs::from_args(cx, args);
         let expandable = check::aggregate_impl(cx, &item);
+        check::generic_aggregate_name(cx, &item, &attrs);
 
         let mut handlers = Vec::new();
         let mut markers_found = false;

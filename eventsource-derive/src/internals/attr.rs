@@ -5,8 +5,8 @@
 
 use super::Ctxt;
 use super::symbol::{
-    AGGREGATE, ALIAS, CRATE, EVENT, FROM, ID, JSON, NAME, RETIRED, SNAPSHOT_EVERY, STATE_VERSION,
-    Symbol, UNKNOWN_EVENTS, UPCAST, VERSION,
+    AGGREGATE, ALIAS, CRATE, ERROR, EVENT, FROM, FROM_VERSION, ID, JSON, NAME, RETIRED,
+    SNAPSHOT_EVERY, STATE_VERSION, Symbol, UNKNOWN_EVENTS, UPCAST, VERSION, VIA,
 };
 use proc_macro2::{Span, TokenStream};
 use quote::ToTokens;
@@ -37,8 +37,9 @@ impl<'c, T> Attr<'c, T> {
             self.cx.error_spanned_by(
                 key_tokens,
                 format!(
-                    "duplicate `{}` in #[{}(...)]: each key may be given once",
-                    self.key, self.attribute
+                    "duplicate `{}` in {}: each key may be given once",
+                    self.key,
+                    in_attribute(self.attribute)
                 ),
             );
         } else {
@@ -60,7 +61,7 @@ pub(crate) struct Version {
 
 /// How payloads stored at an older schema version reach the next version.
 pub(crate) enum UpcastStep {
-    /// `from = Type`: the payload decodes as `Type`, converted to the next version's type with
+    /// `via = Type`: the payload decodes as `Type`, converted to the next version's type with
     /// `TryFrom` (or `From`).
     Typed(syn::Type),
     /// `json = function`: the payload's JSON is rewritten by `function` into the next version's.
@@ -70,7 +71,8 @@ pub(crate) enum UpcastStep {
 /// One `upcast(...)` of `#[event(...)]`.
 pub(crate) struct Upcast {
     pub(crate) keyword: syn::Path,
-    pub(crate) version: Version,
+    /// `from_version = N`: the schema version the payloads were stored at.
+    pub(crate) from_version: Version,
     pub(crate) step: UpcastStep,
 }
 
@@ -107,7 +109,7 @@ impl EventAttrs {
                         name.set(&meta.path, lit);
                     }
                 } else if meta.path == VERSION {
-                    if let Some(v) = parse_version(cx, &meta)? {
+                    if let Some(v) = parse_version(cx, &meta, VERSION)? {
                         version.set(&meta.path, v);
                     }
                 } else if meta.path == AGGREGATE {
@@ -148,55 +150,68 @@ impl EventAttrs {
     }
 }
 
-/// `upcast(from = Type, version = N)` or `upcast(json = function, version = N)`.
+/// `upcast(from_version = N, via = Type)` or `upcast(from_version = N, json = function)`.
 fn parse_upcast(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<Upcast>> {
-    let mut from = Attr::none(cx, UPCAST, FROM);
+    let mut via = Attr::none(cx, UPCAST, VIA);
     let mut json = Attr::none(cx, UPCAST, JSON);
-    let mut version = Attr::none(cx, UPCAST, VERSION);
+    let mut from_version = Attr::none(cx, UPCAST, FROM_VERSION);
+    // An old key is reported and its value still used, so that the rest of the chain is checked.
     meta.parse_nested_meta(|inner| {
-        if inner.path == FROM {
+        if inner.path == VIA || inner.path == FROM {
+            if inner.path == FROM {
+                cx.error_spanned_by(
+                    &inner.path,
+                    "`from` in `upcast(...)` is now `via`: the type the stored payloads decode as (`upcast(from_version = 1, via = DepositedV1)`)",
+                );
+            }
             let ty: syn::Type = inner.value()?.parse()?;
-            from.set(&inner.path, ty);
+            via.set(&inner.path, ty);
         } else if inner.path == JSON {
             let function: syn::Path = inner.value()?.parse()?;
             json.set(&inner.path, function);
-        } else if inner.path == VERSION {
-            if let Some(v) = parse_version(cx, &inner)? {
-                version.set(&inner.path, v);
+        } else if inner.path == FROM_VERSION || inner.path == VERSION {
+            if inner.path == VERSION {
+                cx.error_spanned_by(
+                    &inner.path,
+                    "`version` in `upcast(...)` is now `from_version`: the schema version the payloads were stored at (`upcast(from_version = 1, ...)`)",
+                );
+            }
+            if let Some(v) = parse_version(cx, &inner, FROM_VERSION)? {
+                from_version.set(&inner.path, v);
             }
         } else {
-            unknown_key(cx, &inner, UPCAST, &[FROM, JSON, VERSION])?;
+            unknown_key(cx, &inner, UPCAST, &[FROM_VERSION, VIA, JSON])?;
         }
         Ok(())
     })?;
-    let step = match (from.get(), json.get()) {
+    let step = match (via.get(), json.get()) {
         (Some(ty), None) => UpcastStep::Typed(ty),
         (None, Some(function)) => UpcastStep::Json(function),
         (Some(_), Some(_)) => {
             cx.error_spanned_by(
                 &meta.path,
-                "an upcast takes either `from = OldType` or `json = function`, not both",
+                "an upcast takes either `via = OldType` or `json = function`, not both",
             );
             return Ok(None);
         }
         (None, None) => {
             cx.error_spanned_by(
                 &meta.path,
-                "an upcast needs `from = OldType` (a typed conversion) or `json = function` (a JSON rewrite)",
+                "an upcast needs `via = OldType` (a typed conversion) or `json = function` (a JSON rewrite)",
             );
             return Ok(None);
         }
     };
-    let Some(version) = version.get() else {
+    let Some(from_version) = from_version.get() else {
         cx.error_spanned_by(
             &meta.path,
-            "an upcast needs the schema version it decodes: `upcast(from = OldType, version = 1)`",
+            "an upcast needs the schema version its payloads were stored at: `upcast(from_version = 1, via = OldType)`",
         );
         return Ok(None);
     };
     Ok(Some(Upcast {
         keyword: meta.path.clone(),
-        version,
+        from_version,
         step,
     }))
 }
@@ -213,6 +228,8 @@ pub(crate) enum UnknownEvents {
 pub(crate) struct AggregateAttrs {
     pub(crate) name: Option<LitStr>,
     pub(crate) id: Option<syn::Type>,
+    /// `error = Type`: the domain error of the aggregate's commands.
+    pub(crate) error: Option<syn::Type>,
     pub(crate) unknown_events: UnknownEvents,
     pub(crate) retired: Vec<LitStr>,
     /// `snapshot_every = N`: the default snapshot interval of repositories with a snapshot store.
@@ -226,6 +243,7 @@ impl AggregateAttrs {
     pub(crate) fn from_args(cx: &Ctxt, args: TokenStream) -> Self {
         let mut name = Attr::none(cx, AGGREGATE, NAME);
         let mut id = Attr::none(cx, AGGREGATE, ID);
+        let mut error = Attr::none(cx, AGGREGATE, ERROR);
         let mut unknown_events = Attr::none(cx, AGGREGATE, UNKNOWN_EVENTS);
         let mut krate = Attr::none(cx, AGGREGATE, CRATE);
         let mut retired = Vec::new();
@@ -240,6 +258,9 @@ impl AggregateAttrs {
             } else if meta.path == ID {
                 let ty: syn::Type = meta.value()?.parse()?;
                 id.set(&meta.path, ty);
+            } else if meta.path == ERROR {
+                let ty: syn::Type = meta.value()?.parse()?;
+                error.set(&meta.path, ty);
             } else if meta.path == UNKNOWN_EVENTS {
                 let lit = parse_str(cx, &meta, UNKNOWN_EVENTS)?;
                 let policy = lit.as_ref().and_then(|lit| match lit.value().as_str() {
@@ -286,7 +307,11 @@ impl AggregateAttrs {
                     match element {
                         Expr::Lit(syn::ExprLit {
                             lit: Lit::Str(lit), ..
-                        }) => retired.push(lit),
+                        }) => {
+                            if check_stored_name(cx, &lit, RETIRED) {
+                                retired.push(lit);
+                            }
+                        }
                         other => cx.error_spanned_by(
                             other,
                             "expected the stored name of a retired event: `retired = [\"OldEvent\"]`",
@@ -301,6 +326,7 @@ impl AggregateAttrs {
                     &[
                         NAME,
                         ID,
+                        ERROR,
                         UNKNOWN_EVENTS,
                         RETIRED,
                         SNAPSHOT_EVERY,
@@ -318,12 +344,22 @@ impl AggregateAttrs {
         AggregateAttrs {
             name: name.get(),
             id: id.get(),
+            error: error.get(),
             unknown_events: unknown_events.get().unwrap_or(UnknownEvents::Error),
             retired,
             snapshot_every: snapshot_every.get(),
             state_version: state_version.get(),
             krate: krate.get(),
         }
+    }
+}
+
+/// Where a key was written, for messages: `#[event(...)]`, or `upcast(...)`, which is nested.
+fn in_attribute(attribute: Symbol) -> String {
+    if attribute.as_str() == UPCAST.as_str() {
+        format!("`{UPCAST}(...)`")
+    } else {
+        format!("#[{attribute}(...)]")
     }
 }
 
@@ -342,7 +378,8 @@ fn unknown_key(
     cx.error_spanned_by(
         &meta.path,
         format!(
-            "unknown key `{key}` in #[{attribute}(...)]; expected one of: {}",
+            "unknown key `{key}` in {}; expected one of: {}",
+            in_attribute(attribute),
             expected.join(", ")
         ),
     );
@@ -372,29 +409,75 @@ fn parse_str(cx: &Ctxt, meta: &ParseNestedMeta, key: Symbol) -> syn::Result<Opti
     }
 }
 
+/// A stored name (`name`, `alias`, `retired`): a string literal that every store accepts.
 fn parse_non_empty_str(
     cx: &Ctxt,
     meta: &ParseNestedMeta,
     key: Symbol,
 ) -> syn::Result<Option<LitStr>> {
     let lit = parse_str(cx, meta, key)?;
-    if let Some(lit) = &lit
-        && lit.value().trim().is_empty()
-    {
-        cx.error_spanned_by(lit, format!("`{key}` cannot be empty"));
-        return Ok(None);
-    }
-    Ok(lit)
+    Ok(lit.filter(|lit| check_stored_name(cx, lit, key)))
 }
 
-fn parse_version(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<Version>> {
+/// The longest stored name, in bytes: what every store's column takes.
+const MAX_NAME_BYTES: usize = 255;
+
+/// Reports what makes `lit` a name no store accepts (each rule once, on the literal). Returns
+/// whether the name is valid.
+fn check_stored_name(cx: &Ctxt, lit: &LitStr, key: Symbol) -> bool {
+    let value = lit.value();
+    if value.trim().is_empty() {
+        cx.error_spanned_by(lit, format!("`{key}` cannot be empty"));
+        return false;
+    }
+    let mut ok = true;
+    if value.len() > MAX_NAME_BYTES {
+        ok = false;
+        cx.error_spanned_by(
+            lit,
+            format!(
+                "`{key}` is {} bytes long: a stored name is at most {MAX_NAME_BYTES} bytes",
+                value.len()
+            ),
+        );
+    }
+    let control = value.chars().find(|c| c.is_control());
+    if let Some(c) = control {
+        ok = false;
+        let found = if c == '\0' {
+            "a NUL byte".to_string()
+        } else {
+            format!("the control character {}", c.escape_default())
+        };
+        cx.error_spanned_by(
+            lit,
+            format!(
+                "`{key}` contains {found}: a stored name cannot hold NUL or other control characters"
+            ),
+        );
+    }
+    // A trailing `\n` is reported once, as a control character.
+    if control.is_none() && value.trim() != value {
+        ok = false;
+        cx.error_spanned_by(
+            lit,
+            format!(
+                "`{key}` starts or ends with whitespace: stored names are compared byte for byte, write `\"{}\"`",
+                value.trim()
+            ),
+        );
+    }
+    ok
+}
+
+fn parse_version(cx: &Ctxt, meta: &ParseNestedMeta, key: Symbol) -> syn::Result<Option<Version>> {
     let expr: Expr = meta.value()?.parse()?;
     let lit: LitInt = match expr {
         Expr::Lit(syn::ExprLit {
             lit: Lit::Int(lit), ..
         }) => lit,
         other => {
-            cx.error_spanned_by(other, "expected an integer literal: `version = 2`");
+            cx.error_spanned_by(other, format!("expected an integer literal: `{key} = 2`"));
             return Ok(None);
         }
     };
@@ -408,7 +491,7 @@ fn parse_version(cx: &Ctxt, meta: &ParseNestedMeta) -> syn::Result<Option<Versio
         Ok(0) => {
             cx.error_spanned_by(
                 &lit,
-                "schema versions start at 1: `version = 0` is not a valid version",
+                format!("schema versions start at 1: `{key} = 0` is not a valid version"),
             );
             Ok(None)
         }

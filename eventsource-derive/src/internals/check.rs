@@ -3,7 +3,7 @@
 
 use super::Ctxt;
 use super::ast::Handler;
-use super::attr::{Upcast, UpcastStep};
+use super::attr::{AggregateAttrs, Upcast, UpcastStep};
 use quote::ToTokens;
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -34,10 +34,10 @@ pub(crate) fn event_shape(cx: &Ctxt, input: &DeriveInput) {
 pub(crate) fn upcast_chain(cx: &Ctxt, current: u32, upcasts: &[Upcast]) {
     let mut seen: BTreeMap<u32, &Upcast> = BTreeMap::new();
     for upcast in upcasts {
-        let version = upcast.version.value;
+        let version = upcast.from_version.value;
         if version >= current {
             cx.syn_error(syn::Error::new(
-                upcast.version.span,
+                upcast.from_version.span,
                 format!(
                     "an upcast decodes an older schema version: {version} is not older than the event's current version {current}"
                 ),
@@ -46,7 +46,7 @@ pub(crate) fn upcast_chain(cx: &Ctxt, current: u32, upcasts: &[Upcast]) {
             slot.insert(upcast);
         } else {
             cx.syn_error(syn::Error::new(
-                upcast.version.span,
+                upcast.from_version.span,
                 format!("schema version {version} already has an upcast: each version is decoded one way"),
             ));
         }
@@ -58,8 +58,8 @@ pub(crate) fn upcast_chain(cx: &Ctxt, current: u32, upcasts: &[Upcast]) {
             cx.error_spanned_by(
                 &next.keyword,
                 format!(
-                    "a `json = ...` step cannot follow a typed one: version {version} decodes to `{}`, which has no JSON form of version {}; rewrite version {version} with `json = ...` too, or decode version {} with `from = ...`",
-                    ty.to_token_stream(),
+                    "a `json = ...` step cannot follow a typed one: version {version} decodes to `{}`, which has no JSON form of version {}; rewrite version {version} with `json = ...` too, or decode version {} with `via = ...`",
+                    type_string(ty),
                     version + 1,
                     version + 1
                 ),
@@ -77,8 +77,8 @@ pub(crate) fn upcast_chain(cx: &Ctxt, current: u32, upcasts: &[Upcast]) {
         cx.error_spanned_by(
             &below.keyword,
             format!(
-                "the upcast chain has a gap: nothing decodes schema version {missing}, so version {} cannot reach version {current}; add `upcast(from = TypeV{missing}, version = {missing})` or a `json = ...` step",
-                below.version.value
+                "the upcast chain has a gap: nothing decodes schema version {missing}, so version {} cannot reach version {current}; add `upcast(from_version = {missing}, via = TypeV{missing})` or a `json = ...` step",
+                below.from_version.value
             ),
         );
     }
@@ -124,6 +124,22 @@ pub(crate) fn aggregate_impl(cx: &Ctxt, item: &ItemImpl) -> bool {
         );
     }
     ok
+}
+
+/// A generic aggregate names its stored type: every instance (`Counter<A>`, `Counter<B>`)
+/// stores its streams under that one name, which the type's name alone would hide.
+pub(crate) fn generic_aggregate_name(cx: &Ctxt, item: &ItemImpl, attrs: &AggregateAttrs) {
+    let generic = item
+        .generics
+        .params
+        .iter()
+        .any(|param| !matches!(param, GenericParam::Lifetime(_)));
+    if generic && attrs.name.is_none() {
+        cx.error_spanned_by(
+            &item.generics,
+            "a generic aggregate needs an explicit `#[aggregate(name = \"...\")]`: all its instances share one stored aggregate type, so name it",
+        );
+    }
 }
 
 const HANDLER_SHAPE: &str = "a handler is a method `fn name(&mut self, event: &EventType)`";
@@ -202,32 +218,13 @@ pub(crate) fn handler_signature(cx: &Ctxt, sig: &Signature) -> Option<(Type, boo
         }
     }
 
+    let mut event_ok = true;
     let event = match inputs.next() {
-        Some(FnArg::Typed(arg)) => match &*arg.ty {
-            Type::Reference(reference) if reference.mutability.is_none() => {
-                Some((*reference.elem).clone())
-            }
-            Type::Reference(reference) => {
-                error(
-                    reference,
-                    format!(
-                        "a handler receives the event as `&{}`, not `&mut`: a recorded event never changes",
-                        reference.elem.to_token_stream()
-                    ),
-                );
-                Some((*reference.elem).clone())
-            }
-            by_value => {
-                error(
-                    by_value,
-                    format!(
-                        "a handler borrows the event: write `&{}`; the same event is also kept to be stored",
-                        by_value.to_token_stream()
-                    ),
-                );
-                Some(by_value.clone())
-            }
-        },
+        Some(FnArg::Typed(arg)) => {
+            let (event, valid) = event_parameter(cx, &arg.ty);
+            event_ok = valid;
+            event
+        }
         Some(FnArg::Receiver(_)) | None => {
             error(
                 &sig.ident,
@@ -258,14 +255,150 @@ pub(crate) fn handler_signature(cx: &Ctxt, sig: &Signature) -> Option<(Type, boo
         }
     }
 
-    event.map(|event| (event, ok))
+    event.map(|event| (event, ok && event_ok))
+}
+
+/// What a handler's parameter type names.
+enum Named<'a> {
+    /// A plain type path: the event type.
+    Event(&'a Type),
+    /// `Box<E>`, `Arc<E>` or `Rc<E>`: a pointer to event `E`.
+    Pointer(&'a Type),
+    /// Anything else (`impl Trait`, a tuple, a slice...): no single event type.
+    Other,
+}
+
+fn named(ty: &Type) -> Named<'_> {
+    match ty {
+        Type::Group(group) => named(&group.elem),
+        Type::Paren(paren) => named(&paren.elem),
+        Type::Path(path) if path.qself.is_none() => {
+            let pointee = path.path.segments.last().and_then(|last| {
+                let pointer = ["Box", "Arc", "Rc"].iter().any(|p| last.ident == p);
+                match &last.arguments {
+                    syn::PathArguments::AngleBracketed(args) if pointer && args.args.len() == 1 => {
+                        match &args.args[0] {
+                            syn::GenericArgument::Type(inner) => Some(inner),
+                            _ => None,
+                        }
+                    }
+                    _ => None,
+                }
+            });
+            match pointee {
+                Some(inner) => Named::Pointer(inner),
+                None => Named::Event(ty),
+            }
+        }
+        _ => Named::Other,
+    }
+}
+
+const ONE_EVENT_TYPE: &str =
+    "a handler takes one concrete event type by reference: `fn name(&mut self, event: &EventType)`";
+
+/// The event type of a handler's `&E` parameter, and whether the parameter is valid. Each fault
+/// is reported; the event type is still returned when the parameter names one (`&mut E`,
+/// `Box<E>`), so that the aggregate keeps its `Handles<E>` and `record(E)` still compiles.
+fn event_parameter(cx: &Ctxt, ty: &Type) -> (Option<Type>, bool) {
+    match ty {
+        Type::Reference(reference) => {
+            let event = match named(&reference.elem) {
+                Named::Event(event) => event,
+                Named::Pointer(inner) => {
+                    cx.error_spanned_by(
+                        &reference.elem,
+                        format!(
+                            "a handler borrows the event itself: write `&{}`, not `&{}`",
+                            type_string(inner),
+                            type_string(&reference.elem)
+                        ),
+                    );
+                    return (Some(inner.clone()), false);
+                }
+                Named::Other => {
+                    cx.error_spanned_by(&reference.elem, ONE_EVENT_TYPE);
+                    return (None, false);
+                }
+            };
+            let mut valid = true;
+            if let Some(lifetime) = &reference.lifetime {
+                valid = false;
+                cx.error_spanned_by(
+                    lifetime,
+                    format!(
+                        "the event is borrowed for the call only: write `&{}` without a lifetime",
+                        type_string(event)
+                    ),
+                );
+            }
+            if let Some(mutability) = &reference.mutability {
+                valid = false;
+                cx.error_spanned_by(
+                    mutability,
+                    format!(
+                        "a handler receives the event as `&{}`, not `&mut`: a recorded event never changes",
+                        type_string(event)
+                    ),
+                );
+            }
+            (Some(event.clone()), valid)
+        }
+        by_value => match named(by_value) {
+            Named::Event(event) => {
+                cx.error_spanned_by(
+                    by_value,
+                    format!(
+                        "a handler borrows the event: write `&{}`; the same event is also kept to be stored",
+                        type_string(event)
+                    ),
+                );
+                (Some(event.clone()), false)
+            }
+            Named::Pointer(inner) => {
+                cx.error_spanned_by(
+                    by_value,
+                    format!(
+                        "a handler borrows the event: write `&{}`, not `{}`; the same event is also kept to be stored",
+                        type_string(inner),
+                        type_string(by_value)
+                    ),
+                );
+                (Some(inner.clone()), false)
+            }
+            Named::Other => {
+                cx.error_spanned_by(by_value, ONE_EVENT_TYPE);
+                (None, false)
+            }
+        },
+    }
+}
+
+/// A type as the user wrote it, without the spaces `to_string` puts between tokens
+/// (`Box<Deposited>`, not `Box < Deposited >`).
+pub(crate) fn type_string<T: ToTokens>(ty: &T) -> String {
+    let spaced = ty.to_token_stream().to_string();
+    let mut out = String::with_capacity(spaced.len());
+    let tokens: Vec<&str> = spaced.split(' ').collect();
+    for (i, token) in tokens.iter().enumerate() {
+        let next = tokens.get(i + 1).copied().unwrap_or("");
+        out.push_str(token);
+        let tight = matches!(*token, "<" | "::" | "&" | "(" | "[" | "'")
+            || token.ends_with('&')
+            || matches!(next, "<" | ">" | "::" | "," | ")" | "]" | ";")
+            || next.is_empty();
+        if !tight {
+            out.push(' ');
+        }
+    }
+    out
 }
 
 /// Each event type has one handler: later ones are reported and marked as duplicates.
 pub(crate) fn duplicate_handlers(cx: &Ctxt, handlers: &mut [Handler]) {
     let mut seen: HashMap<String, syn::Ident> = HashMap::new();
     for handler in handlers {
-        let key = handler.event.to_token_stream().to_string();
+        let key = type_string(&handler.event);
         if let Some(first) = seen.get(&key) {
             cx.error_spanned_by(
                 &handler.event,

@@ -13,8 +13,14 @@ pub(crate) const VERSION: Symbol = Symbol("version");
 pub(crate) const AGGREGATE: Symbol = Symbol("aggregate");
 pub(crate) const CRATE: Symbol = Symbol("crate");
 pub(crate) const ID: Symbol = Symbol("id");
+pub(crate) const ERROR: Symbol = Symbol("error");
 pub(crate) const UNKNOWN_EVENTS: Symbol = Symbol("unknown_events");
 pub(crate) const UPCAST: Symbol = Symbol("upcast");
+/// `from_version = N` in `upcast(...)`: the schema version the payloads were stored at.
+pub(crate) const FROM_VERSION: Symbol = Symbol("from_version");
+/// `via = Type` in `upcast(...)`: the type payloads of that version decode as.
+pub(crate) const VIA: Symbol = Symbol("via");
+/// The old spelling of `via` in `upcast(...)`, recognised only to point to the new one.
 pub(crate) const FROM: Symbol = Symbol("from");
 pub(crate) const JSON: Symbol = Symbol("json");
 pub(crate) const ALIAS: Symbol = Symbol("alias");

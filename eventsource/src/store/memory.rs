@@ -2,14 +2,14 @@
 //! semantics as the database stores; nothing survives the process.
 
 use super::{
-    AppendResult, EventStore, ExpectedVersion, ReadAll, StreamId, StreamQuery, paged,
-    validate_append,
+    AppendResult, EventStore, ExpectedVersion, LogHead, Position, ReadAll, StreamId, StreamQuery,
+    check_sequence, paged, validate_append,
 };
 use crate::error::{Error, Result};
 use crate::event::{NewEvent, RecordedEvent};
 use crate::snapshot::{Snapshot, SnapshotStore};
 use futures::stream::BoxStream;
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::{Arc, PoisonError, RwLock};
 use uuid::Uuid;
 
@@ -27,7 +27,8 @@ struct Log {
     events: Vec<RecordedEvent>,
     /// Per stream, the indices of its events in version order.
     streams: HashMap<StreamId, Vec<usize>>,
-    event_ids: HashSet<Uuid>,
+    /// Each event's index in `events`, by id.
+    positions: HashMap<Uuid, usize>,
 }
 
 impl InMemoryEventStore {
@@ -63,12 +64,12 @@ impl SnapshotStore for InMemoryEventStore {
             .snapshots
             .write()
             .unwrap_or_else(PoisonError::into_inner);
-        match snapshots.get(&snapshot.stream) {
+        match snapshots.get(snapshot.stream()) {
             Some(kept)
-                if kept.version > snapshot.version
-                    && kept.state_version == snapshot.state_version => {}
+                if kept.version() > snapshot.version()
+                    && kept.state_version() == snapshot.state_version() => {}
             _ => {
-                snapshots.insert(snapshot.stream.clone(), snapshot.clone());
+                snapshots.insert(snapshot.stream().clone(), snapshot.clone());
             }
         }
         Ok(())
@@ -101,36 +102,43 @@ impl EventStore for InMemoryEventStore {
         validate_append(stream, &events)?;
         let mut log = self.write();
         let current = log.streams.get(stream).map_or(0, Vec::len) as u64;
+        let retried = events
+            .iter()
+            .any(|event| log.positions.contains_key(&event.event_id));
+        if retried && let Some(done) = already_stored(&log, stream, expected, &events) {
+            return Ok(done);
+        }
         if !expected.is_satisfied_by(current) {
             return Err(expected.conflict(stream, current));
         }
-        for event in &events {
-            if log.event_ids.contains(&event.event_id) {
-                return Err(Error::DuplicateEvent {
-                    stream: stream.clone(),
-                    event_id: event.event_id,
-                });
-            }
+        if let Some(taken) = events
+            .iter()
+            .find(|event| log.positions.contains_key(&event.event_id))
+        {
+            return Err(Error::DuplicateEvent {
+                stream: stream.clone(),
+                event_id: taken.event_id,
+            });
         }
 
         let Log {
             events: all,
             streams,
-            event_ids,
+            positions,
         } = &mut *log;
         let indices = streams.entry(stream.clone()).or_default();
         for (offset, event) in events.into_iter().enumerate() {
             let index = all.len();
-            event_ids.insert(event.event_id);
+            positions.insert(event.event_id, index);
             indices.push(index);
             all.push(RecordedEvent::new(
                 stream.clone(),
                 current + offset as u64 + 1,
-                index as u64 + 1,
+                Position::new(index as u64 + 1),
                 event,
             ));
         }
-        let last_position = indices.last().map_or(0, |index| *index as u64 + 1);
+        let last_position = Position::new(indices.last().map_or(0, |index| *index as u64 + 1));
         Ok(AppendResult {
             stream_version: indices.len() as u64,
             last_position,
@@ -148,7 +156,7 @@ impl EventStore for InMemoryEventStore {
         };
         let in_range = |index: &&usize| query.matches(&log.events[**index]);
         let limit = query.limit.unwrap_or(usize::MAX);
-        let events = if query.backwards {
+        let events: Vec<RecordedEvent> = if query.backwards {
             indices
                 .iter()
                 .rev()
@@ -164,6 +172,7 @@ impl EventStore for InMemoryEventStore {
                 .map(|i| log.events[*i].clone())
                 .collect()
         };
+        check_sequence(stream, &query, &events)?;
         Ok(events)
     }
 
@@ -171,14 +180,14 @@ impl EventStore for InMemoryEventStore {
         // One page per lock acquisition, so a long read neither holds the lock nor copies the log.
         paged(query, move |query| {
             let log = self.read();
-            let start = usize::try_from(query.after)
+            let start = usize::try_from(query.after.get())
                 .unwrap_or(usize::MAX)
                 .min(log.events.len());
-            let page: Vec<RecordedEvent> = log.events[start..]
+            let page: Vec<_> = log.events[start..]
                 .iter()
                 .filter(|event| query.matches(event))
                 .take(query.batch_size)
-                .cloned()
+                .map(|event| (event.position, Ok(event.clone())))
                 .collect();
             std::future::ready(Ok(page))
         })
@@ -187,4 +196,34 @@ impl EventStore for InMemoryEventStore {
     async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
         Ok(self.read().streams.get(stream).map_or(0, Vec::len) as u64)
     }
+
+    async fn log_head(&self) -> Result<LogHead> {
+        let last = Position::new(self.read().events.len() as u64);
+        Ok(LogHead {
+            last,
+            readable: last,
+            held_back: 0,
+        })
+    }
+}
+
+/// For an append whose events are all stored already, with the same ids in the same stream at
+/// consecutive versions that satisfy `expected`: the result the first append had (an append
+/// retried after its outcome was lost). `None` otherwise.
+fn already_stored(
+    log: &Log,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+) -> Option<AppendResult> {
+    let mut stored = Vec::with_capacity(events.len());
+    for event in events {
+        let index = log.positions.get(&event.event_id)?;
+        stored.push(&log.events[*index]);
+    }
+    super::retried_append(
+        stream,
+        expected,
+        stored.iter().map(|e| (&e.stream, e.version, e.position)),
+    )
 }

@@ -1,10 +1,13 @@
-//! Event stores: the [`EventStore`] trait and what it speaks in (streams, expected versions,
-//! queries). Backends live one per file: [`memory`] (more to come behind features).
+//! Event stores: the [`EventStore`] trait and what it speaks in (queries, append results), its
+//! object-safe form [`DynEventStore`], and [`AnyStore`], a store chosen at run time. Backends
+//! live one per file: [`memory`], `sqlite` and `postgres` (behind features of those names).
 //!
 //! A store keeps one ordered log. Each event belongs to one stream (an aggregate type and id)
 //! where it has a version (1, 2, 3, ...), and has a position in the global order of the whole
 //! store. Appends to a stream are atomic and guarded by an [`ExpectedVersion`].
 
+mod any;
+mod dynamic;
 pub mod memory;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
@@ -13,117 +16,20 @@ pub mod postgres;
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod sqlite;
 
+pub use any::AnyStore;
+pub use dynamic::DynEventStore;
+
 use crate::error::{Error, Result};
 use crate::event::{EventView, NewEvent, RecordedEvent};
 use futures::stream::BoxStream;
-use std::fmt;
 use std::future::Future;
-use std::sync::Arc;
+use std::time::Duration;
 
-/// The longest aggregate type or id a store accepts, in bytes.
-pub const MAX_ID_LEN: usize = 255;
+pub use crate::stream::{ExpectedVersion, MAX_ID_LEN, Position, StreamId};
 
 /// The most events one append takes (PostgreSQL positions leave room for this many per
 /// transaction; every store enforces the same limit).
 pub const MAX_BATCH: usize = 65_536;
-
-/// Identifies a stream: the events of one aggregate. Cheap to clone (every event read carries
-/// one): both parts are shared strings.
-#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct StreamId {
-    /// The aggregate type (`BankAccount`).
-    pub aggregate_type: Arc<str>,
-    /// The aggregate id, as text (a UUID, or a readable id such as `order-123`).
-    pub aggregate_id: Arc<str>,
-}
-
-impl StreamId {
-    /// The stream of aggregate `aggregate_id` of type `aggregate_type`.
-    pub fn new(aggregate_type: impl Into<Arc<str>>, aggregate_id: impl Into<Arc<str>>) -> Self {
-        StreamId {
-            aggregate_type: aggregate_type.into(),
-            aggregate_id: aggregate_id.into(),
-        }
-    }
-
-    /// Checks what every store requires of a stream id: neither part empty, longer than
-    /// [`MAX_ID_LEN`] bytes, or holding a NUL byte.
-    pub fn validate(&self) -> Result<()> {
-        for (what, value) in [
-            ("aggregate type", &*self.aggregate_type),
-            ("aggregate id", &*self.aggregate_id),
-        ] {
-            let reason = if value.is_empty() {
-                format!("the {what} is empty")
-            } else if value.len() > MAX_ID_LEN {
-                format!(
-                    "the {what} is {} bytes long, the limit is {MAX_ID_LEN}",
-                    value.len()
-                )
-            } else if value.contains('\0') {
-                format!("the {what} holds a NUL byte")
-            } else {
-                continue;
-            };
-            return Err(Error::InvalidInput {
-                stream: self.clone(),
-                reason,
-            });
-        }
-        Ok(())
-    }
-}
-
-impl fmt::Display for StreamId {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}", self.aggregate_type, self.aggregate_id)
-    }
-}
-
-/// What an append expects of the stream: the optimistic-concurrency check.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-pub enum ExpectedVersion {
-    /// No check.
-    Any,
-    /// The stream must not exist (have no events).
-    NoStream,
-    /// The stream must have at least one event.
-    StreamExists,
-    /// The stream must be at exactly this version (0 is the same as [`NoStream`](Self::NoStream)).
-    Exact(u64),
-}
-
-impl ExpectedVersion {
-    /// Whether a stream at `current` (0: no stream) satisfies the expectation.
-    pub fn is_satisfied_by(self, current: u64) -> bool {
-        match self {
-            ExpectedVersion::Any => true,
-            ExpectedVersion::NoStream => current == 0,
-            ExpectedVersion::StreamExists => current > 0,
-            ExpectedVersion::Exact(version) => current == version,
-        }
-    }
-
-    /// The conflict error for a stream found at `actual`.
-    pub fn conflict(self, stream: &StreamId, actual: u64) -> Error {
-        Error::Concurrency {
-            stream: stream.clone(),
-            expected: self,
-            actual,
-        }
-    }
-}
-
-impl fmt::Display for ExpectedVersion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            ExpectedVersion::Any => f.write_str("any"),
-            ExpectedVersion::NoStream => f.write_str("no stream"),
-            ExpectedVersion::StreamExists => f.write_str("an existing stream"),
-            ExpectedVersion::Exact(version) => write!(f, "{version}"),
-        }
-    }
-}
 
 /// What an append did.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -131,9 +37,24 @@ impl fmt::Display for ExpectedVersion {
 pub struct AppendResult {
     /// The stream's version after the append (the version of its last event).
     pub stream_version: u64,
-    /// The global position of the last appended event (of the stream's last event, for an
-    /// empty batch).
-    pub last_position: u64,
+    /// The global position of the last appended event (for an empty batch, of the stream's last
+    /// event; [`Position::START`] if the stream has none).
+    pub last_position: Position,
+}
+
+/// How far a global read can get right now: the last committed position, and the last one a
+/// read is guaranteed not to skip anything before. They differ only on PostgreSQL, while a
+/// transaction that started earlier is still running ([`EventStore::wait_for`]).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct LogHead {
+    /// The position of the newest committed event ([`Position::START`]: none).
+    pub last: Position,
+    /// Every committed event at or before this position is readable by `read_all` now.
+    pub readable: Position,
+    /// How many committed events lie after `readable`: held back until the transactions before
+    /// them finish.
+    pub held_back: u64,
 }
 
 /// Which events of one stream to read.
@@ -237,8 +158,8 @@ impl Default for StreamQuery {
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct ReadAll {
-    /// Read events after this position (exclusive; 0 reads from the start).
-    pub after: u64,
+    /// Read events after this position (exclusive; [`Position::START`] reads from the start).
+    pub after: Position,
     /// Only events of these types (empty: all).
     pub event_types: Vec<String>,
     /// Only events of these aggregate types (empty: all).
@@ -255,11 +176,11 @@ impl ReadAll {
 
     /// Everything, from the first event.
     pub fn from_start() -> Self {
-        Self::after(0)
+        Self::after(Position::START)
     }
 
     /// Everything after position `position` (exclusive): resume from a checkpoint.
-    pub fn after(position: u64) -> Self {
+    pub fn after(position: Position) -> Self {
         ReadAll {
             after: position,
             event_types: Vec::new(),
@@ -300,7 +221,7 @@ impl ReadAll {
                 || self
                     .aggregate_types
                     .iter()
-                    .any(|t| **t == *event.stream.aggregate_type))
+                    .any(|t| t == event.stream.aggregate_type()))
             && self
                 .tenant_id
                 .as_ref()
@@ -339,8 +260,14 @@ pub trait EventStore: Send + Sync {
         query: StreamQuery,
     ) -> impl Future<Output = Result<Vec<RecordedEvent>>> + Send;
 
-    /// Reads the global log in position order, up to the end as it is while reading. The stream
-    /// fetches [`ReadAll::batch_size`] events at a time, so memory stays bounded.
+    /// Reads the global log in position order, up to what is readable now
+    /// ([`LogHead::readable`]): it never waits for transactions still running elsewhere (call
+    /// [`wait_for`](Self::wait_for) first to read your own writes). The stream fetches
+    /// [`ReadAll::batch_size`] events at a time, so memory stays bounded.
+    ///
+    /// A damaged row is yielded as an [`Error::Corrupt`] carrying its position, and the stream
+    /// goes on after it: one bad row never hides the events around it. Any other error (the
+    /// database failing) ends the stream.
     fn read_all(&self, query: ReadAll) -> BoxStream<'_, Result<RecordedEvent>>;
 
     /// The stream's current version (0: no events).
@@ -374,6 +301,24 @@ pub trait EventStore: Send + Sync {
     /// Whether the stream has events.
     fn stream_exists(&self, stream: &StreamId) -> impl Future<Output = Result<bool>> + Send {
         async move { Ok(self.stream_version(stream).await? > 0) }
+    }
+
+    /// The newest committed position and the newest one `read_all` can read now.
+    fn log_head(&self) -> impl Future<Output = Result<LogHead>> + Send;
+
+    /// Waits until every event up to `position` is readable by [`read_all`](Self::read_all):
+    /// how a caller reads its own writes (pass the append's
+    /// [`last_position`](AppendResult::last_position)). Returns at once on stores where
+    /// everything committed is readable (memory, SQLite); on PostgreSQL it waits for the
+    /// transactions that started before the append to finish, at most `timeout`, then fails
+    /// with [`Error::Timeout`].
+    fn wait_for(
+        &self,
+        position: Position,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<()>> + Send {
+        let _ = (position, timeout);
+        async { Ok(()) }
     }
 }
 
@@ -417,11 +362,27 @@ macro_rules! forward_event_store {
             {
                 (**self).fold_stream(stream, query, apply)
             }
+
+            fn stream_exists(&self, stream: &StreamId) -> impl Future<Output = Result<bool>> + Send {
+                (**self).stream_exists(stream)
+            }
+
+            fn log_head(&self) -> impl Future<Output = Result<LogHead>> + Send {
+                (**self).log_head()
+            }
+
+            fn wait_for(
+                &self,
+                position: Position,
+                timeout: Duration,
+            ) -> impl Future<Output = Result<()>> + Send {
+                (**self).wait_for(position, timeout)
+            }
         }
     )*};
 }
 
-forward_event_store!(&S, std::sync::Arc<S>);
+forward_event_store!(&S, std::sync::Arc<S>, Box<S>);
 
 /// Checks a batch before any store writes it, so that every backend refuses the same input with
 /// the same error: a bad stream id, an empty or NUL-holding event type, a schema version of 0,
@@ -501,13 +462,47 @@ fn has_nul_escape(json: &str) -> bool {
     false
 }
 
-/// A [`EventStore::read_all`] stream built from a function that fetches one page: the events
-/// after a position, at most a limit. Pages are fetched lazily, one at a time; an error is
-/// yielded (never swallowed as the end of the stream) and ends the stream.
+/// For an append whose event ids are all stored already: if they are stored in `stream`, at
+/// consecutive versions in the batch's order, after a version that satisfies `expected`, this is
+/// the same append retried after its outcome was lost (a connection dropped during the commit),
+/// and it reports the result the first attempt had. `stored` gives, in the batch's order, each
+/// event's stream, version and position.
+pub(crate) fn retried_append<'a>(
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    stored: impl IntoIterator<Item = (&'a StreamId, u64, Position)>,
+) -> Option<AppendResult> {
+    let mut first = None;
+    let mut last = None;
+    for (at, version, position) in stored {
+        if at != stream {
+            return None;
+        }
+        match last {
+            None => first = Some(version),
+            Some((previous, _)) if version == previous + 1 => {}
+            Some(_) => return None,
+        }
+        last = Some((version, position));
+    }
+    let (first, (version, position)) = (first?, last?);
+    expected.is_satisfied_by(first - 1).then_some(AppendResult {
+        stream_version: version,
+        last_position: position,
+    })
+}
+
+/// One row of a global read: its position, and the event or why the row cannot be read.
+pub(crate) type PageRow = (Position, Result<RecordedEvent>);
+
+/// A [`EventStore::read_all`] stream built from a function that fetches one page: the rows after
+/// a position, at most a limit. Pages are fetched lazily, one at a time. A damaged row is
+/// yielded as its error and the read goes on after it; an error fetching a page is yielded
+/// (never swallowed as the end of the stream) and ends the stream.
 pub(crate) fn paged<'a, F, Fut>(query: ReadAll, fetch: F) -> BoxStream<'a, Result<RecordedEvent>>
 where
     F: Fn(ReadAll) -> Fut + Send + Sync + 'a,
-    Fut: Future<Output = Result<Vec<RecordedEvent>>> + Send + 'a,
+    Fut: Future<Output = Result<Vec<PageRow>>> + Send + 'a,
 {
     use futures::StreamExt;
     let pages = futures::stream::unfold(Some(query), move |state| {
@@ -515,19 +510,19 @@ where
         async move {
             let (page, query) = page?;
             match page.await {
-                Ok(events) => {
-                    let next = match events.last() {
-                        Some(last) if events.len() >= query.batch_size => Some(ReadAll {
-                            after: last.position,
+                Ok(rows) => {
+                    let next = match rows.last() {
+                        Some((last, _)) if rows.len() >= query.batch_size => Some(ReadAll {
+                            after: *last,
                             ..query
                         }),
                         _ => None,
                     };
-                    if events.is_empty() {
+                    if rows.is_empty() {
                         return None;
                     }
                     Some((
-                        futures::stream::iter(events.into_iter().map(Ok)).left_stream(),
+                        futures::stream::iter(rows.into_iter().map(|(_, row)| row)).left_stream(),
                         next,
                     ))
                 }
@@ -536,6 +531,45 @@ where
         }
     });
     pages.flatten().boxed()
+}
+
+/// Checks that a stream read returned consecutive versions (ascending, or descending for a
+/// backwards read) starting where the query starts: a gap means rows were deleted or changed
+/// behind the store's back, and every read path reports it the same way.
+pub(crate) fn check_sequence(
+    stream: &StreamId,
+    query: &StreamQuery,
+    events: &[RecordedEvent],
+) -> Result<()> {
+    let mut expected = if query.backwards {
+        None
+    } else {
+        Some(query.from_version)
+    };
+    for event in events {
+        if let Some(due) = expected
+            && event.version != due
+        {
+            return Err(Error::corrupt(
+                stream,
+                format!(
+                    "the store returned version {} where version {due} was due",
+                    event.version
+                ),
+            )
+            .at_row(
+                Some(event.position),
+                Some(event.version),
+                Some(&event.event_type),
+            ));
+        }
+        expected = Some(if query.backwards {
+            event.version.saturating_sub(1)
+        } else {
+            event.version + 1
+        });
+    }
+    Ok(())
 }
 
 /// The free-form part of the metadata as JSON, `None` when there is none.
@@ -556,7 +590,7 @@ pub(crate) fn extra_json(metadata: &crate::event::Metadata) -> Option<String> {
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) struct EventRow {
     pub(crate) stream: StreamId,
-    pub(crate) position: i64,
+    pub(crate) position: Position,
     pub(crate) event_id: uuid::Uuid,
     pub(crate) version: i64,
     pub(crate) event_type: String,
@@ -566,39 +600,85 @@ pub(crate) struct EventRow {
     pub(crate) payload: String,
 }
 
-/// A view of a row read by a store's `fold_stream`, or [`Error::Corrupt`] if its numbers are
-/// out of range.
+/// Reads the columns of one row, turning a column that cannot be read into an
+/// [`Error::Corrupt`] that names the stream, the position and whatever else was read before it.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) struct RowReader<'r, R> {
+    pub(crate) row: &'r R,
+    pub(crate) stream: &'r StreamId,
+    pub(crate) position: Option<Position>,
+    pub(crate) version: Option<u64>,
+    pub(crate) event_type: Option<&'r str>,
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl<'r, R: sqlx::Row> RowReader<'r, R> {
+    pub(crate) fn new(row: &'r R, stream: &'r StreamId, position: Option<Position>) -> Self {
+        RowReader {
+            row,
+            stream,
+            position,
+            version: None,
+            event_type: None,
+        }
+    }
+
+    /// Column `index` (named `name` in errors) as a `T`.
+    pub(crate) fn get<T>(&self, index: usize, name: &str) -> Result<T>
+    where
+        T: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        usize: sqlx::ColumnIndex<R>,
+    {
+        self.row
+            .try_get(index)
+            .map_err(|err| self.damaged(format!("column `{name}` cannot be read: {err}")))
+    }
+
+    /// The error for this row.
+    pub(crate) fn damaged(&self, reason: String) -> Error {
+        Error::corrupt(self.stream, reason).at_row(self.position, self.version, self.event_type)
+    }
+}
+
+/// A view of a row read by a store's `fold_stream`, after the checks every read path makes:
+/// versions in range, metadata readable.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn row_view<'a>(
     stream: &'a StreamId,
+    position: Position,
     version: i64,
     event_type: &'a str,
     schema_version: i64,
+    metadata: Option<&str>,
     payload: &'a str,
 ) -> Result<EventView<'a>> {
-    let (version, schema_version) = checked_versions(stream, version, schema_version)?;
+    let (version, schema_version) = match crate::stream::checked_versions(version, schema_version) {
+        Some(versions) => versions,
+        None => {
+            return Err(Error::corrupt(
+                stream,
+                format!("version {version} or schema version {schema_version} out of range"),
+            )
+            .at_row(
+                Some(position),
+                u64::try_from(version).ok(),
+                Some(event_type),
+            ));
+        }
+    };
+    if let Some(packed) = metadata {
+        unpack_metadata(packed).map_err(|reason| {
+            Error::corrupt(stream, reason).at_row(Some(position), Some(version), Some(event_type))
+        })?;
+    }
     Ok(EventView::new(
         stream,
+        position,
         version,
         event_type,
         schema_version,
         payload,
     ))
-}
-
-/// A stored row's version in its stream and schema version, or [`Error::Corrupt`] unless both
-/// are at least 1 (and the schema version fits a `u32`): the one rule of every read path.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn checked_versions(stream: &StreamId, version: i64, schema_version: i64) -> Result<(u64, u32)> {
-    match (u64::try_from(version), u32::try_from(schema_version)) {
-        (Ok(version), Ok(schema_version)) if version > 0 && schema_version > 0 => {
-            Ok((version, schema_version))
-        }
-        _ => Err(Error::Corrupt {
-            stream: stream.clone(),
-            reason: format!("version {version} or schema version {schema_version} out of range"),
-        }),
-    }
 }
 
 /// A snapshot read from a `snapshots` row, or [`Error::Corrupt`] if its numbers are out of
@@ -616,19 +696,18 @@ pub(crate) fn snapshot_row(
         u32::try_from(state_version),
         taken_at,
     ) {
-        (Ok(version), Ok(state_version), Some(taken_at)) => Ok(crate::snapshot::Snapshot {
-            stream: stream.clone(),
-            version,
-            state_version,
-            state,
-            taken_at,
-        }),
-        _ => Err(Error::Corrupt {
-            stream: stream.clone(),
-            reason: format!(
+        (Ok(version), Ok(state_version), Some(taken_at)) => {
+            Ok(
+                crate::snapshot::Snapshot::new(stream.clone(), version, state_version, state)
+                    .taken_at(taken_at),
+            )
+        }
+        _ => Err(Error::corrupt(
+            stream,
+            format!(
                 "snapshot version {version}, state version {state_version} or time out of range"
             ),
-        }),
+        )),
     }
 }
 
@@ -641,6 +720,28 @@ type PackedMetadata = (
     Option<String>,
     Option<serde_json::Map<String, serde_json::Value>>,
 );
+
+/// Decodes the packed metadata column, or says why it cannot be.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn unpack_metadata(packed: &str) -> std::result::Result<crate::event::Metadata, String> {
+    let (tenant_id, actor_id, correlation, causation, extra): PackedMetadata =
+        serde_json::from_str(packed).map_err(|err| format!("metadata: {err}"))?;
+    let uuid = |text: Option<String>| -> std::result::Result<Option<uuid::Uuid>, String> {
+        match text.filter(|t| !t.is_empty()) {
+            None => Ok(None),
+            Some(t) => uuid::Uuid::parse_str(&t)
+                .map(Some)
+                .map_err(|err| format!("metadata: {err}")),
+        }
+    };
+    let mut metadata = crate::event::Metadata::new();
+    metadata.tenant_id = tenant_id;
+    metadata.actor_id = actor_id;
+    metadata.correlation_id = uuid(correlation)?;
+    metadata.causation_id = uuid(causation)?;
+    metadata.extra = extra.unwrap_or_default();
+    Ok(metadata)
+}
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 impl EventRow {
@@ -657,37 +758,27 @@ impl EventRow {
             metadata,
             payload,
         } = self;
-        let corrupt = |reason: String| Error::Corrupt {
-            stream: stream.clone(),
-            reason,
+        let damaged = |reason: String, version: Option<u64>| {
+            Error::corrupt(&stream, reason).at_row(Some(position), version, Some(&event_type))
         };
-        let (version, schema_version) = checked_versions(&stream, version, schema_version)?;
-        let (Ok(position), Some(occurred_at)) = (u64::try_from(position), occurred_at) else {
-            return Err(corrupt(format!(
-                "position {position} or the time of the event at version {version} is out of range"
-            )));
+        let Some((version, schema_version)) =
+            crate::stream::checked_versions(version, schema_version)
+        else {
+            return Err(damaged(
+                format!("version {version} or schema version {schema_version} out of range"),
+                None,
+            ));
+        };
+        let Some(occurred_at) = occurred_at else {
+            return Err(damaged(
+                "the time of the event is out of range".into(),
+                Some(version),
+            ));
         };
         let metadata = match metadata {
             None => crate::event::Metadata::new(),
             Some(packed) => {
-                let bad = |what: String| corrupt(format!("metadata at version {version}: {what}"));
-                let (tenant_id, actor_id, correlation, causation, extra): PackedMetadata =
-                    serde_json::from_str(&packed).map_err(|err| bad(err.to_string()))?;
-                let uuid = |text: Option<String>| -> Result<Option<uuid::Uuid>> {
-                    match text.filter(|t| !t.is_empty()) {
-                        None => Ok(None),
-                        Some(t) => uuid::Uuid::parse_str(&t)
-                            .map(Some)
-                            .map_err(|err| bad(err.to_string())),
-                    }
-                };
-                let mut metadata = crate::event::Metadata::new();
-                metadata.tenant_id = tenant_id;
-                metadata.actor_id = actor_id;
-                metadata.correlation_id = uuid(correlation)?;
-                metadata.causation_id = uuid(causation)?;
-                metadata.extra = extra.unwrap_or_default();
-                metadata
+                unpack_metadata(&packed).map_err(|reason| damaged(reason, Some(version)))?
             }
         };
         Ok(RecordedEvent {

@@ -22,8 +22,9 @@
 //! never by message text.
 
 use super::{
-    AppendResult, EventRow, EventStore, ExpectedVersion, ReadAll, StreamId, StreamQuery,
-    extra_json, paged, row_view, snapshot_row, validate_append,
+    AppendResult, EventRow, EventStore, ExpectedVersion, LogHead, PageRow, Position, ReadAll,
+    RowReader, StreamId, StreamQuery, check_sequence, extra_json, paged, retried_append, row_view,
+    snapshot_row, validate_append,
 };
 use crate::error::{Error, Result};
 use crate::event::{EventView, NewEvent, RecordedEvent};
@@ -32,14 +33,9 @@ use futures::stream::BoxStream;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 use std::str::FromStr;
-use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use uuid::Uuid;
-
-/// The longest a global read waits for running transactions to let it reach the head it started
-/// with, per page.
-const MAX_FENCE_WAIT: Duration = Duration::from_secs(5);
 
 /// An event store in a PostgreSQL database. Cloning gives another handle to the same pool.
 #[derive(Clone, Debug)]
@@ -48,17 +44,30 @@ pub struct PostgresEventStore {
 }
 
 /// How many times an append with [`ExpectedVersion::Any`] or [`ExpectedVersion::StreamExists`]
-/// is retried when a concurrent writer takes the versions it computed.
-const ANY_VERSION_ATTEMPTS: u32 = 16;
+/// tries on its own when a concurrent writer takes the versions it computed, before it queues
+/// behind the stream's lock (see [`PostgresEventStore::append_locked`]).
+const OPTIMISTIC_ATTEMPTS: u32 = 3;
+
+/// The fence: positions below it belong to finished transactions.
+const FENCE: &str = "pg_snapshot_xmin(pg_current_snapshot())::TEXT::BIGINT * 65536";
+
+/// The packed metadata column (see `EventRow`).
+macro_rules! packed_metadata {
+    () => {
+        "CASE WHEN tenant_id IS NULL AND actor_id IS NULL AND correlation_id IS NULL \
+         AND causation_id IS NULL AND metadata IS NULL THEN NULL \
+         ELSE json_build_array(tenant_id, actor_id, correlation_id, causation_id, metadata)::TEXT END"
+    };
+}
 
 /// The columns of a stream read; a global read adds the stream's (at indexes 8 and 9).
 macro_rules! stream_columns {
     () => {
-        "position, event_id, version, event_type, schema_version, occurred_at, \
-         CASE WHEN tenant_id IS NULL AND actor_id IS NULL AND correlation_id IS NULL \
-         AND causation_id IS NULL AND metadata IS NULL THEN NULL \
-         ELSE json_build_array(tenant_id, actor_id, correlation_id, causation_id, metadata)::TEXT END, \
-         payload::TEXT"
+        concat!(
+            "position, event_id, version, event_type, schema_version, occurred_at, ",
+            packed_metadata!(),
+            ", payload::TEXT"
+        )
     };
 }
 
@@ -119,7 +128,7 @@ impl PostgresEventStore {
         sqlx::migrate!("./migrations/postgres")
             .run(&self.pool)
             .await
-            .map_err(Error::Migration)
+            .map_err(|error| Error::Migration(crate::error::DatabaseError::from_migrate(error)))
     }
 
     /// The pool, for queries of your own (read models in the same database).
@@ -127,12 +136,15 @@ impl PostgresEventStore {
         &self.pool
     }
 
-    async fn append_once(
-        &self,
+    async fn append_once<'c, X>(
+        executor: X,
         stream: &StreamId,
         expected: ExpectedVersion,
         events: &[NewEvent],
-    ) -> std::result::Result<AppendResult, AppendFailure> {
+    ) -> std::result::Result<AppendResult, AppendFailure>
+    where
+        X: sqlx::PgExecutor<'c>,
+    {
         let (kind, exact) = match expected {
             ExpectedVersion::Any => (0, 0),
             ExpectedVersion::NoStream => (1, 0),
@@ -163,8 +175,8 @@ impl PostgresEventStore {
             payloads.push(event.payload.as_str());
         }
         let row = sqlx::query(APPEND)
-            .bind(&*stream.aggregate_type)
-            .bind(&*stream.aggregate_id)
+            .bind(stream.aggregate_type())
+            .bind(stream.aggregate_id())
             .bind(kind)
             .bind(exact)
             .bind(&ids)
@@ -177,7 +189,7 @@ impl PostgresEventStore {
             .bind(&causations)
             .bind(&extras)
             .bind(&payloads)
-            .fetch_one(&self.pool)
+            .fetch_one(executor)
             .await
             .map_err(AppendFailure::Database)?;
         let current: i64 = row.try_get(0).map_err(AppendFailure::Database)?;
@@ -186,7 +198,7 @@ impl PostgresEventStore {
         match (version, position) {
             (Some(version), Some(position)) => Ok(AppendResult {
                 stream_version: version as u64,
-                last_position: position as u64,
+                last_position: Position::new(position as u64),
             }),
             _ => Err(AppendFailure::Rejected {
                 current: current.max(0) as u64,
@@ -203,48 +215,68 @@ impl PostgresEventStore {
             .map_err(Error::database("append"))
     }
 
-    /// The last position matching `query`'s filters among committed events, fenced or not: where
-    /// a `read_all` started now must get to.
-    async fn head(&self, query: &ReadAll) -> Result<u64> {
-        let mut select = QueryBuilder::<Postgres>::new(
-            "SELECT COALESCE(MAX(position), 0)::BIGINT FROM events WHERE TRUE",
-        );
-        push_filters(&mut select, query);
-        let head: i64 = select
-            .build_query_scalar()
-            .fetch_one(&self.pool)
-            .await
-            .map_err(Error::database("read_all"))?;
-        Ok(head.max(0) as u64)
-    }
-
-    /// One page of a global read. Events of finished transactions only (the fence); if the fence
-    /// holds back events below `head` (transactions still running elsewhere), waits for them,
-    /// at most [`MAX_FENCE_WAIT`], so that a read ends only at the head it started with.
-    async fn read_page(&self, query: ReadAll, head: u64) -> Result<Vec<RecordedEvent>> {
-        let deadline = Instant::now() + MAX_FENCE_WAIT;
-        let mut delay = Duration::from_millis(1);
-        loop {
-            let page = self.read_fenced(&query).await?;
-            let last = page.last().map_or(query.after, |event| event.position);
-            if page.len() >= query.batch_size || last >= head {
-                return Ok(page);
-            }
-            if Instant::now() >= deadline {
-                tracing::warn!(
-                    after = last,
-                    head,
-                    "read_all stops short of the head: transactions still running hold back the \
-                     global order; the rest will be read by the next read from this position"
-                );
-                return Ok(page);
-            }
-            tokio::time::sleep(delay).await;
-            delay = (delay * 2).min(Duration::from_millis(50));
+    /// If every event of the batch is stored already (an append retried after its outcome was
+    /// lost), the result the first attempt had; see `retried_append`.
+    async fn stored_already(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<Option<AppendResult>> {
+        let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT e.aggregate_type, e.aggregate_id, e.version, e.position \
+             FROM UNNEST($1::UUID[]) WITH ORDINALITY AS ids(event_id, ord) \
+             JOIN events e ON e.event_id = ids.event_id ORDER BY ids.ord",
+        )
+        .bind(&ids)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Error::database("append"))?;
+        if rows.len() != events.len() {
+            return Ok(None);
         }
+        let stored: Vec<(StreamId, u64, Position)> = rows
+            .into_iter()
+            .map(|(aggregate_type, aggregate_id, version, position)| {
+                (
+                    StreamId::unchecked(aggregate_type, aggregate_id),
+                    version.max(0) as u64,
+                    Position::new(position.max(0) as u64),
+                )
+            })
+            .collect();
+        Ok(retried_append(
+            stream,
+            expected,
+            stored.iter().map(|(s, v, p)| (s, *v, *p)),
+        ))
     }
 
-    async fn read_fenced(&self, query: &ReadAll) -> Result<Vec<RecordedEvent>> {
+    /// An append of [`ExpectedVersion::Any`] or [`ExpectedVersion::StreamExists`] that lost the
+    /// race for its versions several times: queues behind a per-stream advisory lock, taken in
+    /// its own transaction, so that such appends to one stream go one at a time and each
+    /// eventually gets its turn (a writer with an exact expected version still only checks).
+    async fn append_locked(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> std::result::Result<AppendResult, AppendFailure> {
+        let mut tx = self.pool.begin().await.map_err(AppendFailure::Database)?;
+        sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))")
+            .bind(stream.aggregate_type())
+            .bind(stream.aggregate_id())
+            .execute(&mut *tx)
+            .await
+            .map_err(AppendFailure::Database)?;
+        let result = Self::append_once(&mut *tx, stream, expected, events).await?;
+        tx.commit().await.map_err(AppendFailure::Database)?;
+        Ok(result)
+    }
+
+    /// One page of a global read: the next events of finished transactions only (the fence).
+    async fn read_page(&self, query: ReadAll) -> Result<Vec<PageRow>> {
         // The page is the next `batch_size` events after the position, cut at the fence. Written
         // as one range (`position > $1 AND position < fence`), a generic plan (what PostgreSQL
         // uses for a prepared statement after five runs), knowing neither bound, estimates a
@@ -256,12 +288,10 @@ impl PostgresEventStore {
             stream_columns!(),
             ", aggregate_type, aggregate_id FROM events WHERE position > "
         ));
-        select.push_bind(i64::try_from(query.after).unwrap_or(i64::MAX));
-        push_filters(&mut select, query);
+        select.push_bind(query.after.to_sql());
+        push_filters(&mut select, &query);
         select.push(format_args!(
-            " ORDER BY position LIMIT {}) page \
-             WHERE position < pg_snapshot_xmin(pg_current_snapshot())::TEXT::BIGINT * 65536 \
-             ORDER BY position",
+            " ORDER BY position LIMIT {}) page WHERE position < {FENCE} ORDER BY position",
             query.batch_size.min(i64::MAX as usize)
         ));
         let rows = select
@@ -311,19 +341,19 @@ impl SnapshotStore for PostgresEventStore {
              WHERE excluded.version >= snapshots.version \
              OR excluded.state_version <> snapshots.state_version",
         )
-        .bind(&*snapshot.stream.aggregate_type)
-        .bind(&*snapshot.stream.aggregate_id)
-        .bind(i64::try_from(snapshot.version).unwrap_or(i64::MAX))
-        .bind(i32::try_from(snapshot.state_version).unwrap_or(i32::MAX))
-        .bind(&snapshot.state)
-        .bind(snapshot.taken_at)
+        .bind(snapshot.stream().aggregate_type())
+        .bind(snapshot.stream().aggregate_id())
+        .bind(i64::try_from(snapshot.version()).unwrap_or(i64::MAX))
+        .bind(i32::try_from(snapshot.state_version()).unwrap_or(i32::MAX))
+        .bind(snapshot.state())
+        .bind(snapshot.time())
         .execute(&self.pool)
         .await
         .map_err(
             |err| match err.as_database_error().and_then(|db| db.code()) {
                 // invalid_text_representation: the state is not JSON.
                 Some(code) if code == "22P02" => Error::InvalidInput {
-                    stream: snapshot.stream.clone(),
+                    stream: snapshot.stream().clone(),
                     reason: "the snapshot's state is not valid JSON".into(),
                 },
                 _ => Error::database("save snapshot")(err),
@@ -337,8 +367,8 @@ impl SnapshotStore for PostgresEventStore {
             "SELECT version, state_version, state::TEXT, taken_at FROM snapshots \
              WHERE aggregate_type = $1 AND aggregate_id = $2",
         )
-        .bind(&*stream.aggregate_type)
-        .bind(&*stream.aggregate_id)
+        .bind(stream.aggregate_type())
+        .bind(stream.aggregate_id())
         .fetch_optional(&self.pool)
         .await
         .map_err(Error::database("load snapshot"))?;
@@ -351,8 +381,8 @@ impl SnapshotStore for PostgresEventStore {
     async fn delete_snapshot(&self, stream: &StreamId) -> Result<bool> {
         let done =
             sqlx::query("DELETE FROM snapshots WHERE aggregate_type = $1 AND aggregate_id = $2")
-                .bind(&*stream.aggregate_type)
-                .bind(&*stream.aggregate_id)
+                .bind(stream.aggregate_type())
+                .bind(stream.aggregate_id())
                 .execute(&self.pool)
                 .await
                 .map_err(Error::database("delete snapshot"))?;
@@ -369,21 +399,43 @@ impl EventStore for PostgresEventStore {
     ) -> Result<AppendResult> {
         validate_append(stream, &events)?;
         if events.is_empty() {
-            let current = self.stream_version(stream).await?;
+            let (current, last): (i64, Option<i64>) = sqlx::query_as(
+                "SELECT COALESCE(MAX(version), 0)::BIGINT, MAX(position) FROM events \
+                 WHERE aggregate_type = $1 AND aggregate_id = $2",
+            )
+            .bind(stream.aggregate_type())
+            .bind(stream.aggregate_id())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::database("append"))?;
+            let current = current.max(0) as u64;
             if !expected.is_satisfied_by(current) {
                 return Err(expected.conflict(stream, current));
             }
             return Ok(AppendResult {
                 stream_version: current,
-                last_position: 0,
+                last_position: Position::new(last.unwrap_or(0).max(0) as u64),
             });
         }
+        let retry = matches!(
+            expected,
+            ExpectedVersion::Any | ExpectedVersion::StreamExists
+        );
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let err = match self.append_once(stream, expected, &events).await {
+            let outcome = if attempt > OPTIMISTIC_ATTEMPTS {
+                self.append_locked(stream, expected, &events).await
+            } else {
+                Self::append_once(&self.pool, stream, expected, &events).await
+            };
+            let err = match outcome {
                 Ok(result) => return Ok(result),
                 Err(AppendFailure::Rejected { current }) => {
+                    // An append retried after its outcome was lost finds its own events stored.
+                    if let Some(done) = self.stored_already(stream, expected, &events).await? {
+                        return Ok(done);
+                    }
                     return Err(expected.conflict(stream, current));
                 }
                 Err(AppendFailure::Database(err)) => err,
@@ -395,16 +447,18 @@ impl EventStore for PostgresEventStore {
             match constraint.as_deref() {
                 Some("events_stream_version") => {
                     // Another writer took the versions between our check and our insert.
-                    let retry = matches!(
-                        expected,
-                        ExpectedVersion::Any | ExpectedVersion::StreamExists
-                    );
-                    if !retry || attempt >= ANY_VERSION_ATTEMPTS {
+                    if !retry {
+                        if let Some(done) = self.stored_already(stream, expected, &events).await? {
+                            return Ok(done);
+                        }
                         let current = self.stream_version(stream).await?;
                         return Err(expected.conflict(stream, current));
                     }
                 }
                 Some("events_event_id") => {
+                    if let Some(done) = self.stored_already(stream, expected, &events).await? {
+                        return Ok(done);
+                    }
                     let event_id = self.taken_event_id(&events).await?;
                     return Err(match event_id {
                         Some(event_id) => Error::DuplicateEvent {
@@ -438,8 +492,8 @@ impl EventStore for PostgresEventStore {
         );
         let (from, to) = query.sql_versions();
         let rows = sqlx::query(if query.backwards { BACKWARDS } else { FORWARDS })
-            .bind(&*stream.aggregate_type)
-            .bind(&*stream.aggregate_id)
+            .bind(stream.aggregate_type())
+            .bind(stream.aggregate_id())
             .bind(from)
             .bind(to)
             .bind(query.until)
@@ -447,20 +501,55 @@ impl EventStore for PostgresEventStore {
             .fetch_all(&self.pool)
             .await
             .map_err(Error::database("read_stream"))?;
-        rows.iter()
-            .map(|row| decode_row(row, Some(stream)))
-            .collect()
+        let events = rows
+            .iter()
+            .map(|row| decode_row(row, Some(stream))?.1)
+            .collect::<Result<Vec<_>>>()?;
+        check_sequence(stream, &query, &events)?;
+        Ok(events)
     }
 
     fn read_all(&self, query: ReadAll) -> BoxStream<'_, Result<RecordedEvent>> {
-        let head = Arc::new(tokio::sync::OnceCell::new());
-        paged(query, move |query| {
-            let head = Arc::clone(&head);
-            async move {
-                let head = *head.get_or_try_init(|| self.head(&query)).await?;
-                self.read_page(query, head).await
-            }
+        paged(query, move |query| self.read_page(query))
+    }
+
+    async fn log_head(&self) -> Result<LogHead> {
+        let (last, readable, held_back): (Option<i64>, i64, i64) = sqlx::query_as(&format!(
+            "WITH fence AS (SELECT {FENCE} AS f) SELECT \
+             (SELECT MAX(position) FROM events), \
+             COALESCE((SELECT MAX(position) FROM events, fence WHERE position < fence.f), 0), \
+             (SELECT COUNT(*) FROM events, fence WHERE position >= fence.f)"
+        ))
+        .fetch_one(&self.pool)
+        .await
+        .map_err(Error::database("log_head"))?;
+        Ok(LogHead {
+            last: Position::new(last.unwrap_or(0).max(0) as u64),
+            readable: Position::new(readable.max(0) as u64),
+            held_back: held_back.max(0) as u64,
         })
+    }
+
+    async fn wait_for(&self, position: Position, timeout: Duration) -> Result<()> {
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(1);
+        loop {
+            let fence: i64 = sqlx::query_scalar(&format!("SELECT {FENCE}"))
+                .fetch_one(&self.pool)
+                .await
+                .map_err(Error::database("wait_for"))?;
+            if position.to_sql() < fence {
+                return Ok(());
+            }
+            if started.elapsed() >= timeout {
+                return Err(Error::Timeout {
+                    operation: "waiting for a position to become readable",
+                    waited: started.elapsed(),
+                });
+            }
+            tokio::time::sleep(delay.min(timeout.saturating_sub(started.elapsed()))).await;
+            delay = (delay * 2).min(Duration::from_millis(50));
+        }
     }
 
     async fn fold_stream<F>(
@@ -472,13 +561,17 @@ impl EventStore for PostgresEventStore {
     where
         F: FnMut(EventView<'_>) -> Result<()> + Send,
     {
-        const SQL: &str = "SELECT version, event_type, schema_version, payload::TEXT FROM events \
+        const SQL: &str = concat!(
+            "SELECT position, version, event_type, schema_version, ",
+            packed_metadata!(),
+            ", payload::TEXT FROM events \
              WHERE aggregate_type = $1 AND aggregate_id = $2 AND version BETWEEN $3 AND $4 \
-             AND ($5::TIMESTAMPTZ IS NULL OR occurred_at <= $5) ORDER BY version ASC LIMIT $6";
+             AND ($5::TIMESTAMPTZ IS NULL OR occurred_at <= $5) ORDER BY version ASC LIMIT $6"
+        );
         let (from, to) = query.sql_versions();
         let rows = sqlx::query(SQL)
-            .bind(&*stream.aggregate_type)
-            .bind(&*stream.aggregate_id)
+            .bind(stream.aggregate_type())
+            .bind(stream.aggregate_id())
             .bind(from)
             .bind(to)
             .bind(query.until)
@@ -486,14 +579,25 @@ impl EventStore for PostgresEventStore {
             .fetch_all(&self.pool)
             .await
             .map_err(Error::database("load"))?;
-        let get = |err: sqlx::Error| Error::database("decode row")(err);
         for row in &rows {
+            let position = Position::new(
+                row.try_get::<i64, _>(0)
+                    .map_err(Error::database("load"))?
+                    .max(0) as u64,
+            );
+            let mut reader = RowReader::new(row, stream, Some(position));
+            let version: i64 = reader.get(1, "version")?;
+            reader.version = u64::try_from(version).ok();
+            let event_type: &str = reader.get(2, "event_type")?;
+            reader.event_type = Some(event_type);
             apply(row_view(
                 stream,
-                row.try_get(0).map_err(get)?,
-                row.try_get(1).map_err(get)?,
-                i64::from(row.try_get::<i32, _>(2).map_err(get)?),
-                row.try_get(3).map_err(get)?,
+                position,
+                version,
+                event_type,
+                i64::from(reader.get::<i32>(3, "schema_version")?),
+                reader.get::<Option<&str>>(4, "metadata")?,
+                reader.get(5, "payload")?,
             )?)?;
         }
         Ok(())
@@ -503,8 +607,8 @@ impl EventStore for PostgresEventStore {
         let version: i64 = sqlx::query_scalar(
             "SELECT COALESCE(MAX(version), 0)::BIGINT FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
         )
-        .bind(&*stream.aggregate_type)
-        .bind(&*stream.aggregate_id)
+        .bind(stream.aggregate_type())
+        .bind(stream.aggregate_id())
         .fetch_one(&self.pool)
         .await
         .map_err(Error::database("stream_version"))?;
@@ -512,25 +616,51 @@ impl EventStore for PostgresEventStore {
     }
 }
 
-fn decode_row(row: &PgRow, stream: Option<&StreamId>) -> Result<RecordedEvent> {
-    let get = |err: sqlx::Error| Error::database("decode row")(err);
+/// Reads one row of the `events` table: its position (an error here is the database's), then
+/// the event, or why the row is damaged.
+fn decode_row(row: &PgRow, stream: Option<&StreamId>) -> Result<PageRow> {
+    let position = Position::new(
+        row.try_get::<i64, _>(0)
+            .map_err(Error::database("read"))?
+            .max(0) as u64,
+    );
+    let owned;
     let stream = match stream {
-        Some(stream) => stream.clone(),
-        None => StreamId::new(
-            row.try_get::<&str, _>(8).map_err(get)?,
-            row.try_get::<&str, _>(9).map_err(get)?,
-        ),
+        Some(stream) => stream,
+        None => {
+            let unreadable = StreamId::unchecked("?", "?");
+            let reader = RowReader::new(row, &unreadable, Some(position));
+            owned = match (
+                reader.get::<&str>(8, "aggregate_type"),
+                reader.get::<&str>(9, "aggregate_id"),
+            ) {
+                (Ok(aggregate_type), Ok(aggregate_id)) => {
+                    StreamId::unchecked(aggregate_type, aggregate_id)
+                }
+                (Err(error), _) | (_, Err(error)) => return Ok((position, Err(error))),
+            };
+            &owned
+        }
     };
+    Ok((position, read_event(row, stream, position)))
+}
+
+fn read_event(row: &PgRow, stream: &StreamId, position: Position) -> Result<RecordedEvent> {
+    let mut reader = RowReader::new(row, stream, Some(position));
+    let version: i64 = reader.get(2, "version")?;
+    reader.version = u64::try_from(version).ok().filter(|v| *v > 0);
+    let event_type: &str = reader.get(3, "event_type")?;
+    reader.event_type = Some(event_type);
     EventRow {
-        stream,
-        position: row.try_get(0).map_err(get)?,
-        event_id: row.try_get(1).map_err(get)?,
-        version: row.try_get(2).map_err(get)?,
-        event_type: row.try_get(3).map_err(get)?,
-        schema_version: i64::from(row.try_get::<i32, _>(4).map_err(get)?),
-        occurred_at: Some(row.try_get(5).map_err(get)?),
-        metadata: row.try_get(6).map_err(get)?,
-        payload: row.try_get(7).map_err(get)?,
+        stream: stream.clone(),
+        position,
+        event_id: reader.get(1, "event_id")?,
+        version,
+        event_type: event_type.to_owned(),
+        schema_version: i64::from(reader.get::<i32>(4, "schema_version")?),
+        occurred_at: Some(reader.get(5, "occurred_at")?),
+        metadata: reader.get(6, "metadata")?,
+        payload: reader.get(7, "payload")?,
     }
     .into_event()
 }

@@ -8,8 +8,9 @@
 //! write is in progress.
 
 use super::{
-    AppendResult, EventRow, EventStore, ExpectedVersion, ReadAll, StreamId, StreamQuery,
-    extra_json, paged, row_view, snapshot_row, validate_append,
+    AppendResult, EventRow, EventStore, ExpectedVersion, LogHead, PageRow, Position, ReadAll,
+    RowReader, StreamId, StreamQuery, check_sequence, extra_json, paged, retried_append, row_view,
+    snapshot_row, validate_append,
 };
 use crate::error::{Error, Result};
 use crate::event::{EventView, NewEvent, RecordedEvent};
@@ -32,14 +33,27 @@ pub struct SqliteEventStore {
     reader: SqlitePool,
 }
 
+/// The packed metadata column (see `EventRow`). Metadata that is not JSON (which the table's
+/// CHECK refuses, but a database from before it may hold) is packed as a string, so that the row
+/// is reported as damaged instead of failing the whole query.
+macro_rules! packed_metadata {
+    () => {
+        "CASE WHEN tenant_id IS NULL AND actor_id IS NULL AND correlation_id IS NULL \
+         AND causation_id IS NULL AND metadata IS NULL THEN NULL \
+         ELSE json_array(tenant_id, actor_id, lower(hex(correlation_id)), \
+         lower(hex(causation_id)), CASE WHEN json_valid(metadata) THEN json(metadata) \
+         ELSE metadata END) END"
+    };
+}
+
 /// The columns of a stream read; a global read adds the stream's (at indexes 8 and 9).
 macro_rules! stream_columns {
     () => {
-        "position, event_id, version, event_type, schema_version, occurred_at, \
-         CASE WHEN tenant_id IS NULL AND actor_id IS NULL AND correlation_id IS NULL \
-         AND causation_id IS NULL AND metadata IS NULL THEN NULL \
-         ELSE json_array(tenant_id, actor_id, lower(hex(correlation_id)), \
-         lower(hex(causation_id)), json(metadata)) END, payload"
+        concat!(
+            "position, event_id, version, event_type, schema_version, occurred_at, ",
+            packed_metadata!(),
+            ", payload"
+        )
     };
 }
 
@@ -69,6 +83,24 @@ impl SqliteEventStore {
     /// durable when it returns) and a busy timeout are set on top of them; the schema is created
     /// if it is missing.
     pub async fn connect_with(options: SqliteConnectOptions) -> Result<Self> {
+        // Two processes (or two stores) opening a new file at the same moment race to switch it
+        // to WAL mode and to create the schema; the loser sees "database is locked" or the
+        // winner's migration row. Both are over once the winner is done: try again.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+        let mut delay = Duration::from_millis(5);
+        loop {
+            match Self::open_once(options.clone()).await {
+                Err(error) if is_open_race(&error) && tokio::time::Instant::now() < deadline => {
+                    tracing::debug!(%error, "another connection is creating the database; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_millis(200));
+                }
+                result => return result,
+            }
+        }
+    }
+
+    async fn open_once(options: SqliteConnectOptions) -> Result<Self> {
         let in_memory = options.get_filename() == Path::new(":memory:");
         let options = options
             .create_if_missing(true)
@@ -89,7 +121,7 @@ impl SqliteEventStore {
         sqlx::migrate!("./migrations/sqlite")
             .run(&writer)
             .await
-            .map_err(Error::Migration)?;
+            .map_err(|error| Error::Migration(crate::error::DatabaseError::from_migrate(error)))?;
         let reader = if in_memory {
             writer.clone()
         } else {
@@ -108,10 +140,11 @@ impl SqliteEventStore {
         &self.reader
     }
 
-    /// Closes every connection, waiting for those in use.
+    /// Closes every connection, waiting for those in use. When it returns, the database file is
+    /// released: another process can open it at once.
     pub async fn close(&self) {
-        self.writer.close().await;
         self.reader.close().await;
+        self.writer.close().await;
     }
 
     async fn append_inner(
@@ -127,10 +160,14 @@ impl SqliteEventStore {
             .map_err(Error::database("append"))?;
         let current = current_version(&mut tx, stream).await?;
         if !expected.is_satisfied_by(current) {
+            // An append retried after its outcome was lost finds its own events stored.
+            if let Some(done) = stored_already(&mut tx, stream, expected, events).await? {
+                return Ok(done);
+            }
             return Err(expected.conflict(stream, current));
         }
 
-        let mut last_position = 0;
+        let mut last_position = Position::START;
         for (chunk_index, chunk) in events.chunks(ROWS_PER_INSERT).enumerate() {
             let first_version = current + (chunk_index * ROWS_PER_INSERT) as u64 + 1;
             let mut insert = QueryBuilder::<Sqlite>::new(
@@ -140,8 +177,8 @@ impl SqliteEventStore {
             );
             insert.push_values(chunk.iter().enumerate(), |mut row, (i, event)| {
                 row.push_bind(event.event_id)
-                    .push_bind(&*stream.aggregate_type)
-                    .push_bind(&*stream.aggregate_id)
+                    .push_bind(stream.aggregate_type())
+                    .push_bind(stream.aggregate_id())
                     .push_bind(to_i64(first_version + i as u64))
                     .push_bind(&*event.event_type)
                     .push_bind(event.schema_version)
@@ -154,36 +191,39 @@ impl SqliteEventStore {
                     .push_bind(&event.payload);
             });
             match insert.build().execute(&mut *tx).await {
-                Ok(done) => last_position = done.last_insert_rowid() as u64,
+                Ok(done) => last_position = Position::new(done.last_insert_rowid() as u64),
                 Err(err) if is_unique_violation(&err) => {
                     // The version was checked under the write lock, so the taken key is an
                     // event id. Find which one (without reading the error text).
                     let ids: Vec<Uuid> = chunk.iter().map(|e| e.event_id).collect();
+                    if let Some(done) = stored_already(&mut tx, stream, expected, events).await? {
+                        return Ok(done);
+                    }
                     let taken = taken_event_id(&mut tx, &ids).await?;
                     return Err(match taken {
                         Some(event_id) => Error::DuplicateEvent {
                             stream: stream.clone(),
                             event_id,
                         },
-                        None => Error::Database {
-                            operation: "append",
-                            source: err,
-                        },
+                        None => Error::database("append")(err),
                     });
                 }
                 Err(err) => return Err(Error::database("append")(err)),
             }
         }
         if events.is_empty() {
-            last_position = sqlx::query_scalar::<_, Option<i64>>(
-                "SELECT MAX(position) FROM events WHERE aggregate_type = ? AND aggregate_id = ?",
-            )
-            .bind(&*stream.aggregate_type)
-            .bind(&*stream.aggregate_id)
-            .fetch_one(&mut *tx)
-            .await
-            .map_err(Error::database("append"))?
-            .unwrap_or(0) as u64;
+            last_position = Position::new(
+                sqlx::query_scalar::<_, Option<i64>>(
+                    "SELECT MAX(position) FROM events WHERE aggregate_type = ? AND aggregate_id = ?",
+                )
+                .bind(stream.aggregate_type())
+                .bind(stream.aggregate_id())
+                .fetch_one(&mut *tx)
+                .await
+                .map_err(Error::database("append"))?
+                .unwrap_or(0)
+                .max(0) as u64,
+            );
         }
         tx.commit().await.map_err(Error::database("append"))?;
         Ok(AppendResult {
@@ -192,13 +232,13 @@ impl SqliteEventStore {
         })
     }
 
-    async fn read_page(&self, query: ReadAll) -> Result<Vec<RecordedEvent>> {
+    async fn read_page(&self, query: ReadAll) -> Result<Vec<PageRow>> {
         let mut select = QueryBuilder::<Sqlite>::new(concat!(
             "SELECT ",
             stream_columns!(),
             ", aggregate_type, aggregate_id FROM events WHERE position > "
         ));
-        select.push_bind(to_i64(query.after));
+        select.push_bind(query.after.to_sql());
         if !query.event_types.is_empty() {
             select.push(" AND event_type IN (SELECT value FROM json_each(");
             select.push_bind(serde_json::to_string(&query.event_types).unwrap_or_default());
@@ -222,6 +262,16 @@ impl SqliteEventStore {
             .map_err(Error::database("read_all"))?;
         rows.iter().map(|row| decode_row(row, None)).collect()
     }
+}
+
+/// Whether opening failed only because another connection is creating the same database.
+fn is_open_race(error: &Error) -> bool {
+    let code = match error {
+        Error::Database { source, .. } | Error::Migration(source) => source.code(),
+        _ => None,
+    };
+    // SQLITE_BUSY (5) and its extended codes; a unique violation on sqlx's migration table.
+    matches!(code, Some("5" | "261" | "517" | "773" | "2067" | "1555"))
 }
 
 impl EventStore for SqliteEventStore {
@@ -256,8 +306,8 @@ impl EventStore for SqliteEventStore {
         let until = query.until.map(|t| t.timestamp_micros());
         let (from, to) = query.sql_versions();
         let rows = sqlx::query(sql)
-            .bind(&*stream.aggregate_type)
-            .bind(&*stream.aggregate_id)
+            .bind(stream.aggregate_type())
+            .bind(stream.aggregate_id())
             .bind(from)
             .bind(to)
             .bind(until)
@@ -266,9 +316,12 @@ impl EventStore for SqliteEventStore {
             .fetch_all(&self.reader)
             .await
             .map_err(Error::database("read_stream"))?;
-        rows.iter()
-            .map(|row| decode_row(row, Some(stream)))
-            .collect()
+        let events = rows
+            .iter()
+            .map(|row| decode_row(row, Some(stream))?.1)
+            .collect::<Result<Vec<_>>>()?;
+        check_sequence(stream, &query, &events)?;
+        Ok(events)
     }
 
     fn read_all(&self, query: ReadAll) -> BoxStream<'_, Result<RecordedEvent>> {
@@ -284,14 +337,18 @@ impl EventStore for SqliteEventStore {
     where
         F: FnMut(EventView<'_>) -> Result<()> + Send,
     {
-        const SQL: &str = "SELECT version, event_type, schema_version, payload FROM events \
+        const SQL: &str = concat!(
+            "SELECT position, version, event_type, schema_version, ",
+            packed_metadata!(),
+            ", payload FROM events \
              WHERE aggregate_type = ? AND aggregate_id = ? AND version BETWEEN ? AND ? \
-             AND (? IS NULL OR occurred_at <= ?) ORDER BY version ASC LIMIT ?";
+             AND (? IS NULL OR occurred_at <= ?) ORDER BY version ASC LIMIT ?"
+        );
         let (from, to) = query.sql_versions();
         let until = query.until.map(|t| t.timestamp_micros());
         let rows = sqlx::query(SQL)
-            .bind(&*stream.aggregate_type)
-            .bind(&*stream.aggregate_id)
+            .bind(stream.aggregate_type())
+            .bind(stream.aggregate_id())
             .bind(from)
             .bind(to)
             .bind(until)
@@ -300,14 +357,25 @@ impl EventStore for SqliteEventStore {
             .fetch_all(&self.reader)
             .await
             .map_err(Error::database("load"))?;
-        let get = |err: sqlx::Error| Error::database("decode row")(err);
         for row in &rows {
+            let position = Position::new(
+                row.try_get::<i64, _>(0)
+                    .map_err(Error::database("load"))?
+                    .max(0) as u64,
+            );
+            let mut reader = RowReader::new(row, stream, Some(position));
+            let version: i64 = reader.get(1, "version")?;
+            reader.version = u64::try_from(version).ok();
+            let event_type: &str = reader.get(2, "event_type")?;
+            reader.event_type = Some(event_type);
             apply(row_view(
                 stream,
-                row.try_get(0).map_err(get)?,
-                row.try_get(1).map_err(get)?,
-                row.try_get(2).map_err(get)?,
-                row.try_get(3).map_err(get)?,
+                position,
+                version,
+                event_type,
+                reader.get(3, "schema_version")?,
+                reader.get::<Option<&str>>(4, "metadata")?,
+                reader.get(5, "payload")?,
             )?)?;
         }
         Ok(())
@@ -320,6 +388,20 @@ impl EventStore for SqliteEventStore {
             .await
             .map_err(Error::database("stream_version"))?;
         current_version(&mut conn, stream).await
+    }
+
+    async fn log_head(&self) -> Result<LogHead> {
+        // One writer at a time, positions in commit order: everything committed is readable.
+        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
+            .fetch_one(&self.reader)
+            .await
+            .map_err(Error::database("log_head"))?;
+        let last = Position::new(last.unwrap_or(0).max(0) as u64);
+        Ok(LogHead {
+            last,
+            readable: last,
+            held_back: 0,
+        })
     }
 }
 
@@ -334,12 +416,12 @@ impl SnapshotStore for SqliteEventStore {
              WHERE excluded.version >= snapshots.version \
              OR excluded.state_version <> snapshots.state_version",
         )
-        .bind(&*snapshot.stream.aggregate_type)
-        .bind(&*snapshot.stream.aggregate_id)
-        .bind(to_i64(snapshot.version))
-        .bind(i64::from(snapshot.state_version))
-        .bind(&snapshot.state)
-        .bind(snapshot.taken_at.timestamp_micros())
+        .bind(snapshot.stream().aggregate_type())
+        .bind(snapshot.stream().aggregate_id())
+        .bind(to_i64(snapshot.version()))
+        .bind(i64::from(snapshot.state_version()))
+        .bind(snapshot.state())
+        .bind(snapshot.time().timestamp_micros())
         .execute(&self.writer)
         .await
         .map_err(Error::database("save snapshot"))?;
@@ -351,8 +433,8 @@ impl SnapshotStore for SqliteEventStore {
             "SELECT version, state_version, state, taken_at FROM snapshots \
              WHERE aggregate_type = ? AND aggregate_id = ?",
         )
-        .bind(&*stream.aggregate_type)
-        .bind(&*stream.aggregate_id)
+        .bind(stream.aggregate_type())
+        .bind(stream.aggregate_id())
         .fetch_optional(&self.reader)
         .await
         .map_err(Error::database("load snapshot"))?;
@@ -371,8 +453,8 @@ impl SnapshotStore for SqliteEventStore {
     async fn delete_snapshot(&self, stream: &StreamId) -> Result<bool> {
         let done =
             sqlx::query("DELETE FROM snapshots WHERE aggregate_type = ? AND aggregate_id = ?")
-                .bind(&*stream.aggregate_type)
-                .bind(&*stream.aggregate_id)
+                .bind(stream.aggregate_type())
+                .bind(stream.aggregate_id())
                 .execute(&self.writer)
                 .await
                 .map_err(Error::database("delete snapshot"))?;
@@ -384,12 +466,58 @@ async fn current_version(conn: &mut sqlx::SqliteConnection, stream: &StreamId) -
     let version: i64 = sqlx::query_scalar(
         "SELECT COALESCE(MAX(version), 0) FROM events WHERE aggregate_type = ? AND aggregate_id = ?",
     )
-    .bind(&*stream.aggregate_type)
-    .bind(&*stream.aggregate_id)
+    .bind(stream.aggregate_type())
+    .bind(stream.aggregate_id())
     .fetch_one(conn)
     .await
     .map_err(Error::database("stream_version"))?;
     Ok(version.max(0) as u64)
+}
+
+/// If every event of the batch is stored already (an append retried after its outcome was lost),
+/// the result the first attempt had; see `retried_append`.
+async fn stored_already(
+    conn: &mut sqlx::SqliteConnection,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    events: &[NewEvent],
+) -> Result<Option<AppendResult>> {
+    let Some(first) = events.first() else {
+        return Ok(None);
+    };
+    let found: Option<(String, String, i64, i64)> = sqlx::query_as(
+        "SELECT aggregate_type, aggregate_id, version, position FROM events WHERE event_id = ?",
+    )
+    .bind(first.event_id)
+    .fetch_optional(&mut *conn)
+    .await
+    .map_err(Error::database("append"))?;
+    if found.is_none() {
+        return Ok(None);
+    }
+    let mut stored = Vec::with_capacity(events.len());
+    for event in events {
+        let row: Option<(String, String, i64, i64)> = sqlx::query_as(
+            "SELECT aggregate_type, aggregate_id, version, position FROM events WHERE event_id = ?",
+        )
+        .bind(event.event_id)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(Error::database("append"))?;
+        let Some((aggregate_type, aggregate_id, version, position)) = row else {
+            return Ok(None);
+        };
+        stored.push((
+            StreamId::unchecked(aggregate_type, aggregate_id),
+            version.max(0) as u64,
+            Position::new(position.max(0) as u64),
+        ));
+    }
+    Ok(retried_append(
+        stream,
+        expected,
+        stored.iter().map(|(s, v, p)| (s, *v, *p)),
+    ))
 }
 
 async fn taken_event_id(conn: &mut sqlx::SqliteConnection, ids: &[Uuid]) -> Result<Option<Uuid>> {
@@ -417,25 +545,51 @@ fn to_i64(n: u64) -> i64 {
     i64::try_from(n).unwrap_or(i64::MAX)
 }
 
-fn decode_row(row: &SqliteRow, stream: Option<&StreamId>) -> Result<RecordedEvent> {
-    let get = |err: sqlx::Error| Error::database("decode row")(err);
+/// Reads one row of the `events` table: its position (an error here is the database's), then
+/// the event, or why the row is damaged.
+fn decode_row(row: &SqliteRow, stream: Option<&StreamId>) -> Result<PageRow> {
+    let position = Position::new(
+        row.try_get::<i64, _>(0)
+            .map_err(Error::database("read"))?
+            .max(0) as u64,
+    );
+    let owned;
     let stream = match stream {
-        Some(stream) => stream.clone(),
-        None => StreamId::new(
-            row.try_get::<&str, _>(8).map_err(get)?,
-            row.try_get::<&str, _>(9).map_err(get)?,
-        ),
+        Some(stream) => stream,
+        None => {
+            let unreadable = StreamId::unchecked("?", "?");
+            let reader = RowReader::new(row, &unreadable, Some(position));
+            owned = match (
+                reader.get::<&str>(8, "aggregate_type"),
+                reader.get::<&str>(9, "aggregate_id"),
+            ) {
+                (Ok(aggregate_type), Ok(aggregate_id)) => {
+                    StreamId::unchecked(aggregate_type, aggregate_id)
+                }
+                (Err(error), _) | (_, Err(error)) => return Ok((position, Err(error))),
+            };
+            &owned
+        }
     };
+    Ok((position, read_event(row, stream, position)))
+}
+
+fn read_event(row: &SqliteRow, stream: &StreamId, position: Position) -> Result<RecordedEvent> {
+    let mut reader = RowReader::new(row, stream, Some(position));
+    let version: i64 = reader.get(2, "version")?;
+    reader.version = u64::try_from(version).ok().filter(|v| *v > 0);
+    let event_type: &str = reader.get(3, "event_type")?;
+    reader.event_type = Some(event_type);
     EventRow {
-        stream,
-        position: row.try_get(0).map_err(get)?,
-        event_id: row.try_get(1).map_err(get)?,
-        version: row.try_get(2).map_err(get)?,
-        event_type: row.try_get(3).map_err(get)?,
-        schema_version: row.try_get(4).map_err(get)?,
-        occurred_at: chrono::DateTime::from_timestamp_micros(row.try_get(5).map_err(get)?),
-        metadata: row.try_get(6).map_err(get)?,
-        payload: row.try_get(7).map_err(get)?,
+        stream: stream.clone(),
+        position,
+        event_id: reader.get(1, "event_id")?,
+        version,
+        event_type: event_type.to_owned(),
+        schema_version: reader.get(4, "schema_version")?,
+        occurred_at: chrono::DateTime::from_timestamp_micros(reader.get(5, "occurred_at")?),
+        metadata: reader.get(6, "metadata")?,
+        payload: reader.get(7, "payload")?,
     }
     .into_event()
 }

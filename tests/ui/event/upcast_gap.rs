@@ -14,7 +14,7 @@ impl From<DepositedV1> for Deposited {
 }
 
 #[derive(DomainEvent, Serialize, Deserialize)]
-#[event(version = 3, upcast(from = DepositedV1, version = 1))]
+#[event(version = 3, upcast(from_version = 1, via = DepositedV1))]
 struct Deposited {
     cents: i64,
 }

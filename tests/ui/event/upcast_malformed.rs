@@ -1,4 +1,4 @@
-// An upcast needs a version and exactly one of `from` / `json`; a JSON step cannot follow a typed one.
+// An upcast needs `from_version` and exactly one of `via` / `json`; a JSON step cannot follow a typed one.
 use eventsource::prelude::*;
 use serde::{Deserialize, Serialize};
 
@@ -12,19 +12,19 @@ fn rewrite(v: serde_json::Value) -> Result<serde_json::Value, String> {
 }
 
 #[derive(DomainEvent, Serialize, Deserialize)]
-#[event(version = 2, upcast(from = V1), upcast(version = 1))]
+#[event(version = 2, upcast(via = V1), upcast(from_version = 1))]
 struct Deposited {
     cents: i64,
 }
 
 #[derive(DomainEvent, Serialize, Deserialize)]
-#[event(version = 2, upcast(from = V1, json = rewrite, version = 1, into = V1))]
+#[event(version = 2, upcast(from_version = 1, via = V1, json = rewrite, into = V1))]
 struct Withdrawn {
     cents: i64,
 }
 
 #[derive(DomainEvent, Serialize, Deserialize)]
-#[event(version = 3, upcast(from = V1, version = 1), upcast(json = rewrite, version = 2))]
+#[event(version = 3, upcast(from_version = 1, via = V1), upcast(from_version = 2, json = rewrite))]
 struct Closed {
     cents: i64,
 }

@@ -8,7 +8,7 @@ struct DepositedV1 {
 }
 
 #[derive(DomainEvent, Serialize, Deserialize)]
-#[event(version = 2, upcast(from = DepositedV1, version = 1))]
+#[event(version = 2, upcast(from_version = 1, via = DepositedV1))]
 struct Deposited {
     cents: i64,
 }

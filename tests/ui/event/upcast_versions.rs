@@ -16,10 +16,10 @@ impl From<DepositedV1> for Deposited {
 #[derive(DomainEvent, Serialize, Deserialize)]
 #[event(
     version = 2,
-    upcast(from = DepositedV1, version = 1),
-    upcast(from = DepositedV1, version = 1),
-    upcast(from = DepositedV1, version = 2),
-    upcast(from = DepositedV1, version = 7)
+    upcast(from_version = 1, via = DepositedV1),
+    upcast(from_version = 1, via = DepositedV1),
+    upcast(from_version = 2, via = DepositedV1),
+    upcast(from_version = 7, via = DepositedV1)
 )]
 struct Deposited {
     cents: i64,

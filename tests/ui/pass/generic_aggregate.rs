@@ -1,4 +1,5 @@
-// A generic aggregate: one impl block, generated impls for every instantiation.
+// A generic aggregate: one impl block, generated impls for every instantiation. It names its
+// stored type (required: all instances share it).
 use eventsource::prelude::*;
 use serde::{Deserialize, Serialize};
 
