@@ -50,4 +50,6 @@ every_backend!(
     corrupt_snapshot_is_ignored,
     snapshot_time_travel,
     concurrent_save_and_snapshot,
+    expected_any_under_contention,
+    log_head_and_wait_for,
 );

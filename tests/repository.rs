@@ -352,6 +352,7 @@ fn the_registry_lists_every_derived_event() {
         "{:?}",
         registry.conflicts()
     );
+    registry.check().unwrap();
     assert!(registry.get("repo.Nothing").is_none());
 }
 

@@ -341,3 +341,297 @@ async fn postgres_corrupt_rows_are_typed_errors() {
     .unwrap();
     corrupt_rows_are_typed_errors(db.store()).await;
 }
+
+/// A damaged row among good ones (metadata that is JSON of the wrong shape, written by hand)
+/// does not stop the global log: the events before it are delivered, then the row's error with
+/// its position, stream, version and type, then the events after it; a reader resumes after the
+/// position. Every read path of the damaged stream reports the same error.
+async fn a_damaged_row_does_not_stop_the_log<S, F, Fut>(store: &S, damage: F)
+where
+    S: EventStore,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    store
+        .append(
+            &stream("before"),
+            ExpectedVersion::NoStream,
+            vec![event(1), event(2)],
+        )
+        .await
+        .unwrap();
+    damage().await;
+    let after = store
+        .append(
+            &stream("after"),
+            ExpectedVersion::NoStream,
+            vec![event(3), event(4)],
+        )
+        .await
+        .unwrap();
+    store
+        .wait_for(after.last_position, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+
+    let items: Vec<Result<RecordedEvent, Error>> =
+        store.read_all(ReadAll::from_start()).collect().await;
+    assert_eq!(items.len(), 5, "{items:?}");
+    let damaged_at = match &items[2] {
+        Err(Error::Corrupt {
+            stream: at,
+            position: Some(position),
+            version: Some(1),
+            event_type: Some(event_type),
+            reason,
+        }) => {
+            assert_eq!(*at, stream("bad"));
+            assert_eq!(event_type, "stores.Counted");
+            assert!(reason.contains("metadata"), "{reason}");
+            *position
+        }
+        other => panic!("expected the damaged row's error, got {other:?}"),
+    };
+    let message = items[2].as_ref().unwrap_err().to_string();
+    assert!(
+        message.contains("Counter/bad") && message.contains(&damaged_at.to_string()),
+        "{message}"
+    );
+    let payloads: Vec<&str> = items
+        .iter()
+        .filter_map(|item| item.as_ref().ok())
+        .map(|e| e.payload.as_str())
+        .collect();
+    assert_eq!(
+        payloads,
+        [r#"{"n": 1}"#, r#"{"n": 2}"#, r#"{"n": 3}"#, r#"{"n": 4}"#]
+    );
+    assert_eq!(items[2].as_ref().unwrap_err().position(), Some(damaged_at));
+
+    // Resuming after the damaged row reads the rest; small pages page past it too.
+    let rest: Vec<RecordedEvent> = store
+        .read_all(ReadAll::after(damaged_at))
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(rest.len(), 2);
+    let paged: Vec<Result<RecordedEvent, Error>> = store
+        .read_all(ReadAll::from_start().batch_size(1))
+        .collect()
+        .await;
+    assert_eq!(paged.len(), 5);
+
+    // One rule on every read path.
+    let read = store.read_stream(&stream("bad"), StreamQuery::all()).await;
+    assert!(
+        matches!(&read, Err(Error::Corrupt { position: Some(p), .. }) if *p == damaged_at),
+        "{read:?}"
+    );
+    let loaded = Counter::repository(store).load("bad").await;
+    assert!(
+        matches!(&loaded, Err(Error::Corrupt { position: Some(p), version: Some(1), .. }) if *p == damaged_at),
+        "{loaded:?}"
+    );
+    assert_eq!(
+        Counter::repository(store)
+            .load("after")
+            .await
+            .unwrap()
+            .total,
+        7
+    );
+}
+
+#[tokio::test]
+async fn sqlite_a_damaged_row_does_not_stop_the_log() {
+    let (_dir, store, raw) = sqlite_file_store().await;
+    a_damaged_row_does_not_stop_the_log(&store, || async {
+        sqlx::query(
+            "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
+             schema_version, occurred_at, metadata, payload) \
+             VALUES (?, 'Counter', 'bad', 1, 'stores.Counted', 1, 0, '[1,2]', '{\"n\": 9}')",
+        )
+        .bind(uuid::Uuid::now_v7())
+        .execute(&raw)
+        .await
+        .unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_a_damaged_row_does_not_stop_the_log() {
+    let Some(db) = databases::postgres().await else {
+        return;
+    };
+    let pool = db.store().pool().clone();
+    a_damaged_row_does_not_stop_the_log(db.store(), || async move {
+        sqlx::query(
+            "INSERT INTO events (position, event_id, aggregate_type, aggregate_id, version, \
+             event_type, schema_version, occurred_at, metadata, payload) \
+             VALUES (pg_current_xact_id()::TEXT::BIGINT * 65536, $1, 'Counter', 'bad', 1, \
+             'stores.Counted', 1, now(), '[1,2]', '{\"n\": 9}')",
+        )
+        .bind(uuid::Uuid::now_v7())
+        .execute(&pool)
+        .await
+        .unwrap();
+    })
+    .await;
+}
+
+/// Versions 1, 2 and 4 stored (3 deleted behind the store's back): a stream read and a load
+/// both report the gap, naming where it is.
+async fn a_version_gap_is_reported_by_every_stream_read<S: EventStore>(
+    store: &S,
+    delete_version_3: impl std::future::Future<Output = ()>,
+) {
+    store
+        .append(
+            &stream("gappy"),
+            ExpectedVersion::NoStream,
+            vec![event(1), event(2), event(3), event(4)],
+        )
+        .await
+        .unwrap();
+    delete_version_3.await;
+    let read = store
+        .read_stream(&stream("gappy"), StreamQuery::all())
+        .await;
+    assert!(
+        matches!(
+            &read,
+            Err(Error::Corrupt {
+                version: Some(4),
+                position: Some(_),
+                ..
+            })
+        ),
+        "{read:?}"
+    );
+    let loaded = Counter::repository(store).load("gappy").await;
+    assert!(
+        matches!(
+            &loaded,
+            Err(Error::Corrupt {
+                version: Some(4),
+                position: Some(_),
+                ..
+            })
+        ),
+        "{loaded:?}"
+    );
+    // The part before the gap reads fine.
+    let head = store
+        .read_stream(&stream("gappy"), StreamQuery::all().to_version(2))
+        .await
+        .unwrap();
+    assert_eq!(head.len(), 2);
+}
+
+#[tokio::test]
+async fn sqlite_a_version_gap_is_reported_by_every_stream_read() {
+    let (_dir, store, raw) = sqlite_file_store().await;
+    a_version_gap_is_reported_by_every_stream_read(&store, async {
+        sqlx::query("DELETE FROM events WHERE aggregate_id = 'gappy' AND version = 3")
+            .execute(&raw)
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn postgres_a_version_gap_is_reported_by_every_stream_read() {
+    let Some(db) = databases::postgres().await else {
+        return;
+    };
+    let pool = db.store().pool().clone();
+    a_version_gap_is_reported_by_every_stream_read(db.store(), async move {
+        sqlx::query("DELETE FROM events WHERE aggregate_id = 'gappy' AND version = 3")
+            .execute(&pool)
+            .await
+            .unwrap();
+    })
+    .await;
+}
+
+/// SQLite's tables are STRICT, with metadata checked as JSON: the damage that used to be
+/// possible by hand (a version stored as text, a BLOB payload, metadata that is not JSON) is
+/// refused by the database itself.
+#[tokio::test]
+async fn sqlite_refuses_rows_of_the_wrong_type() {
+    let (_dir, store, raw) = sqlite_file_store().await;
+    for (version, metadata, payload) in [
+        ("'three'", "NULL", "'{}'"),
+        ("1", "NULL", "X'00FF'"),
+        ("1", "'not json'", "'{}'"),
+    ] {
+        let insert = sqlx::query(&format!(
+            "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
+             schema_version, occurred_at, metadata, payload) \
+             VALUES (?, 'Counter', 'typed', {version}, 'stores.Counted', 1, 0, {metadata}, \
+             {payload})"
+        ))
+        .bind(uuid::Uuid::now_v7())
+        .execute(&raw)
+        .await;
+        assert!(insert.is_err(), "{version} {metadata} {payload} was stored");
+    }
+    assert_eq!(store.stream_version(&stream("typed")).await.unwrap(), 0);
+}
+
+/// Two stores opening the same new SQLite file at the same moment both succeed (they race to
+/// switch it to WAL mode and to create the schema).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_two_stores_can_create_one_file_at_once() {
+    for trial in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let (a, b) = tokio::join!(SqliteEventStore::open(&path), SqliteEventStore::open(&path));
+        let (a, b) = (
+            a.unwrap(),
+            b.unwrap_or_else(|e| panic!("trial {trial}: {e}")),
+        );
+        a.append(&stream("x"), ExpectedVersion::NoStream, vec![event(1)])
+            .await
+            .unwrap();
+        assert_eq!(b.stream_version(&stream("x")).await.unwrap(), 1);
+        a.close().await;
+        b.close().await;
+    }
+}
+
+/// When `close()` returns, the database file is released: another connection can take the
+/// write lock at once, and the write-ahead log has been checkpointed away.
+#[tokio::test]
+async fn sqlite_close_releases_the_file() {
+    use sqlx::ConnectOptions;
+    for _ in 0..20 {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("events.db");
+        let store = SqliteEventStore::open(&path).await.unwrap();
+        let events: Vec<NewEvent> = (0..500).map(event).collect();
+        store
+            .append(&stream("c"), ExpectedVersion::NoStream, events)
+            .await
+            .unwrap();
+        store.close().await;
+        let wal = std::fs::metadata(dir.path().join("events.db-wal")).map_or(0, |m| m.len());
+        assert_eq!(
+            wal, 0,
+            "the write-ahead log is checkpointed into the database"
+        );
+        let mut other = sqlx::sqlite::SqliteConnectOptions::new()
+            .filename(&path)
+            .busy_timeout(std::time::Duration::ZERO)
+            .connect()
+            .await
+            .unwrap();
+        sqlx::query("BEGIN EXCLUSIVE")
+            .execute(&mut other)
+            .await
+            .expect("the file is not locked after close");
+        sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+    }
+}

@@ -110,21 +110,29 @@ fn generate(aggregate: &Aggregate) -> TokenStream {
             // "does not handle" errors at every `record` of this event.
             quote!(let _ = event;)
         };
-        quote! {
-            #[automatically_derived]
-            impl #impl_generics #krate::Handles<#event> for #self_ty #where_clause {
-                #[inline]
-                fn handle(&mut self, event: &#event) {
-                    #body
+        // On the handler's event type: two handlers of one type reached through a type alias
+        // conflict here, and rustc then points at both parameters instead of at `#[aggregate]`.
+        respan(
+            quote! {
+                #[automatically_derived]
+                impl #impl_generics #krate::Handles<#event> for #self_ty #where_clause {
+                    #[inline]
+                    fn handle(&mut self, event: &#event) {
+                        #body
+                    }
                 }
-            }
-        }
+            },
+            event.span(),
+        )
     });
     let checks = compile_time_checks(&krate, &name, &handlers);
 
     quote! {
         #[doc(hidden)]
         const _: () = {
+            #[automatically_derived]
+            impl #impl_generics #krate::__private::OnlyOneAggregateBlockPerType for #self_ty #where_clause {}
+
             #[automatically_derived]
             impl #impl_generics #krate::Aggregate for #self_ty #where_clause {
                 const TYPE: &'static str = #name;
@@ -165,7 +173,7 @@ fn compile_time_checks(krate: &syn::Path, name: &str, handlers: &[&Handler]) -> 
             let earlier_ty = &earlier.event;
             let earlier_str = type_string(earlier_ty);
             let message = format!(
-                "`{later_str}` and `{earlier_str}` are both handled by `{name}` but share a stored event name (or alias): rename one with #[event(name = \"...\")]"
+                "`{later_str}` and `{earlier_str}` are both handled by `{name}` but share a stored event name (or alias): if one is a type alias of the other, they are the same event type, so keep one handler; if not, rename one with #[event(name = \"...\")]"
             );
             checks.extend(quote_spanned! {span=>
                 const _: () = ::core::assert!(
@@ -190,6 +198,24 @@ fn compile_time_checks(krate: &syn::Path, name: &str, handlers: &[&Handler]) -> 
         });
     }
     checks
+}
+
+/// `tokens` with every span set to `span`.
+fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
+    tokens
+        .into_iter()
+        .map(|mut token| {
+            if let proc_macro2::TokenTree::Group(group) = &token {
+                let mut inner =
+                    proc_macro2::Group::new(group.delimiter(), respan(group.stream(), span));
+                inner.set_span(span);
+                token = proc_macro2::TokenTree::Group(inner);
+            } else {
+                token.set_span(span);
+            }
+            token
+        })
+        .collect()
 }
 
 /// The aggregate's default name: the last segment of its type (`crate::bank::Account` -> `Account`).

@@ -4,9 +4,10 @@ use crate::internals::Ctxt;
 use crate::internals::ast::Event;
 use crate::internals::attr::{Upcast, UpcastStep};
 use proc_macro2::TokenStream;
-use quote::quote;
+use quote::{quote, quote_spanned};
 use std::collections::BTreeMap;
 use syn::ext::IdentExt;
+use syn::spanned::Spanned;
 
 pub(crate) fn expand(input: &syn::DeriveInput) -> TokenStream {
     let cx = Ctxt::new();
@@ -127,8 +128,16 @@ fn chain_from(
                     Form::Json => expr,
                     Form::Typed(_) => quote!(#krate::__private::to_json(#expr)?),
                 };
+                // Coerced to a function pointer on the user's path, so that a function of another
+                // signature is reported there as not being a `JsonUpcaster`.
+                let upcaster = quote_spanned! {function.span()=>
+                    {
+                        let __upcaster: fn(_) -> _ = #function;
+                        __upcaster
+                    }
+                };
                 expr =
-                    quote!(#krate::__private::upcast_json(#function, #value, #version, #current)?);
+                    quote!(#krate::__private::upcast_json(#upcaster, #value, #version, #current)?);
                 form = Form::Json;
             }
         }

@@ -193,6 +193,39 @@ pub enum Error {
         #[source]
         last: Box<Error>,
     },
+
+    /// Several event types of the program share a stored name (or alias), usually two events of
+    /// different aggregates with the same type name: a stored event of that name could be
+    /// either, so the [`EventRegistry`](crate::EventRegistry) decodes none of them. Returned by
+    /// [`EventRegistry::decode_json`](crate::EventRegistry::decode_json) for such a name, and by
+    /// [`EventRegistry::check`](crate::EventRegistry::check), which also lists the other clashes.
+    #[error(
+        "stored event name `{event_type}` is ambiguous: it names {}; give one of them #[event(name = \"...\")]{}",
+        .rust_types.join(" and "),
+        more_clashes(.other_clashes)
+    )]
+    AmbiguousEventType {
+        /// The stored name (or alias) more than one event type claims.
+        event_type: String,
+        /// The Rust types that claim it, as `std::any::type_name` gives them.
+        rust_types: Vec<&'static str>,
+        /// The program's other ambiguous names, each with the Rust types claiming it (empty
+        /// except from [`EventRegistry::check`](crate::EventRegistry::check)).
+        other_clashes: Vec<(String, Vec<&'static str>)>,
+    },
+}
+
+/// The rest of [`Error::AmbiguousEventType`]'s message: every other ambiguous name.
+fn more_clashes(others: &[(String, Vec<&'static str>)]) -> String {
+    others
+        .iter()
+        .map(|(name, types)| {
+            format!(
+                "; `{name}` is ambiguous too: it names {}",
+                types.join(" and ")
+            )
+        })
+        .collect()
 }
 
 impl Error {

@@ -195,25 +195,55 @@ pub mod __private {
             })
     }
 
+    /// The bound of a JSON upcast step, so that a function of another signature is reported in
+    /// our words, on the function's path (the same reason as `AppliesTo`).
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not a JSON upcaster",
+        label = "not a JSON upcaster",
+        note = "expected `fn(serde_json::Value) -> Result<serde_json::Value, E>` where E: Into<Box<dyn Error + Send + Sync>>"
+    )]
+    pub trait JsonUpcaster {
+        /// Rewrites one version's JSON into the next version's.
+        fn rewrite(self, value: Value) -> Result<Value, Box<dyn std::error::Error + Send + Sync>>;
+    }
+
+    // On the function pointer the derive coerces the user's function to, not on `FnOnce`: a
+    // mismatch with an `Fn` bound is reported as rustc's own "type mismatch in function
+    // arguments", which skips `on_unimplemented`. Not recommended, so that an error type that
+    // is not an error is reported as this trait too.
+    #[diagnostic::do_not_recommend]
+    impl<E> JsonUpcaster for fn(Value) -> Result<Value, E>
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    {
+        #[inline]
+        fn rewrite(self, value: Value) -> Result<Value, Box<dyn std::error::Error + Send + Sync>> {
+            self(value).map_err(Into::into)
+        }
+    }
+
     /// One JSON step of an upcast chain: `function` rewrites version `from`'s JSON into the next
     /// version's.
-    pub fn upcast_json<F, E>(
+    pub fn upcast_json<F: JsonUpcaster>(
         function: F,
         value: Value,
         from: u32,
         current: u32,
-    ) -> Result<Value, DecodeError>
-    where
-        F: FnOnce(Value) -> Result<Value, E>,
-        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
-    {
-        function(value).map_err(|err| DecodeError::Upcast {
-            from,
-            to: from + 1,
-            current,
-            source: err.into(),
-        })
+    ) -> Result<Value, DecodeError> {
+        function
+            .rewrite(value)
+            .map_err(|source| DecodeError::Upcast {
+                from,
+                to: from + 1,
+                current,
+                source,
+            })
     }
+
+    /// Implemented by `#[aggregate]` before anything else, so that a second `#[aggregate]` block
+    /// for one type is first reported as a conflict of this trait, whose name says what is wrong,
+    /// rather than of `Aggregate`.
+    pub trait OnlyOneAggregateBlockPerType {}
 
     /// Whether two event types share a stored name, counting aliases.
     pub const fn names_overlap(a: &str, a_aliases: &[&str], b: &str, b_aliases: &[&str]) -> bool {

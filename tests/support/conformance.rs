@@ -43,13 +43,20 @@ fn notes(texts: &[&str]) -> Vec<NewEvent> {
     texts.iter().map(|t| note(t)).collect()
 }
 
-async fn count_all<S: EventStore>(store: &S) -> usize {
-    let all: Vec<RecordedEvent> = store
-        .read_all(ReadAll::from_start())
-        .try_collect()
+/// A global read of everything committed so far: waits until the newest event is readable
+/// (on PostgreSQL, transactions of other tests running at the same time may hold it back), as a
+/// caller reading its own writes does.
+pub async fn read_settled<S: EventStore>(store: &S, query: ReadAll) -> Vec<RecordedEvent> {
+    let head = store.log_head().await.unwrap();
+    store
+        .wait_for(head.last, std::time::Duration::from_secs(30))
         .await
         .unwrap();
-    all.len()
+    store.read_all(query).try_collect().await.unwrap()
+}
+
+async fn count_all<S: EventStore>(store: &S) -> usize {
+    read_settled(store, ReadAll::from_start()).await.len()
 }
 
 async fn texts<S: EventStore>(store: &S, id: &str) -> Vec<String> {
@@ -373,11 +380,7 @@ pub async fn metadata_round_trips<S: EventStore>(store: &S) {
     assert_eq!(read[1].position, result.last_position);
     assert!(read[0].position < read[1].position);
     // read_all returns the same events as read_stream.
-    let all: Vec<RecordedEvent> = store
-        .read_all(ReadAll::from_start())
-        .try_collect()
-        .await
-        .unwrap();
+    let all = read_settled(store, ReadAll::from_start()).await;
     assert_eq!(all, read);
 }
 
@@ -406,10 +409,7 @@ pub async fn read_all_order_and_filters<S: EventStore>(store: &S) {
             .await
             .unwrap();
     }
-    let read = |q: ReadAll| async move {
-        let events: Vec<RecordedEvent> = store.read_all(q).try_collect().await.unwrap();
-        events
-    };
+    let read = |q: ReadAll| read_settled(store, q);
     let all = read(ReadAll::from_start()).await;
     assert_eq!(all.len(), 35);
     assert!(
@@ -1519,4 +1519,75 @@ where
     ops.sort();
     ops.dedup();
     assert_eq!(ops.len(), 41, "every command applied exactly once");
+}
+
+/// `ExpectedVersion::Any` always succeeds, however many writers append to one stream at once:
+/// every append lands, each at versions of its own.
+pub async fn expected_any_under_contention<S: EventStore + Clone + 'static>(store: &S) {
+    const TASKS: usize = 16;
+    const APPENDS: usize = 15;
+    let s = stream("contended");
+    let tasks: Vec<_> = (0..TASKS)
+        .map(|task| {
+            let store = store.clone();
+            let s = s.clone();
+            tokio::spawn(async move {
+                let mut versions = Vec::new();
+                for i in 0..APPENDS {
+                    let result = store
+                        .append(&s, ExpectedVersion::Any, notes(&[&format!("{task}.{i}")]))
+                        .await
+                        .expect("an append with ExpectedVersion::Any never fails");
+                    versions.push(result.stream_version);
+                }
+                versions
+            })
+        })
+        .collect();
+    let mut versions = Vec::new();
+    for task in tasks {
+        versions.extend(task.await.unwrap());
+    }
+    versions.sort_unstable();
+    let expected: Vec<u64> = (1..=(TASKS * APPENDS) as u64).collect();
+    assert_eq!(versions, expected, "every append got a version of its own");
+    assert_eq!(
+        store.stream_version(&s).await.unwrap(),
+        (TASKS * APPENDS) as u64
+    );
+    let read = store.read_stream(&s, StreamQuery::all()).await.unwrap();
+    assert_eq!(read.len(), TASKS * APPENDS);
+}
+
+/// `log_head` reports the newest position, and `wait_for` returns once it is readable.
+pub async fn log_head_and_wait_for<S: EventStore>(store: &S) {
+    let empty = store.log_head().await.unwrap();
+    assert_eq!(empty.last, Position::START);
+    let result = store
+        .append(
+            &stream("head"),
+            ExpectedVersion::NoStream,
+            notes(&["a", "b"]),
+        )
+        .await
+        .unwrap();
+    store
+        .wait_for(result.last_position, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    let head = store.log_head().await.unwrap();
+    assert_eq!(head.last, result.last_position);
+    assert!(head.readable >= result.last_position, "{head:?}");
+    let read: Vec<RecordedEvent> = store
+        .read_all(ReadAll::from_start())
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(read.last().map(|e| e.position), Some(result.last_position));
+    // An empty append reports where the stream is.
+    let empty_append = store
+        .append(&stream("head"), ExpectedVersion::Exact(2), Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(empty_append, result);
 }

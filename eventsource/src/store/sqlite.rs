@@ -143,6 +143,15 @@ impl SqliteEventStore {
     /// Closes every connection, waiting for those in use. When it returns, the database file is
     /// released: another process can open it at once.
     pub async fn close(&self) {
+        // Move the write-ahead log into the database file first, so that what is left for the
+        // last connection to do on close is quick, and the file is complete on its own even if
+        // a reader of another process keeps the log alive.
+        if let Err(error) = sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
+            .execute(&self.writer)
+            .await
+        {
+            tracing::debug!(%error, "checkpoint before close failed; closing anyway");
+        }
         self.reader.close().await;
         self.writer.close().await;
     }
