@@ -450,6 +450,13 @@ async fn fw_w3_long<S: EventStore>(store: &S) -> i64 {
 }
 
 async fn fw_w4<S: EventStore>(store: &S) -> usize {
+    // Everything written before the catch-up is readable (a transaction elsewhere may still be
+    // finishing on PostgreSQL).
+    let head = store.log_head().await.expect("log_head");
+    store
+        .wait_for(head.last, std::time::Duration::from_secs(60))
+        .await
+        .expect("wait_for");
     let mut balances: HashMap<std::sync::Arc<str>, i64> = HashMap::new();
     let mut events = store.read_all(ReadAll::from_start());
     let mut count = 0;
