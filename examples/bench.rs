@@ -1117,6 +1117,9 @@ async fn main() {
     if let Some(path) = &args.json {
         let json =
             serde_json::json!({ "sizes": format!("{sizes:?}"), "reps": reps, "results": figures });
+        if let Some(dir) = path.parent().filter(|dir| !dir.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir).expect("create the JSON file's directory");
+        }
         std::fs::write(path, serde_json::to_string_pretty(&json).unwrap()).expect("write JSON");
         println!("wrote {}", path.display());
     }
