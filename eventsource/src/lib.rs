@@ -60,6 +60,7 @@ extern crate self as eventsource;
 pub mod aggregate;
 pub mod error;
 pub mod event;
+pub mod projection;
 pub mod registry;
 pub mod repository;
 pub mod snapshot;
@@ -71,6 +72,9 @@ pub use aggregate::{
 };
 pub use error::{DatabaseError, DecodeError, Error, Result};
 pub use event::{DomainEvent, EventView, Metadata, NewEvent, RecordedEvent};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub use projection::SqlProjection;
+pub use projection::{EventContext, HandlerError, Projection};
 pub use registry::{EventRegistry, EventType};
 pub use repository::{AggregateRepository, Repository, UpdateError};
 pub use snapshot::{Snapshot, SnapshotStore, SnapshotStrategy};
@@ -106,10 +110,17 @@ pub mod prelude {
     pub use crate::PostgresEventStore;
     #[cfg(feature = "sqlite")]
     pub use crate::SqliteEventStore;
+    #[cfg(feature = "postgres")]
+    pub use crate::projection::PgTx;
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub use crate::projection::SqlProjection;
+    #[cfg(feature = "sqlite")]
+    pub use crate::projection::SqliteTx;
     pub use crate::{
-        Aggregate, AggregateRepository, AnyStore, DomainEvent, Error, EventStore, ExpectedVersion,
-        Handles, InMemoryEventStore, Metadata, Position, ReadAll, RecordedEvent, Repository, Root,
-        SnapshotStore, SnapshotStrategy, StreamId, StreamQuery, UpdateError, Uuid,
+        Aggregate, AggregateRepository, AnyStore, DomainEvent, Error, EventContext, EventStore,
+        ExpectedVersion, Handles, InMemoryEventStore, Metadata, Position, Projection, ReadAll,
+        RecordedEvent, Repository, Root, SnapshotStore, SnapshotStrategy, StreamId, StreamQuery,
+        UpdateError, Uuid,
     };
 }
 
@@ -123,7 +134,13 @@ pub mod __private {
     pub use serde;
     pub use std::string::String;
 
+    pub use crate::projection::{HandlerOutcome, decode_for_projection};
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub use crate::projection::{Transaction, TxDatabase};
     pub use crate::registry::EventType;
+    pub use futures::future::BoxFuture;
+    pub use std::boxed::Box;
+    pub use std::vec::Vec;
 
     use crate::aggregate::{Aggregate, UnknownEvents};
     use crate::error::{DecodeError, Error};

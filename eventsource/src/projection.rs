@@ -1,0 +1,204 @@
+//! Projections: read models built from the global log.
+//!
+//! A projection is a type with `#[handles]` methods, under `#[projection]`: each handler receives
+//! an event (decoded, upcast) and its [`EventContext`]. Two kinds:
+//!
+//! - [`Projection`]: a read model folded in process (`fn(&mut self, &E, &EventContext)`), kept
+//!   current by a [`Subscriptions`](crate::subscription::Subscriptions) manager with its checkpoint in the
+//!   store's database. At-least-once: after a crash, the events since the last checkpoint are
+//!   applied again (the context's `event_id` lets a handler de-duplicate).
+//! - [`SqlProjection`]: a read model in the same SQLite or PostgreSQL database as the events,
+//!   whose handlers write through the transaction the framework hands them
+//!   (`async fn(&mut self, &E, &EventContext, &mut Tx)`); the checkpoint is written in the same
+//!   transaction, so each event's effect is applied exactly once.
+
+use crate::error::Error;
+use crate::event::{EventView, Metadata};
+use crate::stream::{Position, StreamId};
+use chrono::{DateTime, Utc};
+use futures::future::BoxFuture;
+use uuid::Uuid;
+
+/// What a handler's failure carries: any error. The manager retries the event, then
+/// dead-letters it with this error's text.
+pub type HandlerError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// Where an event sits in the log and what came with it: what a projection's handler knows
+/// besides the event itself.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct EventContext<'a> {
+    /// The event's id: the key to de-duplicate at-least-once deliveries.
+    pub event_id: Uuid,
+    /// The stream the event belongs to.
+    pub stream: &'a StreamId,
+    /// The event's version in its stream.
+    pub version: u64,
+    /// The event's position in the global order.
+    pub position: Position,
+    /// The stored type name.
+    pub event_type: &'a str,
+    /// When the event happened.
+    pub occurred_at: DateTime<Utc>,
+    /// Tenant, actor, correlation, causation and free-form metadata.
+    pub metadata: &'a Metadata,
+}
+
+impl<'a> EventContext<'a> {
+    /// The context of a recorded event.
+    pub fn of(event: &'a crate::event::RecordedEvent) -> Self {
+        EventContext {
+            event_id: event.event_id,
+            stream: &event.stream,
+            version: event.version,
+            position: event.position,
+            event_type: &event.event_type,
+            occurred_at: event.occurred_at,
+            metadata: &event.metadata,
+        }
+    }
+
+    /// The aggregate id of the event's stream.
+    pub fn aggregate_id(&self) -> &'a str {
+        self.stream.aggregate_id()
+    }
+}
+
+/// A read model folded in process from the global log. Implemented by `#[projection]`.
+///
+/// ```ignore
+/// use eventsource::prelude::*;
+/// use serde::{Deserialize, Serialize};
+/// use std::collections::HashMap;
+///
+/// #[derive(DomainEvent, Serialize, Deserialize)]
+/// struct Deposited { cents: i64 }
+///
+/// #[derive(Default)]
+/// struct Balances { by_account: HashMap<String, i64> }
+///
+/// #[projection(name = "balances")]
+/// impl Balances {
+///     #[handles]
+///     fn deposited(&mut self, e: &Deposited, ctx: &EventContext) {
+///         *self.by_account.entry(ctx.aggregate_id().to_owned()).or_default() += e.cents;
+///     }
+/// }
+/// assert_eq!(<Balances as Projection>::NAME, "balances");
+/// ```
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a projection",
+    label = "not a projection",
+    note = "put `#[projection]` on an `impl {Self}` block whose `#[handles]` methods take the events it reads"
+)]
+pub trait Projection: Send + 'static {
+    /// The projection's name: the key of its checkpoint and dead letters. Renaming it starts
+    /// the projection over from the first event.
+    const NAME: &'static str;
+    /// The stored names (and aliases) of the handled event types: the store reads only these.
+    fn event_types() -> Vec<&'static str>;
+
+    /// Decodes a stored event and applies it with its handler (generated dispatch). An event of
+    /// a type no handler takes is skipped.
+    fn handle(
+        &mut self,
+        event: EventView<'_>,
+        context: &EventContext<'_>,
+    ) -> std::result::Result<(), HandlerError>;
+
+    /// Empties the read model, before a rebuild from the first event. Generated as
+    /// `*self = Default::default()`, or the method named by `#[projection(reset = method)]`.
+    fn reset(&mut self);
+}
+
+/// The transaction a [`SqlProjection`]'s handlers write through: the database of the events.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub type Transaction<DB> = sqlx::Transaction<'static, DB>;
+
+/// A transaction of the SQLite event store's database.
+#[cfg(feature = "sqlite")]
+pub type SqliteTx = sqlx::Transaction<'static, sqlx::Sqlite>;
+
+/// A transaction of the PostgreSQL event store's database.
+#[cfg(feature = "postgres")]
+pub type PgTx = sqlx::Transaction<'static, sqlx::Postgres>;
+
+/// A read model in the event store's own database, written through the transaction that also
+/// stores its checkpoint: each event's effect is applied exactly once, even across crashes.
+/// Implemented by `#[projection]` when the handlers take a transaction:
+/// `async fn on_paid(&mut self, e: &OrderPaid, ctx: &EventContext<'_>, tx: &mut SqliteTx) -> Result<(), sqlx::Error>`.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[diagnostic::on_unimplemented(
+    message = "`{Self}` is not a database projection",
+    label = "not a database projection",
+    note = "put `#[projection]` on an `impl {Self}` block whose `#[handles]` methods take a transaction (`tx: &mut SqliteTx` or `&mut PgTx`)"
+)]
+pub trait SqlProjection: Send + 'static {
+    /// The projection's name: the key of its checkpoint and dead letters.
+    const NAME: &'static str;
+    /// The stored names (and aliases) of the handled event types.
+    fn event_types() -> Vec<&'static str>;
+    /// The database (`sqlx::Sqlite` or `sqlx::Postgres`).
+    type Database: sqlx::Database;
+
+    /// Decodes a stored event and applies it with its handler, through `tx`.
+    fn handle<'a>(
+        &'a mut self,
+        event: EventView<'a>,
+        context: &'a EventContext<'a>,
+        tx: &'a mut Transaction<Self::Database>,
+    ) -> BoxFuture<'a, std::result::Result<(), HandlerError>>;
+
+    /// Empties the read model's tables before a rebuild, in the rebuild's transaction (so that
+    /// readers never see it half built). `#[projection(reset = method)]` names it; without it a
+    /// rebuild only resets the checkpoint.
+    fn reset<'a>(
+        &'a mut self,
+        tx: &'a mut Transaction<Self::Database>,
+    ) -> BoxFuture<'a, std::result::Result<(), HandlerError>>;
+}
+
+/// Support for the generated dispatch: decode a stored event as `E` for a projection, turning a
+/// decode failure into the handler error the manager dead-letters.
+#[doc(hidden)]
+pub fn decode_for_projection<E: crate::event::DomainEvent>(
+    event: EventView<'_>,
+) -> std::result::Result<E, HandlerError> {
+    crate::__private::decode_stored::<E>(event).map_err(|error: Error| Box::new(error) as _)
+}
+
+/// A handler's return value, as the manager sees it: `()` or a `Result` whose error is any
+/// error type.
+#[doc(hidden)]
+pub trait HandlerOutcome {
+    /// Into the manager's result.
+    fn into_outcome(self) -> std::result::Result<(), HandlerError>;
+}
+
+impl HandlerOutcome for () {
+    #[inline]
+    fn into_outcome(self) -> std::result::Result<(), HandlerError> {
+        Ok(())
+    }
+}
+
+impl<E: Into<HandlerError>> HandlerOutcome for std::result::Result<(), E> {
+    #[inline]
+    fn into_outcome(self) -> std::result::Result<(), HandlerError> {
+        self.map_err(Into::into)
+    }
+}
+
+/// The database of a transaction type, so that `#[projection]` can name a [`SqlProjection`]'s
+/// database from the type of its handlers' transaction parameter.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[doc(hidden)]
+pub trait TxDatabase {
+    /// The database.
+    type Database: sqlx::Database;
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl<DB: sqlx::Database> TxDatabase for sqlx::Transaction<'static, DB> {
+    type Database = DB;
+}
