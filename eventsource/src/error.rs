@@ -172,6 +172,42 @@ pub enum Error {
         scheme: String,
     },
 
+    /// A projection's checkpoint was not where its runner left it: another runner of the same
+    /// projection (in another process) moved it. The runner stops; nothing it did in that
+    /// transaction is kept.
+    #[error(
+        "checkpoint of projection `{projection}` moved under its runner: expected {}, found {}",
+        fmt_position(*expected),
+        fmt_position(*found)
+    )]
+    CheckpointConflict {
+        /// The projection.
+        projection: String,
+        /// Where the runner expected it.
+        expected: Option<Position>,
+        /// Where it was.
+        found: Option<Position>,
+    },
+
+    /// A projection's handler kept failing on an event and the projection's policy is to stop
+    /// (the event is in the dead-letter table).
+    #[error("projection `{projection}` stopped at position {position}: {error}")]
+    ProjectionStopped {
+        /// The projection.
+        projection: String,
+        /// The event it stopped at.
+        position: Position,
+        /// The handler's last error, as text.
+        error: String,
+    },
+
+    /// No projection of that name runs in this manager.
+    #[error("no projection named `{name}` in this subscription manager")]
+    UnknownProjection {
+        /// The name asked for.
+        name: String,
+    },
+
     /// A wait gave up: [`EventStore::wait_for`](crate::EventStore::wait_for) did not see the
     /// position become readable in time.
     #[error("{operation} timed out after {waited:?}")]
@@ -213,6 +249,11 @@ pub enum Error {
         /// except from [`EventRegistry::check`](crate::EventRegistry::check)).
         other_clashes: Vec<(String, Vec<&'static str>)>,
     },
+}
+
+/// A checkpoint for messages: a position, or "none".
+fn fmt_position(position: Option<Position>) -> String {
+    position.map_or_else(|| "none".to_owned(), |p| p.to_string())
 }
 
 /// The rest of [`Error::AmbiguousEventType`]'s message: every other ambiguous name.

@@ -58,6 +58,7 @@ extern crate self as eventsource;
 // Layers, bottom up: `stream` and `error`; the model (`event`, `aggregate`, `registry`); the
 // stores and snapshots; the repository.
 pub mod aggregate;
+pub mod checkpoint;
 pub mod error;
 pub mod event;
 pub mod projection;
@@ -66,10 +67,12 @@ pub mod repository;
 pub mod snapshot;
 pub mod store;
 pub mod stream;
+pub mod subscription;
 
 pub use aggregate::{
     Aggregate, AggregateId, AppliesTo, Handles, PendingEvent, Root, UnknownEvents,
 };
+pub use checkpoint::{CheckpointStore, DeadLetter};
 pub use error::{DatabaseError, DecodeError, Error, Result};
 pub use event::{DomainEvent, EventView, Metadata, NewEvent, RecordedEvent};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]

@@ -8,6 +8,7 @@ use super::sqlite::SqliteEventStore;
 use super::{
     AppendResult, EventStore, ExpectedVersion, LogHead, Position, ReadAll, StreamId, StreamQuery,
 };
+use crate::checkpoint::{CheckpointStore, DeadLetter};
 use crate::error::{Error, Result};
 use crate::event::{EventView, NewEvent, RecordedEvent};
 use crate::snapshot::{Snapshot, SnapshotStore};
@@ -152,6 +153,45 @@ impl EventStore for AnyStore {
 
     async fn wait_for(&self, position: Position, timeout: Duration) -> Result<()> {
         each!(self, store => store.wait_for(position, timeout).await)
+    }
+
+    fn watch_appends(&self) -> tokio::sync::watch::Receiver<u64> {
+        each!(self, store => store.watch_appends())
+    }
+}
+
+impl CheckpointStore for AnyStore {
+    async fn checkpoint(&self, projection: &str) -> Result<Option<Position>> {
+        each!(self, store => store.checkpoint(projection).await)
+    }
+
+    async fn save_checkpoint(
+        &self,
+        projection: &str,
+        previous: Option<Position>,
+        position: Position,
+    ) -> Result<()> {
+        each!(self, store => store.save_checkpoint(projection, previous, position).await)
+    }
+
+    async fn delete_checkpoint(&self, projection: &str) -> Result<()> {
+        each!(self, store => store.delete_checkpoint(projection).await)
+    }
+
+    async fn add_dead_letter(&self, letter: &DeadLetter) -> Result<()> {
+        each!(self, store => store.add_dead_letter(letter).await)
+    }
+
+    async fn dead_letters(&self, projection: &str) -> Result<Vec<DeadLetter>> {
+        each!(self, store => store.dead_letters(projection).await)
+    }
+
+    async fn remove_dead_letter(&self, projection: &str, position: Position) -> Result<bool> {
+        each!(self, store => store.remove_dead_letter(projection, position).await)
+    }
+
+    async fn lease(&self, projection: &str) -> Result<Option<crate::checkpoint::Lease>> {
+        each!(self, store => store.lease(projection).await)
     }
 }
 

@@ -64,6 +64,9 @@ pub trait DynEventStore: Send + Sync {
 
     /// [`EventStore::wait_for`].
     fn dyn_wait_for(&self, position: Position, timeout: Duration) -> BoxFuture<'_, Result<()>>;
+
+    /// [`EventStore::watch_appends`].
+    fn dyn_watch_appends(&self) -> tokio::sync::watch::Receiver<u64>;
 }
 
 impl<S: EventStore> DynEventStore for S {
@@ -111,6 +114,10 @@ impl<S: EventStore> DynEventStore for S {
 
     fn dyn_wait_for(&self, position: Position, timeout: Duration) -> BoxFuture<'_, Result<()>> {
         Box::pin(self.wait_for(position, timeout))
+    }
+
+    fn dyn_watch_appends(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.watch_appends()
     }
 }
 
@@ -162,5 +169,9 @@ impl EventStore for dyn DynEventStore {
 
     async fn wait_for(&self, position: Position, timeout: Duration) -> Result<()> {
         self.dyn_wait_for(position, timeout).await
+    }
+
+    fn watch_appends(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.dyn_watch_appends()
     }
 }

@@ -1,16 +1,18 @@
 //! [`InMemoryEventStore`]: the whole log in process memory, for tests and prototypes. Same
 //! semantics as the database stores; nothing survives the process.
 
+use super::AppendSignal;
 use super::{
     AppendResult, EventStore, ExpectedVersion, LogHead, Position, ReadAll, StreamId, StreamQuery,
     check_sequence, paged, validate_append,
 };
+use crate::checkpoint::{CheckpointStore, DeadLetter, conflict};
 use crate::error::{Error, Result};
 use crate::event::{NewEvent, RecordedEvent};
 use crate::snapshot::{Snapshot, SnapshotStore};
 use futures::stream::BoxStream;
-use std::collections::HashMap;
-use std::sync::{Arc, PoisonError, RwLock};
+use std::collections::{BTreeMap, HashMap};
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
 use uuid::Uuid;
 
 /// An event store in memory. Cloning gives another handle to the same log, safe to share
@@ -19,6 +21,15 @@ use uuid::Uuid;
 pub struct InMemoryEventStore {
     log: Arc<RwLock<Log>>,
     snapshots: Arc<RwLock<HashMap<StreamId, Snapshot>>>,
+    projections: Arc<Mutex<Projections>>,
+    appended: Arc<AppendSignal>,
+}
+
+/// Checkpoints and dead letters, by projection.
+#[derive(Debug, Default)]
+struct Projections {
+    checkpoints: HashMap<String, Position>,
+    dead_letters: BTreeMap<(String, Position), DeadLetter>,
 }
 
 #[derive(Debug, Default)]
@@ -121,6 +132,7 @@ impl EventStore for InMemoryEventStore {
             });
         }
 
+        let events_empty = events.is_empty();
         let Log {
             events: all,
             streams,
@@ -139,6 +151,9 @@ impl EventStore for InMemoryEventStore {
             ));
         }
         let last_position = Position::new(indices.last().map_or(0, |index| *index as u64 + 1));
+        if !events_empty {
+            self.appended.notify();
+        }
         Ok(AppendResult {
             stream_version: indices.len() as u64,
             last_position,
@@ -197,6 +212,10 @@ impl EventStore for InMemoryEventStore {
         Ok(self.read().streams.get(stream).map_or(0, Vec::len) as u64)
     }
 
+    fn watch_appends(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.appended.subscribe()
+    }
+
     async fn log_head(&self) -> Result<LogHead> {
         let last = Position::new(self.read().events.len() as u64);
         Ok(LogHead {
@@ -226,4 +245,65 @@ fn already_stored(
         expected,
         stored.iter().map(|e| (&e.stream, e.version, e.position)),
     )
+}
+
+impl InMemoryEventStore {
+    fn projections(&self) -> std::sync::MutexGuard<'_, Projections> {
+        self.projections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl CheckpointStore for InMemoryEventStore {
+    async fn checkpoint(&self, projection: &str) -> Result<Option<Position>> {
+        Ok(self.projections().checkpoints.get(projection).copied())
+    }
+
+    async fn save_checkpoint(
+        &self,
+        projection: &str,
+        previous: Option<Position>,
+        position: Position,
+    ) -> Result<()> {
+        let mut projections = self.projections();
+        let found = projections.checkpoints.get(projection).copied();
+        if found != previous {
+            return Err(conflict(projection, previous, found));
+        }
+        projections
+            .checkpoints
+            .insert(projection.to_owned(), position);
+        Ok(())
+    }
+
+    async fn delete_checkpoint(&self, projection: &str) -> Result<()> {
+        self.projections().checkpoints.remove(projection);
+        Ok(())
+    }
+
+    async fn add_dead_letter(&self, letter: &DeadLetter) -> Result<()> {
+        self.projections()
+            .dead_letters
+            .insert((letter.projection.clone(), letter.position), letter.clone());
+        Ok(())
+    }
+
+    async fn dead_letters(&self, projection: &str) -> Result<Vec<DeadLetter>> {
+        Ok(self
+            .projections()
+            .dead_letters
+            .values()
+            .filter(|letter| letter.projection == projection)
+            .cloned()
+            .collect())
+    }
+
+    async fn remove_dead_letter(&self, projection: &str, position: Position) -> Result<bool> {
+        Ok(self
+            .projections()
+            .dead_letters
+            .remove(&(projection.to_owned(), position))
+            .is_some())
+    }
 }

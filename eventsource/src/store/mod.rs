@@ -306,6 +306,15 @@ pub trait EventStore: Send + Sync {
     /// The newest committed position and the newest one `read_all` can read now.
     fn log_head(&self) -> impl Future<Output = Result<LogHead>> + Send;
 
+    /// A receiver that changes after appends: how a live subscription is woken instead of
+    /// polling. Only a wake-up: the reader then reads the store from its checkpoint. Memory and
+    /// SQLite signal in process; PostgreSQL through `LISTEN`/`NOTIFY` (other processes' appends
+    /// too). A store that cannot signal returns a receiver whose sender is gone; readers then
+    /// poll.
+    fn watch_appends(&self) -> tokio::sync::watch::Receiver<u64> {
+        tokio::sync::watch::channel(0).1
+    }
+
     /// Waits until every event up to `position` is readable by [`read_all`](Self::read_all):
     /// how a caller reads its own writes (pass the append's
     /// [`last_position`](AppendResult::last_position)). Returns at once on stores where
@@ -369,6 +378,10 @@ macro_rules! forward_event_store {
 
             fn log_head(&self) -> impl Future<Output = Result<LogHead>> + Send {
                 (**self).log_head()
+            }
+
+            fn watch_appends(&self) -> tokio::sync::watch::Receiver<u64> {
+                (**self).watch_appends()
             }
 
             fn wait_for(
@@ -490,6 +503,29 @@ pub(crate) fn retried_append<'a>(
         stream_version: version,
         last_position: position,
     })
+}
+
+/// The in-process signal of new appends behind [`EventStore::watch_appends`]: a counter bumped
+/// after each committed append.
+#[derive(Debug)]
+pub(crate) struct AppendSignal(tokio::sync::watch::Sender<u64>);
+
+impl Default for AppendSignal {
+    fn default() -> Self {
+        AppendSignal(tokio::sync::watch::channel(0).0)
+    }
+}
+
+impl AppendSignal {
+    /// Wakes every watcher.
+    pub(crate) fn notify(&self) {
+        self.0.send_modify(|count| *count = count.wrapping_add(1));
+    }
+
+    /// A new watcher.
+    pub(crate) fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
 }
 
 /// One row of a global read: its position, and the event or why the row cannot be read.

@@ -26,6 +26,7 @@ use super::{
     RowReader, StreamId, StreamQuery, check_sequence, extra_json, paged, retried_append, row_view,
     snapshot_row, validate_append,
 };
+use crate::checkpoint::{CheckpointStore, DeadLetter, TransactionalStore, conflict};
 use crate::error::{Error, Result};
 use crate::event::{EventView, NewEvent, RecordedEvent};
 use crate::snapshot::{Snapshot, SnapshotStore};
@@ -33,6 +34,7 @@ use futures::stream::BoxStream;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
 use uuid::Uuid;
@@ -41,6 +43,8 @@ use uuid::Uuid;
 #[derive(Clone, Debug)]
 pub struct PostgresEventStore {
     pool: PgPool,
+    /// The wake-up signal fed by a `LISTEN` connection, started at the first `watch_appends`.
+    appended: Arc<std::sync::OnceLock<tokio::sync::watch::Sender<u64>>>,
 }
 
 /// How many times an append with [`ExpectedVersion::Any`] or [`ExpectedVersion::StreamExists`]
@@ -91,8 +95,12 @@ WITH current AS (
         WITH ORDINALITY AS e(event_id, event_type, schema_version, occurred_at, tenant_id, actor_id,
             correlation_id, causation_id, metadata, payload, ord)
     RETURNING version, position
+), notified AS (
+    -- Wakes live subscribers (a wake-up only, never the events: they read the store).
+    SELECT pg_notify('eventsource_' || current_schema(), '') FROM (SELECT 1 FROM inserted LIMIT 1) one
 )
-SELECT (SELECT v FROM current), (SELECT MAX(version) FROM inserted), (SELECT MAX(position) FROM inserted)
+SELECT (SELECT v FROM current), (SELECT MAX(version) FROM inserted), (SELECT MAX(position) FROM inserted),
+    (SELECT COUNT(*) FROM notified)
 "#;
 
 impl PostgresEventStore {
@@ -119,7 +127,10 @@ impl PostgresEventStore {
 
     /// Uses an existing pool, as is: call [`migrate`](Self::migrate) before the first append.
     pub fn from_pool(pool: PgPool) -> Self {
-        PostgresEventStore { pool }
+        PostgresEventStore {
+            pool,
+            appended: Arc::default(),
+        }
     }
 
     /// Creates or upgrades the schema (the `events` table and its indexes) in the connection's
@@ -513,6 +524,18 @@ impl EventStore for PostgresEventStore {
         paged(query, move |query| self.read_page(query))
     }
 
+    fn watch_appends(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.appended
+            .get_or_init(|| {
+                let (sender, _) = tokio::sync::watch::channel(0);
+                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                    runtime.spawn(listen(self.pool.clone(), sender.clone()));
+                }
+                sender
+            })
+            .subscribe()
+    }
+
     async fn log_head(&self) -> Result<LogHead> {
         let (last, readable, held_back): (Option<i64>, i64, i64) = sqlx::query_as(&format!(
             "WITH fence AS (SELECT {FENCE} AS f) SELECT \
@@ -663,4 +686,268 @@ fn read_event(row: &PgRow, stream: &StreamId, position: Position) -> Result<Reco
         payload: reader.get(7, "payload")?,
     }
     .into_event()
+}
+
+/// Feeds `signal` from `LISTEN eventsource_<schema>` until the pool closes. After a lost
+/// connection it reconnects and wakes everyone once (notifications sent meanwhile are lost; the
+/// readers re-read the store, which is all a notification ever asks).
+async fn listen(pool: PgPool, signal: tokio::sync::watch::Sender<u64>) {
+    let bump = |signal: &tokio::sync::watch::Sender<u64>| {
+        signal.send_modify(|count| *count = count.wrapping_add(1));
+    };
+    let mut delay = Duration::from_millis(100);
+    while !pool.is_closed() {
+        let listening = async {
+            let schema: String = sqlx::query_scalar("SELECT current_schema()::TEXT")
+                .fetch_one(&pool)
+                .await?;
+            let mut listener = sqlx::postgres::PgListener::connect_with(&pool).await?;
+            listener.listen(&format!("eventsource_{schema}")).await?;
+            Ok::<_, sqlx::Error>(listener)
+        };
+        match listening.await {
+            Ok(mut listener) => {
+                delay = Duration::from_millis(100);
+                bump(&signal);
+                loop {
+                    match listener.try_recv().await {
+                        Ok(Some(_)) => bump(&signal),
+                        // The connection was lost and re-established by the listener.
+                        Ok(None) => bump(&signal),
+                        Err(error) => {
+                            tracing::debug!(%error, "LISTEN connection failed; reconnecting");
+                            break;
+                        }
+                    }
+                }
+            }
+            Err(error) => {
+                if pool.is_closed() {
+                    return;
+                }
+                tracing::debug!(%error, "cannot LISTEN for appends; retrying");
+            }
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    }
+}
+
+/// A checkpoint row's position.
+fn checkpoint_position(position: Option<i64>) -> Option<Position> {
+    position.map(|p| Position::new(p.max(0) as u64))
+}
+
+async fn save_checkpoint_on(
+    conn: &mut sqlx::PgConnection,
+    projection: &str,
+    previous: Option<Position>,
+    position: Position,
+) -> Result<()> {
+    let done = match previous {
+        None => {
+            sqlx::query(
+                "INSERT INTO checkpoints (name, position, updated_at) VALUES ($1, $2, now()) \
+             ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(projection)
+            .bind(position.to_sql())
+            .execute(&mut *conn)
+            .await
+        }
+        Some(previous) => {
+            sqlx::query(
+                "UPDATE checkpoints SET position = $2, updated_at = now() \
+             WHERE name = $1 AND position = $3",
+            )
+            .bind(projection)
+            .bind(position.to_sql())
+            .bind(previous.to_sql())
+            .execute(&mut *conn)
+            .await
+        }
+    }
+    .map_err(Error::database("save checkpoint"))?;
+    if done.rows_affected() == 1 {
+        return Ok(());
+    }
+    let found: Option<i64> = sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
+        .bind(projection)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(Error::database("save checkpoint"))?;
+    Err(conflict(projection, previous, checkpoint_position(found)))
+}
+
+async fn add_dead_letter_on(conn: &mut sqlx::PgConnection, letter: &DeadLetter) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO dead_letters (projection, position, event_id, aggregate_type, aggregate_id, \
+         version, event_type, error, attempts, failed_at) \
+         VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) \
+         ON CONFLICT (projection, position) DO UPDATE SET error = excluded.error, \
+         attempts = excluded.attempts, failed_at = excluded.failed_at",
+    )
+    .bind(&letter.projection)
+    .bind(letter.position.to_sql())
+    .bind(letter.event_id)
+    .bind(letter.stream.aggregate_type())
+    .bind(letter.stream.aggregate_id())
+    .bind(letter.version.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
+    .bind(letter.event_type.as_deref())
+    .bind(&letter.error)
+    .bind(i32::try_from(letter.attempts).unwrap_or(i32::MAX))
+    .bind(letter.failed_at)
+    .execute(conn)
+    .await
+    .map_err(Error::database("add dead letter"))?;
+    Ok(())
+}
+
+async fn remove_dead_letter_on(
+    conn: &mut sqlx::PgConnection,
+    projection: &str,
+    position: Position,
+) -> Result<bool> {
+    let done = sqlx::query("DELETE FROM dead_letters WHERE projection = $1 AND position = $2")
+        .bind(projection)
+        .bind(position.to_sql())
+        .execute(conn)
+        .await
+        .map_err(Error::database("remove dead letter"))?;
+    Ok(done.rows_affected() > 0)
+}
+
+impl CheckpointStore for PostgresEventStore {
+    async fn checkpoint(&self, projection: &str) -> Result<Option<Position>> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
+                .bind(projection)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(Error::database("load checkpoint"))?;
+        Ok(checkpoint_position(found))
+    }
+
+    async fn save_checkpoint(
+        &self,
+        projection: &str,
+        previous: Option<Position>,
+        position: Position,
+    ) -> Result<()> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(Error::database("save checkpoint"))?;
+        save_checkpoint_on(&mut conn, projection, previous, position).await
+    }
+
+    async fn delete_checkpoint(&self, projection: &str) -> Result<()> {
+        sqlx::query("DELETE FROM checkpoints WHERE name = $1")
+            .bind(projection)
+            .execute(&self.pool)
+            .await
+            .map_err(Error::database("delete checkpoint"))?;
+        Ok(())
+    }
+
+    async fn add_dead_letter(&self, letter: &DeadLetter) -> Result<()> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(Error::database("add dead letter"))?;
+        add_dead_letter_on(&mut conn, letter).await
+    }
+
+    async fn dead_letters(&self, projection: &str) -> Result<Vec<DeadLetter>> {
+        let rows = sqlx::query(
+            "SELECT position, event_id, aggregate_type, aggregate_id, version, event_type, error, \
+             attempts, failed_at FROM dead_letters WHERE projection = $1 ORDER BY position",
+        )
+        .bind(projection)
+        .fetch_all(&self.pool)
+        .await
+        .map_err(Error::database("dead letters"))?;
+        rows.iter()
+            .map(|row| -> std::result::Result<DeadLetter, sqlx::Error> {
+                let mut letter = DeadLetter::new(
+                    projection,
+                    Position::new(row.try_get::<i64, _>(0)?.max(0) as u64),
+                    StreamId::unchecked(row.try_get::<String, _>(2)?, row.try_get::<String, _>(3)?),
+                    row.try_get::<String, _>(6)?,
+                    row.try_get::<i32, _>(7)?.max(0) as u32,
+                )
+                .with_event(
+                    row.try_get(1)?,
+                    row.try_get::<Option<i64>, _>(4)?.map(|v| v.max(0) as u64),
+                    row.try_get(5)?,
+                );
+                letter.failed_at = row.try_get(8)?;
+                Ok(letter)
+            })
+            .collect::<std::result::Result<_, _>>()
+            .map_err(Error::database("dead letters"))
+    }
+
+    async fn remove_dead_letter(&self, projection: &str, position: Position) -> Result<bool> {
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(Error::database("remove dead letter"))?;
+        remove_dead_letter_on(&mut conn, projection, position).await
+    }
+
+    async fn lease(&self, projection: &str) -> Result<Option<crate::checkpoint::Lease>> {
+        // A session advisory lock on a connection taken out of the pool: it is released when
+        // the lease (and so the connection) is dropped, or when this process dies.
+        let mut conn = self
+            .pool
+            .acquire()
+            .await
+            .map_err(Error::database("lease"))?
+            .detach();
+        let held: bool = sqlx::query_scalar(
+            "SELECT pg_try_advisory_lock(hashtextextended('eventsource.projection/' || \
+             current_schema() || '/' || $1, 0))",
+        )
+        .bind(projection)
+        .fetch_one(&mut conn)
+        .await
+        .map_err(Error::database("lease"))?;
+        Ok(held.then(|| crate::checkpoint::Lease::held_by(conn)))
+    }
+}
+
+impl TransactionalStore for PostgresEventStore {
+    type Database = Postgres;
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, Postgres>> {
+        self.pool.begin().await.map_err(Error::database("begin"))
+    }
+
+    fn save_checkpoint_in<'a>(
+        tx: &'a mut sqlx::Transaction<'static, Postgres>,
+        projection: &'a str,
+        previous: Option<Position>,
+        position: Position,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'a {
+        save_checkpoint_on(tx, projection, previous, position)
+    }
+
+    fn add_dead_letter_in<'a>(
+        tx: &'a mut sqlx::Transaction<'static, Postgres>,
+        letter: &'a DeadLetter,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'a {
+        add_dead_letter_on(tx, letter)
+    }
+
+    fn remove_dead_letter_in<'a>(
+        tx: &'a mut sqlx::Transaction<'static, Postgres>,
+        projection: &'a str,
+        position: Position,
+    ) -> impl std::future::Future<Output = Result<bool>> + Send + 'a {
+        remove_dead_letter_on(tx, projection, position)
+    }
 }

@@ -8,10 +8,11 @@
 //! write is in progress.
 
 use super::{
-    AppendResult, EventRow, EventStore, ExpectedVersion, LogHead, PageRow, Position, ReadAll,
-    RowReader, StreamId, StreamQuery, check_sequence, extra_json, paged, retried_append, row_view,
-    snapshot_row, validate_append,
+    AppendResult, AppendSignal, EventRow, EventStore, ExpectedVersion, LogHead, PageRow, Position,
+    ReadAll, RowReader, StreamId, StreamQuery, check_sequence, extra_json, paged, retried_append,
+    row_view, snapshot_row, validate_append,
 };
+use crate::checkpoint::{CheckpointStore, DeadLetter, TransactionalStore, conflict};
 use crate::error::{Error, Result};
 use crate::event::{EventView, NewEvent, RecordedEvent};
 use crate::snapshot::{Snapshot, SnapshotStore};
@@ -23,6 +24,7 @@ use sqlx::sqlite::{
 use sqlx::{QueryBuilder, Row, Sqlite};
 use std::path::Path;
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 use uuid::Uuid;
 
@@ -31,6 +33,7 @@ use uuid::Uuid;
 pub struct SqliteEventStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    appended: Arc<AppendSignal>,
 }
 
 /// The packed metadata column (see `EventRow`). Metadata that is not JSON (which the table's
@@ -132,12 +135,22 @@ impl SqliteEventStore {
                 .await
                 .map_err(Error::database("connect"))?
         };
-        Ok(SqliteEventStore { writer, reader })
+        Ok(SqliteEventStore {
+            writer,
+            reader,
+            appended: Arc::default(),
+        })
     }
 
     /// The pool of reader connections, for queries of your own (read models in the same file).
     pub fn pool(&self) -> &SqlitePool {
         &self.reader
+    }
+
+    /// The pool of the one writer connection: for writes of your own to the same file (they
+    /// queue with the store's appends instead of failing with "database is locked").
+    pub fn writer_pool(&self) -> &SqlitePool {
+        &self.writer
     }
 
     /// Closes every connection, waiting for those in use. When it returns, the database file is
@@ -235,6 +248,9 @@ impl SqliteEventStore {
             );
         }
         tx.commit().await.map_err(Error::database("append"))?;
+        if !events.is_empty() {
+            self.appended.notify();
+        }
         Ok(AppendResult {
             stream_version: current + events.len() as u64,
             last_position,
@@ -397,6 +413,10 @@ impl EventStore for SqliteEventStore {
             .await
             .map_err(Error::database("stream_version"))?;
         current_version(&mut conn, stream).await
+    }
+
+    fn watch_appends(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.appended.subscribe()
     }
 
     async fn log_head(&self) -> Result<LogHead> {
@@ -601,4 +621,208 @@ fn read_event(row: &SqliteRow, stream: &StreamId, position: Position) -> Result<
         payload: reader.get(7, "payload")?,
     }
     .into_event()
+}
+
+/// A checkpoint row's position.
+fn checkpoint_position(position: Option<i64>) -> Option<Position> {
+    position.map(|p| Position::new(p.max(0) as u64))
+}
+
+async fn save_checkpoint_on(
+    conn: &mut sqlx::SqliteConnection,
+    projection: &str,
+    previous: Option<Position>,
+    position: Position,
+) -> Result<()> {
+    let now = crate::event::now().timestamp_micros();
+    let done = match previous {
+        None => {
+            sqlx::query(
+                "INSERT INTO checkpoints (name, position, updated_at) VALUES (?, ?, ?) \
+             ON CONFLICT (name) DO NOTHING",
+            )
+            .bind(projection)
+            .bind(position.to_sql())
+            .bind(now)
+            .execute(&mut *conn)
+            .await
+        }
+        Some(previous) => sqlx::query(
+            "UPDATE checkpoints SET position = ?, updated_at = ? WHERE name = ? AND position = ?",
+        )
+        .bind(position.to_sql())
+        .bind(now)
+        .bind(projection)
+        .bind(previous.to_sql())
+        .execute(&mut *conn)
+        .await,
+    }
+    .map_err(Error::database("save checkpoint"))?;
+    if done.rows_affected() == 1 {
+        return Ok(());
+    }
+    let found: Option<i64> = sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = ?")
+        .bind(projection)
+        .fetch_optional(&mut *conn)
+        .await
+        .map_err(Error::database("save checkpoint"))?;
+    Err(conflict(projection, previous, checkpoint_position(found)))
+}
+
+async fn add_dead_letter_on(conn: &mut sqlx::SqliteConnection, letter: &DeadLetter) -> Result<()> {
+    sqlx::query(
+        "INSERT INTO dead_letters (projection, position, event_id, aggregate_type, aggregate_id, \
+         version, event_type, error, attempts, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
+         ON CONFLICT (projection, position) DO UPDATE SET error = excluded.error, \
+         attempts = excluded.attempts, failed_at = excluded.failed_at",
+    )
+    .bind(&letter.projection)
+    .bind(letter.position.to_sql())
+    .bind(letter.event_id)
+    .bind(letter.stream.aggregate_type())
+    .bind(letter.stream.aggregate_id())
+    .bind(letter.version.map(to_i64))
+    .bind(letter.event_type.as_deref())
+    .bind(&letter.error)
+    .bind(i64::from(letter.attempts))
+    .bind(letter.failed_at.timestamp_micros())
+    .execute(conn)
+    .await
+    .map_err(Error::database("add dead letter"))?;
+    Ok(())
+}
+
+async fn remove_dead_letter_on(
+    conn: &mut sqlx::SqliteConnection,
+    projection: &str,
+    position: Position,
+) -> Result<bool> {
+    let done = sqlx::query("DELETE FROM dead_letters WHERE projection = ? AND position = ?")
+        .bind(projection)
+        .bind(position.to_sql())
+        .execute(conn)
+        .await
+        .map_err(Error::database("remove dead letter"))?;
+    Ok(done.rows_affected() > 0)
+}
+
+impl CheckpointStore for SqliteEventStore {
+    async fn checkpoint(&self, projection: &str) -> Result<Option<Position>> {
+        let found: Option<i64> =
+            sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = ?")
+                .bind(projection)
+                .fetch_optional(&self.reader)
+                .await
+                .map_err(Error::database("load checkpoint"))?;
+        Ok(checkpoint_position(found))
+    }
+
+    async fn save_checkpoint(
+        &self,
+        projection: &str,
+        previous: Option<Position>,
+        position: Position,
+    ) -> Result<()> {
+        let mut conn = self
+            .writer
+            .acquire()
+            .await
+            .map_err(Error::database("save checkpoint"))?;
+        save_checkpoint_on(&mut conn, projection, previous, position).await
+    }
+
+    async fn delete_checkpoint(&self, projection: &str) -> Result<()> {
+        sqlx::query("DELETE FROM checkpoints WHERE name = ?")
+            .bind(projection)
+            .execute(&self.writer)
+            .await
+            .map_err(Error::database("delete checkpoint"))?;
+        Ok(())
+    }
+
+    async fn add_dead_letter(&self, letter: &DeadLetter) -> Result<()> {
+        let mut conn = self
+            .writer
+            .acquire()
+            .await
+            .map_err(Error::database("add dead letter"))?;
+        add_dead_letter_on(&mut conn, letter).await
+    }
+
+    async fn dead_letters(&self, projection: &str) -> Result<Vec<DeadLetter>> {
+        let rows = sqlx::query(
+            "SELECT position, event_id, aggregate_type, aggregate_id, version, event_type, error, \
+             attempts, failed_at FROM dead_letters WHERE projection = ? ORDER BY position",
+        )
+        .bind(projection)
+        .fetch_all(&self.reader)
+        .await
+        .map_err(Error::database("dead letters"))?;
+        rows.iter()
+            .map(|row| -> std::result::Result<DeadLetter, sqlx::Error> {
+                let mut letter = DeadLetter::new(
+                    projection,
+                    Position::new(row.try_get::<i64, _>(0)?.max(0) as u64),
+                    StreamId::unchecked(row.try_get::<String, _>(2)?, row.try_get::<String, _>(3)?),
+                    row.try_get::<String, _>(6)?,
+                    row.try_get::<i64, _>(7)?.clamp(0, i64::from(u32::MAX)) as u32,
+                )
+                .with_event(
+                    row.try_get(1)?,
+                    row.try_get::<Option<i64>, _>(4)?.map(|v| v.max(0) as u64),
+                    row.try_get(5)?,
+                );
+                if let Some(time) = chrono::DateTime::from_timestamp_micros(row.try_get(8)?) {
+                    letter.failed_at = time;
+                }
+                Ok(letter)
+            })
+            .collect::<std::result::Result<_, _>>()
+            .map_err(Error::database("dead letters"))
+    }
+
+    async fn remove_dead_letter(&self, projection: &str, position: Position) -> Result<bool> {
+        let mut conn = self
+            .writer
+            .acquire()
+            .await
+            .map_err(Error::database("remove dead letter"))?;
+        remove_dead_letter_on(&mut conn, projection, position).await
+    }
+}
+
+impl TransactionalStore for SqliteEventStore {
+    type Database = Sqlite;
+
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
+        // BEGIN IMMEDIATE: take the write lock up front, as appends do.
+        self.writer
+            .begin_with("BEGIN IMMEDIATE")
+            .await
+            .map_err(Error::database("begin"))
+    }
+
+    fn save_checkpoint_in<'a>(
+        tx: &'a mut sqlx::Transaction<'static, Sqlite>,
+        projection: &'a str,
+        previous: Option<Position>,
+        position: Position,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'a {
+        save_checkpoint_on(tx, projection, previous, position)
+    }
+
+    fn add_dead_letter_in<'a>(
+        tx: &'a mut sqlx::Transaction<'static, Sqlite>,
+        letter: &'a DeadLetter,
+    ) -> impl std::future::Future<Output = Result<()>> + Send + 'a {
+        add_dead_letter_on(tx, letter)
+    }
+
+    fn remove_dead_letter_in<'a>(
+        tx: &'a mut sqlx::Transaction<'static, Sqlite>,
+        projection: &'a str,
+        position: Position,
+    ) -> impl std::future::Future<Output = Result<bool>> + Send + 'a {
+        remove_dead_letter_on(tx, projection, position)
+    }
 }

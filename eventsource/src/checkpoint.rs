@@ -1,0 +1,229 @@
+//! Checkpoints and dead letters: where each projection has got to in the global order, and the
+//! events it gave up on.
+//!
+//! Every built-in store is a [`CheckpointStore`] (tables `checkpoints` and `dead_letters` next to
+//! its events). A checkpoint is written as a compare-and-set on the previous position, so two
+//! runners of one projection can never both move it: the second gets
+//! [`Error::CheckpointConflict`].
+
+use crate::error::{Error, Result};
+use crate::stream::{Position, StreamId};
+use chrono::{DateTime, Utc};
+use std::future::Future;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// An event a projection could not apply: after its retries ran out, or because its stored row
+/// could not be read at all. Kept until it is replayed successfully or removed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct DeadLetter {
+    /// The projection that failed.
+    pub projection: String,
+    /// The event's position in the global order.
+    pub position: Position,
+    /// The event's id (`None` when the stored row could not be read).
+    pub event_id: Option<Uuid>,
+    /// The event's stream.
+    pub stream: StreamId,
+    /// The event's version in its stream, where known.
+    pub version: Option<u64>,
+    /// The stored event type, where known.
+    pub event_type: Option<String>,
+    /// Why the last attempt failed.
+    pub error: String,
+    /// How many times the event was tried.
+    pub attempts: u32,
+    /// When it was given up on.
+    pub failed_at: DateTime<Utc>,
+}
+
+impl DeadLetter {
+    /// A dead letter of `projection` for the event at `position` of `stream`.
+    pub fn new(
+        projection: impl Into<String>,
+        position: Position,
+        stream: StreamId,
+        error: impl Into<String>,
+        attempts: u32,
+    ) -> Self {
+        DeadLetter {
+            projection: projection.into(),
+            position,
+            event_id: None,
+            stream,
+            version: None,
+            event_type: None,
+            error: error.into(),
+            attempts,
+            failed_at: crate::event::now(),
+        }
+    }
+
+    /// Adds the event's id, version and type.
+    pub fn with_event(
+        mut self,
+        event_id: Option<Uuid>,
+        version: Option<u64>,
+        event_type: Option<String>,
+    ) -> Self {
+        self.event_id = event_id;
+        self.version = version;
+        self.event_type = event_type;
+        self
+    }
+}
+
+/// Where projections keep their checkpoints and dead letters.
+pub trait CheckpointStore: Send + Sync {
+    /// The projection's checkpoint: every event up to it is applied. `None`: never started.
+    fn checkpoint(&self, projection: &str)
+    -> impl Future<Output = Result<Option<Position>>> + Send;
+
+    /// Moves the checkpoint from `previous` (`None`: no checkpoint yet) to `position`, if it is
+    /// still at `previous`; [`Error::CheckpointConflict`] if another runner moved it.
+    fn save_checkpoint(
+        &self,
+        projection: &str,
+        previous: Option<Position>,
+        position: Position,
+    ) -> impl Future<Output = Result<()>> + Send;
+
+    /// Forgets the checkpoint (the projection starts over from the first event).
+    fn delete_checkpoint(&self, projection: &str) -> impl Future<Output = Result<()>> + Send;
+
+    /// Stores a dead letter (replacing one for the same projection and position).
+    fn add_dead_letter(&self, letter: &DeadLetter) -> impl Future<Output = Result<()>> + Send;
+
+    /// The projection's dead letters, oldest position first.
+    fn dead_letters(
+        &self,
+        projection: &str,
+    ) -> impl Future<Output = Result<Vec<DeadLetter>>> + Send;
+
+    /// Removes the projection's dead letter at `position`. Returns whether there was one.
+    fn remove_dead_letter(
+        &self,
+        projection: &str,
+        position: Position,
+    ) -> impl Future<Output = Result<bool>> + Send;
+
+    /// Tries to become the one runner of `projection` among processes sharing the database:
+    /// `Some(lease)` while it holds it (dropping the lease releases it; so does the process
+    /// dying), `None` if another runner holds it. PostgreSQL holds a session advisory lock on a
+    /// connection of its own; the other stores serve one process and always grant it.
+    fn lease(&self, projection: &str) -> impl Future<Output = Result<Option<Lease>>> + Send {
+        let _ = projection;
+        async { Ok(Some(Lease::default())) }
+    }
+}
+
+/// The right to run a projection, held until dropped. See [`CheckpointStore::lease`].
+#[derive(Default)]
+pub struct Lease {
+    _holder: Option<Box<dyn std::any::Any + Send + Sync>>,
+}
+
+impl Lease {
+    /// A lease held by `holder` (a connection holding a lock, say) until it is dropped.
+    pub fn held_by(holder: impl std::any::Any + Send + Sync) -> Self {
+        Lease {
+            _holder: Some(Box::new(holder)),
+        }
+    }
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").finish_non_exhaustive()
+    }
+}
+
+macro_rules! forward_checkpoint_store {
+    ($($ty:ty),*) => {$(
+        /// Forwards to the store behind the pointer.
+        impl<T: CheckpointStore + ?Sized> CheckpointStore for $ty {
+            fn checkpoint(&self, projection: &str) -> impl Future<Output = Result<Option<Position>>> + Send {
+                (**self).checkpoint(projection)
+            }
+            fn save_checkpoint(
+                &self,
+                projection: &str,
+                previous: Option<Position>,
+                position: Position,
+            ) -> impl Future<Output = Result<()>> + Send {
+                (**self).save_checkpoint(projection, previous, position)
+            }
+            fn delete_checkpoint(&self, projection: &str) -> impl Future<Output = Result<()>> + Send {
+                (**self).delete_checkpoint(projection)
+            }
+            fn add_dead_letter(&self, letter: &DeadLetter) -> impl Future<Output = Result<()>> + Send {
+                (**self).add_dead_letter(letter)
+            }
+            fn dead_letters(&self, projection: &str) -> impl Future<Output = Result<Vec<DeadLetter>>> + Send {
+                (**self).dead_letters(projection)
+            }
+            fn remove_dead_letter(
+                &self,
+                projection: &str,
+                position: Position,
+            ) -> impl Future<Output = Result<bool>> + Send {
+                (**self).remove_dead_letter(projection, position)
+            }
+            fn lease(&self, projection: &str) -> impl Future<Output = Result<Option<Lease>>> + Send {
+                (**self).lease(projection)
+            }
+        }
+    )*};
+}
+
+forward_checkpoint_store!(&T, Arc<T>, Box<T>);
+
+/// The conflict error for a checkpoint found at `found` instead of `expected`.
+pub(crate) fn conflict(
+    projection: &str,
+    expected: Option<Position>,
+    found: Option<Position>,
+) -> Error {
+    Error::CheckpointConflict {
+        projection: projection.to_owned(),
+        expected,
+        found,
+    }
+}
+
+/// A transaction of the event store's own database, in which a [`SqlProjection`]'s handlers
+/// write and its checkpoint moves: implemented by the SQLite and PostgreSQL stores.
+///
+/// [`SqlProjection`]: crate::SqlProjection
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub trait TransactionalStore: crate::store::EventStore + CheckpointStore + Clone + 'static {
+    /// The database.
+    type Database: sqlx::Database;
+
+    /// Begins a transaction.
+    fn begin(
+        &self,
+    ) -> impl Future<Output = Result<crate::projection::Transaction<Self::Database>>> + Send;
+
+    /// [`CheckpointStore::save_checkpoint`], inside `tx`.
+    fn save_checkpoint_in<'a>(
+        tx: &'a mut crate::projection::Transaction<Self::Database>,
+        projection: &'a str,
+        previous: Option<Position>,
+        position: Position,
+    ) -> impl Future<Output = Result<()>> + Send + 'a;
+
+    /// [`CheckpointStore::add_dead_letter`], inside `tx`.
+    fn add_dead_letter_in<'a>(
+        tx: &'a mut crate::projection::Transaction<Self::Database>,
+        letter: &'a DeadLetter,
+    ) -> impl Future<Output = Result<()>> + Send + 'a;
+
+    /// [`CheckpointStore::remove_dead_letter`], inside `tx`.
+    fn remove_dead_letter_in<'a>(
+        tx: &'a mut crate::projection::Transaction<Self::Database>,
+        projection: &'a str,
+        position: Position,
+    ) -> impl Future<Output = Result<bool>> + Send + 'a;
+}

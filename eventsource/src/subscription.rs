@@ -1,0 +1,1379 @@
+//! The subscription manager: keeps projections current, catch-up then live.
+//!
+//! Each projection runs in a task of its own: it reads the global log after its checkpoint, in
+//! batches, filtered to the event types it handles, applies each event, and moves its
+//! checkpoint. When it reaches the head it waits for the store's wake-up
+//! ([`EventStore::watch_appends`]: an in-process signal for memory and SQLite, `LISTEN`/`NOTIFY`
+//! for PostgreSQL), with a bounded poll as the safety net, and reads the store again from its
+//! checkpoint. The store is the only source of events, so the switch from catch-up to live can
+//! neither skip nor repeat one.
+//!
+//! A handler that fails is retried with exponential backoff; when the attempts run out the event
+//! goes to the dead-letter table and the projection goes on ([`OnFailure::Skip`], the default)
+//! or stops ([`OnFailure::Stop`]). A stored row that cannot be read at all is dead-lettered the
+//! same way.
+
+use crate::checkpoint::{CheckpointStore, DeadLetter};
+use crate::error::{Error, Result};
+use crate::event::{EventView, RecordedEvent};
+use crate::projection::{EventContext, HandlerError, Projection};
+use crate::store::{EventStore, ReadAll};
+use crate::stream::Position;
+use futures::future::BoxFuture;
+use futures::{FutureExt, StreamExt};
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+/// How a projection reads, retries and fails.
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct ProjectionOptions {
+    /// Events read per round trip (and per transaction, for a database read model).
+    pub batch_size: usize,
+    /// How many times an event is tried before it is dead-lettered (at least 1).
+    pub max_attempts: u32,
+    /// The wait before the first retry; it doubles with each attempt.
+    pub backoff: Duration,
+    /// The longest wait between two attempts.
+    pub max_backoff: Duration,
+    /// What happens after an event is dead-lettered.
+    pub on_failure: OnFailure,
+    /// The longest a live projection waits for a wake-up before it reads the store anyway.
+    pub poll_interval: Duration,
+    /// How often a projection on standby (another process runs it) tries to take over.
+    pub lease_retry: Duration,
+}
+
+impl Default for ProjectionOptions {
+    fn default() -> Self {
+        ProjectionOptions {
+            batch_size: 1000,
+            max_attempts: 3,
+            backoff: Duration::from_millis(50),
+            max_backoff: Duration::from_secs(5),
+            on_failure: OnFailure::Skip,
+            poll_interval: Duration::from_secs(1),
+            lease_retry: Duration::from_secs(1),
+        }
+    }
+}
+
+impl ProjectionOptions {
+    /// Events read per round trip (at least 1).
+    pub fn batch_size(mut self, n: usize) -> Self {
+        self.batch_size = n.max(1);
+        self
+    }
+
+    /// Attempts per event before it is dead-lettered (at least 1).
+    pub fn max_attempts(mut self, n: u32) -> Self {
+        self.max_attempts = n.max(1);
+        self
+    }
+
+    /// The first retry's wait (doubling, up to `max`).
+    pub fn backoff(mut self, first: Duration, max: Duration) -> Self {
+        self.backoff = first;
+        self.max_backoff = max.max(first);
+        self
+    }
+
+    /// What to do after dead-lettering an event.
+    pub fn on_failure(mut self, policy: OnFailure) -> Self {
+        self.on_failure = policy;
+        self
+    }
+
+    /// The safety-net poll of a live projection.
+    pub fn poll_interval(mut self, interval: Duration) -> Self {
+        self.poll_interval = interval;
+        self
+    }
+
+    /// How often a projection on standby tries to take over.
+    pub fn lease_retry(mut self, interval: Duration) -> Self {
+        self.lease_retry = interval;
+        self
+    }
+
+    fn delay(&self, attempt: u32) -> Duration {
+        let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
+        self.backoff.saturating_mul(factor).min(self.max_backoff)
+    }
+}
+
+/// What a projection does once an event has failed `max_attempts` times and is dead-lettered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum OnFailure {
+    /// Go on with the next event (the default): one poison event does not hold back the rest.
+    Skip,
+    /// Stop the projection, with its checkpoint before the event: [`ProjectionState::Failed`].
+    Stop,
+}
+
+/// Where a projection is.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum ProjectionState {
+    /// Not started yet.
+    Starting,
+    /// Reading events that were stored before it got there.
+    CatchingUp,
+    /// At the head of the log, woken by new appends.
+    Live,
+    /// Another process runs this projection; this one takes over when that one stops.
+    Standby,
+    /// Shut down.
+    Stopped,
+    /// Stopped by an error (a dead-lettered event with [`OnFailure::Stop`], a checkpoint moved by
+    /// another runner, the database failing for good); the text says which.
+    Failed(String),
+}
+
+/// A projection's state and checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProjectionStatus {
+    /// The projection's name.
+    pub name: String,
+    /// Where it is.
+    pub state: ProjectionState,
+    /// Every event up to here is applied (`None`: none yet).
+    pub checkpoint: Option<Position>,
+}
+
+/// What a running projection's task is asked to do besides its work.
+enum Command {
+    /// Reset the read model and the checkpoint, then catch up from the first event.
+    Rebuild(oneshot::Sender<Result<()>>),
+    /// Try each dead letter again; reply how many are left.
+    Replay(oneshot::Sender<Result<usize>>),
+}
+
+/// The shared view of one projection's progress.
+#[derive(Debug)]
+struct Progress {
+    status: Mutex<ProjectionStatus>,
+    /// The readable head as of the projection's last read that found nothing more to apply:
+    /// every event it handles up to there is applied.
+    caught_up: Mutex<Option<Position>>,
+    changed: watch::Sender<u64>,
+}
+
+impl Progress {
+    fn new(name: &str) -> Arc<Self> {
+        Arc::new(Progress {
+            status: Mutex::new(ProjectionStatus {
+                name: name.to_owned(),
+                state: ProjectionState::Starting,
+                checkpoint: None,
+            }),
+            caught_up: Mutex::new(None),
+            changed: watch::channel(0).0,
+        })
+    }
+
+    fn caught_up(&self) -> Option<Position> {
+        *self
+            .caught_up
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn set_caught_up(&self, head: Option<Position>) {
+        *self
+            .caught_up
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner) = head;
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
+    fn get(&self) -> ProjectionStatus {
+        self.status
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .clone()
+    }
+
+    fn set(&self, state: ProjectionState, checkpoint: Option<Position>) {
+        {
+            let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+            status.state = state;
+            status.checkpoint = checkpoint;
+        }
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+}
+
+/// A read model kept current by the manager: read it while it runs.
+pub struct ProjectionHandle<P> {
+    model: Arc<RwLock<P>>,
+    progress: Arc<Progress>,
+}
+
+impl<P> Clone for ProjectionHandle<P> {
+    fn clone(&self) -> Self {
+        ProjectionHandle {
+            model: Arc::clone(&self.model),
+            progress: Arc::clone(&self.progress),
+        }
+    }
+}
+
+impl<P> fmt::Debug for ProjectionHandle<P> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProjectionHandle")
+            .field("status", &self.progress.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<P> ProjectionHandle<P> {
+    /// The read model, read-locked (the manager applies a batch at a time under the write lock).
+    pub fn read(&self) -> RwLockReadGuard<'_, P> {
+        self.model.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The projection's state and checkpoint.
+    pub fn status(&self) -> ProjectionStatus {
+        self.progress.get()
+    }
+}
+
+type Spawn = Box<
+    dyn FnOnce(watch::Receiver<bool>, mpsc::Receiver<Command>) -> BoxFuture<'static, ()> + Send,
+>;
+
+struct Entry {
+    name: String,
+    progress: Arc<Progress>,
+    spawn: Spawn,
+}
+
+/// Runs projections against one store: catch-up from each checkpoint, then live.
+///
+/// ```ignore
+/// use eventsource::prelude::*;
+/// use eventsource::subscription::Subscriptions;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(DomainEvent, Serialize, Deserialize)]
+/// struct Deposited { cents: i64 }
+///
+/// #[derive(Default)]
+/// struct Total { cents: i64 }
+///
+/// #[projection]
+/// impl Total {
+///     #[handles]
+///     fn deposited(&mut self, e: &Deposited) { self.cents += e.cents; }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> eventsource::Result<()> {
+/// let store = InMemoryEventStore::new();
+/// let mut subscriptions = Subscriptions::new(store.clone());
+/// let total = subscriptions.add(Total::default());
+/// let running = subscriptions.start();
+///
+/// let stream = StreamId::new("Account", "a-1")?;
+/// let event = eventsource::NewEvent::new(&Deposited { cents: 5 }).unwrap();
+/// let appended = store.append(&stream, ExpectedVersion::Any, vec![event]).await?;
+/// running.wait_until(appended.last_position, std::time::Duration::from_secs(5)).await?;
+/// assert_eq!(total.read().cents, 5);
+/// running.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Subscriptions<S> {
+    store: S,
+    options: ProjectionOptions,
+    entries: Vec<Entry>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for Subscriptions<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscriptions")
+            .field("store", &self.store)
+            .field("options", &self.options)
+            .field(
+                "projections",
+                &self.entries.iter().map(|e| &e.name).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl<S> Subscriptions<S>
+where
+    S: EventStore + CheckpointStore + Clone + 'static,
+{
+    /// A manager of projections over `store`, with default options.
+    pub fn new(store: S) -> Self {
+        Subscriptions {
+            store,
+            options: ProjectionOptions::default(),
+            entries: Vec::new(),
+        }
+    }
+
+    /// The options of the projections added from now on.
+    pub fn with_options(mut self, options: ProjectionOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Adds an in-memory read model. Its checkpoint lives in memory too: the model is built from
+    /// the first event at every start, as its state is.
+    pub fn add<P: Projection + Sync>(&mut self, projection: P) -> ProjectionHandle<P> {
+        let checkpoints = crate::store::memory::InMemoryEventStore::new();
+        self.add_with_checkpoints(projection, checkpoints)
+    }
+
+    /// Adds a projection whose effects outlive the process (it writes to another system, say),
+    /// with its checkpoint in the event store's database: after a restart it resumes there.
+    /// At-least-once: the events of a batch interrupted by a crash are applied again; the
+    /// context's `event_id` is the key to de-duplicate them.
+    pub fn add_durable<P: Projection + Sync>(&mut self, projection: P) -> ProjectionHandle<P> {
+        let checkpoints = self.store.clone();
+        self.add_with_checkpoints(projection, checkpoints)
+    }
+
+    fn add_with_checkpoints<P, C>(&mut self, projection: P, checkpoints: C) -> ProjectionHandle<P>
+    where
+        P: Projection + Sync,
+        C: CheckpointStore + 'static,
+    {
+        let handle = ProjectionHandle {
+            model: Arc::new(RwLock::new(projection)),
+            progress: Progress::new(P::NAME),
+        };
+        let runner = MemoryRunner {
+            store: self.store.clone(),
+            checkpoints,
+            model: Arc::clone(&handle.model),
+            progress: Arc::clone(&handle.progress),
+            options: self.options.clone(),
+            name: P::NAME,
+            event_types: P::event_types(),
+        };
+        self.entries.push(Entry {
+            name: P::NAME.to_owned(),
+            progress: Arc::clone(&handle.progress),
+            spawn: Box::new(move |shutdown, commands| Box::pin(runner.run(shutdown, commands))),
+        });
+        handle
+    }
+
+    /// Starts every projection, each in a task of its own.
+    pub fn start(self) -> RunningSubscriptions {
+        let (shutdown, stop) = watch::channel(false);
+        let mut projections = Vec::new();
+        for entry in self.entries {
+            let (commands, inbox) = mpsc::channel(8);
+            let task = tokio::spawn((entry.spawn)(stop.clone(), inbox));
+            projections.push(Running {
+                name: entry.name,
+                progress: entry.progress,
+                commands,
+                task: Mutex::new(Some(task)),
+            });
+        }
+        RunningSubscriptions {
+            shutdown,
+            projections,
+        }
+    }
+}
+
+struct Running {
+    name: String,
+    progress: Arc<Progress>,
+    commands: mpsc::Sender<Command>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The projections of a started [`Subscriptions`]: their status, operations, and shutdown.
+pub struct RunningSubscriptions {
+    shutdown: watch::Sender<bool>,
+    projections: Vec<Running>,
+}
+
+impl fmt::Debug for RunningSubscriptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunningSubscriptions")
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+impl RunningSubscriptions {
+    /// Every projection's state and checkpoint.
+    pub fn status(&self) -> Vec<ProjectionStatus> {
+        self.projections.iter().map(|p| p.progress.get()).collect()
+    }
+
+    fn find(&self, name: &str) -> Result<&Running> {
+        self.projections
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| Error::UnknownProjection {
+                name: name.to_owned(),
+            })
+    }
+
+    /// Waits until every projection has applied every event up to `position` it handles (or has
+    /// stopped or failed), at most `timeout`: how a caller reads its own writes in a read model.
+    pub async fn wait_until(&self, position: Position, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for projection in &self.projections {
+            let mut changed = projection.progress.changed.subscribe();
+            loop {
+                let status = projection.progress.get();
+                let done = matches!(
+                    status.state,
+                    ProjectionState::Stopped | ProjectionState::Failed(_)
+                ) || status.checkpoint.is_some_and(|c| c >= position)
+                    || projection
+                        .progress
+                        .caught_up()
+                        .is_some_and(|c| c >= position);
+                if done {
+                    break;
+                }
+                if tokio::time::timeout_at(deadline, changed.changed())
+                    .await
+                    .is_err()
+                {
+                    return Err(Error::Timeout {
+                        operation: "waiting for projections to catch up",
+                        waited: timeout,
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Resets projection `name`'s read model and checkpoint and rebuilds it from the first event
+    /// (between two batches; the projection goes on live afterwards). Returns when the rebuild
+    /// has caught up with the head.
+    pub async fn rebuild(&self, name: &str) -> Result<()> {
+        let projection = self.find(name)?;
+        let (reply, answer) = oneshot::channel();
+        projection
+            .commands
+            .send(Command::Rebuild(reply))
+            .await
+            .map_err(|_| stopped(name))?;
+        answer.await.map_err(|_| stopped(name))?
+    }
+
+    /// Tries each of projection `name`'s dead letters again, oldest first; one that now
+    /// succeeds leaves the table. Returns how many are left.
+    pub async fn replay_dead_letters(&self, name: &str) -> Result<usize> {
+        let projection = self.find(name)?;
+        let (reply, answer) = oneshot::channel();
+        projection
+            .commands
+            .send(Command::Replay(reply))
+            .await
+            .map_err(|_| stopped(name))?;
+        answer.await.map_err(|_| stopped(name))?
+    }
+
+    /// Stops every projection at once, in the middle of whatever it does, as a crash would: an
+    /// open transaction is rolled back, and an in-memory batch is not checkpointed. For tests of
+    /// recovery; [`shutdown`](Self::shutdown) is the graceful stop.
+    pub fn abort(&self) {
+        for projection in &self.projections {
+            if let Some(task) = projection
+                .task
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+            {
+                task.abort();
+            }
+        }
+    }
+
+    /// Asks every projection to stop after its current batch (its checkpoint stored), and waits
+    /// until all have.
+    pub async fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        for projection in &self.projections {
+            let task = projection
+                .task
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(task) = task {
+                let _ = task.await;
+            }
+        }
+    }
+}
+
+fn stopped(name: &str) -> Error {
+    Error::ProjectionStopped {
+        projection: name.to_owned(),
+        position: Position::START,
+        error: "the projection is not running".into(),
+    }
+}
+
+/// One in-memory (or durable, at-least-once) projection's loop.
+struct MemoryRunner<S, C, P> {
+    store: S,
+    checkpoints: C,
+    model: Arc<RwLock<P>>,
+    progress: Arc<Progress>,
+    options: ProjectionOptions,
+    name: &'static str,
+    event_types: Vec<&'static str>,
+}
+
+/// What woke a live projection.
+enum Woken {
+    Stop,
+    Command(Option<Command>),
+    Appended(bool),
+    Poll,
+}
+
+/// What applying one event came to.
+enum Applied {
+    Done,
+    DeadLettered,
+    Stop(Error),
+}
+
+impl<S, C, P> MemoryRunner<S, C, P>
+where
+    S: EventStore + 'static,
+    C: CheckpointStore + 'static,
+    P: Projection + Sync,
+{
+    async fn run(self, mut shutdown: watch::Receiver<bool>, mut commands: mpsc::Receiver<Command>) {
+        let Some(_lease) = take_lease(
+            &self.checkpoints,
+            self.name,
+            &self.progress,
+            &self.options,
+            &mut shutdown,
+        )
+        .await
+        else {
+            return self.progress.set(ProjectionState::Stopped, None);
+        };
+        let mut checkpoint = match self.load_checkpoint(&mut shutdown).await {
+            Some(checkpoint) => checkpoint,
+            None => return self.progress.set(ProjectionState::Stopped, None),
+        };
+        let mut appends = self.store.watch_appends();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            while let Ok(command) = commands.try_recv() {
+                checkpoint = self.command(command, checkpoint).await;
+            }
+            appends.borrow_and_update();
+            // The head before the read: if the read finds nothing more, everything up to it is
+            // applied (what `wait_until` asks).
+            let head = self.store.log_head().await.ok().map(|head| head.readable);
+            let page = match self.read_page(checkpoint).await {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(projection = self.name, %error, "cannot read the log; retrying");
+                    self.sleep_or_stop(&mut shutdown, self.options.max_backoff)
+                        .await;
+                    continue;
+                }
+            };
+            if page.is_empty() {
+                self.progress.set(ProjectionState::Live, checkpoint);
+                self.progress.set_caught_up(head);
+                let woken = {
+                    let stop = shutdown.changed().fuse();
+                    let command = commands.recv().fuse();
+                    let appended = appends.changed().fuse();
+                    let poll = tokio::time::sleep(self.options.poll_interval).fuse();
+                    futures::pin_mut!(stop, command, appended, poll);
+                    futures::select_biased! {
+                        _ = stop => Woken::Stop,
+                        command = command => Woken::Command(command),
+                        changed = appended => Woken::Appended(changed.is_ok()),
+                        () = poll => Woken::Poll,
+                    }
+                };
+                match woken {
+                    Woken::Command(Some(command)) => {
+                        checkpoint = self.command(command, checkpoint).await;
+                    }
+                    // The store cannot signal: poll.
+                    Woken::Appended(false) => {
+                        tokio::time::sleep(self.options.poll_interval).await;
+                    }
+                    Woken::Stop | Woken::Command(None) | Woken::Appended(true) | Woken::Poll => {}
+                }
+                continue;
+            }
+            let full = page.len() >= self.options.batch_size;
+            self.progress.set(
+                if full {
+                    ProjectionState::CatchingUp
+                } else {
+                    ProjectionState::Live
+                },
+                checkpoint,
+            );
+            match self.apply_page(page, checkpoint).await {
+                Ok(next) => checkpoint = next,
+                Err((next, error)) => {
+                    self.progress
+                        .set(ProjectionState::Failed(error.to_string()), next);
+                    return;
+                }
+            }
+        }
+        self.progress.set(ProjectionState::Stopped, checkpoint);
+    }
+
+    async fn sleep_or_stop(&self, shutdown: &mut watch::Receiver<bool>, delay: Duration) {
+        sleep_or_stop(shutdown, delay).await;
+    }
+
+    /// The stored checkpoint, retried until the store answers or shutdown (`None`).
+    async fn load_checkpoint(
+        &self,
+        shutdown: &mut watch::Receiver<bool>,
+    ) -> Option<Option<Position>> {
+        loop {
+            match self.checkpoints.checkpoint(self.name).await {
+                Ok(checkpoint) => return Some(checkpoint),
+                Err(error) => {
+                    tracing::warn!(projection = self.name, %error, "cannot read the checkpoint; retrying");
+                }
+            }
+            if *shutdown.borrow() {
+                return None;
+            }
+            self.sleep_or_stop(shutdown, self.options.max_backoff).await;
+        }
+    }
+
+    async fn read_page(&self, after: Option<Position>) -> Result<Vec<Result<RecordedEvent>>> {
+        read_page(
+            &self.store,
+            after,
+            &self.event_types,
+            self.options.batch_size,
+        )
+        .await
+    }
+
+    /// Applies a page under the model's write lock, then moves the checkpoint. On a stop, the
+    /// checkpoint is left before the failing event.
+    async fn apply_page(
+        &self,
+        page: Vec<Result<RecordedEvent>>,
+        checkpoint: Option<Position>,
+    ) -> std::result::Result<Option<Position>, (Option<Position>, Error)> {
+        let mut reached = checkpoint;
+        let mut stop = None;
+        for item in page {
+            let position = item_position(&item);
+            match self.apply_one(item).await {
+                Applied::Done | Applied::DeadLettered => reached = Some(position),
+                Applied::Stop(error) => {
+                    stop = Some(error);
+                    break;
+                }
+            }
+        }
+        if reached != checkpoint
+            && let Some(position) = reached
+            && let Err(error) = self
+                .checkpoints
+                .save_checkpoint(self.name, checkpoint, position)
+                .await
+        {
+            return Err((checkpoint, error));
+        }
+        match stop {
+            Some(error) => Err((reached, error)),
+            None => Ok(reached),
+        }
+    }
+
+    async fn apply_one(&self, item: Result<RecordedEvent>) -> Applied {
+        let event = match item {
+            Ok(event) => event,
+            Err(error) => {
+                // A row that cannot be read: dead-letter it, it will not read better next time.
+                return match letter_for_damaged(self.name, error) {
+                    Ok(letter) => self.dead_letter(letter).await,
+                    Err(error) => Applied::Stop(error),
+                };
+            }
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let outcome = {
+                let mut model = self.model.write().unwrap_or_else(PoisonError::into_inner);
+                apply_event(&mut *model, &event)
+            };
+            match outcome {
+                Ok(()) => return Applied::Done,
+                Err(error) if attempt < self.options.max_attempts => {
+                    tracing::debug!(projection = self.name, position = %event.position, attempt, %error, "handler failed; retrying");
+                    tokio::time::sleep(self.options.delay(attempt)).await;
+                }
+                Err(error) => {
+                    tracing::warn!(projection = self.name, position = %event.position, attempts = attempt, %error, "handler failed; dead-lettering the event");
+                    return self
+                        .dead_letter(letter_for(self.name, &event, &*error, attempt))
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn dead_letter(&self, letter: DeadLetter) -> Applied {
+        let position = letter.position;
+        let error = letter.error.clone();
+        if let Err(failed) = self.checkpoints.add_dead_letter(&letter).await {
+            return Applied::Stop(failed);
+        }
+        match self.options.on_failure {
+            OnFailure::Skip => Applied::DeadLettered,
+            OnFailure::Stop => Applied::Stop(Error::ProjectionStopped {
+                projection: self.name.to_owned(),
+                position,
+                error,
+            }),
+        }
+    }
+
+    async fn command(&self, command: Command, checkpoint: Option<Position>) -> Option<Position> {
+        match command {
+            Command::Rebuild(reply) => {
+                let result = self.rebuild(checkpoint).await;
+                let next = match &result {
+                    Ok(next) => *next,
+                    Err(_) => checkpoint,
+                };
+                let _ = reply.send(result.map(drop));
+                next
+            }
+            Command::Replay(reply) => {
+                let _ = reply.send(self.replay().await);
+                checkpoint
+            }
+        }
+    }
+
+    /// Resets the model and the checkpoint, and catches up from the first event.
+    async fn rebuild(&self, checkpoint: Option<Position>) -> Result<Option<Position>> {
+        self.model
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reset();
+        if checkpoint.is_some() {
+            self.checkpoints.delete_checkpoint(self.name).await?;
+        }
+        let mut at = None;
+        self.progress.set(ProjectionState::CatchingUp, None);
+        loop {
+            let page = self.read_page(at).await?;
+            if page.is_empty() {
+                return Ok(at);
+            }
+            at = self
+                .apply_page(page, at)
+                .await
+                .map_err(|(_, error)| error)?;
+        }
+    }
+
+    /// Tries every dead letter again; returns how many are left.
+    async fn replay(&self) -> Result<usize> {
+        let letters = self.checkpoints.dead_letters(self.name).await?;
+        let mut left = 0;
+        for letter in letters {
+            let before = Position::new(letter.position.get().saturating_sub(1));
+            let found = self
+                .store
+                .read_all(ReadAll::after(before).batch_size(1))
+                .next()
+                .await;
+            let event = match found {
+                Some(Ok(event)) if event.position == letter.position => event,
+                _ => {
+                    left += 1;
+                    continue;
+                }
+            };
+            let outcome = {
+                let mut model = self.model.write().unwrap_or_else(PoisonError::into_inner);
+                apply_event(&mut *model, &event)
+            };
+            match outcome {
+                Ok(()) => {
+                    self.checkpoints
+                        .remove_dead_letter(self.name, letter.position)
+                        .await?;
+                }
+                Err(error) => {
+                    left += 1;
+                    let again = DeadLetter {
+                        attempts: letter.attempts.saturating_add(1),
+                        error: error.to_string(),
+                        failed_at: crate::event::now(),
+                        ..letter
+                    };
+                    self.checkpoints.add_dead_letter(&again).await?;
+                }
+            }
+        }
+        Ok(left)
+    }
+}
+
+/// Waits for the projection's lease (standing by while another process holds it); `None` on
+/// shutdown.
+async fn take_lease<C: CheckpointStore>(
+    checkpoints: &C,
+    name: &str,
+    progress: &Progress,
+    options: &ProjectionOptions,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<crate::checkpoint::Lease> {
+    loop {
+        match checkpoints.lease(name).await {
+            Ok(Some(lease)) => return Some(lease),
+            Ok(None) => progress.set(ProjectionState::Standby, progress.get().checkpoint),
+            Err(error) => {
+                tracing::warn!(projection = name, %error, "cannot take the projection's lease; retrying");
+            }
+        }
+        if *shutdown.borrow() {
+            return None;
+        }
+        sleep_or_stop(shutdown, options.lease_retry).await;
+        if *shutdown.borrow() {
+            return None;
+        }
+    }
+}
+
+async fn sleep_or_stop(shutdown: &mut watch::Receiver<bool>, delay: Duration) {
+    let stop = shutdown.changed().fuse();
+    let sleep = tokio::time::sleep(delay).fuse();
+    futures::pin_mut!(stop, sleep);
+    futures::select_biased! {
+        _ = stop => {}
+        () = sleep => {}
+    }
+}
+
+/// One page of the global log after `after`, filtered to `event_types`: the events, and the
+/// damaged rows as their errors. An error that is not about a row (the database failing) fails
+/// the whole read.
+async fn read_page<S: EventStore>(
+    store: &S,
+    after: Option<Position>,
+    event_types: &[&'static str],
+    batch_size: usize,
+) -> Result<Vec<Result<RecordedEvent>>> {
+    let query = ReadAll::after(after.unwrap_or(Position::START))
+        .event_types(event_types.iter().copied())
+        .batch_size(batch_size);
+    let mut page = Vec::new();
+    let mut events = store.read_all(query).take(batch_size);
+    while let Some(item) = events.next().await {
+        match item {
+            Err(error) if error.position().is_none() => return Err(error),
+            item => page.push(item),
+        }
+    }
+    Ok(page)
+}
+
+/// The position of a page item.
+fn item_position(item: &Result<RecordedEvent>) -> Position {
+    match item {
+        Ok(event) => event.position,
+        Err(error) => error.position().unwrap_or(Position::START),
+    }
+}
+
+/// The dead letter for a stored row that cannot be read, or the error back if it is not about a
+/// row.
+fn letter_for_damaged(projection: &str, error: Error) -> std::result::Result<DeadLetter, Error> {
+    let Error::Corrupt {
+        stream,
+        position,
+        version,
+        event_type,
+        ..
+    } = &error
+    else {
+        return Err(error);
+    };
+    Ok(DeadLetter::new(
+        projection,
+        position.unwrap_or(Position::START),
+        stream.clone(),
+        error.to_string(),
+        1,
+    )
+    .with_event(None, *version, event_type.clone()))
+}
+
+/// Applies one recorded event to an in-memory projection.
+fn apply_event<P: Projection>(
+    model: &mut P,
+    event: &RecordedEvent,
+) -> std::result::Result<(), HandlerError> {
+    let view: EventView<'_> = event.view();
+    model.handle(view, &EventContext::of(event))
+}
+
+/// The dead letter for `event`, which failed `attempts` times with `error`.
+fn letter_for(
+    projection: &str,
+    event: &RecordedEvent,
+    error: &(dyn std::error::Error + Send + Sync),
+    attempts: u32,
+) -> DeadLetter {
+    DeadLetter::new(
+        projection,
+        event.position,
+        event.stream.clone(),
+        error.to_string(),
+        attempts,
+    )
+    .with_event(
+        Some(event.event_id),
+        Some(event.version),
+        Some(event.event_type.clone()),
+    )
+}
+
+/// The status of a database read model: the model itself lives in the database.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[derive(Clone, Debug)]
+pub struct SqlProjectionHandle {
+    progress: Arc<Progress>,
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl SqlProjectionHandle {
+    /// The projection's state and checkpoint.
+    pub fn status(&self) -> ProjectionStatus {
+        self.progress.get()
+    }
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl<S> Subscriptions<S>
+where
+    S: crate::checkpoint::TransactionalStore,
+{
+    /// Adds a read model in the event store's own database: its handlers write through the
+    /// transaction that also moves its checkpoint, so each event's effect is applied exactly
+    /// once, across crashes and restarts.
+    pub fn add_sql<P>(&mut self, projection: P) -> SqlProjectionHandle
+    where
+        P: crate::projection::SqlProjection<Database = S::Database>,
+    {
+        let progress = Progress::new(P::NAME);
+        let runner = SqlRunner {
+            store: self.store.clone(),
+            model: projection,
+            progress: Arc::clone(&progress),
+            options: self.options.clone(),
+            name: P::NAME,
+            event_types: P::event_types(),
+        };
+        self.entries.push(Entry {
+            name: P::NAME.to_owned(),
+            progress: Arc::clone(&progress),
+            spawn: Box::new(move |shutdown, commands| Box::pin(runner.run(shutdown, commands))),
+        });
+        SqlProjectionHandle { progress }
+    }
+}
+
+/// One database read model's loop: a transaction per batch, with the checkpoint in it.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+struct SqlRunner<S, P> {
+    store: S,
+    model: P,
+    progress: Arc<Progress>,
+    options: ProjectionOptions,
+    name: &'static str,
+    event_types: Vec<&'static str>,
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl<S, P> SqlRunner<S, P>
+where
+    S: crate::checkpoint::TransactionalStore,
+    P: crate::projection::SqlProjection<Database = S::Database>,
+{
+    async fn run(
+        mut self,
+        mut shutdown: watch::Receiver<bool>,
+        mut commands: mpsc::Receiver<Command>,
+    ) {
+        let Some(_lease) = take_lease(
+            &self.store,
+            self.name,
+            &self.progress,
+            &self.options,
+            &mut shutdown,
+        )
+        .await
+        else {
+            return self.progress.set(ProjectionState::Stopped, None);
+        };
+        let mut checkpoint = loop {
+            match self.store.checkpoint(self.name).await {
+                Ok(checkpoint) => break checkpoint,
+                Err(error) => {
+                    tracing::warn!(projection = self.name, %error, "cannot read the checkpoint; retrying");
+                }
+            }
+            if *shutdown.borrow() {
+                return self.progress.set(ProjectionState::Stopped, None);
+            }
+            sleep_or_stop(&mut shutdown, self.options.max_backoff).await;
+        };
+        let mut appends = self.store.watch_appends();
+        loop {
+            if *shutdown.borrow() {
+                break;
+            }
+            while let Ok(command) = commands.try_recv() {
+                checkpoint = self.command(command, checkpoint).await;
+            }
+            appends.borrow_and_update();
+            let head = self.store.log_head().await.ok().map(|head| head.readable);
+            let page = match read_page(
+                &self.store,
+                checkpoint,
+                &self.event_types,
+                self.options.batch_size,
+            )
+            .await
+            {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(projection = self.name, %error, "cannot read the log; retrying");
+                    sleep_or_stop(&mut shutdown, self.options.max_backoff).await;
+                    continue;
+                }
+            };
+            if page.is_empty() {
+                self.progress.set(ProjectionState::Live, checkpoint);
+                self.progress.set_caught_up(head);
+                let woken = {
+                    let stop = shutdown.changed().fuse();
+                    let command = commands.recv().fuse();
+                    let appended = appends.changed().fuse();
+                    let poll = tokio::time::sleep(self.options.poll_interval).fuse();
+                    futures::pin_mut!(stop, command, appended, poll);
+                    futures::select_biased! {
+                        _ = stop => Woken::Stop,
+                        command = command => Woken::Command(command),
+                        changed = appended => Woken::Appended(changed.is_ok()),
+                        () = poll => Woken::Poll,
+                    }
+                };
+                match woken {
+                    Woken::Command(Some(command)) => {
+                        checkpoint = self.command(command, checkpoint).await;
+                    }
+                    Woken::Appended(false) => {
+                        tokio::time::sleep(self.options.poll_interval).await;
+                    }
+                    Woken::Stop | Woken::Command(None) | Woken::Appended(true) | Woken::Poll => {}
+                }
+                continue;
+            }
+            let full = page.len() >= self.options.batch_size;
+            self.progress.set(
+                if full {
+                    ProjectionState::CatchingUp
+                } else {
+                    ProjectionState::Live
+                },
+                checkpoint,
+            );
+            match self.apply_page(page, checkpoint).await {
+                Ok(next) => checkpoint = next,
+                Err((next, error)) => {
+                    tracing::error!(projection = self.name, %error, "projection stopped");
+                    self.progress
+                        .set(ProjectionState::Failed(error.to_string()), next);
+                    return;
+                }
+            }
+        }
+        self.progress.set(ProjectionState::Stopped, checkpoint);
+    }
+
+    /// The whole page in one transaction with its checkpoint; if anything in it fails, the
+    /// page again one event per transaction, with retries and dead letters.
+    async fn apply_page(
+        &mut self,
+        page: Vec<Result<RecordedEvent>>,
+        checkpoint: Option<Position>,
+    ) -> std::result::Result<Option<Position>, (Option<Position>, Error)> {
+        let last = page.last().map(item_position);
+        if page.iter().all(Result::is_ok)
+            && let Some(last) = last
+        {
+            match self.apply_batch(&page, checkpoint, last).await {
+                Ok(()) => return Ok(Some(last)),
+                Err(BatchFailure::Checkpoint(error)) => return Err((checkpoint, error)),
+                Err(BatchFailure::Handler(_)) => {}
+            }
+        }
+        let mut reached = checkpoint;
+        for item in page {
+            reached = self.apply_alone(item, reached).await?;
+        }
+        Ok(reached)
+    }
+
+    async fn apply_batch(
+        &mut self,
+        page: &[Result<RecordedEvent>],
+        checkpoint: Option<Position>,
+        last: Position,
+    ) -> std::result::Result<(), BatchFailure> {
+        let database = |error| BatchFailure::Checkpoint(error);
+        let mut tx = self.store.begin().await.map_err(database)?;
+        for event in page.iter().flatten() {
+            let context = EventContext::of(event);
+            if let Err(error) = self.model.handle(event.view(), &context, &mut tx).await {
+                tracing::debug!(projection = self.name, position = %event.position, %error, "handler failed in a batch; applying the batch one event at a time");
+                return Err(BatchFailure::Handler(error.to_string()));
+            }
+        }
+        S::save_checkpoint_in(&mut tx, self.name, checkpoint, last)
+            .await
+            .map_err(database)?;
+        tx.commit()
+            .await
+            .map_err(|error| database(Error::database("commit")(error)))
+    }
+
+    /// One event in a transaction of its own, retried; dead-lettered (in the transaction that
+    /// moves the checkpoint past it) when its attempts run out.
+    async fn apply_alone(
+        &mut self,
+        item: Result<RecordedEvent>,
+        checkpoint: Option<Position>,
+    ) -> std::result::Result<Option<Position>, (Option<Position>, Error)> {
+        let position = item_position(&item);
+        let letter = match item {
+            Err(error) => letter_for_damaged(self.name, error).map_err(|e| (checkpoint, e))?,
+            Ok(event) => {
+                let mut attempt = 0;
+                loop {
+                    attempt += 1;
+                    let outcome = self.apply_in_own_transaction(&event, checkpoint).await;
+                    match outcome {
+                        Ok(()) => return Ok(Some(position)),
+                        Err(BatchFailure::Checkpoint(error)) => return Err((checkpoint, error)),
+                        Err(BatchFailure::Handler(error))
+                            if attempt < self.options.max_attempts =>
+                        {
+                            tracing::debug!(projection = self.name, %position, attempt, %error, "handler failed; retrying");
+                            tokio::time::sleep(self.options.delay(attempt)).await;
+                        }
+                        Err(BatchFailure::Handler(error)) => {
+                            tracing::warn!(projection = self.name, %position, attempts = attempt, %error, "handler failed; dead-lettering the event");
+                            let mut letter =
+                                letter_for(self.name, &event, &*HandlerError::from(error), attempt);
+                            letter.attempts = attempt;
+                            break letter;
+                        }
+                    }
+                }
+            }
+        };
+        let stop = self.options.on_failure == OnFailure::Stop;
+        let result: Result<()> = async {
+            let mut tx = self.store.begin().await?;
+            S::add_dead_letter_in(&mut tx, &letter).await?;
+            if !stop {
+                S::save_checkpoint_in(&mut tx, self.name, checkpoint, position).await?;
+            }
+            tx.commit().await.map_err(Error::database("commit"))
+        }
+        .await;
+        result.map_err(|error| (checkpoint, error))?;
+        if stop {
+            return Err((
+                checkpoint,
+                Error::ProjectionStopped {
+                    projection: self.name.to_owned(),
+                    position,
+                    error: letter.error,
+                },
+            ));
+        }
+        Ok(Some(position))
+    }
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl<S, P> SqlRunner<S, P>
+where
+    S: crate::checkpoint::TransactionalStore,
+    P: crate::projection::SqlProjection<Database = S::Database>,
+{
+    /// One event and the checkpoint past it, in one transaction.
+    async fn apply_in_own_transaction(
+        &mut self,
+        event: &RecordedEvent,
+        checkpoint: Option<Position>,
+    ) -> std::result::Result<(), BatchFailure> {
+        let database = BatchFailure::Checkpoint;
+        let mut tx = self.store.begin().await.map_err(database)?;
+        let context = EventContext::of(event);
+        if let Err(error) = self.model.handle(event.view(), &context, &mut tx).await {
+            return Err(BatchFailure::Handler(error.to_string()));
+        }
+        S::save_checkpoint_in(&mut tx, self.name, checkpoint, event.position)
+            .await
+            .map_err(database)?;
+        tx.commit()
+            .await
+            .map_err(|error| database(Error::database("commit")(error)))
+    }
+
+    async fn command(
+        &mut self,
+        command: Command,
+        checkpoint: Option<Position>,
+    ) -> Option<Position> {
+        match command {
+            Command::Rebuild(reply) => {
+                let result = self.rebuild(checkpoint).await;
+                let next = match &result {
+                    Ok(next) => *next,
+                    Err(_) => checkpoint,
+                };
+                let _ = reply.send(result.map(drop));
+                next
+            }
+            Command::Replay(reply) => {
+                let _ = reply.send(self.replay().await);
+                checkpoint
+            }
+        }
+    }
+
+    /// Empties the read model and replays every event into it, all in one transaction, with
+    /// the checkpoint: readers see the old model until the new one is complete. A handler that
+    /// fails aborts the rebuild (nothing changes).
+    async fn rebuild(&mut self, checkpoint: Option<Position>) -> Result<Option<Position>> {
+        self.progress.set(ProjectionState::CatchingUp, checkpoint);
+        let mut tx = self.store.begin().await?;
+        let failed = |error: HandlerError| Error::ProjectionStopped {
+            projection: self.name.to_owned(),
+            position: Position::START,
+            error: format!("rebuild aborted, nothing changed: {error}"),
+        };
+        self.model.reset(&mut tx).await.map_err(failed)?;
+        let mut at = None;
+        loop {
+            let page =
+                read_page(&self.store, at, &self.event_types, self.options.batch_size).await?;
+            if page.is_empty() {
+                break;
+            }
+            for item in page {
+                let event = item?;
+                let context = EventContext::of(&event);
+                self.model
+                    .handle(event.view(), &context, &mut tx)
+                    .await
+                    .map_err(|error| Error::ProjectionStopped {
+                        projection: self.name.to_owned(),
+                        position: event.position,
+                        error: format!("rebuild aborted, nothing changed: {error}"),
+                    })?;
+                at = Some(event.position);
+            }
+        }
+        if let Some(at) = at {
+            S::save_checkpoint_in(&mut tx, self.name, checkpoint, at).await?;
+        }
+        tx.commit().await.map_err(Error::database("commit"))?;
+        Ok(at.or(checkpoint))
+    }
+
+    /// Tries every dead letter again, each in a transaction that also removes it.
+    async fn replay(&mut self) -> Result<usize> {
+        let letters = self.store.dead_letters(self.name).await?;
+        let mut left = 0;
+        for letter in letters {
+            let before = Position::new(letter.position.get().saturating_sub(1));
+            let found = self
+                .store
+                .read_all(ReadAll::after(before).batch_size(1))
+                .next()
+                .await;
+            let event = match found {
+                Some(Ok(event)) if event.position == letter.position => event,
+                _ => {
+                    left += 1;
+                    continue;
+                }
+            };
+            let mut tx = self.store.begin().await?;
+            let context = EventContext::of(&event);
+            match self.model.handle(event.view(), &context, &mut tx).await {
+                Ok(()) => {
+                    S::remove_dead_letter_in(&mut tx, self.name, letter.position).await?;
+                    tx.commit().await.map_err(Error::database("commit"))?;
+                }
+                Err(error) => {
+                    drop(tx);
+                    left += 1;
+                    let again = DeadLetter {
+                        attempts: letter.attempts.saturating_add(1),
+                        error: error.to_string(),
+                        failed_at: crate::event::now(),
+                        ..letter
+                    };
+                    self.store.add_dead_letter(&again).await?;
+                }
+            }
+        }
+        Ok(left)
+    }
+}
+
+/// Why a batch transaction did not commit.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+enum BatchFailure {
+    /// A handler failed (its error, as text): retry the events one by one.
+    Handler(String),
+    /// The database or the checkpoint failed: stop.
+    Checkpoint(Error),
+}

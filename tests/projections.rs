@@ -1,0 +1,567 @@
+//! The subscription manager on every backend: catch-up then live with writers running, crash
+//! and restart, retries, dead letters and their replay, rebuilds, and (PostgreSQL) takeover
+//! between two managers. The projections are written by hand here, so that these tests check the
+//! runner alone; `tests/projection_dispatch.rs` checks what `#[projection]` generates.
+
+use eventsource::checkpoint::TransactionalStore;
+use eventsource::prelude::*;
+use eventsource::projection::{HandlerError, Transaction};
+use eventsource::subscription::{
+    OnFailure, ProjectionOptions, ProjectionState, RunningSubscriptions, Subscriptions,
+};
+use eventsource::{CheckpointStore, EventView, NewEvent};
+use eventsource_tests::databases;
+use futures::future::BoxFuture;
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug)]
+#[event(name = "proj.Deposited")]
+struct Deposited {
+    cents: i64,
+}
+
+const WAIT: Duration = Duration::from_secs(30);
+
+fn deposit(cents: i64) -> NewEvent {
+    NewEvent::new(&Deposited { cents }).unwrap()
+}
+
+fn account(n: usize) -> StreamId {
+    StreamId::new("Account", format!("a{n}")).unwrap()
+}
+
+fn fast() -> ProjectionOptions {
+    ProjectionOptions::default()
+        .batch_size(7)
+        .backoff(Duration::from_millis(1), Duration::from_millis(5))
+        .poll_interval(Duration::from_millis(200))
+        .lease_retry(Duration::from_millis(100))
+}
+
+/// Balances per account, in memory. `fail_on` makes the handler fail for a deposit of that many
+/// cents (`failures` times, or always when `None`).
+#[derive(Default)]
+struct Balances {
+    by_account: BTreeMap<String, i64>,
+    applied: u64,
+    fail_on: Option<(i64, Option<u32>)>,
+    failed: Arc<AtomicU32>,
+}
+
+impl Projection for Balances {
+    const NAME: &'static str = "balances";
+
+    fn event_types() -> Vec<&'static str> {
+        vec!["proj.Deposited"]
+    }
+
+    fn handle(
+        &mut self,
+        event: EventView<'_>,
+        context: &EventContext<'_>,
+    ) -> Result<(), HandlerError> {
+        let deposited: Deposited = event.decode()?;
+        if let Some((cents, times)) = self.fail_on
+            && cents == deposited.cents
+            && times.is_none_or(|times| self.failed.load(Ordering::SeqCst) < times)
+        {
+            self.failed.fetch_add(1, Ordering::SeqCst);
+            return Err(format!("cannot apply a deposit of {cents}").into());
+        }
+        *self
+            .by_account
+            .entry(context.aggregate_id().to_owned())
+            .or_default() += deposited.cents;
+        self.applied += 1;
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        self.by_account.clear();
+        self.applied = 0;
+    }
+}
+
+/// The fold of the whole log: what every read model must equal at the end.
+async fn expected_balances<S: EventStore>(store: &S) -> BTreeMap<String, i64> {
+    let mut balances = BTreeMap::new();
+    for event in eventsource_tests::conformance::read_settled(store, ReadAll::from_start()).await {
+        if event.is::<Deposited>() {
+            *balances.entry(event.aggregate_id().to_owned()).or_default() +=
+                event.decode::<Deposited>().unwrap().cents;
+        }
+    }
+    balances
+}
+
+/// Appends `count` deposits spread over 5 accounts; returns the last position.
+async fn write<S: EventStore>(store: &S, from: usize, count: usize) -> Position {
+    let mut last = Position::START;
+    for i in from..from + count {
+        let result = store
+            .append(
+                &account(i % 5),
+                ExpectedVersion::Any,
+                vec![deposit(i as i64 + 1)],
+            )
+            .await
+            .unwrap();
+        last = result.last_position;
+    }
+    last
+}
+
+async fn caught_up<S: EventStore>(running: &RunningSubscriptions, store: &S) {
+    let head = store.log_head().await.unwrap();
+    store.wait_for(head.last, WAIT).await.unwrap();
+    running.wait_until(head.last, WAIT).await.unwrap();
+}
+
+/// Catch-up from the stored events, then live while writers keep appending: the read model
+/// equals the fold of the whole log, with no event missed or applied twice at the switch.
+async fn catch_up_then_live<S>(store: &S)
+where
+    S: EventStore + CheckpointStore + Clone + 'static,
+{
+    write(store, 0, 40).await;
+    let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
+    let balances = subscriptions.add(Balances::default());
+    let running = subscriptions.start();
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move { write(&store, 1000 * (w + 1), 30).await })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    caught_up(&running, store).await;
+    let expected = expected_balances(store).await;
+    assert_eq!(balances.read().by_account, expected);
+    assert_eq!(balances.read().applied, 130, "each event applied once");
+    assert_eq!(balances.status().state, ProjectionState::Live);
+    running.shutdown().await;
+    assert_eq!(balances.status().state, ProjectionState::Stopped);
+}
+
+/// A handler that fails twice on an event, then succeeds: retried with backoff, applied once,
+/// nothing dead-lettered.
+async fn retries_then_succeeds<S>(store: &S)
+where
+    S: EventStore + CheckpointStore + Clone + 'static,
+{
+    write(store, 0, 10).await;
+    let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast().max_attempts(3));
+    let failed = Arc::new(AtomicU32::new(0));
+    let balances = subscriptions.add_durable(Balances {
+        fail_on: Some((4, Some(2))),
+        failed: Arc::clone(&failed),
+        ..Balances::default()
+    });
+    let running = subscriptions.start();
+    caught_up(&running, store).await;
+    assert_eq!(failed.load(Ordering::SeqCst), 2);
+    assert_eq!(balances.read().applied, 10);
+    let expected = expected_balances(store).await;
+    assert_eq!(balances.read().by_account, expected);
+    assert!(store.dead_letters("balances").await.unwrap().is_empty());
+    running.shutdown().await;
+    let checkpoint = store.checkpoint("balances").await.unwrap();
+    assert_eq!(checkpoint, balances.status().checkpoint);
+    assert!(checkpoint.is_some());
+}
+
+/// A poison event goes to the dead-letter table while the events after it still apply; once
+/// the cause is gone, replaying the dead letters applies it and empties the table. With
+/// `OnFailure::Stop`, the projection stops before it instead.
+async fn poison_event_is_dead_lettered<S>(store: &S)
+where
+    S: EventStore + CheckpointStore + Clone + 'static,
+{
+    write(store, 0, 10).await;
+    let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast().max_attempts(2));
+    let failed = Arc::new(AtomicU32::new(0));
+    let balances = subscriptions.add_durable(Balances {
+        fail_on: Some((5, Some(2))),
+        failed: Arc::clone(&failed),
+        ..Balances::default()
+    });
+    let running = subscriptions.start();
+    caught_up(&running, store).await;
+    assert_eq!(balances.read().applied, 9, "every event but the poison one");
+    let letters = store.dead_letters("balances").await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].attempts, 2);
+    assert_eq!(letters[0].event_type.as_deref(), Some("proj.Deposited"));
+    assert!(
+        letters[0].error.contains("deposit of 5"),
+        "{}",
+        letters[0].error
+    );
+    assert_eq!(letters[0].stream, account(4));
+    // Later events are still applied live.
+    write(store, 10, 3).await;
+    caught_up(&running, store).await;
+    assert_eq!(balances.read().applied, 12);
+    // The handler works now (it failed twice): the replay applies the event and clears it.
+    assert_eq!(running.replay_dead_letters("balances").await.unwrap(), 0);
+    assert!(store.dead_letters("balances").await.unwrap().is_empty());
+    assert_eq!(balances.read().applied, 13);
+    let expected = expected_balances(store).await;
+    assert_eq!(balances.read().by_account, expected);
+    running.shutdown().await;
+
+    // The same poison with OnFailure::Stop: the projection fails at it.
+    let mut subscriptions = Subscriptions::new(store.clone())
+        .with_options(fast().max_attempts(1).on_failure(OnFailure::Stop));
+    let stopping = subscriptions.add(Balances {
+        fail_on: Some((7, None)),
+        ..Balances::default()
+    });
+    let running = subscriptions.start();
+    let _ = running
+        .wait_until(Position::new(u64::MAX), Duration::from_secs(10))
+        .await;
+    match stopping.status().state {
+        ProjectionState::Failed(reason) => assert!(reason.contains("deposit of 7"), "{reason}"),
+        other => panic!("expected the projection to fail, got {other:?}"),
+    }
+    assert_eq!(
+        stopping.read().applied,
+        6,
+        "stopped before the poison event"
+    );
+    running.shutdown().await;
+}
+
+/// A rebuild resets the model and the checkpoint and ends equal to the original.
+async fn rebuild_equals_original<S>(store: &S)
+where
+    S: EventStore + CheckpointStore + Clone + 'static,
+{
+    write(store, 0, 25).await;
+    let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
+    let balances = subscriptions.add_durable(Balances::default());
+    let running = subscriptions.start();
+    caught_up(&running, store).await;
+    let before = balances.read().by_account.clone();
+    running.rebuild("balances").await.unwrap();
+    assert_eq!(balances.read().by_account, before);
+    assert_eq!(balances.read().applied, 25, "rebuilt from zero, not on top");
+    assert!(matches!(
+        running.rebuild("nope").await,
+        Err(Error::UnknownProjection { .. })
+    ));
+    running.shutdown().await;
+}
+
+/// A durable projection resumes from its checkpoint after a restart.
+async fn restart_resumes_from_the_checkpoint<S>(store: &S)
+where
+    S: EventStore + CheckpointStore + Clone + 'static,
+{
+    write(store, 0, 20).await;
+    let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
+    let first = subscriptions.add_durable(Balances::default());
+    let running = subscriptions.start();
+    caught_up(&running, store).await;
+    running.shutdown().await;
+    assert_eq!(first.read().applied, 20);
+
+    write(store, 20, 5).await;
+    let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
+    let second = subscriptions.add_durable(Balances::default());
+    let running = subscriptions.start();
+    caught_up(&running, store).await;
+    assert_eq!(
+        second.read().applied,
+        5,
+        "only the events after the checkpoint"
+    );
+    running.shutdown().await;
+}
+
+macro_rules! backend_tests {
+    ($backend:ident: $($case:ident),* $(,)?) => {
+        mod $backend {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(db) = databases::$backend().await else { return };
+                    super::$case(db.store()).await;
+                }
+            )*
+        }
+    };
+}
+
+macro_rules! every_backend {
+    ($($case:ident),* $(,)?) => {
+        backend_tests!(memory: $($case),*);
+        backend_tests!(sqlite: $($case),*);
+        backend_tests!(postgres: $($case),*);
+    };
+}
+
+every_backend!(
+    catch_up_then_live,
+    retries_then_succeeds,
+    poison_event_is_dead_lettered,
+    rebuild_equals_original,
+    restart_resumes_from_the_checkpoint,
+);
+
+// ----- Database read models: exactly once -----
+
+/// Balances in a table of the event store's database, written in the checkpoint's transaction.
+/// `fail_on` makes the handler fail on a deposit of that many cents; `slow` makes each event
+/// take that long (so that a crash lands in the middle of a batch).
+struct SqlBalances<DB> {
+    fail_on: Option<i64>,
+    slow: Duration,
+    _db: std::marker::PhantomData<DB>,
+}
+
+impl<DB> SqlBalances<DB> {
+    fn new(fail_on: Option<i64>) -> Self {
+        SqlBalances {
+            fail_on,
+            slow: Duration::ZERO,
+            _db: std::marker::PhantomData,
+        }
+    }
+
+    fn slow(mut self, per_event: Duration) -> Self {
+        self.slow = per_event;
+        self
+    }
+}
+
+const UPSERT_SQLITE: &str = "INSERT INTO sql_balances (account, total, events) VALUES (?, ?, 1) \
+     ON CONFLICT (account) DO UPDATE SET total = total + excluded.total, events = events + 1";
+const UPSERT_PG: &str = "INSERT INTO sql_balances (account, total, events) VALUES ($1, $2, 1) \
+     ON CONFLICT (account) DO UPDATE SET total = sql_balances.total + excluded.total, \
+     events = sql_balances.events + 1";
+
+macro_rules! sql_balances {
+    ($db:ty, $upsert:expr) => {
+        impl SqlProjection for SqlBalances<$db> {
+            const NAME: &'static str = "sql_balances";
+            type Database = $db;
+
+            fn event_types() -> Vec<&'static str> {
+                vec!["proj.Deposited"]
+            }
+
+            fn handle<'a>(
+                &'a mut self,
+                event: EventView<'a>,
+                context: &'a EventContext<'a>,
+                tx: &'a mut Transaction<$db>,
+            ) -> BoxFuture<'a, Result<(), HandlerError>> {
+                Box::pin(async move {
+                    let deposited: Deposited = event.decode()?;
+                    if self.fail_on == Some(deposited.cents) {
+                        return Err(format!("cannot apply a deposit of {}", deposited.cents).into());
+                    }
+                    if !self.slow.is_zero() {
+                        tokio::time::sleep(self.slow).await;
+                    }
+                    sqlx::query($upsert)
+                        .bind(context.aggregate_id())
+                        .bind(deposited.cents)
+                        .execute(&mut **tx)
+                        .await?;
+                    Ok(())
+                })
+            }
+
+            fn reset<'a>(
+                &'a mut self,
+                tx: &'a mut Transaction<$db>,
+            ) -> BoxFuture<'a, Result<(), HandlerError>> {
+                Box::pin(async move {
+                    sqlx::query("DELETE FROM sql_balances")
+                        .execute(&mut **tx)
+                        .await?;
+                    Ok(())
+                })
+            }
+        }
+    };
+}
+
+sql_balances!(sqlx::Sqlite, UPSERT_SQLITE);
+sql_balances!(sqlx::Postgres, UPSERT_PG);
+
+/// A failure in the middle of a batch, then a crash (the task killed mid-transaction), then a
+/// restart: every event's effect is in the table exactly once.
+async fn exactly_once_across_a_crash<S>(
+    store: &S,
+    read: impl AsyncFn(&S) -> BTreeMap<String, (i64, i64)>,
+) where
+    S: TransactionalStore,
+    SqlBalances<S::Database>: SqlProjection<Database = S::Database>,
+{
+    let applied = async |store: &S| -> i64 { read(store).await.values().map(|(_, e)| e).sum() };
+    write(store, 0, 30).await;
+    // The handler fails on the 12th deposit: its batch (8..=14 with batches of 7) is rolled
+    // back and applied one event per transaction up to the failure, where the projection stops.
+    let mut subscriptions = Subscriptions::new(store.clone())
+        .with_options(fast().max_attempts(1).on_failure(OnFailure::Stop));
+    let failing = subscriptions.add_sql(SqlBalances::<S::Database>::new(Some(12)));
+    let running = subscriptions.start();
+    let _ = running
+        .wait_until(Position::new(u64::MAX), Duration::from_secs(10))
+        .await;
+    assert!(matches!(failing.status().state, ProjectionState::Failed(_)));
+    running.shutdown().await;
+    assert_eq!(
+        applied(store).await,
+        11,
+        "the events before the failure, once each"
+    );
+    let letters = store.dead_letters("sql_balances").await.unwrap();
+    assert_eq!(letters.len(), 1);
+    store
+        .remove_dead_letter("sql_balances", letters[0].position)
+        .await
+        .unwrap();
+
+    // A slow manager killed in the middle of a batch: its open transaction is lost whole.
+    let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
+    subscriptions.add_sql(SqlBalances::<S::Database>::new(None).slow(Duration::from_millis(5)));
+    let running = subscriptions.start();
+    tokio::time::sleep(Duration::from_millis(60)).await;
+    running.abort();
+    let after_crash = applied(store).await;
+    assert!(
+        (11..30).contains(&after_crash) && (after_crash - 11) % 7 == 0,
+        "whole batches only, got {after_crash}"
+    );
+
+    write(store, 30, 10).await;
+    let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
+    let model = subscriptions.add_sql(SqlBalances::<S::Database>::new(None));
+    let running = subscriptions.start();
+    caught_up(&running, store).await;
+    assert_eq!(model.status().state, ProjectionState::Live);
+    let table = read(store).await;
+    let totals: BTreeMap<String, i64> = table.iter().map(|(a, (t, _))| (a.clone(), *t)).collect();
+    assert_eq!(totals, expected_balances(store).await);
+    assert_eq!(applied(store).await, 40, "each event applied exactly once");
+
+    // Rebuild: the same table again, built in one transaction.
+    running.rebuild("sql_balances").await.unwrap();
+    assert_eq!(read(store).await, table);
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_exactly_once_across_a_crash() {
+    let Some(db) = databases::sqlite().await else {
+        return;
+    };
+    sqlx::query(
+        "CREATE TABLE sql_balances (account TEXT PRIMARY KEY, total INTEGER NOT NULL, \
+         events INTEGER NOT NULL)",
+    )
+    .execute(db.store().writer_pool())
+    .await
+    .unwrap();
+    exactly_once_across_a_crash(db.store(), async |store: &SqliteEventStore| {
+        sqlx::query_as::<_, (String, i64, i64)>("SELECT account, total, events FROM sql_balances")
+            .fetch_all(store.pool())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(a, t, e)| (a, (t, e)))
+            .collect()
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_exactly_once_across_a_crash() {
+    let Some(db) = databases::postgres().await else {
+        return;
+    };
+    sqlx::query(
+        "CREATE TABLE sql_balances (account TEXT PRIMARY KEY, total BIGINT NOT NULL, \
+         events BIGINT NOT NULL)",
+    )
+    .execute(db.store().pool())
+    .await
+    .unwrap();
+    exactly_once_across_a_crash(db.store(), async |store: &PostgresEventStore| {
+        sqlx::query_as::<_, (String, i64, i64)>("SELECT account, total, events FROM sql_balances")
+            .fetch_all(store.pool())
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|(a, t, e)| (a, (t, e)))
+            .collect()
+    })
+    .await;
+}
+
+/// Two managers run the same database projection: one processes, the other stands by and takes
+/// over within seconds when the first stops, with writers running; nothing is applied twice.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_takeover_between_two_managers() {
+    let Some(db) = databases::postgres().await else {
+        return;
+    };
+    let store = db.store().clone();
+    sqlx::query(
+        "CREATE TABLE sql_balances (account TEXT PRIMARY KEY, total BIGINT NOT NULL, \
+         events BIGINT NOT NULL)",
+    )
+    .execute(store.pool())
+    .await
+    .unwrap();
+    write(&store, 0, 20).await;
+
+    let mut first = Subscriptions::new(store.clone()).with_options(fast());
+    let first_model = first.add_sql(SqlBalances::<sqlx::Postgres>::new(None));
+    let first = first.start();
+    caught_up(&first, &store).await;
+    assert_eq!(first_model.status().state, ProjectionState::Live);
+
+    let mut second = Subscriptions::new(store.clone()).with_options(fast());
+    let second_model = second.add_sql(SqlBalances::<sqlx::Postgres>::new(None));
+    let second = second.start();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(second_model.status().state, ProjectionState::Standby);
+
+    let writer = {
+        let store = store.clone();
+        tokio::spawn(async move { write(&store, 20, 40).await })
+    };
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    first.shutdown().await;
+    writer.await.unwrap();
+    let started = std::time::Instant::now();
+    caught_up(&second, &store).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "took over in time"
+    );
+    assert_eq!(second_model.status().state, ProjectionState::Live);
+
+    let rows: Vec<(String, i64, i64)> =
+        sqlx::query_as("SELECT account, total, events FROM sql_balances")
+            .fetch_all(store.pool())
+            .await
+            .unwrap();
+    let totals: BTreeMap<String, i64> = rows.iter().map(|(a, t, _)| (a.clone(), *t)).collect();
+    assert_eq!(totals, expected_balances(&store).await);
+    assert_eq!(rows.iter().map(|(_, _, e)| e).sum::<i64>(), 60);
+    second.shutdown().await;
+}
