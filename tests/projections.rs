@@ -131,6 +131,8 @@ where
     let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
     let balances = subscriptions.add(Balances::default());
     let running = subscriptions.start();
+    let lag = running.lag("balances").await.unwrap();
+    assert!(lag <= 40, "{lag}");
     let writers: Vec<_> = (0..3)
         .map(|w| {
             let store = store.clone();
@@ -144,6 +146,7 @@ where
     let expected = expected_balances(store).await;
     assert_eq!(balances.read().by_account, expected);
     assert_eq!(balances.read().applied, 130, "each event applied once");
+    assert_eq!(running.lag("balances").await.unwrap(), 0);
     assert_eq!(balances.status().state, ProjectionState::Live);
     running.shutdown().await;
     assert_eq!(balances.status().state, ProjectionState::Stopped);

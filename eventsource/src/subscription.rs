@@ -248,10 +248,25 @@ type Spawn = Box<
     dyn FnOnce(watch::Receiver<bool>, mpsc::Receiver<Command>) -> BoxFuture<'static, ()> + Send,
 >;
 
+/// Counts the events a projection has still to read after a checkpoint.
+type Lag = Arc<dyn Fn(Option<Position>) -> BoxFuture<'static, Result<u64>> + Send + Sync>;
+
 struct Entry {
     name: String,
     progress: Arc<Progress>,
     spawn: Spawn,
+    lag: Lag,
+}
+
+/// The lag counter of a projection reading `event_types` from `store`.
+fn lag_counter<S: EventStore + Clone + 'static>(store: &S, event_types: Vec<&'static str>) -> Lag {
+    let store = store.clone();
+    Arc::new(move |checkpoint| {
+        let store = store.clone();
+        let query = ReadAll::after(checkpoint.unwrap_or(Position::START))
+            .event_types(event_types.iter().copied());
+        Box::pin(async move { store.count(query).await })
+    })
 }
 
 /// Runs projections against one store: catch-up from each checkpoint, then live.
@@ -365,6 +380,7 @@ where
             name: P::NAME.to_owned(),
             progress: Arc::clone(&handle.progress),
             spawn: Box::new(move |shutdown, commands| Box::pin(runner.run(shutdown, commands))),
+            lag: lag_counter(&self.store, P::event_types()),
         });
         handle
     }
@@ -378,6 +394,7 @@ where
             let task = tokio::spawn((entry.spawn)(stop.clone(), inbox));
             projections.push(Running {
                 name: entry.name,
+                lag: entry.lag,
                 progress: entry.progress,
                 commands,
                 task: Mutex::new(Some(task)),
@@ -392,6 +409,7 @@ where
 
 struct Running {
     name: String,
+    lag: Lag,
     progress: Arc<Progress>,
     commands: mpsc::Sender<Command>,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -424,6 +442,14 @@ impl RunningSubscriptions {
             .ok_or_else(|| Error::UnknownProjection {
                 name: name.to_owned(),
             })
+    }
+
+    /// How many events projection `name` has still to apply: the events it handles that are
+    /// stored after its checkpoint and readable now.
+    pub async fn lag(&self, name: &str) -> Result<u64> {
+        let projection = self.find(name)?;
+        let checkpoint = projection.progress.get().checkpoint;
+        (projection.lag)(checkpoint).await
     }
 
     /// Waits until every projection has applied every event up to `position` it handles (or has
@@ -1008,6 +1034,7 @@ where
             name: P::NAME.to_owned(),
             progress: Arc::clone(&progress),
             spawn: Box::new(move |shutdown, commands| Box::pin(runner.run(shutdown, commands))),
+            lag: lag_counter(&self.store, P::event_types()),
         });
         SqlProjectionHandle { progress }
     }

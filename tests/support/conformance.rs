@@ -1584,6 +1584,14 @@ pub async fn log_head_and_wait_for<S: EventStore>(store: &S) {
         .await
         .unwrap();
     assert_eq!(read.last().map(|e| e.position), Some(result.last_position));
+    // count: what read_all would return.
+    assert_eq!(store.count(ReadAll::from_start()).await.unwrap(), 2);
+    assert_eq!(
+        store.count(ReadAll::after(read[0].position)).await.unwrap(),
+        1
+    );
+    let other = ReadAll::from_start().event_types(["conformance.Other"]);
+    assert_eq!(store.count(other).await.unwrap(), 0);
     // An empty append reports where the stream is.
     let empty_append = store
         .append(&stream("head"), ExpectedVersion::Exact(2), Vec::new())

@@ -158,6 +158,10 @@ impl EventStore for AnyStore {
     fn watch_appends(&self) -> tokio::sync::watch::Receiver<u64> {
         each!(self, store => store.watch_appends())
     }
+
+    async fn count(&self, query: ReadAll) -> Result<u64> {
+        each!(self, store => store.count(query).await)
+    }
 }
 
 impl CheckpointStore for AnyStore {

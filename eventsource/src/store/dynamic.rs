@@ -67,6 +67,9 @@ pub trait DynEventStore: Send + Sync {
 
     /// [`EventStore::watch_appends`].
     fn dyn_watch_appends(&self) -> tokio::sync::watch::Receiver<u64>;
+
+    /// [`EventStore::count`].
+    fn dyn_count(&self, query: ReadAll) -> BoxFuture<'_, Result<u64>>;
 }
 
 impl<S: EventStore> DynEventStore for S {
@@ -118,6 +121,10 @@ impl<S: EventStore> DynEventStore for S {
 
     fn dyn_watch_appends(&self) -> tokio::sync::watch::Receiver<u64> {
         self.watch_appends()
+    }
+
+    fn dyn_count(&self, query: ReadAll) -> BoxFuture<'_, Result<u64>> {
+        Box::pin(self.count(query))
     }
 }
 
@@ -173,5 +180,9 @@ impl EventStore for dyn DynEventStore {
 
     fn watch_appends(&self) -> tokio::sync::watch::Receiver<u64> {
         self.dyn_watch_appends()
+    }
+
+    async fn count(&self, query: ReadAll) -> Result<u64> {
+        self.dyn_count(query).await
     }
 }

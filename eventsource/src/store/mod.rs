@@ -306,6 +306,25 @@ pub trait EventStore: Send + Sync {
     /// The newest committed position and the newest one `read_all` can read now.
     fn log_head(&self) -> impl Future<Output = Result<LogHead>> + Send;
 
+    /// How many events `read_all(query)` would return now (what a projection at `query.after`
+    /// has still to read: its lag). The SQL stores count in the database; the default reads.
+    fn count(&self, query: ReadAll) -> impl Future<Output = Result<u64>> + Send {
+        use futures::StreamExt;
+        async move {
+            let mut events = self.read_all(query);
+            let mut count = 0;
+            while let Some(event) = events.next().await {
+                if let Err(error) = event
+                    && error.position().is_none()
+                {
+                    return Err(error);
+                }
+                count += 1;
+            }
+            Ok(count)
+        }
+    }
+
     /// A receiver that changes after appends: how a live subscription is woken instead of
     /// polling. Only a wake-up: the reader then reads the store from its checkpoint. Memory and
     /// SQLite signal in process; PostgreSQL through `LISTEN`/`NOTIFY` (other processes' appends
@@ -382,6 +401,10 @@ macro_rules! forward_event_store {
 
             fn watch_appends(&self) -> tokio::sync::watch::Receiver<u64> {
                 (**self).watch_appends()
+            }
+
+            fn count(&self, query: ReadAll) -> impl Future<Output = Result<u64>> + Send {
+                (**self).count(query)
             }
 
             fn wait_for(

@@ -536,6 +536,20 @@ impl EventStore for PostgresEventStore {
             .subscribe()
     }
 
+    async fn count(&self, query: ReadAll) -> Result<u64> {
+        let mut select =
+            QueryBuilder::<Postgres>::new("SELECT COUNT(*) FROM events WHERE position > ");
+        select.push_bind(query.after.to_sql());
+        push_filters(&mut select, &query);
+        select.push(format_args!(" AND position < {FENCE}"));
+        let count: i64 = select
+            .build_query_scalar()
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::database("count"))?;
+        Ok(count.max(0) as u64)
+    }
+
     async fn log_head(&self) -> Result<LogHead> {
         let (last, readable, held_back): (Option<i64>, i64, i64) = sqlx::query_as(&format!(
             "WITH fence AS (SELECT {FENCE} AS f) SELECT \

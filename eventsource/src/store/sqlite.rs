@@ -264,20 +264,7 @@ impl SqliteEventStore {
             ", aggregate_type, aggregate_id FROM events WHERE position > "
         ));
         select.push_bind(query.after.to_sql());
-        if !query.event_types.is_empty() {
-            select.push(" AND event_type IN (SELECT value FROM json_each(");
-            select.push_bind(serde_json::to_string(&query.event_types).unwrap_or_default());
-            select.push("))");
-        }
-        if !query.aggregate_types.is_empty() {
-            select.push(" AND aggregate_type IN (SELECT value FROM json_each(");
-            select.push_bind(serde_json::to_string(&query.aggregate_types).unwrap_or_default());
-            select.push("))");
-        }
-        if let Some(tenant) = &query.tenant_id {
-            select.push(" AND tenant_id = ");
-            select.push_bind(tenant);
-        }
+        push_filters(&mut select, &query);
         select.push(" ORDER BY position LIMIT ");
         select.push_bind(to_i64(query.batch_size as u64));
         let rows = select
@@ -286,6 +273,24 @@ impl SqliteEventStore {
             .await
             .map_err(Error::database("read_all"))?;
         rows.iter().map(|row| decode_row(row, None)).collect()
+    }
+}
+
+/// Appends the `ReadAll` filters to a `WHERE` clause.
+fn push_filters(select: &mut QueryBuilder<'_, Sqlite>, query: &ReadAll) {
+    if !query.event_types.is_empty() {
+        select.push(" AND event_type IN (SELECT value FROM json_each(");
+        select.push_bind(serde_json::to_string(&query.event_types).unwrap_or_default());
+        select.push("))");
+    }
+    if !query.aggregate_types.is_empty() {
+        select.push(" AND aggregate_type IN (SELECT value FROM json_each(");
+        select.push_bind(serde_json::to_string(&query.aggregate_types).unwrap_or_default());
+        select.push("))");
+    }
+    if let Some(tenant) = &query.tenant_id {
+        select.push(" AND tenant_id = ");
+        select.push_bind(tenant.clone());
     }
 }
 
@@ -417,6 +422,19 @@ impl EventStore for SqliteEventStore {
 
     fn watch_appends(&self) -> tokio::sync::watch::Receiver<u64> {
         self.appended.subscribe()
+    }
+
+    async fn count(&self, query: ReadAll) -> Result<u64> {
+        let mut select =
+            QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM events WHERE position > ");
+        select.push_bind(query.after.to_sql());
+        push_filters(&mut select, &query);
+        let count: i64 = select
+            .build_query_scalar()
+            .fetch_one(&self.reader)
+            .await
+            .map_err(Error::database("count"))?;
+        Ok(count.max(0) as u64)
     }
 
     async fn log_head(&self) -> Result<LogHead> {
