@@ -449,6 +449,69 @@ async fn fw_w3_long<S: EventStore>(store: &S) -> i64 {
         .balance
 }
 
+/// W4's read model as a projection, kept by the subscription manager.
+#[derive(Default)]
+struct BenchBalances {
+    balances: HashMap<std::sync::Arc<str>, i64>,
+    applied: usize,
+}
+
+impl Projection for BenchBalances {
+    const NAME: &'static str = "bench_balances";
+
+    fn event_types() -> Vec<&'static str> {
+        vec![AccountOpened::EVENT_TYPE, Deposited::EVENT_TYPE]
+    }
+
+    fn handle(
+        &mut self,
+        event: eventsource::EventView<'_>,
+        context: &EventContext<'_>,
+    ) -> Result<(), eventsource::HandlerError> {
+        self.applied += 1;
+        if event.is::<Deposited>() {
+            let e: Deposited = event.decode()?;
+            *self
+                .balances
+                .entry(std::sync::Arc::<str>::from(context.aggregate_id()))
+                .or_default() += e.amount_cents;
+        } else {
+            event.decode::<AccountOpened>()?;
+            self.balances
+                .entry(std::sync::Arc::<str>::from(context.aggregate_id()))
+                .or_default();
+        }
+        Ok(())
+    }
+
+    fn reset(&mut self) {
+        *self = BenchBalances::default();
+    }
+}
+
+/// W4 through `Subscriptions`: from the start of the manager until the projection has applied
+/// every stored event.
+async fn fw_w4_subscriptions<S>(store: &S) -> usize
+where
+    S: EventStore + eventsource::CheckpointStore + Clone + 'static,
+{
+    let head = store.log_head().await.expect("log_head");
+    store
+        .wait_for(head.last, Duration::from_secs(60))
+        .await
+        .expect("wait_for");
+    let mut subscriptions = eventsource::subscription::Subscriptions::new(store.clone());
+    let balances = subscriptions.add(BenchBalances::default());
+    let running = subscriptions.start();
+    running
+        .wait_until(head.last, Duration::from_secs(600))
+        .await
+        .expect("the projection catches up");
+    running.shutdown().await;
+    let applied = balances.read().applied;
+    applied
+}
+
 async fn fw_w4<S: EventStore>(store: &S) -> usize {
     // Everything written before the catch-up is readable (a transaction elsewhere may still be
     // finishing on PostgreSQL).
@@ -824,7 +887,9 @@ struct Run<'a> {
 
 impl Run<'_> {
     /// One repetition of every selected workload on a fresh fixture.
-    async fn repetition<S: EventStore + SnapshotStore + Clone + 'static>(
+    async fn repetition<
+        S: EventStore + SnapshotStore + eventsource::CheckpointStore + Clone + 'static,
+    >(
         &self,
         fx: &Fixture<S>,
         samples: &mut Samples,
@@ -893,6 +958,18 @@ impl Run<'_> {
             };
             let rss = peak_rss_mb();
             samples.add("W4 projection catch-up", "events/s", framework, raw, rss);
+            reset_peak_rss();
+            let t = Instant::now();
+            let n = fw_w4_subscriptions(&fx.store).await;
+            assert_eq!(n, events);
+            let managed = per_second(n, t.elapsed());
+            samples.add(
+                "W4 through the subscription manager",
+                "events/s",
+                managed,
+                raw,
+                peak_rss_mb(),
+            );
             if let Some(raw) = raw {
                 for (workload, columns) in [
                     ("W4 raw, 7 columns (vs raw)", W4Columns::Lean),
@@ -999,6 +1076,7 @@ fn report(backend: &'static str, samples: Samples, figures: &mut Vec<Figure>) {
         "W3 one aggregate, long stream, no snapshot",
         "W3 same, from a snapshot (vs no snapshot)",
         "W4 projection catch-up",
+        "W4 through the subscription manager",
         "W4 raw, 7 columns (vs raw)",
         "W4 raw, read_all's 10 columns (vs raw)",
         "W5 8 concurrent writers",
