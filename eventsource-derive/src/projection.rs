@@ -91,10 +91,15 @@ fn generate(projection: &Projection) -> TokenStream {
         let decode = quote_spanned! {event.span()=>
             #krate::__private::decode_for_projection::<#event>(__event)
         };
+        // On the handler's return type: one that is not an outcome is reported there.
+        let call = respan(call, h.output_span);
+        let outcome = quote_spanned! {h.output_span=>
+            #krate::__private::HandlerOutcome::into_outcome
+        };
         quote! {
             if #test {
                 let __decoded = #decode?;
-                return #krate::__private::HandlerOutcome::into_outcome(#call);
+                return #outcome(#call);
             }
         }
     });

@@ -115,6 +115,8 @@ pub(crate) struct ProjectionHandler {
     pub(crate) context: bool,
     /// The `Tx` of its `tx: &mut Tx` parameter.
     pub(crate) transaction: Option<Type>,
+    /// Where a return type that is not a handler's outcome is reported: on the return type.
+    pub(crate) output_span: proc_macro2::Span,
 }
 
 impl Projection {
@@ -134,7 +136,11 @@ impl Projection {
             }
             markers_found = true;
             if let Some(signature) = check::projection_handler_signature(cx, &method.sig) {
-                signatures.push((method.sig.ident.clone(), signature));
+                let output_span = match &method.sig.output {
+                    syn::ReturnType::Type(_, ty) => syn::spanned::Spanned::span(ty),
+                    syn::ReturnType::Default => method.sig.ident.span(),
+                };
+                signatures.push((method.sig.ident.clone(), output_span, signature));
             }
         }
 
@@ -146,13 +152,13 @@ impl Projection {
         }
 
         // The kind most handlers have (the first handler's on a tie); the others are reported.
-        let databases = signatures.iter().filter(|(_, s)| s.database).count();
+        let databases = signatures.iter().filter(|(_, _, s)| s.database).count();
         let database = match signatures.first() {
-            Some((_, first)) if databases * 2 == signatures.len() => first.database,
+            Some((_, _, first)) if databases * 2 == signatures.len() => first.database,
             _ => databases * 2 > signatures.len(),
         };
         let mut handlers = Vec::new();
-        for (method, signature) in signatures {
+        for (method, output_span, signature) in signatures {
             let mut valid = signature.valid;
             if signature.database != database {
                 valid = false;
@@ -177,6 +183,7 @@ impl Projection {
                 },
                 context: signature.context,
                 transaction: signature.transaction,
+                output_span,
             });
         }
         check::duplicate_handlers(
