@@ -8,5 +8,6 @@ fn ui() {
     t.compile_fail("tests/ui/event/*.rs");
     t.compile_fail("tests/ui/aggregate/*.rs");
     t.compile_fail("tests/ui/handles/*.rs");
+    t.compile_fail("tests/ui/projection/*.rs");
     t.pass("tests/ui/pass/*.rs");
 }

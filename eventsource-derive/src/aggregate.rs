@@ -39,12 +39,12 @@ pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     }
 }
 
-/// `#[handles]` on its own: only ever reached outside an `#[aggregate]` impl block, because
-/// `#[aggregate]` removes the markers before they expand.
+/// `#[handles]` on its own: only ever reached outside an `#[aggregate]` or `#[projection]` impl
+/// block, because those remove the markers before they expand.
 pub(crate) fn stray_handles(input: TokenStream) -> TokenStream {
     let error = syn::Error::new(
         proc_macro2::Span::call_site(),
-        "`#[handles]` must be used inside an `#[aggregate]` impl block",
+        "`#[handles]` must be used inside an `#[aggregate]` or `#[projection]` impl block",
     )
     .into_compile_error();
     quote!(#error #input)
@@ -164,13 +164,35 @@ fn generate(aggregate: &Aggregate) -> TokenStream {
 /// event types share a stored name (dispatch is by name), and an event that names its aggregate
 /// is handled only by that aggregate.
 fn compile_time_checks(krate: &syn::Path, name: &str, handlers: &[&Handler]) -> TokenStream {
+    let events: Vec<&syn::Type> = handlers.iter().map(|h| &h.event).collect();
+    let mut checks = name_overlap_checks(krate, name, &events);
+    for event in events {
+        let message = format!(
+            "`{}` is handled by aggregate `{name}`, but its #[event(aggregate = \"...\")] names another aggregate",
+            type_string(event)
+        );
+        checks.extend(quote_spanned! {event.span()=>
+            const _: () = ::core::assert!(
+                #krate::__private::belongs_to(<#event as #krate::DomainEvent>::AGGREGATE_TYPE, #name),
+                #message
+            );
+        });
+    }
+    checks
+}
+
+/// Const assertions that no two of `events` (handled by `name`) share a stored name or alias:
+/// dispatch is by name, so the second would never be reached.
+pub(crate) fn name_overlap_checks(
+    krate: &syn::Path,
+    name: &str,
+    events: &[&syn::Type],
+) -> TokenStream {
     let mut checks = TokenStream::new();
-    for (i, later) in handlers.iter().enumerate() {
-        let later_ty = &later.event;
+    for (i, later_ty) in events.iter().enumerate() {
         let later_str = type_string(later_ty);
         let span = later_ty.span();
-        for earlier in &handlers[..i] {
-            let earlier_ty = &earlier.event;
+        for earlier_ty in &events[..i] {
             let earlier_str = type_string(earlier_ty);
             let message = format!(
                 "`{later_str}` and `{earlier_str}` are both handled by `{name}` but share a stored event name (or alias): if one is a type alias of the other, they are the same event type, so keep one handler; if not, rename one with #[event(name = \"...\")]"
@@ -187,21 +209,12 @@ fn compile_time_checks(krate: &syn::Path, name: &str, handlers: &[&Handler]) -> 
                 );
             });
         }
-        let message = format!(
-            "`{later_str}` is handled by aggregate `{name}`, but its #[event(aggregate = \"...\")] names another aggregate"
-        );
-        checks.extend(quote_spanned! {span=>
-            const _: () = ::core::assert!(
-                #krate::__private::belongs_to(<#later_ty as #krate::DomainEvent>::AGGREGATE_TYPE, #name),
-                #message
-            );
-        });
     }
     checks
 }
 
 /// `tokens` with every span set to `span`.
-fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
+pub(crate) fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
     tokens
         .into_iter()
         .map(|mut token| {
@@ -218,8 +231,8 @@ fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStream {
         .collect()
 }
 
-/// The aggregate's default name: the last segment of its type (`crate::bank::Account` -> `Account`).
-fn type_name(ty: &syn::Type) -> String {
+/// The default name of an aggregate or projection: the last segment of its type (`crate::bank::Account` -> `Account`).
+pub(crate) fn type_name(ty: &syn::Type) -> String {
     match ty {
         syn::Type::Path(path) => path
             .path

@@ -1,5 +1,5 @@
 //! Procedural macros of [eventsource](https://docs.rs/eventsource): `#[derive(DomainEvent)]`,
-//! `#[aggregate]` and `#[handles]`.
+//! `#[aggregate]`, `#[projection]` and `#[handles]`.
 //!
 //! Use them through the runtime crate (`use eventsource::prelude::*;`), which re-exports them and
 //! holds the documentation of what they generate. Each macro parses its input into the model in
@@ -10,6 +10,7 @@
 mod aggregate;
 mod event;
 mod internals;
+mod projection;
 
 use proc_macro::TokenStream;
 
@@ -43,9 +44,27 @@ pub fn aggregate(args: TokenStream, input: TokenStream) -> TokenStream {
     aggregate::expand(args.into(), input.into()).into()
 }
 
-/// Marks a method of an `#[aggregate]` impl block as the handler of the event type it borrows.
+/// Turns an inherent impl block with `#[handles]` methods into a projection (a read model):
+/// generates `eventsource::Projection` when the handlers are plain `fn`s (an in-memory read
+/// model), `eventsource::SqlProjection` when they are `async` and take a transaction (a read
+/// model in the event store's database).
 ///
-/// `#[aggregate]` consumes these markers; a `#[handles]` found anywhere else is an error.
+/// ```ignore
+/// #[projection(name = "balances")]
+/// impl Balances {
+///     #[handles]
+///     fn deposited(&mut self, event: &Deposited, ctx: &EventContext) { /* ... */ }
+/// }
+/// ```
+#[proc_macro_attribute]
+pub fn projection(args: TokenStream, input: TokenStream) -> TokenStream {
+    projection::expand(args.into(), input.into()).into()
+}
+
+/// Marks a method of an `#[aggregate]` or `#[projection]` impl block as the handler of the event
+/// type it borrows.
+///
+/// Those attributes consume these markers; a `#[handles]` found anywhere else is an error.
 #[proc_macro_attribute]
 pub fn handles(_args: TokenStream, input: TokenStream) -> TokenStream {
     aggregate::stray_handles(input.into()).into()

@@ -101,12 +101,12 @@ pub use sqlx;
 pub use uuid::{self, Uuid};
 
 #[cfg(feature = "derive")]
-pub use eventsource_derive::{DomainEvent, aggregate, handles};
+pub use eventsource_derive::{DomainEvent, aggregate, handles, projection};
 
 /// Everything an application needs: `use eventsource::prelude::*;`.
 pub mod prelude {
     #[cfg(feature = "derive")]
-    pub use eventsource_derive::{aggregate, handles};
+    pub use eventsource_derive::{aggregate, handles, projection};
 
     // The trait and, with the `derive` feature, the derive macro of the same name.
     #[cfg(feature = "postgres")]
@@ -264,6 +264,52 @@ pub mod __private {
     /// for one type is first reported as a conflict of this trait, whose name says what is wrong,
     /// rather than of `Aggregate`.
     pub trait OnlyOneAggregateBlockPerType {}
+
+    /// Implemented by `#[projection]` before anything else, for the same reason as
+    /// [`OnlyOneAggregateBlockPerType`].
+    pub trait OnlyOneProjectionBlockPerType {}
+
+    /// The bound on a projection's handled event type, with the event as `Self` (as
+    /// `AppliesTo`), so that a handler of a type that is not an event is reported in our words,
+    /// on the handler's parameter.
+    #[diagnostic::on_unimplemented(
+        message = "`{Self}` is not a domain event, so projection `{P}` cannot handle it",
+        label = "not a domain event",
+        note = "a `#[handles]` method takes `&E` of an event type `E`: add `#[derive(DomainEvent, Serialize, Deserialize)]` to `{Self}`"
+    )]
+    pub trait ProjectedBy<P: ?Sized>: DomainEvent {}
+
+    impl<P: ?Sized, E: DomainEvent> ProjectedBy<P> for E {}
+
+    /// Whether `name` is `E`'s stored name or one of its aliases, for projection `P`'s dispatch.
+    #[inline]
+    pub fn projects<P: ?Sized, E: ProjectedBy<P>>(name: &str) -> bool {
+        named::<E>(name)
+    }
+
+    /// Adds `E`'s stored name and aliases to projection `P`'s event types.
+    pub fn projected_names<P: ?Sized, E: ProjectedBy<P>>(names: &mut Vec<&'static str>) {
+        names.push(E::EVENT_TYPE);
+        names.extend_from_slice(E::ALIASES);
+    }
+
+    /// How an in-memory projection without `reset = ...` empties itself: `Default`, whose
+    /// absence is reported in our words.
+    #[diagnostic::on_unimplemented(
+        message = "an in-memory projection starts empty: derive `Default` for `{Self}`, or name a reset method with `#[projection(reset = clear)]`",
+        label = "`{Self}` is not `Default`"
+    )]
+    pub trait StartsEmpty: Sized {
+        /// The empty read model.
+        fn empty() -> Self;
+    }
+
+    impl<T: Default> StartsEmpty for T {
+        #[inline]
+        fn empty() -> Self {
+            T::default()
+        }
+    }
 
     /// Whether two event types share a stored name, counting aliases.
     pub const fn names_overlap(a: &str, a_aliases: &[&str], b: &str, b_aliases: &[&str]) -> bool {

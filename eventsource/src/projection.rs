@@ -66,7 +66,7 @@ impl<'a> EventContext<'a> {
 
 /// A read model folded in process from the global log. Implemented by `#[projection]`.
 ///
-/// ```ignore
+/// ```
 /// use eventsource::prelude::*;
 /// use serde::{Deserialize, Serialize};
 /// use std::collections::HashMap;
@@ -170,6 +170,11 @@ pub fn decode_for_projection<E: crate::event::DomainEvent>(
 /// A handler's return value, as the manager sees it: `()` or a `Result` whose error is any
 /// error type.
 #[doc(hidden)]
+#[diagnostic::on_unimplemented(
+    message = "a projection handler returns `()` or `Result<(), E>`",
+    label = "`{Self}` is not a handler's outcome",
+    note = "return nothing, or a `Result<(), E>` whose `E` converts into `Box<dyn Error + Send + Sync>` (any error type)"
+)]
 pub trait HandlerOutcome {
     /// Into the manager's result.
     fn into_outcome(self) -> std::result::Result<(), HandlerError>;

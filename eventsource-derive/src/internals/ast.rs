@@ -1,8 +1,8 @@
 //! The model the macros expand from: what was parsed, with the original syntax kept for spans.
 
 use super::Ctxt;
-use super::attr::{AggregateAttrs, EventAttrs};
-use super::check;
+use super::attr::{AggregateAttrs, EventAttrs, ProjectionAttrs};
+use super::check::{self, Target};
 use super::symbol::HANDLES;
 use proc_macro2::TokenStream;
 use syn::{DeriveInput, Ident, ImplItem, ItemImpl, Type};
@@ -56,8 +56,8 @@ pub(crate) struct Handler {
 impl Aggregate {
     pub(crate) fn from_ast(cx: &Ctxt, args: TokenStream, mut item: ItemImpl) -> Self {
         let attrs = AggregateAttrs::from_args(cx, args);
-        let expandable = check::aggregate_impl(cx, &item);
-        check::generic_aggregate_name(cx, &item, &attrs);
+        let expandable = check::impl_block(cx, &item, Target::Aggregate);
+        check::generic_name(cx, &item, attrs.name.is_some(), Target::Aggregate);
 
         let mut handlers = Vec::new();
         let mut markers_found = false;
@@ -65,27 +65,10 @@ impl Aggregate {
             let ImplItem::Fn(method) = impl_item else {
                 continue;
             };
-            let markers: Vec<syn::Attribute> = {
-                let (markers, rest) = method
-                    .attrs
-                    .drain(..)
-                    .partition(|attr| is_handles_marker(attr.path()));
-                method.attrs = rest;
-                markers
-            };
-            let Some(first) = markers.first() else {
+            if !take_handles_markers(cx, method) {
                 continue;
-            };
+            }
             markers_found = true;
-            if !matches!(first.meta, syn::Meta::Path(_)) {
-                cx.error_spanned_by(
-                    &first.meta,
-                    "`#[handles]` takes no arguments: the event type is the type of the method's `&E` parameter",
-                );
-            }
-            for extra in &markers[1..] {
-                cx.error_spanned_by(extra, "duplicate `#[handles]` on one method");
-            }
             if let Some((event, valid)) = check::handler_signature(cx, &method.sig) {
                 handlers.push(Handler {
                     method: method.sig.ident.clone(),
@@ -102,7 +85,7 @@ impl Aggregate {
                 "an aggregate needs at least one `#[handles]` method: `#[handles] fn name(&mut self, event: &EventType)`",
             );
         }
-        check::duplicate_handlers(cx, &mut handlers);
+        check::duplicate_handlers(cx, &mut handlers, Target::Aggregate);
         Aggregate {
             attrs,
             item,
@@ -110,6 +93,135 @@ impl Aggregate {
             expandable,
         }
     }
+}
+
+/// An inherent impl block under `#[projection]`.
+pub(crate) struct Projection {
+    pub(crate) attrs: ProjectionAttrs,
+    /// The impl block as the user wrote it, with the `#[handles]` markers taken out.
+    pub(crate) item: ItemImpl,
+    pub(crate) handlers: Vec<ProjectionHandler>,
+    /// Whether the handlers take a transaction: a `SqlProjection` rather than a `Projection`.
+    pub(crate) database: bool,
+    /// As for [`Aggregate::expandable`].
+    pub(crate) expandable: bool,
+}
+
+/// A `#[handles]` method of a projection.
+pub(crate) struct ProjectionHandler {
+    /// The method and its event type, as for an aggregate's handler.
+    pub(crate) base: Handler,
+    /// Whether it takes the `&EventContext`.
+    pub(crate) context: bool,
+    /// The `Tx` of its `tx: &mut Tx` parameter.
+    pub(crate) transaction: Option<Type>,
+    /// Where a return type that is not a handler's outcome is reported: on the return type.
+    pub(crate) output_span: proc_macro2::Span,
+}
+
+impl Projection {
+    pub(crate) fn from_ast(cx: &Ctxt, args: TokenStream, mut item: ItemImpl) -> Self {
+        let attrs = ProjectionAttrs::from_args(cx, args);
+        let expandable = check::impl_block(cx, &item, Target::Projection);
+        check::generic_name(cx, &item, attrs.name.is_some(), Target::Projection);
+
+        let mut signatures = Vec::new();
+        let mut markers_found = false;
+        for impl_item in &mut item.items {
+            let ImplItem::Fn(method) = impl_item else {
+                continue;
+            };
+            if !take_handles_markers(cx, method) {
+                continue;
+            }
+            markers_found = true;
+            if let Some(signature) = check::projection_handler_signature(cx, &method.sig) {
+                let output_span = match &method.sig.output {
+                    syn::ReturnType::Type(_, ty) => syn::spanned::Spanned::span(ty),
+                    syn::ReturnType::Default => method.sig.ident.span(),
+                };
+                signatures.push((method.sig.ident.clone(), output_span, signature));
+            }
+        }
+
+        if expandable && !markers_found {
+            cx.error_spanned_by(
+                &item.self_ty,
+                "a projection needs at least one `#[handles]` method: `#[handles] fn name(&mut self, event: &EventType)`",
+            );
+        }
+
+        // The kind most handlers have (the first handler's on a tie); the others are reported.
+        let databases = signatures.iter().filter(|(_, _, s)| s.database).count();
+        let database = match signatures.first() {
+            Some((_, _, first)) if databases * 2 == signatures.len() => first.database,
+            _ => databases * 2 > signatures.len(),
+        };
+        let mut handlers = Vec::new();
+        for (method, output_span, signature) in signatures {
+            let mut valid = signature.valid;
+            if signature.database != database {
+                valid = false;
+                let this = if signature.database {
+                    "this one is `async` or takes a transaction, the others do not"
+                } else {
+                    "this one does not take a transaction, the others do"
+                };
+                cx.error_spanned_by(
+                    &signature.kind_tokens,
+                    format!(
+                        "all handlers of a projection either take a transaction (a database read model) or none (an in-memory read model): {this}"
+                    ),
+                );
+            }
+            handlers.push(ProjectionHandler {
+                base: Handler {
+                    method,
+                    event: signature.event,
+                    valid,
+                    duplicate: false,
+                },
+                context: signature.context,
+                transaction: signature.transaction,
+                output_span,
+            });
+        }
+        check::duplicate_handlers(
+            cx,
+            handlers.iter_mut().map(|h| &mut h.base),
+            Target::Projection,
+        );
+        Projection {
+            attrs,
+            item,
+            handlers,
+            database,
+            expandable,
+        }
+    }
+}
+
+/// Takes the `#[handles]` markers out of `method` and reports misused ones. Returns whether
+/// the method had any (it is a handler).
+fn take_handles_markers(cx: &Ctxt, method: &mut syn::ImplItemFn) -> bool {
+    let (markers, rest): (Vec<syn::Attribute>, Vec<syn::Attribute>) = method
+        .attrs
+        .drain(..)
+        .partition(|attr| is_handles_marker(attr.path()));
+    method.attrs = rest;
+    let Some(first) = markers.first() else {
+        return false;
+    };
+    if !matches!(first.meta, syn::Meta::Path(_)) {
+        cx.error_spanned_by(
+            &first.meta,
+            "`#[handles]` takes no arguments: the event type is the type of the method's `&E` parameter",
+        );
+    }
+    for extra in &markers[1..] {
+        cx.error_spanned_by(extra, "duplicate `#[handles]` on one method");
+    }
+    true
 }
 
 /// `#[handles]`, or a path to it such as `#[eventsource::handles]`.

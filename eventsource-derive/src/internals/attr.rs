@@ -1,12 +1,12 @@
-//! Parsing of `#[event(...)]` and `#[aggregate(...)]` arguments.
+//! Parsing of `#[event(...)]`, `#[aggregate(...)]` and `#[projection(...)]` arguments.
 //!
 //! Unknown keys and duplicates are recorded in the [`Ctxt`] and parsing goes on, so that every
 //! mistake of one attribute is reported in the same compiler run.
 
 use super::Ctxt;
 use super::symbol::{
-    AGGREGATE, ALIAS, CRATE, ERROR, EVENT, FROM, FROM_VERSION, ID, JSON, NAME, RETIRED,
-    SNAPSHOT_EVERY, STATE_VERSION, Symbol, UNKNOWN_EVENTS, UPCAST, VERSION, VIA,
+    AGGREGATE, ALIAS, CRATE, ERROR, EVENT, FROM, FROM_VERSION, ID, JSON, NAME, PROJECTION, RESET,
+    RETIRED, SNAPSHOT_EVERY, STATE_VERSION, Symbol, UNKNOWN_EVENTS, UPCAST, VERSION, VIA,
 };
 use proc_macro2::{Span, TokenStream};
 use quote::ToTokens;
@@ -349,6 +349,58 @@ impl AggregateAttrs {
             retired,
             snapshot_every: snapshot_every.get(),
             state_version: state_version.get(),
+            krate: krate.get(),
+        }
+    }
+}
+
+/// The arguments of `#[projection(...)]`.
+pub(crate) struct ProjectionAttrs {
+    pub(crate) name: Option<LitStr>,
+    /// `reset = method`: the method that empties the read model before a rebuild.
+    pub(crate) reset: Option<syn::Ident>,
+    pub(crate) krate: Option<syn::Path>,
+}
+
+impl ProjectionAttrs {
+    pub(crate) fn from_args(cx: &Ctxt, args: TokenStream) -> Self {
+        let mut name = Attr::none(cx, PROJECTION, NAME);
+        let mut reset = Attr::none(cx, PROJECTION, RESET);
+        let mut krate = Attr::none(cx, PROJECTION, CRATE);
+
+        let parser = syn::meta::parser(|meta| {
+            if meta.path == NAME {
+                if let Some(lit) = parse_non_empty_str(cx, &meta, NAME)? {
+                    name.set(&meta.path, lit);
+                }
+            } else if meta.path == RESET {
+                let expr: Expr = meta.value()?.parse()?;
+                match &expr {
+                    Expr::Path(path) if path.qself.is_none() && path.path.get_ident().is_some() => {
+                        let method = path.path.get_ident().cloned().expect("checked above");
+                        reset.set(&meta.path, method);
+                    }
+                    other => cx.error_spanned_by(
+                        other,
+                        "expected the name of a method of this impl block: `reset = clear`",
+                    ),
+                }
+            } else if meta.path == CRATE {
+                if let Some(path) = parse_crate_path(cx, &meta)? {
+                    krate.set(&meta.path, path);
+                }
+            } else {
+                unknown_key(cx, &meta, PROJECTION, &[NAME, RESET, CRATE])?;
+            }
+            Ok(())
+        });
+        if let Err(err) = parser.parse2(args) {
+            cx.syn_error(err);
+        }
+
+        ProjectionAttrs {
+            name: name.get(),
+            reset: reset.get(),
             krate: krate.get(),
         }
     }

@@ -3,7 +3,7 @@
 
 use super::Ctxt;
 use super::ast::Handler;
-use super::attr::{AggregateAttrs, Upcast, UpcastStep};
+use super::attr::{Upcast, UpcastStep};
 use quote::ToTokens;
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -84,61 +84,109 @@ pub(crate) fn upcast_chain(cx: &Ctxt, current: u32, upcasts: &[Upcast]) {
     }
 }
 
-/// `#[aggregate]` goes on a plain inherent impl of a named type. Returns whether it does.
-pub(crate) fn aggregate_impl(cx: &Ctxt, item: &ItemImpl) -> bool {
+/// What a macro on an impl block turns it into: the words its messages use.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Target {
+    Aggregate,
+    Projection,
+}
+
+impl Target {
+    /// The attribute's name.
+    pub(crate) fn attribute(self) -> &'static str {
+        match self {
+            Target::Aggregate => "aggregate",
+            Target::Projection => "projection",
+        }
+    }
+
+    fn example_type(self) -> &'static str {
+        match self {
+            Target::Aggregate => "BankAccount",
+            Target::Projection => "OrdersByCustomer",
+        }
+    }
+
+    fn why_static(self) -> &'static str {
+        match self {
+            Target::Aggregate => {
+                "an aggregate owns its state and lives as long as its repository (`'static`)"
+            }
+            Target::Projection => {
+                "a projection owns its read model and lives as long as its subscription (`'static`)"
+            }
+        }
+    }
+}
+
+/// `#[aggregate]` or `#[projection]` goes on a plain inherent impl of a named type. Returns
+/// whether it does.
+pub(crate) fn impl_block(cx: &Ctxt, item: &ItemImpl, target: Target) -> bool {
+    let attribute = target.attribute();
     let mut ok = true;
-    let mut error = |tokens: &dyn ToTokens, message: &str| {
+    let mut error = |tokens: &dyn ToTokens, message: String| {
         ok = false;
         cx.error_spanned_by(tokens.to_token_stream(), message);
     };
     if let Some((_, path, _)) = &item.trait_ {
         error(
             path,
-            "`#[aggregate]` goes on an inherent impl block (`impl BankAccount { ... }`), not on a trait impl",
+            format!(
+                "`#[{attribute}]` goes on an inherent impl block (`impl {} {{ ... }}`), not on a trait impl",
+                target.example_type()
+            ),
         );
     }
     if let Some(unsafety) = &item.unsafety {
         error(
             unsafety,
-            "`#[aggregate]` cannot be used on an `unsafe impl`",
+            format!("`#[{attribute}]` cannot be used on an `unsafe impl`"),
         );
     }
     if let Some(defaultness) = &item.defaultness {
         error(
             defaultness,
-            "`#[aggregate]` cannot be used on a `default impl`",
+            format!("`#[{attribute}]` cannot be used on a `default impl`"),
         );
     }
     for param in &item.generics.params {
         if let GenericParam::Lifetime(lifetime) = param {
             error(
                 lifetime,
-                "`#[aggregate]` does not support lifetime parameters: an aggregate owns its state and lives as long as its repository (`'static`)",
+                format!(
+                    "`#[{attribute}]` does not support lifetime parameters: {}",
+                    target.why_static()
+                ),
             );
         }
     }
     if !matches!(&*item.self_ty, Type::Path(path) if path.qself.is_none()) {
         error(
             &item.self_ty,
-            "`#[aggregate]` expects the impl block of a named struct or enum",
+            format!("`#[{attribute}]` expects the impl block of a named struct or enum"),
         );
     }
     ok
 }
 
-/// A generic aggregate names its stored type: every instance (`Counter<A>`, `Counter<B>`)
-/// stores its streams under that one name, which the type's name alone would hide.
-pub(crate) fn generic_aggregate_name(cx: &Ctxt, item: &ItemImpl, attrs: &AggregateAttrs) {
+/// A generic aggregate or projection is named explicitly: every instance (`Counter<A>`,
+/// `Counter<B>`) shares the one name, which the type's name alone would hide.
+pub(crate) fn generic_name(cx: &Ctxt, item: &ItemImpl, named: bool, target: Target) {
     let generic = item
         .generics
         .params
         .iter()
         .any(|param| !matches!(param, GenericParam::Lifetime(_)));
-    if generic && attrs.name.is_none() {
-        cx.error_spanned_by(
-            &item.generics,
-            "a generic aggregate needs an explicit `#[aggregate(name = \"...\")]`: all its instances share one stored aggregate type, so name it",
-        );
+    if generic && !named {
+        let message = match target {
+            Target::Aggregate => {
+                "a generic aggregate needs an explicit `#[aggregate(name = \"...\")]`: all its instances share one stored aggregate type, so name it"
+            }
+            Target::Projection => {
+                "a generic projection needs an explicit `#[projection(name = \"...\")]`: the name keys its checkpoint, which all its instances would share, so name it"
+            }
+        };
+        cx.error_spanned_by(&item.generics, message);
     }
 }
 
@@ -177,51 +225,15 @@ pub(crate) fn handler_signature(cx: &Ctxt, sig: &Signature) -> Option<(Type, boo
     }
 
     let mut inputs = sig.inputs.iter().peekable();
-    match inputs.peek() {
-        Some(FnArg::Receiver(receiver)) => {
-            let mut_self = if receiver.colon_token.is_some() {
-                // `self: &mut Self` is the long form of `&mut self`.
-                matches!(&*receiver.ty, Type::Reference(r) if r.mutability.is_some()
-                    && matches!(&*r.elem, Type::Path(p) if p.path.is_ident("Self")))
-            } else {
-                receiver.reference.is_some() && receiver.mutability.is_some()
-            };
-            if !mut_self {
-                let message = if receiver.colon_token.is_some() {
-                    format!("a handler takes `&mut self`; {HANDLER_SHAPE}")
-                } else if receiver.reference.is_none() {
-                    format!(
-                        "a handler takes `&mut self`, not `self` by value: it changes the aggregate in place; {HANDLER_SHAPE}"
-                    )
-                } else {
-                    format!(
-                        "a handler takes `&mut self`, not `&self`: applying an event changes the aggregate's state; {HANDLER_SHAPE}"
-                    )
-                };
-                error(receiver, message);
-            }
-            inputs.next();
-        }
-        Some(FnArg::Typed(first)) => {
-            // Left in `inputs`: it is most likely the event parameter.
-            error(
-                first,
-                format!("add `&mut self` before the event parameter; {HANDLER_SHAPE}"),
-            );
-        }
-        None => {
-            error(
-                &sig.ident,
-                format!("a handler takes `&mut self` and the event; {HANDLER_SHAPE}"),
-            );
-            return None;
-        }
+    let receiver_ok = receiver(cx, sig, &mut inputs, Target::Aggregate, HANDLER_SHAPE);
+    if sig.inputs.is_empty() {
+        return None;
     }
 
     let mut event_ok = true;
     let event = match inputs.next() {
         Some(FnArg::Typed(arg)) => {
-            let (event, valid) = event_parameter(cx, &arg.ty);
+            let (event, valid) = event_parameter(cx, &arg.ty, KEPT_TO_BE_STORED);
             event_ok = valid;
             event
         }
@@ -255,7 +267,66 @@ pub(crate) fn handler_signature(cx: &Ctxt, sig: &Signature) -> Option<(Type, boo
         }
     }
 
-    event.map(|event| (event, ok && event_ok))
+    event.map(|event| (event, ok && event_ok && receiver_ok))
+}
+
+/// Checks that a handler's first parameter is `&mut self` and consumes it (a typed first
+/// parameter is left in `inputs`: it is most likely the event). Returns whether it is valid.
+fn receiver<'a>(
+    cx: &Ctxt,
+    sig: &Signature,
+    inputs: &mut std::iter::Peekable<impl Iterator<Item = &'a FnArg>>,
+    target: Target,
+    shape: &str,
+) -> bool {
+    let (in_place, changes) = match target {
+        Target::Aggregate => (
+            "it changes the aggregate in place",
+            "applying an event changes the aggregate's state",
+        ),
+        Target::Projection => (
+            "it changes the read model in place",
+            "handling an event changes the read model",
+        ),
+    };
+    match inputs.peek() {
+        Some(FnArg::Receiver(receiver)) => {
+            let mut_self = if receiver.colon_token.is_some() {
+                // `self: &mut Self` is the long form of `&mut self`.
+                matches!(&*receiver.ty, Type::Reference(r) if r.mutability.is_some()
+                    && matches!(&*r.elem, Type::Path(p) if p.path.is_ident("Self")))
+            } else {
+                receiver.reference.is_some() && receiver.mutability.is_some()
+            };
+            inputs.next();
+            if !mut_self {
+                let message = if receiver.colon_token.is_some() {
+                    format!("a handler takes `&mut self`; {shape}")
+                } else if receiver.reference.is_none() {
+                    format!("a handler takes `&mut self`, not `self` by value: {in_place}; {shape}")
+                } else {
+                    format!("a handler takes `&mut self`, not `&self`: {changes}; {shape}")
+                };
+                cx.error_spanned_by(receiver, message);
+                return false;
+            }
+            true
+        }
+        Some(FnArg::Typed(first)) => {
+            cx.error_spanned_by(
+                first,
+                format!("add `&mut self` before the event parameter; {shape}"),
+            );
+            false
+        }
+        None => {
+            cx.error_spanned_by(
+                &sig.ident,
+                format!("a handler takes `&mut self` and the event; {shape}"),
+            );
+            false
+        }
+    }
 }
 
 /// What a handler's parameter type names.
@@ -294,13 +365,16 @@ fn named(ty: &Type) -> Named<'_> {
     }
 }
 
+/// Why an aggregate's handler borrows its event, for the messages of [`event_parameter`].
+const KEPT_TO_BE_STORED: &str = "; the same event is also kept to be stored";
+
 const ONE_EVENT_TYPE: &str =
     "a handler takes one concrete event type by reference: `fn name(&mut self, event: &EventType)`";
 
 /// The event type of a handler's `&E` parameter, and whether the parameter is valid. Each fault
 /// is reported; the event type is still returned when the parameter names one (`&mut E`,
 /// `Box<E>`), so that the aggregate keeps its `Handles<E>` and `record(E)` still compiles.
-fn event_parameter(cx: &Ctxt, ty: &Type) -> (Option<Type>, bool) {
+fn event_parameter(cx: &Ctxt, ty: &Type, why_borrowed: &str) -> (Option<Type>, bool) {
     match ty {
         Type::Reference(reference) => {
             let event = match named(&reference.elem) {
@@ -349,7 +423,7 @@ fn event_parameter(cx: &Ctxt, ty: &Type) -> (Option<Type>, bool) {
                 cx.error_spanned_by(
                     by_value,
                     format!(
-                        "a handler borrows the event: write `&{}`; the same event is also kept to be stored",
+                        "a handler borrows the event: write `&{}`{why_borrowed}",
                         type_string(event)
                     ),
                 );
@@ -359,7 +433,7 @@ fn event_parameter(cx: &Ctxt, ty: &Type) -> (Option<Type>, bool) {
                 cx.error_spanned_by(
                     by_value,
                     format!(
-                        "a handler borrows the event: write `&{}`, not `{}`; the same event is also kept to be stored",
+                        "a handler borrows the event: write `&{}`, not `{}`{why_borrowed}",
                         type_string(inner),
                         type_string(by_value)
                     ),
@@ -395,7 +469,12 @@ pub(crate) fn type_string<T: ToTokens>(ty: &T) -> String {
 }
 
 /// Each event type has one handler: later ones are reported and marked as duplicates.
-pub(crate) fn duplicate_handlers(cx: &Ctxt, handlers: &mut [Handler]) {
+pub(crate) fn duplicate_handlers<'a>(
+    cx: &Ctxt,
+    handlers: impl IntoIterator<Item = &'a mut Handler>,
+    target: Target,
+) {
+    let noun = target.attribute();
     let mut seen: HashMap<String, syn::Ident> = HashMap::new();
     for handler in handlers {
         let key = type_string(&handler.event);
@@ -403,7 +482,7 @@ pub(crate) fn duplicate_handlers(cx: &Ctxt, handlers: &mut [Handler]) {
             cx.error_spanned_by(
                 &handler.event,
                 format!(
-                    "`{key}` already has a handler in this aggregate (`{first}`): each event type is handled by exactly one method"
+                    "`{key}` already has a handler in this {noun} (`{first}`): each event type is handled by exactly one method"
                 ),
             );
             handler.duplicate = true;
@@ -411,4 +490,204 @@ pub(crate) fn duplicate_handlers(cx: &Ctxt, handlers: &mut [Handler]) {
             seen.insert(key, handler.method.clone());
         }
     }
+}
+
+const PROJECTION_SHAPE: &str = "a projection handler is `fn name(&mut self, event: &EventType)` (optionally with `ctx: &EventContext` after the event), or `async fn name(&mut self, event: &EventType, ctx: &EventContext<'_>, tx: &mut SqliteTx)` for a database read model";
+
+/// Why a projection's handler borrows its event, for the messages of [`event_parameter`].
+const DECODED_ONCE: &str = "; the decoded event is lent to its handler";
+
+/// A projection handler's signature, as far as it could be read.
+pub(crate) struct ProjectionSignature {
+    pub(crate) event: Type,
+    /// Whether the handler takes the `&EventContext` after the event.
+    pub(crate) context: bool,
+    /// The `Tx` of a `tx: &mut Tx` parameter: the handler writes to a database read model.
+    pub(crate) transaction: Option<Type>,
+    /// Whether the handler is a database one (it is `async` or takes a transaction).
+    pub(crate) database: bool,
+    /// The tokens that make it a database or an in-memory handler, for the message when the
+    /// handlers of one projection do not agree.
+    pub(crate) kind_tokens: proc_macro2::TokenStream,
+    pub(crate) valid: bool,
+}
+
+/// What a parameter after a projection handler's event is.
+enum Extra<'a> {
+    /// `&EventContext` or `&EventContext<'_>` (by any path).
+    Context,
+    /// `EventContext` by value or by `&mut`.
+    ContextMisused,
+    /// `&mut Tx`: a transaction.
+    Transaction(&'a Type),
+    Other,
+}
+
+fn names_context(ty: &Type) -> bool {
+    match ty {
+        Type::Group(group) => names_context(&group.elem),
+        Type::Paren(paren) => names_context(&paren.elem),
+        Type::Path(path) => path
+            .path
+            .segments
+            .last()
+            .is_some_and(|last| last.ident == "EventContext"),
+        _ => false,
+    }
+}
+
+fn extra_parameter(ty: &Type) -> Extra<'_> {
+    match ty {
+        Type::Reference(reference) if names_context(&reference.elem) => {
+            if reference.mutability.is_some() {
+                Extra::ContextMisused
+            } else {
+                Extra::Context
+            }
+        }
+        Type::Reference(reference) if reference.mutability.is_some() => {
+            Extra::Transaction(&reference.elem)
+        }
+        other if names_context(other) => Extra::ContextMisused,
+        _ => Extra::Other,
+    }
+}
+
+/// Checks a projection's `#[handles]` method and returns what its signature says, or `None`
+/// when no event type can be found in it.
+pub(crate) fn projection_handler_signature(
+    cx: &Ctxt,
+    sig: &Signature,
+) -> Option<ProjectionSignature> {
+    let mut ok = true;
+    let mut error = |tokens: &dyn ToTokens, message: String| {
+        ok = false;
+        cx.error_spanned_by(tokens.to_token_stream(), message);
+    };
+
+    if let Some(unsafety) = &sig.unsafety {
+        error(
+            unsafety,
+            format!("a handler cannot be `unsafe`; {PROJECTION_SHAPE}"),
+        );
+    }
+    // Lifetimes are harmless (`fn on(&mut self, e: &E, ctx: &EventContext<'a>)`).
+    if sig
+        .generics
+        .params
+        .iter()
+        .any(|param| !matches!(param, GenericParam::Lifetime(_)))
+    {
+        error(
+            &sig.generics,
+            format!(
+                "a handler cannot be generic: it handles one concrete event type; {PROJECTION_SHAPE}"
+            ),
+        );
+    }
+
+    let mut inputs = sig.inputs.iter().peekable();
+    let receiver_ok = receiver(cx, sig, &mut inputs, Target::Projection, PROJECTION_SHAPE);
+    if sig.inputs.is_empty() {
+        return None;
+    }
+
+    let mut context = false;
+    let mut event_ok = true;
+    let mut event_arg = inputs.next();
+    // The context written first: report the order, and read the next parameter as the event.
+    if let Some(FnArg::Typed(arg)) = event_arg
+        && matches!(extra_parameter(&arg.ty), Extra::Context)
+    {
+        error(
+            arg,
+            format!(
+                "the event comes first, then the context: `fn name(&mut self, event: &EventType, ctx: &EventContext)`; {PROJECTION_SHAPE}"
+            ),
+        );
+        context = true;
+        event_arg = inputs.next();
+    }
+    let event = match event_arg {
+        Some(FnArg::Typed(arg)) => {
+            let (event, valid) = event_parameter(cx, &arg.ty, DECODED_ONCE);
+            event_ok = valid;
+            event
+        }
+        Some(FnArg::Receiver(_)) | None => {
+            error(
+                &sig.ident,
+                format!("a handler needs the event parameter; {PROJECTION_SHAPE}"),
+            );
+            None
+        }
+    };
+
+    let mut transaction = None;
+    for arg in inputs {
+        let FnArg::Typed(typed) = arg else {
+            continue;
+        };
+        match extra_parameter(&typed.ty) {
+            Extra::Context if !context && transaction.is_none() => context = true,
+            Extra::ContextMisused if !context && transaction.is_none() => {
+                context = true;
+                error(
+                    &typed.ty,
+                    format!(
+                        "a handler borrows the context: `ctx: &EventContext`; {PROJECTION_SHAPE}"
+                    ),
+                );
+            }
+            Extra::Transaction(tx) if transaction.is_none() => {
+                if !context {
+                    error(
+                        arg,
+                        format!(
+                            "a database handler takes the context before the transaction: `ctx: &EventContext<'_>, tx: &mut SqliteTx`; {PROJECTION_SHAPE}"
+                        ),
+                    );
+                }
+                transaction = Some(tx.clone());
+            }
+            _ => error(
+                arg,
+                format!(
+                    "a handler takes the event, the context and (for a database read model) the transaction: remove this parameter; {PROJECTION_SHAPE}"
+                ),
+            ),
+        }
+    }
+
+    let kind_tokens = match (&sig.asyncness, &transaction) {
+        (Some(asyncness), _) => asyncness.to_token_stream(),
+        (None, Some(tx)) => tx.to_token_stream(),
+        (None, None) => sig.ident.to_token_stream(),
+    };
+    match (&sig.asyncness, &transaction) {
+        (Some(asyncness), None) => error(
+            asyncness,
+            format!(
+                "an `async` handler writes to a database read model through the transaction it takes: add `ctx: &EventContext<'_>, tx: &mut SqliteTx` (or `&mut PgTx`), or remove `async` for an in-memory read model; {PROJECTION_SHAPE}"
+            ),
+        ),
+        (None, Some(_)) => error(
+            &sig.fn_token,
+            format!(
+                "a handler that takes a transaction is `async`: write `async fn {}(...)`; {PROJECTION_SHAPE}",
+                sig.ident
+            ),
+        ),
+        _ => {}
+    }
+
+    let database = sig.asyncness.is_some() || transaction.is_some();
+    event.map(|event| ProjectionSignature {
+        event,
+        context,
+        transaction,
+        database,
+        kind_tokens,
+        valid: ok && event_ok && receiver_ok,
+    })
 }

@@ -7,6 +7,7 @@ pub(crate) struct Symbol(&'static str);
 
 pub(crate) const EVENT: Symbol = Symbol("event");
 pub(crate) const HANDLES: Symbol = Symbol("handles");
+pub(crate) const PROJECTION: Symbol = Symbol("projection");
 
 pub(crate) const NAME: Symbol = Symbol("name");
 pub(crate) const VERSION: Symbol = Symbol("version");
@@ -27,6 +28,8 @@ pub(crate) const ALIAS: Symbol = Symbol("alias");
 pub(crate) const RETIRED: Symbol = Symbol("retired");
 pub(crate) const SNAPSHOT_EVERY: Symbol = Symbol("snapshot_every");
 pub(crate) const STATE_VERSION: Symbol = Symbol("state_version");
+/// `reset = method` in `#[projection(...)]`: the method that empties the read model.
+pub(crate) const RESET: Symbol = Symbol("reset");
 
 impl Symbol {
     pub(crate) fn as_str(self) -> &'static str {

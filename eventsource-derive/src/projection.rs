@@ -1,0 +1,209 @@
+//! Expansion of `#[projection]`: `eventsource::Projection` for an in-memory read model, or
+//! `eventsource::SqlProjection` when the handlers write through a transaction.
+
+use crate::aggregate::{name_overlap_checks, respan, type_name};
+use crate::internals::Ctxt;
+use crate::internals::ast::{Projection, ProjectionHandler};
+use proc_macro2::TokenStream;
+use quote::{quote, quote_spanned};
+use syn::spanned::Spanned;
+
+pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
+    let item: syn::ItemImpl = match syn::parse2(input.clone()) {
+        Ok(item) => item,
+        Err(_) => {
+            // Keep the user's item so that the rest of their code still resolves.
+            let error = syn::Error::new(
+                proc_macro2::Span::call_site(),
+                "`#[projection]` goes on an inherent impl block: `#[projection] impl OrdersByCustomer { ... }`",
+            );
+            let error = error.into_compile_error();
+            return quote!(#error #input);
+        }
+    };
+
+    let cx = Ctxt::new();
+    let projection = Projection::from_ast(&cx, args, item);
+    let errors = cx.into_compile_errors();
+    let item = &projection.item;
+    let generated = if projection.expandable {
+        generate(&projection)
+    } else {
+        TokenStream::new()
+    };
+    quote! {
+        #errors
+        #item
+        #generated
+    }
+}
+
+fn generate(projection: &Projection) -> TokenStream {
+    let item = &projection.item;
+    let krate = projection
+        .attrs
+        .krate
+        .clone()
+        .unwrap_or_else(|| syn::parse_quote!(::eventsource));
+    let self_ty = &item.self_ty;
+    let (impl_generics, _, where_clause) = item.generics.split_for_impl();
+    let name = match &projection.attrs.name {
+        Some(lit) => lit.value(),
+        None => type_name(self_ty),
+    };
+
+    let handlers: Vec<&ProjectionHandler> = projection
+        .handlers
+        .iter()
+        .filter(|h| !h.base.duplicate)
+        .collect();
+    let valid: Vec<&ProjectionHandler> =
+        handlers.iter().copied().filter(|h| h.base.valid).collect();
+
+    // Every use of a handled event type goes through a function bounded on `ProjectedBy<Self>`
+    // and carries the event type's span, so that a type that is not an event is reported once
+    // per body, in our words, on the handler's parameter.
+    let event_names = valid.iter().map(|h| {
+        let event = &h.base.event;
+        quote_spanned! {event.span()=>
+            #krate::__private::projected_names::<Self, #event>(&mut __names);
+        }
+    });
+    let event_types = quote! {
+        fn event_types() -> #krate::__private::Vec<&'static str> {
+            let mut __names = #krate::__private::Vec::new();
+            #(#event_names)*
+            __names
+        }
+    };
+    let dispatch = valid.iter().map(|h| {
+        let event = &h.base.event;
+        let method = &h.base.method;
+        let context = h.context.then(|| quote!(, __context));
+        let call = if projection.database {
+            quote!(Self::#method(self, &__decoded #context, &mut *__tx).await)
+        } else {
+            quote!(Self::#method(self, &__decoded #context))
+        };
+        let test = quote_spanned! {event.span()=>
+            #krate::__private::projects::<Self, #event>(__event.event_type)
+        };
+        let decode = quote_spanned! {event.span()=>
+            #krate::__private::decode_for_projection::<#event>(__event)
+        };
+        // On the handler's return type: one that is not an outcome is reported there.
+        let call = respan(call, h.output_span);
+        let outcome = quote_spanned! {h.output_span=>
+            #krate::__private::HandlerOutcome::into_outcome
+        };
+        quote! {
+            if #test {
+                let __decoded = #decode?;
+                return #outcome(#call);
+            }
+        }
+    });
+    let checks = {
+        let events: Vec<&syn::Type> = handlers.iter().map(|h| &h.base.event).collect();
+        name_overlap_checks(&krate, &name, &events)
+    };
+
+    let implementation = if projection.database {
+        // The database is named by the first handler's transaction type.
+        let tx = valid
+            .iter()
+            .chain(&handlers)
+            .find_map(|h| h.transaction.as_ref());
+        let Some(tx) = tx else {
+            // No handler with a readable transaction: its error is already reported.
+            return TokenStream::new();
+        };
+        let reset = match &projection.attrs.reset {
+            Some(method) => quote_spanned! {method.span()=>
+                #krate::__private::Box::pin(async move {
+                    #krate::__private::HandlerOutcome::into_outcome(Self::#method(self, __tx).await)
+                })
+            },
+            None => quote! {
+                let _ = __tx;
+                #krate::__private::Box::pin(async { #krate::__private::Ok(()) })
+            },
+        };
+        quote! {
+            #[automatically_derived]
+            impl #impl_generics #krate::SqlProjection for #self_ty #where_clause {
+                const NAME: &'static str = #name;
+                type Database = <#tx as #krate::__private::TxDatabase>::Database;
+
+                #event_types
+
+                fn handle<'__a>(
+                    &'__a mut self,
+                    __event: #krate::EventView<'__a>,
+                    __context: &'__a #krate::EventContext<'__a>,
+                    __tx: &'__a mut #krate::__private::Transaction<Self::Database>,
+                ) -> #krate::__private::BoxFuture<'__a, #krate::__private::Result<(), #krate::HandlerError>> {
+                    #krate::__private::Box::pin(async move {
+                        #(#dispatch)*
+                        let _ = (__context, __tx);
+                        #krate::__private::Ok(())
+                    })
+                }
+
+                fn reset<'__a>(
+                    &'__a mut self,
+                    __tx: &'__a mut #krate::__private::Transaction<Self::Database>,
+                ) -> #krate::__private::BoxFuture<'__a, #krate::__private::Result<(), #krate::HandlerError>> {
+                    #reset
+                }
+            }
+        }
+    } else {
+        let reset = match &projection.attrs.reset {
+            Some(method) => quote_spanned! {method.span()=>
+                let () = Self::#method(self);
+            },
+            // On the type: a projection that is not `Default` is reported there, in our words.
+            None => respan(
+                quote! {
+                    *self = <Self as #krate::__private::StartsEmpty>::empty();
+                },
+                self_ty.span(),
+            ),
+        };
+        quote! {
+            #[automatically_derived]
+            impl #impl_generics #krate::Projection for #self_ty #where_clause {
+                const NAME: &'static str = #name;
+
+                #event_types
+
+                fn handle(
+                    &mut self,
+                    __event: #krate::EventView<'_>,
+                    __context: &#krate::EventContext<'_>,
+                ) -> #krate::__private::Result<(), #krate::HandlerError> {
+                    #(#dispatch)*
+                    let _ = __context;
+                    #krate::__private::Ok(())
+                }
+
+                fn reset(&mut self) {
+                    #reset
+                }
+            }
+        }
+    };
+
+    quote! {
+        #[doc(hidden)]
+        const _: () = {
+            #[automatically_derived]
+            impl #impl_generics #krate::__private::OnlyOneProjectionBlockPerType for #self_ty #where_clause {}
+
+            #implementation
+
+            #checks
+        };
+    }
+}

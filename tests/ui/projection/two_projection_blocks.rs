@@ -1,0 +1,25 @@
+// Two `#[projection]` blocks for one type.
+use eventsource::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(DomainEvent, Serialize, Deserialize)]
+struct Deposited {
+    cents: i64,
+}
+
+#[derive(Default)]
+struct Balances;
+
+#[projection]
+impl Balances {
+    #[handles]
+    fn deposited(&mut self, _event: &Deposited) {}
+}
+
+#[projection]
+impl Balances {
+    #[handles]
+    fn deposited_again(&mut self, _event: &Deposited) {}
+}
+
+fn main() {}
