@@ -508,8 +508,7 @@ where
         .await
         .expect("the projection catches up");
     running.shutdown().await;
-    let applied = balances.read().applied;
-    applied
+    balances.read().applied
 }
 
 async fn fw_w4<S: EventStore>(store: &S) -> usize {

@@ -271,7 +271,7 @@ fn lag_counter<S: EventStore + Clone + 'static>(store: &S, event_types: Vec<&'st
 
 /// Runs projections against one store: catch-up from each checkpoint, then live.
 ///
-/// ```ignore
+/// ```
 /// use eventsource::prelude::*;
 /// use eventsource::subscription::Subscriptions;
 /// use serde::{Deserialize, Serialize};
