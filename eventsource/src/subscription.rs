@@ -602,6 +602,7 @@ where
             None => return self.progress.set(ProjectionState::Stopped, None),
         };
         let mut appends = self.store.watch_appends();
+        let mut catching_up = true;
         loop {
             if *shutdown.borrow() {
                 break;
@@ -610,9 +611,13 @@ where
                 checkpoint = self.command(command, checkpoint).await;
             }
             appends.borrow_and_update();
-            // The head before the read: if the read finds nothing more, everything up to it is
-            // applied (what `wait_until` asks).
-            let head = self.store.log_head().await.ok().map(|head| head.readable);
+            // Near the head, the head before the read: if the read finds nothing more,
+            // everything up to it is applied (what `wait_until` asks).
+            let head = if catching_up {
+                None
+            } else {
+                self.store.log_head().await.ok().map(|head| head.readable)
+            };
             let page = match self.read_page(checkpoint).await {
                 Ok(page) => page,
                 Err(error) => {
@@ -622,6 +627,15 @@ where
                     continue;
                 }
             };
+            if page.is_empty() && catching_up {
+                // Reached the head while catching up: probe it, then read once more.
+                catching_up = false;
+                continue;
+            }
+            if page.is_empty() && catching_up {
+                catching_up = false;
+                continue;
+            }
             if page.is_empty() {
                 self.progress.set(ProjectionState::Live, checkpoint);
                 self.progress.set_caught_up(head);
@@ -651,6 +665,7 @@ where
                 continue;
             }
             let full = page.len() >= self.options.batch_size;
+            catching_up = full;
             self.progress.set(
                 if full {
                     ProjectionState::CatchingUp
@@ -1086,6 +1101,7 @@ where
             sleep_or_stop(&mut shutdown, self.options.max_backoff).await;
         };
         let mut appends = self.store.watch_appends();
+        let mut catching_up = true;
         loop {
             if *shutdown.borrow() {
                 break;
@@ -1094,7 +1110,11 @@ where
                 checkpoint = self.command(command, checkpoint).await;
             }
             appends.borrow_and_update();
-            let head = self.store.log_head().await.ok().map(|head| head.readable);
+            let head = if catching_up {
+                None
+            } else {
+                self.store.log_head().await.ok().map(|head| head.readable)
+            };
             let page = match read_page(
                 &self.store,
                 checkpoint,
@@ -1110,6 +1130,10 @@ where
                     continue;
                 }
             };
+            if page.is_empty() && catching_up {
+                catching_up = false;
+                continue;
+            }
             if page.is_empty() {
                 self.progress.set(ProjectionState::Live, checkpoint);
                 self.progress.set_caught_up(head);
@@ -1138,6 +1162,7 @@ where
                 continue;
             }
             let full = page.len() >= self.options.batch_size;
+            catching_up = full;
             self.progress.set(
                 if full {
                     ProjectionState::CatchingUp

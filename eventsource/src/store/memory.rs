@@ -202,7 +202,7 @@ impl EventStore for InMemoryEventStore {
                 .iter()
                 .filter(|event| query.matches(event))
                 .take(query.batch_size)
-                .map(|event| (event.position, Ok(event.clone())))
+                .map(|event| (event.position, Some(Ok(event.clone()))))
                 .collect();
             std::future::ready(Ok(page))
         })

@@ -551,8 +551,9 @@ impl AppendSignal {
     }
 }
 
-/// One row of a global read: its position, and the event or why the row cannot be read.
-pub(crate) type PageRow = (Position, Result<RecordedEvent>);
+/// One row of a global read: its position, and the event or why the row cannot be read; `None`
+/// for a row read only to move past it (it does not pass the read's filters).
+pub(crate) type PageRow = (Position, Option<Result<RecordedEvent>>);
 
 /// A [`EventStore::read_all`] stream built from a function that fetches one page: the rows after
 /// a position, at most a limit. Pages are fetched lazily, one at a time. A damaged row is
@@ -581,7 +582,8 @@ where
                         return None;
                     }
                     Some((
-                        futures::stream::iter(rows.into_iter().map(|(_, row)| row)).left_stream(),
+                        futures::stream::iter(rows.into_iter().filter_map(|(_, row)| row))
+                            .left_stream(),
                         next,
                     ))
                 }

@@ -348,7 +348,10 @@ impl EventStore for SqliteEventStore {
             .map_err(Error::database("read_stream"))?;
         let events = rows
             .iter()
-            .map(|row| decode_row(row, Some(stream))?.1)
+            .filter_map(|row| match decode_row(row, Some(stream)) {
+                Ok((_, event)) => event,
+                Err(error) => Some(Err(error)),
+            })
             .collect::<Result<Vec<_>>>()?;
         check_sequence(stream, &query, &events)?;
         Ok(events)
@@ -613,12 +616,12 @@ fn decode_row(row: &SqliteRow, stream: Option<&StreamId>) -> Result<PageRow> {
                 (Ok(aggregate_type), Ok(aggregate_id)) => {
                     StreamId::unchecked(aggregate_type, aggregate_id)
                 }
-                (Err(error), _) | (_, Err(error)) => return Ok((position, Err(error))),
+                (Err(error), _) | (_, Err(error)) => return Ok((position, Some(Err(error)))),
             };
             &owned
         }
     };
-    Ok((position, read_event(row, stream, position)))
+    Ok((position, Some(read_event(row, stream, position))))
 }
 
 fn read_event(row: &SqliteRow, stream: &StreamId, position: Position) -> Result<RecordedEvent> {
