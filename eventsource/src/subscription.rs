@@ -728,9 +728,34 @@ where
     ) -> std::result::Result<Option<Position>, (Option<Position>, Error)> {
         let mut reached = checkpoint;
         let mut stop = None;
-        for item in page {
+        let mut items = page.into_iter();
+        loop {
+            // The common case under one write lock: every event applies at the first attempt.
+            let mut failed = None;
+            {
+                let mut model = self.model.write().unwrap_or_else(PoisonError::into_inner);
+                for item in items.by_ref() {
+                    match &item {
+                        Ok(event) => match apply_event(&mut *model, event) {
+                            Ok(()) => reached = Some(event.position),
+                            Err(error) => {
+                                failed = Some((item, Some(error)));
+                                break;
+                            }
+                        },
+                        Err(_) => {
+                            failed = Some((item, None));
+                            break;
+                        }
+                    }
+                }
+            }
+            // The exception, with the lock released while it waits between attempts.
+            let Some((item, first_error)) = failed else {
+                break;
+            };
             let position = item_position(&item);
-            match self.apply_one(item).await {
+            match self.apply_one(item, first_error).await {
                 Applied::Done | Applied::DeadLettered => reached = Some(position),
                 Applied::Stop(error) => {
                     stop = Some(error);
@@ -753,7 +778,12 @@ where
         }
     }
 
-    async fn apply_one(&self, item: Result<RecordedEvent>) -> Applied {
+    /// Applies an event that failed once already (`first_error`), or a damaged row.
+    async fn apply_one(
+        &self,
+        item: Result<RecordedEvent>,
+        first_error: Option<HandlerError>,
+    ) -> Applied {
         let event = match item {
             Ok(event) => event,
             Err(error) => {
@@ -765,11 +795,15 @@ where
             }
         };
         let mut attempt = 0;
+        let mut previous = first_error.map(Err);
         loop {
             attempt += 1;
-            let outcome = {
-                let mut model = self.model.write().unwrap_or_else(PoisonError::into_inner);
-                apply_event(&mut *model, &event)
+            let outcome = match previous.take() {
+                Some(outcome) => outcome,
+                None => {
+                    let mut model = self.model.write().unwrap_or_else(PoisonError::into_inner);
+                    apply_event(&mut *model, &event)
+                }
             };
             match outcome {
                 Ok(()) => return Applied::Done,
