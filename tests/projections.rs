@@ -568,3 +568,72 @@ async fn postgres_takeover_between_two_managers() {
     assert_eq!(rows.iter().map(|(_, _, e)| e).sum::<i64>(), 60);
     second.shutdown().await;
 }
+
+/// Live means woken by the store, not by the poll: with a poll of a minute, an append is
+/// applied within seconds. `writer` appends (on PostgreSQL: another store with a pool of its
+/// own, as another process would, so the wake-up travels through LISTEN/NOTIFY).
+async fn woken_by_appends<S, W>(store: &S, writer: &W)
+where
+    S: EventStore + CheckpointStore + Clone + 'static,
+    W: EventStore,
+{
+    let mut subscriptions = Subscriptions::new(store.clone())
+        .with_options(fast().poll_interval(Duration::from_secs(60)));
+    let balances = subscriptions.add(Balances::default());
+    let running = subscriptions.start();
+    running
+        .wait_until(Position::START, Duration::from_secs(10))
+        .await
+        .unwrap();
+    // Let the projection go to sleep at the head (and the LISTEN connection start).
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert_eq!(balances.status().state, ProjectionState::Live);
+    for round in 0..3 {
+        let started = std::time::Instant::now();
+        let appended = writer
+            .append(&account(round), ExpectedVersion::Any, vec![deposit(10)])
+            .await
+            .unwrap();
+        running
+            .wait_until(appended.last_position, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "woken in {:?}",
+            started.elapsed()
+        );
+        assert_eq!(balances.read().applied, round as u64 + 1);
+    }
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn memory_woken_by_appends() {
+    let store = InMemoryEventStore::new();
+    woken_by_appends(&store, &store).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_woken_by_appends() {
+    let Some(db) = databases::sqlite().await else {
+        return;
+    };
+    woken_by_appends(db.store(), db.store()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_woken_by_appends_of_another_process() {
+    let Some(db) = databases::postgres().await else {
+        return;
+    };
+    let options = (*db.store().pool().connect_options()).clone();
+    let other = PostgresEventStore::from_pool(
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(2)
+            .connect_with(options)
+            .await
+            .unwrap(),
+    );
+    woken_by_appends(db.store(), &other).await;
+}

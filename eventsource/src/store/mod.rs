@@ -702,7 +702,7 @@ impl<'r, R: sqlx::Row> RowReader<'r, R> {
 }
 
 /// A view of a row read by a store's `fold_stream`, after the checks every read path makes:
-/// versions in range, metadata readable.
+/// versions in range, the free-form metadata (`metadata`, the raw column) a JSON object.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn row_view<'a>(
     stream: &'a StreamId,
@@ -727,10 +727,16 @@ pub(crate) fn row_view<'a>(
             ));
         }
     };
-    if let Some(packed) = metadata {
-        unpack_metadata(packed).map_err(|reason| {
-            Error::corrupt(stream, reason).at_row(Some(position), Some(version), Some(event_type))
-        })?;
+    if let Some(extra) = metadata {
+        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(extra).map_err(
+            |error| {
+                Error::corrupt(stream, format!("metadata: {error}")).at_row(
+                    Some(position),
+                    Some(version),
+                    Some(event_type),
+                )
+            },
+        )?;
     }
     Ok(EventView::new(
         stream,

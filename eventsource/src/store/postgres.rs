@@ -45,6 +45,8 @@ pub struct PostgresEventStore {
     pool: PgPool,
     /// The wake-up signal fed by a `LISTEN` connection, started at the first `watch_appends`.
     appended: Arc<std::sync::OnceLock<tokio::sync::watch::Sender<u64>>>,
+    /// Tells other processes about this one's appends, off the appends' commit path.
+    notifier: Arc<std::sync::OnceLock<tokio::sync::watch::Sender<u64>>>,
 }
 
 /// How many times an append with [`ExpectedVersion::Any`] or [`ExpectedVersion::StreamExists`]
@@ -95,12 +97,8 @@ WITH current AS (
         WITH ORDINALITY AS e(event_id, event_type, schema_version, occurred_at, tenant_id, actor_id,
             correlation_id, causation_id, metadata, payload, ord)
     RETURNING version, position
-), notified AS (
-    -- Wakes live subscribers (a wake-up only, never the events: they read the store).
-    SELECT pg_notify('eventsource_' || current_schema(), '') FROM (SELECT 1 FROM inserted LIMIT 1) one
 )
-SELECT (SELECT v FROM current), (SELECT MAX(version) FROM inserted), (SELECT MAX(position) FROM inserted),
-    (SELECT COUNT(*) FROM notified)
+SELECT (SELECT v FROM current), (SELECT MAX(version) FROM inserted), (SELECT MAX(position) FROM inserted)
 "#;
 
 impl PostgresEventStore {
@@ -130,6 +128,7 @@ impl PostgresEventStore {
         PostgresEventStore {
             pool,
             appended: Arc::default(),
+            notifier: Arc::default(),
         }
     }
 
@@ -284,6 +283,27 @@ impl PostgresEventStore {
         let result = Self::append_once(&mut *tx, stream, expected, events).await?;
         tx.commit().await.map_err(AppendFailure::Database)?;
         Ok(result)
+    }
+
+    /// After an append: wakes this process's live subscribers at once, and has the notifier
+    /// task tell the others (`NOTIFY`), coalescing the appends made while it sends.
+    ///
+    /// The `NOTIFY` is not part of the append's transaction: PostgreSQL serializes the commits
+    /// of notifying transactions on one lock, which cost concurrent writers half their
+    /// throughput when every append notified. A wake-up that is late or lost only delays a
+    /// subscriber to its next poll.
+    fn signal_append(&self) {
+        if let Some(local) = self.appended.get() {
+            local.send_modify(|count| *count = count.wrapping_add(1));
+        }
+        let notifier = self.notifier.get_or_init(|| {
+            let (sender, receiver) = tokio::sync::watch::channel(0);
+            if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                runtime.spawn(notify_others(self.pool.clone(), receiver));
+            }
+            sender
+        });
+        notifier.send_modify(|count| *count = count.wrapping_add(1));
     }
 
     /// One page of a global read: the next events of finished transactions only (the fence).
@@ -480,7 +500,10 @@ impl EventStore for PostgresEventStore {
                 Self::append_once(&self.pool, stream, expected, &events).await
             };
             let err = match outcome {
-                Ok(result) => return Ok(result),
+                Ok(result) => {
+                    self.signal_append();
+                    return Ok(result);
+                }
                 Err(AppendFailure::Rejected { current }) => {
                     // An append retried after its outcome was lost finds its own events stored.
                     if let Some(done) = self.stored_already(stream, expected, &events).await? {
@@ -640,10 +663,11 @@ impl EventStore for PostgresEventStore {
     where
         F: FnMut(EventView<'_>) -> Result<()> + Send,
     {
+        // The free-form metadata column only (usually NULL): the rest of the metadata has typed
+        // columns (UUID, TEXT) that cannot hold a damaged value.
         const SQL: &str = concat!(
-            "SELECT position, version, event_type, schema_version, ",
-            packed_metadata!(),
-            ", payload::TEXT FROM events \
+            "SELECT position, version, event_type, schema_version, metadata::TEXT, \
+             payload::TEXT FROM events \
              WHERE aggregate_type = $1 AND aggregate_id = $2 AND version BETWEEN $3 AND $4 \
              AND ($5::TIMESTAMPTZ IS NULL OR occurred_at <= $5) ORDER BY version ASC LIMIT $6"
         );
@@ -750,6 +774,23 @@ fn read_event(row: &PgRow, stream: &StreamId, position: Position) -> Result<Reco
         payload: reader.get(7, "payload")?,
     }
     .into_event()
+}
+
+/// Sends one `NOTIFY eventsource_<schema>` after each burst of appends, until the pool closes
+/// or the store is dropped.
+async fn notify_others(pool: PgPool, mut appends: tokio::sync::watch::Receiver<u64>) {
+    while appends.changed().await.is_ok() {
+        appends.borrow_and_update();
+        if pool.is_closed() {
+            return;
+        }
+        if let Err(error) = sqlx::query("SELECT pg_notify('eventsource_' || current_schema(), '')")
+            .execute(&pool)
+            .await
+        {
+            tracing::debug!(%error, "cannot NOTIFY subscribers in other processes; they will poll");
+        }
+    }
 }
 
 /// Feeds `signal` from `LISTEN eventsource_<schema>` until the pool closes. After a lost
