@@ -665,12 +665,10 @@ impl EventStore for PostgresEventStore {
     {
         // The free-form metadata column only (usually NULL): the rest of the metadata has typed
         // columns (UUID, TEXT) that cannot hold a damaged value.
-        const SQL: &str = concat!(
-            "SELECT position, version, event_type, schema_version, metadata::TEXT, \
+        const SQL: &str = "SELECT position, version, event_type, schema_version, metadata::TEXT, \
              payload::TEXT FROM events \
              WHERE aggregate_type = $1 AND aggregate_id = $2 AND version BETWEEN $3 AND $4 \
-             AND ($5::TIMESTAMPTZ IS NULL OR occurred_at <= $5) ORDER BY version ASC LIMIT $6"
-        );
+             AND ($5::TIMESTAMPTZ IS NULL OR occurred_at <= $5) ORDER BY version ASC LIMIT $6";
         let (from, to) = query.sql_versions();
         let rows = sqlx::query(SQL)
             .bind(stream.aggregate_type())

@@ -372,11 +372,9 @@ impl EventStore for SqliteEventStore {
     {
         // The free-form metadata column only (usually NULL): the rest of the metadata has typed
         // columns that a STRICT table keeps sound, and packing them costs a load a third more.
-        const SQL: &str = concat!(
-            "SELECT position, version, event_type, schema_version, metadata, payload FROM events \
+        const SQL: &str = "SELECT position, version, event_type, schema_version, metadata, payload FROM events \
              WHERE aggregate_type = ? AND aggregate_id = ? AND version BETWEEN ? AND ? \
-             AND (? IS NULL OR occurred_at <= ?) ORDER BY version ASC LIMIT ?"
-        );
+             AND (? IS NULL OR occurred_at <= ?) ORDER BY version ASC LIMIT ?";
         let (from, to) = query.sql_versions();
         let until = query.until.map(|t| t.timestamp_micros());
         let rows = sqlx::query(SQL)
