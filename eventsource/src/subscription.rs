@@ -379,7 +379,7 @@ where
         self.entries.push(Entry {
             name: P::NAME.to_owned(),
             progress: Arc::clone(&handle.progress),
-            spawn: Box::new(move |shutdown, commands| Box::pin(runner.run(shutdown, commands))),
+            spawn: Box::new(move |shutdown, commands| Box::pin(drive(runner, shutdown, commands))),
             lag: lag_counter(&self.store, P::event_types()),
         });
         handle
@@ -585,130 +585,6 @@ where
     C: CheckpointStore + 'static,
     P: Projection + Sync,
 {
-    async fn run(self, mut shutdown: watch::Receiver<bool>, mut commands: mpsc::Receiver<Command>) {
-        let Some(_lease) = take_lease(
-            &self.checkpoints,
-            self.name,
-            &self.progress,
-            &self.options,
-            &mut shutdown,
-        )
-        .await
-        else {
-            return self.progress.set(ProjectionState::Stopped, None);
-        };
-        let mut checkpoint = match self.load_checkpoint(&mut shutdown).await {
-            Some(checkpoint) => checkpoint,
-            None => return self.progress.set(ProjectionState::Stopped, None),
-        };
-        let mut appends = self.store.watch_appends();
-        let mut catching_up = true;
-        loop {
-            if *shutdown.borrow() {
-                break;
-            }
-            while let Ok(command) = commands.try_recv() {
-                checkpoint = self.command(command, checkpoint).await;
-            }
-            appends.borrow_and_update();
-            // Near the head, the head before the read: if the read finds nothing more,
-            // everything up to it is applied (what `wait_until` asks).
-            let head = if catching_up {
-                None
-            } else {
-                self.store.log_head().await.ok().map(|head| head.readable)
-            };
-            let page = match self.read_page(checkpoint).await {
-                Ok(page) => page,
-                Err(error) => {
-                    tracing::warn!(projection = self.name, %error, "cannot read the log; retrying");
-                    self.sleep_or_stop(&mut shutdown, self.options.max_backoff)
-                        .await;
-                    continue;
-                }
-            };
-            if page.is_empty() && catching_up {
-                // Reached the head while catching up: probe it, then read once more.
-                catching_up = false;
-                continue;
-            }
-            if page.is_empty() && catching_up {
-                catching_up = false;
-                continue;
-            }
-            if page.is_empty() {
-                self.progress.set(ProjectionState::Live, checkpoint);
-                self.progress.set_caught_up(head);
-                let woken = {
-                    let stop = shutdown.changed().fuse();
-                    let command = commands.recv().fuse();
-                    let appended = appends.changed().fuse();
-                    let poll = tokio::time::sleep(self.options.poll_interval).fuse();
-                    futures::pin_mut!(stop, command, appended, poll);
-                    futures::select_biased! {
-                        _ = stop => Woken::Stop,
-                        command = command => Woken::Command(command),
-                        changed = appended => Woken::Appended(changed.is_ok()),
-                        () = poll => Woken::Poll,
-                    }
-                };
-                match woken {
-                    Woken::Command(Some(command)) => {
-                        checkpoint = self.command(command, checkpoint).await;
-                    }
-                    // The store cannot signal: poll.
-                    Woken::Appended(false) => {
-                        tokio::time::sleep(self.options.poll_interval).await;
-                    }
-                    Woken::Stop | Woken::Command(None) | Woken::Appended(true) | Woken::Poll => {}
-                }
-                continue;
-            }
-            let full = page.len() >= self.options.batch_size;
-            catching_up = full;
-            self.progress.set(
-                if full {
-                    ProjectionState::CatchingUp
-                } else {
-                    ProjectionState::Live
-                },
-                checkpoint,
-            );
-            match self.apply_page(page, checkpoint).await {
-                Ok(next) => checkpoint = next,
-                Err((next, error)) => {
-                    self.progress
-                        .set(ProjectionState::Failed(error.to_string()), next);
-                    return;
-                }
-            }
-        }
-        self.progress.set(ProjectionState::Stopped, checkpoint);
-    }
-
-    async fn sleep_or_stop(&self, shutdown: &mut watch::Receiver<bool>, delay: Duration) {
-        sleep_or_stop(shutdown, delay).await;
-    }
-
-    /// The stored checkpoint, retried until the store answers or shutdown (`None`).
-    async fn load_checkpoint(
-        &self,
-        shutdown: &mut watch::Receiver<bool>,
-    ) -> Option<Option<Position>> {
-        loop {
-            match self.checkpoints.checkpoint(self.name).await {
-                Ok(checkpoint) => return Some(checkpoint),
-                Err(error) => {
-                    tracing::warn!(projection = self.name, %error, "cannot read the checkpoint; retrying");
-                }
-            }
-            if *shutdown.borrow() {
-                return None;
-            }
-            self.sleep_or_stop(shutdown, self.options.max_backoff).await;
-        }
-    }
-
     async fn read_page(&self, after: Option<Position>) -> Result<Vec<Result<RecordedEvent>>> {
         read_page(
             &self.store,
@@ -922,6 +798,242 @@ where
     }
 }
 
+/// What the loop of [`drive`] needs of a projection's runner: where it reads and checkpoints,
+/// and how it applies a page and answers a command.
+trait Runner: Send + 'static {
+    type Store: EventStore;
+    type Checkpoints: CheckpointStore;
+
+    fn store(&self) -> &Self::Store;
+    fn checkpoints(&self) -> &Self::Checkpoints;
+    fn progress(&self) -> &Progress;
+    fn options(&self) -> &ProjectionOptions;
+    fn name(&self) -> &'static str;
+    fn event_types(&self) -> &[&'static str];
+
+    /// Applies a page; on a stop, the checkpoint reached and the error.
+    fn apply(
+        &mut self,
+        page: Vec<Result<RecordedEvent>>,
+        checkpoint: Option<Position>,
+    ) -> impl std::future::Future<
+        Output = std::result::Result<Option<Position>, (Option<Position>, Error)>,
+    > + Send;
+
+    /// Runs a command between two pages; returns the checkpoint after it.
+    fn command(
+        &mut self,
+        command: Command,
+        checkpoint: Option<Position>,
+    ) -> impl std::future::Future<Output = Option<Position>> + Send;
+}
+
+/// A projection's life: take the lease, load the checkpoint, then read and apply pages,
+/// catching up, then waiting at the head for a wake-up, until shutdown or a failure.
+async fn drive<R: Runner>(
+    mut runner: R,
+    mut shutdown: watch::Receiver<bool>,
+    mut commands: mpsc::Receiver<Command>,
+) {
+    let name = runner.name();
+    let Some(_lease) = take_lease(
+        runner.checkpoints(),
+        name,
+        runner.progress(),
+        runner.options(),
+        &mut shutdown,
+    )
+    .await
+    else {
+        return runner.progress().set(ProjectionState::Stopped, None);
+    };
+    let mut checkpoint = loop {
+        match runner.checkpoints().checkpoint(name).await {
+            Ok(checkpoint) => break checkpoint,
+            Err(error) => {
+                tracing::warn!(projection = name, %error, "cannot read the checkpoint; retrying");
+            }
+        }
+        if *shutdown.borrow() {
+            return runner.progress().set(ProjectionState::Stopped, None);
+        }
+        sleep_or_stop(&mut shutdown, runner.options().max_backoff).await;
+    };
+    let mut appends = runner.store().watch_appends();
+    let mut catching_up = true;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        while let Ok(command) = commands.try_recv() {
+            checkpoint = runner.command(command, checkpoint).await;
+        }
+        appends.borrow_and_update();
+        // Near the head, the head before the read: if the read finds nothing more, everything
+        // up to it is applied (what `wait_until` asks).
+        let head = if catching_up {
+            None
+        } else {
+            runner
+                .store()
+                .log_head()
+                .await
+                .ok()
+                .map(|head| head.readable)
+        };
+        let batch_size = runner.options().batch_size;
+        let page =
+            match read_page(runner.store(), checkpoint, runner.event_types(), batch_size).await {
+                Ok(page) => page,
+                Err(error) => {
+                    tracing::warn!(projection = name, %error, "cannot read the log; retrying");
+                    sleep_or_stop(&mut shutdown, runner.options().max_backoff).await;
+                    continue;
+                }
+            };
+        if page.is_empty() && catching_up {
+            // Reached the head while catching up: probe it, then read once more.
+            catching_up = false;
+            continue;
+        }
+        if page.is_empty() {
+            runner.progress().set(ProjectionState::Live, checkpoint);
+            runner.progress().set_caught_up(head);
+            let poll_interval = runner.options().poll_interval;
+            let woken = {
+                let stop = shutdown.changed().fuse();
+                let command = commands.recv().fuse();
+                let appended = appends.changed().fuse();
+                let poll = tokio::time::sleep(poll_interval).fuse();
+                futures::pin_mut!(stop, command, appended, poll);
+                futures::select_biased! {
+                    _ = stop => Woken::Stop,
+                    command = command => Woken::Command(command),
+                    changed = appended => Woken::Appended(changed.is_ok()),
+                    () = poll => Woken::Poll,
+                }
+            };
+            match woken {
+                Woken::Command(Some(command)) => {
+                    checkpoint = runner.command(command, checkpoint).await;
+                }
+                // The store cannot signal: poll.
+                Woken::Appended(false) => tokio::time::sleep(poll_interval).await,
+                Woken::Stop | Woken::Command(None) | Woken::Appended(true) | Woken::Poll => {}
+            }
+            continue;
+        }
+        catching_up = page.len() >= batch_size;
+        let state = if catching_up {
+            ProjectionState::CatchingUp
+        } else {
+            ProjectionState::Live
+        };
+        runner.progress().set(state, checkpoint);
+        match runner.apply(page, checkpoint).await {
+            Ok(next) => checkpoint = next,
+            Err((next, error)) => {
+                tracing::error!(projection = name, %error, "projection stopped");
+                runner
+                    .progress()
+                    .set(ProjectionState::Failed(error.to_string()), next);
+                return;
+            }
+        }
+    }
+    runner.progress().set(ProjectionState::Stopped, checkpoint);
+}
+
+impl<S, C, P> Runner for MemoryRunner<S, C, P>
+where
+    S: EventStore + 'static,
+    C: CheckpointStore + 'static,
+    P: Projection + Sync,
+{
+    type Store = S;
+    type Checkpoints = C;
+
+    fn store(&self) -> &S {
+        &self.store
+    }
+    fn checkpoints(&self) -> &C {
+        &self.checkpoints
+    }
+    fn progress(&self) -> &Progress {
+        &self.progress
+    }
+    fn options(&self) -> &ProjectionOptions {
+        &self.options
+    }
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn event_types(&self) -> &[&'static str] {
+        &self.event_types
+    }
+
+    async fn apply(
+        &mut self,
+        page: Vec<Result<RecordedEvent>>,
+        checkpoint: Option<Position>,
+    ) -> std::result::Result<Option<Position>, (Option<Position>, Error)> {
+        self.apply_page(page, checkpoint).await
+    }
+
+    async fn command(
+        &mut self,
+        command: Command,
+        checkpoint: Option<Position>,
+    ) -> Option<Position> {
+        MemoryRunner::command(self, command, checkpoint).await
+    }
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl<S, P> Runner for SqlRunner<S, P>
+where
+    S: crate::checkpoint::TransactionalStore,
+    P: crate::projection::SqlProjection<Database = S::Database>,
+{
+    type Store = S;
+    type Checkpoints = S;
+
+    fn store(&self) -> &S {
+        &self.store
+    }
+    fn checkpoints(&self) -> &S {
+        &self.store
+    }
+    fn progress(&self) -> &Progress {
+        &self.progress
+    }
+    fn options(&self) -> &ProjectionOptions {
+        &self.options
+    }
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn event_types(&self) -> &[&'static str] {
+        &self.event_types
+    }
+
+    async fn apply(
+        &mut self,
+        page: Vec<Result<RecordedEvent>>,
+        checkpoint: Option<Position>,
+    ) -> std::result::Result<Option<Position>, (Option<Position>, Error)> {
+        self.apply_page(page, checkpoint).await
+    }
+
+    async fn command(
+        &mut self,
+        command: Command,
+        checkpoint: Option<Position>,
+    ) -> Option<Position> {
+        SqlRunner::command(self, command, checkpoint).await
+    }
+}
+
 /// Waits for the projection's lease (standing by while another process holds it); `None` on
 /// shutdown.
 async fn take_lease<C: CheckpointStore>(
@@ -1082,7 +1194,7 @@ where
         self.entries.push(Entry {
             name: P::NAME.to_owned(),
             progress: Arc::clone(&progress),
-            spawn: Box::new(move |shutdown, commands| Box::pin(runner.run(shutdown, commands))),
+            spawn: Box::new(move |shutdown, commands| Box::pin(drive(runner, shutdown, commands))),
             lag: lag_counter(&self.store, P::event_types()),
         });
         SqlProjectionHandle { progress }
@@ -1106,118 +1218,6 @@ where
     S: crate::checkpoint::TransactionalStore,
     P: crate::projection::SqlProjection<Database = S::Database>,
 {
-    async fn run(
-        mut self,
-        mut shutdown: watch::Receiver<bool>,
-        mut commands: mpsc::Receiver<Command>,
-    ) {
-        let Some(_lease) = take_lease(
-            &self.store,
-            self.name,
-            &self.progress,
-            &self.options,
-            &mut shutdown,
-        )
-        .await
-        else {
-            return self.progress.set(ProjectionState::Stopped, None);
-        };
-        let mut checkpoint = loop {
-            match self.store.checkpoint(self.name).await {
-                Ok(checkpoint) => break checkpoint,
-                Err(error) => {
-                    tracing::warn!(projection = self.name, %error, "cannot read the checkpoint; retrying");
-                }
-            }
-            if *shutdown.borrow() {
-                return self.progress.set(ProjectionState::Stopped, None);
-            }
-            sleep_or_stop(&mut shutdown, self.options.max_backoff).await;
-        };
-        let mut appends = self.store.watch_appends();
-        let mut catching_up = true;
-        loop {
-            if *shutdown.borrow() {
-                break;
-            }
-            while let Ok(command) = commands.try_recv() {
-                checkpoint = self.command(command, checkpoint).await;
-            }
-            appends.borrow_and_update();
-            let head = if catching_up {
-                None
-            } else {
-                self.store.log_head().await.ok().map(|head| head.readable)
-            };
-            let page = match read_page(
-                &self.store,
-                checkpoint,
-                &self.event_types,
-                self.options.batch_size,
-            )
-            .await
-            {
-                Ok(page) => page,
-                Err(error) => {
-                    tracing::warn!(projection = self.name, %error, "cannot read the log; retrying");
-                    sleep_or_stop(&mut shutdown, self.options.max_backoff).await;
-                    continue;
-                }
-            };
-            if page.is_empty() && catching_up {
-                catching_up = false;
-                continue;
-            }
-            if page.is_empty() {
-                self.progress.set(ProjectionState::Live, checkpoint);
-                self.progress.set_caught_up(head);
-                let woken = {
-                    let stop = shutdown.changed().fuse();
-                    let command = commands.recv().fuse();
-                    let appended = appends.changed().fuse();
-                    let poll = tokio::time::sleep(self.options.poll_interval).fuse();
-                    futures::pin_mut!(stop, command, appended, poll);
-                    futures::select_biased! {
-                        _ = stop => Woken::Stop,
-                        command = command => Woken::Command(command),
-                        changed = appended => Woken::Appended(changed.is_ok()),
-                        () = poll => Woken::Poll,
-                    }
-                };
-                match woken {
-                    Woken::Command(Some(command)) => {
-                        checkpoint = self.command(command, checkpoint).await;
-                    }
-                    Woken::Appended(false) => {
-                        tokio::time::sleep(self.options.poll_interval).await;
-                    }
-                    Woken::Stop | Woken::Command(None) | Woken::Appended(true) | Woken::Poll => {}
-                }
-                continue;
-            }
-            let full = page.len() >= self.options.batch_size;
-            catching_up = full;
-            self.progress.set(
-                if full {
-                    ProjectionState::CatchingUp
-                } else {
-                    ProjectionState::Live
-                },
-                checkpoint,
-            );
-            match self.apply_page(page, checkpoint).await {
-                Ok(next) => checkpoint = next,
-                Err((next, error)) => {
-                    tracing::error!(projection = self.name, %error, "projection stopped");
-                    self.progress
-                        .set(ProjectionState::Failed(error.to_string()), next);
-                    return;
-                }
-            }
-        }
-        self.progress.set(ProjectionState::Stopped, checkpoint);
-    }
-
     /// The whole page in one transaction with its checkpoint; if anything in it fails, the
     /// page again one event per transaction, with retries and dead letters.
     async fn apply_page(
