@@ -79,7 +79,7 @@ pub use event::{DomainEvent, EventView, Metadata, NewEvent, RecordedEvent};
 pub use projection::SqlProjection;
 pub use projection::{EventContext, HandlerError, Projection};
 pub use registry::{EventRegistry, EventType};
-pub use repository::{AggregateRepository, Repository, UpdateError};
+pub use repository::{AggregateRepository, Repository, StoreRepository, UpdateError};
 pub use snapshot::{Snapshot, SnapshotStore, SnapshotStrategy};
 pub use store::memory::InMemoryEventStore;
 #[cfg(feature = "postgres")]
@@ -122,8 +122,8 @@ pub mod prelude {
     pub use crate::{
         Aggregate, AggregateRepository, AnyStore, DomainEvent, Error, EventContext, EventStore,
         ExpectedVersion, Handles, InMemoryEventStore, Metadata, Position, Projection, ReadAll,
-        RecordedEvent, Repository, Root, SnapshotStore, SnapshotStrategy, StreamId, StreamQuery,
-        UpdateError, Uuid,
+        RecordedEvent, Repository, Root, SnapshotStore, SnapshotStrategy, StoreRepository,
+        StreamId, StreamQuery, UpdateError, Uuid,
     };
 }
 

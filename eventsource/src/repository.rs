@@ -39,6 +39,17 @@ pub trait AggregateRepository: Aggregate {
 
 impl<A: Aggregate> AggregateRepository for A {}
 
+/// `store.repository::<BankAccount>()`: a [`Repository`] over this store. Implemented for every
+/// store; in the prelude.
+pub trait StoreRepository: EventStore + Sized {
+    /// A repository of aggregate `A` over this store, without snapshots.
+    fn repository<A: Aggregate>(self) -> Repository<A, Self> {
+        Repository::new(self)
+    }
+}
+
+impl<S: EventStore> StoreRepository for S {}
+
 /// Why [`Repository::update`] did not save: the command refused (the aggregate's own error), or
 /// the store failed (including [`Error::RetriesExhausted`] after repeated conflicts).
 #[derive(Debug, thiserror::Error)]

@@ -180,7 +180,7 @@ impl SqliteEventStore {
             .begin_with("BEGIN IMMEDIATE")
             .await
             .map_err(Error::database("append"))?;
-        let current = current_version(&mut tx, stream).await?;
+        let current = current_version(&mut tx, stream, "append").await?;
         if !expected.is_satisfied_by(current) {
             // An append retried after its outcome was lost finds its own events stored.
             if let Some(done) = stored_already(&mut tx, stream, expected, events).await? {
@@ -418,7 +418,7 @@ impl EventStore for SqliteEventStore {
             .acquire()
             .await
             .map_err(Error::database("stream_version"))?;
-        current_version(&mut conn, stream).await
+        current_version(&mut conn, stream, "stream_version").await
     }
 
     fn watch_appends(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -510,7 +510,11 @@ impl SnapshotStore for SqliteEventStore {
     }
 }
 
-async fn current_version(conn: &mut sqlx::SqliteConnection, stream: &StreamId) -> Result<u64> {
+async fn current_version(
+    conn: &mut sqlx::SqliteConnection,
+    stream: &StreamId,
+    operation: &'static str,
+) -> Result<u64> {
     let version: i64 = sqlx::query_scalar(
         "SELECT COALESCE(MAX(version), 0) FROM events WHERE aggregate_type = ? AND aggregate_id = ?",
     )
@@ -518,7 +522,7 @@ async fn current_version(conn: &mut sqlx::SqliteConnection, stream: &StreamId) -
     .bind(stream.aggregate_id())
     .fetch_one(conn)
     .await
-    .map_err(Error::database("stream_version"))?;
+    .map_err(Error::database(operation))?;
     Ok(version.max(0) as u64)
 }
 
