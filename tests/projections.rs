@@ -637,3 +637,73 @@ async fn postgres_woken_by_appends_of_another_process() {
     );
     woken_by_appends(db.store(), &other).await;
 }
+
+/// A stored row that cannot be read (metadata of the wrong shape, written by hand) is
+/// dead-lettered like a failing event, and the projection goes on past it.
+async fn damaged_row_is_dead_lettered<S, F, Fut>(store: &S, damage: F)
+where
+    S: EventStore + CheckpointStore + Clone + 'static,
+    F: FnOnce() -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    write(store, 0, 5).await;
+    damage().await;
+    write(store, 5, 5).await;
+    let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
+    let balances = subscriptions.add_durable(Balances::default());
+    let running = subscriptions.start();
+    caught_up(&running, store).await;
+    assert_eq!(balances.read().applied, 10, "every readable event applied");
+    let letters = store.dead_letters("balances").await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].stream, account(99));
+    assert_eq!(letters[0].event_id, None);
+    assert!(
+        letters[0].error.contains("metadata"),
+        "{}",
+        letters[0].error
+    );
+    assert_eq!(balances.status().state, ProjectionState::Live);
+    running.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_damaged_row_is_dead_lettered() {
+    let Some(db) = databases::sqlite().await else {
+        return;
+    };
+    let pool = db.store().writer_pool().clone();
+    damaged_row_is_dead_lettered(db.store(), || async move {
+        sqlx::query(
+            "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
+             schema_version, occurred_at, metadata, payload) \
+             VALUES (?, 'Account', 'a99', 1, 'proj.Deposited', 1, 0, '[1,2]', '{\"cents\": 1}')",
+        )
+        .bind(Uuid::now_v7())
+        .execute(&pool)
+        .await
+        .unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_damaged_row_is_dead_lettered() {
+    let Some(db) = databases::postgres().await else {
+        return;
+    };
+    let pool = db.store().pool().clone();
+    damaged_row_is_dead_lettered(db.store(), || async move {
+        sqlx::query(
+            "INSERT INTO events (position, event_id, aggregate_type, aggregate_id, version, \
+             event_type, schema_version, occurred_at, metadata, payload) \
+             VALUES (pg_current_xact_id()::TEXT::BIGINT * 65536, $1, 'Account', 'a99', 1, \
+             'proj.Deposited', 1, now(), '[1,2]', '{\"cents\": 1}')",
+        )
+        .bind(Uuid::now_v7())
+        .execute(&pool)
+        .await
+        .unwrap();
+    })
+    .await;
+}

@@ -585,6 +585,98 @@ where
     C: CheckpointStore + 'static,
     P: Projection + Sync,
 {
+    /// One page through the store's lean fold: each event applied as a borrowed view, under
+    /// the model's write lock; the first event that fails (or a damaged row) ends the fold and
+    /// goes through [`apply_one`](Self::apply_one)'s retries and dead letters, then the
+    /// checkpoint moves.
+    async fn lean_step(
+        &self,
+        checkpoint: Option<Position>,
+    ) -> std::result::Result<Step, StepError> {
+        let query = ReadAll::after(checkpoint.unwrap_or(Position::START))
+            .event_types(self.event_types.iter().copied())
+            .batch_size(self.options.batch_size);
+        let mut reached = checkpoint;
+        let mut failed: Option<(Position, Option<HandlerError>)> = None;
+        let model = &self.model;
+        let end = self
+            .store
+            .fold_all(&query, |item| match item {
+                Ok((view, context)) => {
+                    let outcome = model
+                        .write()
+                        .unwrap_or_else(PoisonError::into_inner)
+                        .handle(view, context);
+                    match outcome {
+                        Ok(()) => {
+                            reached = Some(context.position);
+                            std::ops::ControlFlow::Continue(())
+                        }
+                        Err(error) => {
+                            failed = Some((context.position, Some(error)));
+                            std::ops::ControlFlow::Break(())
+                        }
+                    }
+                }
+                Err(error) => {
+                    failed = Some((error.position().unwrap_or(Position::START), None));
+                    std::ops::ControlFlow::Break(())
+                }
+            })
+            .await
+            .map_err(StepError::Read)?;
+        if end.rows == 0 {
+            return Ok(Step::Empty);
+        }
+        let mut stop = None;
+        match failed {
+            Some((position, first_error)) => {
+                // The failing event (or damaged row) again, on its own, with retries.
+                let before = Position::new(position.get().saturating_sub(1));
+                let item = self
+                    .store
+                    .read_all(ReadAll::after(before).batch_size(1))
+                    .next()
+                    .await;
+                let item = match item {
+                    Some(item) if item_position(&item) == position => item,
+                    Some(Err(error)) if error.position().is_none() => {
+                        return Err(StepError::Read(error));
+                    }
+                    _ => {
+                        return Err(StepError::Read(Error::corrupt(
+                            &crate::stream::StreamId::unchecked("?", "?"),
+                            format!("the event at position {position} cannot be read again"),
+                        )));
+                    }
+                };
+                match self.apply_one(item, first_error).await {
+                    Applied::Done | Applied::DeadLettered => reached = Some(position),
+                    Applied::Stop(error) => stop = Some(error),
+                }
+            }
+            None => {
+                // Rows passed over by the filter move the checkpoint too.
+                reached = end.last.max(reached);
+            }
+        }
+        if reached != checkpoint
+            && let Some(position) = reached
+        {
+            self.checkpoints
+                .save_checkpoint(self.name, checkpoint, position)
+                .await
+                .map_err(|error| StepError::Stop(checkpoint, error))?;
+        }
+        if let Some(error) = stop {
+            return Err(StepError::Stop(reached, error));
+        }
+        Ok(Step::Moved {
+            to: reached,
+            full: end.rows >= self.options.batch_size || end.stopped,
+        })
+    }
+
     async fn read_page(&self, after: Option<Position>) -> Result<Vec<Result<RecordedEvent>>> {
         read_page(
             &self.store,
@@ -798,6 +890,22 @@ where
     }
 }
 
+/// What one step of a runner came to.
+enum Step {
+    /// Nothing after the checkpoint.
+    Empty,
+    /// Applied (or dead-lettered) up to `to`; `full`: the page was full, there may be more.
+    Moved { to: Option<Position>, full: bool },
+}
+
+/// Why a step did not move.
+enum StepError {
+    /// Reading the log failed: try again later.
+    Read(Error),
+    /// The projection stops, its checkpoint at the position given.
+    Stop(Option<Position>, Error),
+}
+
 /// What the loop of [`drive`] needs of a projection's runner: where it reads and checkpoints,
 /// and how it applies a page and answers a command.
 trait Runner: Send + 'static {
@@ -809,16 +917,12 @@ trait Runner: Send + 'static {
     fn progress(&self) -> &Progress;
     fn options(&self) -> &ProjectionOptions;
     fn name(&self) -> &'static str;
-    fn event_types(&self) -> &[&'static str];
 
-    /// Applies a page; on a stop, the checkpoint reached and the error.
-    fn apply(
+    /// Reads the next page after `checkpoint` and applies it, moving the checkpoint.
+    fn step(
         &mut self,
-        page: Vec<Result<RecordedEvent>>,
         checkpoint: Option<Position>,
-    ) -> impl std::future::Future<
-        Output = std::result::Result<Option<Position>, (Option<Position>, Error)>,
-    > + Send;
+    ) -> impl std::future::Future<Output = std::result::Result<Step, StepError>> + Send;
 
     /// Runs a command between two pages; returns the checkpoint after it.
     fn command(
@@ -881,63 +985,61 @@ async fn drive<R: Runner>(
                 .ok()
                 .map(|head| head.readable)
         };
-        let batch_size = runner.options().batch_size;
-        let page =
-            match read_page(runner.store(), checkpoint, runner.event_types(), batch_size).await {
-                Ok(page) => page,
-                Err(error) => {
-                    tracing::warn!(projection = name, %error, "cannot read the log; retrying");
-                    sleep_or_stop(&mut shutdown, runner.options().max_backoff).await;
-                    continue;
-                }
-            };
-        if page.is_empty() && catching_up {
-            // Reached the head while catching up: probe it, then read once more.
-            catching_up = false;
-            continue;
-        }
-        if page.is_empty() {
-            runner.progress().set(ProjectionState::Live, checkpoint);
-            runner.progress().set_caught_up(head);
-            let poll_interval = runner.options().poll_interval;
-            let woken = {
-                let stop = shutdown.changed().fuse();
-                let command = commands.recv().fuse();
-                let appended = appends.changed().fuse();
-                let poll = tokio::time::sleep(poll_interval).fuse();
-                futures::pin_mut!(stop, command, appended, poll);
-                futures::select_biased! {
-                    _ = stop => Woken::Stop,
-                    command = command => Woken::Command(command),
-                    changed = appended => Woken::Appended(changed.is_ok()),
-                    () = poll => Woken::Poll,
-                }
-            };
-            match woken {
-                Woken::Command(Some(command)) => {
-                    checkpoint = runner.command(command, checkpoint).await;
-                }
-                // The store cannot signal: poll.
-                Woken::Appended(false) => tokio::time::sleep(poll_interval).await,
-                Woken::Stop | Woken::Command(None) | Woken::Appended(true) | Woken::Poll => {}
+        let step = match runner.step(checkpoint).await {
+            Ok(step) => step,
+            Err(StepError::Read(error)) => {
+                tracing::warn!(projection = name, %error, "cannot read the log; retrying");
+                sleep_or_stop(&mut shutdown, runner.options().max_backoff).await;
+                continue;
             }
-            continue;
-        }
-        catching_up = page.len() >= batch_size;
-        let state = if catching_up {
-            ProjectionState::CatchingUp
-        } else {
-            ProjectionState::Live
-        };
-        runner.progress().set(state, checkpoint);
-        match runner.apply(page, checkpoint).await {
-            Ok(next) => checkpoint = next,
-            Err((next, error)) => {
+            Err(StepError::Stop(next, error)) => {
                 tracing::error!(projection = name, %error, "projection stopped");
                 runner
                     .progress()
                     .set(ProjectionState::Failed(error.to_string()), next);
                 return;
+            }
+        };
+        match step {
+            Step::Empty if catching_up => {
+                // Reached the head while catching up: probe it, then read once more.
+                catching_up = false;
+            }
+            Step::Empty => {
+                runner.progress().set(ProjectionState::Live, checkpoint);
+                runner.progress().set_caught_up(head);
+                let poll_interval = runner.options().poll_interval;
+                let woken = {
+                    let stop = shutdown.changed().fuse();
+                    let command = commands.recv().fuse();
+                    let appended = appends.changed().fuse();
+                    let poll = tokio::time::sleep(poll_interval).fuse();
+                    futures::pin_mut!(stop, command, appended, poll);
+                    futures::select_biased! {
+                        _ = stop => Woken::Stop,
+                        command = command => Woken::Command(command),
+                        changed = appended => Woken::Appended(changed.is_ok()),
+                        () = poll => Woken::Poll,
+                    }
+                };
+                match woken {
+                    Woken::Command(Some(command)) => {
+                        checkpoint = runner.command(command, checkpoint).await;
+                    }
+                    // The store cannot signal: poll.
+                    Woken::Appended(false) => tokio::time::sleep(poll_interval).await,
+                    Woken::Stop | Woken::Command(None) | Woken::Appended(true) | Woken::Poll => {}
+                }
+            }
+            Step::Moved { to, full } => {
+                checkpoint = to;
+                catching_up = full;
+                let state = if full {
+                    ProjectionState::CatchingUp
+                } else {
+                    ProjectionState::Live
+                };
+                runner.progress().set(state, checkpoint);
             }
         }
     }
@@ -968,16 +1070,9 @@ where
     fn name(&self) -> &'static str {
         self.name
     }
-    fn event_types(&self) -> &[&'static str] {
-        &self.event_types
-    }
 
-    async fn apply(
-        &mut self,
-        page: Vec<Result<RecordedEvent>>,
-        checkpoint: Option<Position>,
-    ) -> std::result::Result<Option<Position>, (Option<Position>, Error)> {
-        self.apply_page(page, checkpoint).await
+    async fn step(&mut self, checkpoint: Option<Position>) -> std::result::Result<Step, StepError> {
+        self.lean_step(checkpoint).await
     }
 
     async fn command(
@@ -1013,16 +1108,25 @@ where
     fn name(&self) -> &'static str {
         self.name
     }
-    fn event_types(&self) -> &[&'static str] {
-        &self.event_types
-    }
 
-    async fn apply(
-        &mut self,
-        page: Vec<Result<RecordedEvent>>,
-        checkpoint: Option<Position>,
-    ) -> std::result::Result<Option<Position>, (Option<Position>, Error)> {
-        self.apply_page(page, checkpoint).await
+    async fn step(&mut self, checkpoint: Option<Position>) -> std::result::Result<Step, StepError> {
+        let page = read_page(
+            &self.store,
+            checkpoint,
+            &self.event_types,
+            self.options.batch_size,
+        )
+        .await
+        .map_err(StepError::Read)?;
+        if page.is_empty() {
+            return Ok(Step::Empty);
+        }
+        let full = page.len() >= self.options.batch_size;
+        let to = self
+            .apply_page(page, checkpoint)
+            .await
+            .map_err(|(at, error)| StepError::Stop(at, error))?;
+        Ok(Step::Moved { to, full })
     }
 
     async fn command(

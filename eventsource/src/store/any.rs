@@ -162,6 +162,13 @@ impl EventStore for AnyStore {
     async fn count(&self, query: ReadAll) -> Result<u64> {
         each!(self, store => store.count(query).await)
     }
+
+    async fn fold_all<F>(&self, query: &ReadAll, apply: F) -> Result<super::FoldEnd>
+    where
+        F: for<'e> FnMut(super::FoldItem<'e>) -> std::ops::ControlFlow<()> + Send,
+    {
+        each!(self, store => store.fold_all(query, apply).await)
+    }
 }
 
 impl CheckpointStore for AnyStore {

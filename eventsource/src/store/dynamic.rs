@@ -1,7 +1,8 @@
 //! [`DynEventStore`]: the object-safe form of [`EventStore`], for `Arc<dyn DynEventStore>`.
 
 use super::{
-    AppendResult, EventStore, ExpectedVersion, LogHead, Position, ReadAll, StreamId, StreamQuery,
+    AppendResult, EventStore, ExpectedVersion, FoldEnd, FoldItem, LogHead, Position, ReadAll,
+    StreamId, StreamQuery,
 };
 use crate::error::Result;
 use crate::event::{EventView, NewEvent, RecordedEvent};
@@ -70,6 +71,13 @@ pub trait DynEventStore: Send + Sync {
 
     /// [`EventStore::count`].
     fn dyn_count(&self, query: ReadAll) -> BoxFuture<'_, Result<u64>>;
+
+    /// [`EventStore::fold_all`].
+    fn dyn_fold_all<'a>(
+        &'a self,
+        query: &'a ReadAll,
+        apply: &'a mut (dyn for<'e> FnMut(FoldItem<'e>) -> std::ops::ControlFlow<()> + Send),
+    ) -> BoxFuture<'a, Result<FoldEnd>>;
 }
 
 impl<S: EventStore> DynEventStore for S {
@@ -125,6 +133,14 @@ impl<S: EventStore> DynEventStore for S {
 
     fn dyn_count(&self, query: ReadAll) -> BoxFuture<'_, Result<u64>> {
         Box::pin(self.count(query))
+    }
+
+    fn dyn_fold_all<'a>(
+        &'a self,
+        query: &'a ReadAll,
+        apply: &'a mut (dyn for<'e> FnMut(FoldItem<'e>) -> std::ops::ControlFlow<()> + Send),
+    ) -> BoxFuture<'a, Result<FoldEnd>> {
+        Box::pin(self.fold_all(query, apply))
     }
 }
 
@@ -184,5 +200,12 @@ impl EventStore for dyn DynEventStore {
 
     async fn count(&self, query: ReadAll) -> Result<u64> {
         self.dyn_count(query).await
+    }
+
+    async fn fold_all<F>(&self, query: &ReadAll, mut apply: F) -> Result<FoldEnd>
+    where
+        F: for<'e> FnMut(FoldItem<'e>) -> std::ops::ControlFlow<()> + Send,
+    {
+        self.dyn_fold_all(query, &mut apply).await
     }
 }

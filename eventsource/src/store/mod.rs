@@ -21,6 +21,7 @@ pub use dynamic::DynEventStore;
 
 use crate::error::{Error, Result};
 use crate::event::{EventView, NewEvent, RecordedEvent};
+use crate::projection::EventContext;
 use futures::stream::BoxStream;
 use std::future::Future;
 use std::time::Duration;
@@ -40,6 +41,23 @@ pub struct AppendResult {
     /// The global position of the last appended event (for an empty batch, of the stream's last
     /// event; [`Position::START`] if the stream has none).
     pub last_position: Position,
+}
+
+/// What [`EventStore::fold_all`] feeds its callback: an event (borrowed view and context), or
+/// the error of a damaged row (its position in [`Error::position`]).
+pub type FoldItem<'e> = std::result::Result<(EventView<'e>, &'e EventContext<'e>), &'e Error>;
+
+/// Where an [`EventStore::fold_all`] page ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct FoldEnd {
+    /// The position of the last row fed (or passed over by the filter): where the next page
+    /// starts. `None`: the page was empty.
+    pub last: Option<Position>,
+    /// How many rows the page read (a full page, `batch_size`, means there may be more).
+    pub rows: usize,
+    /// Whether the callback stopped the page early (at `last`).
+    pub stopped: bool,
 }
 
 /// How far a global read can get right now: the last committed position, and the last one a
@@ -306,6 +324,46 @@ pub trait EventStore: Send + Sync {
     /// The newest committed position and the newest one `read_all` can read now.
     fn log_head(&self) -> impl Future<Output = Result<LogHead>> + Send;
 
+    /// One page of the global log, lean: what [`read_all`](Self::read_all) would return first
+    /// (up to [`ReadAll::batch_size`] rows after `query.after`, filtered), fed to `apply` as
+    /// borrowed views with their [`EventContext`], without building a [`RecordedEvent`] per row:
+    /// how the subscription manager feeds projections. A damaged row is fed as its error.
+    /// `apply` returns [`ControlFlow::Break`](std::ops::ControlFlow::Break) to stop at that row.
+    fn fold_all<F>(
+        &self,
+        query: &ReadAll,
+        mut apply: F,
+    ) -> impl Future<Output = Result<FoldEnd>> + Send
+    where
+        F: for<'e> FnMut(FoldItem<'e>) -> std::ops::ControlFlow<()> + Send,
+    {
+        use futures::StreamExt;
+        async move {
+            let mut events = self.read_all(query.clone()).take(query.batch_size);
+            let mut end = FoldEnd::default();
+            while let Some(item) = events.next().await {
+                let position = match &item {
+                    Ok(event) => event.position,
+                    Err(error) => match error.position() {
+                        Some(position) => position,
+                        None => return Err(item.err().expect("an error")),
+                    },
+                };
+                end.rows += 1;
+                end.last = Some(position);
+                let flow = match &item {
+                    Ok(event) => apply(Ok((event.view(), &EventContext::of(event)))),
+                    Err(error) => apply(Err(error)),
+                };
+                if flow.is_break() {
+                    end.stopped = true;
+                    break;
+                }
+            }
+            Ok(end)
+        }
+    }
+
     /// How many events `read_all(query)` would return now (what a projection at `query.after`
     /// has still to read: its lag). The SQL stores count in the database; the default reads.
     fn count(&self, query: ReadAll) -> impl Future<Output = Result<u64>> + Send {
@@ -405,6 +463,17 @@ macro_rules! forward_event_store {
 
             fn count(&self, query: ReadAll) -> impl Future<Output = Result<u64>> + Send {
                 (**self).count(query)
+            }
+
+            fn fold_all<F>(
+                &self,
+                query: &ReadAll,
+                apply: F,
+            ) -> impl Future<Output = Result<FoldEnd>> + Send
+            where
+                F: for<'e> FnMut(FoldItem<'e>) -> std::ops::ControlFlow<()> + Send,
+            {
+                (**self).fold_all(query, apply)
             }
 
             fn wait_for(
@@ -859,5 +928,103 @@ impl EventRow {
             metadata,
             payload,
         })
+    }
+}
+
+/// The stream of consecutive rows, allocated once per run of rows of the same stream.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[derive(Default)]
+pub(crate) struct StreamCache(Option<StreamId>);
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl StreamCache {
+    pub(crate) fn get(&mut self, aggregate_type: &str, aggregate_id: &str) -> &StreamId {
+        let reuse = self.0.as_ref().is_some_and(|stream| {
+            stream.aggregate_id() == aggregate_id && stream.aggregate_type() == aggregate_type
+        });
+        if !reuse {
+            self.0 = Some(StreamId::unchecked(aggregate_type, aggregate_id));
+        }
+        self.0.as_ref().expect("just set")
+    }
+}
+
+/// The columns of one lean row, read; checked and fed to a fold's callback by [`feed_row`].
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) struct LeanRow<'r> {
+    pub(crate) event_id: uuid::Uuid,
+    pub(crate) version: i64,
+    pub(crate) event_type: &'r str,
+    pub(crate) schema_version: i64,
+    pub(crate) occurred_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub(crate) metadata: Option<&'r str>,
+    pub(crate) payload: &'r str,
+}
+
+/// Checks a lean row by the rule every read path shares and feeds it to `apply` (or feeds its
+/// error).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn feed_row<F>(
+    stream: &StreamId,
+    position: Position,
+    row: Result<LeanRow<'_>>,
+    apply: &mut F,
+) -> std::ops::ControlFlow<()>
+where
+    F: for<'e> FnMut(FoldItem<'e>) -> std::ops::ControlFlow<()>,
+{
+    let checked = row.and_then(|row| {
+        let damaged = |reason: String, version: Option<u64>| {
+            Error::corrupt(stream, reason).at_row(Some(position), version, Some(row.event_type))
+        };
+        let (version, schema_version) =
+            crate::stream::checked_versions(row.version, row.schema_version).ok_or_else(|| {
+                damaged(
+                    format!(
+                        "version {} or schema version {} out of range",
+                        row.version, row.schema_version
+                    ),
+                    None,
+                )
+            })?;
+        let occurred_at = row.occurred_at.ok_or_else(|| {
+            damaged(
+                "the time of the event is out of range".into(),
+                Some(version),
+            )
+        })?;
+        let metadata = match row.metadata {
+            None => None,
+            Some(packed) => {
+                Some(unpack_metadata(packed).map_err(|reason| damaged(reason, Some(version)))?)
+            }
+        };
+        Ok((row, version, schema_version, occurred_at, metadata))
+    });
+    match checked {
+        Ok((row, version, schema_version, occurred_at, metadata)) => {
+            static EMPTY: std::sync::OnceLock<crate::event::Metadata> = std::sync::OnceLock::new();
+            let context = EventContext {
+                event_id: row.event_id,
+                stream,
+                version,
+                position,
+                event_type: row.event_type,
+                occurred_at,
+                metadata: metadata
+                    .as_ref()
+                    .unwrap_or_else(|| EMPTY.get_or_init(crate::event::Metadata::new)),
+            };
+            let view = EventView::new(
+                stream,
+                position,
+                version,
+                row.event_type,
+                schema_version,
+                row.payload,
+            );
+            apply(Ok((view, &context)))
+        }
+        Err(error) => apply(Err(&error)),
     }
 }

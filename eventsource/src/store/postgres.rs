@@ -22,9 +22,9 @@
 //! never by message text.
 
 use super::{
-    AppendResult, EventRow, EventStore, ExpectedVersion, LogHead, PageRow, Position, ReadAll,
-    RowReader, StreamId, StreamQuery, check_sequence, extra_json, paged, retried_append, row_view,
-    snapshot_row, validate_append,
+    AppendResult, EventRow, EventStore, ExpectedVersion, FoldEnd, FoldItem, LeanRow, LogHead,
+    PageRow, Position, ReadAll, RowReader, StreamCache, StreamId, StreamQuery, check_sequence,
+    extra_json, feed_row, paged, retried_append, row_view, snapshot_row, validate_append,
 };
 use crate::checkpoint::{CheckpointStore, DeadLetter, TransactionalStore, conflict};
 use crate::error::{Error, Result};
@@ -308,6 +308,13 @@ impl PostgresEventStore {
 
     /// One page of a global read: the next events of finished transactions only (the fence).
     async fn read_page(&self, query: ReadAll) -> Result<Vec<PageRow>> {
+        let rows = self.fetch_page(&query).await?;
+        rows.iter().map(|row| decode_row(row, None)).collect()
+    }
+
+    /// The rows of one page of a global read: the stream columns, the stream's, and whether
+    /// the row passes the filters.
+    async fn fetch_page(&self, query: &ReadAll) -> Result<Vec<PgRow>> {
         // The page is the next `batch_size` events after the position, cut at the fence. Written
         // as one range (`position > $1 AND position < fence`), a generic plan (what PostgreSQL
         // uses for a prepared statement after five runs), knowing neither bound, estimates a
@@ -327,11 +334,11 @@ impl PostgresEventStore {
                 "position, event_id, version, event_type, schema_version, occurred_at, \
                  CASE WHEN ",
             );
-            push_wanted(&mut select, &query);
+            push_wanted(&mut select, query);
             select.push(concat!(" THEN ", packed_metadata!(), " END, CASE WHEN "));
-            push_wanted(&mut select, &query);
+            push_wanted(&mut select, query);
             select.push(" THEN payload::TEXT END, aggregate_type, aggregate_id, ");
-            push_wanted(&mut select, &query);
+            push_wanted(&mut select, query);
         } else {
             select.push(concat!(
                 stream_columns!(),
@@ -348,12 +355,11 @@ impl PostgresEventStore {
             " ORDER BY position LIMIT {}) page WHERE position < {FENCE} ORDER BY position",
             query.batch_size.min(i64::MAX as usize)
         ));
-        let rows = select
+        select
             .build()
             .fetch_all(&self.pool)
             .await
-            .map_err(Error::database("read_all"))?;
-        rows.iter().map(|row| decode_row(row, None)).collect()
+            .map_err(Error::database("read_all"))
     }
 }
 
@@ -599,6 +605,56 @@ impl EventStore for PostgresEventStore {
                 sender
             })
             .subscribe()
+    }
+
+    async fn fold_all<F>(&self, query: &ReadAll, mut apply: F) -> Result<FoldEnd>
+    where
+        F: for<'e> FnMut(FoldItem<'e>) -> std::ops::ControlFlow<()> + Send,
+    {
+        let rows = self.fetch_page(query).await?;
+        let mut end = FoldEnd::default();
+        let mut streams = StreamCache::default();
+        for row in &rows {
+            let database = Error::database("read_all");
+            let position = Position::new(row.try_get::<i64, _>(0).map_err(database)?.max(0) as u64);
+            end.rows += 1;
+            end.last = Some(position);
+            if !row
+                .try_get::<bool, _>(10)
+                .map_err(Error::database("read_all"))?
+            {
+                continue;
+            }
+            let flow = match (row.try_get::<&str, _>(8), row.try_get::<&str, _>(9)) {
+                (Ok(aggregate_type), Ok(aggregate_id)) => {
+                    let stream = streams.get(aggregate_type, aggregate_id);
+                    let reader = RowReader::new(row, stream, Some(position));
+                    let lean = (|| {
+                        Ok(LeanRow {
+                            event_id: reader.get(1, "event_id")?,
+                            version: reader.get(2, "version")?,
+                            event_type: reader.get(3, "event_type")?,
+                            schema_version: i64::from(reader.get::<i32>(4, "schema_version")?),
+                            occurred_at: Some(reader.get(5, "occurred_at")?),
+                            metadata: reader.get(6, "metadata")?,
+                            payload: reader.get(7, "payload")?,
+                        })
+                    })();
+                    feed_row(stream, position, lean, &mut apply)
+                }
+                _ => {
+                    let unreadable = StreamId::unchecked("?", "?");
+                    let error = RowReader::new(row, &unreadable, Some(position))
+                        .damaged("the stream columns cannot be read".into());
+                    apply(Err(&error))
+                }
+            };
+            if flow.is_break() {
+                end.stopped = true;
+                break;
+            }
+        }
+        Ok(end)
     }
 
     async fn count(&self, query: ReadAll) -> Result<u64> {

@@ -8,9 +8,10 @@
 //! write is in progress.
 
 use super::{
-    AppendResult, AppendSignal, EventRow, EventStore, ExpectedVersion, LogHead, PageRow, Position,
-    ReadAll, RowReader, StreamId, StreamQuery, check_sequence, extra_json, paged, retried_append,
-    row_view, snapshot_row, validate_append,
+    AppendResult, AppendSignal, EventRow, EventStore, ExpectedVersion, FoldEnd, FoldItem, LeanRow,
+    LogHead, PageRow, Position, ReadAll, RowReader, StreamCache, StreamId, StreamQuery,
+    check_sequence, extra_json, feed_row, paged, retried_append, row_view, snapshot_row,
+    validate_append,
 };
 use crate::checkpoint::{CheckpointStore, DeadLetter, TransactionalStore, conflict};
 use crate::error::{Error, Result};
@@ -258,35 +259,46 @@ impl SqliteEventStore {
     }
 
     async fn read_page(&self, query: ReadAll) -> Result<Vec<PageRow>> {
+        let rows = self.fetch_page(&query).await?;
+        rows.iter().map(|row| decode_row(row, None)).collect()
+    }
+
+    /// The rows of one page of a global read: the stream columns, then the stream's.
+    async fn fetch_page(&self, query: &ReadAll) -> Result<Vec<SqliteRow>> {
         let mut select = QueryBuilder::<Sqlite>::new(concat!(
             "SELECT ",
             stream_columns!(),
             ", aggregate_type, aggregate_id FROM events WHERE position > "
         ));
         select.push_bind(query.after.to_sql());
-        push_filters(&mut select, &query);
+        push_filters(&mut select, query);
         select.push(" ORDER BY position LIMIT ");
         select.push_bind(to_i64(query.batch_size as u64));
-        let rows = select
+        select
             .build()
             .fetch_all(&self.reader)
             .await
-            .map_err(Error::database("read_all"))?;
-        rows.iter().map(|row| decode_row(row, None)).collect()
+            .map_err(Error::database("read_all"))
     }
 }
 
 /// Appends the `ReadAll` filters to a `WHERE` clause.
 fn push_filters(select: &mut QueryBuilder<'_, Sqlite>, query: &ReadAll) {
-    if !query.event_types.is_empty() {
-        select.push(" AND event_type IN (SELECT value FROM json_each(");
-        select.push_bind(serde_json::to_string(&query.event_types).unwrap_or_default());
-        select.push("))");
-    }
-    if !query.aggregate_types.is_empty() {
-        select.push(" AND aggregate_type IN (SELECT value FROM json_each(");
-        select.push_bind(serde_json::to_string(&query.aggregate_types).unwrap_or_default());
-        select.push("))");
+    // `IN (?, ?, ...)`: SQLite builds one lookup table per statement; a `json_each` subquery
+    // cost a third of a projection's catch-up.
+    for (column, values) in [
+        ("event_type", &query.event_types),
+        ("aggregate_type", &query.aggregate_types),
+    ] {
+        if values.is_empty() {
+            continue;
+        }
+        select.push(format_args!(" AND {column} IN ("));
+        let mut list = select.separated(", ");
+        for value in values {
+            list.push_bind(value.clone());
+        }
+        select.push(")");
     }
     if let Some(tenant) = &query.tenant_id {
         select.push(" AND tenant_id = ");
@@ -423,6 +435,55 @@ impl EventStore for SqliteEventStore {
 
     fn watch_appends(&self) -> tokio::sync::watch::Receiver<u64> {
         self.appended.subscribe()
+    }
+
+    async fn fold_all<F>(&self, query: &ReadAll, mut apply: F) -> Result<FoldEnd>
+    where
+        F: for<'e> FnMut(FoldItem<'e>) -> std::ops::ControlFlow<()> + Send,
+    {
+        let rows = self.fetch_page(query).await?;
+        let mut end = FoldEnd::default();
+        let mut streams = StreamCache::default();
+        for row in &rows {
+            let position = Position::new(
+                row.try_get::<i64, _>(0)
+                    .map_err(Error::database("read_all"))?
+                    .max(0) as u64,
+            );
+            end.rows += 1;
+            end.last = Some(position);
+            let flow = match (row.try_get::<&str, _>(8), row.try_get::<&str, _>(9)) {
+                (Ok(aggregate_type), Ok(aggregate_id)) => {
+                    let stream = streams.get(aggregate_type, aggregate_id);
+                    let reader = RowReader::new(row, stream, Some(position));
+                    let lean = (|| {
+                        Ok(LeanRow {
+                            event_id: reader.get(1, "event_id")?,
+                            version: reader.get(2, "version")?,
+                            event_type: reader.get(3, "event_type")?,
+                            schema_version: reader.get(4, "schema_version")?,
+                            occurred_at: chrono::DateTime::from_timestamp_micros(
+                                reader.get(5, "occurred_at")?,
+                            ),
+                            metadata: reader.get(6, "metadata")?,
+                            payload: reader.get(7, "payload")?,
+                        })
+                    })();
+                    feed_row(stream, position, lean, &mut apply)
+                }
+                _ => {
+                    let unreadable = StreamId::unchecked("?", "?");
+                    let error = RowReader::new(row, &unreadable, Some(position))
+                        .damaged("the stream columns cannot be read".into());
+                    apply(Err(&error))
+                }
+            };
+            if flow.is_break() {
+                end.stopped = true;
+                break;
+            }
+        }
+        Ok(end)
     }
 
     async fn count(&self, query: ReadAll) -> Result<u64> {
