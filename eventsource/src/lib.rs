@@ -68,6 +68,7 @@ pub mod snapshot;
 pub mod store;
 pub mod stream;
 pub mod subscription;
+pub mod testing;
 
 pub use aggregate::{
     Aggregate, AggregateId, AppliesTo, Handles, PendingEvent, Root, UnknownEvents,
