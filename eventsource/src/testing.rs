@@ -64,8 +64,7 @@ impl<A: Aggregate> Debug for FixtureEvent<A> {
     }
 }
 
-/// Wraps an event for [`AggregateFixture::given`] and [`AggregateFixture::then_events`] (and,
-/// through [`ProjectionFixture::given`], for projections).
+/// Wraps an event for [`AggregateFixture::given`] and [`Outcome::then_events`].
 pub fn event<A: Aggregate, E: AppliesTo<A>>(event: E) -> FixtureEvent<A> {
     let line = line_of(E::EVENT_TYPE, &event);
     FixtureEvent {
