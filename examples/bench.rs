@@ -1,4 +1,4 @@
-//! The benchmark: each workload of DESIGN.md section 7 through the framework's public API and
+//! The benchmark: each workload below through the framework's public API and
 //! through hand-written raw sqlx on an equivalent table, in the same process and the same run,
 //! on fresh tables for each repetition. Prints events/s, the framework / raw ratio and the
 //! process's peak memory per workload; `--json FILE` writes the same for tools.
@@ -97,7 +97,7 @@ struct Args {
     /// Which workload: w1, w2, w3, w4, w5 or all.
     #[arg(long, default_value = "all")]
     workload: String,
-    /// full (DESIGN.md sizes), small (a tenth), tiny (a smoke run).
+    /// full (the sizes below), small (a tenth), tiny (a smoke run).
     #[arg(long, value_enum, default_value_t = Scale::Full)]
     scale: Scale,
     /// Repetitions per figure; the median is reported.
