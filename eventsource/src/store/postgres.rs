@@ -328,23 +328,26 @@ impl PostgresEventStore {
         // whatever their type, and a `wanted` column tells which rows pass: the others come back
         // with their payload and metadata left out, so that they only move the cursor.
         let filtered = !query.event_types.is_empty() || !query.aggregate_types.is_empty();
-        let mut select = QueryBuilder::<Postgres>::new("SELECT * FROM (SELECT ");
-        if filtered {
-            select.push(
-                "position, event_id, version, event_type, schema_version, occurred_at, \
-                 CASE WHEN ",
-            );
+        let mut select = if filtered {
+            // `wanted` is computed once per row in the walk; the outer query hands over the
+            // payload and metadata of wanted rows only.
+            let mut select = QueryBuilder::<Postgres>::new(concat!(
+                "SELECT position, event_id, version, event_type, schema_version, occurred_at, \
+                 CASE WHEN wanted THEN ",
+                packed_metadata!(),
+                " END, CASE WHEN wanted THEN payload::TEXT END, aggregate_type, aggregate_id, \
+                 wanted FROM (SELECT *, "
+            ));
             push_wanted(&mut select, query);
-            select.push(concat!(" THEN ", packed_metadata!(), " END, CASE WHEN "));
-            push_wanted(&mut select, query);
-            select.push(" THEN payload::TEXT END, aggregate_type, aggregate_id, ");
-            push_wanted(&mut select, query);
+            select.push(" AS wanted");
+            select
         } else {
-            select.push(concat!(
+            QueryBuilder::<Postgres>::new(concat!(
+                "SELECT * FROM (SELECT ",
                 stream_columns!(),
                 ", aggregate_type, aggregate_id, TRUE"
-            ));
-        }
+            ))
+        };
         select.push(" FROM events WHERE position > ");
         select.push_bind(query.after.to_sql());
         if let Some(tenant) = &query.tenant_id {
