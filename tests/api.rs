@@ -237,3 +237,120 @@ async fn database_errors_are_ours() {
         other => panic!("expected a database error, got {other:?}"),
     }
 }
+
+/// A store of one's own that overrides a provided method: every way of holding it (a
+/// reference, an `Arc`, a trait object) calls the override.
+#[derive(Default)]
+struct Counting {
+    inner: InMemoryEventStore,
+    exists_calls: std::sync::atomic::AtomicUsize,
+}
+
+impl EventStore for Counting {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> eventsource::Result<eventsource::AppendResult> {
+        self.inner.append(stream, expected, events).await
+    }
+
+    async fn read_stream(
+        &self,
+        stream: &StreamId,
+        query: StreamQuery,
+    ) -> eventsource::Result<Vec<RecordedEvent>> {
+        self.inner.read_stream(stream, query).await
+    }
+
+    fn read_all(
+        &self,
+        query: ReadAll,
+    ) -> futures::stream::BoxStream<'_, eventsource::Result<RecordedEvent>> {
+        self.inner.read_all(query)
+    }
+
+    async fn stream_version(&self, stream: &StreamId) -> eventsource::Result<u64> {
+        self.inner.stream_version(stream).await
+    }
+
+    async fn log_head(&self) -> eventsource::Result<eventsource::LogHead> {
+        self.inner.log_head().await
+    }
+
+    async fn stream_exists(&self, stream: &StreamId) -> eventsource::Result<bool> {
+        self.exists_calls
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.inner.stream_exists(stream).await
+    }
+}
+
+#[tokio::test]
+async fn overrides_survive_every_way_of_holding_a_store() {
+    let store = Arc::new(Counting::default());
+    let calls = || store.exists_calls.load(std::sync::atomic::Ordering::SeqCst);
+    assert!(
+        !Ticket::repository(&*store)
+            .exists(TicketId::new())
+            .await
+            .unwrap()
+    );
+    assert!(
+        !Ticket::repository(Arc::clone(&store))
+            .exists(TicketId::new())
+            .await
+            .unwrap()
+    );
+    let object: Arc<dyn DynEventStore> = store.clone();
+    assert!(
+        !Ticket::repository(object)
+            .exists(TicketId::new())
+            .await
+            .unwrap()
+    );
+    assert_eq!(calls(), 3, "each held form reached the override");
+}
+
+/// Snapshots in a store other than the events'.
+#[tokio::test]
+async fn snapshots_in_another_store() {
+    #[derive(Default, Serialize, Deserialize)]
+    struct Count {
+        n: u64,
+    }
+
+    #[derive(DomainEvent, Serialize, Deserialize)]
+    #[event(name = "api.Counted")]
+    struct Counted;
+
+    #[aggregate(name = "Count", snapshot_every = 3)]
+    impl Count {
+        #[handles]
+        fn counted(&mut self, _: &Counted) {
+            self.n += 1;
+        }
+    }
+
+    let events = InMemoryEventStore::new();
+    let snapshots = SqliteEventStore::in_memory().await.unwrap();
+    let counts = Count::repository(events.clone()).with_snapshot_store(snapshots.clone());
+    let id = Uuid::now_v7();
+    let mut count = counts.create(id);
+    for _ in 0..4 {
+        count.record(Counted);
+    }
+    counts.save(&mut count).await.unwrap();
+    let stream = counts.stream_id(&id);
+    assert!(events.load_snapshot(&stream).await.unwrap().is_none());
+    assert_eq!(
+        snapshots
+            .load_snapshot(&stream)
+            .await
+            .unwrap()
+            .map(|s| s.version()),
+        Some(4)
+    );
+    let loaded = counts.load(id).await.unwrap();
+    assert_eq!((loaded.snapshot_version(), loaded.n), (Some(4), 4));
+}

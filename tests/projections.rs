@@ -313,6 +313,7 @@ macro_rules! every_backend {
 }
 
 every_backend!(
+    checkpoints_are_compare_and_set,
     catch_up_then_live,
     retries_then_succeeds,
     poison_event_is_dead_lettered,
@@ -706,4 +707,36 @@ async fn postgres_damaged_row_is_dead_lettered() {
         .unwrap();
     })
     .await;
+}
+
+/// Checkpoints move by compare-and-set: a runner that finds the checkpoint elsewhere than it
+/// left it gets `CheckpointConflict`, and the checkpoint stays where the other runner put it.
+async fn checkpoints_are_compare_and_set<S: CheckpointStore>(store: &S) {
+    assert_eq!(store.checkpoint("cas").await.unwrap(), None);
+    store
+        .save_checkpoint("cas", None, Position::new(5))
+        .await
+        .unwrap();
+    let stale = store.save_checkpoint("cas", None, Position::new(9)).await;
+    assert!(
+        matches!(&stale, Err(Error::CheckpointConflict { expected: None, found: Some(p), .. }) if *p == Position::new(5)),
+        "{stale:?}"
+    );
+    let wrong = store
+        .save_checkpoint("cas", Some(Position::new(4)), Position::new(9))
+        .await;
+    assert!(
+        matches!(wrong, Err(Error::CheckpointConflict { .. })),
+        "{wrong:?}"
+    );
+    store
+        .save_checkpoint("cas", Some(Position::new(5)), Position::new(9))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.checkpoint("cas").await.unwrap(),
+        Some(Position::new(9))
+    );
+    store.delete_checkpoint("cas").await.unwrap();
+    assert_eq!(store.checkpoint("cas").await.unwrap(), None);
 }

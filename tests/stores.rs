@@ -631,3 +631,106 @@ async fn sqlite_close_releases_the_file() {
         sqlx::query("COMMIT").execute(&mut other).await.unwrap();
     }
 }
+
+/// An older SQLite file holding a row the STRICT tables refuse (a version stored as text) fails
+/// to open with `Error::Migration`, and the file is left as it was.
+#[tokio::test]
+async fn sqlite_an_old_file_with_a_bad_row_fails_the_strict_migration_whole() {
+    let (dir, store, raw) = sqlite_file_store().await;
+    store.close().await;
+    // Back to the schema before the STRICT migration, with a row it cannot copy.
+    for statement in [
+        "DROP TABLE events",
+        "CREATE TABLE events (position INTEGER PRIMARY KEY, event_id BLOB NOT NULL, \
+         aggregate_type TEXT NOT NULL, aggregate_id TEXT NOT NULL, version INTEGER NOT NULL, \
+         event_type TEXT NOT NULL, schema_version INTEGER NOT NULL, occurred_at INTEGER NOT NULL, \
+         tenant_id TEXT, actor_id TEXT, correlation_id BLOB, causation_id BLOB, metadata TEXT, \
+         payload TEXT NOT NULL)",
+        "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
+         schema_version, occurred_at, payload) VALUES (x'00', 'Counter', 'old', 'three', \
+         'stores.Counted', 1, 0, '{\"n\": 1}')",
+        "DELETE FROM _sqlx_migrations WHERE version = 20261125000001",
+    ] {
+        sqlx::query(statement).execute(&raw).await.unwrap();
+    }
+    raw.close().await;
+    let reopened = SqliteEventStore::open(dir.path().join("events.db")).await;
+    assert!(matches!(reopened, Err(Error::Migration(_))), "{reopened:?}");
+    let raw = SqlitePool::connect(&format!(
+        "sqlite://{}",
+        dir.path().join("events.db").display()
+    ))
+    .await
+    .unwrap();
+    let kept: String = sqlx::query_scalar("SELECT version FROM events WHERE aggregate_id = 'old'")
+        .fetch_one(&raw)
+        .await
+        .unwrap();
+    assert_eq!(kept, "three", "the failed migration changed nothing");
+}
+
+/// A transaction left open elsewhere: `read_all` answers at once with what is readable (the
+/// events after that transaction's start held back, never skipped), `log_head` reports them
+/// held back, and `wait_for` times out, until the transaction ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_long_transaction_holds_reads_back_without_blocking_them() {
+    use std::time::{Duration, Instant};
+    let Some(db) = databases::postgres().await else {
+        return;
+    };
+    let store = db.store();
+    let before = store
+        .append(&stream("before"), ExpectedVersion::NoStream, vec![event(1)])
+        .await
+        .unwrap();
+    store
+        .wait_for(before.last_position, Duration::from_secs(30))
+        .await
+        .unwrap();
+    // Another session takes a transaction id and keeps its transaction open.
+    let mut long = store.pool().begin().await.unwrap();
+    sqlx::query("SELECT pg_current_xact_id()")
+        .execute(&mut *long)
+        .await
+        .unwrap();
+    let after = store
+        .append(&stream("after"), ExpectedVersion::NoStream, vec![event(2)])
+        .await
+        .unwrap();
+
+    let started = Instant::now();
+    let read: Vec<RecordedEvent> = store
+        .read_all(ReadAll::from_start())
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(2),
+        "read_all did not wait"
+    );
+    assert!(read.iter().any(|e| e.position == before.last_position));
+    assert!(
+        read.iter().all(|e| e.position != after.last_position),
+        "the event after the open transaction's start is held back"
+    );
+    let head = store.log_head().await.unwrap();
+    assert_eq!(head.last, after.last_position);
+    assert!(head.readable < after.last_position, "{head:?}");
+    assert!(head.held_back >= 1, "{head:?}");
+    let waited = store
+        .wait_for(after.last_position, Duration::from_millis(300))
+        .await;
+    assert!(matches!(waited, Err(Error::Timeout { .. })), "{waited:?}");
+
+    long.rollback().await.unwrap();
+    store
+        .wait_for(after.last_position, Duration::from_secs(30))
+        .await
+        .unwrap();
+    let read: Vec<RecordedEvent> = store
+        .read_all(ReadAll::from_start())
+        .try_collect()
+        .await
+        .unwrap();
+    assert!(read.iter().any(|e| e.position == after.last_position));
+}

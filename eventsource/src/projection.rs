@@ -16,6 +16,7 @@ use crate::error::Error;
 use crate::event::{EventView, Metadata};
 use crate::stream::{Position, StreamId};
 use chrono::{DateTime, Utc};
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
 use futures::future::BoxFuture;
 use uuid::Uuid;
 

@@ -632,23 +632,15 @@ where
         match failed {
             Some((position, first_error)) => {
                 // The failing event (or damaged row) again, on its own, with retries.
-                let before = Position::new(position.get().saturating_sub(1));
-                let item = self
-                    .store
-                    .read_all(ReadAll::after(before).batch_size(1))
-                    .next()
-                    .await;
-                let item = match item {
-                    Some(item) if item_position(&item) == position => item,
-                    Some(Err(error)) if error.position().is_none() => {
-                        return Err(StepError::Read(error));
-                    }
-                    _ => {
-                        return Err(StepError::Read(Error::corrupt(
-                            &crate::stream::StreamId::unchecked("?", "?"),
-                            format!("the event at position {position} cannot be read again"),
-                        )));
-                    }
+                // It was just read, so it is there; if it is not, the read failed: try again.
+                let Some(item) = event_at(&self.store, position)
+                    .await
+                    .map_err(StepError::Read)?
+                else {
+                    return Ok(Step::Moved {
+                        to: reached,
+                        full: true,
+                    });
                 };
                 match self.apply_one(item, first_error).await {
                     Applied::Done | Applied::DeadLettered => reached = Some(position),
@@ -851,18 +843,10 @@ where
         let letters = self.checkpoints.dead_letters(self.name).await?;
         let mut left = 0;
         for letter in letters {
-            let before = Position::new(letter.position.get().saturating_sub(1));
-            let found = self
-                .store
-                .read_all(ReadAll::after(before).batch_size(1))
-                .next()
-                .await;
-            let event = match found {
-                Some(Ok(event)) if event.position == letter.position => event,
-                _ => {
-                    left += 1;
-                    continue;
-                }
+            let Some(Ok(event)) = event_at(&self.store, letter.position).await? else {
+                // Gone, or still unreadable: it stays.
+                left += 1;
+                continue;
             };
             let outcome = {
                 let mut model = self.model.write().unwrap_or_else(PoisonError::into_inner);
@@ -1198,6 +1182,23 @@ async fn read_page<S: EventStore>(
     Ok(page)
 }
 
+/// The event (or damaged row) at `position`, if the store has one there.
+async fn event_at<S: EventStore>(
+    store: &S,
+    position: Position,
+) -> Result<Option<Result<RecordedEvent>>> {
+    let before = Position::new(position.get().saturating_sub(1));
+    match store
+        .read_all(ReadAll::after(before).batch_size(1))
+        .next()
+        .await
+    {
+        Some(Err(error)) if error.position().is_none() => Err(error),
+        Some(item) if item_position(&item) == position => Ok(Some(item)),
+        _ => Ok(None),
+    }
+}
+
 /// The position of a page item.
 fn item_position(item: &Result<RecordedEvent>) -> Position {
     match item {
@@ -1522,18 +1523,10 @@ where
         let letters = self.store.dead_letters(self.name).await?;
         let mut left = 0;
         for letter in letters {
-            let before = Position::new(letter.position.get().saturating_sub(1));
-            let found = self
-                .store
-                .read_all(ReadAll::after(before).batch_size(1))
-                .next()
-                .await;
-            let event = match found {
-                Some(Ok(event)) if event.position == letter.position => event,
-                _ => {
-                    left += 1;
-                    continue;
-                }
+            let Some(Ok(event)) = event_at(&self.store, letter.position).await? else {
+                // Gone, or still unreadable: it stays.
+                left += 1;
+                continue;
             };
             let mut tx = self.store.begin().await?;
             let context = EventContext::of(&event);

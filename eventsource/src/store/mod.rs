@@ -342,20 +342,19 @@ pub trait EventStore: Send + Sync {
             let mut events = self.read_all(query.clone()).take(query.batch_size);
             let mut end = FoldEnd::default();
             while let Some(item) = events.next().await {
-                let position = match &item {
-                    Ok(event) => event.position,
+                let (position, flow) = match &item {
+                    Ok(event) => (
+                        event.position,
+                        apply(Ok((event.view(), &EventContext::of(event)))),
+                    ),
                     Err(error) => match error.position() {
-                        Some(position) => position,
+                        Some(position) => (position, apply(Err(error))),
                         // Not a damaged row: the database failed.
                         None => return item.map(|_| end),
                     },
                 };
                 end.rows += 1;
                 end.last = Some(position);
-                let flow = match &item {
-                    Ok(event) => apply(Ok((event.view(), &EventContext::of(event)))),
-                    Err(error) => apply(Err(error)),
-                };
                 if flow.is_break() {
                     end.stopped = true;
                     break;

@@ -37,16 +37,14 @@ pub struct SqliteEventStore {
     appended: Arc<AppendSignal>,
 }
 
-/// The packed metadata column (see `EventRow`). Metadata that is not JSON (which the table's
-/// CHECK refuses, but a database from before it may hold) is packed as a string, so that the row
-/// is reported as damaged instead of failing the whole query.
+/// The packed metadata column (see `EventRow`). The table's CHECK keeps `metadata` JSON, so
+/// `json()` cannot fail here; JSON of the wrong shape is reported per row when unpacked.
 macro_rules! packed_metadata {
     () => {
         "CASE WHEN tenant_id IS NULL AND actor_id IS NULL AND correlation_id IS NULL \
          AND causation_id IS NULL AND metadata IS NULL THEN NULL \
          ELSE json_array(tenant_id, actor_id, lower(hex(correlation_id)), \
-         lower(hex(causation_id)), CASE WHEN json_valid(metadata) THEN json(metadata) \
-         ELSE metadata END) END"
+         lower(hex(causation_id)), json(metadata)) END"
     };
 }
 
@@ -218,11 +216,10 @@ impl SqliteEventStore {
                 Err(err) if is_unique_violation(&err) => {
                     // The version was checked under the write lock, so the taken key is an
                     // event id. Find which one (without reading the error text).
-                    let ids: Vec<Uuid> = chunk.iter().map(|e| e.event_id).collect();
                     if let Some(done) = stored_already(&mut tx, stream, expected, events).await? {
                         return Ok(done);
                     }
-                    let taken = taken_event_id(&mut tx, &ids).await?;
+                    let taken = taken_event_id(&mut tx, chunk).await?;
                     return Err(match taken {
                         Some(event_id) => Error::DuplicateEvent {
                             stream: stream.clone(),
@@ -234,24 +231,8 @@ impl SqliteEventStore {
                 Err(err) => return Err(Error::database("append")(err)),
             }
         }
-        if events.is_empty() {
-            last_position = Position::new(
-                sqlx::query_scalar::<_, Option<i64>>(
-                    "SELECT MAX(position) FROM events WHERE aggregate_type = ? AND aggregate_id = ?",
-                )
-                .bind(stream.aggregate_type())
-                .bind(stream.aggregate_id())
-                .fetch_one(&mut *tx)
-                .await
-                .map_err(Error::database("append"))?
-                .unwrap_or(0)
-                .max(0) as u64,
-            );
-        }
         tx.commit().await.map_err(Error::database("append"))?;
-        if !events.is_empty() {
-            self.appended.notify();
-        }
+        self.appended.notify();
         Ok(AppendResult {
             stream_version: current + events.len() as u64,
             last_position,
@@ -324,6 +305,26 @@ impl EventStore for SqliteEventStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
         validate_append(stream, &events)?;
+        if events.is_empty() {
+            // Nothing to write: where the stream is, read without taking the write lock.
+            let (current, last): (i64, Option<i64>) = sqlx::query_as(
+                "SELECT COALESCE(MAX(version), 0), MAX(position) FROM events \
+                 WHERE aggregate_type = ? AND aggregate_id = ?",
+            )
+            .bind(stream.aggregate_type())
+            .bind(stream.aggregate_id())
+            .fetch_one(&self.reader)
+            .await
+            .map_err(Error::database("append"))?;
+            let current = current.max(0) as u64;
+            if !expected.is_satisfied_by(current) {
+                return Err(expected.conflict(stream, current));
+            }
+            return Ok(AppendResult {
+                stream_version: current,
+                last_position: Position::new(last.unwrap_or(0).max(0) as u64),
+            });
+        }
         self.append_inner(stream, expected, &events).await
     }
 
@@ -587,6 +588,42 @@ async fn current_version(
     Ok(version.max(0) as u64)
 }
 
+/// The stored stream, version and position of each of `events` that is stored, by id: one
+/// query per 30,000 ids (SQLite's limit on bound parameters).
+async fn stored_events(
+    conn: &mut sqlx::SqliteConnection,
+    events: &[NewEvent],
+) -> Result<std::collections::HashMap<Uuid, (StreamId, u64, Position)>> {
+    let mut found = std::collections::HashMap::new();
+    for chunk in events.chunks(30_000) {
+        let mut select = QueryBuilder::<Sqlite>::new(
+            "SELECT event_id, aggregate_type, aggregate_id, version, position FROM events \
+             WHERE event_id IN (",
+        );
+        let mut ids = select.separated(", ");
+        for event in chunk {
+            ids.push_bind(event.event_id);
+        }
+        select.push(")");
+        let rows: Vec<(Uuid, String, String, i64, i64)> = select
+            .build_query_as()
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(Error::database("append"))?;
+        for (id, aggregate_type, aggregate_id, version, position) in rows {
+            found.insert(
+                id,
+                (
+                    StreamId::unchecked(aggregate_type, aggregate_id),
+                    version.max(0) as u64,
+                    Position::new(position.max(0) as u64),
+                ),
+            );
+        }
+    }
+    Ok(found)
+}
+
 /// If every event of the batch is stored already (an append retried after its outcome was lost),
 /// the result the first attempt had; see `retried_append`.
 async fn stored_already(
@@ -595,56 +632,27 @@ async fn stored_already(
     expected: ExpectedVersion,
     events: &[NewEvent],
 ) -> Result<Option<AppendResult>> {
-    let Some(first) = events.first() else {
-        return Ok(None);
-    };
-    let found: Option<(String, String, i64, i64)> = sqlx::query_as(
-        "SELECT aggregate_type, aggregate_id, version, position FROM events WHERE event_id = ?",
-    )
-    .bind(first.event_id)
-    .fetch_optional(&mut *conn)
-    .await
-    .map_err(Error::database("append"))?;
-    if found.is_none() {
-        return Ok(None);
-    }
-    let mut stored = Vec::with_capacity(events.len());
-    for event in events {
-        let row: Option<(String, String, i64, i64)> = sqlx::query_as(
-            "SELECT aggregate_type, aggregate_id, version, position FROM events WHERE event_id = ?",
+    let found = stored_events(conn, events).await?;
+    let stored: Option<Vec<_>> = events.iter().map(|e| found.get(&e.event_id)).collect();
+    Ok(stored.and_then(|stored| {
+        retried_append(
+            stream,
+            expected,
+            stored.into_iter().map(|(s, v, p)| (s, *v, *p)),
         )
-        .bind(event.event_id)
-        .fetch_optional(&mut *conn)
-        .await
-        .map_err(Error::database("append"))?;
-        let Some((aggregate_type, aggregate_id, version, position)) = row else {
-            return Ok(None);
-        };
-        stored.push((
-            StreamId::unchecked(aggregate_type, aggregate_id),
-            version.max(0) as u64,
-            Position::new(position.max(0) as u64),
-        ));
-    }
-    Ok(retried_append(
-        stream,
-        expected,
-        stored.iter().map(|(s, v, p)| (s, *v, *p)),
-    ))
+    }))
 }
 
-async fn taken_event_id(conn: &mut sqlx::SqliteConnection, ids: &[Uuid]) -> Result<Option<Uuid>> {
-    for id in ids {
-        let found: Option<i64> = sqlx::query_scalar("SELECT 1 FROM events WHERE event_id = ?")
-            .bind(id)
-            .fetch_optional(&mut *conn)
-            .await
-            .map_err(Error::database("append"))?;
-        if found.is_some() {
-            return Ok(Some(*id));
-        }
-    }
-    Ok(None)
+/// The first of `events` whose id is already stored.
+async fn taken_event_id(
+    conn: &mut sqlx::SqliteConnection,
+    events: &[NewEvent],
+) -> Result<Option<Uuid>> {
+    let found = stored_events(conn, events).await?;
+    Ok(events
+        .iter()
+        .map(|e| e.event_id)
+        .find(|id| found.contains_key(id)))
 }
 
 /// SQLite's extended result codes for a UNIQUE (2067) or PRIMARY KEY (1555) violation.
