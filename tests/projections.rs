@@ -516,7 +516,7 @@ async fn postgres_exactly_once_across_a_crash() {
 }
 
 /// Two managers run the same database projection: one processes, the other stands by and takes
-/// over within seconds when the first stops, with writers running; nothing is applied twice.
+/// over within seconds when the first dies, with writers running; nothing is applied twice.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_takeover_between_two_managers() {
     let Some(db) = databases::postgres().await else {
@@ -549,7 +549,8 @@ async fn postgres_takeover_between_two_managers() {
         tokio::spawn(async move { write(&store, 20, 40).await })
     };
     tokio::time::sleep(Duration::from_millis(100)).await;
-    first.shutdown().await;
+    // The first manager dies (its task killed mid-work, its lease connection dropped).
+    first.abort();
     writer.await.unwrap();
     let started = std::time::Instant::now();
     caught_up(&second, &store).await;
