@@ -249,6 +249,38 @@ pub enum Error {
         /// except from [`EventRegistry::check`](crate::EventRegistry::check)).
         other_clashes: Vec<(String, Vec<&'static str>)>,
     },
+
+    /// A setting or name given to the library cannot be used (a bus group name with a space, a
+    /// group subscribed with two different filters).
+    #[error("invalid configuration: {0}")]
+    InvalidConfig(String),
+
+    /// The message broker behind an [`EventBus`](crate::bus::EventBus) failed an operation (it
+    /// is down, refused the message, or did not confirm it). Nothing the caller asked for is
+    /// known to be done: publish again (consumers de-duplicate by event id).
+    #[error("{bus} bus: {operation} failed: {source}")]
+    Bus {
+        /// The bus (`memory`, `redis`, `rabbitmq`, `nats`).
+        bus: &'static str,
+        /// What was attempted.
+        operation: &'static str,
+        /// The broker client's error.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync + 'static>,
+    },
+
+    /// A message on the bus is not an event this library published (it cannot be read as one).
+    /// It was taken off the subscription (dead-lettered where the bus has dead letters), so it
+    /// does not block the ones after it.
+    #[error("{bus} bus: message {message} is not an eventsource event: {reason}")]
+    MalformedMessage {
+        /// The bus.
+        bus: &'static str,
+        /// The broker's id of the message.
+        message: String,
+        /// Why it cannot be read.
+        reason: String,
+    },
 }
 
 /// A checkpoint for messages: a position, or "none".
@@ -270,6 +302,19 @@ fn more_clashes(others: &[(String, Vec<&'static str>)]) -> String {
 }
 
 impl Error {
+    /// A broker error of `bus` during `operation`.
+    #[allow(dead_code)] // used by the broker features
+    pub(crate) fn bus<E>(bus: &'static str, operation: &'static str) -> impl FnOnce(E) -> Self
+    where
+        E: Into<Box<dyn std::error::Error + Send + Sync + 'static>>,
+    {
+        move |source| Error::Bus {
+            bus,
+            operation,
+            source: source.into(),
+        }
+    }
+
     /// A database error during `operation`.
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub(crate) fn database(operation: &'static str) -> impl FnOnce(sqlx::Error) -> Self {

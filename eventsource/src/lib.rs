@@ -58,6 +58,7 @@ extern crate self as eventsource;
 // Layers, bottom up: `stream` and `error`; the model (`event`, `aggregate`, `registry`); the
 // stores and snapshots; the repository.
 pub mod aggregate;
+pub mod bus;
 pub mod checkpoint;
 pub mod error;
 pub mod event;

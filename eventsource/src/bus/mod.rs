@@ -1,0 +1,443 @@
+//! Event buses: stored events delivered to other processes, at least once.
+//!
+//! An [`EventBus`] carries [`RecordedEvent`]s (stored events, with their ids, versions and
+//! positions) from a publisher to consumer groups. Every bus behaves the same way, and one
+//! conformance suite proves it for each:
+//!
+//! - **Groups share, groups copy.** Each [`Subscription`] names a group: every group receives
+//!   every event its filter takes; the consumers of one group share them, each event going to
+//!   one consumer at a time.
+//! - **Acknowledged, or delivered again.** A consumer [`ack`](BusConsumer::ack)s an event once
+//!   its effect is done. An event not acknowledged (the consumer crashed, or
+//!   [`nack`](BusConsumer::nack)ed it) is delivered again, to it or to another consumer of the
+//!   group, with [`Delivery::attempt`] counting up; after
+//!   [`Subscription::max_deliveries`] attempts it is dead-lettered instead, so that one poisoned
+//!   event does not block the group.
+//! - **Per-stream order.** Events of one stream reach a group in their version order (a
+//!   redelivery may repeat an earlier one). Consumers de-duplicate by [`RecordedEvent::event_id`].
+//! - **Typed delivery.** [`Delivery::decode`] decodes (and upcasts) the payload as on load;
+//!   [`Delivery::dispatch`] hands it to a `#[projection]` type's handlers.
+//!
+//! What gets published is decided by the [relay](crate::subscription::Subscriptions::add_relay):
+//! a checkpointed reader of the event log that publishes each batch and moves its checkpoint
+//! only once the broker has confirmed it. The buses:
+//!
+//! | bus | feature | groups | redelivery of an unacknowledged event | dead letters |
+//! |---|---|---|---|---|
+//! | [`InMemoryBus`] | always | in process | when its consumer is dropped, or nacked | [`InMemoryBus::dead_letters`] |
+//! | [`RedisBus`](redis::RedisBus) | `redis` | Redis Streams consumer groups | claimed (`XAUTOCLAIM`) after the claim timeout | a `…:dead` stream |
+//! | [`RabbitMqBus`](rabbitmq::RabbitMqBus) | `rabbitmq` | one durable quorum queue per group | when the consumer's channel closes, or nacked | a dead-letter exchange |
+//! | [`NatsBus`](nats::NatsBus) | `nats` | JetStream durable pull consumers | after the ack wait, or nacked | a `….dead.…` subject |
+
+pub mod memory;
+#[cfg(feature = "nats")]
+pub mod nats;
+#[cfg(feature = "rabbitmq")]
+pub mod rabbitmq;
+#[cfg(feature = "redis")]
+pub mod redis;
+mod relay;
+
+pub use memory::InMemoryBus;
+pub use relay::{Relay, RelayHandle};
+
+use crate::error::{Error, Result};
+use crate::event::{DomainEvent, Metadata, RecordedEvent};
+use crate::projection::{EventContext, HandlerError, Projection};
+use crate::stream::{Position, StreamId};
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+use std::borrow::Cow;
+use std::future::Future;
+use uuid::Uuid;
+
+/// A message broker that carries stored events to consumer groups. See the [module
+/// documentation](self) for the guarantees every bus keeps.
+pub trait EventBus: Send + Sync + 'static {
+    /// What [`subscribe`](Self::subscribe) returns: one consumer of a group.
+    type Consumer: BusConsumer;
+
+    /// Publishes `events`, in order, and returns once the broker has taken all of them (its
+    /// confirmation, where it gives one). On an error, some may have been published: publish
+    /// them again (consumers de-duplicate by event id).
+    fn publish(&self, events: &[RecordedEvent]) -> impl Future<Output = Result<()>> + Send;
+
+    /// Joins `subscription`'s group (creating it the first time) as one more consumer.
+    fn subscribe(
+        &self,
+        subscription: &Subscription,
+    ) -> impl Future<Output = Result<Self::Consumer>> + Send;
+}
+
+/// One consumer of a group: takes deliveries one at a time and acknowledges them.
+pub trait BusConsumer: Send + 'static {
+    /// Waits for the next delivery. Dropping the future before it completes loses nothing:
+    /// what the broker had handed out is delivered again.
+    fn next(&mut self) -> impl Future<Output = Result<Delivery>> + Send;
+
+    /// The delivery's effect is done: the group will not see it again.
+    fn ack(&mut self, delivery: &Delivery) -> impl Future<Output = Result<()>> + Send;
+
+    /// The delivery failed: deliver it again, or dead-letter it if it has had
+    /// [`Subscription::max_deliveries`] attempts.
+    fn nack(&mut self, delivery: &Delivery) -> impl Future<Output = Result<()>> + Send;
+}
+
+/// Which events a group receives.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Filter {
+    /// Every event.
+    #[default]
+    All,
+    /// Events stored under these type names.
+    EventTypes(Vec<String>),
+    /// Events of aggregates of these types.
+    AggregateTypes(Vec<String>),
+}
+
+impl Filter {
+    /// Whether an event of `event_type`, in a stream of `aggregate_type`, passes.
+    pub fn matches(&self, event_type: &str, aggregate_type: &str) -> bool {
+        match self {
+            Filter::All => true,
+            Filter::EventTypes(types) => types.iter().any(|t| t == event_type),
+            Filter::AggregateTypes(types) => types.iter().any(|t| t == aggregate_type),
+        }
+    }
+}
+
+/// A consumer group, what it receives, and how often an event is tried before it is
+/// dead-lettered.
+///
+/// ```
+/// use eventsource::bus::Subscription;
+/// let all = Subscription::new("audit");
+/// let orders = Subscription::new("notifications").aggregate_types(["Order"]);
+/// let paid = Subscription::new("billing").event_types(["OrderPaid"]).max_deliveries(3);
+/// assert!(paid.filter().matches("OrderPaid", "Order"));
+/// assert!(!orders.filter().matches("UserCreated", "User"));
+/// # let _ = all;
+/// ```
+#[derive(Clone, Debug)]
+pub struct Subscription {
+    group: String,
+    consumer: Option<String>,
+    filter: Filter,
+    max_deliveries: u32,
+    prefetch: usize,
+}
+
+impl Subscription {
+    /// The group `group`, receiving every event, tried 5 times.
+    pub fn new(group: impl Into<String>) -> Self {
+        Subscription {
+            group: group.into(),
+            consumer: None,
+            filter: Filter::All,
+            max_deliveries: 5,
+            prefetch: 64,
+        }
+    }
+
+    /// Receives only events stored under these names.
+    pub fn event_types<I, T>(mut self, types: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.filter = Filter::EventTypes(types.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Receives only events of `E` (under its name or an alias), with the other types given so
+    /// far: `Subscription::new("g").event::<Paid>().event::<Shipped>()`.
+    pub fn event<E: DomainEvent>(mut self) -> Self {
+        let mut types = match self.filter {
+            Filter::EventTypes(types) => types,
+            _ => Vec::new(),
+        };
+        types.push(E::EVENT_TYPE.to_owned());
+        types.extend(E::ALIASES.iter().map(|alias| (*alias).to_owned()));
+        self.filter = Filter::EventTypes(types);
+        self
+    }
+
+    /// Receives only events of aggregates of these types.
+    pub fn aggregate_types<I, T>(mut self, types: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        self.filter = Filter::AggregateTypes(types.into_iter().map(Into::into).collect());
+        self
+    }
+
+    /// Names this consumer within its group (default: a new name per consumer). A consumer that
+    /// restarts under the same name gets back what it had not acknowledged at once, where the
+    /// broker keeps that per consumer (Redis).
+    pub fn consumer(mut self, name: impl Into<String>) -> Self {
+        self.consumer = Some(name.into());
+        self
+    }
+
+    /// Attempts before an event is dead-lettered (at least 1; default 5).
+    pub fn max_deliveries(mut self, attempts: u32) -> Self {
+        self.max_deliveries = attempts.max(1);
+        self
+    }
+
+    /// How many unacknowledged deliveries a consumer may hold (default 64).
+    pub fn prefetch(mut self, n: usize) -> Self {
+        self.prefetch = n.max(1);
+        self
+    }
+
+    /// The group.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// The filter.
+    pub fn filter(&self) -> &Filter {
+        &self.filter
+    }
+
+    /// The attempts before an event is dead-lettered.
+    pub fn max_delivery_count(&self) -> u32 {
+        self.max_deliveries
+    }
+
+    #[cfg_attr(
+        not(any(feature = "redis", feature = "rabbitmq", feature = "nats")),
+        allow(dead_code)
+    )]
+    /// This consumer's name: the one given, or a new one.
+    pub(crate) fn consumer_name(&self) -> String {
+        self.consumer
+            .clone()
+            .unwrap_or_else(|| format!("consumer-{}", Uuid::now_v7().simple()))
+    }
+
+    #[cfg_attr(
+        not(any(feature = "redis", feature = "rabbitmq", feature = "nats")),
+        allow(dead_code)
+    )]
+    pub(crate) fn prefetch_count(&self) -> usize {
+        self.prefetch
+    }
+
+    #[cfg_attr(
+        not(any(feature = "redis", feature = "rabbitmq", feature = "nats")),
+        allow(dead_code)
+    )]
+    /// The group's name checked for use in broker names (queues, consumers, keys).
+    pub(crate) fn checked_group(&self) -> Result<&str> {
+        check_name("group", &self.group)?;
+        Ok(&self.group)
+    }
+}
+
+#[cfg_attr(
+    not(any(feature = "redis", feature = "rabbitmq", feature = "nats")),
+    allow(dead_code)
+)]
+/// Broker names are made of these: letters, digits, `-` and `_`.
+pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+    {
+        return Err(Error::InvalidConfig(format!(
+            "bus {what} `{name}`: use letters, digits, `-` and `_` only, and at least one"
+        )));
+    }
+    Ok(())
+}
+
+/// An event handed to a consumer: the stored event, and how many times it was handed out.
+#[derive(Debug)]
+pub struct Delivery {
+    event: RecordedEvent,
+    attempt: u32,
+    pub(crate) tag: Tag,
+}
+
+/// How the bus finds the message again to acknowledge it.
+#[derive(Debug, Clone)]
+pub(crate) enum Tag {
+    Memory(u64),
+    #[cfg(feature = "redis")]
+    Redis(String),
+    #[cfg(feature = "rabbitmq")]
+    RabbitMq(lapin::Acker),
+    #[cfg(feature = "nats")]
+    Nats(std::sync::Arc<async_nats::jetstream::Message>),
+}
+
+impl Delivery {
+    pub(crate) fn new(event: RecordedEvent, attempt: u32, tag: Tag) -> Self {
+        Delivery {
+            event,
+            attempt: attempt.max(1),
+            tag,
+        }
+    }
+
+    /// The stored event.
+    pub fn event(&self) -> &RecordedEvent {
+        &self.event
+    }
+
+    /// Which attempt this is: 1 the first time, more when delivered again.
+    pub fn attempt(&self) -> u32 {
+        self.attempt
+    }
+
+    /// Whether the event was handed out before (and not acknowledged).
+    pub fn is_redelivery(&self) -> bool {
+        self.attempt > 1
+    }
+
+    /// Decodes the payload as `E`, upcasting older schema versions, as a load does.
+    pub fn decode<E: DomainEvent>(&self) -> Result<E> {
+        self.event.decode()
+    }
+
+    /// The event's context, as a projection's handler receives it.
+    pub fn context(&self) -> EventContext<'_> {
+        EventContext::of(&self.event)
+    }
+
+    /// Hands the event to a `#[projection]` type's handler for its type (decoded and upcast);
+    /// an event of a type it does not handle is skipped.
+    pub fn dispatch<P: Projection>(
+        &self,
+        handler: &mut P,
+    ) -> std::result::Result<(), HandlerError> {
+        handler.handle(self.event.view(), &self.context())
+    }
+}
+
+#[cfg_attr(
+    not(any(feature = "redis", feature = "rabbitmq", feature = "nats")),
+    allow(dead_code)
+)]
+/// The event on the wire: every field of a [`RecordedEvent`], as JSON.
+#[derive(Serialize, Deserialize)]
+struct Envelope<'a> {
+    event_id: Uuid,
+    #[serde(borrow)]
+    aggregate_type: Cow<'a, str>,
+    #[serde(borrow)]
+    aggregate_id: Cow<'a, str>,
+    version: u64,
+    position: u64,
+    #[serde(borrow)]
+    event_type: Cow<'a, str>,
+    schema_version: u32,
+    occurred_at: DateTime<Utc>,
+    #[serde(default)]
+    metadata: Cow<'a, Metadata>,
+    #[serde(borrow)]
+    payload: Cow<'a, str>,
+}
+
+#[cfg_attr(
+    not(any(feature = "redis", feature = "rabbitmq", feature = "nats")),
+    allow(dead_code)
+)]
+/// Writes an event as the bytes of a message.
+pub(crate) fn encode(event: &RecordedEvent) -> Vec<u8> {
+    let envelope = Envelope {
+        event_id: event.event_id,
+        aggregate_type: Cow::Borrowed(event.stream.aggregate_type()),
+        aggregate_id: Cow::Borrowed(event.stream.aggregate_id()),
+        version: event.version,
+        position: event.position.get(),
+        event_type: Cow::Borrowed(&event.event_type),
+        schema_version: event.schema_version,
+        occurred_at: event.occurred_at,
+        metadata: Cow::Borrowed(&event.metadata),
+        payload: Cow::Borrowed(&event.payload),
+    };
+    // Only strings, numbers and JSON maps: serialising cannot fail.
+    serde_json::to_vec(&envelope).unwrap_or_default()
+}
+
+#[cfg_attr(
+    not(any(feature = "redis", feature = "rabbitmq", feature = "nats")),
+    allow(dead_code)
+)]
+/// Reads a message's bytes back as the event; the reason it cannot, as text.
+pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<RecordedEvent, String> {
+    let envelope: Envelope<'_> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
+    let stream = StreamId::new(
+        envelope.aggregate_type.into_owned(),
+        envelope.aggregate_id.into_owned(),
+    )
+    .map_err(|e| e.to_string())?;
+    Ok(RecordedEvent {
+        event_id: envelope.event_id,
+        stream,
+        version: envelope.version,
+        position: Position::new(envelope.position),
+        event_type: envelope.event_type.into_owned(),
+        schema_version: envelope.schema_version,
+        occurred_at: envelope.occurred_at,
+        metadata: envelope.metadata.into_owned(),
+        payload: envelope.payload.into_owned(),
+    })
+}
+
+/// A name made safe for a routing key or subject token: `.`, `*`, `>`, `#` and whitespace
+/// become `_`.
+#[cfg_attr(not(any(feature = "rabbitmq", feature = "nats")), allow(dead_code))]
+pub(crate) fn token(name: &str) -> String {
+    name.chars()
+        .map(|c| match c {
+            '.' | '*' | '>' | '#' | ' ' | '\t' | '\n' | '\r' => '_',
+            c => c,
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_envelope_round_trips_every_field() {
+        let mut metadata = Metadata::new()
+            .with_tenant("t-1")
+            .with_correlation_id(Uuid::now_v7());
+        metadata
+            .extra
+            .insert("k".into(), serde_json::json!([1, "two"]));
+        let event = RecordedEvent {
+            event_id: Uuid::now_v7(),
+            stream: StreamId::new("Order", "o-1").unwrap(),
+            version: 7,
+            position: Position::new(42),
+            event_type: "OrderPaid".into(),
+            schema_version: 2,
+            occurred_at: crate::event::now(),
+            metadata,
+            payload: r#"{"cents":5,"note":"a \"quoted\" word"}"#.into(),
+        };
+        assert_eq!(decode(&encode(&event)).unwrap(), event);
+    }
+
+    #[test]
+    fn a_foreign_message_is_refused_with_its_reason() {
+        assert!(decode(b"not json").unwrap_err().contains("expected"));
+        let no_stream = br#"{"event_id":"0190c0de-0000-7000-8000-000000000000","aggregate_type":"","aggregate_id":"x","version":1,"position":1,"event_type":"E","schema_version":1,"occurred_at":"2026-01-01T00:00:00Z","payload":"{}"}"#;
+        assert!(decode(no_stream).is_err());
+    }
+
+    #[test]
+    fn tokens_have_no_separators() {
+        assert_eq!(token("a.b*c>d#e f"), "a_b_c_d_e_f");
+    }
+}
