@@ -111,7 +111,9 @@ pub trait CheckpointStore: Send + Sync {
     /// Tries to become the one runner of `projection` among processes sharing the database:
     /// `Some(lease)` while it holds it (dropping the lease releases it; so does the process
     /// dying), `None` if another runner holds it. PostgreSQL holds a session advisory lock on a
-    /// connection of its own; the other stores serve one process and always grant it.
+    /// connection of its own; SQLite an exclusive lock on a file beside the database file (an
+    /// in-process lock for `:memory:`); the in-memory store an in-process lock. The default
+    /// implementation always grants it.
     fn lease(&self, projection: &str) -> impl Future<Output = Result<Option<Lease>>> + Send {
         let _ = projection;
         async { Ok(Some(Lease::default())) }
@@ -136,6 +138,88 @@ impl Lease {
 impl std::fmt::Debug for Lease {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Lease").finish_non_exhaustive()
+    }
+}
+
+/// The leases held in this process, by name: what the in-memory store (and SQLite's
+/// `:memory:` database) grant, one holder per name until its lease is dropped.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct LocalLeases {
+    held: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
+impl LocalLeases {
+    /// The lease of `name`, unless it is held.
+    pub(crate) fn try_take(&self, name: &str) -> Option<Lease> {
+        let mut held = self
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if !held.insert(name.to_owned()) {
+            return None;
+        }
+        Some(Lease::held_by(LocalLease {
+            leases: self.clone(),
+            name: name.to_owned(),
+        }))
+    }
+}
+
+/// Gives a [`LocalLeases`] lease back when dropped.
+struct LocalLease {
+    leases: LocalLeases,
+    name: String,
+}
+
+impl Drop for LocalLease {
+    fn drop(&mut self) {
+        self.leases
+            .held
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .remove(&self.name);
+    }
+}
+
+/// A lease held as an exclusive lock on a file beside a database file, for runners sharing the
+/// file from several processes: the operating system releases it when the holder drops it or
+/// dies.
+#[cfg(feature = "sqlite")]
+pub(crate) fn file_lease(database: &std::path::Path, name: &str) -> Result<Option<Lease>> {
+    use std::hash::{Hash, Hasher};
+    // A readable, file-name-safe form of the name, and a hash against clashes after the
+    // replacement.
+    let readable: String = name
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .take(64)
+        .collect();
+    let mut hasher = std::collections::hash_map::DefaultHasher::new();
+    name.hash(&mut hasher);
+    let mut path = database.as_os_str().to_owned();
+    path.push(format!(".lease-{readable}-{:016x}", hasher.finish()));
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|error| Error::Database {
+            operation: "lease",
+            source: crate::error::DatabaseError::new(error),
+        })?;
+    match file.try_lock() {
+        Ok(()) => Ok(Some(Lease::held_by(file))),
+        Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+        Err(std::fs::TryLockError::Error(error)) => Err(Error::Database {
+            operation: "lease",
+            source: crate::error::DatabaseError::new(error),
+        }),
     }
 }
 

@@ -19,6 +19,7 @@ use uuid::Uuid;
 /// between tokio tasks: appends are serialized by a lock that is never held across an `.await`.
 #[derive(Clone, Debug, Default)]
 pub struct InMemoryEventStore {
+    leases: crate::checkpoint::LocalLeases,
     log: Arc<RwLock<Log>>,
     snapshots: Arc<RwLock<HashMap<StreamId, Snapshot>>>,
     projections: Arc<Mutex<Projections>>,
@@ -305,5 +306,9 @@ impl CheckpointStore for InMemoryEventStore {
             .dead_letters
             .remove(&(projection.to_owned(), position))
             .is_some())
+    }
+
+    async fn lease(&self, projection: &str) -> Result<Option<crate::checkpoint::Lease>> {
+        Ok(self.leases.try_take(projection))
     }
 }

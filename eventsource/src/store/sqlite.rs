@@ -35,6 +35,9 @@ pub struct SqliteEventStore {
     writer: SqlitePool,
     reader: SqlitePool,
     appended: Arc<AppendSignal>,
+    /// The database file, beside which leases are locked (`None`: `:memory:`).
+    file: Option<Arc<std::path::PathBuf>>,
+    leases: crate::checkpoint::LocalLeases,
 }
 
 /// The packed metadata column (see `EventRow`). The table's CHECK keeps `metadata` JSON, so
@@ -104,6 +107,7 @@ impl SqliteEventStore {
 
     async fn open_once(options: SqliteConnectOptions) -> Result<Self> {
         let in_memory = options.get_filename() == Path::new(":memory:");
+        let file = (!in_memory).then(|| Arc::new(options.get_filename().to_path_buf()));
         let options = options
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
@@ -135,9 +139,11 @@ impl SqliteEventStore {
                 .map_err(Error::database("connect"))?
         };
         Ok(SqliteEventStore {
+            file,
             writer,
             reader,
             appended: Arc::default(),
+            leases: crate::checkpoint::LocalLeases::default(),
         })
     }
 
@@ -880,6 +886,13 @@ impl CheckpointStore for SqliteEventStore {
             .await
             .map_err(Error::database("remove dead letter"))?;
         remove_dead_letter_on(&mut conn, projection, position).await
+    }
+
+    async fn lease(&self, projection: &str) -> Result<Option<crate::checkpoint::Lease>> {
+        match &self.file {
+            Some(file) => crate::checkpoint::file_lease(file, projection),
+            None => Ok(self.leases.try_take(projection)),
+        }
     }
 }
 

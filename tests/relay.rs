@@ -1,0 +1,382 @@
+//! The relay: the event log published to a bus, at least once, in order, with nothing invented
+//! (only committed appends) and nothing lost (a crash mid-batch, a broker that refuses for a
+//! while, a relay that dies and another that takes over). On SQLite and PostgreSQL.
+
+use eventsource::bus::{BusConsumer, EventBus, InMemoryBus, Relay, Subscription};
+use eventsource::prelude::*;
+use eventsource::subscription::{
+    ProjectionOptions, ProjectionState, RunningSubscriptions, Subscriptions,
+};
+use eventsource::{CheckpointStore, NewEvent, SqliteEventStore};
+use eventsource_tests::buses::{drain, next_within};
+use eventsource_tests::databases;
+use serde::{Deserialize, Serialize};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use std::time::Duration;
+
+const WAIT: Duration = Duration::from_secs(30);
+const QUIET: Duration = Duration::from_millis(800);
+
+#[derive(DomainEvent, Serialize, Deserialize, Debug)]
+#[event(name = "relay.Deposited")]
+struct Deposited {
+    cents: i64,
+}
+
+fn fast() -> ProjectionOptions {
+    ProjectionOptions::default()
+        .batch_size(7)
+        .backoff(Duration::from_millis(1), Duration::from_millis(20))
+        .poll_interval(Duration::from_millis(200))
+        .lease_retry(Duration::from_millis(100))
+}
+
+async fn write<S: EventStore>(store: &S, from: usize, count: usize) -> Position {
+    let mut last = Position::START;
+    for i in from..from + count {
+        let stream = StreamId::new("Account", format!("a-{}", i % 5)).unwrap();
+        let event = NewEvent::new(&Deposited { cents: i as i64 }).unwrap();
+        last = store
+            .append(&stream, ExpectedVersion::Any, vec![event])
+            .await
+            .unwrap()
+            .last_position;
+    }
+    last
+}
+
+async fn caught_up<S: EventStore>(running: &RunningSubscriptions, store: &S) -> Position {
+    let head = store.log_head().await.unwrap();
+    store.wait_for(head.last, WAIT).await.unwrap();
+    running.wait_until(head.last, WAIT).await.unwrap();
+    head.last
+}
+
+/// What the store holds, as the ids in position order.
+async fn stored_ids<S: EventStore>(store: &S) -> Vec<uuid::Uuid> {
+    use futures::TryStreamExt;
+    let events: Vec<RecordedEvent> = store
+        .read_all(ReadAll::from_start())
+        .try_collect()
+        .await
+        .unwrap();
+    events.iter().map(|e| e.event_id).collect()
+}
+
+/// Per stream, the versions delivered are 1, 2, 3... once duplicates are dropped.
+fn assert_in_stream_order(received: &[RecordedEvent]) {
+    let mut seen = HashSet::new();
+    let mut last: HashMap<&str, u64> = HashMap::new();
+    for event in received {
+        if !seen.insert(event.event_id) {
+            continue; // a redelivery, for consumers to drop by id
+        }
+        let previous = last.insert(event.stream.aggregate_id(), event.version);
+        assert_eq!(previous.unwrap_or(0) + 1, event.version, "in stream order");
+    }
+}
+
+/// A bus in front of an in-memory bus that can refuse publishes (the broker down) or publish
+/// part of a batch and then hang, never confirming (the relay's process dying mid-batch).
+#[derive(Clone, Debug)]
+struct FaultyBus {
+    inner: InMemoryBus,
+    refuse: Arc<AtomicU32>,
+    hang_after: Arc<AtomicUsize>,
+    published: Arc<AtomicUsize>,
+}
+
+impl FaultyBus {
+    fn new(inner: InMemoryBus) -> Self {
+        FaultyBus {
+            inner,
+            refuse: Arc::default(),
+            hang_after: Arc::new(AtomicUsize::new(usize::MAX)),
+            published: Arc::default(),
+        }
+    }
+}
+
+impl EventBus for FaultyBus {
+    type Consumer = <InMemoryBus as EventBus>::Consumer;
+
+    async fn publish(&self, events: &[RecordedEvent]) -> eventsource::Result<()> {
+        if self
+            .refuse
+            .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+            .is_ok()
+        {
+            return Err(Error::Bus {
+                bus: "faulty",
+                operation: "publish",
+                source: "connection refused".into(),
+            });
+        }
+        let hang_after = self.hang_after.load(Ordering::SeqCst);
+        for event in events {
+            if self.published.load(Ordering::SeqCst) >= hang_after {
+                std::future::pending::<()>().await;
+            }
+            self.inner.publish(std::slice::from_ref(event)).await?;
+            self.published.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+
+    async fn subscribe(&self, subscription: &Subscription) -> eventsource::Result<Self::Consumer> {
+        self.inner.subscribe(subscription).await
+    }
+}
+
+/// Committed events, and only those, reach the bus in position order; the relay reports its
+/// checkpoint and a backlog of zero.
+async fn publishes_committed_events_in_order<S>(store: &S)
+where
+    S: EventStore + CheckpointStore + Clone + 'static,
+{
+    let bus = InMemoryBus::new(1024);
+    let mut consumer = bus.subscribe(&Subscription::new("audit")).await.unwrap();
+    write(store, 0, 30).await;
+    let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
+    let relay = subscriptions.add_relay(Relay::new("outbox", bus.clone()));
+    let running = subscriptions.start();
+    write(store, 30, 20).await;
+    // An append refused for its expected version stores nothing, so publishes nothing.
+    let refused = store
+        .append(
+            &StreamId::new("Account", "a-0").unwrap(),
+            ExpectedVersion::Exact(1),
+            vec![NewEvent::new(&Deposited { cents: -1 }).unwrap()],
+        )
+        .await;
+    assert!(matches!(refused, Err(Error::Concurrency { .. })));
+    let head = caught_up(&running, store).await;
+
+    let received = drain(&mut consumer, QUIET).await;
+    let ids: Vec<_> = received.iter().map(|e| e.event_id).collect();
+    assert_eq!(
+        ids,
+        stored_ids(store).await,
+        "every committed event, once, in position order"
+    );
+    assert!(received.windows(2).all(|w| w[0].position < w[1].position));
+    assert_eq!(relay.status().checkpoint, Some(head));
+    assert_eq!(running.lag("outbox").await.unwrap(), 0);
+    assert_eq!(store.checkpoint("outbox").await.unwrap(), Some(head));
+    running.shutdown().await;
+}
+
+/// The relay dies in the middle of a batch (part published, nothing confirmed): a new relay
+/// publishes the batch again from the checkpoint, and the consumer, dropping repeated ids,
+/// sees every event once, each stream in order.
+async fn crash_mid_batch_loses_nothing<S>(store: &S)
+where
+    S: EventStore + CheckpointStore + Clone + 'static,
+{
+    let inner = InMemoryBus::new(1024);
+    let mut consumer = inner.subscribe(&Subscription::new("audit")).await.unwrap();
+    write(store, 0, 30).await;
+
+    let faulty = FaultyBus::new(inner.clone());
+    faulty.hang_after.store(10, Ordering::SeqCst); // the second batch of 7, part way
+    let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
+    subscriptions.add_relay(Relay::new("outbox", faulty.clone()));
+    let first = subscriptions.start();
+    let mut received = Vec::new();
+    while received.len() < 10 {
+        let delivery = next_within(&mut consumer, WAIT).await.expect("published");
+        consumer.ack(&delivery).await.unwrap();
+        received.push(delivery.event().clone());
+    }
+    first.abort(); // the crash: the batch in flight was never confirmed
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(
+        store.checkpoint("outbox").await.unwrap(),
+        Some(received[6].position),
+        "the checkpoint stays before the unconfirmed batch"
+    );
+
+    let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
+    subscriptions.add_relay(Relay::new("outbox", inner.clone()));
+    let second = subscriptions.start();
+    caught_up(&second, store).await;
+    received.extend(drain(&mut consumer, QUIET).await);
+
+    let unique: HashSet<_> = received.iter().map(|e| e.event_id).collect();
+    assert_eq!(unique.len(), 30, "nothing lost");
+    assert_eq!(
+        received.len(),
+        33,
+        "the 3 unconfirmed events of the batch, again"
+    );
+    assert_in_stream_order(&received);
+    second.shutdown().await;
+}
+
+/// The broker refuses for a while: the relay keeps its checkpoint and tries again, and once the
+/// broker is back everything is published, once.
+async fn broker_refusing_then_back<S>(store: &S)
+where
+    S: EventStore + CheckpointStore + Clone + 'static,
+{
+    let inner = InMemoryBus::new(1024);
+    let mut consumer = inner.subscribe(&Subscription::new("audit")).await.unwrap();
+    let faulty = FaultyBus::new(inner.clone());
+    faulty.refuse.store(4, Ordering::SeqCst);
+    let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
+    subscriptions.add_relay(Relay::new("outbox", faulty.clone()));
+    let running = subscriptions.start();
+    write(store, 0, 12).await;
+    caught_up(&running, store).await;
+    let received = drain(&mut consumer, QUIET).await;
+    assert_eq!(
+        faulty.refuse.load(Ordering::SeqCst),
+        0,
+        "it was refused, and retried"
+    );
+    assert_eq!(
+        received.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+        stored_ids(store).await
+    );
+    running.shutdown().await;
+}
+
+/// Two relays of one name on one database (two processes): one publishes, the other stands by,
+/// and takes over when the first dies; every event is published once.
+async fn one_relay_at_a_time<S, T>(store: &S, other_process: &T)
+where
+    S: EventStore + CheckpointStore + Clone + 'static,
+    T: EventStore + CheckpointStore + Clone + 'static,
+{
+    let bus = InMemoryBus::new(1024);
+    let mut consumer = bus.subscribe(&Subscription::new("audit")).await.unwrap();
+    let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
+    let first_relay = subscriptions.add_relay(Relay::new("outbox", bus.clone()));
+    let first = subscriptions.start();
+    write(store, 0, 20).await;
+    caught_up(&first, store).await;
+
+    let mut subscriptions = Subscriptions::new(other_process.clone()).with_options(fast());
+    let second_relay = subscriptions.add_relay(Relay::new("outbox", bus.clone()));
+    let second = subscriptions.start();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(first_relay.status().state, ProjectionState::Live);
+    assert_eq!(second_relay.status().state, ProjectionState::Standby);
+    write(store, 20, 10).await;
+    caught_up(&first, store).await;
+
+    first.abort(); // dies; its lease goes with it
+    write(other_process, 30, 10).await;
+    caught_up(&second, other_process).await;
+    assert_eq!(second_relay.status().state, ProjectionState::Live);
+
+    let received = drain(&mut consumer, QUIET).await;
+    assert_eq!(
+        received.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+        stored_ids(store).await,
+        "each event once, in order, across the takeover"
+    );
+    second.shutdown().await;
+}
+
+macro_rules! on_sqlite_and_postgres {
+    ($($case:ident),*) => {$(
+        mod $case {
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn sqlite() {
+                let db = super::databases::sqlite().await.unwrap();
+                super::$case(db.store()).await;
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn postgres() {
+                if let Some(db) = super::databases::postgres().await {
+                    super::$case(db.store()).await;
+                }
+            }
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn memory() {
+                let db = super::databases::memory().await.unwrap();
+                super::$case(db.store()).await;
+            }
+        }
+    )*};
+}
+
+on_sqlite_and_postgres!(
+    publishes_committed_events_in_order,
+    crash_mid_batch_loses_nothing,
+    broker_refusing_then_back
+);
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_relay_at_a_time_on_sqlite() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let store = SqliteEventStore::open(&path).await.unwrap();
+    let other_process = SqliteEventStore::open(&path).await.unwrap();
+    one_relay_at_a_time(&store, &other_process).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_relay_at_a_time_on_postgres() {
+    let Some((options, _schema)) = databases::postgres_schema().await else {
+        return;
+    };
+    let store = eventsource::PostgresEventStore::connect_with(options.clone())
+        .await
+        .unwrap();
+    let other_process = eventsource::PostgresEventStore::connect_with(options)
+        .await
+        .unwrap();
+    one_relay_at_a_time(&store, &other_process).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_relay_at_a_time_in_memory() {
+    let store = eventsource::InMemoryEventStore::new();
+    one_relay_at_a_time(&store, &store.clone()).await;
+}
+
+/// The relay in front of each real broker: an SQLite log published through it reaches a
+/// consumer whole and in order.
+async fn through<B: eventsource_tests::buses::TestBus>(bus: B) {
+    let db = databases::sqlite().await.unwrap();
+    let store = db.store();
+    let mut consumer = bus.subscribe(&Subscription::new("audit")).await.unwrap();
+    write(store, 0, 25).await;
+    let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
+    subscriptions.add_relay(Relay::new("outbox", bus.clone()));
+    let running = subscriptions.start();
+    write(store, 25, 10).await;
+    caught_up(&running, store).await;
+    let received = drain(&mut consumer, Duration::from_secs(2)).await;
+    assert_eq!(
+        received.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+        stored_ids(store).await
+    );
+    running.shutdown().await;
+    bus.teardown(&["audit"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_to_redis() {
+    if let Some(bus) = eventsource_tests::buses::redis_bus().await {
+        through(bus).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_to_rabbitmq() {
+    if let Some(bus) = eventsource_tests::buses::rabbitmq_bus().await {
+        through(bus).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_to_nats() {
+    if let Some(bus) = eventsource_tests::buses::nats_bus().await {
+        through(bus).await;
+    }
+}
