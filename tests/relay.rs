@@ -380,3 +380,125 @@ async fn relay_to_nats() {
         through(bus).await;
     }
 }
+
+/// A NATS server of the test's own (a port and a storage directory of its own), so that it can
+/// be stopped and started again while other tests use the shared one.
+struct OwnNats {
+    child: Option<std::process::Child>,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl OwnNats {
+    /// Starts one, or `None` (with a message; a failure under CI) where `nats-server` is missing.
+    fn start() -> Option<Self> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut nats = OwnNats {
+            child: None,
+            port,
+            dir: tempfile::tempdir().unwrap(),
+        };
+        if !nats.spawn() {
+            assert!(
+                std::env::var("CI").is_err(),
+                "nats-server is not installed and CI is set, so this test fails"
+            );
+            eprintln!("SKIPPED: nats-server is not installed");
+            return None;
+        }
+        Some(nats)
+    }
+
+    fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    fn spawn(&mut self) -> bool {
+        let child = std::process::Command::new("nats-server")
+            .args([
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &self.port.to_string(),
+                "-js",
+                "-sd",
+            ])
+            .arg(self.dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn();
+        let Ok(child) = child else {
+            return false;
+        };
+        self.child = Some(child);
+        let deadline = std::time::Instant::now() + Duration::from_secs(20);
+        while std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "nats-server did not start"
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        true
+    }
+
+    fn stop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+impl Drop for OwnNats {
+    fn drop(&mut self) {
+        self.stop();
+    }
+}
+
+/// The broker is stopped while events are committed and started again: the relay keeps trying
+/// the same batch, and once the broker is back every committed event is in it, once, in order.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_survives_a_broker_restart() {
+    use eventsource::bus::nats::NatsBus;
+    let Some(mut server) = OwnNats::start() else {
+        return;
+    };
+    let db = databases::sqlite().await.unwrap();
+    let store = db.store();
+    let bus = NatsBus::connect(&server.url(), "restart").await.unwrap();
+    let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
+    subscriptions.add_relay(Relay::new("outbox", bus.clone()));
+    let running = subscriptions.start();
+    write(store, 0, 20).await;
+    caught_up(&running, store).await;
+
+    server.stop();
+    write(store, 20, 20).await; // committed while the broker is down
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    assert!(
+        running.lag("outbox").await.unwrap() > 0,
+        "not published yet"
+    );
+    server.spawn();
+    let head = store.log_head().await.unwrap().last;
+    running
+        .wait_until(head, Duration::from_secs(60))
+        .await
+        .unwrap();
+
+    // A consumer of a fresh connection reads the stream the restarted server kept.
+    let reader = NatsBus::connect(&server.url(), "restart").await.unwrap();
+    let mut consumer = reader.subscribe(&Subscription::new("audit")).await.unwrap();
+    let received = drain(&mut consumer, Duration::from_secs(2)).await;
+    assert_eq!(
+        received.iter().map(|e| e.event_id).collect::<Vec<_>>(),
+        stored_ids(store).await,
+        "every committed event, once (NATS drops repeats by Nats-Msg-Id), in order"
+    );
+    running.shutdown().await;
+}

@@ -304,9 +304,9 @@ impl BusConsumer for NatsConsumer {
     }
 
     async fn ack(&mut self, delivery: &Delivery) -> Result<()> {
-        // Double ack: returns once the server has recorded it, so an ack is never lost.
+        // A plain ack: if it is lost, the event comes again, which at-least-once allows.
         Self::message(delivery)?
-            .double_ack()
+            .ack()
             .await
             .map_err(Error::bus(BUS, "ack"))
     }

@@ -19,10 +19,15 @@
 //! - W5 (PostgreSQL) 8 concurrent writers appending one event at a time to their own streams:
 //!   the cost of gap-free global positions. "raw" uses a plain sequence; the extra row "raw +
 //!   xid positions" is the same raw SQL with the framework's transaction-id positions.
+//! - W6 (buses) 20,000 events published in batches of 100 and consumed, each acknowledged, by
+//!   one consumer, through each bus (memory, Redis, RabbitMQ, NATS) and through a raw client of
+//!   the same broker doing the same (`bench/bus.rs`): events/s, and end-to-end latency p50/p99.
 //!
 //! The raw side is the least code that stores the same rows in the same transactions: a table
 //! with the same columns and constraints, positions from an identity column, payloads
 //! deserialized straight into the same event types.
+
+mod bus;
 
 use clap::{Parser, ValueEnum};
 use eventsource::NewEvent;
@@ -94,7 +99,7 @@ struct Args {
     /// Which store to measure.
     #[arg(long, value_enum, default_value_t = BackendArg::All)]
     backend: BackendArg,
-    /// Which workload: w1, w2, w3, w4, w5 or all.
+    /// Which workload: w1, w2, w3, w4, w5, w6 or all.
     #[arg(long, default_value = "all")]
     workload: String,
     /// full (the sizes below), small (a tenth), tiny (a smoke run).
@@ -116,6 +121,8 @@ enum BackendArg {
     Memory,
     Sqlite,
     Postgres,
+    /// The buses (W6): memory, Redis, RabbitMQ, NATS.
+    Buses,
     All,
 }
 
@@ -135,14 +142,15 @@ struct Sizes {
     long_stream: usize,
     w5_writers: usize,
     w5_appends_per_writer: usize,
+    w6_events: usize,
 }
 
 impl Scale {
     fn sizes(self) -> Sizes {
-        let (aggregates, w2_events, long_stream, w5) = match self {
-            Scale::Full => (10_000, 10_000, 10_000, 250),
-            Scale::Small => (1_000, 10_000, 10_000, 100),
-            Scale::Tiny => (20, 500, 500, 5),
+        let (aggregates, w2_events, long_stream, w5, w6) = match self {
+            Scale::Full => (10_000, 10_000, 10_000, 250, 20_000),
+            Scale::Small => (1_000, 10_000, 10_000, 100, 5_000),
+            Scale::Tiny => (20, 500, 500, 5, 300),
         };
         Sizes {
             aggregates,
@@ -152,6 +160,7 @@ impl Scale {
             long_stream,
             w5_writers: 8,
             w5_appends_per_writer: w5,
+            w6_events: w6,
         }
     }
 }
@@ -1080,6 +1089,9 @@ fn report(backend: &'static str, samples: Samples, figures: &mut Vec<Figure>) {
         "W4 raw, read_all's 10 columns (vs raw)",
         "W5 8 concurrent writers",
         "W5 raw + xid positions (vs raw)",
+        "W6 publish -> consume",
+        "W6 latency p50",
+        "W6 latency p99",
     ];
     let mut samples = samples.0;
     for workload in order {
@@ -1125,7 +1137,7 @@ fn print_table(figures: &[Figure], sizes: Sizes, reps: usize) {
     );
     println!(
         "{:<9} {:<44} {:>14} {:>14} {:>7} {:>9}  unit",
-        "backend", "workload", "framework", "raw sqlx", "ratio", "peak MB"
+        "backend", "workload", "framework", "raw", "ratio", "peak MB"
     );
     for f in figures {
         let raw = f.raw.map_or("-".to_owned(), |r| format!("{r:.1}"));
@@ -1148,7 +1160,7 @@ async fn main() {
     let args = Args::parse();
     let sizes = args.scale.sizes();
     let workload = args.workload.to_lowercase();
-    let selected = move |w: &str| workload == "all" || workload.split(',').any(|x| x == w);
+    let selected = |w: &str| workload == "all" || workload.split(',').any(|x| x == w);
     let run = Run {
         sizes,
         selected: &selected,
@@ -1190,6 +1202,10 @@ async fn main() {
         report("postgres", samples, &mut figures);
     }
 
+    if wants(BackendArg::Buses) && selected("w6") {
+        bus_workloads(sizes.w6_events, reps, &mut figures).await;
+    }
+
     print_table(&figures, sizes, reps);
     if let Some(path) = &args.json {
         let json =
@@ -1200,4 +1216,99 @@ async fn main() {
         std::fs::write(path, serde_json::to_string_pretty(&json).unwrap()).expect("write JSON");
         println!("wrote {}", path.display());
     }
+}
+
+/// Adds a W6 repetition's figures to `samples`.
+fn add_w6(samples: &mut Samples, framework: bus::Measured, raw: bus::Measured) {
+    let rss = peak_rss_mb();
+    samples.add(
+        "W6 publish -> consume",
+        "events/s",
+        framework.per_second,
+        Some(raw.per_second),
+        rss,
+    );
+    samples.add(
+        "W6 latency p50",
+        "ms",
+        framework.p50_ms,
+        Some(raw.p50_ms),
+        rss,
+    );
+    samples.add(
+        "W6 latency p99",
+        "ms",
+        framework.p99_ms,
+        Some(raw.p99_ms),
+        rss,
+    );
+}
+
+/// W6 on every bus whose server answers, each beside its raw client.
+async fn bus_workloads(n: usize, reps: usize, figures: &mut Vec<Figure>) {
+    let events = bus::events(n);
+    let env =
+        |name: &str, default: &str| std::env::var(name).unwrap_or_else(|_| default.to_owned());
+    let redis_url = env("REDIS_URL", "redis://127.0.0.1:6379");
+    let amqp_url = env("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
+    let nats_url = env("NATS_URL", "nats://127.0.0.1:4222");
+
+    let mut samples = Samples::default();
+    for _ in 0..reps {
+        reset_peak_rss();
+        let framework = bus::framework(&bus::memory_bus(), &events).await;
+        add_w6(&mut samples, framework, bus::raw_memory(&events).await);
+    }
+    report("memory", samples, figures);
+
+    let mut samples = Samples::default();
+    for _ in 0..reps {
+        let Some(redis) = bus::redis_bus(&redis_url).await else {
+            println!("W6 redis skipped: no server at {redis_url}");
+            break;
+        };
+        reset_peak_rss();
+        let framework = bus::framework(&redis, &events).await;
+        redis.destroy().await.expect("clean up");
+        add_w6(
+            &mut samples,
+            framework,
+            bus::raw_redis(&redis_url, &events).await,
+        );
+    }
+    report("redis", samples, figures);
+
+    let mut samples = Samples::default();
+    for _ in 0..reps {
+        let Some(rabbit) = bus::rabbitmq_bus(&amqp_url).await else {
+            println!("W6 rabbitmq skipped: no server at {amqp_url}");
+            break;
+        };
+        reset_peak_rss();
+        let framework = bus::framework(&rabbit, &events).await;
+        rabbit.destroy(&["bench"]).await.expect("clean up");
+        add_w6(
+            &mut samples,
+            framework,
+            bus::raw_rabbitmq(&amqp_url, &events).await,
+        );
+    }
+    report("rabbitmq", samples, figures);
+
+    let mut samples = Samples::default();
+    for _ in 0..reps {
+        let Some(nats) = bus::nats_bus(&nats_url).await else {
+            println!("W6 nats skipped: no server at {nats_url}");
+            break;
+        };
+        reset_peak_rss();
+        let framework = bus::framework(&nats, &events).await;
+        nats.destroy().await.expect("clean up");
+        add_w6(
+            &mut samples,
+            framework,
+            bus::raw_nats(&nats_url, &events).await,
+        );
+    }
+    report("nats", samples, figures);
 }
