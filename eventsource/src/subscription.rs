@@ -99,7 +99,7 @@ impl ProjectionOptions {
         self
     }
 
-    fn delay(&self, attempt: u32) -> Duration {
+    pub(crate) fn delay(&self, attempt: u32) -> Duration {
         let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
         self.backoff.saturating_mul(factor).min(self.max_backoff)
     }
@@ -147,7 +147,7 @@ pub struct ProjectionStatus {
 }
 
 /// What a running projection's task is asked to do besides its work.
-enum Command {
+pub(crate) enum Command {
     /// Reset the read model and the checkpoint, then catch up from the first event.
     Rebuild(oneshot::Sender<Result<()>>),
     /// Try each dead letter again; reply how many are left.
@@ -156,7 +156,7 @@ enum Command {
 
 /// The shared view of one projection's progress.
 #[derive(Debug)]
-struct Progress {
+pub(crate) struct Progress {
     status: Mutex<ProjectionStatus>,
     /// The readable head as of the projection's last read that found nothing more to apply:
     /// every event it handles up to there is applied.
@@ -165,7 +165,7 @@ struct Progress {
 }
 
 impl Progress {
-    fn new(name: &str) -> Arc<Self> {
+    pub(crate) fn new(name: &str) -> Arc<Self> {
         Arc::new(Progress {
             status: Mutex::new(ProjectionStatus {
                 name: name.to_owned(),
@@ -192,14 +192,14 @@ impl Progress {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    fn get(&self) -> ProjectionStatus {
+    pub(crate) fn get(&self) -> ProjectionStatus {
         self.status
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
             .clone()
     }
 
-    fn set(&self, state: ProjectionState, checkpoint: Option<Position>) {
+    pub(crate) fn set(&self, state: ProjectionState, checkpoint: Option<Position>) {
         {
             let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
             status.state = state;
@@ -244,22 +244,26 @@ impl<P> ProjectionHandle<P> {
     }
 }
 
-type Spawn = Box<
+pub(crate) type Spawn = Box<
     dyn FnOnce(watch::Receiver<bool>, mpsc::Receiver<Command>) -> BoxFuture<'static, ()> + Send,
 >;
 
 /// Counts the events a projection has still to read after a checkpoint.
-type Lag = Arc<dyn Fn(Option<Position>) -> BoxFuture<'static, Result<u64>> + Send + Sync>;
+pub(crate) type Lag =
+    Arc<dyn Fn(Option<Position>) -> BoxFuture<'static, Result<u64>> + Send + Sync>;
 
-struct Entry {
-    name: String,
-    progress: Arc<Progress>,
-    spawn: Spawn,
-    lag: Lag,
+pub(crate) struct Entry {
+    pub(crate) name: String,
+    pub(crate) progress: Arc<Progress>,
+    pub(crate) spawn: Spawn,
+    pub(crate) lag: Lag,
 }
 
 /// The lag counter of a projection reading `event_types` from `store`.
-fn lag_counter<S: EventStore + Clone + 'static>(store: &S, event_types: Vec<&'static str>) -> Lag {
+pub(crate) fn lag_counter<S: EventStore + Clone + 'static>(
+    store: &S,
+    event_types: Vec<&'static str>,
+) -> Lag {
     let store = store.clone();
     Arc::new(move |checkpoint| {
         let store = store.clone();
@@ -305,9 +309,9 @@ fn lag_counter<S: EventStore + Clone + 'static>(store: &S, event_types: Vec<&'st
 /// # }
 /// ```
 pub struct Subscriptions<S> {
-    store: S,
-    options: ProjectionOptions,
-    entries: Vec<Entry>,
+    pub(crate) store: S,
+    pub(crate) options: ProjectionOptions,
+    pub(crate) entries: Vec<Entry>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for Subscriptions<S> {
@@ -875,7 +879,7 @@ where
 }
 
 /// What one step of a runner came to.
-enum Step {
+pub(crate) enum Step {
     /// Nothing after the checkpoint.
     Empty,
     /// Applied (or dead-lettered) up to `to`; `full`: the page was full, there may be more.
@@ -883,7 +887,7 @@ enum Step {
 }
 
 /// Why a step did not move.
-enum StepError {
+pub(crate) enum StepError {
     /// Reading the log failed: try again later.
     Read(Error),
     /// The projection stops, its checkpoint at the position given.
@@ -892,7 +896,7 @@ enum StepError {
 
 /// What the loop of [`drive`] needs of a projection's runner: where it reads and checkpoints,
 /// and how it applies a page and answers a command.
-trait Runner: Send + 'static {
+pub(crate) trait Runner: Send + 'static {
     type Store: EventStore;
     type Checkpoints: CheckpointStore;
 
@@ -918,7 +922,7 @@ trait Runner: Send + 'static {
 
 /// A projection's life: take the lease, load the checkpoint, then read and apply pages,
 /// catching up, then waiting at the head for a wake-up, until shutdown or a failure.
-async fn drive<R: Runner>(
+pub(crate) async fn drive<R: Runner>(
     mut runner: R,
     mut shutdown: watch::Receiver<bool>,
     mut commands: mpsc::Receiver<Command>,
@@ -1162,7 +1166,7 @@ async fn sleep_or_stop(shutdown: &mut watch::Receiver<bool>, delay: Duration) {
 /// One page of the global log after `after`, filtered to `event_types`: the events, and the
 /// damaged rows as their errors. An error that is not about a row (the database failing) fails
 /// the whole read.
-async fn read_page<S: EventStore>(
+pub(crate) async fn read_page<S: EventStore>(
     store: &S,
     after: Option<Position>,
     event_types: &[&'static str],
@@ -1183,7 +1187,7 @@ async fn read_page<S: EventStore>(
 }
 
 /// The event (or damaged row) at `position`, if the store has one there.
-async fn event_at<S: EventStore>(
+pub(crate) async fn event_at<S: EventStore>(
     store: &S,
     position: Position,
 ) -> Result<Option<Result<RecordedEvent>>> {
@@ -1200,7 +1204,7 @@ async fn event_at<S: EventStore>(
 }
 
 /// The position of a page item.
-fn item_position(item: &Result<RecordedEvent>) -> Position {
+pub(crate) fn item_position(item: &Result<RecordedEvent>) -> Position {
     match item {
         Ok(event) => event.position,
         Err(error) => error.position().unwrap_or(Position::START),
@@ -1209,7 +1213,10 @@ fn item_position(item: &Result<RecordedEvent>) -> Position {
 
 /// The dead letter for a stored row that cannot be read, or the error back if it is not about a
 /// row.
-fn letter_for_damaged(projection: &str, error: Error) -> std::result::Result<DeadLetter, Error> {
+pub(crate) fn letter_for_damaged(
+    projection: &str,
+    error: Error,
+) -> std::result::Result<DeadLetter, Error> {
     let Error::Corrupt {
         stream,
         position,
@@ -1240,7 +1247,7 @@ fn apply_event<P: Projection>(
 }
 
 /// The dead letter for `event`, which failed `attempts` times with `error`.
-fn letter_for(
+pub(crate) fn letter_for(
     projection: &str,
     event: &RecordedEvent,
     error: &(dyn std::error::Error + Send + Sync),
