@@ -15,9 +15,9 @@
 //!
 //! With `DATABASE_URL=postgres://...` it uses a fresh schema of that database instead.
 
+use eventsource::AnyStore;
 use eventsource::prelude::*;
 use eventsource::subscription::Subscriptions;
-use eventsource::AnyStore;
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
