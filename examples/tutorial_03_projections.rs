@@ -217,7 +217,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         .await?;
 
     // Read your own writes: wait until every projection has applied the log up to its head.
-    let head = store.log_head().await?.readable;
+    let head = store.log_head().await?.last;
     running.wait_until(head, Duration::from_secs(10)).await?;
 
     println!("\nthe board:");

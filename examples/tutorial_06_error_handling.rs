@@ -224,7 +224,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         (strict.start(), handle)
     };
     let running = subscriptions.start();
-    let head = store.log_head().await?.readable;
+    let head = store.log_head().await?.last;
     running.wait_until(head, Duration::from_secs(10)).await?;
 
     println!("\nmails sent after retries: {:?}", notifier.read().sent);
@@ -283,7 +283,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut subscriptions = Subscriptions::new(store.clone()).with_options(options);
     let restarted = subscriptions.add_durable(Notifier::default());
     let running = subscriptions.start();
-    let head = store.log_head().await?.readable;
+    let head = store.log_head().await?.last;
     running.wait_until(head, Duration::from_secs(10)).await?;
     println!("after a restart: sent {:?}", restarted.read().sent);
     assert_eq!(restarted.read().sent, ["carol"]);

@@ -487,14 +487,19 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // Every event was handled once. Now deliver them all again, as a crash between the saga's
     // commands and its checkpoint would: the saga reacts again, and every step finds its events
     // already stored under their derived ids.
+    // (On PostgreSQL the log is readable up to the oldest running transaction: wait for ours.)
+    let last = store.log_head().await?.last;
+    store.wait_for(last, Duration::from_secs(10)).await?;
     let before = store.count(ReadAll::from_start()).await?;
     store.delete_checkpoint(CheckoutSaga::NAME).await?;
     let mut subscriptions = Subscriptions::new(store.clone());
     subscriptions.add_process(saga(&store));
     let running = subscriptions.start();
-    let head = store.log_head().await?.readable;
+    let head = store.log_head().await?.last;
     running.wait_until(head, Duration::from_secs(10)).await?;
     running.shutdown().await;
+    let last = store.log_head().await?.last;
+    store.wait_for(last, Duration::from_secs(10)).await?;
     let after = store.count(ReadAll::from_start()).await?;
     println!("\nevery event delivered again: {before} events stored before, {after} after");
     assert_eq!(before, after, "a redelivered event acted twice");

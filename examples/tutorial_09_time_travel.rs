@@ -239,6 +239,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
     // Replay the whole log, up to a date, into a fresh read model.
     let as_of = async |date| -> eventsource::Result<OpenTasks> {
+        // (On PostgreSQL the log is readable up to the oldest running transaction: wait.)
+        let last = store.log_head().await?.last;
+        store.wait_for(last, Duration::from_secs(10)).await?;
         let mut model = OpenTasks::default();
         let events: Vec<RecordedEvent> = store
             .read_all(ReadAll::from_start().event_types(OpenTasks::event_types()))
@@ -270,7 +273,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let mut subscriptions = Subscriptions::new(store.clone());
     let leaderboard = subscriptions.add(Leaderboard::default());
     let running = subscriptions.start();
-    let head = store.log_head().await?.readable;
+    let head = store.log_head().await?.last;
     running.wait_until(head, Duration::from_secs(10)).await?;
     let built = leaderboard.read().clone();
     println!(

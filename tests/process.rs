@@ -381,6 +381,9 @@ async fn charged<S: EventStore + Clone>(store: &S, order: &str) -> Option<i64> {
 /// Every stored event, as (stream, type): what a duplicate effect would add to.
 async fn log<S: EventStore>(store: &S) -> Vec<(String, String)> {
     use futures::StreamExt;
+    // PostgreSQL reads up to the oldest transaction still running anywhere: wait for ours.
+    let last = store.log_head().await.unwrap().last;
+    store.wait_for(last, Duration::from_secs(10)).await.unwrap();
     store
         .read_all(ReadAll::from_start())
         .map(|e| {
