@@ -7,14 +7,14 @@
 //!
 //! What it teaches:
 //!
-//! - A process manager ([`ProcessManager`]): it reacts to events (an order placed, stock
+//! - A process manager (`ProcessManager`): it reacts to events (an order placed, stock
 //!   reserved, a payment charged) by sending commands to other aggregates, run by the same
 //!   subscription manager as the projections, with a checkpoint in the database.
 //! - Its own state, event-sourced: a `Checkout` aggregate per order records where the saga is,
 //!   so a later step (charging after the stock is reserved) knows the amount.
 //! - Compensation: out of stock, the order is cancelled; payment declined, the reserved stock is
 //!   released first, then the order is cancelled.
-//! - Idempotence: each command is sent with [`Reaction::send`] under a step name, so its events
+//! - Idempotence: each command is sent with `Reaction::send` under a step name, so its events
 //!   get ids derived from the triggering event; the saga is stopped and every event is
 //!   delivered to it again (as after a crash before its checkpoint), and nothing happens twice.
 //!

@@ -655,6 +655,39 @@ every_backend!(
     failing_reaction_is_dead_lettered,
 );
 
+// ----- Without the runner -----
+
+/// A process manager is unit-tested by calling `react` itself: twice, for a redelivery.
+#[tokio::test]
+async fn reacting_directly_twice_acts_once() {
+    let store = InMemoryEventStore::new();
+    stock(&store, "sku-1", 5).await;
+    place(&store, "o-1", "sku-1", 2, 100).await;
+    let trigger = store
+        .read_stream(&StreamId::new("Order", "o-1").unwrap(), StreamQuery::all())
+        .await
+        .unwrap()
+        .remove(0);
+    let saga = Checkout::new(&store);
+    for _ in 0..2 {
+        saga.react(&Reaction::new(
+            Checkout::<InMemoryEventStore>::NAME,
+            &trigger,
+        ))
+        .await
+        .unwrap();
+    }
+    assert_eq!(saga.deliveries()["o-1"], 2);
+    assert_eq!(status(&store, "o-1").await, Status::Confirmed);
+    assert_eq!(available(&store, "sku-1").await, 3);
+    assert_eq!(charged(&store, "o-1").await, Some(100));
+    assert_eq!(
+        log(&store).await.len(),
+        5,
+        "stock, order, reserved, charged, confirmed"
+    );
+}
+
 // ----- update_once on its own -----
 
 #[tokio::test]
