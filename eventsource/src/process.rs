@@ -96,8 +96,7 @@ use crate::store::EventStore;
 use crate::stream::Position;
 use crate::subscription::{
     Command, OnFailure, Progress, ProjectionOptions, ProjectionStatus, Runner, Step, StepError,
-    Subscriptions, drive, event_at, item_position, lag_counter, letter_for, letter_for_damaged,
-    read_page,
+    Subscriptions, event_at, item_position, letter_for, letter_for_damaged, read_page,
 };
 use std::fmt;
 use std::future::Future;
@@ -246,19 +245,19 @@ where
             manager: Arc::new(manager),
             progress: Progress::new(M::NAME),
         };
-        let runner = ProcessRunner {
-            store: self.store.clone(),
-            manager: Arc::clone(&handle.manager),
-            progress: Arc::clone(&handle.progress),
-            options: self.options.clone(),
-            event_types: M::event_types(),
-        };
-        self.entries.push(crate::subscription::Entry {
-            name: M::NAME.to_owned(),
-            progress: Arc::clone(&handle.progress),
-            spawn: Box::new(move |shutdown, commands| Box::pin(drive(runner, shutdown, commands))),
-            lag: lag_counter(&self.store, M::event_types()),
-        });
+        let (manager, progress) = (Arc::clone(&handle.manager), Arc::clone(&handle.progress));
+        self.add_runner(
+            M::NAME,
+            M::event_types(),
+            &handle.progress,
+            |store, options| ProcessRunner {
+                store,
+                manager,
+                progress,
+                options,
+                event_types: M::event_types(),
+            },
+        );
         handle
     }
 }

@@ -244,26 +244,22 @@ impl<P> ProjectionHandle<P> {
     }
 }
 
-pub(crate) type Spawn = Box<
+type Spawn = Box<
     dyn FnOnce(watch::Receiver<bool>, mpsc::Receiver<Command>) -> BoxFuture<'static, ()> + Send,
 >;
 
 /// Counts the events a projection has still to read after a checkpoint.
-pub(crate) type Lag =
-    Arc<dyn Fn(Option<Position>) -> BoxFuture<'static, Result<u64>> + Send + Sync>;
+type Lag = Arc<dyn Fn(Option<Position>) -> BoxFuture<'static, Result<u64>> + Send + Sync>;
 
-pub(crate) struct Entry {
-    pub(crate) name: String,
-    pub(crate) progress: Arc<Progress>,
-    pub(crate) spawn: Spawn,
-    pub(crate) lag: Lag,
+struct Entry {
+    name: String,
+    progress: Arc<Progress>,
+    spawn: Spawn,
+    lag: Lag,
 }
 
 /// The lag counter of a projection reading `event_types` from `store`.
-pub(crate) fn lag_counter<S: EventStore + Clone + 'static>(
-    store: &S,
-    event_types: Vec<&'static str>,
-) -> Lag {
+fn lag_counter<S: EventStore + Clone + 'static>(store: &S, event_types: Vec<&'static str>) -> Lag {
     let store = store.clone();
     Arc::new(move |checkpoint| {
         let store = store.clone();
@@ -309,9 +305,9 @@ pub(crate) fn lag_counter<S: EventStore + Clone + 'static>(
 /// # }
 /// ```
 pub struct Subscriptions<S> {
-    pub(crate) store: S,
-    pub(crate) options: ProjectionOptions,
-    pub(crate) entries: Vec<Entry>,
+    store: S,
+    options: ProjectionOptions,
+    entries: Vec<Entry>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for Subscriptions<S> {
@@ -387,6 +383,24 @@ where
             lag: lag_counter(&self.store, P::event_types()),
         });
         handle
+    }
+
+    /// Registers the runner `build` makes from the store and the options, to be driven by
+    /// [`drive`] in a task of its own from [`start`](Self::start) (how process managers join).
+    pub(crate) fn add_runner<R: Runner>(
+        &mut self,
+        name: &'static str,
+        event_types: Vec<&'static str>,
+        progress: &Arc<Progress>,
+        build: impl FnOnce(S, ProjectionOptions) -> R,
+    ) {
+        let runner = build(self.store.clone(), self.options.clone());
+        self.entries.push(Entry {
+            name: name.to_owned(),
+            progress: Arc::clone(progress),
+            spawn: Box::new(move |shutdown, commands| Box::pin(drive(runner, shutdown, commands))),
+            lag: lag_counter(&self.store, event_types),
+        });
     }
 
     /// Starts every projection, each in a task of its own.
@@ -922,7 +936,7 @@ pub(crate) trait Runner: Send + 'static {
 
 /// A projection's life: take the lease, load the checkpoint, then read and apply pages,
 /// catching up, then waiting at the head for a wake-up, until shutdown or a failure.
-pub(crate) async fn drive<R: Runner>(
+async fn drive<R: Runner>(
     mut runner: R,
     mut shutdown: watch::Receiver<bool>,
     mut commands: mpsc::Receiver<Command>,
