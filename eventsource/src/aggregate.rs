@@ -226,6 +226,8 @@ pub struct Root<A: Aggregate> {
     pending: Vec<PendingEvent>,
     metadata: Metadata,
     snapshot_version: Option<u64>,
+    /// Set by [`Root::derive_event_ids`]: recorded events get ids derived from this key.
+    event_id_key: Option<Uuid>,
 }
 
 impl<A: Aggregate> Root<A> {
@@ -241,6 +243,7 @@ impl<A: Aggregate> Root<A> {
             pending: Vec::new(),
             metadata: Metadata::default(),
             snapshot_version: None,
+            event_id_key: None,
         }
     }
 
@@ -286,9 +289,13 @@ impl<A: Aggregate> Root<A> {
     pub fn record_with<E: AppliesTo<A>>(&mut self, event: E, metadata: Metadata) {
         event.apply_to(&mut self.state);
         self.version += 1;
+        let event_id = match self.event_id_key {
+            Some(key) => crate::event::derived_event_id(key, self.pending.len()),
+            None => Uuid::now_v7(),
+        };
         self.pending.push(PendingEvent {
             event: Box::new(event),
-            event_id: Uuid::now_v7(),
+            event_id,
             occurred_at: crate::event::now(),
             metadata,
         });
@@ -303,6 +310,19 @@ impl<A: Aggregate> Root<A> {
     /// The metadata recorded events get.
     pub fn metadata(&self) -> &Metadata {
         &self.metadata
+    }
+
+    /// Gives the events recorded from now on ids derived from `key` instead of fresh ones: the
+    /// n-th pending event's id is [`derived_event_id(key, n)`](crate::event::derived_event_id).
+    /// A command run again under the same key records events with the same ids, which the store
+    /// refuses as [`Error::DuplicateEvent`]: how [`Repository::update_once`](crate::Repository::update_once)
+    /// recognises a command that was already applied. Call it before recording.
+    pub fn derive_event_ids(&mut self, key: Uuid) {
+        debug_assert!(
+            self.pending.is_empty(),
+            "Root::derive_event_ids after Root::record: set the key first"
+        );
+        self.event_id_key = Some(key);
     }
 
     /// Applies `event` as if it had been loaded from the store: it is not pending, and the version

@@ -143,7 +143,8 @@ impl Metadata {
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct NewEvent {
-    /// The event's unique id (UUID v7, so ids sort by creation time). Appending an id that is
+    /// The event's unique id (UUID v7, so ids sort by creation time, or a
+    /// [derived](derived_event_id) one for an idempotent command). Appending an id that is
     /// already stored fails with [`Error::DuplicateEvent`].
     pub event_id: Uuid,
     /// The stored type name ([`DomainEvent::EVENT_TYPE`]).
@@ -156,6 +157,14 @@ pub struct NewEvent {
     pub metadata: Metadata,
     /// The payload, as JSON text.
     pub payload: String,
+}
+
+/// The id of the `n`-th event a command records under idempotency `key` (see
+/// [`Root::derive_event_ids`](crate::Root::derive_event_ids)): a name-based UUID (version 5, RFC
+/// 9562) of `n` in the namespace `key`. The same key and index give the same id on every run,
+/// on every machine, in every release. Unlike fresh ids (version 7) these do not sort by time.
+pub fn derived_event_id(key: Uuid, n: usize) -> Uuid {
+    Uuid::new_v5(&key, &(n as u64).to_be_bytes())
 }
 
 /// The current time, to the microsecond: what every store can keep exactly.

@@ -93,6 +93,11 @@ pub use store::sqlite::SqliteEventStore;
 pub use store::{AnyStore, AppendResult, DynEventStore, EventStore, LogHead, ReadAll, StreamQuery};
 pub use stream::{ExpectedVersion, Position, StreamId};
 
+// Process managers (sagas): reactions to events that send idempotent commands.
+pub mod process;
+pub use process::{ProcessManager, Reaction};
+pub use repository::Once;
+
 // Crates whose types appear in this crate's public API, so that users name the same versions.
 pub use chrono;
 pub use futures;
@@ -127,6 +132,7 @@ pub mod prelude {
         RecordedEvent, Repository, Root, SnapshotStore, SnapshotStrategy, StoreRepository,
         StreamId, StreamQuery, UpdateError, Uuid,
     };
+    pub use crate::{HandlerError, Once, ProcessManager, Reaction};
 }
 
 /// Support for the generated code. Not public API: no semver promise.

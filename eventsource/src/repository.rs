@@ -82,6 +82,31 @@ impl<E> UpdateError<E> {
     }
 }
 
+/// What [`Repository::update_once`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Once<T> {
+    /// The command ran now; what it recorded (if anything) is saved. Its output.
+    Applied(T),
+    /// An earlier run under the same key was saved: nothing was saved this time.
+    AlreadyApplied,
+}
+
+impl<T> Once<T> {
+    /// Whether an earlier run under the same key had applied the command.
+    pub fn already_applied(&self) -> bool {
+        matches!(self, Once::AlreadyApplied)
+    }
+
+    /// The command's output, if it ran now.
+    pub fn applied(self) -> Option<T> {
+        match self {
+            Once::Applied(output) => Some(output),
+            Once::AlreadyApplied => None,
+        }
+    }
+}
+
 impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// A repository over `store`, without snapshots.
     pub fn new(store: S) -> Self {
@@ -311,6 +336,85 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         F: FnMut(&mut Root<A>) -> Result<T, A::Error>,
     {
         self.run(id.into(), Some(metadata), command).await
+    }
+
+    /// [`update_with`](Self::update_with), at most once per `key`: the events the command
+    /// records get ids derived from `key` ([`Root::derive_event_ids`]), so running it again under
+    /// the same key (a redelivered message, a retried request) saves nothing and returns
+    /// [`Once::AlreadyApplied`], whether the command records the same events again (the store
+    /// refuses their ids) or, on the state its first run changed, refuses or records nothing (the
+    /// stream is searched for the first id). Unlike `update`, an aggregate with no events is
+    /// created (its state is the default, at version 0).
+    ///
+    /// Derive `key` from what identifies the attempt, never from the clock: a process manager
+    /// uses the triggering event's id and the step's name
+    /// ([`Reaction::send`](crate::process::Reaction::send)); an API, the client's idempotency key.
+    pub async fn update_once<T, F>(
+        &self,
+        id: impl Into<A::Id>,
+        key: uuid::Uuid,
+        metadata: Metadata,
+        mut command: F,
+    ) -> Result<Once<T>, UpdateError<A::Error>>
+    where
+        F: FnMut(&mut Root<A>) -> Result<T, A::Error>,
+    {
+        let id = id.into();
+        let first_id = crate::event::derived_event_id(key, 0);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let mut root = match self.try_load(id.clone()).await? {
+                Some(root) => root,
+                None => self.create(id.clone()),
+            };
+            root.set_metadata(metadata.clone());
+            root.derive_event_ids(key);
+            let output = match command(&mut root) {
+                Ok(output) => output,
+                Err(rejected) => {
+                    if self.stream_has_event(root.stream_id(), first_id).await? {
+                        return Ok(Once::AlreadyApplied);
+                    }
+                    return Err(UpdateError::Rejected(rejected));
+                }
+            };
+            if !root.has_pending_events() {
+                if self.stream_has_event(root.stream_id(), first_id).await? {
+                    return Ok(Once::AlreadyApplied);
+                }
+                return Ok(Once::Applied(output));
+            }
+            let ours: Vec<uuid::Uuid> = root
+                .pending_events()
+                .iter()
+                .map(|pending| pending.event_id())
+                .collect();
+            match self.save(&mut root).await {
+                Ok(_) => return Ok(Once::Applied(output)),
+                Err(Error::DuplicateEvent { event_id, .. }) if ours.contains(&event_id) => {
+                    return Ok(Once::AlreadyApplied);
+                }
+                Err(conflict @ Error::Concurrency { .. }) if attempt < self.max_attempts => {
+                    tracing::debug!(stream = %root.stream_id(), attempt, error = %conflict, "retrying command after a concurrent write");
+                }
+                Err(conflict @ Error::Concurrency { .. }) => {
+                    return Err(Error::RetriesExhausted {
+                        stream: root.stream_id().clone(),
+                        attempts: attempt,
+                        last: Box::new(conflict),
+                    }
+                    .into());
+                }
+                Err(other) => return Err(other.into()),
+            }
+        }
+    }
+
+    /// Whether `stream` holds the event `event_id`.
+    async fn stream_has_event(&self, stream: &StreamId, event_id: uuid::Uuid) -> Result<bool> {
+        let events = self.store.read_stream(stream, StreamQuery::all()).await?;
+        Ok(events.iter().any(|event| event.event_id == event_id))
     }
 
     async fn run<T, F>(

@@ -99,7 +99,7 @@ impl ProjectionOptions {
         self
     }
 
-    fn delay(&self, attempt: u32) -> Duration {
+    pub(crate) fn delay(&self, attempt: u32) -> Duration {
         let factor = 2u32.saturating_pow(attempt.saturating_sub(1).min(16));
         self.backoff.saturating_mul(factor).min(self.max_backoff)
     }
@@ -387,6 +387,24 @@ where
             lag: lag_counter(&self.store, P::event_types()),
         });
         handle
+    }
+
+    /// Registers the runner `build` makes from the store and the options, to be driven by
+    /// [`drive`] in a task of its own from [`start`](Self::start) (how process managers join).
+    pub(crate) fn add_runner<R: Runner>(
+        &mut self,
+        name: &'static str,
+        event_types: Vec<&'static str>,
+        progress: &Arc<Progress>,
+        build: impl FnOnce(S, ProjectionOptions) -> R,
+    ) {
+        let runner = build(self.store.clone(), self.options.clone());
+        self.entries.push(Entry {
+            name: name.to_owned(),
+            progress: Arc::clone(progress),
+            spawn: Box::new(move |shutdown, commands| Box::pin(drive(runner, shutdown, commands))),
+            lag: lag_counter(&self.store, event_types),
+        });
     }
 
     /// Starts every projection, each in a task of its own.
@@ -1187,7 +1205,7 @@ pub(crate) async fn read_page<S: EventStore>(
 }
 
 /// The event (or damaged row) at `position`, if the store has one there.
-async fn event_at<S: EventStore>(
+pub(crate) async fn event_at<S: EventStore>(
     store: &S,
     position: Position,
 ) -> Result<Option<Result<RecordedEvent>>> {
@@ -1204,7 +1222,7 @@ async fn event_at<S: EventStore>(
 }
 
 /// The position of a page item.
-fn item_position(item: &Result<RecordedEvent>) -> Position {
+pub(crate) fn item_position(item: &Result<RecordedEvent>) -> Position {
     match item {
         Ok(event) => event.position,
         Err(error) => error.position().unwrap_or(Position::START),
@@ -1247,7 +1265,7 @@ fn apply_event<P: Projection>(
 }
 
 /// The dead letter for `event`, which failed `attempts` times with `error`.
-fn letter_for(
+pub(crate) fn letter_for(
     projection: &str,
     event: &RecordedEvent,
     error: &(dyn std::error::Error + Send + Sync),

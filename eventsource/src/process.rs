@@ -1,0 +1,442 @@
+//! Process managers (sagas): react to events by sending commands to aggregates.
+//!
+//! A [`ProcessManager`] names the events it reacts to and, for each, runs an async
+//! [`react`](ProcessManager::react) that sends commands through [`Reaction::send`]: a
+//! [`Repository::update_once`] whose idempotency key is derived from the process's name, the
+//! triggering event's id and the step's name. The subscription manager runs it
+//! ([`Subscriptions::add_process`]) like a durable projection: catch-up then live, its checkpoint
+//! in the event store's database, retries, dead letters, one runner at a time (the lease).
+//!
+//! Delivery is at least once: a crash after a reaction's commands are saved and before the
+//! checkpoint moves past its event delivers that event again after the restart. Each step then
+//! finds its events already stored (same derived ids) and reports [`Once::AlreadyApplied`]
+//! instead of acting twice, so the reaction as a whole is applied once. For that, a reaction must
+//! send the same steps, under the same names, for the same event: derive every decision from the
+//! event and from the aggregates' state, never from the clock or a random draw.
+//!
+//! Compensation is ordinary code: a step rejected with the aggregate's typed error
+//! ([`UpdateError::Rejected`]) is answered with compensating steps (release the stock, cancel the
+//! order), themselves idempotent.
+//!
+//! ```
+//! use eventsource::prelude::*;
+//! use eventsource::process::{ProcessManager, Reaction};
+//! use eventsource::subscription::Subscriptions;
+//! use serde::{Deserialize, Serialize};
+//! use std::time::Duration;
+//!
+//! #[derive(DomainEvent, Serialize, Deserialize)]
+//! struct OrderPlaced { cents: i64 }
+//! #[derive(DomainEvent, Serialize, Deserialize)]
+//! struct Charged { cents: i64 }
+//!
+//! #[derive(Default)]
+//! struct Order;
+//! #[aggregate(id = String)]
+//! impl Order {
+//!     #[handles]
+//!     fn placed(&mut self, _: &OrderPlaced) {}
+//! }
+//!
+//! #[derive(Default)]
+//! struct Payment { charged: i64 }
+//! #[aggregate(id = String)]
+//! impl Payment {
+//!     #[handles]
+//!     fn charged(&mut self, e: &Charged) { self.charged += e.cents; }
+//! }
+//!
+//! /// Charges every order placed.
+//! struct Billing { payments: Repository<Payment, InMemoryEventStore> }
+//!
+//! impl ProcessManager for Billing {
+//!     const NAME: &'static str = "billing";
+//!     fn event_types() -> Vec<&'static str> { vec![OrderPlaced::EVENT_TYPE] }
+//!     async fn react(&self, reaction: &Reaction<'_>) -> Result<(), HandlerError> {
+//!         if let Some(placed) = reaction.decode::<OrderPlaced>()? {
+//!             let order = reaction.event().aggregate_id().to_owned();
+//!             reaction
+//!                 .send(&self.payments, order, "charge", |payment| {
+//!                     payment.record(Charged { cents: placed.cents });
+//!                     Ok(())
+//!                 })
+//!                 .await?;
+//!         }
+//!         Ok(())
+//!     }
+//! }
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//! let store = InMemoryEventStore::new();
+//! let mut subscriptions = Subscriptions::new(store.clone());
+//! subscriptions.add_process(Billing { payments: Payment::repository(store.clone()) });
+//! let running = subscriptions.start();
+//!
+//! let orders = Order::repository(store.clone());
+//! let mut order = orders.create("order-1");
+//! order.record(OrderPlaced { cents: 250 });
+//! let saved = orders.save(&mut order).await?;
+//! running.wait_until(saved.last_position, Duration::from_secs(5)).await?;
+//!
+//! let payment = Payment::repository(store.clone()).load("order-1").await?;
+//! assert_eq!(payment.charged, 250);
+//! running.shutdown().await;
+//! # Ok(())
+//! # }
+//! ```
+
+use crate::aggregate::{Aggregate, Root};
+use crate::checkpoint::CheckpointStore;
+use crate::error::{Error, Result};
+use crate::event::{DomainEvent, Metadata, RecordedEvent};
+use crate::projection::HandlerError;
+use crate::repository::{Once, Repository, UpdateError};
+use crate::store::EventStore;
+use crate::stream::Position;
+use crate::subscription::{
+    Command, OnFailure, Progress, ProjectionOptions, ProjectionStatus, Runner, Step, StepError,
+    Subscriptions, event_at, item_position, letter_for, letter_for_damaged, read_page,
+};
+use std::fmt;
+use std::future::Future;
+use std::sync::Arc;
+use uuid::Uuid;
+
+/// Reacts to events by sending commands: a saga, a policy, a workflow. Implement it by hand (no
+/// macro): a name, the event types, and one async `react`.
+///
+/// See the [module](self) for an example, the delivery guarantee and what `react` must respect.
+pub trait ProcessManager: Send + Sync + 'static {
+    /// The process's name: the key of its checkpoint and dead letters, and part of every command
+    /// id it derives (renaming it makes redelivered events act again).
+    const NAME: &'static str;
+
+    /// The stored names of the event types it reacts to: the store reads only these.
+    fn event_types() -> Vec<&'static str>;
+
+    /// Reacts to one event (one of [`event_types`](Self::event_types)). An error is retried with
+    /// backoff, then the event is dead-lettered, as a projection's handler error is.
+    fn react(
+        &self,
+        reaction: &Reaction<'_>,
+    ) -> impl Future<Output = std::result::Result<(), HandlerError>> + Send;
+}
+
+/// The namespace of step keys: v5 UUIDs of (process, event id, step).
+const STEP_NAMESPACE: Uuid = Uuid::from_u128(0x5a6a_1c0e_7b3d_4f4e_9c1a_e5d0_c0a5_5e00);
+
+/// One delivery of an event to a process manager: the event, and the means to send commands
+/// caused by it.
+#[derive(Debug)]
+pub struct Reaction<'a> {
+    process: &'static str,
+    event: &'a RecordedEvent,
+}
+
+impl<'a> Reaction<'a> {
+    /// The delivery of `event` to process `process` (for tests that call `react` directly).
+    pub fn new(process: &'static str, event: &'a RecordedEvent) -> Self {
+        Reaction { process, event }
+    }
+
+    /// The event reacted to.
+    pub fn event(&self) -> &'a RecordedEvent {
+        self.event
+    }
+
+    /// The event as `E`, if it is one (`None` if it is of another type).
+    pub fn decode<E: DomainEvent>(&self) -> Result<Option<E>> {
+        if self.event.is::<E>() {
+            self.event.decode().map(Some)
+        } else {
+            Ok(None)
+        }
+    }
+
+    /// The metadata of the events the reaction's commands record: caused by this event, in its
+    /// correlation ([`Metadata::caused_by`]).
+    pub fn metadata(&self) -> Metadata {
+        Metadata::caused_by(self.event)
+    }
+
+    /// The idempotency key of step `step` of this reaction: the same for every delivery of the
+    /// event to this process, different for another event, process or step.
+    pub fn step_key(&self, step: &str) -> Uuid {
+        let mut name = Vec::with_capacity(self.process.len() + step.len() + 18);
+        name.extend_from_slice(self.process.as_bytes());
+        name.push(0);
+        name.extend_from_slice(self.event.event_id.as_bytes());
+        name.push(0);
+        name.extend_from_slice(step.as_bytes());
+        Uuid::new_v5(&STEP_NAMESPACE, &name)
+    }
+
+    /// Sends a command to aggregate `id`: [`Repository::update_once`] under
+    /// [`step_key(step)`](Self::step_key), with this reaction's [`metadata`](Self::metadata).
+    /// [`Once::AlreadyApplied`] when a previous delivery of the event applied this step; the
+    /// aggregate's error, typed, when the command refuses ([`UpdateError::Rejected`]): the cue
+    /// for compensation. Name each step of a reaction differently.
+    pub async fn send<A, S, T, F>(
+        &self,
+        repository: &Repository<A, S>,
+        id: impl Into<A::Id>,
+        step: &str,
+        command: F,
+    ) -> std::result::Result<Once<T>, UpdateError<A::Error>>
+    where
+        A: Aggregate,
+        S: EventStore,
+        F: FnMut(&mut Root<A>) -> std::result::Result<T, A::Error>,
+    {
+        repository
+            .update_once(id, self.step_key(step), self.metadata(), command)
+            .await
+    }
+}
+
+/// A running process manager: its state and checkpoint, and the manager itself.
+pub struct ProcessHandle<M> {
+    manager: Arc<M>,
+    progress: Arc<Progress>,
+}
+
+impl<M> Clone for ProcessHandle<M> {
+    fn clone(&self) -> Self {
+        ProcessHandle {
+            manager: Arc::clone(&self.manager),
+            progress: Arc::clone(&self.progress),
+        }
+    }
+}
+
+impl<M> fmt::Debug for ProcessHandle<M> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ProcessHandle")
+            .field("status", &self.progress.get())
+            .finish_non_exhaustive()
+    }
+}
+
+impl<M> ProcessHandle<M> {
+    /// The process manager.
+    pub fn manager(&self) -> &M {
+        &self.manager
+    }
+
+    /// Its state and checkpoint.
+    pub fn status(&self) -> ProjectionStatus {
+        self.progress.get()
+    }
+}
+
+impl<S> Subscriptions<S>
+where
+    S: EventStore + CheckpointStore + Clone + 'static,
+{
+    /// Adds a process manager, run like a durable projection: its checkpoint in the event
+    /// store's database, moved after each event it has reacted to; at least once, its commands
+    /// made idempotent by [`Reaction::send`]. A reaction that keeps failing is dead-lettered
+    /// ([`replay_dead_letters`](crate::subscription::RunningSubscriptions::replay_dead_letters)
+    /// reacts again). A process manager is not rebuilt: `rebuild` fails, as its effects are
+    /// commands, not a read model.
+    pub fn add_process<M: ProcessManager>(&mut self, manager: M) -> ProcessHandle<M> {
+        let handle = ProcessHandle {
+            manager: Arc::new(manager),
+            progress: Progress::new(M::NAME),
+        };
+        let (manager, progress) = (Arc::clone(&handle.manager), Arc::clone(&handle.progress));
+        self.add_runner(
+            M::NAME,
+            M::event_types(),
+            &handle.progress,
+            |store, options| ProcessRunner {
+                store,
+                manager,
+                progress,
+                options,
+                event_types: M::event_types(),
+            },
+        );
+        handle
+    }
+}
+
+/// One process manager's loop body: react to each event of a page, retried, and move the
+/// checkpoint past it.
+struct ProcessRunner<S, M> {
+    store: S,
+    manager: Arc<M>,
+    progress: Arc<Progress>,
+    options: ProjectionOptions,
+    event_types: Vec<&'static str>,
+}
+
+/// What reacting to one event came to.
+enum Reacted {
+    /// Done, or dead-lettered under [`OnFailure::Skip`]: the checkpoint moves past it.
+    Past,
+    /// The process stops before it.
+    Stop(Error),
+}
+
+impl<S, M> ProcessRunner<S, M>
+where
+    S: EventStore + CheckpointStore + 'static,
+    M: ProcessManager,
+{
+    /// Reacts to one event, with retries; dead-letters it when they run out.
+    async fn react(&self, item: Result<RecordedEvent>) -> Reacted {
+        let event = match item {
+            Ok(event) => event,
+            Err(error) => {
+                return match letter_for_damaged(M::NAME, error) {
+                    Ok(letter) => self.dead_letter(letter).await,
+                    Err(error) => Reacted::Stop(error),
+                };
+            }
+        };
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let reaction = Reaction::new(M::NAME, &event);
+            match self.manager.react(&reaction).await {
+                Ok(()) => return Reacted::Past,
+                Err(error) if attempt < self.options.max_attempts => {
+                    tracing::debug!(process = M::NAME, position = %event.position, attempt, %error, "reaction failed; retrying");
+                    tokio::time::sleep(self.options.delay(attempt)).await;
+                }
+                Err(error) => {
+                    tracing::warn!(process = M::NAME, position = %event.position, attempts = attempt, %error, "reaction failed; dead-lettering the event");
+                    return self
+                        .dead_letter(letter_for(M::NAME, &event, &*error, attempt))
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn dead_letter(&self, letter: crate::checkpoint::DeadLetter) -> Reacted {
+        let position = letter.position;
+        let error = letter.error.clone();
+        if let Err(failed) = self.store.add_dead_letter(&letter).await {
+            return Reacted::Stop(failed);
+        }
+        match self.options.on_failure {
+            OnFailure::Skip => Reacted::Past,
+            OnFailure::Stop => Reacted::Stop(Error::ProjectionStopped {
+                projection: M::NAME.to_owned(),
+                position,
+                error,
+            }),
+        }
+    }
+
+    /// Reacts again to each dead letter; one that now succeeds leaves the table.
+    async fn replay(&self) -> Result<usize> {
+        let letters = self.store.dead_letters(M::NAME).await?;
+        let mut left = 0;
+        for letter in letters {
+            let Some(Ok(event)) = event_at(&self.store, letter.position).await? else {
+                left += 1;
+                continue;
+            };
+            match self.manager.react(&Reaction::new(M::NAME, &event)).await {
+                Ok(()) => {
+                    self.store
+                        .remove_dead_letter(M::NAME, letter.position)
+                        .await?;
+                }
+                Err(error) => {
+                    left += 1;
+                    let again = crate::checkpoint::DeadLetter {
+                        attempts: letter.attempts.saturating_add(1),
+                        error: error.to_string(),
+                        failed_at: crate::event::now(),
+                        ..letter
+                    };
+                    self.store.add_dead_letter(&again).await?;
+                }
+            }
+        }
+        Ok(left)
+    }
+}
+
+impl<S, M> Runner for ProcessRunner<S, M>
+where
+    S: EventStore + CheckpointStore + 'static,
+    M: ProcessManager,
+{
+    type Store = S;
+    type Checkpoints = S;
+
+    fn store(&self) -> &S {
+        &self.store
+    }
+    fn checkpoints(&self) -> &S {
+        &self.store
+    }
+    fn progress(&self) -> &Progress {
+        &self.progress
+    }
+    fn options(&self) -> &ProjectionOptions {
+        &self.options
+    }
+    fn name(&self) -> &'static str {
+        M::NAME
+    }
+
+    /// Reacts to a page's events in order, moving the checkpoint after each: a crash redelivers
+    /// at most the event whose reaction it interrupted.
+    async fn step(&mut self, checkpoint: Option<Position>) -> std::result::Result<Step, StepError> {
+        let page = read_page(
+            &self.store,
+            checkpoint,
+            &self.event_types,
+            self.options.batch_size,
+        )
+        .await
+        .map_err(StepError::Read)?;
+        if page.is_empty() {
+            return Ok(Step::Empty);
+        }
+        let full = page.len() >= self.options.batch_size;
+        let mut reached = checkpoint;
+        for item in page {
+            let position = item_position(&item);
+            if let Reacted::Stop(error) = self.react(item).await {
+                return Err(StepError::Stop(reached, error));
+            }
+            self.store
+                .save_checkpoint(M::NAME, reached, position)
+                .await
+                .map_err(|error| StepError::Stop(reached, error))?;
+            reached = Some(position);
+            self.progress.set(self.progress.get().state, reached);
+        }
+        Ok(Step::Moved { to: reached, full })
+    }
+
+    async fn command(
+        &mut self,
+        command: Command,
+        checkpoint: Option<Position>,
+    ) -> Option<Position> {
+        match command {
+            Command::Rebuild(reply) => {
+                let _ = reply.send(Err(Error::ProjectionStopped {
+                    projection: M::NAME.to_owned(),
+                    position: checkpoint.unwrap_or(Position::START),
+                    error: "a process manager is not rebuilt (its effects are commands, not a \
+                            read model); it goes on from its checkpoint"
+                        .into(),
+                }));
+            }
+            Command::Replay(reply) => {
+                let _ = reply.send(self.replay().await);
+            }
+        }
+        checkpoint
+    }
+}
