@@ -249,6 +249,16 @@ pub enum Error {
         /// except from [`EventRegistry::check`](crate::EventRegistry::check)).
         other_clashes: Vec<(String, Vec<&'static str>)>,
     },
+
+    /// The database has no event store schema, or an older one, and the caller asked not to
+    /// create or upgrade it ([`AnyStore::open_existing`](crate::AnyStore::open_existing)): run
+    /// the migrations (`eventsource migrate`, or connect with
+    /// [`AnyStore::connect`](crate::AnyStore::connect)).
+    #[error("no usable event store schema: {reason}")]
+    SchemaMissing {
+        /// What is missing.
+        reason: String,
+    },
 }
 
 /// A checkpoint for messages: a position, or "none".
