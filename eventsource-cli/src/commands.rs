@@ -18,6 +18,15 @@ use std::time::Duration;
 
 type Result<T, E = CliError> = std::result::Result<T, E>;
 
+/// `n thing` or `n things`.
+fn plural(n: u64, thing: &str) -> String {
+    if n == 1 {
+        format!("1 {thing}")
+    } else {
+        format!("{n} {thing}s")
+    }
+}
+
 /// Runs the parsed command.
 pub(crate) async fn run(
     arguments: Arguments,
@@ -336,9 +345,9 @@ async fn stats(store: &AnyStore, args: StatsArgs, out: &mut Output) -> Result<()
         return Ok(());
     }
     out.line(format!(
-        "{} events in {} streams; store size {}",
-        stats.events,
-        stats.streams,
+        "{} in {}; store size {}",
+        plural(stats.events, "event"),
+        plural(stats.streams, "stream"),
         stats
             .size_bytes
             .map_or_else(|| "-".to_owned(), |size| HumanBytes(size).to_string())
@@ -593,8 +602,9 @@ async fn rebuild(
         }))?;
     } else {
         out.line(format!(
-            "rebuilt `{name}`: checkpoint {}, {dead_letters} dead letters",
-            or_dash(checkpoint)
+            "rebuilt `{name}`: checkpoint {}, {}",
+            or_dash(checkpoint),
+            plural(dead_letters as u64, "dead letter")
         ))?;
     }
     Ok(())

@@ -37,7 +37,7 @@ impl Output {
     pub(crate) fn table(&mut self, header: &[&str], rows: Vec<Vec<String>>) -> std::io::Result<()> {
         let mut table = Table::new();
         table
-            .load_preset(presets::UTF8_HORIZONTAL_ONLY)
+            .load_preset(presets::UTF8_BORDERS_ONLY)
             .set_content_arrangement(ContentArrangement::Dynamic)
             .set_header(header.to_vec());
         for row in rows {

@@ -8,6 +8,7 @@
 mod common;
 
 use common::{Backend, TestDb, json_lines};
+use eventsource::AnyStore;
 use eventsource::prelude::*;
 use eventsource::subscription::ProjectionOptions;
 use serde::{Deserialize, Serialize};
@@ -46,10 +47,68 @@ impl Revenue {
     }
 }
 
+/// A read model in the SQLite event store's database: one row per order.
+struct OrderTable;
+
+#[projection(name = "order_table", reset = clear)]
+impl OrderTable {
+    #[handles]
+    async fn placed(
+        &mut self,
+        event: &OrderPlaced,
+        ctx: &EventContext<'_>,
+        tx: &mut SqliteTx,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO order_totals (order_id, total) VALUES (?, ?)")
+            .bind(ctx.aggregate_id())
+            .bind(event.total)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn clear(&mut self, tx: &mut SqliteTx) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM order_totals")
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+/// [`OrderTable`] for PostgreSQL.
+struct OrderTablePg;
+
+#[projection(name = "order_table_pg", reset = clear)]
+impl OrderTablePg {
+    #[handles]
+    async fn placed(
+        &mut self,
+        event: &OrderPlaced,
+        ctx: &EventContext<'_>,
+        tx: &mut PgTx,
+    ) -> Result<(), sqlx::Error> {
+        sqlx::query("INSERT INTO order_totals (order_id, total) VALUES ($1, $2)")
+            .bind(ctx.aggregate_id())
+            .bind(event.total)
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+
+    async fn clear(&mut self, tx: &mut PgTx) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM order_totals")
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
 /// The application's command line, as the README shows it.
 async fn application_cli(args: Vec<String>) -> ExitCode {
     eventsource_cli::Cli::new()
         .projection(Revenue::default())
+        .sql_projection(OrderTable)
+        .sql_projection(OrderTablePg)
         .options(ProjectionOptions::default().max_attempts(1))
         .run_from(args)
         .await
@@ -83,8 +142,9 @@ async fn rebuild_replay_and_decode(backend: Backend) {
         return;
     };
     let status = ok(app(&db, &["projections", "status", "--json"], &[]));
-    assert_eq!(status.len(), 1);
-    assert_eq!(status[0]["name"], "revenue");
+    let names: Vec<&str> = status.iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(names, ["order_table", "order_table_pg", "revenue"]);
+    let status = &status[2..];
     assert_eq!(status[0]["in_this_binary"], true);
     assert_eq!(status[0]["checkpoint"], serde_json::Value::Null);
     // The projection's lag counts only the events it reads: the two orders placed.
@@ -133,8 +193,8 @@ async fn rebuild_replay_and_decode(backend: Backend) {
     );
 
     let status = ok(app(&db, &["projections", "status", "--json"], &[]));
-    assert_eq!(status[0]["lag"], 0);
-    assert_eq!(status[0]["dead_letters"], 0);
+    assert_eq!(status[2]["lag"], 0);
+    assert_eq!(status[2]["dead_letters"], 0);
 
     // The application knows its event types: events are decoded through its registry.
     let events = ok(app(&db, &["events", "Order/o-1", "--json"], &[]));
@@ -146,7 +206,56 @@ async fn rebuild_replay_and_decode(backend: Backend) {
     let stderr = String::from_utf8_lossy(&unknown.stderr);
     assert_eq!(
         stderr.trim_end(),
-        "error: no projection named `nope` (known: revenue)"
+        "error: no projection named `nope` (known: revenue, order_table, order_table_pg)"
+    );
+}
+
+/// A database read model rebuilt in its table; the other database's is refused.
+async fn sql_projection_rebuild(backend: Backend) {
+    let Some(db) = TestDb::seeded(backend).await else {
+        return;
+    };
+    let store = db.store().await;
+    let (mine, other) = match backend {
+        Backend::Sqlite => ("order_table", "order_table_pg"),
+        Backend::Postgres => ("order_table_pg", "order_table"),
+    };
+    let create = "CREATE TABLE order_totals (order_id TEXT PRIMARY KEY, total BIGINT NOT NULL)";
+    let totals = "SELECT COUNT(*), SUM(total)";
+    match &store {
+        AnyStore::Sqlite(s) => {
+            sqlx::query(create).execute(s.writer_pool()).await.unwrap();
+        }
+        AnyStore::Postgres(s) => {
+            sqlx::query(create).execute(s.pool()).await.unwrap();
+        }
+        _ => unreachable!(),
+    }
+    common::close(store).await;
+
+    let rebuilt = ok(app(&db, &["projections", "rebuild", mine, "--json"], &[]));
+    assert_eq!(rebuilt[0]["dead_letters"], 0);
+    let store = db.store().await;
+    let (rows, sum): (i64, i64) = match &store {
+        AnyStore::Sqlite(s) => sqlx::query_as(&format!("{totals} FROM order_totals"))
+            .fetch_one(s.pool())
+            .await
+            .unwrap(),
+        // PostgreSQL sums BIGINTs as NUMERIC.
+        AnyStore::Postgres(s) => sqlx::query_as(&format!("{totals}::BIGINT FROM order_totals"))
+            .fetch_one(s.pool())
+            .await
+            .unwrap(),
+        _ => unreachable!(),
+    };
+    common::close(store).await;
+    assert_eq!((rows, sum), (2, 30));
+
+    let refused = app(&db, &["projections", "rebuild", other], &[]);
+    assert_eq!(refused.status.code(), Some(2), "{refused:?}");
+    assert!(
+        String::from_utf8_lossy(&refused.stderr).contains("but --db names a"),
+        "{refused:?}"
     );
 }
 
@@ -159,20 +268,30 @@ fn main() -> ExitCode {
             .collect();
         return runtime.block_on(application_cli(cli_args));
     }
-    let mut failed = 0;
-    let mut passed = 0;
-    for (name, backend) in [("sqlite", Backend::Sqlite), ("postgres", Backend::Postgres)] {
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            runtime.block_on(rebuild_replay_and_decode(backend))
-        }));
-        let verdict = if result.is_ok() {
-            passed += 1;
-            "ok"
-        } else {
-            failed += 1;
-            "FAILED"
-        };
-        println!("test {name}::rebuild_replay_and_decode ... {verdict}");
+    type Scenario = fn(Backend) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()>>>;
+    let scenarios: [(&str, Scenario); 2] = [
+        ("rebuild_replay_and_decode", |b| {
+            Box::pin(rebuild_replay_and_decode(b))
+        }),
+        ("sql_projection_rebuild", |b| {
+            Box::pin(sql_projection_rebuild(b))
+        }),
+    ];
+    let (mut passed, mut failed) = (0, 0);
+    for (scenario, run) in scenarios {
+        for (name, backend) in [("sqlite", Backend::Sqlite), ("postgres", Backend::Postgres)] {
+            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                runtime.block_on(run(backend))
+            }));
+            let verdict = if result.is_ok() {
+                passed += 1;
+                "ok"
+            } else {
+                failed += 1;
+                "FAILED"
+            };
+            println!("test {name}::{scenario} ... {verdict}");
+        }
     }
     println!("{passed} passed, {failed} failed");
     if failed == 0 {
