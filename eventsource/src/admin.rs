@@ -3,7 +3,7 @@
 //! whether the schema is there at all. What the `eventsource` command line reads; every query it
 //! needs lives here, behind these methods, so that no other crate holds a copy of the schema.
 //!
-//! Implemented by every built-in store and by [`AnyStore`](crate::AnyStore).
+//! Implemented by every built-in store and by [`AnyStore`].
 //!
 //! ```
 //! use eventsource::admin::{Inspect, StreamListing};
