@@ -468,3 +468,33 @@ fn a_bare_path_is_an_sqlite_file_and_database_url_is_read() {
     assert!(path.exists());
     cli(bare).arg("stats").assert().success();
 }
+
+#[cfg(unix)]
+#[tokio::test(flavor = "multi_thread")]
+async fn tail_stops_on_ctrl_c() {
+    let Some(db) = TestDb::seeded(Backend::Sqlite).await else {
+        return;
+    };
+    let child = std::process::Command::new(assert_cmd::cargo::cargo_bin("eventsource"))
+        .env_remove("DATABASE_URL")
+        .args(["--db", &db.url, "tail", "--from", "0", "--json"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .expect("start tail");
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let interrupted = std::process::Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .expect("kill -INT");
+    assert!(interrupted.success());
+    let output = tokio::time::timeout(
+        Duration::from_secs(30),
+        tokio::task::spawn_blocking(move || child.wait_with_output()),
+    )
+    .await
+    .expect("tail stops on Ctrl-C")
+    .unwrap()
+    .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{output:?}");
+    assert_eq!(json_lines(&output.stdout).len(), 4, "the log, then waiting");
+}

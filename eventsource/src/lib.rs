@@ -56,8 +56,8 @@
 extern crate self as eventsource;
 
 // Layers, bottom up: `stream` and `error`; the model (`event`, `aggregate`, `registry`); the
-// stores and snapshots; the repository. `admin` inspects stores for operators.
-pub mod admin;
+// stores and snapshots; the repository.
+pub mod admin; // store inspection for operators and tools (the `eventsource` command line)
 pub mod aggregate;
 pub mod checkpoint;
 pub mod error;
