@@ -209,6 +209,11 @@ async fn open_existing_creates_no_sqlite_file_and_no_schema() {
     std::fs::write(&path, b"").unwrap();
     let empty = AnyStore::open_existing(&url).await.unwrap_err();
     assert!(matches!(empty, Error::SchemaMissing { .. }), "{empty}");
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().len(),
+        0,
+        "the file was written to"
+    );
 
     let store = SqliteEventStore::open(&path).await.unwrap();
     assert_eq!(store.schema_state().await.unwrap(), SchemaState::Current);

@@ -112,9 +112,15 @@ impl SqliteEventStore {
         let in_memory = options.get_filename() == Path::new(":memory:");
         let options = options
             .create_if_missing(create)
-            .journal_mode(SqliteJournalMode::Wal)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
+        // A database opened as it is keeps its journal mode: switching it would write to a file
+        // that may not be an event store at all (ours are in WAL mode since their creation).
+        let options = if create {
+            options.journal_mode(SqliteJournalMode::Wal)
+        } else {
+            options
+        };
         // One writer connection: appends queue in the pool instead of failing with SQLITE_BUSY.
         // An in-memory database lives in its connection, so it gets only that one connection.
         let writer = SqlitePoolOptions::new()
