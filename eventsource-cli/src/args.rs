@@ -5,7 +5,13 @@ use clap::{Args, Parser, Subcommand};
 /// Operate an eventsource event store: migrate it, list its streams, read and follow its
 /// events, count them, and look after its projections.
 #[derive(Debug, Parser)]
-#[command(version, about, long_about = None, propagate_version = true)]
+#[command(
+    version,
+    long_about = None,
+    propagate_version = true,
+    after_help = "Exit codes: 0 success; 1 database or runtime error; 2 usage error; \
+                  3 not found (stream, projection); 4 no schema or an older one (run `migrate`)."
+)]
 pub(crate) struct Arguments {
     /// The event store: an SQLite file (`./app.db`, `sqlite://app.db`) or a PostgreSQL URL
     /// (`postgres://user@host/db`).
