@@ -281,6 +281,16 @@ pub enum Error {
         /// Why it cannot be read.
         reason: String,
     },
+
+    /// The database has no event store schema, or an older one, and the caller asked not to
+    /// create or upgrade it ([`AnyStore::open_existing`](crate::AnyStore::open_existing)): run
+    /// the migrations (`eventsource migrate`, or connect with
+    /// [`AnyStore::connect`](crate::AnyStore::connect)).
+    #[error("no usable event store schema: {reason}")]
+    SchemaMissing {
+        /// What is missing.
+        reason: String,
+    },
 }
 
 /// A checkpoint for messages: a position, or "none".

@@ -57,6 +57,7 @@ extern crate self as eventsource;
 
 // Layers, bottom up: `stream` and `error`; the model (`event`, `aggregate`, `registry`); the
 // stores and snapshots; the repository.
+pub mod admin; // store inspection for operators and tools (the `eventsource` command line)
 pub mod aggregate;
 pub mod bus;
 pub mod checkpoint;

@@ -128,6 +128,21 @@ pub struct PgSchema {
     name: String,
 }
 
+impl PgSchema {
+    /// The schema's name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// A URL of the test database whose connections use this schema (for tools that take a
+    /// URL, such as the command line).
+    pub fn url(&self) -> String {
+        let url = database_url();
+        let joiner = if url.contains('?') { '&' } else { '?' };
+        format!("{url}{joiner}options=-c%20search_path%3D{}", self.name)
+    }
+}
+
 impl Drop for PgSchema {
     fn drop(&mut self) {
         let options = self.options.clone();

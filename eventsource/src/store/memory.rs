@@ -65,6 +65,27 @@ impl InMemoryEventStore {
         self.log.read().unwrap_or_else(PoisonError::into_inner)
     }
 
+    /// The projections with a checkpoint (and where), and the projection of each dead letter:
+    /// what [`Inspect::projections`](crate::admin::Inspect::projections) lists.
+    pub(crate) fn projection_names(&self) -> (Vec<(String, Position)>, Vec<String>) {
+        let projections = self
+            .projections
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        (
+            projections
+                .checkpoints
+                .iter()
+                .map(|(name, position)| (name.clone(), *position))
+                .collect(),
+            projections
+                .dead_letters
+                .values()
+                .map(|letter| letter.projection.clone())
+                .collect(),
+        )
+    }
+
     fn write(&self) -> std::sync::RwLockWriteGuard<'_, Log> {
         self.log.write().unwrap_or_else(PoisonError::into_inner)
     }

@@ -94,7 +94,7 @@ impl SqliteEventStore {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         let mut delay = Duration::from_millis(5);
         loop {
-            match Self::open_once(options.clone()).await {
+            match Self::open_once(options.clone(), true).await {
                 Err(error) if is_open_race(&error) && tokio::time::Instant::now() < deadline => {
                     tracing::debug!(%error, "another connection is creating the database; retrying");
                     tokio::time::sleep(delay).await;
@@ -105,14 +105,26 @@ impl SqliteEventStore {
         }
     }
 
-    async fn open_once(options: SqliteConnectOptions) -> Result<Self> {
+    /// Opens an existing database as it is: neither the file nor the schema is created (see
+    /// [`Inspect::schema_state`](crate::admin::Inspect::schema_state) to check for it).
+    pub async fn open_existing(options: SqliteConnectOptions) -> Result<Self> {
+        Self::open_once(options.create_if_missing(false), false).await
+    }
+
+    async fn open_once(options: SqliteConnectOptions, create: bool) -> Result<Self> {
         let in_memory = options.get_filename() == Path::new(":memory:");
         let file = (!in_memory).then(|| Arc::new(options.get_filename().to_path_buf()));
         let options = options
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
+            .create_if_missing(create)
             .synchronous(SqliteSynchronous::Full)
             .busy_timeout(Duration::from_secs(10));
+        // A database opened as it is keeps its journal mode: switching it would write to a file
+        // that may not be an event store at all (ours are in WAL mode since their creation).
+        let options = if create {
+            options.journal_mode(SqliteJournalMode::Wal)
+        } else {
+            options
+        };
         // One writer connection: appends queue in the pool instead of failing with SQLITE_BUSY.
         // An in-memory database lives in its connection, so it gets only that one connection.
         let writer = SqlitePoolOptions::new()
@@ -124,10 +136,14 @@ impl SqliteEventStore {
             .connect_with(options.clone())
             .await
             .map_err(Error::database("connect"))?;
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&writer)
-            .await
-            .map_err(|error| Error::Migration(crate::error::DatabaseError::from_migrate(error)))?;
+        if create {
+            sqlx::migrate!("./migrations/sqlite")
+                .run(&writer)
+                .await
+                .map_err(|error| {
+                    Error::Migration(crate::error::DatabaseError::from_migrate(error))
+                })?;
+        }
         let reader = if in_memory {
             writer.clone()
         } else {

@@ -1,0 +1,99 @@
+//! Output: tables sized to the terminal, JSON Lines, times and payloads.
+
+use chrono::{DateTime, Utc};
+use comfy_table::{ContentArrangement, Table, presets};
+use eventsource::{EventRegistry, RecordedEvent};
+use serde_json::{Value, json};
+use std::io::Write;
+
+/// Where a command writes: stdout, as tables or as JSON Lines.
+pub(crate) struct Output {
+    pub(crate) json: bool,
+    out: std::io::StdoutLock<'static>,
+}
+
+impl Output {
+    pub(crate) fn new(json: bool) -> Self {
+        Output {
+            json,
+            out: std::io::stdout().lock(),
+        }
+    }
+
+    /// One JSON value on a line of its own.
+    pub(crate) fn json_line(&mut self, value: &Value) -> std::io::Result<()> {
+        serde_json::to_writer(&mut self.out, value)?;
+        self.out.write_all(b"\n")?;
+        self.out.flush()
+    }
+
+    /// A line of text.
+    pub(crate) fn line(&mut self, text: impl std::fmt::Display) -> std::io::Result<()> {
+        writeln!(self.out, "{text}")?;
+        self.out.flush()
+    }
+
+    /// A table with `header`, as wide as the terminal allows.
+    pub(crate) fn table(&mut self, header: &[&str], rows: Vec<Vec<String>>) -> std::io::Result<()> {
+        let mut table = Table::new();
+        table
+            .load_preset(presets::UTF8_BORDERS_ONLY)
+            .set_content_arrangement(ContentArrangement::Dynamic)
+            .set_header(header.to_vec());
+        for row in rows {
+            table.add_row(row);
+        }
+        self.line(table)
+    }
+}
+
+/// A time as the tables show it.
+pub(crate) fn time(at: DateTime<Utc>) -> String {
+    at.format("%Y-%m-%d %H:%M:%S%.3f UTC").to_string()
+}
+
+/// The event's payload as JSON: decoded and upcast to the current schema by the registry when
+/// this binary knows the type, else as stored. The second value says why it was not decoded,
+/// for a type the binary knows whose payload does not decode.
+pub(crate) fn payload(event: &RecordedEvent) -> (Value, bool, Option<String>) {
+    match EventRegistry::global().decode_json(event) {
+        Ok(value) => (value, true, None),
+        Err(error) => {
+            let stored = serde_json::from_str(&event.payload)
+                .unwrap_or_else(|_| Value::String(event.payload.clone()));
+            let why = match error {
+                eventsource::Error::UnknownEventType { .. } => None,
+                other => Some(other.to_string()),
+            };
+            (stored, false, why)
+        }
+    }
+}
+
+/// An event as a JSON object (the same shape for `events` and `tail`).
+pub(crate) fn event_json(event: &RecordedEvent) -> Value {
+    let (payload, decoded, decode_error) = payload(event);
+    let mut value = json!({
+        "position": event.position.get(),
+        "stream": event.stream.to_string(),
+        "aggregate_type": event.stream.aggregate_type(),
+        "aggregate_id": event.stream.aggregate_id(),
+        "version": event.version,
+        "event_id": event.event_id,
+        "event_type": event.event_type,
+        "schema_version": event.schema_version,
+        "occurred_at": event.occurred_at,
+        "metadata": event.metadata,
+        "payload": payload,
+        "decoded": decoded,
+    });
+    if let (Some(why), Some(object)) = (decode_error, value.as_object_mut()) {
+        object.insert("decode_error".into(), Value::String(why));
+    }
+    value
+}
+
+/// A projection's or a stream's position for a table: `-` for none.
+pub(crate) fn or_dash<T: std::fmt::Display>(value: Option<T>) -> String {
+    value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
