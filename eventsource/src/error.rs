@@ -293,6 +293,29 @@ pub enum Error {
     },
 }
 
+/// Whether an error (from a driver, or a handler's error that wraps one) is a lost connection
+/// or a pool timeout.
+pub(crate) fn transient_cause(error: &(dyn std::error::Error + 'static)) -> bool {
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    if let Some(error) = error.downcast_ref::<sqlx::Error>() {
+        return match error {
+            sqlx::Error::Io(_) | sqlx::Error::PoolTimedOut | sqlx::Error::WorkerCrashed => true,
+            sqlx::Error::Database(db) => db.code().is_some_and(|code| {
+                code.starts_with("08")
+                    || matches!(
+                        &*code,
+                        "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300"
+                    )
+            }),
+            _ => false,
+        };
+    }
+    if let Some(error) = error.downcast_ref::<Error>() {
+        return error.is_transient();
+    }
+    error.downcast_ref::<std::io::Error>().is_some()
+}
+
 /// A checkpoint for messages: a position, or "none".
 fn fmt_position(position: Option<Position>) -> String {
     position.map_or_else(|| "none".to_owned(), |p| p.to_string())
@@ -386,6 +409,18 @@ impl Error {
     pub fn is_concurrency(&self) -> bool {
         matches!(self, Error::Concurrency { .. })
     }
+
+    /// Whether this is a transient failure of the database: the connection was lost or reset
+    /// (a server restart, a failover, `pg_terminate_backend`), the pool timed out, or the
+    /// server asked for the transaction to be tried again (serialization failure, deadlock).
+    /// Stores retry such errors themselves where that is safe (see the README, "Resilience");
+    /// one that reaches the caller means the retries ran out.
+    pub fn is_transient(&self) -> bool {
+        match self {
+            Error::Database { source, .. } => source.is_transient(),
+            _ => false,
+        }
+    }
 }
 
 /// Where in the log a damaged row is, for [`Error::Corrupt`]'s message.
@@ -444,6 +479,21 @@ impl DatabaseError {
     /// extended result code on SQLite (`2067`).
     pub fn code(&self) -> Option<&str> {
         self.code.as_deref()
+    }
+
+    /// Whether the failure is transient (see [`Error::is_transient`]): a SQLSTATE of class 08
+    /// (connection exception), 40001 (serialization failure), 40P01 (deadlock), 57P01-57P03
+    /// (the server shutting down or starting), 53300 (too many connections); or a lost
+    /// connection or pool timeout reported by the driver.
+    pub fn is_transient(&self) -> bool {
+        if let Some(code) = self.code() {
+            return code.starts_with("08")
+                || matches!(
+                    code,
+                    "40001" | "40P01" | "57P01" | "57P02" | "57P03" | "53300"
+                );
+        }
+        transient_cause(&*self.inner)
     }
 
     #[cfg(any(feature = "sqlite", feature = "postgres"))]

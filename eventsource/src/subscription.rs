@@ -998,6 +998,33 @@ pub(crate) async fn drive<R: Runner>(
                 sleep_or_stop(&mut shutdown, runner.options().max_backoff).await;
                 continue;
             }
+            Err(StepError::Stop(_, error)) if error.is_transient() => {
+                // The database went away mid-batch (a lost connection, a failover): nothing of
+                // the batch is known to be stored, or all of it is. Wait, then resume from the
+                // checkpoint as stored.
+                tracing::warn!(projection = name, %error, "transient database error; resuming from the stored checkpoint");
+                loop {
+                    sleep_or_stop(
+                        &mut shutdown,
+                        runner.options().backoff.max(Duration::from_millis(50)),
+                    )
+                    .await;
+                    if *shutdown.borrow() {
+                        break;
+                    }
+                    match runner.checkpoints().checkpoint(name).await {
+                        Ok(stored) => {
+                            checkpoint = stored;
+                            break;
+                        }
+                        Err(error) => {
+                            tracing::warn!(projection = name, %error, "cannot read the checkpoint; retrying");
+                        }
+                    }
+                }
+                catching_up = true;
+                continue;
+            }
             Err(StepError::Stop(next, error)) => {
                 tracing::error!(projection = name, %error, "projection stopped");
                 runner
@@ -1383,6 +1410,9 @@ where
         for event in page.iter().flatten() {
             let context = EventContext::of(event);
             if let Err(error) = self.model.handle(event.view(), &context, &mut tx).await {
+                if crate::error::transient_cause(&*error) {
+                    return Err(BatchFailure::Checkpoint(lost_connection(error)));
+                }
                 tracing::debug!(projection = self.name, position = %event.position, %error, "handler failed in a batch; applying the batch one event at a time");
                 return Err(BatchFailure::Handler(error.to_string()));
             }
@@ -1471,6 +1501,9 @@ where
         let mut tx = self.store.begin().await.map_err(database)?;
         let context = EventContext::of(event);
         if let Err(error) = self.model.handle(event.view(), &context, &mut tx).await {
+            if crate::error::transient_cause(&*error) {
+                return Err(BatchFailure::Checkpoint(lost_connection(error)));
+            }
             return Err(BatchFailure::Handler(error.to_string()));
         }
         S::save_checkpoint_in(&mut tx, self.name, checkpoint, event.position)
@@ -1578,6 +1611,16 @@ where
 }
 
 /// Why a batch transaction did not commit.
+/// A handler's failure that is the database's, not the event's (the connection was lost): the
+/// batch is tried again from the stored checkpoint instead of dead-lettering the event.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn lost_connection(error: HandlerError) -> Error {
+    Error::Database {
+        operation: "projection handler",
+        source: crate::error::DatabaseError::new(error),
+    }
+}
+
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 enum BatchFailure {
     /// A handler failed (its error, as text): retry the events one by one.

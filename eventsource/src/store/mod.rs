@@ -597,6 +597,35 @@ pub(crate) fn retried_append<'a>(
     })
 }
 
+/// How often a store tries an operation that failed with a transient error
+/// ([`Error::is_transient`]), and the first wait between attempts (it doubles, up to a second).
+pub(crate) const TRANSIENT_ATTEMPTS: u32 = 10;
+const TRANSIENT_FIRST_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Runs `attempt` again while it fails with a transient error, with backoff, up to
+/// [`TRANSIENT_ATTEMPTS`] times. Only for operations that are safe to repeat: reads, and
+/// appends (idempotent by their event ids: see [`retried_append`]).
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) async fn retrying<T, F, Fut>(operation: &'static str, mut attempt: F) -> Result<T>
+where
+    F: FnMut(u32) -> Fut,
+    Fut: Future<Output = Result<T>>,
+{
+    let mut delay = TRANSIENT_FIRST_DELAY;
+    let mut n = 1;
+    loop {
+        match attempt(n).await {
+            Err(error) if error.is_transient() && n < TRANSIENT_ATTEMPTS => {
+                tracing::warn!(operation, attempt = n, %error, "transient database error; trying again");
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(std::time::Duration::from_secs(1));
+                n += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
 /// The in-process signal of new appends behind [`EventStore::watch_appends`]: a counter bumped
 /// after each committed append.
 #[derive(Debug)]

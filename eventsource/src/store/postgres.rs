@@ -24,7 +24,7 @@
 use super::{
     AppendResult, EventRow, EventStore, ExpectedVersion, FoldEnd, FoldItem, LeanRow, LogHead,
     PageRow, Position, ReadAll, RowReader, StreamCache, StreamId, StreamQuery, check_sequence,
-    extra_json, feed_row, paged, retried_append, row_view, snapshot_row, validate_append,
+    extra_json, feed_row, paged, retried_append, retrying, row_view, snapshot_row, validate_append,
 };
 use crate::checkpoint::{CheckpointStore, DeadLetter, TransactionalStore, conflict};
 use crate::error::{Error, Result};
@@ -306,9 +306,97 @@ impl PostgresEventStore {
         notifier.send_modify(|count| *count = count.wrapping_add(1));
     }
 
+    /// One attempt at an append (retried by `append` after a transient failure: an attempt
+    /// whose commit went through but whose answer was lost finds its own events stored and
+    /// reports the same result).
+    async fn append_attempt(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendResult> {
+        if events.is_empty() {
+            let (current, last): (i64, Option<i64>) = sqlx::query_as(
+                "SELECT COALESCE(MAX(version), 0)::BIGINT, MAX(position) FROM events \
+                 WHERE aggregate_type = $1 AND aggregate_id = $2",
+            )
+            .bind(stream.aggregate_type())
+            .bind(stream.aggregate_id())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::database("append"))?;
+            let current = current.max(0) as u64;
+            if !expected.is_satisfied_by(current) {
+                return Err(expected.conflict(stream, current));
+            }
+            return Ok(AppendResult {
+                stream_version: current,
+                last_position: Position::new(last.unwrap_or(0).max(0) as u64),
+            });
+        }
+        let retry = matches!(
+            expected,
+            ExpectedVersion::Any | ExpectedVersion::StreamExists
+        );
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let outcome = if attempt > OPTIMISTIC_ATTEMPTS {
+                self.append_locked(stream, expected, events).await
+            } else {
+                Self::append_once(&self.pool, stream, expected, events).await
+            };
+            let err = match outcome {
+                Ok(result) => {
+                    self.signal_append();
+                    return Ok(result);
+                }
+                Err(AppendFailure::Rejected { current }) => {
+                    // An append retried after its outcome was lost finds its own events stored.
+                    if let Some(done) = self.stored_already(stream, expected, events).await? {
+                        return Ok(done);
+                    }
+                    return Err(expected.conflict(stream, current));
+                }
+                Err(AppendFailure::Database(err)) => err,
+            };
+            let constraint = err
+                .as_database_error()
+                .filter(|db| db.code().as_deref() == Some("23505"))
+                .and_then(|db| db.constraint().map(str::to_owned));
+            match constraint.as_deref() {
+                Some("events_stream_version") => {
+                    // Another writer took the versions between our check and our insert.
+                    if !retry {
+                        if let Some(done) = self.stored_already(stream, expected, events).await? {
+                            return Ok(done);
+                        }
+                        let current = self.stream_version(stream).await?;
+                        return Err(expected.conflict(stream, current));
+                    }
+                }
+                Some("events_event_id") => {
+                    if let Some(done) = self.stored_already(stream, expected, events).await? {
+                        return Ok(done);
+                    }
+                    let event_id = self.taken_event_id(events).await?;
+                    return Err(match event_id {
+                        Some(event_id) => Error::DuplicateEvent {
+                            stream: stream.clone(),
+                            event_id,
+                        },
+                        None => Error::database("append")(err),
+                    });
+                }
+                _ => return Err(Error::database("append")(err)),
+            }
+        }
+    }
+
     /// One page of a global read: the next events of finished transactions only (the fence).
     async fn read_page(&self, query: ReadAll) -> Result<Vec<PageRow>> {
-        let rows = self.fetch_page(&query).await?;
+        let query = &query;
+        let rows = retrying("read_all", move |_| self.fetch_page(query)).await?;
         rows.iter().map(|row| decode_row(row, None)).collect()
     }
 
@@ -442,15 +530,19 @@ impl SnapshotStore for PostgresEventStore {
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
-        let row: Option<(i64, i32, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
-            "SELECT version, state_version, state::TEXT, taken_at FROM snapshots \
-             WHERE aggregate_type = $1 AND aggregate_id = $2",
-        )
-        .bind(stream.aggregate_type())
-        .bind(stream.aggregate_id())
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(Error::database("load snapshot"))?;
+        let row: Option<(i64, i32, String, chrono::DateTime<chrono::Utc>)> =
+            retrying("load snapshot", move |_| async move {
+                sqlx::query_as(
+                    "SELECT version, state_version, state::TEXT, taken_at FROM snapshots \
+                     WHERE aggregate_type = $1 AND aggregate_id = $2",
+                )
+                .bind(stream.aggregate_type())
+                .bind(stream.aggregate_id())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(Error::database("load snapshot"))
+            })
+            .await?;
         row.map(|(version, state_version, state, taken_at)| {
             snapshot_row(stream, version, state_version.into(), state, Some(taken_at))
         })
@@ -477,82 +569,8 @@ impl EventStore for PostgresEventStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
         validate_append(stream, &events)?;
-        if events.is_empty() {
-            let (current, last): (i64, Option<i64>) = sqlx::query_as(
-                "SELECT COALESCE(MAX(version), 0)::BIGINT, MAX(position) FROM events \
-                 WHERE aggregate_type = $1 AND aggregate_id = $2",
-            )
-            .bind(stream.aggregate_type())
-            .bind(stream.aggregate_id())
-            .fetch_one(&self.pool)
-            .await
-            .map_err(Error::database("append"))?;
-            let current = current.max(0) as u64;
-            if !expected.is_satisfied_by(current) {
-                return Err(expected.conflict(stream, current));
-            }
-            return Ok(AppendResult {
-                stream_version: current,
-                last_position: Position::new(last.unwrap_or(0).max(0) as u64),
-            });
-        }
-        let retry = matches!(
-            expected,
-            ExpectedVersion::Any | ExpectedVersion::StreamExists
-        );
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let outcome = if attempt > OPTIMISTIC_ATTEMPTS {
-                self.append_locked(stream, expected, &events).await
-            } else {
-                Self::append_once(&self.pool, stream, expected, &events).await
-            };
-            let err = match outcome {
-                Ok(result) => {
-                    self.signal_append();
-                    return Ok(result);
-                }
-                Err(AppendFailure::Rejected { current }) => {
-                    // An append retried after its outcome was lost finds its own events stored.
-                    if let Some(done) = self.stored_already(stream, expected, &events).await? {
-                        return Ok(done);
-                    }
-                    return Err(expected.conflict(stream, current));
-                }
-                Err(AppendFailure::Database(err)) => err,
-            };
-            let constraint = err
-                .as_database_error()
-                .filter(|db| db.code().as_deref() == Some("23505"))
-                .and_then(|db| db.constraint().map(str::to_owned));
-            match constraint.as_deref() {
-                Some("events_stream_version") => {
-                    // Another writer took the versions between our check and our insert.
-                    if !retry {
-                        if let Some(done) = self.stored_already(stream, expected, &events).await? {
-                            return Ok(done);
-                        }
-                        let current = self.stream_version(stream).await?;
-                        return Err(expected.conflict(stream, current));
-                    }
-                }
-                Some("events_event_id") => {
-                    if let Some(done) = self.stored_already(stream, expected, &events).await? {
-                        return Ok(done);
-                    }
-                    let event_id = self.taken_event_id(&events).await?;
-                    return Err(match event_id {
-                        Some(event_id) => Error::DuplicateEvent {
-                            stream: stream.clone(),
-                            event_id,
-                        },
-                        None => Error::database("append")(err),
-                    });
-                }
-                _ => return Err(Error::database("append")(err)),
-            }
-        }
+        let events = events.as_slice();
+        retrying("append", |_| self.append_attempt(stream, expected, events)).await
     }
 
     async fn read_stream(
@@ -573,16 +591,24 @@ impl EventStore for PostgresEventStore {
              AND ($5::TIMESTAMPTZ IS NULL OR occurred_at <= $5) ORDER BY version DESC LIMIT $6"
         );
         let (from, to) = query.sql_versions();
-        let rows = sqlx::query(if query.backwards { BACKWARDS } else { FORWARDS })
-            .bind(stream.aggregate_type())
-            .bind(stream.aggregate_id())
-            .bind(from)
-            .bind(to)
-            .bind(query.until)
-            .bind(query.sql_limit())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(Error::database("read_stream"))?;
+        let (sql, until, limit) = (
+            if query.backwards { BACKWARDS } else { FORWARDS },
+            query.until,
+            query.sql_limit(),
+        );
+        let rows = retrying("read_stream", move |_| async move {
+            sqlx::query(sql)
+                .bind(stream.aggregate_type())
+                .bind(stream.aggregate_id())
+                .bind(from)
+                .bind(to)
+                .bind(until)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(Error::database("read_stream"))
+        })
+        .await?;
         let events = rows
             .iter()
             .filter_map(|row| match decode_row(row, Some(stream)) {
@@ -614,7 +640,7 @@ impl EventStore for PostgresEventStore {
     where
         F: for<'e> FnMut(FoldItem<'e>) -> std::ops::ControlFlow<()> + Send,
     {
-        let rows = self.fetch_page(query).await?;
+        let rows = retrying("read_all", move |_| self.fetch_page(query)).await?;
         let mut end = FoldEnd::default();
         let mut streams = StreamCache::default();
         for row in &rows {
@@ -661,29 +687,39 @@ impl EventStore for PostgresEventStore {
     }
 
     async fn count(&self, query: ReadAll) -> Result<u64> {
-        let mut select =
-            QueryBuilder::<Postgres>::new("SELECT COUNT(*) FROM events WHERE position > ");
-        select.push_bind(query.after.to_sql());
-        push_filters(&mut select, &query);
-        select.push(format_args!(" AND position < {FENCE}"));
-        let count: i64 = select
-            .build_query_scalar()
-            .fetch_one(&self.pool)
-            .await
-            .map_err(Error::database("count"))?;
+        let query = &query;
+        let count: i64 = retrying("count", move |_| async move {
+            let mut select =
+                QueryBuilder::<Postgres>::new("SELECT COUNT(*) FROM events WHERE position > ");
+            select.push_bind(query.after.to_sql());
+            push_filters(&mut select, query);
+            select.push(format_args!(" AND position < {FENCE}"));
+            select
+                .build_query_scalar()
+                .fetch_one(&self.pool)
+                .await
+                .map_err(Error::database("count"))
+        })
+        .await?;
         Ok(count.max(0) as u64)
     }
 
     async fn log_head(&self) -> Result<LogHead> {
         // Plain scalar subqueries with the fence inline: each walks the primary key's index.
-        let (last, readable, held_back): (Option<i64>, i64, i64) = sqlx::query_as(&format!(
+        let sql = format!(
             "SELECT (SELECT MAX(position) FROM events), \
              COALESCE((SELECT MAX(position) FROM events WHERE position < {FENCE}), 0), \
              (SELECT COUNT(*) FROM events WHERE position >= {FENCE})"
-        ))
-        .fetch_one(&self.pool)
-        .await
-        .map_err(Error::database("log_head"))?;
+        );
+        let sql = sql.as_str();
+        let (last, readable, held_back): (Option<i64>, i64, i64) =
+            retrying("log_head", move |_| async move {
+                sqlx::query_as(sql)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(Error::database("log_head"))
+            })
+            .await?;
         Ok(LogHead {
             last: Position::new(last.unwrap_or(0).max(0) as u64),
             readable: Position::new(readable.max(0) as u64),
@@ -695,10 +731,15 @@ impl EventStore for PostgresEventStore {
         let started = Instant::now();
         let mut delay = Duration::from_millis(1);
         loop {
-            let fence: i64 = sqlx::query_scalar(&format!("SELECT {FENCE}"))
-                .fetch_one(&self.pool)
-                .await
-                .map_err(Error::database("wait_for"))?;
+            let sql = format!("SELECT {FENCE}");
+            let sql = sql.as_str();
+            let fence: i64 = retrying("wait_for", move |_| async move {
+                sqlx::query_scalar(sql)
+                    .fetch_one(&self.pool)
+                    .await
+                    .map_err(Error::database("wait_for"))
+            })
+            .await?;
             if position.to_sql() < fence {
                 return Ok(());
             }
@@ -729,16 +770,20 @@ impl EventStore for PostgresEventStore {
              WHERE aggregate_type = $1 AND aggregate_id = $2 AND version BETWEEN $3 AND $4 \
              AND ($5::TIMESTAMPTZ IS NULL OR occurred_at <= $5) ORDER BY version ASC LIMIT $6";
         let (from, to) = query.sql_versions();
-        let rows = sqlx::query(SQL)
-            .bind(stream.aggregate_type())
-            .bind(stream.aggregate_id())
-            .bind(from)
-            .bind(to)
-            .bind(query.until)
-            .bind(query.sql_limit())
-            .fetch_all(&self.pool)
-            .await
-            .map_err(Error::database("load"))?;
+        let (until, limit) = (query.until, query.sql_limit());
+        let rows = retrying("load", move |_| async move {
+            sqlx::query(SQL)
+                .bind(stream.aggregate_type())
+                .bind(stream.aggregate_id())
+                .bind(from)
+                .bind(to)
+                .bind(until)
+                .bind(limit)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(Error::database("load"))
+        })
+        .await?;
         for row in &rows {
             let position = Position::new(
                 row.try_get::<i64, _>(0)
@@ -764,14 +809,18 @@ impl EventStore for PostgresEventStore {
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
-        let version: i64 = sqlx::query_scalar(
-            "SELECT COALESCE(MAX(version), 0)::BIGINT FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
-        )
-        .bind(stream.aggregate_type())
-        .bind(stream.aggregate_id())
-        .fetch_one(&self.pool)
-        .await
-        .map_err(Error::database("stream_version"))?;
+        let version: i64 = retrying("stream_version", move |_| async move {
+            sqlx::query_scalar(
+                "SELECT COALESCE(MAX(version), 0)::BIGINT FROM events \
+                 WHERE aggregate_type = $1 AND aggregate_id = $2",
+            )
+            .bind(stream.aggregate_type())
+            .bind(stream.aggregate_id())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::database("stream_version"))
+        })
+        .await?;
         Ok(version.max(0) as u64)
     }
 }
@@ -981,12 +1030,14 @@ async fn remove_dead_letter_on(
 
 impl CheckpointStore for PostgresEventStore {
     async fn checkpoint(&self, projection: &str) -> Result<Option<Position>> {
-        let found: Option<i64> =
+        let found: Option<i64> = retrying("load checkpoint", move |_| async move {
             sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
                 .bind(projection)
                 .fetch_optional(&self.pool)
                 .await
-                .map_err(Error::database("load checkpoint"))?;
+                .map_err(Error::database("load checkpoint"))
+        })
+        .await?;
         Ok(checkpoint_position(found))
     }
 
@@ -996,12 +1047,23 @@ impl CheckpointStore for PostgresEventStore {
         previous: Option<Position>,
         position: Position,
     ) -> Result<()> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(Error::database("save checkpoint"))?;
-        save_checkpoint_on(&mut conn, projection, previous, position).await
+        retrying("save checkpoint", move |attempt| async move {
+            let mut conn = self
+                .pool
+                .acquire()
+                .await
+                .map_err(Error::database("save checkpoint"))?;
+            match save_checkpoint_on(&mut conn, projection, previous, position).await {
+                // A retry whose first attempt committed, its answer lost: it is where we put it.
+                Err(Error::CheckpointConflict { found, .. })
+                    if attempt > 1 && found == Some(position) =>
+                {
+                    Ok(())
+                }
+                result => result,
+            }
+        })
+        .await
     }
 
     async fn delete_checkpoint(&self, projection: &str) -> Result<()> {
@@ -1086,7 +1148,10 @@ impl TransactionalStore for PostgresEventStore {
     type Database = Postgres;
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Postgres>> {
-        self.pool.begin().await.map_err(Error::database("begin"))
+        retrying("begin", |_| async {
+            self.pool.begin().await.map_err(Error::database("begin"))
+        })
+        .await
     }
 
     fn save_checkpoint_in<'a>(
