@@ -20,102 +20,13 @@
 //! The task is the one of tutorial 1. With `DATABASE_URL=postgres://...` it uses a fresh schema
 //! of that database instead.
 
-use eventsource::AnyStore;
 use eventsource::prelude::*;
-use serde::{Deserialize, Serialize};
 
-// ----- Events: facts, in the past tense -----
+// ----- The task domain: events, the aggregate and its commands (examples/shared/task.rs) -----
 
-#[derive(DomainEvent, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[event(aggregate = "Task")]
-struct TaskCreated {
-    title: String,
-}
-
-#[derive(DomainEvent, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[event(aggregate = "Task")]
-struct TaskAssigned {
-    assignee: String,
-}
-
-#[derive(DomainEvent, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[event(aggregate = "Task")]
-struct TaskCompleted;
-
-// ----- The aggregate: state, and one handler per event -----
-
-#[derive(Default, Debug)]
-struct Task {
-    title: String,
-    assignee: Option<String>,
-    done: bool,
-}
-
-/// Why a command refuses: the aggregate's own, typed error.
-#[derive(Debug, thiserror::Error, PartialEq)]
-enum TaskError {
-    #[error("the task already exists")]
-    AlreadyCreated,
-    #[error("a task needs a title")]
-    NoTitle,
-    #[error("the task is completed")]
-    Completed,
-    #[error("nobody is assigned to the task")]
-    Unassigned,
-}
-
-#[aggregate(error = TaskError)]
-impl Task {
-    #[handles]
-    fn created(&mut self, event: &TaskCreated) {
-        self.title = event.title.clone();
-    }
-
-    #[handles]
-    fn assigned(&mut self, event: &TaskAssigned) {
-        self.assignee = Some(event.assignee.clone());
-    }
-
-    #[handles]
-    fn completed(&mut self, _: &TaskCompleted) {
-        self.done = true;
-    }
-}
-
-// ----- Commands: check the rules, say what happened -----
-
-impl Task {
-    fn create(root: &Root<Task>, title: &str) -> Result<TaskCreated, TaskError> {
-        if root.version() > 0 {
-            return Err(TaskError::AlreadyCreated);
-        }
-        if title.trim().is_empty() {
-            return Err(TaskError::NoTitle);
-        }
-        Ok(TaskCreated {
-            title: title.to_owned(),
-        })
-    }
-
-    fn assign(&self, assignee: &str) -> Result<TaskAssigned, TaskError> {
-        if self.done {
-            return Err(TaskError::Completed);
-        }
-        Ok(TaskAssigned {
-            assignee: assignee.to_owned(),
-        })
-    }
-
-    fn complete(&self) -> Result<TaskCompleted, TaskError> {
-        if self.done {
-            return Err(TaskError::Completed);
-        }
-        if self.assignee.is_none() {
-            return Err(TaskError::Unassigned);
-        }
-        Ok(TaskCompleted)
-    }
-}
+#[path = "shared/task.rs"]
+mod task;
+use task::*;
 
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -232,30 +143,6 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 // ----- Plumbing -----
 
-/// A fresh store: with `DATABASE_URL=postgres://...`, a new schema `name` of that database;
-/// otherwise the SQLite file `target/<name>.db`, replaced, and kept after the run.
-async fn open_store(name: &str) -> Result<AnyStore, Box<dyn std::error::Error>> {
-    if let Ok(url) = std::env::var("DATABASE_URL") {
-        use std::str::FromStr;
-        let schema = name.replace('-', "_");
-        let admin = sqlx::PgPool::connect(&url).await?;
-        sqlx::query(&format!("DROP SCHEMA IF EXISTS {schema} CASCADE"))
-            .execute(&admin)
-            .await?;
-        sqlx::query(&format!("CREATE SCHEMA {schema}"))
-            .execute(&admin)
-            .await?;
-        let options = sqlx::postgres::PgConnectOptions::from_str(&url)?
-            .options([("search_path", schema.as_str())]);
-        println!("event store: PostgreSQL, schema {schema}");
-        return Ok(PostgresEventStore::connect_with(options).await?.into());
-    }
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("target")
-        .join(format!("{name}.db"));
-    for suffix in ["", "-wal", "-shm"] {
-        let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
-    }
-    println!("event store: {}", path.display());
-    Ok(SqliteEventStore::open(&path).await?.into())
-}
+#[path = "shared/store.rs"]
+mod store;
+use store::open_store;

@@ -21,101 +21,13 @@
 
 use eventsource::prelude::*;
 use eventsource::testing::{AggregateFixture, ProjectionFixture, event};
-use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-// ----- Events: facts, in the past tense -----
+// ----- The task domain: events, the aggregate and its commands (examples/shared/task.rs) -----
 
-#[derive(DomainEvent, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[event(aggregate = "Task")]
-struct TaskCreated {
-    title: String,
-}
-
-#[derive(DomainEvent, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[event(aggregate = "Task")]
-struct TaskAssigned {
-    assignee: String,
-}
-
-#[derive(DomainEvent, Serialize, Deserialize, Clone, Debug, PartialEq)]
-#[event(aggregate = "Task")]
-struct TaskCompleted;
-
-// ----- The aggregate: state, and one handler per event -----
-
-#[derive(Default, Debug)]
-struct Task {
-    title: String,
-    assignee: Option<String>,
-    done: bool,
-}
-
-/// Why a command refuses: the aggregate's own, typed error.
-#[derive(Debug, thiserror::Error, PartialEq)]
-enum TaskError {
-    #[error("the task already exists")]
-    AlreadyCreated,
-    #[error("a task needs a title")]
-    NoTitle,
-    #[error("the task is completed")]
-    Completed,
-    #[error("nobody is assigned to the task")]
-    Unassigned,
-}
-
-#[aggregate(error = TaskError)]
-impl Task {
-    #[handles]
-    fn created(&mut self, event: &TaskCreated) {
-        self.title = event.title.clone();
-    }
-
-    #[handles]
-    fn assigned(&mut self, event: &TaskAssigned) {
-        self.assignee = Some(event.assignee.clone());
-    }
-
-    #[handles]
-    fn completed(&mut self, _: &TaskCompleted) {
-        self.done = true;
-    }
-}
-
-// ----- Commands: check the rules, say what happened -----
-
-impl Task {
-    fn create(root: &Root<Task>, title: &str) -> Result<TaskCreated, TaskError> {
-        if root.version() > 0 {
-            return Err(TaskError::AlreadyCreated);
-        }
-        if title.trim().is_empty() {
-            return Err(TaskError::NoTitle);
-        }
-        Ok(TaskCreated {
-            title: title.to_owned(),
-        })
-    }
-
-    fn assign(&self, assignee: &str) -> Result<TaskAssigned, TaskError> {
-        if self.done {
-            return Err(TaskError::Completed);
-        }
-        Ok(TaskAssigned {
-            assignee: assignee.to_owned(),
-        })
-    }
-
-    fn complete(&self) -> Result<TaskCompleted, TaskError> {
-        if self.done {
-            return Err(TaskError::Completed);
-        }
-        if self.assignee.is_none() {
-            return Err(TaskError::Unassigned);
-        }
-        Ok(TaskCompleted)
-    }
-}
+#[path = "shared/task.rs"]
+mod task;
+use task::*;
 
 // ----- A read model (tutorial 3's workload) -----
 
