@@ -47,6 +47,9 @@ pub struct PostgresEventStore {
     appended: Arc<std::sync::OnceLock<tokio::sync::watch::Sender<u64>>>,
     /// Tells other processes about this one's appends, off the appends' commit path.
     notifier: Arc<std::sync::OnceLock<tokio::sync::watch::Sender<u64>>>,
+    /// The tenant a scoped store's transactions set in `eventsource.tenant`, for row-level
+    /// security (see [`Tenancy`](crate::tenant::Tenancy)).
+    tenant: Option<Arc<str>>,
 }
 
 /// How many times an append with [`ExpectedVersion::Any`] or [`ExpectedVersion::StreamExists`]
@@ -129,6 +132,30 @@ impl PostgresEventStore {
             pool,
             appended: Arc::default(),
             notifier: Arc::default(),
+            tenant: None,
+        }
+    }
+
+    /// This store, with each of its event and snapshot statements run in a transaction that
+    /// first sets `eventsource.tenant` to `tenant` (transaction-local): the key of the
+    /// row-level security policies.
+    pub(crate) fn with_tenant_setting(&self, tenant: Arc<str>) -> Self {
+        PostgresEventStore {
+            tenant: Some(tenant),
+            ..self.clone()
+        }
+    }
+
+    /// A connection for one operation on events or snapshots: for a tenant-scoped store, a
+    /// transaction that has set the tenant; otherwise a plain connection of the pool.
+    async fn session(&self) -> sqlx::Result<Session> {
+        match &self.tenant {
+            None => Ok(Session::Pool(self.pool.acquire().await?)),
+            Some(tenant) => {
+                let mut tx = self.pool.begin().await?;
+                set_tenant(&mut tx, tenant).await?;
+                Ok(Session::Tenant(tx))
+            }
         }
     }
 
@@ -218,11 +245,15 @@ impl PostgresEventStore {
 
     async fn taken_event_id(&self, events: &[NewEvent]) -> Result<Option<Uuid>> {
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-        sqlx::query_scalar("SELECT event_id FROM events WHERE event_id = ANY($1) LIMIT 1")
-            .bind(&ids)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(Error::database("append"))
+        let mut session = self.session().await.map_err(Error::database("append"))?;
+        let taken =
+            sqlx::query_scalar("SELECT event_id FROM events WHERE event_id = ANY($1) LIMIT 1")
+                .bind(&ids)
+                .fetch_optional(session.conn())
+                .await
+                .map_err(Error::database("append"))?;
+        session.end().await.map_err(Error::database("append"))?;
+        Ok(taken)
     }
 
     /// If every event of the batch is stored already (an append retried after its outcome was
@@ -234,15 +265,17 @@ impl PostgresEventStore {
         events: &[NewEvent],
     ) -> Result<Option<AppendResult>> {
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let mut session = self.session().await.map_err(Error::database("append"))?;
         let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
             "SELECT e.aggregate_type, e.aggregate_id, e.version, e.position \
              FROM UNNEST($1::UUID[]) WITH ORDINALITY AS ids(event_id, ord) \
              JOIN events e ON e.event_id = ids.event_id ORDER BY ids.ord",
         )
         .bind(&ids)
-        .fetch_all(&self.pool)
+        .fetch_all(session.conn())
         .await
         .map_err(Error::database("append"))?;
+        session.end().await.map_err(Error::database("append"))?;
         if rows.len() != events.len() {
             return Ok(None);
         }
@@ -263,6 +296,19 @@ impl PostgresEventStore {
         ))
     }
 
+    /// One attempt of an append, in a session of its own (see [`session`](Self::session)).
+    async fn append_in_session(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> std::result::Result<AppendResult, AppendFailure> {
+        let mut session = self.session().await.map_err(AppendFailure::Database)?;
+        let result = Self::append_once(session.conn(), stream, expected, events).await?;
+        session.end().await.map_err(AppendFailure::Database)?;
+        Ok(result)
+    }
+
     /// An append of [`ExpectedVersion::Any`] or [`ExpectedVersion::StreamExists`] that lost the
     /// race for its versions several times: queues behind a per-stream advisory lock, taken in
     /// its own transaction, so that such appends to one stream go one at a time and each
@@ -274,6 +320,11 @@ impl PostgresEventStore {
         events: &[NewEvent],
     ) -> std::result::Result<AppendResult, AppendFailure> {
         let mut tx = self.pool.begin().await.map_err(AppendFailure::Database)?;
+        if let Some(tenant) = &self.tenant {
+            set_tenant(&mut tx, tenant)
+                .await
+                .map_err(AppendFailure::Database)?;
+        }
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))")
             .bind(stream.aggregate_type())
             .bind(stream.aggregate_id())
@@ -358,11 +409,14 @@ impl PostgresEventStore {
             " ORDER BY position LIMIT {}) page WHERE position < {FENCE} ORDER BY position",
             query.batch_size.min(i64::MAX as usize)
         ));
-        select
+        let mut session = self.session().await.map_err(Error::database("read_all"))?;
+        let rows = select
             .build()
-            .fetch_all(&self.pool)
+            .fetch_all(session.conn())
             .await
-            .map_err(Error::database("read_all"))
+            .map_err(Error::database("read_all"))?;
+        session.end().await.map_err(Error::database("read_all"))?;
+        Ok(rows)
     }
 }
 
@@ -400,6 +454,40 @@ fn push_filters<'q>(select: &mut QueryBuilder<'q, Postgres>, query: &'q ReadAll)
     }
 }
 
+/// The connection of one operation (see `PostgresEventStore::session`).
+enum Session {
+    /// A connection of the pool, for the unscoped store.
+    Pool(sqlx::pool::PoolConnection<Postgres>),
+    /// A transaction that has set `eventsource.tenant`, for a tenant-scoped store.
+    Tenant(sqlx::Transaction<'static, Postgres>),
+}
+
+impl Session {
+    fn conn(&mut self) -> &mut sqlx::PgConnection {
+        match self {
+            Session::Pool(conn) => conn,
+            Session::Tenant(tx) => tx,
+        }
+    }
+
+    /// Commits a tenant's transaction (dropped without this, it rolls back).
+    async fn end(self) -> sqlx::Result<()> {
+        match self {
+            Session::Pool(_) => Ok(()),
+            Session::Tenant(tx) => tx.commit().await,
+        }
+    }
+}
+
+/// Sets the tenant of the row-level security policies for the rest of the transaction.
+async fn set_tenant(conn: &mut sqlx::PgConnection, tenant: &str) -> sqlx::Result<()> {
+    sqlx::query("SELECT set_config('eventsource.tenant', $1, true)")
+        .bind(tenant)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Why one append attempt failed, before it becomes an [`Error`].
 enum AppendFailure {
     /// The expected version did not match: nothing was inserted.
@@ -411,6 +499,10 @@ enum AppendFailure {
 
 impl SnapshotStore for PostgresEventStore {
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
+        let mut session = self
+            .session()
+            .await
+            .map_err(Error::database("save snapshot"))?;
         sqlx::query(
             "INSERT INTO snapshots (aggregate_type, aggregate_id, version, state_version, state, \
              taken_at) VALUES ($1, $2, $3, $4, $5::TEXT::JSONB, $6) \
@@ -426,7 +518,7 @@ impl SnapshotStore for PostgresEventStore {
         .bind(i32::try_from(snapshot.state_version()).unwrap_or(i32::MAX))
         .bind(snapshot.state())
         .bind(snapshot.time())
-        .execute(&self.pool)
+        .execute(session.conn())
         .await
         .map_err(
             |err| match err.as_database_error().and_then(|db| db.code()) {
@@ -438,19 +530,30 @@ impl SnapshotStore for PostgresEventStore {
                 _ => Error::database("save snapshot")(err),
             },
         )?;
-        Ok(())
+        session
+            .end()
+            .await
+            .map_err(Error::database("save snapshot"))
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
+        let mut session = self
+            .session()
+            .await
+            .map_err(Error::database("load snapshot"))?;
         let row: Option<(i64, i32, String, chrono::DateTime<chrono::Utc>)> = sqlx::query_as(
             "SELECT version, state_version, state::TEXT, taken_at FROM snapshots \
              WHERE aggregate_type = $1 AND aggregate_id = $2",
         )
         .bind(stream.aggregate_type())
         .bind(stream.aggregate_id())
-        .fetch_optional(&self.pool)
+        .fetch_optional(session.conn())
         .await
         .map_err(Error::database("load snapshot"))?;
+        session
+            .end()
+            .await
+            .map_err(Error::database("load snapshot"))?;
         row.map(|(version, state_version, state, taken_at)| {
             snapshot_row(stream, version, state_version.into(), state, Some(taken_at))
         })
@@ -458,13 +561,21 @@ impl SnapshotStore for PostgresEventStore {
     }
 
     async fn delete_snapshot(&self, stream: &StreamId) -> Result<bool> {
+        let mut session = self
+            .session()
+            .await
+            .map_err(Error::database("delete snapshot"))?;
         let done =
             sqlx::query("DELETE FROM snapshots WHERE aggregate_type = $1 AND aggregate_id = $2")
                 .bind(stream.aggregate_type())
                 .bind(stream.aggregate_id())
-                .execute(&self.pool)
+                .execute(session.conn())
                 .await
                 .map_err(Error::database("delete snapshot"))?;
+        session
+            .end()
+            .await
+            .map_err(Error::database("delete snapshot"))?;
         Ok(done.rows_affected() > 0)
     }
 }
@@ -478,15 +589,17 @@ impl EventStore for PostgresEventStore {
     ) -> Result<AppendResult> {
         validate_append(stream, &events)?;
         if events.is_empty() {
+            let mut session = self.session().await.map_err(Error::database("append"))?;
             let (current, last): (i64, Option<i64>) = sqlx::query_as(
                 "SELECT COALESCE(MAX(version), 0)::BIGINT, MAX(position) FROM events \
                  WHERE aggregate_type = $1 AND aggregate_id = $2",
             )
             .bind(stream.aggregate_type())
             .bind(stream.aggregate_id())
-            .fetch_one(&self.pool)
+            .fetch_one(session.conn())
             .await
             .map_err(Error::database("append"))?;
+            session.end().await.map_err(Error::database("append"))?;
             let current = current.max(0) as u64;
             if !expected.is_satisfied_by(current) {
                 return Err(expected.conflict(stream, current));
@@ -506,7 +619,7 @@ impl EventStore for PostgresEventStore {
             let outcome = if attempt > OPTIMISTIC_ATTEMPTS {
                 self.append_locked(stream, expected, &events).await
             } else {
-                Self::append_once(&self.pool, stream, expected, &events).await
+                self.append_in_session(stream, expected, &events).await
             };
             let err = match outcome {
                 Ok(result) => {
@@ -573,6 +686,10 @@ impl EventStore for PostgresEventStore {
              AND ($5::TIMESTAMPTZ IS NULL OR occurred_at <= $5) ORDER BY version DESC LIMIT $6"
         );
         let (from, to) = query.sql_versions();
+        let mut session = self
+            .session()
+            .await
+            .map_err(Error::database("read_stream"))?;
         let rows = sqlx::query(if query.backwards { BACKWARDS } else { FORWARDS })
             .bind(stream.aggregate_type())
             .bind(stream.aggregate_id())
@@ -580,7 +697,11 @@ impl EventStore for PostgresEventStore {
             .bind(to)
             .bind(query.until)
             .bind(query.sql_limit())
-            .fetch_all(&self.pool)
+            .fetch_all(session.conn())
+            .await
+            .map_err(Error::database("read_stream"))?;
+        session
+            .end()
             .await
             .map_err(Error::database("read_stream"))?;
         let events = rows
@@ -666,24 +787,28 @@ impl EventStore for PostgresEventStore {
         select.push_bind(query.after.to_sql());
         push_filters(&mut select, &query);
         select.push(format_args!(" AND position < {FENCE}"));
+        let mut session = self.session().await.map_err(Error::database("count"))?;
         let count: i64 = select
             .build_query_scalar()
-            .fetch_one(&self.pool)
+            .fetch_one(session.conn())
             .await
             .map_err(Error::database("count"))?;
+        session.end().await.map_err(Error::database("count"))?;
         Ok(count.max(0) as u64)
     }
 
     async fn log_head(&self) -> Result<LogHead> {
         // Plain scalar subqueries with the fence inline: each walks the primary key's index.
+        let mut session = self.session().await.map_err(Error::database("log_head"))?;
         let (last, readable, held_back): (Option<i64>, i64, i64) = sqlx::query_as(&format!(
             "SELECT (SELECT MAX(position) FROM events), \
              COALESCE((SELECT MAX(position) FROM events WHERE position < {FENCE}), 0), \
              (SELECT COUNT(*) FROM events WHERE position >= {FENCE})"
         ))
-        .fetch_one(&self.pool)
+        .fetch_one(session.conn())
         .await
         .map_err(Error::database("log_head"))?;
+        session.end().await.map_err(Error::database("log_head"))?;
         Ok(LogHead {
             last: Position::new(last.unwrap_or(0).max(0) as u64),
             readable: Position::new(readable.max(0) as u64),
@@ -729,6 +854,7 @@ impl EventStore for PostgresEventStore {
              WHERE aggregate_type = $1 AND aggregate_id = $2 AND version BETWEEN $3 AND $4 \
              AND ($5::TIMESTAMPTZ IS NULL OR occurred_at <= $5) ORDER BY version ASC LIMIT $6";
         let (from, to) = query.sql_versions();
+        let mut session = self.session().await.map_err(Error::database("load"))?;
         let rows = sqlx::query(SQL)
             .bind(stream.aggregate_type())
             .bind(stream.aggregate_id())
@@ -736,9 +862,10 @@ impl EventStore for PostgresEventStore {
             .bind(to)
             .bind(query.until)
             .bind(query.sql_limit())
-            .fetch_all(&self.pool)
+            .fetch_all(session.conn())
             .await
             .map_err(Error::database("load"))?;
+        session.end().await.map_err(Error::database("load"))?;
         for row in &rows {
             let position = Position::new(
                 row.try_get::<i64, _>(0)
@@ -764,14 +891,22 @@ impl EventStore for PostgresEventStore {
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
+        let mut session = self
+            .session()
+            .await
+            .map_err(Error::database("stream_version"))?;
         let version: i64 = sqlx::query_scalar(
             "SELECT COALESCE(MAX(version), 0)::BIGINT FROM events WHERE aggregate_type = $1 AND aggregate_id = $2",
         )
         .bind(stream.aggregate_type())
         .bind(stream.aggregate_id())
-        .fetch_one(&self.pool)
+        .fetch_one(session.conn())
         .await
         .map_err(Error::database("stream_version"))?;
+        session
+            .end()
+            .await
+            .map_err(Error::database("stream_version"))?;
         Ok(version.max(0) as u64)
     }
 }
