@@ -107,13 +107,12 @@ impl Tenancy for crate::store::postgres::PostgresEventStore {
 
 impl Tenancy for crate::store::AnyStore {
     fn scoped_session(&self, tenant: &Arc<str>) -> Self {
-        match self {
-            #[cfg(feature = "postgres")]
-            crate::store::AnyStore::Postgres(store) => {
-                crate::store::AnyStore::Postgres(store.scoped_session(tenant))
-            }
-            other => other.clone(),
+        #[cfg(feature = "postgres")]
+        if let crate::store::AnyStore::Postgres(store) = self {
+            return crate::store::AnyStore::Postgres(store.scoped_session(tenant));
         }
+        let _ = tenant;
+        self.clone()
     }
 }
 
