@@ -189,6 +189,8 @@ impl<S: EventStore> EventStore for TenantStore<S> {
         expected: ExpectedVersion,
         mut events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
+        // Bad input is refused as every store refuses it, before the owner check reads.
+        crate::store::validate_append(stream, &events)?;
         for event in &mut events {
             match event.metadata.tenant_id.as_deref() {
                 None => event.metadata.tenant_id = Some(self.tenant.to_string()),
