@@ -291,6 +291,19 @@ pub enum Error {
         /// What is missing.
         reason: String,
     },
+
+    /// A tenant-scoped store ([`TenantStore`](crate::tenant::TenantStore)) refused to write
+    /// outside its tenant: an event stamped with another tenant, or an append to (or a snapshot
+    /// of) a stream that belongs to another tenant. Nothing was written.
+    #[error("tenant `{tenant}` cannot write to stream {stream}: {reason}")]
+    TenantMismatch {
+        /// The store's tenant.
+        tenant: String,
+        /// The stream written to.
+        stream: StreamId,
+        /// Why the write was refused.
+        reason: String,
+    },
 }
 
 /// Whether an error (from a driver, or a handler's error that wraps one) is a lost connection

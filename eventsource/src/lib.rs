@@ -99,6 +99,10 @@ pub mod process;
 pub use process::{ProcessManager, Reaction};
 pub use repository::Once;
 
+// Multi-tenancy: a view of a store scoped to one tenant (and PostgreSQL's row-level security).
+pub mod tenant;
+pub use tenant::{Tenancy, TenantStore};
+
 // Crates whose types appear in this crate's public API, so that users name the same versions.
 pub use chrono;
 pub use futures;
@@ -134,6 +138,7 @@ pub mod prelude {
         StreamId, StreamQuery, UpdateError, Uuid,
     };
     pub use crate::{HandlerError, Once, ProcessManager, Reaction};
+    pub use crate::{Tenancy, TenantStore};
 }
 
 /// Support for the generated code. Not public API: no semver promise.

@@ -47,6 +47,9 @@ pub struct PostgresEventStore {
     appended: Arc<std::sync::OnceLock<tokio::sync::watch::Sender<u64>>>,
     /// Tells other processes about this one's appends, off the appends' commit path.
     notifier: Arc<std::sync::OnceLock<tokio::sync::watch::Sender<u64>>>,
+    /// The tenant a scoped store's transactions set in `eventsource.tenant`, for row-level
+    /// security (see [`Tenancy`](crate::tenant::Tenancy)).
+    tenant: Option<Arc<str>>,
 }
 
 /// How many times an append with [`ExpectedVersion::Any`] or [`ExpectedVersion::StreamExists`]
@@ -129,6 +132,30 @@ impl PostgresEventStore {
             pool,
             appended: Arc::default(),
             notifier: Arc::default(),
+            tenant: None,
+        }
+    }
+
+    /// This store, with each of its event and snapshot statements run in a transaction that
+    /// first sets `eventsource.tenant` to `tenant` (transaction-local): the key of the
+    /// row-level security policies.
+    pub(crate) fn with_tenant_setting(&self, tenant: Arc<str>) -> Self {
+        PostgresEventStore {
+            tenant: Some(tenant),
+            ..self.clone()
+        }
+    }
+
+    /// A connection for one operation on events or snapshots: for a tenant-scoped store, a
+    /// transaction that has set the tenant; otherwise a plain connection of the pool.
+    async fn session(&self) -> sqlx::Result<Session> {
+        match &self.tenant {
+            None => Ok(Session::Pool(self.pool.acquire().await?)),
+            Some(tenant) => {
+                let mut tx = self.pool.begin().await?;
+                set_tenant(&mut tx, tenant).await?;
+                Ok(Session::Tenant(tx))
+            }
         }
     }
 
@@ -218,11 +245,15 @@ impl PostgresEventStore {
 
     async fn taken_event_id(&self, events: &[NewEvent]) -> Result<Option<Uuid>> {
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
-        sqlx::query_scalar("SELECT event_id FROM events WHERE event_id = ANY($1) LIMIT 1")
-            .bind(&ids)
-            .fetch_optional(&self.pool)
-            .await
-            .map_err(Error::database("append"))
+        let mut session = self.session().await.map_err(Error::database("append"))?;
+        let taken =
+            sqlx::query_scalar("SELECT event_id FROM events WHERE event_id = ANY($1) LIMIT 1")
+                .bind(&ids)
+                .fetch_optional(session.conn())
+                .await
+                .map_err(Error::database("append"))?;
+        session.end().await.map_err(Error::database("append"))?;
+        Ok(taken)
     }
 
     /// If every event of the batch is stored already (an append retried after its outcome was
@@ -234,15 +265,17 @@ impl PostgresEventStore {
         events: &[NewEvent],
     ) -> Result<Option<AppendResult>> {
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
+        let mut session = self.session().await.map_err(Error::database("append"))?;
         let rows: Vec<(String, String, i64, i64)> = sqlx::query_as(
             "SELECT e.aggregate_type, e.aggregate_id, e.version, e.position \
              FROM UNNEST($1::UUID[]) WITH ORDINALITY AS ids(event_id, ord) \
              JOIN events e ON e.event_id = ids.event_id ORDER BY ids.ord",
         )
         .bind(&ids)
-        .fetch_all(&self.pool)
+        .fetch_all(session.conn())
         .await
         .map_err(Error::database("append"))?;
+        session.end().await.map_err(Error::database("append"))?;
         if rows.len() != events.len() {
             return Ok(None);
         }
@@ -263,6 +296,19 @@ impl PostgresEventStore {
         ))
     }
 
+    /// One attempt of an append, in a session of its own (see [`session`](Self::session)).
+    async fn append_in_session(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> std::result::Result<AppendResult, AppendFailure> {
+        let mut session = self.session().await.map_err(AppendFailure::Database)?;
+        let result = Self::append_once(session.conn(), stream, expected, events).await?;
+        session.end().await.map_err(AppendFailure::Database)?;
+        Ok(result)
+    }
+
     /// An append of [`ExpectedVersion::Any`] or [`ExpectedVersion::StreamExists`] that lost the
     /// race for its versions several times: queues behind a per-stream advisory lock, taken in
     /// its own transaction, so that such appends to one stream go one at a time and each
@@ -274,6 +320,11 @@ impl PostgresEventStore {
         events: &[NewEvent],
     ) -> std::result::Result<AppendResult, AppendFailure> {
         let mut tx = self.pool.begin().await.map_err(AppendFailure::Database)?;
+        if let Some(tenant) = &self.tenant {
+            set_tenant(&mut tx, tenant)
+                .await
+                .map_err(AppendFailure::Database)?;
+        }
         sqlx::query("SELECT pg_advisory_xact_lock(hashtextextended($1 || '/' || $2, 0))")
             .bind(stream.aggregate_type())
             .bind(stream.aggregate_id())
@@ -316,15 +367,17 @@ impl PostgresEventStore {
         events: &[NewEvent],
     ) -> Result<AppendResult> {
         if events.is_empty() {
+            let mut session = self.session().await.map_err(Error::database("append"))?;
             let (current, last): (i64, Option<i64>) = sqlx::query_as(
                 "SELECT COALESCE(MAX(version), 0)::BIGINT, MAX(position) FROM events \
                  WHERE aggregate_type = $1 AND aggregate_id = $2",
             )
             .bind(stream.aggregate_type())
             .bind(stream.aggregate_id())
-            .fetch_one(&self.pool)
+            .fetch_one(session.conn())
             .await
             .map_err(Error::database("append"))?;
+            session.end().await.map_err(Error::database("append"))?;
             let current = current.max(0) as u64;
             if !expected.is_satisfied_by(current) {
                 return Err(expected.conflict(stream, current));
@@ -344,7 +397,7 @@ impl PostgresEventStore {
             let outcome = if attempt > OPTIMISTIC_ATTEMPTS {
                 self.append_locked(stream, expected, events).await
             } else {
-                Self::append_once(&self.pool, stream, expected, events).await
+                self.append_in_session(stream, expected, events).await
             };
             let err = match outcome {
                 Ok(result) => {
@@ -446,11 +499,14 @@ impl PostgresEventStore {
             " ORDER BY position LIMIT {}) page WHERE position < {FENCE} ORDER BY position",
             query.batch_size.min(i64::MAX as usize)
         ));
-        select
+        let mut session = self.session().await.map_err(Error::database("read_all"))?;
+        let rows = select
             .build()
-            .fetch_all(&self.pool)
+            .fetch_all(session.conn())
             .await
-            .map_err(Error::database("read_all"))
+            .map_err(Error::database("read_all"))?;
+        session.end().await.map_err(Error::database("read_all"))?;
+        Ok(rows)
     }
 }
 
@@ -488,6 +544,40 @@ fn push_filters<'q>(select: &mut QueryBuilder<'q, Postgres>, query: &'q ReadAll)
     }
 }
 
+/// The connection of one operation (see `PostgresEventStore::session`).
+enum Session {
+    /// A connection of the pool, for the unscoped store.
+    Pool(sqlx::pool::PoolConnection<Postgres>),
+    /// A transaction that has set `eventsource.tenant`, for a tenant-scoped store.
+    Tenant(sqlx::Transaction<'static, Postgres>),
+}
+
+impl Session {
+    fn conn(&mut self) -> &mut sqlx::PgConnection {
+        match self {
+            Session::Pool(conn) => conn,
+            Session::Tenant(tx) => tx,
+        }
+    }
+
+    /// Commits a tenant's transaction (dropped without this, it rolls back).
+    async fn end(self) -> sqlx::Result<()> {
+        match self {
+            Session::Pool(_) => Ok(()),
+            Session::Tenant(tx) => tx.commit().await,
+        }
+    }
+}
+
+/// Sets the tenant of the row-level security policies for the rest of the transaction.
+async fn set_tenant(conn: &mut sqlx::PgConnection, tenant: &str) -> sqlx::Result<()> {
+    sqlx::query("SELECT set_config('eventsource.tenant', $1, true)")
+        .bind(tenant)
+        .execute(conn)
+        .await?;
+    Ok(())
+}
+
 /// Why one append attempt failed, before it becomes an [`Error`].
 enum AppendFailure {
     /// The expected version did not match: nothing was inserted.
@@ -499,6 +589,10 @@ enum AppendFailure {
 
 impl SnapshotStore for PostgresEventStore {
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
+        let mut session = self
+            .session()
+            .await
+            .map_err(Error::database("save snapshot"))?;
         sqlx::query(
             "INSERT INTO snapshots (aggregate_type, aggregate_id, version, state_version, state, \
              taken_at) VALUES ($1, $2, $3, $4, $5::TEXT::JSONB, $6) \
@@ -514,7 +608,7 @@ impl SnapshotStore for PostgresEventStore {
         .bind(i32::try_from(snapshot.state_version()).unwrap_or(i32::MAX))
         .bind(snapshot.state())
         .bind(snapshot.time())
-        .execute(&self.pool)
+        .execute(session.conn())
         .await
         .map_err(
             |err| match err.as_database_error().and_then(|db| db.code()) {
@@ -526,21 +620,33 @@ impl SnapshotStore for PostgresEventStore {
                 _ => Error::database("save snapshot")(err),
             },
         )?;
-        Ok(())
+        session
+            .end()
+            .await
+            .map_err(Error::database("save snapshot"))
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
         let row: Option<(i64, i32, String, chrono::DateTime<chrono::Utc>)> =
             retrying("load snapshot", move |_| async move {
-                sqlx::query_as(
+                let mut session = self
+                    .session()
+                    .await
+                    .map_err(Error::database("load snapshot"))?;
+                let row = sqlx::query_as(
                     "SELECT version, state_version, state::TEXT, taken_at FROM snapshots \
                      WHERE aggregate_type = $1 AND aggregate_id = $2",
                 )
                 .bind(stream.aggregate_type())
                 .bind(stream.aggregate_id())
-                .fetch_optional(&self.pool)
+                .fetch_optional(session.conn())
                 .await
-                .map_err(Error::database("load snapshot"))
+                .map_err(Error::database("load snapshot"))?;
+                session
+                    .end()
+                    .await
+                    .map_err(Error::database("load snapshot"))?;
+                Ok(row)
             })
             .await?;
         row.map(|(version, state_version, state, taken_at)| {
@@ -550,13 +656,21 @@ impl SnapshotStore for PostgresEventStore {
     }
 
     async fn delete_snapshot(&self, stream: &StreamId) -> Result<bool> {
+        let mut session = self
+            .session()
+            .await
+            .map_err(Error::database("delete snapshot"))?;
         let done =
             sqlx::query("DELETE FROM snapshots WHERE aggregate_type = $1 AND aggregate_id = $2")
                 .bind(stream.aggregate_type())
                 .bind(stream.aggregate_id())
-                .execute(&self.pool)
+                .execute(session.conn())
                 .await
                 .map_err(Error::database("delete snapshot"))?;
+        session
+            .end()
+            .await
+            .map_err(Error::database("delete snapshot"))?;
         Ok(done.rows_affected() > 0)
     }
 }
@@ -597,16 +711,25 @@ impl EventStore for PostgresEventStore {
             query.sql_limit(),
         );
         let rows = retrying("read_stream", move |_| async move {
-            sqlx::query(sql)
+            let mut session = self
+                .session()
+                .await
+                .map_err(Error::database("read_stream"))?;
+            let rows = sqlx::query(sql)
                 .bind(stream.aggregate_type())
                 .bind(stream.aggregate_id())
                 .bind(from)
                 .bind(to)
                 .bind(until)
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(session.conn())
                 .await
-                .map_err(Error::database("read_stream"))
+                .map_err(Error::database("read_stream"))?;
+            session
+                .end()
+                .await
+                .map_err(Error::database("read_stream"))?;
+            Ok(rows)
         })
         .await?;
         let events = rows
@@ -694,11 +817,14 @@ impl EventStore for PostgresEventStore {
             select.push_bind(query.after.to_sql());
             push_filters(&mut select, query);
             select.push(format_args!(" AND position < {FENCE}"));
-            select
+            let mut session = self.session().await.map_err(Error::database("count"))?;
+            let count = select
                 .build_query_scalar()
-                .fetch_one(&self.pool)
+                .fetch_one(session.conn())
                 .await
-                .map_err(Error::database("count"))
+                .map_err(Error::database("count"))?;
+            session.end().await.map_err(Error::database("count"))?;
+            Ok(count)
         })
         .await?;
         Ok(count.max(0) as u64)
@@ -714,10 +840,13 @@ impl EventStore for PostgresEventStore {
         let sql = sql.as_str();
         let (last, readable, held_back): (Option<i64>, i64, i64) =
             retrying("log_head", move |_| async move {
-                sqlx::query_as(sql)
-                    .fetch_one(&self.pool)
+                let mut session = self.session().await.map_err(Error::database("log_head"))?;
+                let head = sqlx::query_as(sql)
+                    .fetch_one(session.conn())
                     .await
-                    .map_err(Error::database("log_head"))
+                    .map_err(Error::database("log_head"))?;
+                session.end().await.map_err(Error::database("log_head"))?;
+                Ok(head)
             })
             .await?;
         Ok(LogHead {
@@ -772,16 +901,19 @@ impl EventStore for PostgresEventStore {
         let (from, to) = query.sql_versions();
         let (until, limit) = (query.until, query.sql_limit());
         let rows = retrying("load", move |_| async move {
-            sqlx::query(SQL)
+            let mut session = self.session().await.map_err(Error::database("load"))?;
+            let rows = sqlx::query(SQL)
                 .bind(stream.aggregate_type())
                 .bind(stream.aggregate_id())
                 .bind(from)
                 .bind(to)
                 .bind(until)
                 .bind(limit)
-                .fetch_all(&self.pool)
+                .fetch_all(session.conn())
                 .await
-                .map_err(Error::database("load"))
+                .map_err(Error::database("load"))?;
+            session.end().await.map_err(Error::database("load"))?;
+            Ok(rows)
         })
         .await?;
         for row in &rows {
@@ -810,15 +942,24 @@ impl EventStore for PostgresEventStore {
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
         let version: i64 = retrying("stream_version", move |_| async move {
-            sqlx::query_scalar(
+            let mut session = self
+                .session()
+                .await
+                .map_err(Error::database("stream_version"))?;
+            let version = sqlx::query_scalar(
                 "SELECT COALESCE(MAX(version), 0)::BIGINT FROM events \
                  WHERE aggregate_type = $1 AND aggregate_id = $2",
             )
             .bind(stream.aggregate_type())
             .bind(stream.aggregate_id())
-            .fetch_one(&self.pool)
+            .fetch_one(session.conn())
             .await
-            .map_err(Error::database("stream_version"))
+            .map_err(Error::database("stream_version"))?;
+            session
+                .end()
+                .await
+                .map_err(Error::database("stream_version"))?;
+            Ok(version)
         })
         .await?;
         Ok(version.max(0) as u64)
