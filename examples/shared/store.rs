@@ -25,6 +25,8 @@ pub(crate) async fn open_store(name: &str) -> Result<AnyStore, Box<dyn std::erro
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("target")
         .join(format!("{name}.db"));
+    // `target/` is not there in a fresh clone built with CARGO_TARGET_DIR elsewhere.
+    std::fs::create_dir_all(path.parent().expect("target/"))?;
     for suffix in ["", "-wal", "-shm"] {
         let _ = std::fs::remove_file(format!("{}{suffix}", path.display()));
     }
