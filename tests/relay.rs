@@ -502,3 +502,24 @@ async fn relay_survives_a_broker_restart() {
     );
     running.shutdown().await;
 }
+
+/// An in-memory SQLite database has no file to lock beside: its leases lock in the process,
+/// and nothing is written to the working directory.
+#[tokio::test]
+async fn in_memory_sqlite_leases_lock_in_the_process() {
+    let store = SqliteEventStore::in_memory().await.unwrap();
+    let first = store.lease("outbox").await.unwrap();
+    assert!(first.is_some());
+    assert!(store.lease("outbox").await.unwrap().is_none(), "held");
+    drop(first);
+    assert!(store.lease("outbox").await.unwrap().is_some(), "released");
+    let strays: Vec<_> = std::fs::read_dir(".")
+        .unwrap()
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_name().to_string_lossy().starts_with("file:"))
+        .collect();
+    assert!(
+        strays.is_empty(),
+        "no lock file beside a database that has no file: {strays:?}"
+    );
+}

@@ -113,7 +113,14 @@ impl SqliteEventStore {
 
     async fn open_once(options: SqliteConnectOptions, create: bool) -> Result<Self> {
         let in_memory = options.get_filename() == Path::new(":memory:");
-        let file = (!in_memory).then(|| Arc::new(options.get_filename().to_path_buf()));
+        // Leases lock a file beside a database file; an in-memory database (`:memory:`, or the
+        // shared-cache name sqlx gives `sqlite::memory:`) has none and locks in the process.
+        let name = options.get_filename().to_string_lossy();
+        let memory_name = name == ":memory:"
+            || name.starts_with("file:sqlx-in-memory-")
+            || name.contains("mode=memory");
+        let file =
+            (!in_memory && !memory_name).then(|| Arc::new(options.get_filename().to_path_buf()));
         let options = options
             .create_if_missing(create)
             .synchronous(SqliteSynchronous::Full)
