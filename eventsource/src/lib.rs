@@ -99,6 +99,13 @@ pub mod process;
 pub use process::{ProcessManager, Reaction};
 pub use repository::Once;
 
+// Personal data: fields encrypted per data subject, erasure by key destruction.
+pub mod protection;
+#[cfg(feature = "encryption")]
+#[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
+pub use protection::{InMemoryKeyStore, KeyStore, MasterKey, ProtectedStore};
+pub use protection::{Personal, PersonalField};
+
 // Crates whose types appear in this crate's public API, so that users name the same versions.
 pub use chrono;
 pub use futures;
