@@ -700,18 +700,23 @@ pub(crate) fn personal_fields(cx: &Ctxt, input: &DeriveInput, personal: &[Person
     let Data::Struct(data) = &input.data else {
         return;
     };
+    // Compared as stored names: `r#type` and `type` are the same field.
+    let name = |ident: &syn::Ident| syn::ext::IdentExt::unraw(ident).to_string();
     for field in personal {
         let Some(subject) = &field.subject else {
             continue;
         };
-        if *subject == field.ident {
+        if name(subject) == name(&field.ident) {
             cx.error_spanned_by(
                 subject,
                 format!(
                     "`{subject}` cannot be its own subject: the subject's id must stay readable, it finds the key that decrypts the personal fields; name another field"
                 ),
             );
-        } else if personal.iter().any(|other| other.ident == *subject) {
+        } else if personal
+            .iter()
+            .any(|other| name(&other.ident) == name(subject))
+        {
             cx.error_spanned_by(
                 subject,
                 format!(
@@ -721,7 +726,7 @@ pub(crate) fn personal_fields(cx: &Ctxt, input: &DeriveInput, personal: &[Person
         } else if !data
             .fields
             .iter()
-            .any(|f| f.ident.as_ref() == Some(subject))
+            .any(|f| f.ident.as_ref().map(name) == Some(name(subject)))
         {
             cx.error_spanned_by(
                 subject,
