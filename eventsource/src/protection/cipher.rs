@@ -16,8 +16,11 @@ const NONCE_LEN: usize = 12;
 /// configuration or the environment (`EVENTSOURCE_MASTER_KEY`, base64). Never printed: its
 /// `Debug` shows nothing of it.
 #[derive(Clone)]
+// Only the SQL key stores wrap keys.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 pub struct MasterKey(Key<Aes256Gcm>);
 
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
 impl MasterKey {
     /// The environment variable [`from_env`](Self::from_env) reads.
     pub const ENV: &'static str = "EVENTSOURCE_MASTER_KEY";

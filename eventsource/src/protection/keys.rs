@@ -243,7 +243,7 @@ impl KeyStore for SqliteKeyStore {
     }
 }
 
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[cfg(feature = "sqlite")]
 fn parse_id(id: &str) -> Result<Uuid> {
     id.parse().map_err(|_| {
         crate::Error::InvalidConfig(format!(
