@@ -585,3 +585,94 @@ async fn plain_store_then_protected() {
     assert!(!raw_payloads(store.inner()).await[1].contains(EMAIL));
     assert_eq!(decoded(&store).await.len(), 2);
 }
+
+/// A read model in the database (a SQL projection over the protected store): it receives the
+/// decrypted values, and an erasure hook deletes the subject's row.
+struct MailingList;
+
+#[projection(name = "prot.mailing_list", reset = clear)]
+impl MailingList {
+    #[handles]
+    async fn registered(
+        &mut self,
+        e: &CustomerRegistered,
+        _: &EventContext<'_>,
+        tx: &mut eventsource::prelude::SqliteTx,
+    ) -> Result<(), sqlx::Error> {
+        if let Personal::Known(email) = &e.email {
+            sqlx::query("INSERT INTO mailing_list (customer_id, email) VALUES (?, ?)")
+                .bind(&e.customer_id)
+                .bind(email)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn clear(&mut self, tx: &mut eventsource::prelude::SqliteTx) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM mailing_list")
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn sql_read_model_and_erasure_hook() {
+    let db = databases::sqlite().await.unwrap();
+    let pool = db.store().writer_pool().clone();
+    sqlx::query("CREATE TABLE mailing_list (customer_id TEXT PRIMARY KEY, email TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let hook_pool = pool.clone();
+    let store = ProtectedStore::new(db.store().clone(), sqlite_keys(db.store()).await)
+        .with_erasure_hook(move |erasure: Erasure| {
+            let pool = hook_pool.clone();
+            async move {
+                sqlx::query("DELETE FROM mailing_list WHERE customer_id = ?")
+                    .bind(&erasure.subject)
+                    .execute(&pool)
+                    .await
+                    .map_err(|e| Error::InvalidConfig(e.to_string()))?;
+                Ok(())
+            }
+        });
+    register(&store, "c1").await;
+    register(&store, "c2").await;
+    let mut subscriptions = Subscriptions::new(store.clone());
+    subscriptions.add_sql(MailingList);
+    let running = subscriptions.start();
+    let head = store.log_head().await.unwrap().last;
+    running
+        .wait_until(head, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT customer_id, email FROM mailing_list ORDER BY customer_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows[0], ("c1".to_owned(), format!("c1.{EMAIL}")));
+
+    store.forget("c1").await.unwrap();
+    let count = |id: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let (n,): (i64,) =
+                sqlx::query_as("SELECT count(*) FROM mailing_list WHERE customer_id = ?")
+                    .bind(id)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            n
+        }
+    };
+    assert_eq!(count("c1").await, 0, "the hook deleted the row");
+    assert_eq!(count("c2").await, 1);
+    // A rebuild does not bring the value back: the event now reads as forgotten.
+    running.rebuild("prot.mailing_list").await.unwrap();
+    assert_eq!(count("c1").await, 0);
+    assert_eq!(count("c2").await, 1);
+    running.shutdown().await;
+}

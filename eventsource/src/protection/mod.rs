@@ -153,6 +153,12 @@ impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Personal<T> {
         if is_forgotten_value(&value) {
             return Ok(Personal::Forgotten);
         }
+        if value.as_object().is_some_and(|o| o.contains_key("$enc")) {
+            return Err(serde::de::Error::custom(
+                "an encrypted personal field: read the events through a ProtectedStore that has \
+                 the key store",
+            ));
+        }
         T::deserialize(value)
             .map(Personal::Known)
             .map_err(serde::de::Error::custom)

@@ -539,3 +539,45 @@ impl<S: CheckpointStore, K: Send + Sync> CheckpointStore for ProtectedStore<S, K
         self.inner.lease(projection)
     }
 }
+
+/// Transactions go to the wrapped store, so that SQL projections (`Subscriptions::add_sql`) run
+/// over a `ProtectedStore` too: they read decrypted events, and write their rows and checkpoint
+/// in one transaction of the wrapped store's database.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl<S, K> crate::checkpoint::TransactionalStore for ProtectedStore<S, K>
+where
+    S: crate::checkpoint::TransactionalStore,
+    K: KeyStore + 'static,
+{
+    type Database = S::Database;
+
+    fn begin(
+        &self,
+    ) -> impl Future<Output = Result<crate::projection::Transaction<Self::Database>>> + Send {
+        self.inner.begin()
+    }
+
+    fn save_checkpoint_in<'a>(
+        tx: &'a mut crate::projection::Transaction<Self::Database>,
+        projection: &'a str,
+        previous: Option<Position>,
+        position: Position,
+    ) -> impl Future<Output = Result<()>> + Send + 'a {
+        S::save_checkpoint_in(tx, projection, previous, position)
+    }
+
+    fn add_dead_letter_in<'a>(
+        tx: &'a mut crate::projection::Transaction<Self::Database>,
+        letter: &'a DeadLetter,
+    ) -> impl Future<Output = Result<()>> + Send + 'a {
+        S::add_dead_letter_in(tx, letter)
+    }
+
+    fn remove_dead_letter_in<'a>(
+        tx: &'a mut crate::projection::Transaction<Self::Database>,
+        projection: &'a str,
+        position: Position,
+    ) -> impl Future<Output = Result<bool>> + Send + 'a {
+        S::remove_dead_letter_in(tx, projection, position)
+    }
+}
