@@ -9,5 +9,6 @@ fn ui() {
     t.compile_fail("tests/ui/aggregate/*.rs");
     t.compile_fail("tests/ui/handles/*.rs");
     t.compile_fail("tests/ui/projection/*.rs");
+    t.compile_fail("tests/ui/personal/*.rs");
     t.pass("tests/ui/pass/*.rs");
 }

@@ -46,6 +46,12 @@ pub(crate) fn expand(input: &syn::DeriveInput) -> TokenStream {
         versions
     };
 
+    let personal = event.personal.iter().filter_map(|field| {
+        let name = field.ident.unraw().to_string();
+        let subject = field.subject.as_ref()?.unraw().to_string();
+        Some(quote!(#krate::PersonalField::new(#name, #subject)))
+    });
+
     quote! {
         #[doc(hidden)]
         const _: () = {
@@ -56,6 +62,7 @@ pub(crate) fn expand(input: &syn::DeriveInput) -> TokenStream {
                 const AGGREGATE_TYPE: #krate::__private::Option<&'static str> = #aggregate;
                 const ALIASES: &'static [&'static str] = &[#(#aliases),*];
                 const DECODABLE_VERSIONS: &'static [u32] = &[#(#versions),*];
+                const PERSONAL: &'static [#krate::PersonalField] = &[#(#personal),*];
 
                 fn decode(
                     __schema_version: u32,

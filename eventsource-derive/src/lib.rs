@@ -22,7 +22,7 @@ use proc_macro::TokenStream;
 /// #[event(name = "Deposited", version = 2, aggregate = "BankAccount")]
 /// struct Deposited { amount_cents: i64 }
 /// ```
-#[proc_macro_derive(DomainEvent, attributes(event))]
+#[proc_macro_derive(DomainEvent, attributes(event, personal))]
 pub fn derive_domain_event(input: TokenStream) -> TokenStream {
     let input = syn::parse_macro_input!(input as syn::DeriveInput);
     event::expand(&input).into()

@@ -304,6 +304,17 @@ pub enum Error {
         /// Why the write was refused.
         reason: String,
     },
+
+    /// A subject's key in the keys table does not unwrap with the master key: the master key is
+    /// not the one the key was wrapped with (a wrong `EVENTSOURCE_MASTER_KEY`), or the table
+    /// was altered. Nothing is decrypted with a wrong key.
+    #[error(
+        "the master key cannot unwrap subject key {key_id}: a wrong master key, or an altered keys table"
+    )]
+    MasterKey {
+        /// The key that does not unwrap.
+        key_id: uuid::Uuid,
+    },
 }
 
 /// Whether an error (from a driver, or a handler's error that wraps one) is a lost connection

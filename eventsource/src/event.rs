@@ -25,6 +25,10 @@ use uuid::Uuid;
 ///   `upcast(from_version = N, json = function)` rewrites version N's JSON into the next one's.
 /// - `crate = "..."`: the path to this crate if it is re-exported under another name.
 ///
+/// On a field, `#[personal(subject = other_field)]` marks personal data about the subject whose
+/// id `other_field` holds; the field's type is [`Personal<T>`](crate::Personal). See
+/// [`protection`](crate::protection).
+///
 /// The derive also registers the type in the global [`EventRegistry`](crate::EventRegistry), with
 /// no call to make at startup.
 #[diagnostic::on_unimplemented(
@@ -45,6 +49,9 @@ pub trait DomainEvent: Serialize + DeserializeOwned + Send + Sync + 'static {
     /// Every schema version [`decode`](Self::decode) accepts: the current one and those its
     /// upcasters cover, ascending.
     const DECODABLE_VERSIONS: &'static [u32];
+    /// The fields marked `#[personal(subject = ...)]`: encrypted per data subject by a
+    /// `ProtectedStore` (see [`protection`](crate::protection)). None by default.
+    const PERSONAL: &'static [crate::protection::PersonalField] = &[];
 
     /// Decodes a stored JSON payload of schema version `schema_version` into the current type.
     ///

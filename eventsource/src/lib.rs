@@ -102,6 +102,12 @@ pub use repository::Once;
 // Multi-tenancy: a view of a store scoped to one tenant (and PostgreSQL's row-level security).
 pub mod tenant;
 pub use tenant::{Tenancy, TenantStore};
+// Personal data: fields encrypted per data subject, erasure by key destruction.
+pub mod protection;
+#[cfg(feature = "encryption")]
+#[cfg_attr(docsrs, doc(cfg(feature = "encryption")))]
+pub use protection::{InMemoryKeyStore, KeyStore, MasterKey, ProtectedStore};
+pub use protection::{Personal, PersonalField};
 
 // Crates whose types appear in this crate's public API, so that users name the same versions.
 pub use chrono;

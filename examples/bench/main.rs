@@ -13,6 +13,9 @@
 //! - W1 command path: 10,000 aggregates x 10 events, each event one load -> command -> save.
 //! - W2 batch append: one stream, 10,000 events in batches of 100.
 //! - W3 load: all 10,000 aggregates of 10 events; and one aggregate of 10,000 events.
+//! - W1 and W3 "+1 personal field (vs plain)": the same command path and load with one
+//!   `#[personal]` field per event, through a `ProtectedStore` (keys in memory) over the same
+//!   store; the ratio is to the plain framework row of the same repetition: the encryption cost.
 //! - W4 projection catch-up: fold all 100,000 events in global order into balances. Two extra
 //!   rows run the raw fold selecting 7 and 10 columns (`read_all`'s) while using the same four:
 //!   what handing over more columns costs by itself.
@@ -85,6 +88,117 @@ fn raw_apply(state: &mut Account, event_type: &str, payload: &str) {
         let e: AccountOpened = serde_json::from_str(payload).expect("raw payload");
         state.owner = e.owner;
     }
+}
+
+// --- The same account with one personal field per event, for the encryption rows. ---
+
+#[derive(DomainEvent, Serialize, Deserialize, Clone, Debug)]
+#[event(name = "bench.PiiAccountOpened")]
+struct PiiAccountOpened {
+    account_id: String,
+    #[personal(subject = account_id)]
+    owner: eventsource::Personal<String>,
+}
+
+#[derive(DomainEvent, Serialize, Deserialize, Clone, Debug)]
+#[event(name = "bench.PiiDeposited")]
+struct PiiDeposited {
+    account_id: String,
+    #[personal(subject = account_id)]
+    reference: eventsource::Personal<String>,
+    amount_cents: i64,
+}
+
+#[derive(Default, Debug, Serialize, Deserialize)]
+struct PiiAccount {
+    owner: eventsource::Personal<String>,
+    balance: i64,
+}
+
+#[aggregate(name = "PiiAccount", id = String)]
+impl PiiAccount {
+    #[handles]
+    fn opened(&mut self, e: &PiiAccountOpened) {
+        self.owner.clone_from(&e.owner);
+    }
+
+    #[handles]
+    fn deposited(&mut self, e: &PiiDeposited) {
+        self.balance += e.amount_cents;
+    }
+}
+
+fn pii_deposit(id: &str) -> PiiDeposited {
+    PiiDeposited {
+        account_id: id.to_owned(),
+        reference: eventsource::Personal::Known(format!("transfer from {id}")),
+        amount_cents: 100,
+    }
+}
+
+async fn fw_pii_w1<S: EventStore>(store: &S, sizes: Sizes) -> usize {
+    let repo = PiiAccount::repository(store);
+    for i in 0..sizes.aggregates {
+        let id = account_id(i);
+        let mut account = repo.create(id.clone());
+        account.record(PiiAccountOpened {
+            owner: eventsource::Personal::Known(format!("owner {i}")),
+            account_id: id,
+        });
+        repo.save(&mut account).await.expect("save");
+    }
+    for _ in 1..sizes.events_per_aggregate {
+        for i in 0..sizes.aggregates {
+            let id = account_id(i);
+            let mut account = repo.load(id.clone()).await.expect("load");
+            account.record(pii_deposit(&id));
+            repo.save(&mut account).await.expect("save");
+        }
+    }
+    sizes.aggregates * sizes.events_per_aggregate
+}
+
+async fn fw_pii_seed<S: EventStore>(store: &S, sizes: Sizes) {
+    for i in 0..sizes.aggregates {
+        let id = account_id(i);
+        let mut batch = vec![
+            NewEvent::new(&PiiAccountOpened {
+                owner: eventsource::Personal::Known(format!("owner {i}")),
+                account_id: id.clone(),
+            })
+            .unwrap(),
+        ];
+        for _ in 1..sizes.events_per_aggregate {
+            batch.push(NewEvent::new(&pii_deposit(&id)).unwrap());
+        }
+        store
+            .append(
+                &StreamId::new("PiiAccount", id).expect("valid"),
+                ExpectedVersion::NoStream,
+                batch,
+            )
+            .await
+            .expect("seed");
+    }
+}
+
+async fn fw_pii_w3<S: EventStore>(store: &S, sizes: Sizes) -> i64 {
+    let repo = PiiAccount::repository(store);
+    let mut total = 0;
+    for i in 0..sizes.aggregates {
+        let account = repo.load(account_id(i)).await.expect("load");
+        assert!(account.state().owner.known().is_some(), "decrypted");
+        total += account.state().balance;
+    }
+    total
+}
+
+/// The store the encryption rows use: the fixture's, protected, keys in memory (the key store's
+/// own cost is one lookup per subject, cached).
+fn protected<S: EventStore + Clone>(
+    store: &S,
+) -> eventsource::ProtectedStore<S, eventsource::InMemoryKeyStore> {
+    eventsource::ProtectedStore::new(store.clone(), eventsource::InMemoryKeyStore::new())
 }
 
 fn account_id(i: usize) -> String {
@@ -905,6 +1019,8 @@ impl Run<'_> {
         let sizes = self.sizes;
         let has_raw = !matches!(fx.raw, Raw::None);
         let events = sizes.aggregates * sizes.events_per_aggregate;
+        // The same keys for the encryption rows of W1 and W3 (W3 loads what W1 wrote).
+        let pii = protected(&fx.store);
 
         reset_peak_rss();
         if (self.selected)("w1") {
@@ -919,6 +1035,16 @@ impl Run<'_> {
                 None
             };
             samples.add("W1 command path", "events/s", framework, raw, peak_rss_mb());
+            reset_peak_rss();
+            let t = Instant::now();
+            let n = fw_pii_w1(&pii, sizes).await;
+            samples.add(
+                PII_W1,
+                "events/s",
+                per_second(n, t.elapsed()),
+                Some(framework),
+                peak_rss_mb(),
+            );
         } else if (self.selected)("w3") || (self.selected)("w4") {
             fw_seed(&fx.store, sizes).await;
             if has_raw {
@@ -947,6 +1073,19 @@ impl Run<'_> {
                 "aggregates/s",
                 framework,
                 raw,
+                peak_rss_mb(),
+            );
+            if !(self.selected)("w1") {
+                fw_pii_seed(&pii, sizes).await;
+            }
+            reset_peak_rss();
+            let t = Instant::now();
+            assert_eq!(fw_pii_w3(&pii, sizes).await, total, "the same balances");
+            samples.add(
+                PII_W3,
+                "aggregates/s",
+                per_second(sizes.aggregates, t.elapsed()),
+                Some(framework),
                 peak_rss_mb(),
             );
         }
@@ -1076,11 +1215,17 @@ impl Run<'_> {
     }
 }
 
+/// The encryption rows: the ratio is to the plain framework row.
+const PII_W1: &str = "W1 +1 personal field (vs plain)";
+const PII_W3: &str = "W3 +1 personal field (vs plain)";
+
 fn report(backend: &'static str, samples: Samples, figures: &mut Vec<Figure>) {
     let order = [
         "W1 command path",
+        PII_W1,
         "W2 batch append",
         "W3 load 10-event aggregates",
+        PII_W3,
         "W3 one aggregate, long stream, no snapshot",
         "W3 same, from a snapshot (vs no snapshot)",
         "W4 projection catch-up",

@@ -1,9 +1,9 @@
 //! The model the macros expand from: what was parsed, with the original syntax kept for spans.
 
 use super::Ctxt;
-use super::attr::{AggregateAttrs, EventAttrs, ProjectionAttrs};
+use super::attr::{AggregateAttrs, EventAttrs, PersonalAttr, ProjectionAttrs};
 use super::check::{self, Target};
-use super::symbol::HANDLES;
+use super::symbol::{HANDLES, PERSONAL};
 use proc_macro2::TokenStream;
 use syn::{DeriveInput, Ident, ImplItem, ItemImpl, Type};
 
@@ -11,6 +11,16 @@ use syn::{DeriveInput, Ident, ImplItem, ItemImpl, Type};
 pub(crate) struct Event<'a> {
     pub(crate) original: &'a DeriveInput,
     pub(crate) attrs: EventAttrs,
+    /// The fields marked `#[personal(subject = ...)]`.
+    pub(crate) personal: Vec<PersonalField>,
+}
+
+/// A field marked `#[personal(subject = ...)]`: encrypted per data subject when stored.
+pub(crate) struct PersonalField {
+    pub(crate) ident: Ident,
+    pub(crate) ty: Type,
+    /// The field holding the subject's id (`None` once the missing key is reported).
+    pub(crate) subject: Option<Ident>,
 }
 
 impl<'a> Event<'a> {
@@ -18,15 +28,63 @@ impl<'a> Event<'a> {
         let attrs = EventAttrs::from_attrs(cx, &input.attrs);
         check::event_shape(cx, input);
         check::upcast_chain(cx, attrs.version.map_or(1, |v| v.value), &attrs.upcasts);
+        let personal = personal_fields(cx, input);
+        check::personal_fields(cx, input, &personal);
         Event {
             original: input,
             attrs,
+            personal,
         }
     }
 
     pub(crate) fn ident(&self) -> &Ident {
         &self.original.ident
     }
+}
+
+/// The `#[personal]` fields of a struct with named fields; the attribute anywhere else (a tuple
+/// struct, an enum's variants) is reported, as is a `#[personal]` without `subject`.
+fn personal_fields(cx: &Ctxt, input: &DeriveInput) -> Vec<PersonalField> {
+    let (fields, named_struct): (Vec<&syn::Field>, bool) = match &input.data {
+        syn::Data::Struct(data) => (
+            data.fields.iter().collect(),
+            matches!(data.fields, syn::Fields::Named(_)),
+        ),
+        syn::Data::Enum(data) => (
+            data.variants.iter().flat_map(|v| &v.fields).collect(),
+            false,
+        ),
+        syn::Data::Union(_) => (Vec::new(), false),
+    };
+    let mut personal = Vec::new();
+    for field in fields {
+        let Some(attr) = PersonalAttr::from_attrs(cx, &field.attrs) else {
+            continue;
+        };
+        let Some(ident) = field.ident.clone().filter(|_| named_struct) else {
+            cx.error_spanned_by(
+                &attr.keyword,
+                format!(
+                    "`#[{PERSONAL}]` is supported on the named fields of a struct: the encrypted value is a top-level field of the event's JSON object"
+                ),
+            );
+            continue;
+        };
+        if attr.subject.is_none() {
+            cx.error_spanned_by(
+                &attr.keyword,
+                format!(
+                    "expected `#[{PERSONAL}(subject = field)]`: the field holding the id of the person this data is about"
+                ),
+            );
+        }
+        personal.push(PersonalField {
+            ident,
+            ty: field.ty.clone(),
+            subject: attr.subject,
+        });
+    }
+    personal
 }
 
 /// An inherent impl block under `#[aggregate]`.

@@ -5,8 +5,9 @@
 
 use super::Ctxt;
 use super::symbol::{
-    AGGREGATE, ALIAS, CRATE, ERROR, EVENT, FROM, FROM_VERSION, ID, JSON, NAME, PROJECTION, RESET,
-    RETIRED, SNAPSHOT_EVERY, STATE_VERSION, Symbol, UNKNOWN_EVENTS, UPCAST, VERSION, VIA,
+    AGGREGATE, ALIAS, CRATE, ERROR, EVENT, FROM, FROM_VERSION, ID, JSON, NAME, PERSONAL,
+    PROJECTION, RESET, RETIRED, SNAPSHOT_EVERY, STATE_VERSION, SUBJECT, Symbol, UNKNOWN_EVENTS,
+    UPCAST, VERSION, VIA,
 };
 use proc_macro2::{Span, TokenStream};
 use quote::ToTokens;
@@ -403,6 +404,50 @@ impl ProjectionAttrs {
             reset: reset.get(),
             krate: krate.get(),
         }
+    }
+}
+
+/// `#[personal(subject = field)]` on one field of an event.
+pub(crate) struct PersonalAttr {
+    /// The attribute's path, where errors about the attribute as a whole point.
+    pub(crate) keyword: syn::Path,
+    /// The field named by `subject = ...`, if it was given.
+    pub(crate) subject: Option<syn::Ident>,
+}
+
+impl PersonalAttr {
+    /// The `#[personal(...)]` of a field, if any. A second one is reported and ignored.
+    pub(crate) fn from_attrs(cx: &Ctxt, attrs: &[Attribute]) -> Option<Self> {
+        let mut found: Option<PersonalAttr> = None;
+        for attr in attrs.iter().filter(|attr| attr.path() == PERSONAL) {
+            if found.is_some() {
+                cx.error_spanned_by(
+                    attr.path(),
+                    "duplicate `#[personal]` on this field: give it once, with its `subject`",
+                );
+                continue;
+            }
+            let mut subject = Attr::none(cx, PERSONAL, SUBJECT);
+            if let syn::Meta::List(_) = &attr.meta {
+                let result = attr.parse_nested_meta(|meta| {
+                    if meta.path == SUBJECT {
+                        let ident: syn::Ident = meta.value()?.parse()?;
+                        subject.set(&meta.path, ident);
+                    } else {
+                        unknown_key(cx, &meta, PERSONAL, &[SUBJECT])?;
+                    }
+                    Ok(())
+                });
+                if let Err(err) = result {
+                    cx.syn_error(err);
+                }
+            }
+            found = Some(PersonalAttr {
+                keyword: attr.path().clone(),
+                subject: subject.get(),
+            });
+        }
+        found
     }
 }
 

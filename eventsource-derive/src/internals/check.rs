@@ -3,6 +3,7 @@
 
 use super::Ctxt;
 use super::ast::Handler;
+use super::ast::PersonalField;
 use super::attr::{Upcast, UpcastStep};
 use quote::ToTokens;
 use std::collections::btree_map::Entry;
@@ -690,4 +691,70 @@ pub(crate) fn projection_handler_signature(
         kind_tokens,
         valid: ok && event_ok && receiver_ok,
     })
+}
+
+/// The personal fields of an event: each names, as its subject, another field of the same
+/// struct that is not personal itself (the subject's id must stay readable: it finds the key),
+/// and has the type `Personal<T>` (so that an erased value decodes as `Personal::Forgotten`).
+pub(crate) fn personal_fields(cx: &Ctxt, input: &DeriveInput, personal: &[PersonalField]) {
+    let Data::Struct(data) = &input.data else {
+        return;
+    };
+    // Compared as stored names: `r#type` and `type` are the same field.
+    let name = |ident: &syn::Ident| syn::ext::IdentExt::unraw(ident).to_string();
+    for field in personal {
+        let Some(subject) = &field.subject else {
+            continue;
+        };
+        if name(subject) == name(&field.ident) {
+            cx.error_spanned_by(
+                subject,
+                format!(
+                    "`{subject}` cannot be its own subject: the subject's id must stay readable, it finds the key that decrypts the personal fields; name another field"
+                ),
+            );
+        } else if personal
+            .iter()
+            .any(|other| name(&other.ident) == name(subject))
+        {
+            cx.error_spanned_by(
+                subject,
+                format!(
+                    "the subject `{subject}` is itself a personal field: the subject's id must stay readable, it finds the key that decrypts the personal fields"
+                ),
+            );
+        } else if !data
+            .fields
+            .iter()
+            .any(|f| f.ident.as_ref().map(name) == Some(name(subject)))
+        {
+            cx.error_spanned_by(
+                subject,
+                format!(
+                    "no field `{subject}` in `{}`: `subject` names the field that holds the data subject's id",
+                    input.ident
+                ),
+            );
+        }
+        if !is_personal_type(&field.ty) {
+            cx.error_spanned_by(
+                &field.ty,
+                "a `#[personal]` field has the type `Personal<T>`, so that a value erased by `forget` decodes as `Personal::Forgotten`",
+            );
+        }
+    }
+}
+
+/// Whether `ty` is spelled `Personal<...>` (with any path before it).
+fn is_personal_type(ty: &Type) -> bool {
+    match ty {
+        Type::Path(path) => {
+            path.qself.is_none()
+                && path.path.segments.last().is_some_and(|segment| {
+                    segment.ident == "Personal"
+                        && matches!(segment.arguments, syn::PathArguments::AngleBracketed(_))
+                })
+        }
+        _ => false,
+    }
 }

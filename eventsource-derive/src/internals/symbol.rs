@@ -8,6 +8,10 @@ pub(crate) struct Symbol(&'static str);
 pub(crate) const EVENT: Symbol = Symbol("event");
 pub(crate) const HANDLES: Symbol = Symbol("handles");
 pub(crate) const PROJECTION: Symbol = Symbol("projection");
+/// `#[personal(subject = field)]` on a field of a `#[derive(DomainEvent)]` struct.
+pub(crate) const PERSONAL: Symbol = Symbol("personal");
+/// `subject = field` in `#[personal(...)]`: the field holding the data subject's id.
+pub(crate) const SUBJECT: Symbol = Symbol("subject");
 
 pub(crate) const NAME: Symbol = Symbol("name");
 pub(crate) const VERSION: Symbol = Symbol("version");

@@ -1,0 +1,234 @@
+//! The cryptography, all of it from RustCrypto's `aes-gcm`: AES-256-GCM with a random 96-bit
+//! nonce per encryption, for the personal fields (under a subject's data key) and for the data
+//! keys themselves (wrapped under the master key).
+
+use crate::error::{Error, Result};
+use aes_gcm::aead::{Aead, AeadCore, KeyInit, OsRng, Payload};
+use aes_gcm::{Aes256Gcm, Key, Nonce};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD as BASE64;
+use std::fmt;
+use uuid::Uuid;
+
+const NONCE_LEN: usize = 12;
+
+/// The key that wraps (encrypts) every data key a SQL key store keeps: 32 bytes, from
+/// configuration or the environment (`EVENTSOURCE_MASTER_KEY`, base64). Never printed: its
+/// `Debug` shows nothing of it.
+#[derive(Clone)]
+// Only the SQL key stores wrap keys.
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+pub struct MasterKey(Key<Aes256Gcm>);
+
+#[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+impl MasterKey {
+    /// The environment variable [`from_env`](Self::from_env) reads.
+    pub const ENV: &'static str = "EVENTSOURCE_MASTER_KEY";
+
+    /// A master key of these 32 bytes.
+    pub fn from_bytes(bytes: [u8; 32]) -> Self {
+        MasterKey(bytes.into())
+    }
+
+    /// A master key from its base64 text (standard alphabet, 32 bytes once decoded).
+    pub fn from_base64(text: &str) -> Result<Self> {
+        let bytes = BASE64.decode(text.trim()).map_err(|_| {
+            Error::InvalidConfig("the master key is not base64 (standard alphabet)".to_owned())
+        })?;
+        let bytes: [u8; 32] = bytes.try_into().map_err(|_| {
+            Error::InvalidConfig("the master key must be 32 bytes once base64-decoded".to_owned())
+        })?;
+        Ok(Self::from_bytes(bytes))
+    }
+
+    /// The master key in `EVENTSOURCE_MASTER_KEY` (base64 of 32 bytes).
+    pub fn from_env() -> Result<Self> {
+        let text = std::env::var(Self::ENV)
+            .map_err(|_| Error::InvalidConfig(format!("{} is not set", Self::ENV)))?;
+        Self::from_base64(&text)
+    }
+
+    /// A fresh random master key, and its base64 text to keep in configuration.
+    pub fn generate() -> (Self, String) {
+        let key = Aes256Gcm::generate_key(&mut OsRng);
+        (MasterKey(key), BASE64.encode(key))
+    }
+
+    /// Wraps a data key: nonce followed by the ciphertext and tag, bound to its id and subject.
+    pub(crate) fn wrap(&self, key: &DataKey) -> Vec<u8> {
+        let aad = wrap_aad(key.id, &key.subject);
+        seal(&self.0, &key.bytes, &aad)
+    }
+
+    /// Unwraps what [`wrap`](Self::wrap) made; a wrong master key (or altered bytes) fails the
+    /// tag check: [`Error::MasterKey`].
+    pub(crate) fn unwrap(&self, id: Uuid, subject: &str, wrapped: &[u8]) -> Result<DataKey> {
+        let bytes = open(&self.0, wrapped, &wrap_aad(id, subject))
+            .ok_or(Error::MasterKey { key_id: id })?;
+        let bytes: [u8; 32] = bytes
+            .try_into()
+            .map_err(|_| Error::MasterKey { key_id: id })?;
+        Ok(DataKey::new(id, subject, bytes))
+    }
+}
+
+impl fmt::Debug for MasterKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("MasterKey(..)")
+    }
+}
+
+fn wrap_aad(id: Uuid, subject: &str) -> Vec<u8> {
+    let mut aad = id.as_bytes().to_vec();
+    aad.extend_from_slice(subject.as_bytes());
+    aad
+}
+
+/// One data subject's key: what encrypts that subject's personal fields. Its `Debug` shows the
+/// id and the subject, never the key.
+#[derive(Clone)]
+pub struct DataKey {
+    id: Uuid,
+    subject: String,
+    bytes: [u8; 32],
+}
+
+impl DataKey {
+    /// A fresh random key for `subject`, with a new id (UUID v7: ids sort by creation).
+    pub fn generate(subject: &str) -> Self {
+        let key = Aes256Gcm::generate_key(&mut OsRng);
+        DataKey::new(Uuid::now_v7(), subject, key.into())
+    }
+
+    pub(crate) fn new(id: Uuid, subject: &str, bytes: [u8; 32]) -> Self {
+        DataKey {
+            id,
+            subject: subject.to_owned(),
+            bytes,
+        }
+    }
+
+    /// The key's id, stored in each envelope it encrypted.
+    pub fn id(&self) -> Uuid {
+        self.id
+    }
+
+    /// The data subject whose key this is.
+    pub fn subject(&self) -> &str {
+        &self.subject
+    }
+
+    /// Encrypts the JSON text of field `field` into its envelope.
+    pub(crate) fn encrypt(&self, field: &str, plain: &[u8]) -> serde_json::Value {
+        let sealed = seal(&self.bytes.into(), plain, &field_aad(self.id, field));
+        let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+        serde_json::json!({
+            ENVELOPE_TAG: ENVELOPE_V1,
+            "kid": self.id.to_string(),
+            "n": BASE64.encode(nonce),
+            "c": BASE64.encode(ciphertext),
+        })
+    }
+
+    /// Decrypts an envelope's nonce and ciphertext; `None` if they do not authenticate.
+    pub(crate) fn decrypt(&self, field: &str, envelope: &Envelope) -> Option<Vec<u8>> {
+        let mut sealed = envelope.nonce.clone();
+        sealed.extend_from_slice(&envelope.ciphertext);
+        open(&self.bytes.into(), &sealed, &field_aad(self.id, field))
+    }
+}
+
+impl fmt::Debug for DataKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("DataKey")
+            .field("id", &self.id)
+            .field("subject", &self.subject)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The envelope's marker key, and its one version.
+pub(crate) const ENVELOPE_TAG: &str = "$enc";
+const ENVELOPE_V1: &str = "v1";
+
+/// A field bound to its key and its name: an envelope moved to another field does not open.
+fn field_aad(id: Uuid, field: &str) -> Vec<u8> {
+    let mut aad = id.as_bytes().to_vec();
+    aad.extend_from_slice(field.as_bytes());
+    aad
+}
+
+/// An encrypted field as stored: `{"$enc": "v1", "kid": key id, "n": nonce, "c": ciphertext}`,
+/// nonce and ciphertext (with its tag) in base64.
+#[derive(Debug)]
+pub(crate) struct Envelope {
+    pub(crate) key_id: Uuid,
+    nonce: Vec<u8>,
+    ciphertext: Vec<u8>,
+}
+
+impl Envelope {
+    /// Whether `value` is an envelope (of any version).
+    pub(crate) fn is_envelope(value: &serde_json::Value) -> bool {
+        value
+            .as_object()
+            .is_some_and(|object| object.contains_key(ENVELOPE_TAG))
+    }
+
+    /// Reads an envelope; the reason it is malformed otherwise.
+    pub(crate) fn parse(value: &serde_json::Value) -> std::result::Result<Self, String> {
+        let object = value.as_object().ok_or("not an object")?;
+        let text = |key: &str| {
+            object
+                .get(key)
+                .and_then(|v| v.as_str())
+                .ok_or_else(|| format!("the envelope has no text `{key}`"))
+        };
+        let version = text(ENVELOPE_TAG)?;
+        if version != ENVELOPE_V1 {
+            return Err(format!("unknown envelope version `{version}`"));
+        }
+        let key_id = text("kid")?
+            .parse()
+            .map_err(|_| "the envelope's key id is not a UUID".to_owned())?;
+        let nonce = BASE64
+            .decode(text("n")?)
+            .ok()
+            .filter(|n| n.len() == NONCE_LEN)
+            .ok_or("the envelope's nonce is not 12 bytes of base64")?;
+        let ciphertext = BASE64
+            .decode(text("c")?)
+            .map_err(|_| "the envelope's ciphertext is not base64".to_owned())?;
+        Ok(Envelope {
+            key_id,
+            nonce,
+            ciphertext,
+        })
+    }
+}
+
+fn seal(key: &Key<Aes256Gcm>, plain: &[u8], aad: &[u8]) -> Vec<u8> {
+    let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
+    let ciphertext = Aes256Gcm::new(key)
+        .encrypt(&nonce, Payload { msg: plain, aad })
+        .expect("AES-GCM encrypts any message shorter than 64 GiB");
+    let mut sealed = nonce.to_vec();
+    sealed.extend_from_slice(&ciphertext);
+    sealed
+}
+
+fn open(key: &Key<Aes256Gcm>, sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
+    if sealed.len() < NONCE_LEN {
+        return None;
+    }
+    let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
+    Aes256Gcm::new(key)
+        .decrypt(
+            Nonce::from_slice(nonce),
+            Payload {
+                msg: ciphertext,
+                aad,
+            },
+        )
+        .ok()
+}

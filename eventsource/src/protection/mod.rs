@@ -1,0 +1,166 @@
+//! Personal data: fields encrypted per data subject, and erasure by destroying the subject's key
+//! ("crypto-shredding").
+//!
+//! An event declares its personal fields with the derive, each naming the field that holds the
+//! data subject's id:
+//!
+//! ```ignore
+//! #[derive(DomainEvent, Serialize, Deserialize)]
+//! struct CustomerRegistered {
+//!     customer_id: String,
+//!     #[personal(subject = customer_id)]
+//!     email: Personal<String>,
+//! }
+//! ```
+//!
+//! Those fields are encrypted only when the events go through a `ProtectedStore` (feature
+//! `encryption`), a wrapper around any [`EventStore`](crate::EventStore): it encrypts them on
+//! append with the subject's key from a `KeyStore`, and decrypts them on every read. After
+//! `ProtectedStore::forget(subject)` the key is gone: the events stay, and their personal
+//! fields read as [`Personal::Forgotten`]. Without the wrapper they are stored in plain.
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+#[cfg(feature = "encryption")]
+mod cipher;
+#[cfg(feature = "encryption")]
+mod keys;
+#[cfg(feature = "encryption")]
+mod store;
+
+#[cfg(feature = "encryption")]
+pub use cipher::{DataKey, MasterKey};
+#[cfg(all(feature = "encryption", feature = "postgres"))]
+pub use keys::PostgresKeyStore;
+#[cfg(all(feature = "encryption", feature = "sqlite"))]
+pub use keys::SqliteKeyStore;
+#[cfg(feature = "encryption")]
+pub use keys::{InMemoryKeyStore, KeyState, KeyStore};
+#[cfg(feature = "encryption")]
+pub use store::{EraseSnapshots, Erasure, ErasureHook, ProtectedStore};
+
+/// The JSON that stands for an erased value: what [`Personal::Forgotten`] serializes to, and what
+/// a reader of the decrypted JSON (the command line, a bus consumer) sees in place of a personal
+/// field whose subject was forgotten.
+pub const FORGOTTEN_MARKER: &str = "$forgotten";
+
+/// One personal field of an event type, as `#[personal(subject = ...)]` declares it: the
+/// top-level JSON field that is encrypted and the field that holds the data subject's id.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct PersonalField {
+    field: &'static str,
+    subject: &'static str,
+}
+
+impl PersonalField {
+    /// A personal field `field` of the subject named in field `subject`.
+    pub const fn new(field: &'static str, subject: &'static str) -> Self {
+        PersonalField { field, subject }
+    }
+
+    /// The JSON field that is encrypted.
+    pub fn field(&self) -> &'static str {
+        self.field
+    }
+
+    /// The JSON field that holds the subject's id.
+    pub fn subject(&self) -> &'static str {
+        self.subject
+    }
+}
+
+/// The type of a `#[personal]` field: the value, or the fact that it was erased.
+///
+/// `Known(v)` serializes as `v` itself, so a field that became personal in a later schema
+/// version still reads its old, plain payloads. `Forgotten` serializes as
+/// `{"$forgotten": true}` ([`FORGOTTEN_MARKER`]): what a personal field of a forgotten subject
+/// decodes to, on every read path, instead of a decode error or the old value. Handlers match:
+///
+/// ```
+/// use eventsource::Personal;
+///
+/// fn greeting(name: &Personal<String>) -> String {
+///     match name {
+///         Personal::Known(name) => format!("Hello, {name}"),
+///         Personal::Forgotten => "Hello".to_owned(),
+///     }
+/// }
+/// assert_eq!(greeting(&Personal::Known("Ada".into())), "Hello, Ada");
+/// assert_eq!(greeting(&Personal::Forgotten), "Hello");
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash)]
+pub enum Personal<T> {
+    /// The value.
+    Known(T),
+    /// The value was erased: its subject was forgotten.
+    #[default]
+    Forgotten,
+}
+
+impl<T> Personal<T> {
+    /// The value, if it is known.
+    pub fn known(&self) -> Option<&T> {
+        match self {
+            Personal::Known(value) => Some(value),
+            Personal::Forgotten => None,
+        }
+    }
+
+    /// The value, if it is known.
+    pub fn into_known(self) -> Option<T> {
+        match self {
+            Personal::Known(value) => Some(value),
+            Personal::Forgotten => None,
+        }
+    }
+
+    /// Whether the value was erased.
+    pub fn is_forgotten(&self) -> bool {
+        matches!(self, Personal::Forgotten)
+    }
+}
+
+impl<T> From<T> for Personal<T> {
+    fn from(value: T) -> Self {
+        Personal::Known(value)
+    }
+}
+
+/// The JSON object that stands for an erased value.
+pub(crate) fn forgotten_value() -> serde_json::Value {
+    serde_json::json!({ FORGOTTEN_MARKER: true })
+}
+
+/// Whether `value` is [`forgotten_value`].
+pub(crate) fn is_forgotten_value(value: &serde_json::Value) -> bool {
+    value
+        .as_object()
+        .is_some_and(|object| object.len() == 1 && object.contains_key(FORGOTTEN_MARKER))
+}
+
+impl<T: Serialize> Serialize for Personal<T> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Personal::Known(value) => value.serialize(serializer),
+            Personal::Forgotten => forgotten_value().serialize(serializer),
+        }
+    }
+}
+
+impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Personal<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let value = serde_json::Value::deserialize(deserializer)?;
+        if is_forgotten_value(&value) {
+            return Ok(Personal::Forgotten);
+        }
+        if value.as_object().is_some_and(|o| o.contains_key("$enc")) {
+            return Err(serde::de::Error::custom(
+                "an encrypted personal field: read the events through a ProtectedStore that has \
+                 the key store",
+            ));
+        }
+        T::deserialize(value)
+            .map(Personal::Known)
+            .map_err(serde::de::Error::custom)
+    }
+}

@@ -1,0 +1,678 @@
+//! Personal data on every backend: fields declared `#[personal]` are encrypted in the store
+//! (checked in the raw rows), read back on every path, erased by `forget` (load, read-all, a
+//! projection rebuild and a snapshot load all see `Personal::Forgotten`), and tampering or a
+//! wrong master key are typed errors.
+
+use eventsource::prelude::*;
+use eventsource::protection::{Erasure, KeyStore, MasterKey, SqliteKeyStore};
+use eventsource::subscription::Subscriptions;
+use eventsource::{
+    CheckpointStore, InMemoryKeyStore, NewEvent, Personal, ProtectedStore, SnapshotStore,
+};
+use eventsource_tests::databases;
+use futures::TryStreamExt;
+use serde::{Deserialize, Serialize};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+#[derive(DomainEvent, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[event(name = "prot.CustomerRegistered", aggregate = "Customer")]
+struct CustomerRegistered {
+    customer_id: String,
+    #[personal(subject = customer_id)]
+    name: Personal<String>,
+    #[personal(subject = customer_id)]
+    email: Personal<String>,
+    plan: String,
+}
+
+/// Version 1 stored the email in plain; version 2 made it personal.
+#[derive(Serialize, Deserialize)]
+struct EmailChangedV1 {
+    customer_id: String,
+    email: String,
+}
+
+#[derive(DomainEvent, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[event(
+    name = "prot.EmailChanged",
+    aggregate = "Customer",
+    version = 2,
+    upcast(from_version = 1, via = EmailChangedV1)
+)]
+struct EmailChanged {
+    customer_id: String,
+    #[personal(subject = customer_id)]
+    email: Personal<String>,
+}
+
+impl From<EmailChangedV1> for EmailChanged {
+    fn from(v1: EmailChangedV1) -> Self {
+        EmailChanged {
+            customer_id: v1.customer_id,
+            email: Personal::Known(v1.email),
+        }
+    }
+}
+
+#[derive(Default, Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Customer {
+    name: Personal<String>,
+    email: Personal<String>,
+}
+
+#[aggregate(name = "Customer", id = String)]
+impl Customer {
+    #[handles]
+    fn registered(&mut self, event: &CustomerRegistered) {
+        self.name = event.name.clone();
+        self.email = event.email.clone();
+    }
+
+    #[handles]
+    fn email_changed(&mut self, event: &EmailChanged) {
+        self.email = event.email.clone();
+    }
+}
+
+/// A read model of emails by customer.
+#[derive(Default)]
+struct Emails {
+    by_customer: std::collections::BTreeMap<String, Personal<String>>,
+}
+
+#[projection(name = "prot.emails")]
+impl Emails {
+    #[handles]
+    fn registered(&mut self, event: &CustomerRegistered) {
+        self.by_customer
+            .insert(event.customer_id.clone(), event.email.clone());
+    }
+
+    #[handles]
+    fn changed(&mut self, event: &EmailChanged) {
+        self.by_customer
+            .insert(event.customer_id.clone(), event.email.clone());
+    }
+}
+
+const EMAIL: &str = "ada@example.org";
+const NAME: &str = "Ada Lovelace";
+
+fn registered(id: &str) -> CustomerRegistered {
+    CustomerRegistered {
+        customer_id: id.to_owned(),
+        name: Personal::Known(format!("{NAME} {id}")),
+        email: Personal::Known(format!("{id}.{EMAIL}")),
+        plan: "gold".to_owned(),
+    }
+}
+
+fn stream(id: &str) -> StreamId {
+    StreamId::new("Customer", id).unwrap()
+}
+
+async fn register<S: EventStore>(store: &S, id: &str) {
+    store
+        .append(
+            &stream(id),
+            ExpectedVersion::NoStream,
+            vec![NewEvent::new(&registered(id)).unwrap()],
+        )
+        .await
+        .unwrap();
+}
+
+/// The payloads as stored, below the wrapper.
+async fn raw_payloads<S: EventStore>(inner: &S) -> Vec<String> {
+    settle(inner).await;
+    inner
+        .read_all(ReadAll::from_start())
+        .map_ok(|e| e.payload)
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+/// Waits until every committed event is readable by `read_all` (PostgreSQL).
+async fn settle<S: EventStore>(store: &S) {
+    let head = store.log_head().await.unwrap();
+    store
+        .wait_for(head.last, Duration::from_secs(10))
+        .await
+        .unwrap();
+}
+
+async fn decoded<S: EventStore>(store: &S) -> Vec<CustomerRegistered> {
+    settle(store).await;
+    let events: Vec<RecordedEvent> = store
+        .read_all(ReadAll::from_start().event_types(["prot.CustomerRegistered"]))
+        .try_collect()
+        .await
+        .unwrap();
+    events.iter().map(|e| e.decode().unwrap()).collect()
+}
+
+/// Append, then read back on every path; the stored payload holds no plain value.
+async fn round_trip<S, K>(store: &ProtectedStore<S, K>)
+where
+    S: EventStore + SnapshotStore + CheckpointStore + Clone + 'static,
+    K: KeyStore + 'static,
+{
+    register(store, "c1").await;
+    let events = decoded(store).await;
+    assert_eq!(events, vec![registered("c1")]);
+    let customers = Customer::repository(store.clone());
+    let customer = customers.load("c1".to_owned()).await.unwrap();
+    assert_eq!(
+        customer.state().email.known().unwrap(),
+        &format!("c1.{EMAIL}")
+    );
+
+    for payload in raw_payloads(store.inner()).await {
+        assert!(!payload.contains(EMAIL), "plain email stored: {payload}");
+        assert!(!payload.contains(NAME), "plain name stored: {payload}");
+        assert!(payload.contains("\"$enc\""), "{payload}");
+        assert!(
+            payload.contains("gold"),
+            "other fields stay plain: {payload}"
+        );
+    }
+}
+
+/// After `forget`: the events stay, personal fields read as forgotten on every path, the
+/// snapshot is gone, hooks ran, and the other subject is untouched.
+async fn forget_erases_everywhere<S, K>(store: &ProtectedStore<S, K>)
+where
+    S: EventStore + SnapshotStore + CheckpointStore + Clone + 'static,
+    K: KeyStore + 'static,
+{
+    register(store, "c1").await;
+    register(store, "c2").await;
+    let customers = Customer::repository(store.clone()).with_snapshots();
+    customers.snapshot("c1".to_owned()).await.unwrap();
+    assert!(store.load_snapshot(&stream("c1")).await.unwrap().is_some());
+
+    let mut subscriptions = Subscriptions::new(store.clone());
+    let emails = subscriptions.add(Emails::default());
+    let running = subscriptions.start();
+    let head = store.log_head().await.unwrap().last;
+    running
+        .wait_until(head, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(emails.read().by_customer["c1"].known().is_some());
+
+    let erasure = store.forget("c1").await.unwrap();
+    assert_eq!(erasure.subject, "c1");
+    assert_eq!(erasure.keys_destroyed, 1);
+    assert_eq!(erasure.streams, vec![stream("c1")]);
+
+    // The snapshot held the plain state: deleted.
+    assert!(store.load_snapshot(&stream("c1")).await.unwrap().is_none());
+    // Load (with snapshots), read-all, the projection rebuilt: forgotten, not an error.
+    let customer = customers.load("c1".to_owned()).await.unwrap();
+    assert_eq!(
+        customer.state(),
+        &Customer {
+            name: Personal::Forgotten,
+            email: Personal::Forgotten
+        }
+    );
+    let events = decoded(store).await;
+    assert_eq!(events.len(), 2, "the events stay");
+    assert_eq!(events[0].email, Personal::Forgotten);
+    assert_eq!(events[0].name, Personal::Forgotten);
+    assert_eq!(events[0].plan, "gold", "other fields stay readable");
+    assert_eq!(events[1], registered("c2"), "another subject is untouched");
+    running.rebuild("prot.emails").await.unwrap();
+    assert_eq!(emails.read().by_customer["c1"], Personal::Forgotten);
+    assert!(emails.read().by_customer["c2"].known().is_some());
+    running.shutdown().await;
+
+    // The JSON a tool or a bus sees: the documented marker.
+    let json: Vec<RecordedEvent> = store
+        .read_stream(&stream("c1"), StreamQuery::all())
+        .await
+        .unwrap();
+    assert!(
+        json[0].payload.contains(r#""email":{"$forgotten":true}"#),
+        "{}",
+        json[0].payload
+    );
+
+    // A new snapshot of the forgotten state holds nothing personal; forgetting again is harmless.
+    customers.snapshot("c1".to_owned()).await.unwrap();
+    let again = store.forget("c1").await.unwrap();
+    assert_eq!(again.keys_destroyed, 0);
+    assert!(store.load_snapshot(&stream("c1")).await.unwrap().is_none());
+}
+
+/// A field that became personal in version 2: the plain version-1 payload still loads, and the
+/// version-2 one is encrypted.
+async fn upcast_plain_to_personal<S, K>(store: &ProtectedStore<S, K>)
+where
+    S: EventStore + SnapshotStore + CheckpointStore + Clone + 'static,
+    K: KeyStore + 'static,
+{
+    register(store, "c1").await;
+    let v1 = NewEvent::from_json(
+        "prot.EmailChanged",
+        1,
+        r#"{"customer_id":"c1","email":"old@example.org"}"#,
+    );
+    store
+        .append(&stream("c1"), ExpectedVersion::Exact(1), vec![v1])
+        .await
+        .unwrap();
+    let customers = Customer::repository(store.clone());
+    let customer = customers.load("c1".to_owned()).await.unwrap();
+    assert_eq!(customer.state().email.known().unwrap(), "old@example.org");
+
+    let v2 = EmailChanged {
+        customer_id: "c1".to_owned(),
+        email: Personal::Known("new@example.org".to_owned()),
+    };
+    store
+        .append(
+            &stream("c1"),
+            ExpectedVersion::Exact(2),
+            vec![NewEvent::new(&v2).unwrap()],
+        )
+        .await
+        .unwrap();
+    let customer = customers.load("c1".to_owned()).await.unwrap();
+    assert_eq!(customer.state().email.known().unwrap(), "new@example.org");
+    let raw = raw_payloads(store.inner()).await;
+    assert!(!raw[2].contains("new@example.org"), "{}", raw[2]);
+
+    // After erasure, the old plain payload is still plain: it was never encrypted. What the
+    // framework encrypts is what it can erase (see the README).
+    store.forget("c1").await.unwrap();
+    let customer = customers.load("c1".to_owned()).await.unwrap();
+    assert_eq!(customer.state().email, Personal::Forgotten);
+}
+
+/// A rotated key encrypts new events; the old ones still decrypt; `forget` destroys both.
+async fn rotation<S, K>(store: &ProtectedStore<S, K>)
+where
+    S: EventStore + SnapshotStore + CheckpointStore + Clone + 'static,
+    K: KeyStore + 'static,
+{
+    register(store, "c1").await;
+    let old = store.keys().get_or_create("c1").await.unwrap();
+    let new = store.rotate("c1").await.unwrap();
+    assert_ne!(old.id(), new.id());
+    let change = EmailChanged {
+        customer_id: "c1".to_owned(),
+        email: Personal::Known("rotated@example.org".to_owned()),
+    };
+    store
+        .append(
+            &stream("c1"),
+            ExpectedVersion::Exact(1),
+            vec![NewEvent::new(&change).unwrap()],
+        )
+        .await
+        .unwrap();
+    let raw = raw_payloads(store.inner()).await;
+    assert!(raw[0].contains(&old.id().to_string()), "{}", raw[0]);
+    assert!(raw[1].contains(&new.id().to_string()), "{}", raw[1]);
+    let events = store
+        .read_stream(&stream("c1"), StreamQuery::all())
+        .await
+        .unwrap();
+    assert_eq!(
+        events[0].decode::<CustomerRegistered>().unwrap(),
+        registered("c1")
+    );
+    assert_eq!(events[1].decode::<EmailChanged>().unwrap(), change);
+    assert_eq!(store.forget("c1").await.unwrap().keys_destroyed, 2);
+    let events = store
+        .read_stream(&stream("c1"), StreamQuery::all())
+        .await
+        .unwrap();
+    assert!(
+        events[0]
+            .decode::<CustomerRegistered>()
+            .unwrap()
+            .email
+            .is_forgotten()
+    );
+    assert!(
+        events[1]
+            .decode::<EmailChanged>()
+            .unwrap()
+            .email
+            .is_forgotten()
+    );
+}
+
+/// Erasure hooks run with the erased subject and streams.
+async fn hooks_run<S: EventStore + SnapshotStore + Clone + 'static>(inner: S) {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = Arc::clone(&calls);
+    let store = ProtectedStore::new(inner, InMemoryKeyStore::new()).with_erasure_hook(
+        move |erasure: Erasure| {
+            let seen = Arc::clone(&seen);
+            async move {
+                assert_eq!(erasure.subject, "c1");
+                assert_eq!(erasure.streams, vec![stream("c1")]);
+                seen.fetch_add(1, Ordering::SeqCst);
+                Ok(())
+            }
+        },
+    );
+    register(&store, "c1").await;
+    store.forget("c1").await.unwrap();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+}
+
+macro_rules! backend_tests {
+    ($backend:ident, $keys:ident: $($case:ident),* $(,)?) => {
+        mod $backend {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(db) = databases::$backend().await else { return };
+                    let keys = $keys(db.store()).await;
+                    super::$case(&ProtectedStore::new(db.store().clone(), keys)).await;
+                }
+            )*
+        }
+    };
+}
+
+async fn memory_keys(_: &InMemoryEventStore) -> InMemoryKeyStore {
+    InMemoryKeyStore::new()
+}
+
+async fn sqlite_keys(store: &SqliteEventStore) -> SqliteKeyStore {
+    SqliteKeyStore::new(store.writer_pool().clone(), master())
+        .await
+        .unwrap()
+}
+
+async fn postgres_keys(store: &PostgresEventStore) -> eventsource::protection::PostgresKeyStore {
+    eventsource::protection::PostgresKeyStore::new(store.pool().clone(), master())
+        .await
+        .unwrap()
+}
+
+fn master() -> MasterKey {
+    MasterKey::from_bytes([7; 32])
+}
+
+macro_rules! every_backend {
+    ($($case:ident),* $(,)?) => {
+        backend_tests!(memory, memory_keys: $($case),*);
+        backend_tests!(sqlite, sqlite_keys: $($case),*);
+        backend_tests!(postgres, postgres_keys: $($case),*);
+    };
+}
+
+every_backend!(
+    round_trip,
+    forget_erases_everywhere,
+    upcast_plain_to_personal,
+    rotation
+);
+
+#[tokio::test]
+async fn hooks_run_on_memory() {
+    hooks_run(InMemoryEventStore::new()).await;
+}
+
+/// SQL: the payload column holds no plain value; an altered ciphertext is a typed error for its
+/// row (not garbage, not a panic), and the rows around it still read.
+#[tokio::test]
+async fn sqlite_raw_rows_and_tampering() {
+    let db = databases::sqlite().await.unwrap();
+    let store = ProtectedStore::new(db.store().clone(), sqlite_keys(db.store()).await);
+    register(&store, "c1").await;
+    register(&store, "c2").await;
+    let pool = db.store().writer_pool();
+    let payloads: Vec<(String,)> = sqlx::query_as("SELECT payload FROM events ORDER BY position")
+        .fetch_all(pool)
+        .await
+        .unwrap();
+    assert_eq!(payloads.len(), 2);
+    for (payload,) in &payloads {
+        assert!(
+            !payload.contains(EMAIL) && !payload.contains(NAME),
+            "{payload}"
+        );
+    }
+    let wrapped: Vec<(Vec<u8>,)> =
+        sqlx::query_as("SELECT wrapped_key FROM eventsource_subject_keys")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(wrapped.len(), 2);
+    assert!(
+        wrapped.iter().all(|(w,)| w.len() == 12 + 32 + 16),
+        "nonce, key, tag"
+    );
+
+    // Flip one base64 character of c1's email ciphertext.
+    let tampered = tamper(&payloads[0].0);
+    sqlx::query("UPDATE events SET payload = ? WHERE aggregate_id = 'c1'")
+        .bind(&tampered)
+        .execute(pool)
+        .await
+        .unwrap();
+    let fresh = ProtectedStore::new(db.store().clone(), sqlite_keys(db.store()).await);
+    check_tampered(&fresh).await;
+}
+
+#[tokio::test]
+async fn postgres_raw_rows_and_tampering() {
+    let Some(db) = databases::postgres().await else {
+        return;
+    };
+    let store = ProtectedStore::new(db.store().clone(), postgres_keys(db.store()).await);
+    register(&store, "c1").await;
+    register(&store, "c2").await;
+    let pool = db.store().pool();
+    let payloads: Vec<(String,)> =
+        sqlx::query_as("SELECT payload::text FROM events ORDER BY position")
+            .fetch_all(pool)
+            .await
+            .unwrap();
+    assert_eq!(payloads.len(), 2);
+    for (payload,) in &payloads {
+        assert!(
+            !payload.contains(EMAIL) && !payload.contains(NAME),
+            "{payload}"
+        );
+    }
+    let tampered = tamper(&payloads[0].0);
+    sqlx::query("UPDATE events SET payload = $1::jsonb WHERE aggregate_id = 'c1'")
+        .bind(&tampered)
+        .execute(pool)
+        .await
+        .unwrap();
+    let fresh = ProtectedStore::new(db.store().clone(), postgres_keys(db.store()).await);
+    check_tampered(&fresh).await;
+}
+
+/// Changes one character inside the first ciphertext of `payload`.
+fn tamper(payload: &str) -> String {
+    let mut json: serde_json::Value = serde_json::from_str(payload).unwrap();
+    let c = json["email"]["c"].as_str().unwrap().to_owned();
+    let mut chars: Vec<char> = c.chars().collect();
+    chars[0] = if chars[0] == 'A' { 'B' } else { 'A' };
+    json["email"]["c"] = serde_json::Value::String(chars.into_iter().collect());
+    json.to_string()
+}
+
+async fn check_tampered<S: EventStore, K: KeyStore>(store: &ProtectedStore<S, K>) {
+    let read = store.read_stream(&stream("c1"), StreamQuery::all()).await;
+    match read {
+        Err(Error::Corrupt { reason, .. }) => {
+            assert!(reason.contains("does not authenticate"), "{reason}")
+        }
+        other => panic!("expected a typed error, got {other:?}"),
+    }
+    let all: Vec<Result<RecordedEvent, Error>> =
+        futures::StreamExt::collect(store.read_all(ReadAll::from_start())).await;
+    assert_eq!(all.len(), 2);
+    assert!(
+        matches!(&all[0], Err(e) if e.position().is_some()),
+        "{:?}",
+        all[0]
+    );
+    assert_eq!(
+        all[1]
+            .as_ref()
+            .unwrap()
+            .decode::<CustomerRegistered>()
+            .unwrap(),
+        registered("c2"),
+        "the next row still reads"
+    );
+}
+
+/// A wrong master key is a typed error at the first key it unwraps, never garbage.
+#[tokio::test]
+async fn wrong_master_key_is_a_typed_error() {
+    let db = databases::sqlite().await.unwrap();
+    let store = ProtectedStore::new(db.store().clone(), sqlite_keys(db.store()).await);
+    register(&store, "c1").await;
+    let wrong = SqliteKeyStore::new(
+        db.store().writer_pool().clone(),
+        MasterKey::from_bytes([8; 32]),
+    )
+    .await
+    .unwrap();
+    let wrong = ProtectedStore::new(db.store().clone(), wrong);
+    match wrong.read_stream(&stream("c1"), StreamQuery::all()).await {
+        Err(Error::MasterKey { .. }) => {}
+        other => panic!("expected Error::MasterKey, got {other:?}"),
+    }
+    assert!(matches!(
+        wrong.keys().get_or_create("c1").await,
+        Err(Error::MasterKey { .. })
+    ));
+}
+
+/// The master key from its base64 text; never printed.
+#[test]
+fn master_key_config() {
+    let (key, text) = MasterKey::generate();
+    assert_eq!(format!("{key:?}"), "MasterKey(..)");
+    assert!(MasterKey::from_base64(&text).is_ok());
+    assert!(matches!(
+        MasterKey::from_base64("c2hvcnQ="),
+        Err(Error::InvalidConfig(_))
+    ));
+    let data_key = eventsource::protection::DataKey::generate("c1");
+    assert!(!format!("{data_key:?}").contains("bytes"));
+}
+
+/// Without the wrapper nothing is encrypted, and `Personal` reads plain values: a store can be
+/// protected later, its old events stay readable.
+#[tokio::test]
+async fn plain_store_then_protected() {
+    let inner = InMemoryEventStore::new();
+    register(&inner, "c1").await;
+    assert!(raw_payloads(&inner).await[0].contains(EMAIL));
+    let store = ProtectedStore::new(inner, InMemoryKeyStore::new());
+    assert_eq!(decoded(&store).await, vec![registered("c1")]);
+    register(&store, "c2").await;
+    assert!(!raw_payloads(store.inner()).await[1].contains(EMAIL));
+    assert_eq!(decoded(&store).await.len(), 2);
+}
+
+/// A read model in the database (a SQL projection over the protected store): it receives the
+/// decrypted values, and an erasure hook deletes the subject's row.
+struct MailingList;
+
+#[projection(name = "prot.mailing_list", reset = clear)]
+impl MailingList {
+    #[handles]
+    async fn registered(
+        &mut self,
+        e: &CustomerRegistered,
+        _: &EventContext<'_>,
+        tx: &mut eventsource::prelude::SqliteTx,
+    ) -> Result<(), sqlx::Error> {
+        if let Personal::Known(email) = &e.email {
+            sqlx::query("INSERT INTO mailing_list (customer_id, email) VALUES (?, ?)")
+                .bind(&e.customer_id)
+                .bind(email)
+                .execute(&mut **tx)
+                .await?;
+        }
+        Ok(())
+    }
+
+    async fn clear(&mut self, tx: &mut eventsource::prelude::SqliteTx) -> Result<(), sqlx::Error> {
+        sqlx::query("DELETE FROM mailing_list")
+            .execute(&mut **tx)
+            .await?;
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn sql_read_model_and_erasure_hook() {
+    let db = databases::sqlite().await.unwrap();
+    let pool = db.store().writer_pool().clone();
+    sqlx::query("CREATE TABLE mailing_list (customer_id TEXT PRIMARY KEY, email TEXT NOT NULL)")
+        .execute(&pool)
+        .await
+        .unwrap();
+    let hook_pool = pool.clone();
+    let store = ProtectedStore::new(db.store().clone(), sqlite_keys(db.store()).await)
+        .with_erasure_hook(move |erasure: Erasure| {
+            let pool = hook_pool.clone();
+            async move {
+                sqlx::query("DELETE FROM mailing_list WHERE customer_id = ?")
+                    .bind(&erasure.subject)
+                    .execute(&pool)
+                    .await
+                    .map_err(|e| Error::InvalidConfig(e.to_string()))?;
+                Ok(())
+            }
+        });
+    register(&store, "c1").await;
+    register(&store, "c2").await;
+    let mut subscriptions = Subscriptions::new(store.clone());
+    subscriptions.add_sql(MailingList);
+    let running = subscriptions.start();
+    let head = store.log_head().await.unwrap().last;
+    running
+        .wait_until(head, Duration::from_secs(10))
+        .await
+        .unwrap();
+    let rows: Vec<(String, String)> =
+        sqlx::query_as("SELECT customer_id, email FROM mailing_list ORDER BY customer_id")
+            .fetch_all(&pool)
+            .await
+            .unwrap();
+    assert_eq!(rows[0], ("c1".to_owned(), format!("c1.{EMAIL}")));
+
+    store.forget("c1").await.unwrap();
+    let count = |id: &'static str| {
+        let pool = pool.clone();
+        async move {
+            let (n,): (i64,) =
+                sqlx::query_as("SELECT count(*) FROM mailing_list WHERE customer_id = ?")
+                    .bind(id)
+                    .fetch_one(&pool)
+                    .await
+                    .unwrap();
+            n
+        }
+    };
+    assert_eq!(count("c1").await, 0, "the hook deleted the row");
+    assert_eq!(count("c2").await, 1);
+    // A rebuild does not bring the value back: the event now reads as forgotten.
+    running.rebuild("prot.mailing_list").await.unwrap();
+    assert_eq!(count("c1").await, 0);
+    assert_eq!(count("c2").await, 1);
+    running.shutdown().await;
+}

@@ -1,0 +1,30 @@
+// Personal fields: the derive records them, with their subject, for the `ProtectedStore`.
+use eventsource::prelude::*;
+use eventsource::{Personal, PersonalField};
+use serde::{Deserialize, Serialize};
+
+#[derive(DomainEvent, Serialize, Deserialize)]
+struct Registered {
+    r#customer_id: u64,
+    #[personal(subject = customer_id)]
+    email: eventsource::Personal<String>,
+    #[personal(subject = r#customer_id)]
+    r#type: Personal<Option<String>>,
+    plan: String,
+}
+
+#[derive(DomainEvent, Serialize, Deserialize)]
+struct Plain {
+    plan: String,
+}
+
+fn main() {
+    assert_eq!(
+        Registered::PERSONAL,
+        &[
+            PersonalField::new("email", "customer_id"),
+            PersonalField::new("type", "customer_id"),
+        ]
+    );
+    assert!(Plain::PERSONAL.is_empty());
+}
