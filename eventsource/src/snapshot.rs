@@ -23,6 +23,7 @@ use std::future::Future;
 use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 /// An aggregate's state at a version of its stream, as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -278,7 +279,10 @@ impl<A: Aggregate> Snapshots<A> {
     /// Encodes `root`'s state and stores it, now.
     pub(crate) async fn take(&self, root: &Root<A>) -> Result<Snapshot> {
         let snapshot = self.encode(root)?;
-        self.store.save(&snapshot).await?;
+        self.store
+            .save(&snapshot)
+            .instrument(snapshot_span::<A>(&snapshot))
+            .await?;
         Ok(snapshot)
     }
 
@@ -289,15 +293,16 @@ impl<A: Aggregate> Snapshots<A> {
             Ok(snapshot) => snapshot,
             Err(error) => return warn_not_taken(root.stream_id(), &error),
         };
+        let span = snapshot_span::<A>(&snapshot);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            if let Err(error) = self.store.save(&snapshot).await {
+            if let Err(error) = self.store.save(&snapshot).instrument(span).await {
                 warn_not_taken(&snapshot.stream, &error);
             }
             return;
         };
         let store = Arc::clone(&self.store);
         let handle = runtime.spawn(async move {
-            if let Err(error) = store.save(&snapshot).await {
+            if let Err(error) = store.save(&snapshot).instrument(span).await {
                 warn_not_taken(&snapshot.stream, &error);
             }
         });
@@ -409,4 +414,14 @@ mod tests {
         assert!(!SnapshotStrategy::manual().crosses(0, 1_000));
         assert_eq!(SnapshotStrategy::every(0), SnapshotStrategy::manual());
     }
+}
+
+/// The span of storing `snapshot`.
+fn snapshot_span<A: Aggregate>(snapshot: &Snapshot) -> tracing::Span {
+    tracing::debug_span!(
+        "eventsource.snapshot.save",
+        aggregate_type = A::TYPE,
+        stream = %snapshot.stream,
+        version = snapshot.version,
+    )
 }

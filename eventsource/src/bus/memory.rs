@@ -48,6 +48,7 @@ struct Inner {
 
 /// One group's queue.
 struct Group {
+    name: String,
     filter: Filter,
     max_deliveries: u32,
     capacity: usize,
@@ -130,29 +131,32 @@ impl EventBus for InMemoryBus {
     type Consumer = InMemoryConsumer;
 
     async fn publish(&self, events: &[RecordedEvent]) -> Result<()> {
-        let groups = self.groups();
-        for event in events {
-            let aggregate_type = event.stream.aggregate_type();
-            for group in groups
-                .iter()
-                .filter(|g| g.filter.matches(&event.event_type, aggregate_type))
-            {
-                loop {
-                    // Registered before the check, so a release in between is not missed.
-                    let freed = group.freed.notified();
-                    {
-                        let mut state = lock(&group.state);
-                        if state.held() < group.capacity {
-                            state.queue.push_back((event.clone(), 0));
-                            break;
+        crate::telemetry::publish("memory", events.len(), async move {
+            let groups = self.groups();
+            for event in events {
+                let aggregate_type = event.stream.aggregate_type();
+                for group in groups
+                    .iter()
+                    .filter(|g| g.filter.matches(&event.event_type, aggregate_type))
+                {
+                    loop {
+                        // Registered before the check, so a release in between is not missed.
+                        let freed = group.freed.notified();
+                        {
+                            let mut state = lock(&group.state);
+                            if state.held() < group.capacity {
+                                state.queue.push_back((event.clone(), 0));
+                                break;
+                            }
                         }
+                        freed.await;
                     }
-                    freed.await;
+                    group.queued.notify_one();
                 }
-                group.queued.notify_one();
             }
-        }
-        Ok(())
+            Ok(())
+        })
+        .await
     }
 
     async fn subscribe(&self, subscription: &Subscription) -> Result<InMemoryConsumer> {
@@ -162,6 +166,7 @@ impl EventBus for InMemoryBus {
                 .entry(subscription.group().to_owned())
                 .or_insert_with(|| {
                     Arc::new(Group {
+                        name: subscription.group().to_owned(),
                         filter: subscription.filter().clone(),
                         max_deliveries: subscription.max_delivery_count(),
                         capacity: self.inner.capacity,
@@ -238,7 +243,12 @@ impl BusConsumer for InMemoryConsumer {
                         // Pass the wake-up on to another consumer of the group.
                         self.group.queued.notify_one();
                     }
-                    return Ok(Delivery::new(event, attempts + 1, Tag::Memory(tag)));
+                    return Ok(Delivery::new(
+                        event,
+                        attempts + 1,
+                        Tag::Memory(tag),
+                        &self.group.name,
+                    ));
                 }
             }
             queued.await;
@@ -263,6 +273,7 @@ impl BusConsumer for InMemoryConsumer {
                     "bus delivery dead-lettered after its last attempt"
                 );
                 state.dead.push(event);
+                crate::telemetry::bus_dead_lettered("memory", &self.group.name);
                 drop(state);
                 self.group.freed.notify_waiters();
             } else {

@@ -147,23 +147,26 @@ impl EventBus for NatsBus {
     type Consumer = NatsConsumer;
 
     async fn publish(&self, events: &[RecordedEvent]) -> Result<()> {
-        // Sent back to back, then every acknowledgement awaited: one round trip per batch.
-        let mut acks = Vec::with_capacity(events.len());
-        for event in events {
-            let publish = PublishMessage::build()
-                .payload(super::encode(event).into())
-                .message_id(event.event_id.to_string());
-            let ack = self
-                .js
-                .send_publish(self.subject_of(event), publish)
-                .await
-                .map_err(Error::bus(BUS, "publish"))?;
-            acks.push(ack);
-        }
-        for ack in acks {
-            ack.await.map_err(Error::bus(BUS, "publish"))?;
-        }
-        Ok(())
+        crate::telemetry::publish("nats", events.len(), async move {
+            // Sent back to back, then every acknowledgement awaited: one round trip per batch.
+            let mut acks = Vec::with_capacity(events.len());
+            for event in events {
+                let publish = PublishMessage::build()
+                    .payload(super::encode(event).into())
+                    .message_id(event.event_id.to_string());
+                let ack = self
+                    .js
+                    .send_publish(self.subject_of(event), publish)
+                    .await
+                    .map_err(Error::bus(BUS, "publish"))?;
+                acks.push(ack);
+            }
+            for ack in acks {
+                ack.await.map_err(Error::bus(BUS, "publish"))?;
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn subscribe(&self, subscription: &Subscription) -> Result<NatsConsumer> {
@@ -296,10 +299,16 @@ impl BusConsumer for NatsConsumer {
             }
             if attempt > self.max_deliveries {
                 tracing::warn!(event_id = %event.event_id, attempt, group = %self.group, "bus delivery dead-lettered after its last attempt");
+                crate::telemetry::bus_dead_lettered("nats", &self.group);
                 self.dead_letter(&message).await?;
                 continue;
             }
-            return Ok(Delivery::new(event, attempt, Tag::Nats(Arc::new(message))));
+            return Ok(Delivery::new(
+                event,
+                attempt,
+                Tag::Nats(Arc::new(message)),
+                &self.group,
+            ));
         }
     }
 
@@ -315,6 +324,7 @@ impl BusConsumer for NatsConsumer {
         let message = Self::message(delivery)?;
         if delivery.attempt() >= self.max_deliveries {
             tracing::warn!(event_id = %delivery.event().event_id, attempt = delivery.attempt(), group = %self.group, "bus delivery dead-lettered after its last attempt");
+            crate::telemetry::bus_dead_lettered("nats", &self.group);
             return self.dead_letter(message).await;
         }
         message

@@ -177,40 +177,43 @@ impl EventBus for RabbitMqBus {
     type Consumer = RabbitMqConsumer;
 
     async fn publish(&self, events: &[RecordedEvent]) -> Result<()> {
-        let exchange = self.exchange();
-        // One batch at a time on the channel: its messages go out in order.
-        let channel = self.publisher.lock().await;
-        let mut confirms = Vec::with_capacity(events.len());
-        for event in events {
-            let properties = BasicProperties::default()
-                .with_delivery_mode(2)
-                .with_message_id(short(event.event_id.to_string()))
-                .with_type(short(event.event_type.clone()))
-                .with_content_type(short("application/json"));
-            let confirm = channel
-                .basic_publish(
-                    short(exchange.clone()),
-                    short(Self::routing_key_of(event)),
-                    BasicPublishOptions::default(),
-                    &super::encode(event),
-                    properties,
-                )
-                .await
-                .map_err(Error::bus(BUS, "publish"))?;
-            confirms.push(confirm);
-        }
-        drop(channel);
-        for confirm in confirms {
-            let confirmation = confirm.await.map_err(Error::bus(BUS, "publish"))?;
-            if confirmation.is_nack() {
-                return Err(Error::Bus {
-                    bus: BUS,
-                    operation: "publish",
-                    source: "the broker refused a message (nack)".into(),
-                });
+        crate::telemetry::publish("rabbitmq", events.len(), async move {
+            let exchange = self.exchange();
+            // One batch at a time on the channel: its messages go out in order.
+            let channel = self.publisher.lock().await;
+            let mut confirms = Vec::with_capacity(events.len());
+            for event in events {
+                let properties = BasicProperties::default()
+                    .with_delivery_mode(2)
+                    .with_message_id(short(event.event_id.to_string()))
+                    .with_type(short(event.event_type.clone()))
+                    .with_content_type(short("application/json"));
+                let confirm = channel
+                    .basic_publish(
+                        short(exchange.clone()),
+                        short(Self::routing_key_of(event)),
+                        BasicPublishOptions::default(),
+                        &super::encode(event),
+                        properties,
+                    )
+                    .await
+                    .map_err(Error::bus(BUS, "publish"))?;
+                confirms.push(confirm);
             }
-        }
-        Ok(())
+            drop(channel);
+            for confirm in confirms {
+                let confirmation = confirm.await.map_err(Error::bus(BUS, "publish"))?;
+                if confirmation.is_nack() {
+                    return Err(Error::Bus {
+                        bus: BUS,
+                        operation: "publish",
+                        source: "the broker refused a message (nack)".into(),
+                    });
+                }
+            }
+            Ok(())
+        })
+        .await
     }
 
     async fn subscribe(&self, subscription: &Subscription) -> Result<RabbitMqConsumer> {
@@ -402,7 +405,12 @@ impl BusConsumer for RabbitMqConsumer {
                 continue;
             }
             let attempt = previous_attempts(&message.properties).saturating_add(1);
-            return Ok(Delivery::new(event, attempt, Tag::RabbitMq(message.acker)));
+            return Ok(Delivery::new(
+                event,
+                attempt,
+                Tag::RabbitMq(message.acker),
+                &self.group,
+            ));
         }
     }
 
@@ -418,6 +426,7 @@ impl BusConsumer for RabbitMqConsumer {
         let acker = Self::acker(delivery)?;
         if delivery.attempt() >= self.max_deliveries {
             tracing::warn!(event_id = %delivery.event().event_id, attempt = delivery.attempt(), group = %self.group, "bus delivery dead-lettered after its last attempt");
+            crate::telemetry::bus_dead_lettered("rabbitmq", &self.group);
             return acker
                 .reject(BasicRejectOptions { requeue: false })
                 .await

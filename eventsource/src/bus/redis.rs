@@ -157,26 +157,29 @@ impl EventBus for RedisBus {
     type Consumer = RedisConsumer;
 
     async fn publish(&self, events: &[RecordedEvent]) -> Result<()> {
-        if events.is_empty() {
-            return Ok(());
-        }
-        let mut pipe = redis::pipe();
-        for event in events {
-            let cmd = pipe.cmd("XADD").arg(&self.key);
-            if let Some(max_len) = self.max_len {
-                cmd.arg("MAXLEN").arg("~").arg(max_len);
+        crate::telemetry::publish("redis", events.len(), async move {
+            if events.is_empty() {
+                return Ok(());
             }
-            cmd.arg("*")
-                .arg("event")
-                .arg(super::encode(event))
-                .arg("type")
-                .arg(&event.event_type)
-                .arg("aggregate")
-                .arg(event.stream.aggregate_type());
-        }
-        pipe.query_async::<()>(&mut self.conn.clone())
-            .await
-            .map_err(redis_error("publish"))
+            let mut pipe = redis::pipe();
+            for event in events {
+                let cmd = pipe.cmd("XADD").arg(&self.key);
+                if let Some(max_len) = self.max_len {
+                    cmd.arg("MAXLEN").arg("~").arg(max_len);
+                }
+                cmd.arg("*")
+                    .arg("event")
+                    .arg(super::encode(event))
+                    .arg("type")
+                    .arg(&event.event_type)
+                    .arg("aggregate")
+                    .arg(event.stream.aggregate_type());
+            }
+            pipe.query_async::<()>(&mut self.conn.clone())
+                .await
+                .map_err(redis_error("publish"))
+        })
+        .await
     }
 
     async fn subscribe(&self, subscription: &Subscription) -> Result<RedisConsumer> {
@@ -378,13 +381,18 @@ impl RedisConsumer {
             }
             if attempt > self.max_deliveries {
                 tracing::warn!(event_id = %event.event_id, attempt, group = %self.group, "bus delivery dead-lettered after its last attempt");
+                crate::telemetry::bus_dead_lettered("redis", &self.group);
                 let data = data.clone();
                 self.dead_letter(&entry.id, &data, "no attempts left")
                     .await?;
                 continue;
             }
-            self.buffer
-                .push_back(Ok(Delivery::new(event, attempt, Tag::Redis(entry.id))));
+            self.buffer.push_back(Ok(Delivery::new(
+                event,
+                attempt,
+                Tag::Redis(entry.id),
+                &self.group,
+            )));
         }
         self.xack(&skipped).await
     }
@@ -475,6 +483,7 @@ impl BusConsumer for RedisConsumer {
         let id = Self::entry_id(delivery)?.to_owned();
         if delivery.attempt() >= self.max_deliveries {
             tracing::warn!(event_id = %delivery.event().event_id, attempt = delivery.attempt(), group = %self.group, "bus delivery dead-lettered after its last attempt");
+            crate::telemetry::bus_dead_lettered("redis", &self.group);
             return self
                 .dead_letter(&id, &super::encode(delivery.event()), "no attempts left")
                 .await;
@@ -494,6 +503,7 @@ impl BusConsumer for RedisConsumer {
             event,
             delivery.attempt() + 1,
             Tag::Redis(id),
+            &self.group,
         )));
         Ok(())
     }

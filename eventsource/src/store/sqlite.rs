@@ -326,28 +326,33 @@ impl EventStore for SqliteEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
-        validate_append(stream, &events)?;
-        if events.is_empty() {
-            // Nothing to write: where the stream is, read without taking the write lock.
-            let (current, last): (i64, Option<i64>) = sqlx::query_as(
-                "SELECT COALESCE(MAX(version), 0), MAX(position) FROM events \
+        let observed = crate::telemetry::Append::start(stream, expected, &events);
+        observed
+            .run(async move {
+                validate_append(stream, &events)?;
+                if events.is_empty() {
+                    // Nothing to write: where the stream is, read without taking the write lock.
+                    let (current, last): (i64, Option<i64>) = sqlx::query_as(
+                        "SELECT COALESCE(MAX(version), 0), MAX(position) FROM events \
                  WHERE aggregate_type = ? AND aggregate_id = ?",
-            )
-            .bind(stream.aggregate_type())
-            .bind(stream.aggregate_id())
-            .fetch_one(&self.reader)
+                    )
+                    .bind(stream.aggregate_type())
+                    .bind(stream.aggregate_id())
+                    .fetch_one(&self.reader)
+                    .await
+                    .map_err(Error::database("append"))?;
+                    let current = current.max(0) as u64;
+                    if !expected.is_satisfied_by(current) {
+                        return Err(expected.conflict(stream, current));
+                    }
+                    return Ok(AppendResult {
+                        stream_version: current,
+                        last_position: Position::new(last.unwrap_or(0).max(0) as u64),
+                    });
+                }
+                self.append_inner(stream, expected, &events).await
+            })
             .await
-            .map_err(Error::database("append"))?;
-            let current = current.max(0) as u64;
-            if !expected.is_satisfied_by(current) {
-                return Err(expected.conflict(stream, current));
-            }
-            return Ok(AppendResult {
-                stream_version: current,
-                last_position: Position::new(last.unwrap_or(0).max(0) as u64),
-            });
-        }
-        self.append_inner(stream, expected, &events).await
     }
 
     async fn read_stream(
