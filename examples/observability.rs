@@ -156,7 +156,8 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         let delivery = receipts_consumer.next().await?;
         async {
             if delivery.event().event_type == "obs.OrderPaid" {
-                let mut receipt = receipts.create(delivery.event().stream.aggregate_id().to_owned());
+                let mut receipt =
+                    receipts.create(delivery.event().stream.aggregate_id().to_owned());
                 receipt.set_metadata(delivery.reaction_metadata());
                 receipt.record(ReceiptSent {
                     order: delivery.event().stream.aggregate_id().to_owned(),

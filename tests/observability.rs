@@ -141,8 +141,15 @@ struct SpanRecord {
     fields: HashMap<&'static str, String>,
 }
 
+/// Every span seen, and where each live span id is in the list.
+#[derive(Default)]
+struct Seen {
+    spans: Vec<SpanRecord>,
+    by_id: HashMap<u64, usize>,
+}
+
 #[derive(Clone, Default)]
-struct Spans(Arc<Mutex<(Vec<SpanRecord>, HashMap<u64, usize>)>>);
+struct Spans(Arc<Mutex<Seen>>);
 
 struct Fields<'a>(&'a mut HashMap<&'static str, String>);
 
@@ -163,16 +170,16 @@ impl<S: tracing::Subscriber> tracing_subscriber::Layer<S> for Spans {
             fields: HashMap::new(),
         };
         attrs.record(&mut Fields(&mut record.fields));
-        let mut spans = self.0.lock().unwrap();
-        let index = spans.0.len();
-        spans.0.push(record);
-        spans.1.insert(id.into_u64(), index);
+        let mut seen = self.0.lock().unwrap();
+        let index = seen.spans.len();
+        seen.spans.push(record);
+        seen.by_id.insert(id.into_u64(), index);
     }
 
     fn on_record(&self, id: &Id, values: &Record<'_>, _: Context<'_, S>) {
-        let mut spans = self.0.lock().unwrap();
-        if let Some(&index) = spans.1.get(&id.into_u64()) {
-            values.record(&mut Fields(&mut spans.0[index].fields));
+        let mut seen = self.0.lock().unwrap();
+        if let Some(&index) = seen.by_id.get(&id.into_u64()) {
+            values.record(&mut Fields(&mut seen.spans[index].fields));
         }
     }
 }
@@ -186,12 +193,16 @@ impl Spans {
     }
 
     fn named(&self, name: &str) -> Vec<SpanRecord> {
-        let spans = self.0.lock().unwrap();
-        spans.0.iter().filter(|s| s.name == name).cloned().collect()
+        let seen = self.0.lock().unwrap();
+        seen.spans
+            .iter()
+            .filter(|s| s.name == name)
+            .cloned()
+            .collect()
     }
 
     fn all(&self) -> Vec<SpanRecord> {
-        self.0.lock().unwrap().0.clone()
+        self.0.lock().unwrap().spans.clone()
     }
 }
 
@@ -247,7 +258,10 @@ async fn spans_carry_ids_versions_and_counts_and_never_a_payload() {
 
     // A projection's batch, the relay's publish and the bus's consume.
     let bus = InMemoryBus::new(64);
-    let mut consumer = bus.subscribe(&Subscription::new("obs-spans")).await.unwrap();
+    let mut consumer = bus
+        .subscribe(&Subscription::new("obs-spans"))
+        .await
+        .unwrap();
     let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
     subscriptions.add(Deposits::<0>::default());
     subscriptions.add_relay(Relay::new("obs_relay", bus.clone()));
@@ -308,7 +322,10 @@ async fn correlation_flows_from_a_command_and_from_a_consumed_event() {
         .await
         .unwrap();
     let stream = accounts.stream_id(&"a-flow".to_owned());
-    let events = store.read_stream(&stream, StreamQuery::all()).await.unwrap();
+    let events = store
+        .read_stream(&stream, StreamQuery::all())
+        .await
+        .unwrap();
     let deposited = events.last().unwrap();
     assert_eq!(deposited.metadata.correlation_id, Some(correlation));
     assert_eq!(deposited.metadata.tenant_id.as_deref(), Some("t-flow"));
@@ -354,13 +371,19 @@ fn recorder() -> &'static Snapshotter {
     SNAPSHOTTER.get_or_init(|| {
         let recorder = DebuggingRecorder::new();
         let snapshotter = recorder.snapshotter();
-        recorder.install().expect("no other recorder in this test binary");
+        recorder
+            .install()
+            .expect("no other recorder in this test binary");
         snapshotter
     })
 }
 
+/// A metric's name and sorted labels.
+type MetricKey = (String, Vec<(String, String)>);
+type Metrics = HashMap<MetricKey, DebugValue>;
+
 /// Every metric's values, by name and sorted labels (a snapshot resets counters: take one).
-fn metrics_now() -> HashMap<(String, Vec<(String, String)>), DebugValue> {
+fn metrics_now() -> Metrics {
     recorder()
         .snapshot()
         .into_vec()
@@ -386,22 +409,14 @@ fn labels(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
     labels
 }
 
-fn counter(
-    metrics: &HashMap<(String, Vec<(String, String)>), DebugValue>,
-    name: &str,
-    pairs: &[(&str, &str)],
-) -> u64 {
+fn counter(metrics: &Metrics, name: &str, pairs: &[(&str, &str)]) -> u64 {
     match metrics.get(&(name.to_owned(), labels(pairs))) {
         Some(DebugValue::Counter(n)) => *n,
         other => panic!("{name} {pairs:?}: {other:?}"),
     }
 }
 
-fn observations(
-    metrics: &HashMap<(String, Vec<(String, String)>), DebugValue>,
-    name: &str,
-    pairs: &[(&str, &str)],
-) -> usize {
+fn observations(metrics: &Metrics, name: &str, pairs: &[(&str, &str)]) -> usize {
     match metrics.get(&(name.to_owned(), labels(pairs))) {
         Some(DebugValue::Histogram(values)) => values.len(),
         other => panic!("{name} {pairs:?}: {other:?}"),
@@ -501,7 +516,10 @@ async fn metrics_count_appends_conflicts_retries_snapshots_dead_letters_and_the_
         1
     );
     assert!(matches!(
-        metrics.get(&(PROJECTION_LAG.to_owned(), labels(&[("projection", "obs_poisoned")]))),
+        metrics.get(&(
+            PROJECTION_LAG.to_owned(),
+            labels(&[("projection", "obs_poisoned")])
+        )),
         Some(DebugValue::Gauge(_))
     ));
 }
@@ -532,8 +550,8 @@ where
     assert!(report.to_json().contains(r#""status":"healthy""#));
     running.shutdown().await;
 
-    let mut subscriptions = Subscriptions::new(store.clone())
-        .with_options(fast().on_failure(OnFailure::Stop));
+    let mut subscriptions =
+        Subscriptions::new(store.clone()).with_options(fast().on_failure(OnFailure::Stop));
     let poisoned = subscriptions.add(Deposits::<2>::default());
     let running = subscriptions.start();
     let _ = running.wait_until(position, WAIT).await;

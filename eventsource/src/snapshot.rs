@@ -399,6 +399,16 @@ impl<A> fmt::Debug for Snapshots<A> {
     }
 }
 
+/// The span of storing `snapshot`.
+fn snapshot_span<A: Aggregate>(snapshot: &Snapshot) -> tracing::Span {
+    tracing::debug_span!(
+        "eventsource.snapshot.save",
+        aggregate_type = A::TYPE,
+        stream = %snapshot.stream,
+        version = snapshot.version,
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::SnapshotStrategy;
@@ -414,14 +424,4 @@ mod tests {
         assert!(!SnapshotStrategy::manual().crosses(0, 1_000));
         assert_eq!(SnapshotStrategy::every(0), SnapshotStrategy::manual());
     }
-}
-
-/// The span of storing `snapshot`.
-fn snapshot_span<A: Aggregate>(snapshot: &Snapshot) -> tracing::Span {
-    tracing::debug_span!(
-        "eventsource.snapshot.save",
-        aggregate_type = A::TYPE,
-        stream = %snapshot.stream,
-        version = snapshot.version,
-    )
 }
