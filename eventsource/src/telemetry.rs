@@ -8,7 +8,7 @@
 //!
 //! Every span is named `eventsource.<operation>` and carries identifiers, versions, positions
 //! and counts, never an event's payload. Correlation and causation ids come from the events'
-//! [`Metadata`](crate::Metadata); the tenant too.
+//! [`Metadata`]; the tenant too.
 //!
 //! | span | level | fields |
 //! | --- | --- | --- |
