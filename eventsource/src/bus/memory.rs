@@ -127,36 +127,40 @@ impl Default for InMemoryBus {
     }
 }
 
+impl InMemoryBus {
+    /// [`EventBus::publish`], without its span and metrics.
+    async fn publish_unobserved(&self, events: &[RecordedEvent]) -> Result<()> {
+        let groups = self.groups();
+        for event in events {
+            let aggregate_type = event.stream.aggregate_type();
+            for group in groups
+                .iter()
+                .filter(|g| g.filter.matches(&event.event_type, aggregate_type))
+            {
+                loop {
+                    // Registered before the check, so a release in between is not missed.
+                    let freed = group.freed.notified();
+                    {
+                        let mut state = lock(&group.state);
+                        if state.held() < group.capacity {
+                            state.queue.push_back((event.clone(), 0));
+                            break;
+                        }
+                    }
+                    freed.await;
+                }
+                group.queued.notify_one();
+            }
+        }
+        Ok(())
+    }
+}
+
 impl EventBus for InMemoryBus {
     type Consumer = InMemoryConsumer;
 
     async fn publish(&self, events: &[RecordedEvent]) -> Result<()> {
-        crate::telemetry::publish("memory", events.len(), async move {
-            let groups = self.groups();
-            for event in events {
-                let aggregate_type = event.stream.aggregate_type();
-                for group in groups
-                    .iter()
-                    .filter(|g| g.filter.matches(&event.event_type, aggregate_type))
-                {
-                    loop {
-                        // Registered before the check, so a release in between is not missed.
-                        let freed = group.freed.notified();
-                        {
-                            let mut state = lock(&group.state);
-                            if state.held() < group.capacity {
-                                state.queue.push_back((event.clone(), 0));
-                                break;
-                            }
-                        }
-                        freed.await;
-                    }
-                    group.queued.notify_one();
-                }
-            }
-            Ok(())
-        })
-        .await
+        crate::telemetry::publish("memory", events.len(), self.publish_unobserved(events)).await
     }
 
     async fn subscribe(&self, subscription: &Subscription) -> Result<InMemoryConsumer> {

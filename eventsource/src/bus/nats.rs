@@ -143,30 +143,34 @@ impl NatsBus {
     }
 }
 
+impl NatsBus {
+    /// [`EventBus::publish`], without its span and metrics.
+    async fn publish_unobserved(&self, events: &[RecordedEvent]) -> Result<()> {
+        // Sent back to back, then every acknowledgement awaited: one round trip per batch.
+        let mut acks = Vec::with_capacity(events.len());
+        for event in events {
+            let publish = PublishMessage::build()
+                .payload(super::encode(event).into())
+                .message_id(event.event_id.to_string());
+            let ack = self
+                .js
+                .send_publish(self.subject_of(event), publish)
+                .await
+                .map_err(Error::bus(BUS, "publish"))?;
+            acks.push(ack);
+        }
+        for ack in acks {
+            ack.await.map_err(Error::bus(BUS, "publish"))?;
+        }
+        Ok(())
+    }
+}
+
 impl EventBus for NatsBus {
     type Consumer = NatsConsumer;
 
     async fn publish(&self, events: &[RecordedEvent]) -> Result<()> {
-        crate::telemetry::publish("nats", events.len(), async move {
-            // Sent back to back, then every acknowledgement awaited: one round trip per batch.
-            let mut acks = Vec::with_capacity(events.len());
-            for event in events {
-                let publish = PublishMessage::build()
-                    .payload(super::encode(event).into())
-                    .message_id(event.event_id.to_string());
-                let ack = self
-                    .js
-                    .send_publish(self.subject_of(event), publish)
-                    .await
-                    .map_err(Error::bus(BUS, "publish"))?;
-                acks.push(ack);
-            }
-            for ack in acks {
-                ack.await.map_err(Error::bus(BUS, "publish"))?;
-            }
-            Ok(())
-        })
-        .await
+        crate::telemetry::publish("nats", events.len(), self.publish_unobserved(events)).await
     }
 
     async fn subscribe(&self, subscription: &Subscription) -> Result<NatsConsumer> {

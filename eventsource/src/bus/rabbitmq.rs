@@ -173,47 +173,51 @@ impl RabbitMqBus {
     }
 }
 
+impl RabbitMqBus {
+    /// [`EventBus::publish`], without its span and metrics.
+    async fn publish_unobserved(&self, events: &[RecordedEvent]) -> Result<()> {
+        let exchange = self.exchange();
+        // One batch at a time on the channel: its messages go out in order.
+        let channel = self.publisher.lock().await;
+        let mut confirms = Vec::with_capacity(events.len());
+        for event in events {
+            let properties = BasicProperties::default()
+                .with_delivery_mode(2)
+                .with_message_id(short(event.event_id.to_string()))
+                .with_type(short(event.event_type.clone()))
+                .with_content_type(short("application/json"));
+            let confirm = channel
+                .basic_publish(
+                    short(exchange.clone()),
+                    short(Self::routing_key_of(event)),
+                    BasicPublishOptions::default(),
+                    &super::encode(event),
+                    properties,
+                )
+                .await
+                .map_err(Error::bus(BUS, "publish"))?;
+            confirms.push(confirm);
+        }
+        drop(channel);
+        for confirm in confirms {
+            let confirmation = confirm.await.map_err(Error::bus(BUS, "publish"))?;
+            if confirmation.is_nack() {
+                return Err(Error::Bus {
+                    bus: BUS,
+                    operation: "publish",
+                    source: "the broker refused a message (nack)".into(),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
 impl EventBus for RabbitMqBus {
     type Consumer = RabbitMqConsumer;
 
     async fn publish(&self, events: &[RecordedEvent]) -> Result<()> {
-        crate::telemetry::publish("rabbitmq", events.len(), async move {
-            let exchange = self.exchange();
-            // One batch at a time on the channel: its messages go out in order.
-            let channel = self.publisher.lock().await;
-            let mut confirms = Vec::with_capacity(events.len());
-            for event in events {
-                let properties = BasicProperties::default()
-                    .with_delivery_mode(2)
-                    .with_message_id(short(event.event_id.to_string()))
-                    .with_type(short(event.event_type.clone()))
-                    .with_content_type(short("application/json"));
-                let confirm = channel
-                    .basic_publish(
-                        short(exchange.clone()),
-                        short(Self::routing_key_of(event)),
-                        BasicPublishOptions::default(),
-                        &super::encode(event),
-                        properties,
-                    )
-                    .await
-                    .map_err(Error::bus(BUS, "publish"))?;
-                confirms.push(confirm);
-            }
-            drop(channel);
-            for confirm in confirms {
-                let confirmation = confirm.await.map_err(Error::bus(BUS, "publish"))?;
-                if confirmation.is_nack() {
-                    return Err(Error::Bus {
-                        bus: BUS,
-                        operation: "publish",
-                        source: "the broker refused a message (nack)".into(),
-                    });
-                }
-            }
-            Ok(())
-        })
-        .await
+        crate::telemetry::publish("rabbitmq", events.len(), self.publish_unobserved(events)).await
     }
 
     async fn subscribe(&self, subscription: &Subscription) -> Result<RabbitMqConsumer> {

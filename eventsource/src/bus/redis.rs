@@ -153,33 +153,37 @@ impl RedisBus {
     }
 }
 
+impl RedisBus {
+    /// [`EventBus::publish`], without its span and metrics.
+    async fn publish_unobserved(&self, events: &[RecordedEvent]) -> Result<()> {
+        if events.is_empty() {
+            return Ok(());
+        }
+        let mut pipe = redis::pipe();
+        for event in events {
+            let cmd = pipe.cmd("XADD").arg(&self.key);
+            if let Some(max_len) = self.max_len {
+                cmd.arg("MAXLEN").arg("~").arg(max_len);
+            }
+            cmd.arg("*")
+                .arg("event")
+                .arg(super::encode(event))
+                .arg("type")
+                .arg(&event.event_type)
+                .arg("aggregate")
+                .arg(event.stream.aggregate_type());
+        }
+        pipe.query_async::<()>(&mut self.conn.clone())
+            .await
+            .map_err(redis_error("publish"))
+    }
+}
+
 impl EventBus for RedisBus {
     type Consumer = RedisConsumer;
 
     async fn publish(&self, events: &[RecordedEvent]) -> Result<()> {
-        crate::telemetry::publish("redis", events.len(), async move {
-            if events.is_empty() {
-                return Ok(());
-            }
-            let mut pipe = redis::pipe();
-            for event in events {
-                let cmd = pipe.cmd("XADD").arg(&self.key);
-                if let Some(max_len) = self.max_len {
-                    cmd.arg("MAXLEN").arg("~").arg(max_len);
-                }
-                cmd.arg("*")
-                    .arg("event")
-                    .arg(super::encode(event))
-                    .arg("type")
-                    .arg(&event.event_type)
-                    .arg("aggregate")
-                    .arg(event.stream.aggregate_type());
-            }
-            pipe.query_async::<()>(&mut self.conn.clone())
-                .await
-                .map_err(redis_error("publish"))
-        })
-        .await
+        crate::telemetry::publish("redis", events.len(), self.publish_unobserved(events)).await
     }
 
     async fn subscribe(&self, subscription: &Subscription) -> Result<RedisConsumer> {

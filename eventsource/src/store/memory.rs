@@ -125,6 +125,65 @@ impl SnapshotStore for InMemoryEventStore {
     }
 }
 
+impl InMemoryEventStore {
+    /// [`EventStore::append`], without its span and metrics.
+    async fn append_unobserved(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        validate_append(stream, &events)?;
+        let mut log = self.write();
+        let current = log.streams.get(stream).map_or(0, Vec::len) as u64;
+        let retried = events
+            .iter()
+            .any(|event| log.positions.contains_key(&event.event_id));
+        if retried && let Some(done) = already_stored(&log, stream, expected, &events) {
+            return Ok(done);
+        }
+        if !expected.is_satisfied_by(current) {
+            return Err(expected.conflict(stream, current));
+        }
+        if let Some(taken) = events
+            .iter()
+            .find(|event| log.positions.contains_key(&event.event_id))
+        {
+            return Err(Error::DuplicateEvent {
+                stream: stream.clone(),
+                event_id: taken.event_id,
+            });
+        }
+
+        let events_empty = events.is_empty();
+        let Log {
+            events: all,
+            streams,
+            positions,
+        } = &mut *log;
+        let indices = streams.entry(stream.clone()).or_default();
+        for (offset, event) in events.into_iter().enumerate() {
+            let index = all.len();
+            positions.insert(event.event_id, index);
+            indices.push(index);
+            all.push(RecordedEvent::new(
+                stream.clone(),
+                current + offset as u64 + 1,
+                Position::new(index as u64 + 1),
+                event,
+            ));
+        }
+        let last_position = Position::new(indices.last().map_or(0, |index| *index as u64 + 1));
+        if !events_empty {
+            self.appended.notify();
+        }
+        Ok(AppendResult {
+            stream_version: indices.len() as u64,
+            last_position,
+        })
+    }
+}
+
 impl EventStore for InMemoryEventStore {
     async fn append(
         &self,
@@ -134,57 +193,7 @@ impl EventStore for InMemoryEventStore {
     ) -> Result<AppendResult> {
         let observed = crate::telemetry::Append::start(stream, expected, &events);
         observed
-            .run(async move {
-                validate_append(stream, &events)?;
-                let mut log = self.write();
-                let current = log.streams.get(stream).map_or(0, Vec::len) as u64;
-                let retried = events
-                    .iter()
-                    .any(|event| log.positions.contains_key(&event.event_id));
-                if retried && let Some(done) = already_stored(&log, stream, expected, &events) {
-                    return Ok(done);
-                }
-                if !expected.is_satisfied_by(current) {
-                    return Err(expected.conflict(stream, current));
-                }
-                if let Some(taken) = events
-                    .iter()
-                    .find(|event| log.positions.contains_key(&event.event_id))
-                {
-                    return Err(Error::DuplicateEvent {
-                        stream: stream.clone(),
-                        event_id: taken.event_id,
-                    });
-                }
-
-                let events_empty = events.is_empty();
-                let Log {
-                    events: all,
-                    streams,
-                    positions,
-                } = &mut *log;
-                let indices = streams.entry(stream.clone()).or_default();
-                for (offset, event) in events.into_iter().enumerate() {
-                    let index = all.len();
-                    positions.insert(event.event_id, index);
-                    indices.push(index);
-                    all.push(RecordedEvent::new(
-                        stream.clone(),
-                        current + offset as u64 + 1,
-                        Position::new(index as u64 + 1),
-                        event,
-                    ));
-                }
-                let last_position =
-                    Position::new(indices.last().map_or(0, |index| *index as u64 + 1));
-                if !events_empty {
-                    self.appended.notify();
-                }
-                Ok(AppendResult {
-                    stream_version: indices.len() as u64,
-                    last_position,
-                })
-            })
+            .run(self.append_unobserved(stream, expected, events))
             .await
     }
 

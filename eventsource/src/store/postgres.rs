@@ -495,6 +495,94 @@ impl SnapshotStore for PostgresEventStore {
     }
 }
 
+impl PostgresEventStore {
+    /// [`EventStore::append`], without its span and metrics.
+    async fn append_unobserved(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        validate_append(stream, &events)?;
+        if events.is_empty() {
+            let (current, last): (i64, Option<i64>) = sqlx::query_as(
+                "SELECT COALESCE(MAX(version), 0)::BIGINT, MAX(position) FROM events \
+                 WHERE aggregate_type = $1 AND aggregate_id = $2",
+            )
+            .bind(stream.aggregate_type())
+            .bind(stream.aggregate_id())
+            .fetch_one(&self.pool)
+            .await
+            .map_err(Error::database("append"))?;
+            let current = current.max(0) as u64;
+            if !expected.is_satisfied_by(current) {
+                return Err(expected.conflict(stream, current));
+            }
+            return Ok(AppendResult {
+                stream_version: current,
+                last_position: Position::new(last.unwrap_or(0).max(0) as u64),
+            });
+        }
+        let retry = matches!(
+            expected,
+            ExpectedVersion::Any | ExpectedVersion::StreamExists
+        );
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let outcome = if attempt > OPTIMISTIC_ATTEMPTS {
+                self.append_locked(stream, expected, &events).await
+            } else {
+                Self::append_once(&self.pool, stream, expected, &events).await
+            };
+            let err = match outcome {
+                Ok(result) => {
+                    self.signal_append();
+                    return Ok(result);
+                }
+                Err(AppendFailure::Rejected { current }) => {
+                    // An append retried after its outcome was lost finds its own events stored.
+                    if let Some(done) = self.stored_already(stream, expected, &events).await? {
+                        return Ok(done);
+                    }
+                    return Err(expected.conflict(stream, current));
+                }
+                Err(AppendFailure::Database(err)) => err,
+            };
+            let constraint = err
+                .as_database_error()
+                .filter(|db| db.code().as_deref() == Some("23505"))
+                .and_then(|db| db.constraint().map(str::to_owned));
+            match constraint.as_deref() {
+                Some("events_stream_version") => {
+                    // Another writer took the versions between our check and our insert.
+                    if !retry {
+                        if let Some(done) = self.stored_already(stream, expected, &events).await? {
+                            return Ok(done);
+                        }
+                        let current = self.stream_version(stream).await?;
+                        return Err(expected.conflict(stream, current));
+                    }
+                }
+                Some("events_event_id") => {
+                    if let Some(done) = self.stored_already(stream, expected, &events).await? {
+                        return Ok(done);
+                    }
+                    let event_id = self.taken_event_id(&events).await?;
+                    return Err(match event_id {
+                        Some(event_id) => Error::DuplicateEvent {
+                            stream: stream.clone(),
+                            event_id,
+                        },
+                        None => Error::database("append")(err),
+                    });
+                }
+                _ => return Err(Error::database("append")(err)),
+            }
+        }
+    }
+}
+
 impl EventStore for PostgresEventStore {
     async fn append(
         &self,
@@ -504,91 +592,7 @@ impl EventStore for PostgresEventStore {
     ) -> Result<AppendResult> {
         let observed = crate::telemetry::Append::start(stream, expected, &events);
         observed
-            .run(async move {
-                validate_append(stream, &events)?;
-                if events.is_empty() {
-                    let (current, last): (i64, Option<i64>) = sqlx::query_as(
-                        "SELECT COALESCE(MAX(version), 0)::BIGINT, MAX(position) FROM events \
-                 WHERE aggregate_type = $1 AND aggregate_id = $2",
-                    )
-                    .bind(stream.aggregate_type())
-                    .bind(stream.aggregate_id())
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(Error::database("append"))?;
-                    let current = current.max(0) as u64;
-                    if !expected.is_satisfied_by(current) {
-                        return Err(expected.conflict(stream, current));
-                    }
-                    return Ok(AppendResult {
-                        stream_version: current,
-                        last_position: Position::new(last.unwrap_or(0).max(0) as u64),
-                    });
-                }
-                let retry = matches!(
-                    expected,
-                    ExpectedVersion::Any | ExpectedVersion::StreamExists
-                );
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    let outcome = if attempt > OPTIMISTIC_ATTEMPTS {
-                        self.append_locked(stream, expected, &events).await
-                    } else {
-                        Self::append_once(&self.pool, stream, expected, &events).await
-                    };
-                    let err = match outcome {
-                        Ok(result) => {
-                            self.signal_append();
-                            return Ok(result);
-                        }
-                        Err(AppendFailure::Rejected { current }) => {
-                            // An append retried after its outcome was lost finds its own events stored.
-                            if let Some(done) =
-                                self.stored_already(stream, expected, &events).await?
-                            {
-                                return Ok(done);
-                            }
-                            return Err(expected.conflict(stream, current));
-                        }
-                        Err(AppendFailure::Database(err)) => err,
-                    };
-                    let constraint = err
-                        .as_database_error()
-                        .filter(|db| db.code().as_deref() == Some("23505"))
-                        .and_then(|db| db.constraint().map(str::to_owned));
-                    match constraint.as_deref() {
-                        Some("events_stream_version") => {
-                            // Another writer took the versions between our check and our insert.
-                            if !retry {
-                                if let Some(done) =
-                                    self.stored_already(stream, expected, &events).await?
-                                {
-                                    return Ok(done);
-                                }
-                                let current = self.stream_version(stream).await?;
-                                return Err(expected.conflict(stream, current));
-                            }
-                        }
-                        Some("events_event_id") => {
-                            if let Some(done) =
-                                self.stored_already(stream, expected, &events).await?
-                            {
-                                return Ok(done);
-                            }
-                            let event_id = self.taken_event_id(&events).await?;
-                            return Err(match event_id {
-                                Some(event_id) => Error::DuplicateEvent {
-                                    stream: stream.clone(),
-                                    event_id,
-                                },
-                                None => Error::database("append")(err),
-                            });
-                        }
-                        _ => return Err(Error::database("append")(err)),
-                    }
-                }
-            })
+            .run(self.append_unobserved(stream, expected, events))
             .await
     }
 

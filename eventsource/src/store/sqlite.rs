@@ -319,6 +319,39 @@ fn is_open_race(error: &Error) -> bool {
     matches!(code, Some("5" | "261" | "517" | "773" | "2067" | "1555"))
 }
 
+impl SqliteEventStore {
+    /// [`EventStore::append`], without its span and metrics.
+    async fn append_unobserved(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        validate_append(stream, &events)?;
+        if events.is_empty() {
+            // Nothing to write: where the stream is, read without taking the write lock.
+            let (current, last): (i64, Option<i64>) = sqlx::query_as(
+                "SELECT COALESCE(MAX(version), 0), MAX(position) FROM events \
+                 WHERE aggregate_type = ? AND aggregate_id = ?",
+            )
+            .bind(stream.aggregate_type())
+            .bind(stream.aggregate_id())
+            .fetch_one(&self.reader)
+            .await
+            .map_err(Error::database("append"))?;
+            let current = current.max(0) as u64;
+            if !expected.is_satisfied_by(current) {
+                return Err(expected.conflict(stream, current));
+            }
+            return Ok(AppendResult {
+                stream_version: current,
+                last_position: Position::new(last.unwrap_or(0).max(0) as u64),
+            });
+        }
+        self.append_inner(stream, expected, &events).await
+    }
+}
+
 impl EventStore for SqliteEventStore {
     async fn append(
         &self,
@@ -328,30 +361,7 @@ impl EventStore for SqliteEventStore {
     ) -> Result<AppendResult> {
         let observed = crate::telemetry::Append::start(stream, expected, &events);
         observed
-            .run(async move {
-                validate_append(stream, &events)?;
-                if events.is_empty() {
-                    // Nothing to write: where the stream is, read without taking the write lock.
-                    let (current, last): (i64, Option<i64>) = sqlx::query_as(
-                        "SELECT COALESCE(MAX(version), 0), MAX(position) FROM events \
-                 WHERE aggregate_type = ? AND aggregate_id = ?",
-                    )
-                    .bind(stream.aggregate_type())
-                    .bind(stream.aggregate_id())
-                    .fetch_one(&self.reader)
-                    .await
-                    .map_err(Error::database("append"))?;
-                    let current = current.max(0) as u64;
-                    if !expected.is_satisfied_by(current) {
-                        return Err(expected.conflict(stream, current));
-                    }
-                    return Ok(AppendResult {
-                        stream_version: current,
-                        last_position: Position::new(last.unwrap_or(0).max(0) as u64),
-                    });
-                }
-                self.append_inner(stream, expected, &events).await
-            })
+            .run(self.append_unobserved(stream, expected, events))
             .await
     }
 
