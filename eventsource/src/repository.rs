@@ -6,11 +6,11 @@ use crate::error::{Error, Result};
 use crate::event::Metadata;
 use crate::snapshot::{Restored, Snapshot, SnapshotStore, SnapshotStrategy, Snapshots};
 use crate::store::{AppendResult, EventStore, ExpectedVersion, StreamId, StreamQuery};
+use crate::telemetry::Traced;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt;
 use std::time::Instant;
-use tracing::Instrument;
 
 /// How many times [`Repository::update`] runs a command by default before giving up.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
@@ -258,7 +258,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             crate::telemetry::record_ids(&span, metadata);
         }
         let started = Instant::now();
-        let result = self.save_inner(root).instrument(span.clone()).await;
+        let result = self.save_inner(root).traced(span.clone()).await;
         metrics::histogram!(crate::telemetry::SAVE_SECONDS, "aggregate_type" => A::TYPE)
             .record(started.elapsed().as_secs_f64());
         if let Ok(done) = &result {
@@ -392,7 +392,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         loop {
             attempt += 1;
             let span = self.attempt_span(&id, attempt);
-            let mut root = match self.try_load(id.clone()).instrument(span.clone()).await? {
+            let mut root = match self.try_load(id.clone()).traced(span.clone()).await? {
                 Some(root) => root,
                 None => self.create(id.clone()),
             };
@@ -418,7 +418,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 .iter()
                 .map(|pending| pending.event_id())
                 .collect();
-            match self.save(&mut root).instrument(span).await {
+            match self.save(&mut root).traced(span).await {
                 Ok(_) => return Ok(Once::Applied(output)),
                 Err(Error::DuplicateEvent { event_id, .. }) if ours.contains(&event_id) => {
                     return Ok(Once::AlreadyApplied);
@@ -469,12 +469,12 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         loop {
             attempt += 1;
             let span = self.attempt_span(&id, attempt);
-            let mut root = self.load(id.clone()).instrument(span.clone()).await?;
+            let mut root = self.load(id.clone()).traced(span.clone()).await?;
             if let Some(metadata) = &metadata {
                 root.set_metadata(metadata.clone());
             }
             let output = span.in_scope(|| command(&mut root).map_err(UpdateError::Rejected))?;
-            match self.save(&mut root).instrument(span).await {
+            match self.save(&mut root).traced(span).await {
                 Ok(_) => return Ok(output),
                 Err(conflict @ Error::Concurrency { .. }) if attempt < self.max_attempts => {
                     tracing::debug!(stream = %root.stream_id(), attempt, error = %conflict, "retrying command after a concurrent write");
@@ -535,7 +535,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             from_snapshot = tracing::field::Empty,
         );
         let started = Instant::now();
-        let result = self.load_inner(id, query).instrument(span.clone()).await;
+        let result = self.load_inner(id, query).traced(span.clone()).await;
         metrics::histogram!(crate::telemetry::LOAD_SECONDS, "aggregate_type" => A::TYPE)
             .record(started.elapsed().as_secs_f64());
         if let Ok(root) = &result {

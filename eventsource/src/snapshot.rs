@@ -14,6 +14,7 @@
 use crate::aggregate::{Aggregate, Root};
 use crate::error::{Error, Result};
 use crate::stream::StreamId;
+use crate::telemetry::Traced;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use serde::Serialize;
@@ -23,7 +24,6 @@ use std::future::Future;
 use std::num::NonZeroU64;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::task::JoinHandle;
-use tracing::Instrument;
 
 /// An aggregate's state at a version of its stream, as stored.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -281,7 +281,7 @@ impl<A: Aggregate> Snapshots<A> {
         let snapshot = self.encode(root)?;
         self.store
             .save(&snapshot)
-            .instrument(snapshot_span::<A>(&snapshot))
+            .traced(snapshot_span::<A>(&snapshot))
             .await?;
         Ok(snapshot)
     }
@@ -295,14 +295,14 @@ impl<A: Aggregate> Snapshots<A> {
         };
         let span = snapshot_span::<A>(&snapshot);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            if let Err(error) = self.store.save(&snapshot).instrument(span).await {
+            if let Err(error) = self.store.save(&snapshot).traced(span).await {
                 warn_not_taken(&snapshot.stream, &error);
             }
             return;
         };
         let store = Arc::clone(&self.store);
         let handle = runtime.spawn(async move {
-            if let Err(error) = store.save(&snapshot).instrument(span).await {
+            if let Err(error) = store.save(&snapshot).traced(span).await {
                 warn_not_taken(&snapshot.stream, &error);
             }
         });

@@ -19,6 +19,7 @@ use crate::event::{EventView, RecordedEvent};
 use crate::projection::{EventContext, HandlerError, Projection};
 use crate::store::{EventStore, ReadAll};
 use crate::stream::Position;
+use crate::telemetry::Traced;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use std::fmt;
@@ -26,7 +27,6 @@ use std::sync::{Arc, Mutex, PoisonError, RwLock, RwLockReadGuard};
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
-use tracing::Instrument;
 
 /// How a projection reads, retries and fails.
 #[derive(Clone, Debug)]
@@ -1020,7 +1020,7 @@ pub(crate) async fn drive<R: Runner>(
             from = checkpoint.map(Position::get),
             to = tracing::field::Empty,
         );
-        let step = runner.step(checkpoint).instrument(span.clone()).await;
+        let step = runner.step(checkpoint).traced(span.clone()).await;
         if let Ok(Step::Moved { to: Some(to), .. }) = &step {
             span.record("to", to.get());
         }

@@ -131,7 +131,7 @@ impl<'a> Append<'a> {
         F: Future<Output = Result<AppendResult>>,
     {
         let started = Instant::now();
-        let result = append.instrument(self.span.clone()).await;
+        let result = append.traced(self.span.clone()).await;
         let aggregate_type = self.stream.aggregate_type().to_owned();
         metrics::histogram!(APPEND_SECONDS, "aggregate_type" => aggregate_type.clone())
             .record(started.elapsed().as_secs_f64());
@@ -182,7 +182,7 @@ where
     F: Future<Output = Result<()>>,
 {
     let span = tracing::debug_span!("eventsource.bus.publish", bus, events);
-    let result = publish.instrument(span).await;
+    let result = publish.traced(span).await;
     if result.is_ok() {
         metrics::counter!(BUS_PUBLISHED, "bus" => bus).increment(events as u64);
     }
@@ -198,3 +198,19 @@ pub(crate) fn consumed(bus: &'static str, group: &str) {
 pub(crate) fn bus_dead_lettered(bus: &'static str, group: &str) {
     metrics::counter!(BUS_DEAD_LETTERED, "bus" => bus, "group" => group.to_owned()).increment(1);
 }
+
+/// `.traced(span)`: runs a future inside `span` when a subscriber wants the span, and as it is
+/// otherwise (no span entered and left at every poll on the hot paths).
+pub(crate) trait Traced: Future + Sized {
+    fn traced(self, span: tracing::Span) -> impl Future<Output = Self::Output> {
+        async move {
+            if span.is_disabled() {
+                self.await
+            } else {
+                self.instrument(span).await
+            }
+        }
+    }
+}
+
+impl<F: Future> Traced for F {}

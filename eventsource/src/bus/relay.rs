@@ -18,9 +18,9 @@ use crate::subscription::{
     Command, Entry, Progress, ProjectionOptions, ProjectionState, ProjectionStatus, Runner, Step,
     StepError, Subscriptions, drive, lag_counter, letter_for_damaged, read_page,
 };
+use crate::telemetry::Traced;
 use std::fmt;
 use std::sync::Arc;
-use tracing::Instrument;
 
 /// A relay's configuration: its name (the key of its checkpoint and lease), the bus, and the
 /// events it publishes. Add it with [`Subscriptions::add_relay`].
@@ -219,7 +219,7 @@ where
                 from = events.first().map(|event| event.position.get()),
                 to = events.last().map(|event| event.position.get()),
             );
-            self.bus.publish(&events).instrument(span).await.map_err(|error| {
+            self.bus.publish(&events).traced(span).await.map_err(|error| {
                 tracing::warn!(relay = self.name, %error, "publish failed; the batch will be published again");
                 StepError::Read(error)
             })?;
