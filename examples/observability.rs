@@ -120,7 +120,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let snapshotter = recorder.snapshotter();
     recorder.install()?;
 
-    let store = SqliteEventStore::in_memory().await?;
+    // A database file of its own (a projection's lease is a file beside the database).
+    let dir = tempfile::tempdir()?;
+    let store = SqliteEventStore::open(dir.path().join("observability.db")).await?;
     let bus = InMemoryBus::new(64);
     let mut receipts_consumer = bus.subscribe(&Subscription::new("receipts")).await?;
     let mut subscriptions = Subscriptions::new(store.clone());
