@@ -70,6 +70,9 @@ pub mod snapshot;
 pub mod store;
 pub mod stream;
 pub mod subscription;
+// Observability and operations: spans and metrics (`telemetry`), health reports (`health`).
+pub mod health;
+pub mod telemetry;
 pub mod testing;
 
 pub use aggregate::{

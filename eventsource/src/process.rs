@@ -322,6 +322,7 @@ where
         if let Err(failed) = self.store.add_dead_letter(&letter).await {
             return Reacted::Stop(failed);
         }
+        crate::telemetry::dead_lettered(M::NAME);
         match self.options.on_failure {
             OnFailure::Skip => Reacted::Past,
             OnFailure::Stop => Reacted::Stop(Error::ProjectionStopped {

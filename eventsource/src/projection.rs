@@ -63,6 +63,18 @@ impl<'a> EventContext<'a> {
     pub fn aggregate_id(&self) -> &'a str {
         self.stream.aggregate_id()
     }
+
+    /// The metadata for events recorded in reaction to this one, as
+    /// [`Metadata::caused_by`](crate::Metadata::caused_by) gives it: the same tenant, actor and
+    /// correlation id (this event's id if it had none), and this event as the cause.
+    pub fn reaction_metadata(&self) -> crate::event::Metadata {
+        let mut metadata = crate::event::Metadata::new();
+        metadata.tenant_id = self.metadata.tenant_id.clone();
+        metadata.actor_id = self.metadata.actor_id.clone();
+        metadata.correlation_id = Some(self.metadata.correlation_id.unwrap_or(self.event_id));
+        metadata.causation_id = Some(self.event_id);
+        metadata
+    }
 }
 
 /// A read model folded in process from the global log. Implemented by `#[projection]`.

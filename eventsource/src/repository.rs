@@ -6,9 +6,11 @@ use crate::error::{Error, Result};
 use crate::event::Metadata;
 use crate::snapshot::{Restored, Snapshot, SnapshotStore, SnapshotStrategy, Snapshots};
 use crate::store::{AppendResult, EventStore, ExpectedVersion, StreamId, StreamQuery};
+use crate::telemetry::Traced;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt;
+use std::time::Instant;
 
 /// How many times [`Repository::update`] runs a command by default before giving up.
 pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
@@ -241,6 +243,31 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// commit) is safe: if the events were stored, with the same ids at the same versions, the
     /// store reports success instead of [`Error::DuplicateEvent`].
     pub async fn save(&self, root: &mut Root<A>) -> Result<AppendResult> {
+        let span = tracing::debug_span!(
+            "eventsource.save",
+            aggregate_type = A::TYPE,
+            stream = %root.stream_id(),
+            events = root.pending_events().len(),
+            tenant = tracing::field::Empty,
+            correlation_id = tracing::field::Empty,
+            causation_id = tracing::field::Empty,
+            version = tracing::field::Empty,
+        );
+        if !span.is_disabled() {
+            let metadata = root.pending_events().first().map(|event| event.metadata());
+            crate::telemetry::record_ids(&span, metadata);
+        }
+        let started = Instant::now();
+        let result = self.save_inner(root).traced(span.clone()).await;
+        metrics::histogram!(crate::telemetry::SAVE_SECONDS, "aggregate_type" => A::TYPE)
+            .record(started.elapsed().as_secs_f64());
+        if let Ok(done) = &result {
+            span.record("version", done.stream_version);
+        }
+        result
+    }
+
+    async fn save_inner(&self, root: &mut Root<A>) -> Result<AppendResult> {
         let committed = root.committed_version();
         let expected = if !root.has_pending_events() {
             // Nothing to check: report where the stream is.
@@ -364,7 +391,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut root = match self.try_load(id.clone()).await? {
+            let span = self.attempt_span(&id, attempt);
+            let mut root = match self.try_load(id.clone()).traced(span.clone()).await? {
                 Some(root) => root,
                 None => self.create(id.clone()),
             };
@@ -390,13 +418,14 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 .iter()
                 .map(|pending| pending.event_id())
                 .collect();
-            match self.save(&mut root).await {
+            match self.save(&mut root).traced(span).await {
                 Ok(_) => return Ok(Once::Applied(output)),
                 Err(Error::DuplicateEvent { event_id, .. }) if ours.contains(&event_id) => {
                     return Ok(Once::AlreadyApplied);
                 }
                 Err(conflict @ Error::Concurrency { .. }) if attempt < self.max_attempts => {
                     tracing::debug!(stream = %root.stream_id(), attempt, error = %conflict, "retrying command after a concurrent write");
+                    metrics::counter!(crate::telemetry::COMMAND_RETRIES, "aggregate_type" => A::TYPE).increment(1);
                 }
                 Err(conflict @ Error::Concurrency { .. }) => {
                     return Err(Error::RetriesExhausted {
@@ -409,6 +438,16 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 Err(other) => return Err(other.into()),
             }
         }
+    }
+
+    /// The span of one attempt of a command (`update`, `update_with`, `update_once`).
+    fn attempt_span(&self, id: &A::Id, attempt: u32) -> tracing::Span {
+        tracing::debug_span!(
+            "eventsource.update",
+            aggregate_type = A::TYPE,
+            stream = %self.stream_id(id),
+            attempt,
+        )
     }
 
     /// Whether `stream` holds the event `event_id`.
@@ -429,15 +468,17 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut root = self.load(id.clone()).await?;
+            let span = self.attempt_span(&id, attempt);
+            let mut root = self.load(id.clone()).traced(span.clone()).await?;
             if let Some(metadata) = &metadata {
                 root.set_metadata(metadata.clone());
             }
-            let output = command(&mut root).map_err(UpdateError::Rejected)?;
-            match self.save(&mut root).await {
+            let output = span.in_scope(|| command(&mut root).map_err(UpdateError::Rejected))?;
+            match self.save(&mut root).traced(span).await {
                 Ok(_) => return Ok(output),
                 Err(conflict @ Error::Concurrency { .. }) if attempt < self.max_attempts => {
                     tracing::debug!(stream = %root.stream_id(), attempt, error = %conflict, "retrying command after a concurrent write");
+                    metrics::counter!(crate::telemetry::COMMAND_RETRIES, "aggregate_type" => A::TYPE).increment(1);
                 }
                 Err(conflict @ Error::Concurrency { .. }) => {
                     return Err(Error::RetriesExhausted {
@@ -486,6 +527,25 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     }
 
     async fn load_query(&self, id: A::Id, query: StreamQuery) -> Result<Root<A>> {
+        let span = tracing::debug_span!(
+            "eventsource.load",
+            aggregate_type = A::TYPE,
+            stream = %self.stream_id(&id),
+            version = tracing::field::Empty,
+            from_snapshot = tracing::field::Empty,
+        );
+        let started = Instant::now();
+        let result = self.load_inner(id, query).traced(span.clone()).await;
+        metrics::histogram!(crate::telemetry::LOAD_SECONDS, "aggregate_type" => A::TYPE)
+            .record(started.elapsed().as_secs_f64());
+        if let Ok(root) = &result {
+            span.record("version", root.version());
+            span.record("from_snapshot", root.snapshot_version().is_some());
+        }
+        result
+    }
+
+    async fn load_inner(&self, id: A::Id, query: StreamQuery) -> Result<Root<A>> {
         let mut root = Root::<A>::new(id);
         let stream = root.stream_id().clone();
         let whole_stream = query.to_version.is_none() && query.until.is_none();
@@ -495,9 +555,15 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 .restore(&stream, query.to_version, query.until)
                 .await
             {
-                Restored::Hit { state, version } => root.restore_snapshot(state, version),
-                Restored::Miss => {}
-                Restored::Unusable => replace_snapshot = whole_stream,
+                Restored::Hit { state, version } => {
+                    snapshot_loaded_of::<A>("hit");
+                    root.restore_snapshot(state, version);
+                }
+                Restored::Miss => snapshot_loaded_of::<A>("miss"),
+                Restored::Unusable => {
+                    snapshot_loaded_of::<A>("stale");
+                    replace_snapshot = whole_stream;
+                }
             }
         }
         let query = StreamQuery {
@@ -516,6 +582,12 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         }
         Ok(root)
     }
+}
+
+/// Counts a snapshot look-up of aggregate type `A`.
+fn snapshot_loaded_of<A: Aggregate>(outcome: &'static str) {
+    metrics::counter!(crate::telemetry::SNAPSHOT_LOADS, "aggregate_type" => A::TYPE, "outcome" => outcome)
+        .increment(1);
 }
 
 impl<A: Aggregate, S: Clone> Clone for Repository<A, S> {

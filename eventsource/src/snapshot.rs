@@ -14,6 +14,7 @@
 use crate::aggregate::{Aggregate, Root};
 use crate::error::{Error, Result};
 use crate::stream::StreamId;
+use crate::telemetry::Traced;
 use chrono::{DateTime, Utc};
 use futures::future::BoxFuture;
 use serde::Serialize;
@@ -278,7 +279,10 @@ impl<A: Aggregate> Snapshots<A> {
     /// Encodes `root`'s state and stores it, now.
     pub(crate) async fn take(&self, root: &Root<A>) -> Result<Snapshot> {
         let snapshot = self.encode(root)?;
-        self.store.save(&snapshot).await?;
+        self.store
+            .save(&snapshot)
+            .traced(snapshot_span::<A>(&snapshot))
+            .await?;
         Ok(snapshot)
     }
 
@@ -289,15 +293,16 @@ impl<A: Aggregate> Snapshots<A> {
             Ok(snapshot) => snapshot,
             Err(error) => return warn_not_taken(root.stream_id(), &error),
         };
+        let span = snapshot_span::<A>(&snapshot);
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-            if let Err(error) = self.store.save(&snapshot).await {
+            if let Err(error) = self.store.save(&snapshot).traced(span).await {
                 warn_not_taken(&snapshot.stream, &error);
             }
             return;
         };
         let store = Arc::clone(&self.store);
         let handle = runtime.spawn(async move {
-            if let Err(error) = store.save(&snapshot).await {
+            if let Err(error) = store.save(&snapshot).traced(span).await {
                 warn_not_taken(&snapshot.stream, &error);
             }
         });
@@ -392,6 +397,16 @@ impl<A> fmt::Debug for Snapshots<A> {
             .field("strategy", &self.strategy)
             .finish_non_exhaustive()
     }
+}
+
+/// The span of storing `snapshot`.
+fn snapshot_span<A: Aggregate>(snapshot: &Snapshot) -> tracing::Span {
+    tracing::debug_span!(
+        "eventsource.snapshot.save",
+        aggregate_type = A::TYPE,
+        stream = %snapshot.stream,
+        version = snapshot.version,
+    )
 }
 
 #[cfg(test)]

@@ -19,6 +19,7 @@ use crate::event::{EventView, RecordedEvent};
 use crate::projection::{EventContext, HandlerError, Projection};
 use crate::store::{EventStore, ReadAll};
 use crate::stream::Position;
+use crate::telemetry::Traced;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use std::fmt;
@@ -471,7 +472,9 @@ impl RunningSubscriptions {
     pub async fn lag(&self, name: &str) -> Result<u64> {
         let projection = self.find(name)?;
         let checkpoint = projection.progress.get().checkpoint;
-        (projection.lag)(checkpoint).await
+        let lag = (projection.lag)(checkpoint).await?;
+        crate::telemetry::lag(name, lag);
+        Ok(lag)
     }
 
     /// Waits until every projection has applied every event up to `position` it handles (or has
@@ -548,6 +551,25 @@ impl RunningSubscriptions {
                 task.abort();
             }
         }
+    }
+
+    /// Waits for `signal`, then shuts down gracefully ([`shutdown`](Self::shutdown)). The signal
+    /// is any future: `tokio::signal::ctrl_c()` (tokio's `signal` feature, in the application),
+    /// a `CancellationToken`'s `cancelled()`, a oneshot receiver. Returns once every projection
+    /// and relay has stopped with its checkpoint stored.
+    ///
+    /// ```no_run
+    /// # async fn run(running: eventsource::subscription::RunningSubscriptions) {
+    /// running.shutdown_on(async { let _ = tokio::signal::ctrl_c().await; }).await;
+    /// # }
+    /// ```
+    pub async fn shutdown_on<F: std::future::Future>(&self, signal: F) {
+        signal.await;
+        tracing::info!(
+            projections = self.projections.len(),
+            "shutting down the projections and relays"
+        );
+        self.shutdown().await;
     }
 
     /// Asks every projection to stop after its current batch (its checkpoint stored), and waits
@@ -809,6 +831,7 @@ where
         if let Err(failed) = self.checkpoints.add_dead_letter(&letter).await {
             return Applied::Stop(failed);
         }
+        crate::telemetry::dead_lettered(self.name);
         match self.options.on_failure {
             OnFailure::Skip => Applied::DeadLettered,
             OnFailure::Stop => Applied::Stop(Error::ProjectionStopped {
@@ -991,7 +1014,17 @@ pub(crate) async fn drive<R: Runner>(
                 .ok()
                 .map(|head| head.readable)
         };
-        let step = match runner.step(checkpoint).await {
+        let span = tracing::debug_span!(
+            "eventsource.projection.batch",
+            projection = name,
+            from = checkpoint.map(Position::get),
+            to = tracing::field::Empty,
+        );
+        let step = runner.step(checkpoint).traced(span.clone()).await;
+        if let Ok(Step::Moved { to: Some(to), .. }) = &step {
+            span.record("to", to.get());
+        }
+        let step = match step {
             Ok(step) => step,
             Err(StepError::Read(error)) => {
                 tracing::warn!(projection = name, %error, "cannot read the log; retrying");
@@ -1039,6 +1072,9 @@ pub(crate) async fn drive<R: Runner>(
                 catching_up = false;
             }
             Step::Empty => {
+                if !matches!(runner.progress().get().state, ProjectionState::Live) {
+                    crate::telemetry::lag(name, 0);
+                }
                 runner.progress().set(ProjectionState::Live, checkpoint);
                 runner.progress().set_caught_up(head);
                 let poll_interval = runner.options().poll_interval;
@@ -1464,6 +1500,7 @@ where
         let result: Result<()> = async {
             let mut tx = self.store.begin().await?;
             S::add_dead_letter_in(&mut tx, &letter).await?;
+            crate::telemetry::dead_lettered(self.name);
             if !stop {
                 S::save_checkpoint_in(&mut tx, self.name, checkpoint, position).await?;
             }

@@ -48,6 +48,7 @@ struct Inner {
 
 /// One group's queue.
 struct Group {
+    name: String,
     filter: Filter,
     max_deliveries: u32,
     capacity: usize,
@@ -126,10 +127,9 @@ impl Default for InMemoryBus {
     }
 }
 
-impl EventBus for InMemoryBus {
-    type Consumer = InMemoryConsumer;
-
-    async fn publish(&self, events: &[RecordedEvent]) -> Result<()> {
+impl InMemoryBus {
+    /// [`EventBus::publish`], without its span and metrics.
+    async fn publish_unobserved(&self, events: &[RecordedEvent]) -> Result<()> {
         let groups = self.groups();
         for event in events {
             let aggregate_type = event.stream.aggregate_type();
@@ -154,6 +154,14 @@ impl EventBus for InMemoryBus {
         }
         Ok(())
     }
+}
+
+impl EventBus for InMemoryBus {
+    type Consumer = InMemoryConsumer;
+
+    async fn publish(&self, events: &[RecordedEvent]) -> Result<()> {
+        crate::telemetry::publish("memory", events.len(), self.publish_unobserved(events)).await
+    }
 
     async fn subscribe(&self, subscription: &Subscription) -> Result<InMemoryConsumer> {
         let group = {
@@ -162,6 +170,7 @@ impl EventBus for InMemoryBus {
                 .entry(subscription.group().to_owned())
                 .or_insert_with(|| {
                     Arc::new(Group {
+                        name: subscription.group().to_owned(),
                         filter: subscription.filter().clone(),
                         max_deliveries: subscription.max_delivery_count(),
                         capacity: self.inner.capacity,
@@ -238,7 +247,12 @@ impl BusConsumer for InMemoryConsumer {
                         // Pass the wake-up on to another consumer of the group.
                         self.group.queued.notify_one();
                     }
-                    return Ok(Delivery::new(event, attempts + 1, Tag::Memory(tag)));
+                    return Ok(Delivery::new(
+                        event,
+                        attempts + 1,
+                        Tag::Memory(tag),
+                        &self.group.name,
+                    ));
                 }
             }
             queued.await;
@@ -263,6 +277,7 @@ impl BusConsumer for InMemoryConsumer {
                     "bus delivery dead-lettered after its last attempt"
                 );
                 state.dead.push(event);
+                crate::telemetry::bus_dead_lettered("memory", &self.group.name);
                 drop(state);
                 self.group.freed.notify_waiters();
             } else {

@@ -261,6 +261,7 @@ pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
 pub struct Delivery {
     event: RecordedEvent,
     attempt: u32,
+    group: String,
     pub(crate) tag: Tag,
 }
 
@@ -277,12 +278,64 @@ pub(crate) enum Tag {
 }
 
 impl Delivery {
-    pub(crate) fn new(event: RecordedEvent, attempt: u32, tag: Tag) -> Self {
-        Delivery {
+    pub(crate) fn new(event: RecordedEvent, attempt: u32, tag: Tag, group: &str) -> Self {
+        let delivery = Delivery {
             event,
             attempt: attempt.max(1),
+            group: group.to_owned(),
             tag,
+        };
+        crate::telemetry::consumed(delivery.bus(), group);
+        tracing::trace!(bus = delivery.bus(), group, event_id = %delivery.event.event_id, attempt = delivery.attempt, "delivery handed to a consumer");
+        delivery
+    }
+
+    /// The kind of bus this came through: `memory`, `redis`, `rabbitmq` or `nats`.
+    pub fn bus(&self) -> &'static str {
+        match self.tag {
+            Tag::Memory(_) => "memory",
+            #[cfg(feature = "redis")]
+            Tag::Redis(_) => "redis",
+            #[cfg(feature = "rabbitmq")]
+            Tag::RabbitMq(_) => "rabbitmq",
+            #[cfg(feature = "nats")]
+            Tag::Nats(_) => "nats",
         }
+    }
+
+    /// The consumer group this was delivered to.
+    pub fn group(&self) -> &str {
+        &self.group
+    }
+
+    /// The span of handling this delivery, `eventsource.bus.consume` (level info): bus, group,
+    /// event id and type, attempt, tenant, correlation and causation ids; never the payload.
+    /// Run the handler in it, so that what it records and logs is tied to the event:
+    /// `handle(&delivery).instrument(delivery.span()).await`.
+    pub fn span(&self) -> tracing::Span {
+        let span = tracing::info_span!(
+            "eventsource.bus.consume",
+            bus = self.bus(),
+            group = %self.group,
+            event_id = %self.event.event_id,
+            event_type = %self.event.event_type,
+            attempt = self.attempt,
+            tenant = tracing::field::Empty,
+            correlation_id = tracing::field::Empty,
+            causation_id = tracing::field::Empty,
+        );
+        if !span.is_disabled() {
+            crate::telemetry::record_ids(&span, Some(&self.event.metadata));
+        }
+        span
+    }
+
+    /// The metadata for the events a handler records in reaction to this delivery
+    /// ([`Metadata::caused_by`]): the same tenant, actor and correlation id, and this event as
+    /// the cause. Pass it to [`Repository::update_with`](crate::Repository::update_with) or
+    /// [`Root::set_metadata`](crate::Root::set_metadata).
+    pub fn reaction_metadata(&self) -> Metadata {
+        Metadata::caused_by(&self.event)
     }
 
     /// The stored event.

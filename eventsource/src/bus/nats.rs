@@ -143,10 +143,9 @@ impl NatsBus {
     }
 }
 
-impl EventBus for NatsBus {
-    type Consumer = NatsConsumer;
-
-    async fn publish(&self, events: &[RecordedEvent]) -> Result<()> {
+impl NatsBus {
+    /// [`EventBus::publish`], without its span and metrics.
+    async fn publish_unobserved(&self, events: &[RecordedEvent]) -> Result<()> {
         // Sent back to back, then every acknowledgement awaited: one round trip per batch.
         let mut acks = Vec::with_capacity(events.len());
         for event in events {
@@ -164,6 +163,14 @@ impl EventBus for NatsBus {
             ack.await.map_err(Error::bus(BUS, "publish"))?;
         }
         Ok(())
+    }
+}
+
+impl EventBus for NatsBus {
+    type Consumer = NatsConsumer;
+
+    async fn publish(&self, events: &[RecordedEvent]) -> Result<()> {
+        crate::telemetry::publish("nats", events.len(), self.publish_unobserved(events)).await
     }
 
     async fn subscribe(&self, subscription: &Subscription) -> Result<NatsConsumer> {
@@ -296,10 +303,16 @@ impl BusConsumer for NatsConsumer {
             }
             if attempt > self.max_deliveries {
                 tracing::warn!(event_id = %event.event_id, attempt, group = %self.group, "bus delivery dead-lettered after its last attempt");
+                crate::telemetry::bus_dead_lettered("nats", &self.group);
                 self.dead_letter(&message).await?;
                 continue;
             }
-            return Ok(Delivery::new(event, attempt, Tag::Nats(Arc::new(message))));
+            return Ok(Delivery::new(
+                event,
+                attempt,
+                Tag::Nats(Arc::new(message)),
+                &self.group,
+            ));
         }
     }
 
@@ -315,6 +328,7 @@ impl BusConsumer for NatsConsumer {
         let message = Self::message(delivery)?;
         if delivery.attempt() >= self.max_deliveries {
             tracing::warn!(event_id = %delivery.event().event_id, attempt = delivery.attempt(), group = %self.group, "bus delivery dead-lettered after its last attempt");
+            crate::telemetry::bus_dead_lettered("nats", &self.group);
             return self.dead_letter(message).await;
         }
         message

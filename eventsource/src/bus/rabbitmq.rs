@@ -173,10 +173,9 @@ impl RabbitMqBus {
     }
 }
 
-impl EventBus for RabbitMqBus {
-    type Consumer = RabbitMqConsumer;
-
-    async fn publish(&self, events: &[RecordedEvent]) -> Result<()> {
+impl RabbitMqBus {
+    /// [`EventBus::publish`], without its span and metrics.
+    async fn publish_unobserved(&self, events: &[RecordedEvent]) -> Result<()> {
         let exchange = self.exchange();
         // One batch at a time on the channel: its messages go out in order.
         let channel = self.publisher.lock().await;
@@ -211,6 +210,14 @@ impl EventBus for RabbitMqBus {
             }
         }
         Ok(())
+    }
+}
+
+impl EventBus for RabbitMqBus {
+    type Consumer = RabbitMqConsumer;
+
+    async fn publish(&self, events: &[RecordedEvent]) -> Result<()> {
+        crate::telemetry::publish("rabbitmq", events.len(), self.publish_unobserved(events)).await
     }
 
     async fn subscribe(&self, subscription: &Subscription) -> Result<RabbitMqConsumer> {
@@ -402,7 +409,12 @@ impl BusConsumer for RabbitMqConsumer {
                 continue;
             }
             let attempt = previous_attempts(&message.properties).saturating_add(1);
-            return Ok(Delivery::new(event, attempt, Tag::RabbitMq(message.acker)));
+            return Ok(Delivery::new(
+                event,
+                attempt,
+                Tag::RabbitMq(message.acker),
+                &self.group,
+            ));
         }
     }
 
@@ -418,6 +430,7 @@ impl BusConsumer for RabbitMqConsumer {
         let acker = Self::acker(delivery)?;
         if delivery.attempt() >= self.max_deliveries {
             tracing::warn!(event_id = %delivery.event().event_id, attempt = delivery.attempt(), group = %self.group, "bus delivery dead-lettered after its last attempt");
+            crate::telemetry::bus_dead_lettered("rabbitmq", &self.group);
             return acker
                 .reject(BasicRejectOptions { requeue: false })
                 .await

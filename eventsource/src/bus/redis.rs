@@ -153,10 +153,9 @@ impl RedisBus {
     }
 }
 
-impl EventBus for RedisBus {
-    type Consumer = RedisConsumer;
-
-    async fn publish(&self, events: &[RecordedEvent]) -> Result<()> {
+impl RedisBus {
+    /// [`EventBus::publish`], without its span and metrics.
+    async fn publish_unobserved(&self, events: &[RecordedEvent]) -> Result<()> {
         if events.is_empty() {
             return Ok(());
         }
@@ -177,6 +176,14 @@ impl EventBus for RedisBus {
         pipe.query_async::<()>(&mut self.conn.clone())
             .await
             .map_err(redis_error("publish"))
+    }
+}
+
+impl EventBus for RedisBus {
+    type Consumer = RedisConsumer;
+
+    async fn publish(&self, events: &[RecordedEvent]) -> Result<()> {
+        crate::telemetry::publish("redis", events.len(), self.publish_unobserved(events)).await
     }
 
     async fn subscribe(&self, subscription: &Subscription) -> Result<RedisConsumer> {
@@ -378,13 +385,18 @@ impl RedisConsumer {
             }
             if attempt > self.max_deliveries {
                 tracing::warn!(event_id = %event.event_id, attempt, group = %self.group, "bus delivery dead-lettered after its last attempt");
+                crate::telemetry::bus_dead_lettered("redis", &self.group);
                 let data = data.clone();
                 self.dead_letter(&entry.id, &data, "no attempts left")
                     .await?;
                 continue;
             }
-            self.buffer
-                .push_back(Ok(Delivery::new(event, attempt, Tag::Redis(entry.id))));
+            self.buffer.push_back(Ok(Delivery::new(
+                event,
+                attempt,
+                Tag::Redis(entry.id),
+                &self.group,
+            )));
         }
         self.xack(&skipped).await
     }
@@ -475,6 +487,7 @@ impl BusConsumer for RedisConsumer {
         let id = Self::entry_id(delivery)?.to_owned();
         if delivery.attempt() >= self.max_deliveries {
             tracing::warn!(event_id = %delivery.event().event_id, attempt = delivery.attempt(), group = %self.group, "bus delivery dead-lettered after its last attempt");
+            crate::telemetry::bus_dead_lettered("redis", &self.group);
             return self
                 .dead_letter(&id, &super::encode(delivery.event()), "no attempts left")
                 .await;
@@ -494,6 +507,7 @@ impl BusConsumer for RedisConsumer {
             event,
             delivery.attempt() + 1,
             Tag::Redis(id),
+            &self.group,
         )));
         Ok(())
     }

@@ -18,6 +18,7 @@ use crate::subscription::{
     Command, Entry, Progress, ProjectionOptions, ProjectionState, ProjectionStatus, Runner, Step,
     StepError, Subscriptions, drive, lag_counter, letter_for_damaged, read_page,
 };
+use crate::telemetry::Traced;
 use std::fmt;
 use std::sync::Arc;
 
@@ -205,12 +206,20 @@ where
                         .add_dead_letter(&letter)
                         .await
                         .map_err(StepError::Read)?;
+                    crate::telemetry::dead_lettered(self.name);
                     last = position.max(last);
                 }
             }
         }
         if !events.is_empty() {
-            self.bus.publish(&events).await.map_err(|error| {
+            let span = tracing::debug_span!(
+                "eventsource.relay.publish",
+                relay = self.name,
+                events = events.len(),
+                from = events.first().map(|event| event.position.get()),
+                to = events.last().map(|event| event.position.get()),
+            );
+            self.bus.publish(&events).traced(span).await.map_err(|error| {
                 tracing::warn!(relay = self.name, %error, "publish failed; the batch will be published again");
                 StepError::Read(error)
             })?;

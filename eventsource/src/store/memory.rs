@@ -125,8 +125,9 @@ impl SnapshotStore for InMemoryEventStore {
     }
 }
 
-impl EventStore for InMemoryEventStore {
-    async fn append(
+impl InMemoryEventStore {
+    /// [`EventStore::append`], without its span and metrics.
+    async fn append_unobserved(
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
@@ -180,6 +181,20 @@ impl EventStore for InMemoryEventStore {
             stream_version: indices.len() as u64,
             last_position,
         })
+    }
+}
+
+impl EventStore for InMemoryEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        let observed = crate::telemetry::Append::start(stream, expected, &events);
+        observed
+            .run(self.append_unobserved(stream, expected, events))
+            .await
     }
 
     async fn read_stream(

@@ -111,13 +111,39 @@ impl PostgresEventStore {
         Self::connect_with(options).await
     }
 
-    /// Connects with explicit options and runs the migrations.
+    /// Connects with explicit options and runs the migrations, with the default pool
+    /// ([`pool_options`](Self::pool_options)).
     pub async fn connect_with(options: PgConnectOptions) -> Result<Self> {
-        let pool = PgPoolOptions::new()
+        Self::connect_with_pool(options, Self::pool_options()).await
+    }
+
+    /// The pool settings [`connect`](Self::connect) and [`connect_with`](Self::connect_with)
+    /// use: at most 10 connections, none kept open when idle, no health-check query on checkout,
+    /// and sqlx's defaults otherwise (30 s to acquire a connection, idle ones closed after
+    /// 10 minutes, every one replaced after 30 minutes). Change them and pass them to
+    /// [`connect_with_pool`](Self::connect_with_pool).
+    pub fn pool_options() -> PgPoolOptions {
+        PgPoolOptions::new()
             .max_connections(10)
             // A health-check round trip on every checkout costs more than it saves; a broken
             // connection fails its query and is dropped by the pool.
             .test_before_acquire(false)
+    }
+
+    /// Connects with explicit connection and pool settings, and runs the migrations.
+    ///
+    /// ```no_run
+    /// # use eventsource::PostgresEventStore;
+    /// # use std::time::Duration;
+    /// # async fn connect(options: eventsource::sqlx::postgres::PgConnectOptions) -> eventsource::Result<()> {
+    /// let pool = PostgresEventStore::pool_options()
+    ///     .max_connections(32)
+    ///     .acquire_timeout(Duration::from_secs(5));
+    /// let store = PostgresEventStore::connect_with_pool(options, pool).await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn connect_with_pool(options: PgConnectOptions, pool: PgPoolOptions) -> Result<Self> {
+        let pool = pool
             .connect_with(options)
             .await
             .map_err(Error::database("connect"))?;
@@ -675,8 +701,9 @@ impl SnapshotStore for PostgresEventStore {
     }
 }
 
-impl EventStore for PostgresEventStore {
-    async fn append(
+impl PostgresEventStore {
+    /// [`EventStore::append`], without its span and metrics.
+    async fn append_unobserved(
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
@@ -685,6 +712,20 @@ impl EventStore for PostgresEventStore {
         validate_append(stream, &events)?;
         let events = events.as_slice();
         retrying("append", |_| self.append_attempt(stream, expected, events)).await
+    }
+}
+
+impl EventStore for PostgresEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        let observed = crate::telemetry::Append::start(stream, expected, &events);
+        observed
+            .run(self.append_unobserved(stream, expected, events))
+            .await
     }
 
     async fn read_stream(

@@ -326,8 +326,9 @@ fn is_open_race(error: &Error) -> bool {
     matches!(code, Some("5" | "261" | "517" | "773" | "2067" | "1555"))
 }
 
-impl EventStore for SqliteEventStore {
-    async fn append(
+impl SqliteEventStore {
+    /// [`EventStore::append`], without its span and metrics.
+    async fn append_unobserved(
         &self,
         stream: &StreamId,
         expected: ExpectedVersion,
@@ -355,6 +356,20 @@ impl EventStore for SqliteEventStore {
             });
         }
         self.append_inner(stream, expected, &events).await
+    }
+}
+
+impl EventStore for SqliteEventStore {
+    async fn append(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: Vec<NewEvent>,
+    ) -> Result<AppendResult> {
+        let observed = crate::telemetry::Append::start(stream, expected, &events);
+        observed
+            .run(self.append_unobserved(stream, expected, events))
+            .await
     }
 
     async fn read_stream(
