@@ -57,16 +57,49 @@ pub(crate) fn time(at: DateTime<Utc>) -> String {
 /// for a type the binary knows whose payload does not decode.
 pub(crate) fn payload(event: &RecordedEvent) -> (Value, bool, Option<String>) {
     match EventRegistry::global().decode_json(event) {
-        Ok(value) => (value, true, None),
+        Ok(mut value) => {
+            redact(&mut value);
+            (value, true, None)
+        }
         Err(error) => {
-            let stored = serde_json::from_str(&event.payload)
+            let mut stored = serde_json::from_str(&event.payload)
                 .unwrap_or_else(|_| Value::String(event.payload.clone()));
+            let encrypted = event.payload.contains(&format!(
+                "\"{}\"",
+                eventsource::protection::ENCRYPTED_MARKER
+            ));
+            redact(&mut stored);
             let why = match error {
                 eventsource::Error::UnknownEventType { .. } => None,
+                // Personal fields: shown as placeholders, which is all the command line can do.
+                _ if encrypted => None,
                 other => Some(other.to_string()),
             };
             (stored, false, why)
         }
+    }
+}
+
+/// What the command line shows for a personal field: it has no key store, so an encrypted field
+/// (and a forgotten one) is never shown as stored, let alone decrypted.
+pub(crate) const ENCRYPTED_PLACEHOLDER: &str = "<encrypted personal data>";
+/// What it shows for a field whose data subject was forgotten.
+pub(crate) const FORGOTTEN_PLACEHOLDER: &str = "<forgotten>";
+
+/// Replaces encrypted and forgotten personal fields by their placeholders, at any depth.
+fn redact(value: &mut Value) {
+    match value {
+        Value::Object(fields) => {
+            if fields.contains_key(eventsource::protection::ENCRYPTED_MARKER) {
+                *value = Value::String(ENCRYPTED_PLACEHOLDER.into());
+            } else if fields.contains_key(eventsource::protection::FORGOTTEN_MARKER) {
+                *value = Value::String(FORGOTTEN_PLACEHOLDER.into());
+            } else {
+                fields.values_mut().for_each(redact);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(redact),
+        _ => {}
     }
 }
 
@@ -96,4 +129,35 @@ pub(crate) fn event_json(event: &RecordedEvent) -> Value {
 /// A projection's or a stream's position for a table: `-` for none.
 pub(crate) fn or_dash<T: std::fmt::Display>(value: Option<T>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+#[cfg(test)]
+mod redaction {
+    use super::*;
+    use eventsource::{NewEvent, Position, StreamId};
+
+    fn stored(payload: &str) -> RecordedEvent {
+        RecordedEvent::new(
+            StreamId::new("Customer", "c-1").unwrap(),
+            1,
+            Position::new(1),
+            NewEvent::from_json("cli.test.Registered", 1, payload),
+        )
+    }
+
+    #[test]
+    fn personal_fields_show_as_placeholders() {
+        let event = stored(
+            r#"{"customer_id":"c-1","email":{"$enc":"v1","kid":"k","n":"bm9uY2U=","c":"Y2lwaGVy"},
+                "name":{"$forgotten":true},"plan":"gold"}"#,
+        );
+        let (value, decoded, why) = payload(&event);
+        assert!(!decoded);
+        assert_eq!(why, None, "an encrypted payload is not a decoding failure");
+        assert_eq!(value["email"], ENCRYPTED_PLACEHOLDER);
+        assert_eq!(value["name"], FORGOTTEN_PLACEHOLDER);
+        assert_eq!(value["plan"], "gold");
+        let shown = event_json(&event).to_string();
+        assert!(!shown.contains("Y2lwaGVy"), "no ciphertext: {shown}");
+    }
 }

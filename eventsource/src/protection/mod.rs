@@ -44,6 +44,10 @@ pub use store::{EraseSnapshots, Erasure, ErasureHook, ProtectedStore};
 /// field whose subject was forgotten.
 pub const FORGOTTEN_MARKER: &str = "$forgotten";
 
+/// The key that marks an encrypted field as stored (`{"$enc": "v1", "kid": ..., "n": ..., "c":
+/// ...}`): what a reader without the keys (the command line, raw SQL) finds in its place.
+pub const ENCRYPTED_MARKER: &str = "$enc";
+
 /// One personal field of an event type, as `#[personal(subject = ...)]` declares it: the
 /// top-level JSON field that is encrypted and the field that holds the data subject's id.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
