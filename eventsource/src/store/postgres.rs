@@ -30,6 +30,7 @@ use crate::checkpoint::{CheckpointStore, DeadLetter, TransactionalStore, conflic
 use crate::error::{Error, Result};
 use crate::event::{EventView, NewEvent, RecordedEvent};
 use crate::snapshot::{Snapshot, SnapshotStore};
+use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
 use sqlx::{Postgres, QueryBuilder, Row};
@@ -183,6 +184,32 @@ impl PostgresEventStore {
                 Ok(Session::Tenant(tx))
             }
         }
+    }
+
+    /// Runs one statement in a session (the tenant's transaction, or a pooled connection),
+    /// again while it fails with a transient error: the shape of every read.
+    ///
+    /// `statement` gets the connection, and a witness that what it borrows (`'a`) outlives the
+    /// connection's borrow, so that its future may borrow both.
+    async fn statement<'a, T, F>(&self, operation: &'static str, statement: F) -> Result<T>
+    where
+        F: for<'c> Fn(&'c mut sqlx::PgConnection, &'c &'a ()) -> BoxFuture<'c, sqlx::Result<T>>
+            + Send
+            + Sync,
+        T: Send,
+    {
+        let statement = &statement;
+        retrying(operation, move |_| async move {
+            let database = Error::database;
+            let outlives: &'a () = &();
+            let mut session = self.session().await.map_err(database(operation))?;
+            let value = statement(session.conn(), &outlives)
+                .await
+                .map_err(database(operation))?;
+            session.end().await.map_err(database(operation))?;
+            Ok(value)
+        })
+        .await
     }
 
     /// Creates or upgrades the schema (the `events` table and its indexes) in the connection's
@@ -653,26 +680,17 @@ impl SnapshotStore for PostgresEventStore {
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
-        let row: Option<(i64, i32, String, chrono::DateTime<chrono::Utc>)> =
-            retrying("load snapshot", move |_| async move {
-                let mut session = self
-                    .session()
-                    .await
-                    .map_err(Error::database("load snapshot"))?;
-                let row = sqlx::query_as(
-                    "SELECT version, state_version, state::TEXT, taken_at FROM snapshots \
-                     WHERE aggregate_type = $1 AND aggregate_id = $2",
+        let row: Option<(i64, i32, String, chrono::DateTime<chrono::Utc>)> = self
+            .statement("load snapshot", move |conn, _| {
+                Box::pin(
+                    sqlx::query_as(
+                        "SELECT version, state_version, state::TEXT, taken_at FROM snapshots \
+                         WHERE aggregate_type = $1 AND aggregate_id = $2",
+                    )
+                    .bind(stream.aggregate_type())
+                    .bind(stream.aggregate_id())
+                    .fetch_optional(conn),
                 )
-                .bind(stream.aggregate_type())
-                .bind(stream.aggregate_id())
-                .fetch_optional(session.conn())
-                .await
-                .map_err(Error::database("load snapshot"))?;
-                session
-                    .end()
-                    .await
-                    .map_err(Error::database("load snapshot"))?;
-                Ok(row)
             })
             .await?;
         row.map(|(version, state_version, state, taken_at)| {
@@ -751,28 +769,20 @@ impl EventStore for PostgresEventStore {
             query.until,
             query.sql_limit(),
         );
-        let rows = retrying("read_stream", move |_| async move {
-            let mut session = self
-                .session()
-                .await
-                .map_err(Error::database("read_stream"))?;
-            let rows = sqlx::query(sql)
-                .bind(stream.aggregate_type())
-                .bind(stream.aggregate_id())
-                .bind(from)
-                .bind(to)
-                .bind(until)
-                .bind(limit)
-                .fetch_all(session.conn())
-                .await
-                .map_err(Error::database("read_stream"))?;
-            session
-                .end()
-                .await
-                .map_err(Error::database("read_stream"))?;
-            Ok(rows)
-        })
-        .await?;
+        let rows = self
+            .statement("read_stream", move |conn, _| {
+                Box::pin(
+                    sqlx::query(sql)
+                        .bind(stream.aggregate_type())
+                        .bind(stream.aggregate_id())
+                        .bind(from)
+                        .bind(to)
+                        .bind(until)
+                        .bind(limit)
+                        .fetch_all(conn),
+                )
+            })
+            .await?;
         let events = rows
             .iter()
             .filter_map(|row| match decode_row(row, Some(stream)) {
@@ -852,22 +862,16 @@ impl EventStore for PostgresEventStore {
 
     async fn count(&self, query: ReadAll) -> Result<u64> {
         let query = &query;
-        let count: i64 = retrying("count", move |_| async move {
-            let mut select =
-                QueryBuilder::<Postgres>::new("SELECT COUNT(*) FROM events WHERE position > ");
-            select.push_bind(query.after.to_sql());
-            push_filters(&mut select, query);
-            select.push(format_args!(" AND position < {FENCE}"));
-            let mut session = self.session().await.map_err(Error::database("count"))?;
-            let count = select
-                .build_query_scalar()
-                .fetch_one(session.conn())
-                .await
-                .map_err(Error::database("count"))?;
-            session.end().await.map_err(Error::database("count"))?;
-            Ok(count)
-        })
-        .await?;
+        let count: i64 = self
+            .statement("count", move |conn, _| {
+                let mut select =
+                    QueryBuilder::<Postgres>::new("SELECT COUNT(*) FROM events WHERE position > ");
+                select.push_bind(query.after.to_sql());
+                push_filters(&mut select, query);
+                select.push(format_args!(" AND position < {FENCE}"));
+                Box::pin(async move { select.build_query_scalar().fetch_one(conn).await })
+            })
+            .await?;
         Ok(count.max(0) as u64)
     }
 
@@ -879,15 +883,9 @@ impl EventStore for PostgresEventStore {
              (SELECT COUNT(*) FROM events WHERE position >= {FENCE})"
         );
         let sql = sql.as_str();
-        let (last, readable, held_back): (Option<i64>, i64, i64) =
-            retrying("log_head", move |_| async move {
-                let mut session = self.session().await.map_err(Error::database("log_head"))?;
-                let head = sqlx::query_as(sql)
-                    .fetch_one(session.conn())
-                    .await
-                    .map_err(Error::database("log_head"))?;
-                session.end().await.map_err(Error::database("log_head"))?;
-                Ok(head)
+        let (last, readable, held_back): (Option<i64>, i64, i64) = self
+            .statement("log_head", move |conn, _| {
+                Box::pin(sqlx::query_as(sql).fetch_one(conn))
             })
             .await?;
         Ok(LogHead {
@@ -941,22 +939,20 @@ impl EventStore for PostgresEventStore {
              AND ($5::TIMESTAMPTZ IS NULL OR occurred_at <= $5) ORDER BY version ASC LIMIT $6";
         let (from, to) = query.sql_versions();
         let (until, limit) = (query.until, query.sql_limit());
-        let rows = retrying("load", move |_| async move {
-            let mut session = self.session().await.map_err(Error::database("load"))?;
-            let rows = sqlx::query(SQL)
-                .bind(stream.aggregate_type())
-                .bind(stream.aggregate_id())
-                .bind(from)
-                .bind(to)
-                .bind(until)
-                .bind(limit)
-                .fetch_all(session.conn())
-                .await
-                .map_err(Error::database("load"))?;
-            session.end().await.map_err(Error::database("load"))?;
-            Ok(rows)
-        })
-        .await?;
+        let rows = self
+            .statement("load", move |conn, _| {
+                Box::pin(
+                    sqlx::query(SQL)
+                        .bind(stream.aggregate_type())
+                        .bind(stream.aggregate_id())
+                        .bind(from)
+                        .bind(to)
+                        .bind(until)
+                        .bind(limit)
+                        .fetch_all(conn),
+                )
+            })
+            .await?;
         for row in &rows {
             let position = Position::new(
                 row.try_get::<i64, _>(0)
@@ -982,27 +978,19 @@ impl EventStore for PostgresEventStore {
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
-        let version: i64 = retrying("stream_version", move |_| async move {
-            let mut session = self
-                .session()
-                .await
-                .map_err(Error::database("stream_version"))?;
-            let version = sqlx::query_scalar(
-                "SELECT COALESCE(MAX(version), 0)::BIGINT FROM events \
-                 WHERE aggregate_type = $1 AND aggregate_id = $2",
-            )
-            .bind(stream.aggregate_type())
-            .bind(stream.aggregate_id())
-            .fetch_one(session.conn())
-            .await
-            .map_err(Error::database("stream_version"))?;
-            session
-                .end()
-                .await
-                .map_err(Error::database("stream_version"))?;
-            Ok(version)
-        })
-        .await?;
+        let version: i64 = self
+            .statement("stream_version", move |conn, _| {
+                Box::pin(
+                    sqlx::query_scalar(
+                        "SELECT COALESCE(MAX(version), 0)::BIGINT FROM events \
+                         WHERE aggregate_type = $1 AND aggregate_id = $2",
+                    )
+                    .bind(stream.aggregate_type())
+                    .bind(stream.aggregate_id())
+                    .fetch_one(conn),
+                )
+            })
+            .await?;
         Ok(version.max(0) as u64)
     }
 }
