@@ -35,3 +35,55 @@ every_bus!(memory_bus, redis_bus, rabbitmq_bus, nats_bus);
 
 #[allow(dead_code)]
 fn _uses(_: OrderPlaced) {}
+
+/// A foreign message on the stream is reported once as `MalformedMessage`, moved to the dead
+/// letters, and does not block the event behind it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_malformed_message_is_reported_and_skipped() {
+    use eventsource::Error;
+    use eventsource::bus::{BusConsumer, EventBus, Subscription};
+    let Some(bus) = buses::redis_bus().await else {
+        return;
+    };
+    let mut consumer = bus.subscribe(&Subscription::new("audit")).await.unwrap();
+    let client = redis::Client::open(buses::redis_url()).unwrap();
+    let mut conn = client.get_multiplexed_async_connection().await.unwrap();
+    let _: String = redis::cmd("XADD")
+        .arg(bus.stream_key())
+        .arg("*")
+        .arg("event")
+        .arg("not json at all")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let event = buses::recorded(
+        "BusOrder",
+        "o-1",
+        1,
+        1,
+        eventsource::NewEvent::from_json("bus.OrderShipped", 1, r#"{"carrier":"dhl"}"#),
+    );
+    bus.publish(std::slice::from_ref(&event)).await.unwrap();
+
+    let first = tokio::time::timeout(std::time::Duration::from_secs(10), consumer.next())
+        .await
+        .unwrap();
+    assert!(
+        matches!(first, Err(Error::MalformedMessage { .. })),
+        "{first:?}"
+    );
+    let next = buses::next_within(&mut consumer, std::time::Duration::from_secs(10))
+        .await
+        .expect("the event behind it");
+    assert_eq!(next.event(), &event);
+    consumer.ack(&next).await.unwrap();
+    let dead: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+        .arg(bus.dead_letter_key())
+        .arg("-")
+        .arg("+")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    assert_eq!(dead.len(), 1, "dead-lettered");
+    bus.destroy().await.unwrap();
+}

@@ -523,3 +523,39 @@ async fn in_memory_sqlite_leases_lock_in_the_process() {
         "no lock file beside a database that has no file: {strays:?}"
     );
 }
+
+/// A stored row that cannot be read is not published: it goes to the relay's dead letters and
+/// the events after it are published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_damaged_row_is_dead_lettered_not_published() {
+    let db = databases::sqlite().await.unwrap();
+    let store = db.store();
+    let bus = InMemoryBus::new(1024);
+    let mut consumer = bus.subscribe(&Subscription::new("audit")).await.unwrap();
+    write(store, 0, 3).await;
+    sqlx::query(
+        "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
+         schema_version, occurred_at, metadata, payload) \
+         VALUES (?, 'Account', 'damaged', 1, 'relay.Deposited', 1, 0, '[1,2]', '{\"cents\": 1}')",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .execute(store.writer_pool())
+    .await
+    .unwrap();
+    write(store, 3, 3).await;
+    let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
+    subscriptions.add_relay(Relay::new("outbox", bus.clone()));
+    let running = subscriptions.start();
+    caught_up(&running, store).await;
+    let received = drain(&mut consumer, QUIET).await;
+    assert_eq!(received.len(), 6, "every readable event, and only those");
+    assert!(
+        received
+            .iter()
+            .all(|e| e.stream.aggregate_id() != "damaged")
+    );
+    let letters = store.dead_letters("outbox").await.unwrap();
+    assert_eq!(letters.len(), 1, "{letters:?}");
+    assert_eq!(letters[0].stream.aggregate_id(), "damaged");
+    running.shutdown().await;
+}
