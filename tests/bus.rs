@@ -77,13 +77,11 @@ async fn redis_malformed_message_is_reported_and_skipped() {
         .expect("the event behind it");
     assert_eq!(next.event(), &event);
     consumer.ack(&next).await.unwrap();
-    let dead: Vec<(String, Vec<(String, Vec<u8>)>)> = redis::cmd("XRANGE")
+    let dead: usize = redis::cmd("XLEN")
         .arg(bus.dead_letter_key())
-        .arg("-")
-        .arg("+")
         .query_async(&mut conn)
         .await
         .unwrap();
-    assert_eq!(dead.len(), 1, "dead-lettered");
+    assert_eq!(dead, 1, "dead-lettered");
     bus.destroy().await.unwrap();
 }
