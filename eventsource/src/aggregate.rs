@@ -412,6 +412,25 @@ impl<A: Aggregate> Root<A> {
             .collect()
     }
 
+    /// A copy of the saved state: no pending events, no command metadata, no derived ids (what
+    /// the repository's aggregate cache keeps and hands out).
+    pub(crate) fn committed_copy(&self) -> Self
+    where
+        A: Clone,
+    {
+        Root {
+            id: self.id.clone(),
+            stream: self.stream.clone(),
+            state: self.state.clone(),
+            version: self.committed_version,
+            committed_version: self.committed_version,
+            pending: Vec::new(),
+            metadata: Metadata::default(),
+            snapshot_version: self.snapshot_version,
+            event_id_key: None,
+        }
+    }
+
     /// Marks the pending events as saved at `version`.
     pub(crate) fn mark_committed(&mut self, version: u64) {
         self.pending.clear();

@@ -60,6 +60,7 @@ extern crate self as eventsource;
 pub mod admin; // store inspection for operators and tools (the `eventsource` command line)
 pub mod aggregate;
 pub mod bus;
+mod cache; // the repository's optional aggregate cache
 pub mod checkpoint;
 pub mod error;
 pub mod event;

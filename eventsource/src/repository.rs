@@ -2,6 +2,7 @@
 //! record, with optimistic concurrency.
 
 use crate::aggregate::{Aggregate, AggregateId, Root};
+use crate::cache::AggregateCache;
 use crate::error::{Error, Result};
 use crate::event::Metadata;
 use crate::snapshot::{Restored, Snapshot, SnapshotStore, SnapshotStrategy, Snapshots};
@@ -10,6 +11,8 @@ use crate::telemetry::Traced;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 use std::fmt;
+use std::num::NonZeroUsize;
+use std::sync::Arc;
 use std::time::Instant;
 
 /// How many times [`Repository::update`] runs a command by default before giving up.
@@ -28,6 +31,7 @@ pub struct Repository<A: Aggregate, S> {
     store: S,
     snapshots: Option<Snapshots<A>>,
     max_attempts: u32,
+    cache: Option<Arc<AggregateCache<A>>>,
 }
 
 /// `BankAccount::repository(store)`: a [`Repository`] of the aggregate, without naming the
@@ -116,7 +120,35 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             store,
             snapshots: None,
             max_attempts: DEFAULT_MAX_ATTEMPTS,
+            cache: None,
         }
+    }
+
+    /// Keeps the saved state of up to `capacity` recently used aggregates in memory (least
+    /// recently used first out), so that [`load`](Self::load) and the commands
+    /// ([`update`](Self::update) and its kin) skip reading the stream. `0` turns the cache off.
+    /// Clones of the repository share the cache.
+    ///
+    /// The cache is trusted optimistically, and that is safe with other writers (other
+    /// processes, other repositories): a cached aggregate that is behind its stream fails its
+    /// save with [`Error::Concurrency`] like any stale load, the copy is dropped, and
+    /// [`update`](Self::update) runs the command again on a fresh load. What it changes is what a
+    /// plain [`load`](Self::load) may return: the state as this repository last saw it, which can
+    /// be behind writes made elsewhere. Queries that must see those use
+    /// [`load_uncached`](Self::load_uncached) or a projection. Time-travel loads never use the
+    /// cache.
+    pub fn with_cache(mut self, capacity: usize) -> Self
+    where
+        A: Clone,
+    {
+        self.cache =
+            NonZeroUsize::new(capacity).map(|capacity| Arc::new(AggregateCache::new(capacity)));
+        self
+    }
+
+    /// How many aggregates the cache holds now (`0` without a cache).
+    pub fn cached(&self) -> usize {
+        self.cache.as_ref().map_or(0, |cache| cache.len())
     }
 
     /// Keeps snapshots in the event store itself (every built-in store has a `snapshots` table
@@ -185,7 +217,31 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// Loads the aggregate: its newest usable snapshot, if the repository has snapshots, and the
     /// events after it. [`Error::AggregateNotFound`] if it has no events.
     pub async fn load(&self, id: impl Into<A::Id>) -> Result<Root<A>> {
-        self.load_query(id.into(), StreamQuery::all()).await
+        let id = id.into();
+        let Some(cache) = &self.cache else {
+            return self.load_query(id, StreamQuery::all()).await;
+        };
+        let key = id.stream_key();
+        if let Some(root) = cache.get(&key) {
+            metrics::counter!(crate::telemetry::CACHE_LOADS, "aggregate_type" => A::TYPE, "outcome" => "hit")
+                .increment(1);
+            return Ok(root);
+        }
+        metrics::counter!(crate::telemetry::CACHE_LOADS, "aggregate_type" => A::TYPE, "outcome" => "miss")
+            .increment(1);
+        let root = self.load_query(id, StreamQuery::all()).await?;
+        cache.put(&root);
+        Ok(root)
+    }
+
+    /// Loads the aggregate from the store, whatever the cache holds (and refreshes the cache
+    /// with it). The same as [`load`](Self::load) without a cache.
+    pub async fn load_uncached(&self, id: impl Into<A::Id>) -> Result<Root<A>> {
+        let root = self.load_query(id.into(), StreamQuery::all()).await?;
+        if let Some(cache) = &self.cache {
+            cache.put(&root);
+        }
+        Ok(root)
     }
 
     /// Loads the aggregate if it has events: `None` where [`load`](Self::load) fails with
@@ -259,6 +315,13 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         }
         let started = Instant::now();
         let result = self.save_inner(root).traced(span.clone()).await;
+        if let Some(cache) = &self.cache {
+            match &result {
+                Ok(_) => cache.put(root),
+                // Behind the stream (or an outcome unknown): the next load reads the store.
+                Err(_) => cache.remove(root.stream_id().aggregate_id()),
+            }
+        }
         metrics::histogram!(crate::telemetry::SAVE_SECONDS, "aggregate_type" => A::TYPE)
             .record(started.elapsed().as_secs_f64());
         if let Ok(done) = &result {
@@ -596,6 +659,7 @@ impl<A: Aggregate, S: Clone> Clone for Repository<A, S> {
             store: self.store.clone(),
             snapshots: self.snapshots.clone(),
             max_attempts: self.max_attempts,
+            cache: self.cache.clone(),
         }
     }
 }
@@ -607,6 +671,7 @@ impl<A: Aggregate, S: fmt::Debug> fmt::Debug for Repository<A, S> {
             .field("store", &self.store)
             .field("snapshots", &self.snapshots)
             .field("max_attempts", &self.max_attempts)
+            .field("cache", &self.cache)
             .finish()
     }
 }

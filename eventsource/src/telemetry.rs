@@ -36,6 +36,7 @@
 //! | `eventsource_load_seconds` | histogram | `aggregate_type` | `Repository::load*` (snapshot and events) |
 //! | `eventsource_save_seconds` | histogram | `aggregate_type` | `Repository::save` |
 //! | `eventsource_snapshot_loads_total` | counter | `aggregate_type`, `outcome` = `hit`, `miss`, `stale` | snapshot look-ups of a repository with snapshots |
+//! | `eventsource_cache_loads_total` | counter | `aggregate_type`, `outcome` = `hit`, `miss` | loads of a repository with an aggregate cache (`with_cache`) |
 //! | `eventsource_projection_lag` | gauge | `projection` | events a projection or relay has still to apply, as of the last `lag`/`health` call (0 once live) |
 //! | `eventsource_dead_letters_total` | counter | `projection` | events dead-lettered by a projection, process manager or relay |
 //! | `eventsource_bus_published_total` | counter | `bus` | events a bus's broker took |
@@ -64,6 +65,9 @@ pub const LOAD_SECONDS: &str = "eventsource_load_seconds";
 pub const SAVE_SECONDS: &str = "eventsource_save_seconds";
 /// Counter: snapshot look-ups, by `aggregate_type` and `outcome` (`hit`, `miss`, `stale`).
 pub const SNAPSHOT_LOADS: &str = "eventsource_snapshot_loads_total";
+/// Counter: loads answered by the repository's aggregate cache, by `aggregate_type` and
+/// `outcome` (`hit`, `miss`).
+pub const CACHE_LOADS: &str = "eventsource_cache_loads_total";
 /// Gauge: events a projection (or relay) has still to apply, by `projection`.
 pub const PROJECTION_LAG: &str = "eventsource_projection_lag";
 /// Counter: events dead-lettered, by `projection` (or process manager, or relay).

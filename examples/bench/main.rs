@@ -60,7 +60,7 @@ struct Deposited {
     amount_cents: i64,
 }
 
-#[derive(Default, Debug, Serialize, Deserialize)]
+#[derive(Default, Debug, Clone, Serialize, Deserialize)]
 struct Account {
     owner: String,
     balance: i64,
@@ -384,6 +384,17 @@ const PG_RAW_TABLE: &str = "CREATE TABLE raw_events (
     tenant_id TEXT, actor_id TEXT, correlation_id UUID, causation_id UUID, metadata JSONB,
     payload JSONB NOT NULL, UNIQUE (aggregate_type, aggregate_id, version))";
 
+/// The second raw baseline: the cheapest correct event table a person would write by hand
+/// (stream, version, type, payload; unique on stream and version; the row id as position).
+const SQLITE_MIN_TABLE: &str = "CREATE TABLE min_events (position INTEGER PRIMARY KEY, \
+    stream TEXT NOT NULL, version INTEGER NOT NULL, event_type TEXT NOT NULL, \
+    payload TEXT NOT NULL, UNIQUE (stream, version))";
+
+const PG_MIN_TABLE: &str = "CREATE TABLE min_events (\
+    position BIGINT GENERATED ALWAYS AS IDENTITY PRIMARY KEY, stream TEXT NOT NULL, \
+    version BIGINT NOT NULL, event_type TEXT NOT NULL, payload JSONB NOT NULL, \
+    UNIQUE (stream, version))";
+
 /// The same table with the framework's transaction-id positions, for W5.
 const PG_RAW_XID_TABLE: &str =
     "CREATE TABLE raw_xid_events (LIKE raw_events INCLUDING CONSTRAINTS INCLUDING INDEXES)";
@@ -402,10 +413,9 @@ async fn sqlite_fixture() -> Fixture<SqliteEventStore> {
         .connect_with(options)
         .await
         .expect("raw sqlite pool");
-    sqlx::query(SQLITE_RAW_TABLE)
-        .execute(&raw)
-        .await
-        .expect("raw table");
+    for table in [SQLITE_RAW_TABLE, SQLITE_MIN_TABLE] {
+        sqlx::query(table).execute(&raw).await.expect("raw table");
+    }
     Fixture {
         store,
         raw: Raw::Sqlite(raw),
@@ -431,10 +441,9 @@ async fn postgres_fixture(url: &str) -> Fixture<PostgresEventStore> {
         .connect_with(scoped)
         .await
         .expect("raw postgres pool");
-    sqlx::query(PG_RAW_TABLE)
-        .execute(&raw)
-        .await
-        .expect("raw table");
+    for table in [PG_RAW_TABLE, PG_MIN_TABLE] {
+        sqlx::query(table).execute(&raw).await.expect("raw table");
+    }
     sqlx::query(PG_RAW_XID_TABLE)
         .execute(&raw)
         .await
@@ -464,7 +473,21 @@ async fn postgres_fixture(url: &str) -> Fixture<PostgresEventStore> {
 // --- Framework side: only the public API. ---
 
 async fn fw_w1<S: EventStore>(store: &S, sizes: Sizes) -> usize {
-    let repo = Account::repository(store);
+    fw_w1_on(Account::repository(store), sizes, account_id).await
+}
+
+/// W1 through a repository with an aggregate cache large enough for every aggregate, on
+/// aggregates of their own (`cached-N`).
+async fn fw_w1_cached<S: EventStore>(store: &S, sizes: Sizes) -> usize {
+    let repo = Account::repository(store).with_cache(sizes.aggregates);
+    fw_w1_on(repo, sizes, |i| format!("cached-{i}")).await
+}
+
+async fn fw_w1_on<S: EventStore>(
+    repo: Repository<Account, S>,
+    sizes: Sizes,
+    account_id: impl Fn(usize) -> String,
+) -> usize {
     for i in 0..sizes.aggregates {
         let mut account = repo.create(account_id(i));
         account.record(AccountOpened {
@@ -721,15 +744,44 @@ mod raw_sqlite {
         query.execute(pool).await.expect("raw insert");
     }
 
-    pub(super) async fn load(pool: &SqlitePool, id: &str) -> (Account, i64) {
-        let rows = sqlx::query(
-            "SELECT event_type, payload, version FROM raw_events WHERE aggregate_type = 'Account' \
-             AND aggregate_id = ? ORDER BY version",
-        )
-        .bind(id)
-        .fetch_all(pool)
-        .await
-        .expect("raw load");
+    pub(super) async fn insert_min(
+        pool: &SqlitePool,
+        id: &str,
+        first_version: i64,
+        events: &[(&str, String)],
+    ) {
+        let mut sql =
+            String::from("INSERT INTO min_events (stream, version, event_type, payload) VALUES ");
+        for i in 0..events.len() {
+            sql.push_str(if i == 0 { "(?,?,?,?)" } else { ",(?,?,?,?)" });
+        }
+        let mut query = sqlx::query(&sql);
+        for (i, (event_type, payload)) in events.iter().enumerate() {
+            query = query
+                .bind(id)
+                .bind(first_version + i as i64)
+                .bind(*event_type)
+                .bind(payload);
+        }
+        query.execute(pool).await.expect("minimal insert");
+    }
+
+    pub(super) async fn load(pool: &SqlitePool, table: Table, id: &str) -> (Account, i64) {
+        let sql = match table {
+            Table::Full => {
+                "SELECT event_type, payload, version FROM raw_events \
+                 WHERE aggregate_type = 'Account' AND aggregate_id = ? ORDER BY version"
+            }
+            Table::Minimal => {
+                "SELECT event_type, payload, version FROM min_events WHERE stream = ? \
+                 ORDER BY version"
+            }
+        };
+        let rows = sqlx::query(sql)
+            .bind(id)
+            .fetch_all(pool)
+            .await
+            .expect("raw load");
         let mut state = Account::default();
         let mut version = 0;
         for row in &rows {
@@ -816,15 +868,44 @@ mod raw_pg {
             .expect("raw insert");
     }
 
-    pub(super) async fn load(pool: &PgPool, id: &str) -> (Account, i64) {
-        let rows = sqlx::query(
-            "SELECT event_type, payload::TEXT, version FROM raw_events WHERE aggregate_type = 'Account' \
-             AND aggregate_id = $1 ORDER BY version",
+    pub(super) async fn insert_min(
+        pool: &PgPool,
+        id: &str,
+        first_version: i64,
+        events: &[(&str, String)],
+    ) {
+        let types: Vec<&str> = events.iter().map(|(t, _)| *t).collect();
+        let payloads: Vec<&str> = events.iter().map(|(_, p)| p.as_str()).collect();
+        sqlx::query(
+            "INSERT INTO min_events (stream, version, event_type, payload) \
+             SELECT $1, $2 + e.ord - 1, e.t, e.p::JSONB \
+             FROM UNNEST($3::TEXT[], $4::TEXT[]) WITH ORDINALITY AS e(t, p, ord)",
         )
         .bind(id)
-        .fetch_all(pool)
+        .bind(first_version)
+        .bind(&types)
+        .bind(&payloads)
+        .execute(pool)
         .await
-        .expect("raw load");
+        .expect("minimal insert");
+    }
+
+    pub(super) async fn load(pool: &PgPool, table: Table, id: &str) -> (Account, i64) {
+        let sql = match table {
+            Table::Full => {
+                "SELECT event_type, payload::TEXT, version FROM raw_events \
+                 WHERE aggregate_type = 'Account' AND aggregate_id = $1 ORDER BY version"
+            }
+            Table::Minimal => {
+                "SELECT event_type, payload::TEXT, version FROM min_events WHERE stream = $1 \
+                 ORDER BY version"
+            }
+        };
+        let rows = sqlx::query(sql)
+            .bind(id)
+            .fetch_all(pool)
+            .await
+            .expect("raw load");
         let mut state = Account::default();
         let mut version = 0;
         for row in &rows {
@@ -911,61 +992,77 @@ fn deposited(amount_cents: i64) -> (&'static str, String) {
     )
 }
 
+/// Which raw table: the framework's columns and constraints, or the minimal hand-written one.
+#[derive(Clone, Copy)]
+enum Table {
+    Full,
+    Minimal,
+}
+
 impl Raw {
-    async fn insert(&self, id: &str, first_version: i64, events: &[(&str, String)]) {
-        match self {
-            Raw::None => {}
-            Raw::Sqlite(pool) => raw_sqlite::insert(pool, id, first_version, events).await,
-            Raw::Postgres(pool) => {
+    async fn insert(&self, table: Table, id: &str, first_version: i64, events: &[(&str, String)]) {
+        match (self, table) {
+            (Raw::None, _) => {}
+            (Raw::Sqlite(pool), Table::Full) => {
+                raw_sqlite::insert(pool, id, first_version, events).await
+            }
+            (Raw::Sqlite(pool), Table::Minimal) => {
+                raw_sqlite::insert_min(pool, id, first_version, events).await
+            }
+            (Raw::Postgres(pool), Table::Full) => {
                 raw_pg::insert(pool, "raw_events", id, first_version, events).await
+            }
+            (Raw::Postgres(pool), Table::Minimal) => {
+                raw_pg::insert_min(pool, id, first_version, events).await
             }
         }
     }
 
-    async fn load(&self, id: &str) -> (Account, i64) {
+    async fn load(&self, table: Table, id: &str) -> (Account, i64) {
         match self {
             Raw::None => unreachable!("no raw side"),
-            Raw::Sqlite(pool) => raw_sqlite::load(pool, id).await,
-            Raw::Postgres(pool) => raw_pg::load(pool, id).await,
+            Raw::Sqlite(pool) => raw_sqlite::load(pool, table, id).await,
+            Raw::Postgres(pool) => raw_pg::load(pool, table, id).await,
         }
     }
 
-    async fn w1(&self, sizes: Sizes) -> usize {
+    async fn w1(&self, table: Table, sizes: Sizes) -> usize {
         for i in 0..sizes.aggregates {
-            self.insert(&account_id(i), 1, &[opened(i)]).await;
+            self.insert(table, &account_id(i), 1, &[opened(i)]).await;
         }
         for _ in 1..sizes.events_per_aggregate {
             for i in 0..sizes.aggregates {
                 let id = account_id(i);
-                let (_state, version) = self.load(&id).await;
-                self.insert(&id, version + 1, &[deposited(100)]).await;
+                let (_state, version) = self.load(table, &id).await;
+                self.insert(table, &id, version + 1, &[deposited(100)])
+                    .await;
             }
         }
         sizes.aggregates * sizes.events_per_aggregate
     }
 
-    async fn seed(&self, sizes: Sizes) {
+    async fn seed(&self, table: Table, sizes: Sizes) {
         for i in 0..sizes.aggregates {
             let mut batch = vec![opened(i)];
             batch.extend((1..sizes.events_per_aggregate).map(|_| deposited(100)));
-            self.insert(&account_id(i), 1, &batch).await;
+            self.insert(table, &account_id(i), 1, &batch).await;
         }
     }
 
-    async fn append_stream(&self, id: &str, events: usize, batch: usize) {
+    async fn append_stream(&self, table: Table, id: &str, events: usize, batch: usize) {
         let mut version = 0;
         while version < events {
             let n = batch.min(events - version);
             let rows: Vec<_> = (0..n).map(|_| deposited(1)).collect();
-            self.insert(id, version as i64 + 1, &rows).await;
+            self.insert(table, id, version as i64 + 1, &rows).await;
             version += n;
         }
     }
 
-    async fn w3(&self, sizes: Sizes) -> i64 {
+    async fn w3(&self, table: Table, sizes: Sizes) -> i64 {
         let mut total = 0;
         for i in 0..sizes.aggregates {
-            total += self.load(&account_id(i)).await.0.balance;
+            total += self.load(table, &account_id(i)).await.0.balance;
         }
         total
     }
@@ -1021,6 +1118,7 @@ impl Run<'_> {
         let events = sizes.aggregates * sizes.events_per_aggregate;
         // The plain W1 and W3 figures, for the encryption rows at the end.
         let mut w1_plain = None;
+        let mut w1_raw = None;
         let mut w3_plain = None;
 
         reset_peak_rss();
@@ -1028,19 +1126,26 @@ impl Run<'_> {
             let t = Instant::now();
             let n = fw_w1(&fx.store, sizes).await;
             let framework = per_second(n, t.elapsed());
-            let raw = if has_raw {
-                let t = Instant::now();
-                let n = fx.raw.w1(sizes).await;
-                Some(per_second(n, t.elapsed()))
-            } else {
-                None
+            let raw = |table| async move {
+                if has_raw {
+                    let t = Instant::now();
+                    let n = fx.raw.w1(table, sizes).await;
+                    Some(per_second(n, t.elapsed()))
+                } else {
+                    None
+                }
             };
-            samples.add("W1 command path", "events/s", framework, raw, peak_rss_mb());
+            let (full, minimal) = (raw(Table::Full).await, raw(Table::Minimal).await);
+            let rss = peak_rss_mb();
+            samples.add("W1 command path", "events/s", framework, full, rss);
+            samples.add(W1_MIN, "events/s", framework, minimal, rss);
+            w1_raw = full;
             w1_plain = Some(framework);
         } else if (self.selected)("w3") || (self.selected)("w4") {
             fw_seed(&fx.store, sizes).await;
             if has_raw {
-                fx.raw.seed(sizes).await;
+                fx.raw.seed(Table::Full, sizes).await;
+                fx.raw.seed(Table::Minimal, sizes).await;
             }
         }
 
@@ -1049,24 +1154,29 @@ impl Run<'_> {
             let t = Instant::now();
             let total = fw_w3(&fx.store, sizes).await;
             let framework = per_second(sizes.aggregates, t.elapsed());
-            let raw = if has_raw {
-                let t = Instant::now();
-                assert_eq!(
-                    fx.raw.w3(sizes).await,
-                    total,
-                    "both sides fold the same balances"
-                );
-                Some(per_second(sizes.aggregates, t.elapsed()))
-            } else {
-                None
+            let raw = |table| async move {
+                if has_raw {
+                    let t = Instant::now();
+                    assert_eq!(
+                        fx.raw.w3(table, sizes).await,
+                        total,
+                        "both sides fold the same balances"
+                    );
+                    Some(per_second(sizes.aggregates, t.elapsed()))
+                } else {
+                    None
+                }
             };
+            let (full, minimal) = (raw(Table::Full).await, raw(Table::Minimal).await);
+            let rss = peak_rss_mb();
             samples.add(
                 "W3 load 10-event aggregates",
                 "aggregates/s",
                 framework,
-                raw,
-                peak_rss_mb(),
+                full,
+                rss,
             );
+            samples.add(W3_MIN, "aggregates/s", framework, minimal, rss);
             w3_plain = Some((framework, total));
         }
 
@@ -1113,26 +1223,35 @@ impl Run<'_> {
         if (self.selected)("w3") {
             fw_append_stream(&fx.store, "long", sizes.long_stream, 1000).await;
             if has_raw {
-                fx.raw.append_stream("long", sizes.long_stream, 1000).await;
+                for table in [Table::Full, Table::Minimal] {
+                    fx.raw
+                        .append_stream(table, "long", sizes.long_stream, 1000)
+                        .await;
+                }
             }
             reset_peak_rss();
             let t = Instant::now();
             let balance = fw_w3_long(&fx.store).await;
             let framework = t.elapsed().as_secs_f64() * 1000.0;
-            let raw = if has_raw {
-                let t = Instant::now();
-                assert_eq!(fx.raw.load("long").await.0.balance, balance);
-                Some(t.elapsed().as_secs_f64() * 1000.0)
-            } else {
-                None
+            let raw = |table| async move {
+                if has_raw {
+                    let t = Instant::now();
+                    assert_eq!(fx.raw.load(table, "long").await.0.balance, balance);
+                    Some(t.elapsed().as_secs_f64() * 1000.0)
+                } else {
+                    None
+                }
             };
+            let (full, minimal) = (raw(Table::Full).await, raw(Table::Minimal).await);
+            let rss = peak_rss_mb();
             samples.add(
                 "W3 one aggregate, long stream, no snapshot",
                 "ms (lower is better)",
                 framework,
-                raw,
-                peak_rss_mb(),
+                full,
+                rss,
             );
+            samples.add(W3_LONG_MIN, "ms (lower is better)", framework, minimal, rss);
 
             fw_w3_snapshot(&fx.store).await;
             reset_peak_rss();
@@ -1153,16 +1272,21 @@ impl Run<'_> {
             let t = Instant::now();
             fw_append_stream(&fx.store, "w2", sizes.w2_events, sizes.w2_batch).await;
             let framework = per_second(sizes.w2_events, t.elapsed());
-            let raw = if has_raw {
-                let t = Instant::now();
-                fx.raw
-                    .append_stream("w2", sizes.w2_events, sizes.w2_batch)
-                    .await;
-                Some(per_second(sizes.w2_events, t.elapsed()))
-            } else {
-                None
+            let raw = |table| async move {
+                if has_raw {
+                    let t = Instant::now();
+                    fx.raw
+                        .append_stream(table, "w2", sizes.w2_events, sizes.w2_batch)
+                        .await;
+                    Some(per_second(sizes.w2_events, t.elapsed()))
+                } else {
+                    None
+                }
             };
-            samples.add("W2 batch append", "events/s", framework, raw, peak_rss_mb());
+            let (full, minimal) = (raw(Table::Full).await, raw(Table::Minimal).await);
+            let rss = peak_rss_mb();
+            samples.add("W2 batch append", "events/s", framework, full, rss);
+            samples.add(W2_MIN, "events/s", framework, minimal, rss);
         }
 
         if (self.selected)("w5") && matches!(fx.raw, Raw::Postgres(_)) {
@@ -1193,9 +1317,16 @@ impl Run<'_> {
             );
         }
 
-        // The encryption rows last: their events go to the same store, and the catch-up rows
-        // (W4) must read only the plain workload's. The same keys for both rows (W3 loads what
-        // W1 wrote).
+        // The cached command path, the encryption rows last: their events go to the same store,
+        // and the catch-up rows (W4) must read only the plain workload's.
+        if w1_plain.is_some() {
+            reset_peak_rss();
+            let t = Instant::now();
+            let n = fw_w1_cached(&fx.store, sizes).await;
+            let cached = per_second(n, t.elapsed());
+            samples.add(W1_CACHED, "events/s", cached, w1_raw, peak_rss_mb());
+        }
+        // The same keys for both encryption rows (W3 loads what W1 wrote).
         let pii = protected(&fx.store);
         if let Some(plain) = w1_plain {
             reset_peak_rss();
@@ -1227,6 +1358,14 @@ impl Run<'_> {
     }
 }
 
+/// The rows against the minimal hand-written table (`min_events`): the same framework figure,
+/// the ratio to the cheapest correct event table.
+const W1_CACHED: &str = "W1 with the aggregate cache (vs raw)";
+const W1_MIN: &str = "W1 command path (vs minimal table)";
+const W2_MIN: &str = "W2 batch append (vs minimal table)";
+const W3_MIN: &str = "W3 load 10-event aggs (vs minimal table)";
+const W3_LONG_MIN: &str = "W3 long stream (vs minimal table)";
+
 /// The encryption rows: the ratio is to the plain framework row.
 const PII_W1: &str = "W1 +1 personal field (vs plain)";
 const PII_W3: &str = "W3 +1 personal field (vs plain)";
@@ -1234,11 +1373,16 @@ const PII_W3: &str = "W3 +1 personal field (vs plain)";
 fn report(backend: &'static str, samples: Samples, figures: &mut Vec<Figure>) {
     let order = [
         "W1 command path",
+        W1_MIN,
+        W1_CACHED,
         PII_W1,
         "W2 batch append",
+        W2_MIN,
         "W3 load 10-event aggregates",
+        W3_MIN,
         PII_W3,
         "W3 one aggregate, long stream, no snapshot",
+        W3_LONG_MIN,
         "W3 same, from a snapshot (vs no snapshot)",
         "W4 projection catch-up",
         "W4 through the subscription manager",
