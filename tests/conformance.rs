@@ -1,5 +1,6 @@
 //! The conformance suite (`tests/support/conformance.rs`), run against every store: each case on
-//! a fresh in-memory store, a fresh SQLite file and a fresh PostgreSQL schema.
+//! a fresh in-memory store, a fresh SQLite file and a fresh PostgreSQL schema, and the two SQL
+//! stores again with group commit on.
 
 use eventsource_tests::{conformance, databases};
 
@@ -23,6 +24,8 @@ macro_rules! every_backend {
         suite!(memory: $($case),*);
         suite!(sqlite: $($case),*);
         suite!(postgres: $($case),*);
+        suite!(sqlite_grouped: $($case),*);
+        suite!(postgres_grouped: $($case),*);
     };
 }
 

@@ -107,8 +107,24 @@ async fn victim_store() -> Option<(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn saves_and_loads_survive_killed_connections() {
+    saves_and_loads_survive(false).await;
+}
+
+/// The same with group commit: a group whose statement dies with its connection wrote nothing,
+/// and each of its appends goes on alone (where a lost answer is recognised as stored).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grouped_saves_survive_killed_connections() {
+    saves_and_loads_survive(true).await;
+}
+
+async fn saves_and_loads_survive(grouped: bool) {
     let Some((store, options, victim, _schema)) = victim_store().await else {
         return;
+    };
+    let store = if grouped {
+        store.with_group_commit()
+    } else {
+        store
     };
     let killer = Killer::start(options, victim, Duration::from_millis(100)).await;
     let repo = Counter::repository(store.clone());

@@ -37,6 +37,7 @@
 //! | `eventsource_save_seconds` | histogram | `aggregate_type` | `Repository::save` |
 //! | `eventsource_snapshot_loads_total` | counter | `aggregate_type`, `outcome` = `hit`, `miss`, `stale` | snapshot look-ups of a repository with snapshots |
 //! | `eventsource_cache_loads_total` | counter | `aggregate_type`, `outcome` = `hit`, `miss` | loads of a repository with an aggregate cache (`with_cache`) |
+//! | `eventsource_group_commit_size` | histogram | - | appends per group of a store with group commit (`with_group_commit`) |
 //! | `eventsource_projection_lag` | gauge | `projection` | events a projection or relay has still to apply, as of the last `lag`/`health` call (0 once live) |
 //! | `eventsource_dead_letters_total` | counter | `projection` | events dead-lettered by a projection, process manager or relay |
 //! | `eventsource_bus_published_total` | counter | `bus` | events a bus's broker took |
@@ -68,6 +69,8 @@ pub const SNAPSHOT_LOADS: &str = "eventsource_snapshot_loads_total";
 /// Counter: loads answered by the repository's aggregate cache, by `aggregate_type` and
 /// `outcome` (`hit`, `miss`).
 pub const CACHE_LOADS: &str = "eventsource_cache_loads_total";
+/// Histogram: appends per group of a store with group commit (`with_group_commit`).
+pub const GROUP_COMMIT_SIZE: &str = "eventsource_group_commit_size";
 /// Gauge: events a projection (or relay) has still to apply, by `projection`.
 pub const PROJECTION_LAG: &str = "eventsource_projection_lag";
 /// Counter: events dead-lettered, by `projection` (or process manager, or relay).

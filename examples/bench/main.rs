@@ -22,6 +22,12 @@
 //! - W5 (PostgreSQL) 8 concurrent writers appending one event at a time to their own streams:
 //!   the cost of gap-free global positions. "raw" uses a plain sequence; the extra row "raw +
 //!   xid positions" is the same raw SQL with the framework's transaction-id positions.
+//! - W5b group commit: 8 and then 64 tasks saving one event at a time to their own streams
+//!   (6,400 saves each) through a store with group commit on (`with_group_commit`), against raw
+//!   sqlx with one transaction per save: events/s, and the p50 and p99 latency of one save.
+//! - Against the minimal table: W1-W3 again on the raw side, on the cheapest correct event table
+//!   a person would write by hand (`min_events`: stream, version, type, payload; unique on stream
+//!   and version). And W1 through a repository with the aggregate cache (`with_cache`).
 //! - W6 (buses) 20,000 events published in batches of 100 and consumed, each acknowledged, by
 //!   one consumer, through each bus (memory, Redis, RabbitMQ, NATS) and through a raw client of
 //!   the same broker doing the same (`bench/bus.rs`): events/s, and end-to-end latency p50/p99.
@@ -213,7 +219,7 @@ struct Args {
     /// Which store to measure.
     #[arg(long, value_enum, default_value_t = BackendArg::All)]
     backend: BackendArg,
-    /// Which workload: w1, w2, w3, w4, w5, w6 or all.
+    /// Which workload: w1, w2, w3, w4, w5, w5b, w6 or all (comma-separated).
     #[arg(long, default_value = "all")]
     workload: String,
     /// full (the sizes below), small (a tenth), tiny (a smoke run).
@@ -256,15 +262,16 @@ struct Sizes {
     long_stream: usize,
     w5_writers: usize,
     w5_appends_per_writer: usize,
+    w5b_saves: usize,
     w6_events: usize,
 }
 
 impl Scale {
     fn sizes(self) -> Sizes {
-        let (aggregates, w2_events, long_stream, w5, w6) = match self {
-            Scale::Full => (10_000, 10_000, 10_000, 250, 20_000),
-            Scale::Small => (1_000, 10_000, 10_000, 100, 5_000),
-            Scale::Tiny => (20, 500, 500, 5, 300),
+        let (aggregates, w2_events, long_stream, w5, w5b, w6) = match self {
+            Scale::Full => (10_000, 10_000, 10_000, 250, 6_400, 20_000),
+            Scale::Small => (1_000, 10_000, 10_000, 100, 1_280, 5_000),
+            Scale::Tiny => (20, 500, 500, 5, 128, 300),
         };
         Sizes {
             aggregates,
@@ -274,6 +281,7 @@ impl Scale {
             long_stream,
             w5_writers: 8,
             w5_appends_per_writer: w5,
+            w5b_saves: w5b,
             w6_events: w6,
         }
     }
@@ -350,6 +358,7 @@ fn per_second(count: usize, elapsed: Duration) -> f64 {
 
 // --- The fixtures: a fresh framework store and a fresh raw table, side by side. ---
 
+#[derive(Clone)]
 enum Raw {
     None,
     Sqlite(SqlitePool),
@@ -705,6 +714,66 @@ async fn fw_w5<S: EventStore + Clone + 'static>(store: &S, sizes: Sizes) -> usiz
         task.await.unwrap();
     }
     sizes.w5_writers * sizes.w5_appends_per_writer
+}
+
+/// The store with group commit on (the in-memory store has no commits to group).
+trait GroupCommitted: Sized {
+    fn grouped(&self) -> Self;
+}
+
+impl GroupCommitted for InMemoryEventStore {
+    fn grouped(&self) -> Self {
+        self.clone()
+    }
+}
+
+impl GroupCommitted for SqliteEventStore {
+    fn grouped(&self) -> Self {
+        self.clone().with_group_commit()
+    }
+}
+
+impl GroupCommitted for PostgresEventStore {
+    fn grouped(&self) -> Self {
+        self.clone().with_group_commit()
+    }
+}
+
+/// Events/s and each save's latency (ms) of `writers` tasks saving one event at a time to their
+/// own streams, `saves` in all; `save` does one save.
+async fn concurrent_saves<F, Fut>(writers: usize, saves: usize, save: F) -> (f64, Vec<f64>)
+where
+    F: Fn(String, u64) -> Fut + Clone + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
+    let per_writer = saves / writers;
+    let t = Instant::now();
+    let tasks: Vec<_> = (0..writers)
+        .map(|w| {
+            let save = save.clone();
+            tokio::spawn(async move {
+                let id = format!("w5b-{writers}-{w}");
+                let mut latencies = Vec::with_capacity(per_writer);
+                for v in 0..per_writer as u64 {
+                    let started = Instant::now();
+                    save(id.clone(), v).await;
+                    latencies.push(started.elapsed().as_secs_f64() * 1000.0);
+                }
+                latencies
+            })
+        })
+        .collect();
+    let mut latencies = Vec::with_capacity(saves);
+    for task in tasks {
+        latencies.extend(task.await.unwrap());
+    }
+    (per_second(per_writer * writers, t.elapsed()), latencies)
+}
+
+/// The `q` quantile (0..1) of `values`.
+fn quantile(values: &mut [f64], q: f64) -> f64 {
+    values.sort_by(f64::total_cmp);
+    values[((values.len() - 1) as f64 * q).round() as usize]
 }
 
 // --- Raw side: hand-written sqlx, one module per dialect. ---
@@ -1107,7 +1176,12 @@ struct Run<'a> {
 impl Run<'_> {
     /// One repetition of every selected workload on a fresh fixture.
     async fn repetition<
-        S: EventStore + SnapshotStore + eventsource::CheckpointStore + Clone + 'static,
+        S: EventStore
+            + SnapshotStore
+            + eventsource::CheckpointStore
+            + GroupCommitted
+            + Clone
+            + 'static,
     >(
         &self,
         fx: &Fixture<S>,
@@ -1317,6 +1391,54 @@ impl Run<'_> {
             );
         }
 
+        if (self.selected)("w5b") && has_raw {
+            let grouped = fx.store.grouped();
+            for writers in [8, 64] {
+                reset_peak_rss();
+                let store = grouped.clone();
+                let (framework, mut fw_latency) =
+                    concurrent_saves(writers, sizes.w5b_saves, move |id, v| {
+                        let store = store.clone();
+                        async move {
+                            let stream = StreamId::new("Account", id).expect("valid");
+                            let event = NewEvent::new(&Deposited { amount_cents: 1 }).unwrap();
+                            store
+                                .append(&stream, ExpectedVersion::Exact(v), vec![event])
+                                .await
+                                .expect("append");
+                        }
+                    })
+                    .await;
+                let raw_side = fx.raw.clone();
+                let (raw, mut raw_latency) =
+                    concurrent_saves(writers, sizes.w5b_saves, move |id, v| {
+                        let raw = raw_side.clone();
+                        async move {
+                            raw.insert(Table::Full, &id, v as i64 + 1, &[deposited(1)])
+                                .await;
+                        }
+                    })
+                    .await;
+                let rss = peak_rss_mb();
+                let (rate, p50, p99) = W5B[usize::from(writers == 64)];
+                samples.add(rate, "events/s", framework, Some(raw), rss);
+                samples.add(
+                    p50,
+                    "ms (lower is better)",
+                    quantile(&mut fw_latency, 0.5),
+                    Some(quantile(&mut raw_latency, 0.5)),
+                    rss,
+                );
+                samples.add(
+                    p99,
+                    "ms (lower is better)",
+                    quantile(&mut fw_latency, 0.99),
+                    Some(quantile(&mut raw_latency, 0.99)),
+                    rss,
+                );
+            }
+        }
+
         // The cached command path, the encryption rows last: their events go to the same store,
         // and the catch-up rows (W4) must read only the plain workload's.
         if w1_plain.is_some() {
@@ -1360,6 +1482,20 @@ impl Run<'_> {
 
 /// The rows against the minimal hand-written table (`min_events`): the same framework figure,
 /// the ratio to the cheapest correct event table.
+/// W5b: concurrent saves through a store with group commit, against raw one transaction per
+/// save: the rate, and the p50 and p99 save latency, for 8 and for 64 writers.
+const W5B: [(&str, &str, &str); 2] = [
+    (
+        "W5b 8 writers, group commit",
+        "W5b 8 writers, p50 save latency",
+        "W5b 8 writers, p99 save latency",
+    ),
+    (
+        "W5b 64 writers, group commit",
+        "W5b 64 writers, p50 save latency",
+        "W5b 64 writers, p99 save latency",
+    ),
+];
 const W1_CACHED: &str = "W1 with the aggregate cache (vs raw)";
 const W1_MIN: &str = "W1 command path (vs minimal table)";
 const W2_MIN: &str = "W2 batch append (vs minimal table)";
@@ -1390,6 +1526,12 @@ fn report(backend: &'static str, samples: Samples, figures: &mut Vec<Figure>) {
         "W4 raw, read_all's 10 columns (vs raw)",
         "W5 8 concurrent writers",
         "W5 raw + xid positions (vs raw)",
+        W5B[0].0,
+        W5B[0].1,
+        W5B[0].2,
+        W5B[1].0,
+        W5B[1].1,
+        W5B[1].2,
         "W6 publish -> consume",
         "W6 latency p50",
         "W6 latency p99",

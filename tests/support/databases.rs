@@ -62,6 +62,24 @@ pub async fn sqlite() -> Option<TestStore<SqliteEventStore>> {
     })
 }
 
+/// A fresh SQLite store with group commit on (`with_group_commit`).
+pub async fn sqlite_grouped() -> Option<TestStore<SqliteEventStore>> {
+    let TestStore { store, _cleanup } = sqlite().await?;
+    Some(TestStore {
+        store: store.with_group_commit(),
+        _cleanup,
+    })
+}
+
+/// A fresh PostgreSQL store with group commit on (`with_group_commit`).
+pub async fn postgres_grouped() -> Option<TestStore<PostgresEventStore>> {
+    let TestStore { store, _cleanup } = postgres().await?;
+    Some(TestStore {
+        store: store.with_group_commit(),
+        _cleanup,
+    })
+}
+
 /// The PostgreSQL URL tests use.
 pub fn database_url() -> String {
     std::env::var("DATABASE_URL").unwrap_or_else(|_| DEFAULT_DATABASE_URL.to_owned())

@@ -8,6 +8,8 @@
 
 mod any;
 mod dynamic;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod group;
 pub mod memory;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]

@@ -51,6 +51,8 @@ pub struct PostgresEventStore {
     /// The tenant a scoped store's transactions set in `eventsource.tenant`, for row-level
     /// security (see [`Tenancy`](crate::tenant::Tenancy)).
     tenant: Option<Arc<str>>,
+    /// The committer of [`with_group_commit`](Self::with_group_commit), if on.
+    group: Option<super::group::GroupCommit>,
 }
 
 /// How many times an append with [`ExpectedVersion::Any`] or [`ExpectedVersion::StreamExists`]
@@ -104,6 +106,151 @@ WITH current AS (
 )
 SELECT (SELECT v FROM current), (SELECT MAX(version) FROM inserted), (SELECT MAX(position) FROM inserted)
 "#;
+
+/// A group of appends (see `store::group`) in one statement: every stream's version is read,
+/// each append's check decides whether its rows go in, and each append's outcome comes back by
+/// its index (`a`). Two appends of one stream never share a group: both would read the same
+/// version.
+const GROUP_APPEND: &str = r#"
+WITH e AS (
+    SELECT * FROM UNNEST($1::INT[], $2::TEXT[], $3::TEXT[], $4::INT[], $5::BIGINT[], $6::BIGINT[],
+        $7::UUID[], $8::TEXT[], $9::INT[], $10::TIMESTAMPTZ[], $11::TEXT[], $12::TEXT[],
+        $13::UUID[], $14::UUID[], $15::TEXT[], $16::TEXT[])
+        WITH ORDINALITY AS e(a, aggregate_type, aggregate_id, kind, exact, i, event_id, event_type,
+            schema_version, occurred_at, tenant_id, actor_id, correlation_id, causation_id,
+            metadata, payload, ord)
+), heads AS (
+    SELECT s.a, s.aggregate_type, s.aggregate_id, s.kind, s.exact,
+        (SELECT COALESCE(MAX(version), 0) FROM events v
+         WHERE v.aggregate_type = s.aggregate_type AND v.aggregate_id = s.aggregate_id)::BIGINT AS v
+    FROM e AS s WHERE s.i = 1
+), accepted AS (
+    SELECT a, v FROM heads
+    WHERE CASE kind WHEN 0 THEN TRUE WHEN 1 THEN v = 0 WHEN 2 THEN v > 0 ELSE v = exact END
+), tx AS MATERIALIZED (
+    SELECT pg_current_xact_id()::TEXT::BIGINT * 65536 AS base
+    FROM (SELECT 1 FROM accepted LIMIT 1) AS any_accepted
+), inserted AS (
+    INSERT INTO events (position, event_id, aggregate_type, aggregate_id, version, event_type,
+        schema_version, occurred_at, tenant_id, actor_id, correlation_id, causation_id, metadata, payload)
+    SELECT tx.base + e.ord - 1, e.event_id, e.aggregate_type, e.aggregate_id, accepted.v + e.i,
+        e.event_type, e.schema_version, e.occurred_at, e.tenant_id, e.actor_id, e.correlation_id,
+        e.causation_id, e.metadata::JSONB, e.payload::JSONB
+    FROM e JOIN accepted ON accepted.a = e.a, tx
+    RETURNING aggregate_type, aggregate_id, version, position
+)
+SELECT h.a, MAX(i.version), MAX(i.position)
+FROM heads h LEFT JOIN inserted i
+    ON i.aggregate_type = h.aggregate_type AND i.aggregate_id = h.aggregate_id
+GROUP BY h.a
+"#;
+
+/// One append's outcome in a group: its index, and its stream version and last position if it
+/// was written.
+type GroupRow = (i32, Option<i64>, Option<i64>);
+
+impl super::group::GroupWriter for PostgresEventStore {
+    const SAME_STREAM_TWICE: bool = false;
+    const IN_FLIGHT: usize = 8;
+
+    async fn write_group(&self, group: &[super::group::Pending]) -> Vec<super::group::Grouped> {
+        use super::group::Grouped;
+        let rows: usize = group.iter().map(|pending| pending.events.len()).sum();
+        let mut appends = Vec::with_capacity(rows);
+        let mut aggregate_types = Vec::with_capacity(rows);
+        let mut aggregate_ids = Vec::with_capacity(rows);
+        let mut kinds = Vec::with_capacity(rows);
+        let mut exacts = Vec::with_capacity(rows);
+        let mut indexes = Vec::with_capacity(rows);
+        let mut ids = Vec::with_capacity(rows);
+        let mut types = Vec::with_capacity(rows);
+        let mut schema_versions = Vec::with_capacity(rows);
+        let mut times = Vec::with_capacity(rows);
+        let mut tenants = Vec::with_capacity(rows);
+        let mut actors = Vec::with_capacity(rows);
+        let mut correlations = Vec::with_capacity(rows);
+        let mut causations = Vec::with_capacity(rows);
+        let mut extras = Vec::with_capacity(rows);
+        let mut payloads = Vec::with_capacity(rows);
+        for (a, pending) in group.iter().enumerate() {
+            let (kind, exact) = expected_code(pending.expected);
+            for (i, event) in pending.events.iter().enumerate() {
+                appends.push(a as i32);
+                aggregate_types.push(pending.stream.aggregate_type());
+                aggregate_ids.push(pending.stream.aggregate_id());
+                kinds.push(kind);
+                exacts.push(exact);
+                indexes.push(i as i64 + 1);
+                ids.push(event.event_id);
+                types.push(&*event.event_type);
+                schema_versions.push(i32::try_from(event.schema_version).unwrap_or(i32::MAX));
+                times.push(event.occurred_at);
+                tenants.push(event.metadata.tenant_id.as_deref());
+                actors.push(event.metadata.actor_id.as_deref());
+                correlations.push(event.metadata.correlation_id);
+                causations.push(event.metadata.causation_id);
+                extras.push(extra_json(&event.metadata));
+                payloads.push(event.payload.as_str());
+            }
+        }
+        let outcome: sqlx::Result<Vec<GroupRow>> = sqlx::query_as(GROUP_APPEND)
+            .bind(&appends)
+            .bind(&aggregate_types)
+            .bind(&aggregate_ids)
+            .bind(&kinds)
+            .bind(&exacts)
+            .bind(&indexes)
+            .bind(&ids)
+            .bind(&types)
+            .bind(&schema_versions)
+            .bind(&times)
+            .bind(&tenants)
+            .bind(&actors)
+            .bind(&correlations)
+            .bind(&causations)
+            .bind(&extras)
+            .bind(&payloads)
+            .fetch_all(&self.pool)
+            .await;
+        let mut outcomes: Vec<Grouped> = group.iter().map(|_| Grouped::Alone).collect();
+        // A failed statement wrote nothing (a concurrent writer outside the group took a
+        // version, an event id is taken, the connection broke): each append goes on its own.
+        if let Ok(rows) = outcome {
+            for (a, version, position) in rows {
+                if let (Some(slot), Some(version), Some(position)) =
+                    (outcomes.get_mut(a.max(0) as usize), version, position)
+                {
+                    *slot = Grouped::Written(AppendResult {
+                        stream_version: version.max(0) as u64,
+                        last_position: Position::new(position.max(0) as u64),
+                    });
+                }
+            }
+        }
+        outcomes
+    }
+
+    async fn write_one(&self, append: &super::group::Pending) -> Result<AppendResult> {
+        retrying("append", |_| {
+            self.append_attempt(&append.stream, append.expected, &append.events)
+        })
+        .await
+    }
+
+    fn committed(&self) {
+        self.signal_append();
+    }
+}
+
+/// An expected version as the append statements take it: a kind and, for `Exact`, the version.
+fn expected_code(expected: ExpectedVersion) -> (i32, i64) {
+    match expected {
+        ExpectedVersion::Any => (0, 0),
+        ExpectedVersion::NoStream => (1, 0),
+        ExpectedVersion::StreamExists => (2, 0),
+        ExpectedVersion::Exact(n) => (3, i64::try_from(n).unwrap_or(i64::MAX)),
+    }
+}
 
 impl PostgresEventStore {
     /// Connects to `url` (`postgres://user@host/db`) and runs the migrations.
@@ -160,7 +307,26 @@ impl PostgresEventStore {
             appended: Arc::default(),
             notifier: Arc::default(),
             tenant: None,
+            group: None,
         }
+    }
+
+    /// Turns group commit on: appends made at the same time by several tasks are written
+    /// together, in one statement and one transaction (one round trip, one commit), each with
+    /// its own expected-version check (a conflict fails that append alone). A lone writer
+    /// commits alone, without waiting for company. Worth it when many tasks save at once; see
+    /// the README (Performance, W5b) for what it gives. A tenant-scoped store
+    /// ([`for_tenant`](crate::tenant::Tenancy)) appends on its own.
+    ///
+    /// Needs a Tokio runtime (the committer is a task of the runtime this is called on); outside
+    /// one, the store is returned as it is. Clones made after this share the committer.
+    pub fn with_group_commit(mut self) -> Self {
+        let writer = PostgresEventStore {
+            group: None,
+            ..self.clone()
+        };
+        self.group = super::group::GroupCommit::start(writer);
+        self
     }
 
     /// This store, with each of its event and snapshot statements run in a transaction that
@@ -169,6 +335,8 @@ impl PostgresEventStore {
     pub(crate) fn with_tenant_setting(&self, tenant: Arc<str>) -> Self {
         PostgresEventStore {
             tenant: Some(tenant),
+            // The committer's transactions set no tenant.
+            group: None,
             ..self.clone()
         }
     }
@@ -235,12 +403,7 @@ impl PostgresEventStore {
     where
         X: sqlx::PgExecutor<'c>,
     {
-        let (kind, exact) = match expected {
-            ExpectedVersion::Any => (0, 0),
-            ExpectedVersion::NoStream => (1, 0),
-            ExpectedVersion::StreamExists => (2, 0),
-            ExpectedVersion::Exact(n) => (3, i64::try_from(n).unwrap_or(i64::MAX)),
-        };
+        let (kind, exact) = expected_code(expected);
         let n = events.len();
         let mut ids = Vec::with_capacity(n);
         let mut types = Vec::with_capacity(n);
@@ -728,6 +891,16 @@ impl PostgresEventStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
         validate_append(stream, &events)?;
+        if let Some(group) = &self.group
+            && !events.is_empty()
+            && events.len() <= super::group::MAX_GROUP_EVENTS
+        {
+            let events: Arc<[NewEvent]> = events.into();
+            if let Some(result) = group.append(stream, expected, events.clone()).await {
+                return result;
+            }
+            return retrying("append", |_| self.append_attempt(stream, expected, &events)).await;
+        }
         let events = events.as_slice();
         retrying("append", |_| self.append_attempt(stream, expected, events)).await
     }

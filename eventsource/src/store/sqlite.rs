@@ -39,6 +39,8 @@ pub struct SqliteEventStore {
     /// The database file, beside which leases are locked (`None`: `:memory:`).
     file: Option<Arc<std::path::PathBuf>>,
     leases: crate::checkpoint::LocalLeases,
+    /// The committer of [`with_group_commit`](Self::with_group_commit), if on.
+    group: Option<super::group::GroupCommit>,
 }
 
 /// The packed metadata column (see `EventRow`). The table's CHECK keeps `metadata` JSON, so
@@ -171,7 +173,25 @@ impl SqliteEventStore {
             reader,
             appended: Arc::default(),
             leases: crate::checkpoint::LocalLeases::default(),
+            group: None,
         })
+    }
+
+    /// Turns group commit on: appends made at the same time by several tasks are written
+    /// together, one `BEGIN IMMEDIATE` ... `COMMIT` (one durable commit, one `fsync`) for all
+    /// of them, each with its own expected-version check (a conflict fails that append alone).
+    /// A lone writer commits alone, without waiting for company. Worth it when many tasks save
+    /// at once; see the README (Performance, W5b) for what it gives.
+    ///
+    /// Needs a Tokio runtime (the committer is a task of the runtime this is called on); outside
+    /// one, the store is returned as it is. Clones made after this share the committer.
+    pub fn with_group_commit(mut self) -> Self {
+        let writer = SqliteEventStore {
+            group: None,
+            ..self.clone()
+        };
+        self.group = super::group::GroupCommit::start(writer);
+        self
     }
 
     /// The pool of reader connections, for queries of your own (read models in the same file).
@@ -213,55 +233,7 @@ impl SqliteEventStore {
         expected: ExpectedVersion,
         events: &[NewEvent],
     ) -> Result<AppendResult> {
-        let with_metadata = events.iter().any(|event| !event.metadata.is_empty());
-        let mut insert = QueryBuilder::<Sqlite>::new(if with_metadata {
-            "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
-             schema_version, occurred_at, payload, tenant_id, actor_id, correlation_id, \
-             causation_id, metadata) SELECT v.column1, s.t, s.i, s.current + v.column2, \
-             v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, v.column9, \
-             v.column10, v.column11 FROM (SELECT "
-        } else {
-            "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
-             schema_version, occurred_at, payload) SELECT v.column1, s.t, s.i, \
-             s.current + v.column2, v.column3, v.column4, v.column5, v.column6 FROM (SELECT "
-        });
-        insert.push_bind(stream.aggregate_type());
-        insert.push(" AS t, ");
-        insert.push_bind(stream.aggregate_id());
-        insert.push(
-            " AS i, COALESCE(MAX(version), 0) AS current FROM events \
-             WHERE aggregate_type = ",
-        );
-        insert.push_bind(stream.aggregate_type());
-        insert.push(" AND aggregate_id = ");
-        insert.push_bind(stream.aggregate_id());
-        insert.push(") AS s, (");
-        insert.push_values(events.iter().enumerate(), |mut row, (i, event)| {
-            row.push_bind(event.event_id)
-                .push_bind(i as i64 + 1)
-                .push_bind(&*event.event_type)
-                .push_bind(event.schema_version)
-                .push_bind(event.occurred_at.timestamp_micros())
-                .push_bind(&event.payload);
-            if with_metadata {
-                row.push_bind(event.metadata.tenant_id.as_deref())
-                    .push_bind(event.metadata.actor_id.as_deref())
-                    .push_bind(event.metadata.correlation_id)
-                    .push_bind(event.metadata.causation_id)
-                    .push_bind(extra_json(&event.metadata));
-            }
-        });
-        insert.push(") AS v WHERE ");
-        match expected {
-            ExpectedVersion::Any => insert.push("1"),
-            ExpectedVersion::NoStream => insert.push("s.current = 0"),
-            ExpectedVersion::StreamExists => insert.push("s.current > 0"),
-            ExpectedVersion::Exact(version) => {
-                insert.push("s.current = ").push_bind(to_i64(version))
-            }
-        };
-        // Positions (the rowid) follow the versions.
-        insert.push(" ORDER BY v.column2");
+        let mut insert = checked_insert(stream, expected, events);
         let count = events.len() as u64;
         let done = match insert.build().execute(&self.writer).await {
             Ok(done) => done,
@@ -288,7 +260,6 @@ impl SqliteEventStore {
                 });
             }
         };
-        let last_position = Position::new(done.last_insert_rowid().max(0) as u64);
         if done.rows_affected() != count {
             // The expected version did not hold: nothing was written.
             let mut conn = self
@@ -304,26 +275,159 @@ impl SqliteEventStore {
             return Err(expected.conflict(stream, current));
         }
         self.appended.notify();
-        let stream_version = match expected {
-            ExpectedVersion::Exact(version) => version + count,
-            ExpectedVersion::NoStream => count,
-            // Where the stream was is known only to the statement: the last row says.
-            ExpectedVersion::Any | ExpectedVersion::StreamExists => {
-                let version: i64 =
-                    sqlx::query_scalar("SELECT version FROM events WHERE position = ?")
-                        .bind(to_i64(last_position.get()))
-                        .fetch_one(&self.writer)
-                        .await
-                        .map_err(Error::database("append"))?;
-                version.max(0) as u64
-            }
+        if let Some(stream_version) = known_version(expected, count) {
+            return Ok(AppendResult {
+                stream_version,
+                last_position: Position::new(done.last_insert_rowid().max(0) as u64),
+            });
+        }
+        let mut conn = self
+            .writer
+            .acquire()
+            .await
+            .map_err(Error::database("append"))?;
+        appended(&mut conn, expected, count, &done).await
+    }
+}
+
+/// The one-statement append (see `append_statement`): inserts `events` if the stream is at the
+/// expected version, nothing otherwise.
+fn checked_insert<'a>(
+    stream: &'a StreamId,
+    expected: ExpectedVersion,
+    events: &'a [NewEvent],
+) -> QueryBuilder<'a, Sqlite> {
+    let with_metadata = events.iter().any(|event| !event.metadata.is_empty());
+    let mut insert = QueryBuilder::<Sqlite>::new(if with_metadata {
+        "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
+         schema_version, occurred_at, payload, tenant_id, actor_id, correlation_id, \
+         causation_id, metadata) SELECT v.column1, s.t, s.i, s.current + v.column2, \
+         v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, v.column9, \
+         v.column10, v.column11 FROM (SELECT "
+    } else {
+        "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
+         schema_version, occurred_at, payload) SELECT v.column1, s.t, s.i, \
+         s.current + v.column2, v.column3, v.column4, v.column5, v.column6 FROM (SELECT "
+    });
+    insert.push_bind(stream.aggregate_type());
+    insert.push(" AS t, ");
+    insert.push_bind(stream.aggregate_id());
+    insert.push(
+        " AS i, COALESCE(MAX(version), 0) AS current FROM events \
+         WHERE aggregate_type = ",
+    );
+    insert.push_bind(stream.aggregate_type());
+    insert.push(" AND aggregate_id = ");
+    insert.push_bind(stream.aggregate_id());
+    insert.push(") AS s, (");
+    insert.push_values(events.iter().enumerate(), |mut row, (i, event)| {
+        row.push_bind(event.event_id)
+            .push_bind(i as i64 + 1)
+            .push_bind(&*event.event_type)
+            .push_bind(event.schema_version)
+            .push_bind(event.occurred_at.timestamp_micros())
+            .push_bind(&event.payload);
+        if with_metadata {
+            row.push_bind(event.metadata.tenant_id.as_deref())
+                .push_bind(event.metadata.actor_id.as_deref())
+                .push_bind(event.metadata.correlation_id)
+                .push_bind(event.metadata.causation_id)
+                .push_bind(extra_json(&event.metadata));
+        }
+    });
+    insert.push(") AS v WHERE ");
+    match expected {
+        ExpectedVersion::Any => insert.push("1"),
+        ExpectedVersion::NoStream => insert.push("s.current = 0"),
+        ExpectedVersion::StreamExists => insert.push("s.current > 0"),
+        ExpectedVersion::Exact(version) => insert.push("s.current = ").push_bind(to_i64(version)),
+    };
+    // Positions (the rowid) follow the versions.
+    insert.push(" ORDER BY v.column2");
+    insert
+}
+
+/// The stream's version after an append of `count` events, where the expected version says it.
+fn known_version(expected: ExpectedVersion, count: u64) -> Option<u64> {
+    match expected {
+        ExpectedVersion::Exact(version) => Some(version + count),
+        ExpectedVersion::NoStream => Some(count),
+        ExpectedVersion::Any | ExpectedVersion::StreamExists => None,
+    }
+}
+
+/// The result of a `checked_insert` that wrote all its `count` events.
+async fn appended(
+    conn: &mut sqlx::SqliteConnection,
+    expected: ExpectedVersion,
+    count: u64,
+    done: &sqlx::sqlite::SqliteQueryResult,
+) -> Result<AppendResult> {
+    let last_position = Position::new(done.last_insert_rowid().max(0) as u64);
+    let stream_version = match known_version(expected, count) {
+        Some(version) => version,
+        // Where the stream was is known only to the statement: the last row says.
+        None => {
+            let version: i64 = sqlx::query_scalar("SELECT version FROM events WHERE position = ?")
+                .bind(to_i64(last_position.get()))
+                .fetch_one(conn)
+                .await
+                .map_err(Error::database("append"))?;
+            version.max(0) as u64
+        }
+    };
+    Ok(AppendResult {
+        stream_version,
+        last_position,
+    })
+}
+
+impl super::group::GroupWriter for SqliteEventStore {
+    const SAME_STREAM_TWICE: bool = true;
+    const IN_FLIGHT: usize = 1;
+
+    async fn write_group(&self, group: &[super::group::Pending]) -> Vec<super::group::Grouped> {
+        use super::group::Grouped;
+        let alone = || group.iter().map(|_| Grouped::Alone).collect();
+        let Ok(mut tx) = self.writer.begin_with("BEGIN IMMEDIATE").await else {
+            return alone();
         };
-        Ok(AppendResult {
-            stream_version,
-            last_position,
-        })
+        let mut outcomes = Vec::with_capacity(group.len());
+        for pending in group {
+            let count = pending.events.len() as u64;
+            let mut insert = checked_insert(&pending.stream, pending.expected, &pending.events);
+            match insert.build().execute(&mut *tx).await {
+                Ok(done) if done.rows_affected() == count => {
+                    match appended(&mut tx, pending.expected, count, &done).await {
+                        Ok(result) => outcomes.push(Grouped::Written(result)),
+                        Err(_) => return alone(),
+                    }
+                }
+                // The check failed (nothing written), or an event id is taken (SQLite undid the
+                // statement, the transaction goes on): the caller finds out which on its own.
+                Ok(_) => outcomes.push(Grouped::Alone),
+                Err(err) if is_unique_violation(&err) => outcomes.push(Grouped::Alone),
+                // Dropping the transaction rolls it back: nothing of the group is written.
+                Err(_) => return alone(),
+            }
+        }
+        match tx.commit().await {
+            Ok(()) => outcomes,
+            Err(_) => alone(),
+        }
     }
 
+    async fn write_one(&self, append: &super::group::Pending) -> Result<AppendResult> {
+        self.append_inner(&append.stream, append.expected, &append.events)
+            .await
+    }
+
+    fn committed(&self) {
+        self.appended.notify();
+    }
+}
+
+impl SqliteEventStore {
     async fn append_inner(
         &self,
         stream: &StreamId,
@@ -465,6 +569,16 @@ impl SqliteEventStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
         validate_append(stream, &events)?;
+        if let Some(group) = &self.group
+            && !events.is_empty()
+            && events.len() <= super::group::MAX_GROUP_EVENTS
+        {
+            let events: Arc<[NewEvent]> = events.into();
+            if let Some(result) = group.append(stream, expected, events.clone()).await {
+                return result;
+            }
+            return self.append_inner(stream, expected, &events).await;
+        }
         if events.is_empty() {
             // Nothing to write: where the stream is, read without taking the write lock.
             let (current, last): (i64, Option<i64>) = sqlx::query_as(
