@@ -361,7 +361,8 @@ fn per_second(count: usize, elapsed: Duration) -> f64 {
 #[derive(Clone)]
 enum Raw {
     None,
-    Sqlite(SqlitePool),
+    /// The writer pool (one connection, as the store's) and a pool of readers.
+    Sqlite(SqlitePool, SqlitePool),
     Postgres(PgPool),
 }
 
@@ -419,15 +420,21 @@ async fn sqlite_fixture() -> Fixture<SqliteEventStore> {
     let raw = SqlitePoolOptions::new()
         .max_connections(1)
         .test_before_acquire(false)
-        .connect_with(options)
+        .connect_with(options.clone())
         .await
         .expect("raw sqlite pool");
+    let readers = SqlitePoolOptions::new()
+        .max_connections(4)
+        .test_before_acquire(false)
+        .connect_with(options.read_only(true))
+        .await
+        .expect("raw sqlite readers");
     for table in [SQLITE_RAW_TABLE, SQLITE_MIN_TABLE] {
         sqlx::query(table).execute(&raw).await.expect("raw table");
     }
     Fixture {
         store,
-        raw: Raw::Sqlite(raw),
+        raw: Raw::Sqlite(raw, readers),
         cleanup: Some(Box::new(move || drop(dir))),
     }
 }
@@ -1072,10 +1079,10 @@ impl Raw {
     async fn insert(&self, table: Table, id: &str, first_version: i64, events: &[(&str, String)]) {
         match (self, table) {
             (Raw::None, _) => {}
-            (Raw::Sqlite(pool), Table::Full) => {
+            (Raw::Sqlite(pool, _), Table::Full) => {
                 raw_sqlite::insert(pool, id, first_version, events).await
             }
-            (Raw::Sqlite(pool), Table::Minimal) => {
+            (Raw::Sqlite(pool, _), Table::Minimal) => {
                 raw_sqlite::insert_min(pool, id, first_version, events).await
             }
             (Raw::Postgres(pool), Table::Full) => {
@@ -1090,7 +1097,7 @@ impl Raw {
     async fn load(&self, table: Table, id: &str) -> (Account, i64) {
         match self {
             Raw::None => unreachable!("no raw side"),
-            Raw::Sqlite(pool) => raw_sqlite::load(pool, table, id).await,
+            Raw::Sqlite(_, readers) => raw_sqlite::load(readers, table, id).await,
             Raw::Postgres(pool) => raw_pg::load(pool, table, id).await,
         }
     }
@@ -1139,7 +1146,7 @@ impl Raw {
     async fn w4(&self, columns: W4Columns) -> usize {
         match self {
             Raw::None => unreachable!("no raw side"),
-            Raw::Sqlite(pool) => raw_sqlite::fold_all(pool, columns).await,
+            Raw::Sqlite(pool, _) => raw_sqlite::fold_all(pool, columns).await,
             Raw::Postgres(pool) => raw_pg::fold_all(pool, columns).await,
         }
     }
