@@ -248,6 +248,9 @@ enum BackendArg {
 
 #[derive(Clone, Copy, Debug, PartialEq, ValueEnum)]
 enum Scale {
+    /// Ten times the full sizes (100,000 aggregates: 1,000,000 events; a 100,000-event
+    /// stream), for peak memory as the log grows.
+    Large,
     Full,
     Small,
     Tiny,
@@ -269,6 +272,7 @@ struct Sizes {
 impl Scale {
     fn sizes(self) -> Sizes {
         let (aggregates, w2_events, long_stream, w5, w5b, w6) = match self {
+            Scale::Large => (100_000, 100_000, 100_000, 2_500, 6_400, 20_000),
             Scale::Full => (10_000, 10_000, 10_000, 250, 6_400, 20_000),
             Scale::Small => (1_000, 10_000, 10_000, 100, 1_280, 5_000),
             Scale::Tiny => (20, 500, 500, 5, 128, 300),

@@ -301,25 +301,31 @@ fn checked_insert<'a>(
     let mut insert = QueryBuilder::<Sqlite>::new(if with_metadata {
         "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
          schema_version, occurred_at, payload, tenant_id, actor_id, correlation_id, \
-         causation_id, metadata) SELECT v.column1, s.t, s.i, s.current + v.column2, \
-         v.column3, v.column4, v.column5, v.column6, v.column7, v.column8, v.column9, \
-         v.column10, v.column11 FROM (SELECT "
+         causation_id, metadata) SELECT v.column1, "
     } else {
         "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
-         schema_version, occurred_at, payload) SELECT v.column1, s.t, s.i, \
-         s.current + v.column2, v.column3, v.column4, v.column5, v.column6 FROM (SELECT "
+         schema_version, occurred_at, payload) SELECT v.column1, "
     });
     insert.push_bind(stream.aggregate_type());
-    insert.push(" AS t, ");
+    insert.push(", ");
     insert.push_bind(stream.aggregate_id());
+    insert.push(if with_metadata {
+        ", s.current + v.column2, v.column3, v.column4, v.column5, v.column6, v.column7, \
+         v.column8, v.column9, v.column10, v.column11"
+    } else {
+        ", s.current + v.column2, v.column3, v.column4, v.column5, v.column6"
+    });
+    // `MAX` alone in a scalar subquery: SQLite answers it from the end of the stream's index.
+    // With other columns beside it in a subquery of the FROM clause, it scanned the whole
+    // stream: 0.9 ms per append at 10,000 events, against 0.02 ms.
     insert.push(
-        " AS i, COALESCE(MAX(version), 0) AS current FROM events \
+        " FROM (SELECT COALESCE((SELECT MAX(version) FROM events \
          WHERE aggregate_type = ",
     );
     insert.push_bind(stream.aggregate_type());
     insert.push(" AND aggregate_id = ");
     insert.push_bind(stream.aggregate_id());
-    insert.push(") AS s, (");
+    insert.push("), 0) AS current) AS s, (");
     insert.push_values(events.iter().enumerate(), |mut row, (i, event)| {
         row.push_bind(event.event_id)
             .push_bind(i as i64 + 1)
