@@ -4,6 +4,7 @@
 use super::{BusConsumer, Delivery, EventBus, Filter, Subscription, Tag, check_name};
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
+use futures::future::Either;
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::ClientConfig;
@@ -14,7 +15,6 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::{Header, Headers, Message, OwnedHeaders};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
-use futures::future::Either;
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
 use std::sync::{Arc, Mutex, PoisonError};
@@ -134,7 +134,11 @@ impl KafkaBus {
     }
 
     /// [`connect`](Self::connect), creating the topics (if missing) as `topic` says.
-    pub async fn connect_with(bootstrap_servers: &str, name: &str, topic: TopicSpec) -> Result<Self> {
+    pub async fn connect_with(
+        bootstrap_servers: &str,
+        name: &str,
+        topic: TopicSpec,
+    ) -> Result<Self> {
         check_name("name", name)?;
         let producer: FutureProducer = client_config(bootstrap_servers)
             .set("enable.idempotence", "true")
@@ -391,7 +395,10 @@ impl KafkaBus {
 }
 
 fn delivered(
-    report: std::result::Result<rdkafka::producer::future_producer::OwnedDeliveryResult, futures::channel::oneshot::Canceled>,
+    report: std::result::Result<
+        rdkafka::producer::future_producer::OwnedDeliveryResult,
+        futures::channel::oneshot::Canceled,
+    >,
 ) -> Result<()> {
     match report {
         Ok(Ok(_)) => Ok(()),
@@ -439,7 +446,8 @@ impl EventBus for KafkaBus {
         let consumer = Arc::new(consumer);
         let (sender, receiver) = mpsc::channel(subscription.prefetch_count());
         tokio::spawn(fetch(consumer.clone(), state.clone(), sender));
-        let joined = tokio::time::timeout(self.join_timeout, assignments.wait_for(|n| *n > 0)).await;
+        let joined =
+            tokio::time::timeout(self.join_timeout, assignments.wait_for(|n| *n > 0)).await;
         if !matches!(joined, Ok(Ok(_))) {
             return Err(Error::Bus {
                 bus: BUS,
@@ -529,7 +537,7 @@ impl Track {
     }
 
     /// The offset to commit now, if it moved.
-    fn to_commit(&mut self) -> Option<i64> {
+    fn take_commit(&mut self) -> Option<i64> {
         let offset = self.committable()?;
         (offset > self.committed).then(|| {
             self.committed = offset;
@@ -561,7 +569,7 @@ impl ConsumerContext for GroupContext {
                 let mut state = lock(&self.state);
                 state.epoch += 1;
                 for (partition, track) in &mut state.partitions {
-                    if let Some(offset) = track.to_commit() {
+                    if let Some(offset) = track.take_commit() {
                         let _ = offsets.add_partition_offset(
                             &self.topic,
                             *partition,
@@ -731,7 +739,7 @@ impl KafkaConsumer {
             };
             track.outstanding.remove(&offset);
             track.next = track.next.max(offset + 1);
-            track.to_commit()
+            track.take_commit()
         };
         self.commit(partition, to_commit)
     }
@@ -776,11 +784,13 @@ impl KafkaConsumer {
         if !take {
             return Step::Skip;
         }
-        let attempt = fetched.attempt.unwrap_or(if fetched.offset < track.handed_before {
-            2
-        } else {
-            1
-        });
+        let attempt = fetched
+            .attempt
+            .unwrap_or(if fetched.offset < track.handed_before {
+                2
+            } else {
+                1
+            });
         if attempt > self.max_deliveries {
             return Step::Skip;
         }
@@ -911,5 +921,41 @@ impl BusConsumer for KafkaConsumer {
         // Handed out again first, ahead of the events behind it; its offset stays uncommitted.
         self.backlog.push_front(fetched);
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_commits_up_to_its_oldest_unacknowledged_event() {
+        let mut track = Track::new(-1);
+        assert_eq!(track.take_commit(), None, "nothing seen, nothing to commit");
+        for offset in 10..13 {
+            track.outstanding.insert(offset);
+            track.next = offset + 1;
+        }
+        // 11 and 12 acknowledged, 10 not: the group must resume at 10.
+        track.outstanding.remove(&11);
+        track.outstanding.remove(&12);
+        assert_eq!(track.take_commit(), Some(10));
+        assert_eq!(track.take_commit(), None, "committed once");
+        track.outstanding.remove(&10);
+        assert_eq!(track.take_commit(), Some(13), "all three done");
+    }
+
+    #[test]
+    fn passed_over_events_move_the_offset() {
+        let mut track = Track::new(-1);
+        track.next = 5;
+        assert_eq!(track.take_commit(), Some(5));
+    }
+
+    #[test]
+    fn topic_specs_have_at_least_one_partition_and_replica() {
+        let spec = TopicSpec::new(0).replication(0);
+        assert_eq!((spec.partitions, spec.replication), (1, 1));
+        assert_eq!(TopicSpec::default().partition_count(), 4);
     }
 }

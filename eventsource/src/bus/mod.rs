@@ -212,7 +212,12 @@ impl Subscription {
     }
 
     #[cfg_attr(
-        not(any(feature = "redis", feature = "rabbitmq", feature = "nats", feature = "kafka")),
+        not(any(
+            feature = "redis",
+            feature = "rabbitmq",
+            feature = "nats",
+            feature = "kafka"
+        )),
         allow(dead_code)
     )]
     /// This consumer's name: the one given, or a new one.
@@ -223,7 +228,12 @@ impl Subscription {
     }
 
     #[cfg_attr(
-        not(any(feature = "redis", feature = "rabbitmq", feature = "nats", feature = "kafka")),
+        not(any(
+            feature = "redis",
+            feature = "rabbitmq",
+            feature = "nats",
+            feature = "kafka"
+        )),
         allow(dead_code)
     )]
     pub(crate) fn prefetch_count(&self) -> usize {
@@ -231,7 +241,12 @@ impl Subscription {
     }
 
     #[cfg_attr(
-        not(any(feature = "redis", feature = "rabbitmq", feature = "nats", feature = "kafka")),
+        not(any(
+            feature = "redis",
+            feature = "rabbitmq",
+            feature = "nats",
+            feature = "kafka"
+        )),
         allow(dead_code)
     )]
     /// The group's name checked for use in broker names (queues, consumers, keys).
@@ -242,7 +257,12 @@ impl Subscription {
 }
 
 #[cfg_attr(
-    not(any(feature = "redis", feature = "rabbitmq", feature = "nats", feature = "kafka")),
+    not(any(
+        feature = "redis",
+        feature = "rabbitmq",
+        feature = "nats",
+        feature = "kafka"
+    )),
     allow(dead_code)
 )]
 /// Broker names are made of these: letters, digits, `-` and `_`.
@@ -381,7 +401,12 @@ impl Delivery {
 }
 
 #[cfg_attr(
-    not(any(feature = "redis", feature = "rabbitmq", feature = "nats", feature = "kafka")),
+    not(any(
+        feature = "redis",
+        feature = "rabbitmq",
+        feature = "nats",
+        feature = "kafka"
+    )),
     allow(dead_code)
 )]
 /// The event on the wire: every field of a [`RecordedEvent`], as JSON.
@@ -405,7 +430,12 @@ struct Envelope<'a> {
 }
 
 #[cfg_attr(
-    not(any(feature = "redis", feature = "rabbitmq", feature = "nats", feature = "kafka")),
+    not(any(
+        feature = "redis",
+        feature = "rabbitmq",
+        feature = "nats",
+        feature = "kafka"
+    )),
     allow(dead_code)
 )]
 /// Writes an event as the bytes of a message.
@@ -427,7 +457,12 @@ pub(crate) fn encode(event: &RecordedEvent) -> Vec<u8> {
 }
 
 #[cfg_attr(
-    not(any(feature = "redis", feature = "rabbitmq", feature = "nats", feature = "kafka")),
+    not(any(
+        feature = "redis",
+        feature = "rabbitmq",
+        feature = "nats",
+        feature = "kafka"
+    )),
     allow(dead_code)
 )]
 /// Reads a message's bytes back as the event; the reason it cannot, as text.
