@@ -17,7 +17,7 @@ use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 use rdkafka::{Offset, TopicPartitionList};
 use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::fmt;
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::{Arc, Mutex, PoisonError, Weak};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 
@@ -111,6 +111,8 @@ pub struct KafkaBus {
     dead_topic: String,
     producer: FutureProducer,
     join_timeout: Duration,
+    /// The consumers subscribed through this bus (or its clones), for `destroy` to stop them.
+    consumers: Arc<Mutex<Vec<Weak<StreamConsumer<GroupContext>>>>>,
 }
 
 impl fmt::Debug for KafkaBus {
@@ -153,6 +155,7 @@ impl KafkaBus {
             dead_topic: format!("{name}.dlq"),
             producer,
             join_timeout: Duration::from_secs(30),
+            consumers: Arc::default(),
         };
         let admin = bus.admin()?;
         let topics = [
@@ -237,8 +240,11 @@ impl KafkaBus {
     }
 
     /// Deletes the topic and its dead letters, and (as far as the broker allows) the consumer
-    /// groups of `groups`: for tests and teardown.
+    /// groups of `groups`: for tests and teardown. The consumers subscribed through this bus
+    /// are stopped first (they receive nothing more): a consumer still fetching from a topic
+    /// that `tansu` deletes crashes its process (see the README's Kafka section).
     pub async fn destroy(&self, groups: &[&str]) -> Result<()> {
+        self.stop_consumers().await;
         let admin = self.admin()?;
         let results = admin
             .delete_topics(&[&self.name, &self.dead_topic], &admin_options())
@@ -274,6 +280,40 @@ impl KafkaBus {
     }
 }
 
+impl KafkaBus {
+    /// Leaves the group with every consumer of this bus still alive, and waits until they have
+    /// given up their partitions (and their last fetch is answered).
+    async fn stop_consumers(&self) {
+        let consumers: Vec<_> = {
+            let mut consumers = self
+                .consumers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            consumers.retain(|consumer| consumer.strong_count() > 0);
+            consumers.iter().filter_map(Weak::upgrade).collect()
+        };
+        if consumers.is_empty() {
+            return;
+        }
+        for consumer in &consumers {
+            consumer.unsubscribe();
+        }
+        let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
+        while tokio::time::Instant::now() < deadline
+            && consumers
+                .iter()
+                .any(|consumer| !lock(&consumer.context().state).partitions.is_empty())
+        {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        drop(consumers);
+        tokio::time::sleep(FETCH_WAIT * 2).await;
+    }
+}
+
+/// How long the broker may hold a fetch that has nothing to return.
+const FETCH_WAIT: Duration = Duration::from_millis(100);
+
 fn client_config(servers: &str) -> ClientConfig {
     let mut config = ClientConfig::new();
     config
@@ -300,7 +340,9 @@ fn header<'a>(message: &'a impl Message, name: &str) -> Option<&'a [u8]> {
 /// Reads the dead-letter topic from its start to its end (blocking).
 fn read_dead_letters(servers: &str, topic: &str, group: &str) -> Result<Vec<RecordedEvent>> {
     let error = |operation| Error::bus(BUS, operation);
+    // A group id is needed to assign partitions; it never joins the group nor commits.
     let consumer: BaseConsumer = client_config(servers)
+        .set("group.id", format!("{topic}.reader"))
         .set("enable.auto.commit", "false")
         .create()
         .map_err(error("read dead letters"))?;
@@ -438,12 +480,17 @@ impl EventBus for KafkaBus {
             .set("enable.auto.offset.store", "false")
             .set("auto.offset.reset", "earliest")
             .set("partition.assignment.strategy", "roundrobin")
+            .set("fetch.wait.max.ms", FETCH_WAIT.as_millis().to_string())
             .create_with_context(context)
             .map_err(Error::bus(BUS, "subscribe"))?;
         consumer
             .subscribe(&[&self.name])
             .map_err(Error::bus(BUS, "subscribe"))?;
         let consumer = Arc::new(consumer);
+        self.consumers
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push(Arc::downgrade(&consumer));
         let (sender, receiver) = mpsc::channel(subscription.prefetch_count());
         tokio::spawn(fetch(consumer.clone(), state.clone(), sender));
         let joined =
