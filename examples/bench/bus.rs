@@ -462,7 +462,8 @@ pub(crate) async fn raw_nats(url: &str, events: &[RecordedEvent]) -> Measured {
 
 /// The raw Kafka client (rdkafka): an idempotent producer with `acks=all` awaiting every
 /// delivery report of a batch, a topic of 4 partitions keyed by stream, one consumer of a group
-/// committing each message's offset (asynchronously) after parsing it.
+/// (fetches waiting at most 100 ms, as the bus's) committing each message's offset
+/// (asynchronously) after parsing it.
 pub(crate) async fn raw_kafka(servers: &str, events: &[RecordedEvent]) -> Measured {
     use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
     use rdkafka::client::DefaultClientContext;
@@ -500,10 +501,15 @@ pub(crate) async fn raw_kafka(servers: &str, events: &[RecordedEvent]) -> Measur
         ("group.id", topic.as_str()),
         ("enable.auto.commit", "false"),
         ("auto.offset.reset", "earliest"),
+        ("fetch.wait.max.ms", "100"),
     ])
     .create()
     .unwrap();
     consumer.subscribe(&[&topic]).unwrap();
+    // Joined, with the partitions assigned, before the clock starts (as the bus's subscribe).
+    while consumer.assignment().map_or(0, |a| a.count()) == 0 {
+        let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+    }
     let clock = Clock::new(n);
     let consuming = {
         let clock = Arc::clone(&clock);

@@ -97,6 +97,11 @@ impl TopicSpec {
 /// a consumer stopped without acknowledging it has an attempt of 2 — not more: a consumer that
 /// crashes on an event every time is not stopped by `max_deliveries`.
 ///
+/// Each consumer fetches ahead, up to [`Subscription::prefetch`] events, in a task that also
+/// serves the group's rebalances: a consumer whose `next` is not called while its prefetch is
+/// full holds up the rebalances of its group. [`subscribe`](EventBus::subscribe) returns once
+/// the group has handed the new consumer its partitions.
+///
 /// ```no_run
 /// # async fn run() -> eventsource::Result<()> {
 /// use eventsource::bus::kafka::{KafkaBus, TopicSpec};
@@ -112,7 +117,7 @@ pub struct KafkaBus {
     producer: FutureProducer,
     join_timeout: Duration,
     /// The consumers subscribed through this bus (or its clones), for `destroy` to stop them.
-    consumers: Arc<Mutex<Vec<Weak<StreamConsumer<GroupContext>>>>>,
+    consumers: Arc<Mutex<Vec<Subscribed>>>,
 }
 
 impl fmt::Debug for KafkaBus {
@@ -280,33 +285,45 @@ impl KafkaBus {
     }
 }
 
+/// A consumer subscribed through a bus: the consumer while it lives, and its partitions while
+/// it (or its closing, after it was dropped) still holds them.
+struct Subscribed {
+    consumer: Weak<StreamConsumer<GroupContext>>,
+    state: Weak<Mutex<State>>,
+}
+
 impl KafkaBus {
-    /// Leaves the group with every consumer of this bus still alive, and waits until they have
-    /// given up their partitions (and their last fetch is answered).
+    /// Makes every consumer of this bus leave its group, and waits until each has given up its
+    /// partitions (a dropped one closes in the background) and its last fetch is answered.
     async fn stop_consumers(&self) {
-        let consumers: Vec<_> = {
+        let states: Vec<Arc<Mutex<State>>> = {
             let mut consumers = self
                 .consumers
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner);
-            consumers.retain(|consumer| consumer.strong_count() > 0);
-            consumers.iter().filter_map(Weak::upgrade).collect()
+            consumers.retain(|subscribed| subscribed.state.strong_count() > 0);
+            for subscribed in consumers.iter() {
+                if let Some(consumer) = subscribed.consumer.upgrade() {
+                    consumer.unsubscribe();
+                }
+            }
+            consumers
+                .iter()
+                .filter_map(|subscribed| subscribed.state.upgrade())
+                .collect()
         };
-        if consumers.is_empty() {
+        if states.is_empty() {
             return;
-        }
-        for consumer in &consumers {
-            consumer.unsubscribe();
         }
         let deadline = tokio::time::Instant::now() + REQUEST_TIMEOUT;
         while tokio::time::Instant::now() < deadline
-            && consumers
+            && states
                 .iter()
-                .any(|consumer| !lock(&consumer.context().state).partitions.is_empty())
+                .any(|state| !lock(state).partitions.is_empty())
         {
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        drop(consumers);
+        drop(states);
         tokio::time::sleep(FETCH_WAIT * 2).await;
     }
 }
@@ -487,10 +504,17 @@ impl EventBus for KafkaBus {
             .subscribe(&[&self.name])
             .map_err(Error::bus(BUS, "subscribe"))?;
         let consumer = Arc::new(consumer);
-        self.consumers
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push(Arc::downgrade(&consumer));
+        {
+            let mut consumers = self
+                .consumers
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner);
+            consumers.retain(|subscribed| subscribed.state.strong_count() > 0);
+            consumers.push(Subscribed {
+                consumer: Arc::downgrade(&consumer),
+                state: Arc::downgrade(&state),
+            });
+        }
         let (sender, receiver) = mpsc::channel(subscription.prefetch_count());
         tokio::spawn(fetch(consumer.clone(), state.clone(), sender));
         let joined =
