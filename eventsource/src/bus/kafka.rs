@@ -93,7 +93,8 @@ impl TopicSpec {
 ///
 /// Kafka keeps no delivery count. The consumer counts the attempts it makes itself; what other
 /// consumers of the group were handed is noted in a second group, `{name}.{group}.handed`
-/// (committed, without waiting, as each event is handed out), so an event that comes back after
+/// (committed without waiting as each event is handed out, and waiting when the consumer gives
+/// up its partitions), so an event that comes back after
 /// a consumer stopped without acknowledging it has an attempt of 2 — not more: a consumer that
 /// crashes on an event every time is not stopped by `max_deliveries`.
 ///
@@ -636,6 +637,7 @@ impl ConsumerContext for GroupContext {
     fn pre_rebalance(&self, consumer: &BaseConsumer<Self>, rebalance: &Rebalance<'_>) {
         if let Rebalance::Revoke(_) = rebalance {
             let mut offsets = TopicPartitionList::new();
+            let mut marks = TopicPartitionList::new();
             {
                 let mut state = lock(&self.state);
                 state.epoch += 1;
@@ -647,6 +649,13 @@ impl ConsumerContext for GroupContext {
                             Offset::Offset(offset),
                         );
                     }
+                    if track.handed_mark > track.handed_before {
+                        let _ = marks.add_partition_offset(
+                            &self.topic,
+                            *partition,
+                            Offset::Offset(track.handed_mark),
+                        );
+                    }
                 }
                 state.partitions.clear();
             }
@@ -654,6 +663,13 @@ impl ConsumerContext for GroupContext {
                 && let Err(error) = consumer.commit(&offsets, CommitMode::Sync)
             {
                 tracing::warn!(%error, "kafka bus: offsets not committed before a rebalance; their events come again");
+            }
+            // The next owner learns what this consumer handed out (the marks were sent without
+            // waiting as it went).
+            if marks.count() > 0
+                && let Err(error) = self.handed.commit(&marks, CommitMode::Sync)
+            {
+                tracing::debug!(%error, "kafka bus: hand-out marks not committed before a rebalance");
             }
         }
     }
