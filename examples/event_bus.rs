@@ -6,9 +6,11 @@
 //! delivery through `#[projection]` handlers.
 //!
 //! Run it with `cargo run --example event_bus` (the in-process bus), or name a broker:
-//! `cargo run --example event_bus -- --bus redis` (or `rabbitmq`, `nats`; the servers at
-//! `REDIS_URL`, `AMQP_URL`, `NATS_URL`, defaulting to the local ports).
+//! `cargo run --example event_bus -- --bus redis` (or `rabbitmq`, `nats`, `kafka`; the servers at
+//! `REDIS_URL`, `AMQP_URL`, `NATS_URL`, `KAFKA_BOOTSTRAP_SERVERS`, defaulting to the local
+//! ports).
 
+use eventsource::bus::kafka::KafkaBus;
 use eventsource::bus::nats::NatsBus;
 use eventsource::bus::rabbitmq::RabbitMqBus;
 use eventsource::bus::redis::RedisBus;
@@ -212,6 +214,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
             bus.destroy().await?;
             result
         }
-        other => Err(format!("unknown bus `{other}`: use memory, redis, rabbitmq or nats").into()),
+        "kafka" => {
+            let servers = env_or("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092");
+            let bus = KafkaBus::connect(&servers, &app).await?;
+            let result = run(bus.clone()).await;
+            bus.destroy(&["notifications", "inventory"]).await?;
+            result
+        }
+        other => {
+            Err(format!("unknown bus `{other}`: use memory, redis, rabbitmq, nats or kafka").into())
+        }
     }
 }

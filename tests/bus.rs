@@ -1,5 +1,5 @@
 //! The bus conformance suite: every case against every bus, each on its real server (Redis,
-//! RabbitMQ, NATS JetStream; skipped with a message when one is unreachable, failed under `CI`).
+//! RabbitMQ, NATS JetStream, Kafka; skipped with a message when one is unreachable, failed under `CI`).
 
 use eventsource_tests::buses::{self, *};
 
@@ -31,7 +31,7 @@ macro_rules! every_bus {
     )*};
 }
 
-every_bus!(memory_bus, redis_bus, rabbitmq_bus, nats_bus);
+every_bus!(memory_bus, redis_bus, rabbitmq_bus, nats_bus, kafka_bus);
 
 #[allow(dead_code)]
 fn _uses(_: OrderPlaced) {}

@@ -260,7 +260,7 @@ pub enum Error {
     /// known to be done: publish again (consumers de-duplicate by event id).
     #[error("{bus} bus: {operation} failed: {source}")]
     Bus {
-        /// The bus (`memory`, `redis`, `rabbitmq`, `nats`).
+        /// The bus (`memory`, `redis`, `rabbitmq`, `nats`, `kafka`).
         bus: &'static str,
         /// What was attempted.
         operation: &'static str,

@@ -5,6 +5,7 @@
 //! end-to-end latency (publish call to delivery), p50 and p99.
 
 use eventsource::NewEvent;
+use eventsource::bus::kafka::KafkaBus;
 use eventsource::bus::nats::NatsBus;
 use eventsource::bus::rabbitmq::RabbitMqBus;
 use eventsource::bus::redis::RedisBus;
@@ -457,6 +458,107 @@ pub(crate) async fn raw_nats(url: &str, events: &[RecordedEvent]) -> Measured {
     let elapsed = started.elapsed();
     let _ = js.delete_stream(&name).await;
     summarize(n, elapsed, latencies)
+}
+
+/// The raw Kafka client (rdkafka): an idempotent producer with `acks=all` awaiting every
+/// delivery report of a batch, a topic of 4 partitions keyed by stream, one consumer of a group
+/// (fetches waiting at most 100 ms, as the bus's) committing each message's offset
+/// (asynchronously) after parsing it.
+pub(crate) async fn raw_kafka(servers: &str, events: &[RecordedEvent]) -> Measured {
+    use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+    use rdkafka::client::DefaultClientContext;
+    use rdkafka::consumer::{CommitMode, Consumer, StreamConsumer};
+    use rdkafka::message::Message;
+    use rdkafka::producer::{FutureProducer, FutureRecord};
+    use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+    let n = events.len();
+    let topic = format!("bench-raw-{}", Uuid::now_v7().simple());
+    let config = |extra: &[(&str, &str)]| {
+        let mut config = ClientConfig::new();
+        config.set("bootstrap.servers", servers);
+        for (k, v) in extra {
+            config.set(*k, *v);
+        }
+        config
+    };
+    let admin: AdminClient<DefaultClientContext> = config(&[]).create().unwrap();
+    let options = AdminOptions::new().operation_timeout(Some(Duration::from_secs(10)));
+    admin
+        .create_topics(
+            &[NewTopic::new(&topic, 4, TopicReplication::Fixed(1))],
+            &options,
+        )
+        .await
+        .unwrap();
+    let producer: FutureProducer = config(&[
+        ("enable.idempotence", "true"),
+        ("acks", "all"),
+        ("linger.ms", "2"),
+    ])
+    .create()
+    .unwrap();
+    let consumer: StreamConsumer = config(&[
+        ("group.id", topic.as_str()),
+        ("enable.auto.commit", "false"),
+        ("auto.offset.reset", "earliest"),
+        ("fetch.wait.max.ms", "100"),
+    ])
+    .create()
+    .unwrap();
+    consumer.subscribe(&[&topic]).unwrap();
+    // Joined, with the partitions assigned, before the clock starts (as the bus's subscribe).
+    while consumer.assignment().map_or(0, |a| a.count()) == 0 {
+        let _ = tokio::time::timeout(Duration::from_millis(100), consumer.recv()).await;
+    }
+    let clock = Clock::new(n);
+    let consuming = {
+        let clock = Arc::clone(&clock);
+        let topic = topic.clone();
+        async move {
+            let mut latencies = Vec::with_capacity(n);
+            while latencies.len() < n {
+                let message = consumer.recv().await.unwrap();
+                let position = position_in(message.payload().unwrap());
+                latencies.push(clock.latency(position - 1));
+                let mut offsets = TopicPartitionList::new();
+                offsets
+                    .add_partition_offset(
+                        &topic,
+                        message.partition(),
+                        Offset::Offset(message.offset() + 1),
+                    )
+                    .unwrap();
+                consumer.commit(&offsets, CommitMode::Async).unwrap();
+            }
+            latencies
+        }
+    };
+    let publishing = async {
+        for (b, batch) in events.chunks(BATCH).enumerate() {
+            clock.mark_sent(b * BATCH..b * BATCH + batch.len());
+            let mut reports = Vec::new();
+            for event in batch {
+                let key = event.stream.to_string();
+                let payload = wire(event);
+                let record = FutureRecord::to(&topic).key(&key).payload(&payload);
+                reports.push(producer.send_result(record).map_err(|(e, _)| e).unwrap());
+            }
+            for report in reports {
+                report.await.unwrap().map_err(|(e, _)| e).unwrap();
+            }
+        }
+    };
+    let started = Instant::now();
+    let (latencies, ()) = tokio::join!(consuming, publishing);
+    let elapsed = started.elapsed();
+    let _ = admin.delete_topics(&[&topic], &options).await;
+    summarize(n, elapsed, latencies)
+}
+
+/// A Kafka bus under a fresh name (4 partitions).
+pub(crate) async fn kafka_bus(servers: &str) -> Option<KafkaBus> {
+    let name = format!("bench-{}", Uuid::now_v7().simple());
+    KafkaBus::connect(servers, &name).await.ok()
 }
 
 /// The framework's buses under fresh names (`None`: the server is unreachable).

@@ -29,7 +29,7 @@
 //!   a person would write by hand (`min_events`: stream, version, type, payload; unique on stream
 //!   and version). And W1 through a repository with the aggregate cache (`with_cache`).
 //! - W6 (buses) 20,000 events published in batches of 100 and consumed, each acknowledged, by
-//!   one consumer, through each bus (memory, Redis, RabbitMQ, NATS) and through a raw client of
+//!   one consumer, through each bus (memory, Redis, RabbitMQ, NATS, Kafka) and through a raw client of
 //!   the same broker doing the same (`bench/bus.rs`): events/s, and end-to-end latency p50/p99.
 //!
 //! The raw side is the least code that stores the same rows in the same transactions: a table
@@ -241,7 +241,7 @@ enum BackendArg {
     Memory,
     Sqlite,
     Postgres,
-    /// The buses (W6): memory, Redis, RabbitMQ, NATS.
+    /// The buses (W6): memory, Redis, RabbitMQ, NATS, Kafka.
     Buses,
     All,
 }
@@ -1706,6 +1706,7 @@ async fn bus_workloads(n: usize, reps: usize, figures: &mut Vec<Figure>) {
     let redis_url = env("REDIS_URL", "redis://127.0.0.1:6379");
     let amqp_url = env("AMQP_URL", "amqp://guest:guest@127.0.0.1:5672/%2f");
     let nats_url = env("NATS_URL", "nats://127.0.0.1:4222");
+    let kafka_servers = env("KAFKA_BOOTSTRAP_SERVERS", "127.0.0.1:9092");
 
     let mut samples = Samples::default();
     for _ in 0..reps {
@@ -1765,4 +1766,21 @@ async fn bus_workloads(n: usize, reps: usize, figures: &mut Vec<Figure>) {
         );
     }
     report("nats", samples, figures);
+
+    let mut samples = Samples::default();
+    for _ in 0..reps {
+        let Some(kafka) = bus::kafka_bus(&kafka_servers).await else {
+            println!("W6 kafka skipped: no server at {kafka_servers}");
+            break;
+        };
+        reset_peak_rss();
+        let framework = bus::framework(&kafka, &events).await;
+        kafka.destroy(&["bench"]).await.expect("clean up");
+        add_w6(
+            &mut samples,
+            framework,
+            bus::raw_kafka(&kafka_servers, &events).await,
+        );
+    }
+    report("kafka", samples, figures);
 }

@@ -28,7 +28,10 @@
 //! | [`RedisBus`](redis::RedisBus) | `redis` | Redis Streams consumer groups | claimed (`XAUTOCLAIM`) after the claim timeout | a `…:dead` stream |
 //! | [`RabbitMqBus`](rabbitmq::RabbitMqBus) | `rabbitmq` | one durable quorum queue per group | when the consumer's channel closes, or nacked | a dead-letter exchange |
 //! | [`NatsBus`](nats::NatsBus) | `nats` | JetStream durable pull consumers | after the ack wait, or nacked | a `….dead.…` subject |
+//! | [`KafkaBus`](kafka::KafkaBus) | `kafka` | Kafka consumer groups (partitions keyed by stream) | to the partition's next owner (offsets are committed after the ack), or nacked | a `….dlq` topic |
 
+#[cfg(feature = "kafka")]
+pub mod kafka;
 pub mod memory;
 #[cfg(feature = "nats")]
 pub mod nats;
@@ -209,7 +212,12 @@ impl Subscription {
     }
 
     #[cfg_attr(
-        not(any(feature = "redis", feature = "rabbitmq", feature = "nats")),
+        not(any(
+            feature = "redis",
+            feature = "rabbitmq",
+            feature = "nats",
+            feature = "kafka"
+        )),
         allow(dead_code)
     )]
     /// This consumer's name: the one given, or a new one.
@@ -220,7 +228,12 @@ impl Subscription {
     }
 
     #[cfg_attr(
-        not(any(feature = "redis", feature = "rabbitmq", feature = "nats")),
+        not(any(
+            feature = "redis",
+            feature = "rabbitmq",
+            feature = "nats",
+            feature = "kafka"
+        )),
         allow(dead_code)
     )]
     pub(crate) fn prefetch_count(&self) -> usize {
@@ -228,7 +241,12 @@ impl Subscription {
     }
 
     #[cfg_attr(
-        not(any(feature = "redis", feature = "rabbitmq", feature = "nats")),
+        not(any(
+            feature = "redis",
+            feature = "rabbitmq",
+            feature = "nats",
+            feature = "kafka"
+        )),
         allow(dead_code)
     )]
     /// The group's name checked for use in broker names (queues, consumers, keys).
@@ -239,7 +257,12 @@ impl Subscription {
 }
 
 #[cfg_attr(
-    not(any(feature = "redis", feature = "rabbitmq", feature = "nats")),
+    not(any(
+        feature = "redis",
+        feature = "rabbitmq",
+        feature = "nats",
+        feature = "kafka"
+    )),
     allow(dead_code)
 )]
 /// Broker names are made of these: letters, digits, `-` and `_`.
@@ -275,6 +298,8 @@ pub(crate) enum Tag {
     RabbitMq(lapin::Acker),
     #[cfg(feature = "nats")]
     Nats(std::sync::Arc<async_nats::jetstream::Message>),
+    #[cfg(feature = "kafka")]
+    Kafka(kafka::KafkaTag),
 }
 
 impl Delivery {
@@ -290,7 +315,7 @@ impl Delivery {
         delivery
     }
 
-    /// The kind of bus this came through: `memory`, `redis`, `rabbitmq` or `nats`.
+    /// The kind of bus this came through: `memory`, `redis`, `rabbitmq`, `nats` or `kafka`.
     pub fn bus(&self) -> &'static str {
         match self.tag {
             Tag::Memory(_) => "memory",
@@ -300,6 +325,8 @@ impl Delivery {
             Tag::RabbitMq(_) => "rabbitmq",
             #[cfg(feature = "nats")]
             Tag::Nats(_) => "nats",
+            #[cfg(feature = "kafka")]
+            Tag::Kafka(_) => "kafka",
         }
     }
 
@@ -374,7 +401,12 @@ impl Delivery {
 }
 
 #[cfg_attr(
-    not(any(feature = "redis", feature = "rabbitmq", feature = "nats")),
+    not(any(
+        feature = "redis",
+        feature = "rabbitmq",
+        feature = "nats",
+        feature = "kafka"
+    )),
     allow(dead_code)
 )]
 /// The event on the wire: every field of a [`RecordedEvent`], as JSON.
@@ -398,7 +430,12 @@ struct Envelope<'a> {
 }
 
 #[cfg_attr(
-    not(any(feature = "redis", feature = "rabbitmq", feature = "nats")),
+    not(any(
+        feature = "redis",
+        feature = "rabbitmq",
+        feature = "nats",
+        feature = "kafka"
+    )),
     allow(dead_code)
 )]
 /// Writes an event as the bytes of a message.
@@ -420,7 +457,12 @@ pub(crate) fn encode(event: &RecordedEvent) -> Vec<u8> {
 }
 
 #[cfg_attr(
-    not(any(feature = "redis", feature = "rabbitmq", feature = "nats")),
+    not(any(
+        feature = "redis",
+        feature = "rabbitmq",
+        feature = "nats",
+        feature = "kafka"
+    )),
     allow(dead_code)
 )]
 /// Reads a message's bytes back as the event; the reason it cannot, as text.
