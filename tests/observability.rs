@@ -54,6 +54,20 @@ impl Account {
     }
 }
 
+/// An aggregate loaded through a repository's aggregate cache.
+#[derive(Default, Debug, Clone)]
+struct Cached {
+    deposits: u64,
+}
+
+#[aggregate(name = "ObsCached", id = String)]
+impl Cached {
+    #[handles]
+    fn deposited(&mut self, _: &Deposited) {
+        self.deposits += 1;
+    }
+}
+
 /// Another aggregate, written in reaction to an account's events.
 #[derive(Default, Debug)]
 struct Ledger {
@@ -491,7 +505,79 @@ async fn metrics_count_appends_conflicts_retries_snapshots_dead_letters_and_the_
     assert_eq!(running.lag("obs_poisoned").await.unwrap(), 0);
     running.shutdown().await;
 
+    // The aggregate cache: a load after a save is a hit; one after `with_cache` dropped the
+    // entry (a failed save) is a miss.
+    let cached = Cached::repository(&store).with_cache(4);
+    let mut root = cached.create("c-1".to_owned());
+    root.record(Deposited {
+        cents: 1,
+        note: String::new(),
+    });
+    cached.save(&mut root).await.unwrap();
+    for _ in 0..3 {
+        cached
+            .update("c-1".to_owned(), |root| {
+                root.record(Deposited {
+                    cents: 1,
+                    note: String::new(),
+                });
+                Ok(())
+            })
+            .await
+            .unwrap();
+    }
+    let mut stale = cached.create("c-1".to_owned());
+    stale.record(Deposited {
+        cents: 1,
+        note: String::new(),
+    });
+    assert!(cached.save(&mut stale).await.is_err(), "the stream exists");
+    assert_eq!(cached.load("c-1".to_owned()).await.unwrap().deposits, 4);
+
+    // Group commit: 32 appends at once through a grouped SQLite store share transactions.
+    let grouped = SqliteEventStore::in_memory()
+        .await
+        .unwrap()
+        .with_group_commit();
+    let appends: Vec<_> = (0..32)
+        .map(|i| {
+            let grouped = grouped.clone();
+            tokio::spawn(async move {
+                let stream = StreamId::new("ObsGrouped", format!("g-{i}")).unwrap();
+                let event = NewEvent::new(&Deposited {
+                    cents: 1,
+                    note: String::new(),
+                })
+                .unwrap();
+                grouped
+                    .append(&stream, ExpectedVersion::NoStream, vec![event])
+                    .await
+                    .unwrap()
+            })
+        })
+        .collect();
+    for append in appends {
+        append.await.unwrap();
+    }
+
     let metrics = metrics_now();
+    let cache = |outcome| [("aggregate_type", "ObsCached"), ("outcome", outcome)];
+    assert_eq!(counter(&metrics, CACHE_LOADS, &cache("hit")), 3);
+    assert_eq!(counter(&metrics, CACHE_LOADS, &cache("miss")), 1);
+    let Some(DebugValue::Histogram(sizes)) =
+        metrics.get(&(GROUP_COMMIT_SIZE.to_owned(), Vec::new()))
+    else {
+        panic!("no group sizes recorded");
+    };
+    assert_eq!(
+        sizes.iter().map(|size| size.into_inner()).sum::<f64>(),
+        32.0,
+        "every append in one group"
+    );
+    assert!(
+        sizes.iter().any(|size| size.into_inner() > 1.0),
+        "some appends shared a transaction: {sizes:?}"
+    );
     let ledger = [("aggregate_type", "ObsLedger")];
     assert_eq!(counter(&metrics, EVENTS_APPENDED, &ledger), 2 + 1 + 1 + 1);
     assert_eq!(counter(&metrics, CONCURRENCY_CONFLICTS, &ledger), 2);

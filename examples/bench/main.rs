@@ -1716,71 +1716,39 @@ async fn bus_workloads(n: usize, reps: usize, figures: &mut Vec<Figure>) {
     }
     report("memory", samples, figures);
 
-    let mut samples = Samples::default();
-    for _ in 0..reps {
-        let Some(redis) = bus::redis_bus(&redis_url).await else {
-            println!("W6 redis skipped: no server at {redis_url}");
-            break;
-        };
-        reset_peak_rss();
-        let framework = bus::framework(&redis, &events).await;
-        redis.destroy().await.expect("clean up");
-        add_w6(
-            &mut samples,
-            framework,
-            bus::raw_redis(&redis_url, &events).await,
-        );
+    // One broker: `reps` runs of the bus and its raw client, while the server answers.
+    macro_rules! broker {
+        ($name:literal, $address:expr, $connect:path, $raw:path, |$bus:ident| $clean_up:expr) => {{
+            let mut samples = Samples::default();
+            for _ in 0..reps {
+                let Some($bus) = $connect(&$address).await else {
+                    println!("W6 {} skipped: no server at {}", $name, $address);
+                    break;
+                };
+                reset_peak_rss();
+                let framework = bus::framework(&$bus, &events).await;
+                $clean_up.await.expect("clean up");
+                add_w6(&mut samples, framework, $raw(&$address, &events).await);
+            }
+            report($name, samples, figures);
+        }};
     }
-    report("redis", samples, figures);
-
-    let mut samples = Samples::default();
-    for _ in 0..reps {
-        let Some(rabbit) = bus::rabbitmq_bus(&amqp_url).await else {
-            println!("W6 rabbitmq skipped: no server at {amqp_url}");
-            break;
-        };
-        reset_peak_rss();
-        let framework = bus::framework(&rabbit, &events).await;
-        rabbit.destroy(&["bench"]).await.expect("clean up");
-        add_w6(
-            &mut samples,
-            framework,
-            bus::raw_rabbitmq(&amqp_url, &events).await,
-        );
-    }
-    report("rabbitmq", samples, figures);
-
-    let mut samples = Samples::default();
-    for _ in 0..reps {
-        let Some(nats) = bus::nats_bus(&nats_url).await else {
-            println!("W6 nats skipped: no server at {nats_url}");
-            break;
-        };
-        reset_peak_rss();
-        let framework = bus::framework(&nats, &events).await;
-        nats.destroy().await.expect("clean up");
-        add_w6(
-            &mut samples,
-            framework,
-            bus::raw_nats(&nats_url, &events).await,
-        );
-    }
-    report("nats", samples, figures);
-
-    let mut samples = Samples::default();
-    for _ in 0..reps {
-        let Some(kafka) = bus::kafka_bus(&kafka_servers).await else {
-            println!("W6 kafka skipped: no server at {kafka_servers}");
-            break;
-        };
-        reset_peak_rss();
-        let framework = bus::framework(&kafka, &events).await;
-        kafka.destroy(&["bench"]).await.expect("clean up");
-        add_w6(
-            &mut samples,
-            framework,
-            bus::raw_kafka(&kafka_servers, &events).await,
-        );
-    }
-    report("kafka", samples, figures);
+    broker!("redis", redis_url, bus::redis_bus, bus::raw_redis, |b| b
+        .destroy());
+    broker!(
+        "rabbitmq",
+        amqp_url,
+        bus::rabbitmq_bus,
+        bus::raw_rabbitmq,
+        |b| b.destroy(&["bench"])
+    );
+    broker!("nats", nats_url, bus::nats_bus, bus::raw_nats, |b| b
+        .destroy());
+    broker!(
+        "kafka",
+        kafka_servers,
+        bus::kafka_bus,
+        bus::raw_kafka,
+        |b| b.destroy(&["bench"])
+    );
 }

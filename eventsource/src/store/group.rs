@@ -40,8 +40,9 @@ pub(crate) struct Pending {
 
 /// What became of an append in its group.
 pub(crate) enum Grouped {
-    /// Written, with this result.
-    Written(AppendResult),
+    /// Done: written, or (an append that was alone in its group, written as the store writes
+    /// any append) failed with the store's own error for it.
+    Done(Result<AppendResult>),
     /// Not written: the caller appends on its own (a failed version check, a duplicate event id,
     /// a failed transaction), which gives the precise outcome.
     Alone,
@@ -103,7 +104,7 @@ impl GroupCommit {
         };
         self.queue.send(pending).await.ok()?;
         match answer.await.ok()? {
-            Grouped::Written(result) => Some(Ok(result)),
+            Grouped::Done(result) => Some(result),
             Grouped::Alone => None,
         }
     }
@@ -155,18 +156,15 @@ async fn write<W: GroupWriter>(writer: &W, mut group: Vec<Pending>) {
     metrics::histogram!(crate::telemetry::GROUP_COMMIT_SIZE).record(group.len() as f64);
     if group.len() == 1 {
         let pending = group.pop().expect("one append");
-        // An error is the caller's to report: its own append gives it in full.
-        let grouped = match writer.write_one(&pending).await {
-            Ok(result) => Grouped::Written(result),
-            Err(_) => Grouped::Alone,
-        };
-        let _ = pending.reply.send(grouped);
+        // The store's own append, retries and conflict reporting included: its outcome is final.
+        let outcome = writer.write_one(&pending).await;
+        let _ = pending.reply.send(Grouped::Done(outcome));
         return;
     }
     let outcomes = writer.write_group(&group).await;
     if outcomes
         .iter()
-        .any(|outcome| matches!(outcome, Grouped::Written(_)))
+        .any(|outcome| matches!(outcome, Grouped::Done(Ok(_))))
     {
         writer.committed();
     }

@@ -220,10 +220,10 @@ impl super::group::GroupWriter for PostgresEventStore {
                 if let (Some(slot), Some(version), Some(position)) =
                     (outcomes.get_mut(a.max(0) as usize), version, position)
                 {
-                    *slot = Grouped::Written(AppendResult {
+                    *slot = Grouped::Done(Ok(AppendResult {
                         stream_version: version.max(0) as u64,
                         last_position: Position::new(position.max(0) as u64),
-                    });
+                    }));
                 }
             }
         }

@@ -405,7 +405,7 @@ impl super::group::GroupWriter for SqliteEventStore {
             match insert.build().execute(&mut *tx).await {
                 Ok(done) if done.rows_affected() == count => {
                     match appended(&mut tx, pending.expected, count, &done).await {
-                        Ok(result) => outcomes.push(Grouped::Written(result)),
+                        Ok(result) => outcomes.push(Grouped::Done(Ok(result))),
                         Err(_) => return alone(),
                     }
                 }
