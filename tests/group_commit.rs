@@ -1,6 +1,8 @@
 //! Group commit (`with_group_commit` on the SQLite and PostgreSQL stores): many concurrent
 //! appends, each stored exactly once, each version check its own; a conflict or a taken event id
-//! fails that append alone; a committer that is gone leaves appends to go on alone. The whole
+//! fails that append alone; a committer that is gone leaves appends to go on alone; two grouped
+//! stores on one database (two processes, as far as the database can tell) racing for one
+//! stream. The whole
 //! conformance suite also runs on grouped stores (`tests/conformance.rs`), and killed connections
 //! under grouped saves in `tests/resilience.rs`.
 
@@ -24,11 +26,21 @@ fn event(n: u64) -> NewEvent {
 /// those the stream's version counts; nothing is stored twice, and the global order keeps each
 /// stream's order.
 async fn many_writers<S: EventStore + Clone + 'static>(store: S) -> Vec<RecordedEvent> {
+    many_writers_across(&[store]).await
+}
+
+/// [`many_writers`] through several stores on one database, each with its own connections and
+/// its own committer, as several processes would be: writer `w` uses store `w % n`. Their groups
+/// race each other for the shared stream (a group whose statement loses its version check to
+/// the other store's commit is appended again one by one).
+async fn many_writers_across<S: EventStore + Clone + 'static>(stores: &[S]) -> Vec<RecordedEvent> {
+    let store = stores[0].clone();
     let shared = StreamId::new("Shared", "one").unwrap();
     let won = Arc::new(AtomicUsize::new(0));
     let tasks: Vec<_> = (0..WRITERS)
         .map(|w| {
-            let (store, shared, won) = (store.clone(), shared.clone(), Arc::clone(&won));
+            let store = stores[w % stores.len()].clone();
+            let (shared, won) = (shared.clone(), Arc::clone(&won));
             tokio::spawn(async move {
                 let own = StreamId::new("Writer", format!("w-{w}")).unwrap();
                 for v in 0..APPENDS {
@@ -188,6 +200,37 @@ async fn postgres_failures_stay_alone() {
         return;
     };
     failures_stay_alone(db.store().clone()).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_two_processes_grouping_on_one_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let first = SqliteEventStore::open(&path)
+        .await
+        .unwrap()
+        .with_group_commit();
+    let second = SqliteEventStore::open(&path)
+        .await
+        .unwrap()
+        .with_group_commit();
+    many_writers_across(&[first, second]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_two_processes_grouping_on_one_database() {
+    let Some((options, _schema)) = databases::postgres_schema().await else {
+        return;
+    };
+    let first = PostgresEventStore::connect_with(options.clone())
+        .await
+        .unwrap()
+        .with_group_commit();
+    let second = PostgresEventStore::connect_with(options)
+        .await
+        .unwrap()
+        .with_group_commit();
+    many_writers_across(&[first, second]).await;
 }
 
 /// The committer is a task of the runtime the store was set up on: with that runtime gone,

@@ -119,6 +119,37 @@ impl<const FAIL: i64> Projection for Deposits<FAIL> {
     }
 }
 
+/// Two more read models of deposits, beside `Deposits`, to share their reads with it.
+#[derive(Default)]
+struct SharedA {
+    seen: u64,
+}
+
+#[projection(name = "obs_shared_a")]
+impl SharedA {
+    #[handles]
+    fn deposited(&mut self, _: &Deposited) {
+        self.seen += 1;
+    }
+}
+
+#[derive(Default)]
+struct SharedB {
+    seen: u64,
+}
+
+#[projection(name = "obs_shared_b")]
+impl SharedB {
+    #[handles]
+    fn deposited(&mut self, _: &Deposited, ctx: &EventContext<'_>) {
+        assert!(
+            !ctx.event_id.is_nil(),
+            "the whole context is read for this one"
+        );
+        self.seen += 1;
+    }
+}
+
 fn fast() -> ProjectionOptions {
     ProjectionOptions::default()
         .max_attempts(1)
@@ -505,6 +536,26 @@ async fn metrics_count_appends_conflicts_retries_snapshots_dead_letters_and_the_
     assert_eq!(running.lag("obs_poisoned").await.unwrap(), 0);
     running.shutdown().await;
 
+    // Three projections of one manager share their reads: a page one of them read is used by
+    // the others.
+    let shared_store = InMemoryEventStore::new();
+    for i in 0..60 {
+        open(&shared_store, &format!("a-shared-{i}"), 1, Metadata::new()).await;
+    }
+    let mut subscriptions =
+        Subscriptions::new(shared_store.clone()).with_options(fast().batch_size(10));
+    let deposits = subscriptions.add(Deposits::<0>::default());
+    let a = subscriptions.add(SharedA::default());
+    let b = subscriptions.add(SharedB::default());
+    let running = subscriptions.start();
+    let head = shared_store.log_head().await.unwrap().last;
+    running.wait_until(head, WAIT).await.unwrap();
+    running.shutdown().await;
+    assert_eq!(
+        (deposits.read().seen, a.read().seen, b.read().seen),
+        (60, 60, 60)
+    );
+
     // The aggregate cache: a load after a save is a hit; one after `with_cache` dropped the
     // entry (a failed save) is a miss.
     let cached = Cached::repository(&store).with_cache(4);
@@ -577,6 +628,12 @@ async fn metrics_count_appends_conflicts_retries_snapshots_dead_letters_and_the_
     assert!(
         sizes.iter().any(|size| size.into_inner() > 1.0),
         "some appends shared a transaction: {sizes:?}"
+    );
+    let read = counter(&metrics, SHARED_PAGES, &[("outcome", "read")]);
+    let reused = counter(&metrics, SHARED_PAGES, &[("outcome", "reused")]);
+    assert!(
+        read >= 6 && reused >= 1 && read < 3 * 7,
+        "60 events in pages of 10 for three projections: {read} pages read, {reused} reused"
     );
     let ledger = [("aggregate_type", "ObsLedger")];
     assert_eq!(counter(&metrics, EVENTS_APPENDED, &ledger), 2 + 1 + 1 + 1);

@@ -303,6 +303,182 @@ where
     running.shutdown().await;
 }
 
+/// What a handler that takes the `EventLocation` sees of each event.
+#[derive(Default)]
+struct Locations {
+    seen: Vec<(StreamId, u64, Position, String)>,
+}
+
+#[projection(name = "locations")]
+impl Locations {
+    #[handles]
+    fn deposited(&mut self, _: &Deposited, at: &EventLocation<'_>) {
+        self.seen.push((
+            at.stream.clone(),
+            at.version,
+            at.position,
+            at.event_type.to_owned(),
+        ));
+    }
+}
+
+/// What a handler that takes the whole `EventContext` sees of each event.
+#[derive(Default)]
+struct Contexts {
+    seen: Vec<(
+        Uuid,
+        Position,
+        Option<String>,
+        chrono::DateTime<chrono::Utc>,
+    )>,
+}
+
+#[projection(name = "contexts")]
+impl Contexts {
+    #[handles]
+    fn deposited(&mut self, _: &Deposited, ctx: &EventContext<'_>) {
+        self.seen.push((
+            ctx.event_id,
+            ctx.position,
+            ctx.metadata.actor_id.clone(),
+            ctx.occurred_at,
+        ));
+    }
+}
+
+/// A projection whose handlers take the `EventLocation` is read without the event id, time and
+/// metadata, and still sees each event's true stream, version, position and type; one that takes
+/// the whole context, beside it, sees the id, time and metadata as stored.
+async fn context_fields_follow_the_handlers<S>(store: &S)
+where
+    S: EventStore + CheckpointStore + Clone + 'static,
+{
+    use eventsource::ContextFields;
+    assert_eq!(<Locations as Projection>::CONTEXT, ContextFields::Location);
+    assert_eq!(<Contexts as Projection>::CONTEXT, ContextFields::All);
+    for i in 0..12 {
+        let mut metadata = Metadata::new();
+        metadata.actor_id = Some(format!("actor-{i}"));
+        store
+            .append(
+                &account(i % 3),
+                ExpectedVersion::Any,
+                vec![deposit(i as i64).with_metadata(metadata)],
+            )
+            .await
+            .unwrap();
+    }
+    // Each alone in its manager: read through the store's own fold, with the columns it needs.
+    let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
+    let locations = subscriptions.add(Locations::default());
+    let running = subscriptions.start();
+    caught_up(&running, store).await;
+    running.shutdown().await;
+    let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
+    let contexts = subscriptions.add(Contexts::default());
+    let running = subscriptions.start();
+    caught_up(&running, store).await;
+    running.shutdown().await;
+    let stored = eventsource_tests::conformance::read_settled(store, ReadAll::from_start()).await;
+    let expected: Vec<_> = stored
+        .iter()
+        .map(|e| {
+            (
+                e.stream.clone(),
+                e.version,
+                e.position,
+                e.event_type.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(locations.read().seen, expected);
+    let expected: Vec<_> = stored
+        .iter()
+        .map(|e| {
+            (
+                e.event_id,
+                e.position,
+                e.metadata.actor_id.clone(),
+                e.occurred_at,
+            )
+        })
+        .collect();
+    assert_eq!(contexts.read().seen, expected);
+}
+
+/// Several projections under one manager share their reads of the log, with writers running
+/// through catch-up and live: each read model still sees every event of its types once, in
+/// order, with its true location and context.
+async fn shared_reads_miss_nothing<S>(store: &S)
+where
+    S: EventStore + CheckpointStore + Clone + 'static,
+{
+    // Events of a type none of them handles, between theirs.
+    #[derive(DomainEvent, Serialize, Deserialize, Debug)]
+    #[event(name = "proj.Noted")]
+    struct Noted;
+    for i in 0..30 {
+        write(store, i, 1).await;
+        store
+            .append(
+                &account(i % 5),
+                ExpectedVersion::Any,
+                vec![NewEvent::new(&Noted).unwrap()],
+            )
+            .await
+            .unwrap();
+    }
+    let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
+    let balances = subscriptions.add(Balances::default());
+    let locations = subscriptions.add(Locations::default());
+    let contexts = subscriptions.add(Contexts::default());
+    let running = subscriptions.start();
+    let writers: Vec<_> = (0..3)
+        .map(|w| {
+            let store = store.clone();
+            tokio::spawn(async move { write(&store, 1000 * (w + 1), 25).await })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    caught_up(&running, store).await;
+    running.shutdown().await;
+    let expected = expected_balances(store).await;
+    assert_eq!(balances.read().by_account, expected);
+    assert_eq!(balances.read().applied, 105, "each event applied once");
+    let deposits: Vec<RecordedEvent> =
+        eventsource_tests::conformance::read_settled(store, ReadAll::from_start())
+            .await
+            .into_iter()
+            .filter(|e| e.is::<Deposited>())
+            .collect();
+    let expected: Vec<_> = deposits
+        .iter()
+        .map(|e| {
+            (
+                e.stream.clone(),
+                e.version,
+                e.position,
+                e.event_type.clone(),
+            )
+        })
+        .collect();
+    assert_eq!(locations.read().seen, expected);
+    let expected: Vec<_> = deposits
+        .iter()
+        .map(|e| {
+            (
+                e.event_id,
+                e.position,
+                e.metadata.actor_id.clone(),
+                e.occurred_at,
+            )
+        })
+        .collect();
+    assert_eq!(contexts.read().seen, expected);
+}
+
 macro_rules! backend_tests {
     ($backend:ident: $($case:ident),* $(,)?) => {
         mod $backend {
@@ -328,6 +504,8 @@ macro_rules! every_backend {
 
 every_backend!(
     checkpoints_are_compare_and_set,
+    context_fields_follow_the_handlers,
+    shared_reads_miss_nothing,
     catch_up_then_live,
     retries_then_succeeds,
     poison_event_is_dead_lettered,

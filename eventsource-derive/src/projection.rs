@@ -79,7 +79,11 @@ fn generate(projection: &Projection) -> TokenStream {
     let dispatch = valid.iter().map(|h| {
         let event = &h.base.event;
         let method = &h.base.method;
-        let context = h.context.then(|| quote!(, __context));
+        let context = match (h.context, h.location) {
+            (false, _) => None,
+            (true, false) => Some(quote!(, __context)),
+            (true, true) => Some(quote!(, &#krate::EventContext::location(__context))),
+        };
         let call = if projection.database {
             quote!(Self::#method(self, &__decoded #context, &mut *__tx).await)
         } else {
@@ -171,10 +175,17 @@ fn generate(projection: &Projection) -> TokenStream {
                 self_ty.span(),
             ),
         };
+        // The location is enough unless a handler takes the whole context.
+        let fields = if valid.iter().any(|h| h.context && !h.location) {
+            quote!(All)
+        } else {
+            quote!(Location)
+        };
         quote! {
             #[automatically_derived]
             impl #impl_generics #krate::Projection for #self_ty #where_clause {
                 const NAME: &'static str = #name;
+                const CONTEXT: #krate::__private::ContextFields = #krate::__private::ContextFields::#fields;
 
                 #event_types
 

@@ -84,7 +84,7 @@ pub use error::{DatabaseError, DecodeError, Error, Result};
 pub use event::{DomainEvent, EventView, Metadata, NewEvent, RecordedEvent};
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub use projection::SqlProjection;
-pub use projection::{EventContext, HandlerError, Projection};
+pub use projection::{ContextFields, EventContext, EventLocation, HandlerError, Projection};
 pub use registry::{EventRegistry, EventType};
 pub use repository::{AggregateRepository, Repository, StoreRepository, UpdateError};
 pub use snapshot::{Snapshot, SnapshotStore, SnapshotStrategy};
@@ -142,9 +142,9 @@ pub mod prelude {
     #[cfg(feature = "sqlite")]
     pub use crate::projection::SqliteTx;
     pub use crate::{
-        Aggregate, AggregateRepository, AnyStore, DomainEvent, Error, EventContext, EventStore,
-        ExpectedVersion, Handles, InMemoryEventStore, Metadata, Position, Projection, ReadAll,
-        RecordedEvent, Repository, Root, SnapshotStore, SnapshotStrategy, StoreRepository,
+        Aggregate, AggregateRepository, AnyStore, DomainEvent, Error, EventContext, EventLocation,
+        EventStore, ExpectedVersion, Handles, InMemoryEventStore, Metadata, Position, Projection,
+        ReadAll, RecordedEvent, Repository, Root, SnapshotStore, SnapshotStrategy, StoreRepository,
         StreamId, StreamQuery, UpdateError, Uuid,
     };
     pub use crate::{HandlerError, Once, ProcessManager, Reaction};
@@ -161,7 +161,7 @@ pub mod __private {
     pub use serde;
     pub use std::string::String;
 
-    pub use crate::projection::{HandlerOutcome, decode_for_projection};
+    pub use crate::projection::{ContextFields, HandlerOutcome, decode_for_projection};
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
     pub use crate::projection::{Transaction, TxDatabase};
     pub use crate::registry::EventType;

@@ -46,6 +46,17 @@ pub struct EventContext<'a> {
 }
 
 impl<'a> EventContext<'a> {
+    /// Where the event sits: the part of the context that a [`ContextFields::Location`]
+    /// projection reads.
+    pub fn location(&self) -> EventLocation<'a> {
+        EventLocation {
+            stream: self.stream,
+            version: self.version,
+            position: self.position,
+            event_type: self.event_type,
+        }
+    }
+
     /// The context of a recorded event.
     pub fn of(event: &'a crate::event::RecordedEvent) -> Self {
         EventContext {
@@ -74,6 +85,57 @@ impl<'a> EventContext<'a> {
         metadata.correlation_id = Some(self.metadata.correlation_id.unwrap_or(self.event_id));
         metadata.causation_id = Some(self.event_id);
         metadata
+    }
+}
+
+/// Where an event sits in the log, without its id, time and metadata: the context a handler
+/// takes when that is all it reads (`ctx: &EventLocation`). A projection whose handlers take
+/// no more than this is read without those columns ([`ContextFields::Location`]): less to
+/// fetch and decode per event, checked by the compiler rather than by a promise.
+#[derive(Clone, Copy, Debug)]
+#[non_exhaustive]
+pub struct EventLocation<'a> {
+    /// The stream the event belongs to.
+    pub stream: &'a StreamId,
+    /// The event's version in its stream.
+    pub version: u64,
+    /// The event's position in the global order.
+    pub position: Position,
+    /// The stored type name.
+    pub event_type: &'a str,
+}
+
+impl<'a> EventLocation<'a> {
+    /// The aggregate id of the event's stream.
+    pub fn aggregate_id(&self) -> &'a str {
+        self.stream.aggregate_id()
+    }
+}
+
+/// Which parts of the [`EventContext`] a projection's handlers read, and so which columns the
+/// subscription manager fetches for it. `#[projection]` derives it from the handlers' context
+/// parameters: `Location` when none takes an `&EventContext` (they take an `&EventLocation`
+/// or no context), `All` otherwise.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ContextFields {
+    /// The whole context: the event id, time and metadata are read with every event.
+    #[default]
+    All,
+    /// The [`EventLocation`] only (stream, version, position, type). The event id, time and
+    /// metadata are not read: in the [`EventContext`] handed to
+    /// [`Projection::handle`] they are the nil id, the Unix epoch and empty metadata. Dead
+    /// letters still carry the real ones (a failing event is read again in full).
+    Location,
+}
+
+impl ContextFields {
+    /// The fields that both `self` and `other` need: `All` if either needs it.
+    pub const fn and(self, other: ContextFields) -> ContextFields {
+        match (self, other) {
+            (ContextFields::Location, ContextFields::Location) => ContextFields::Location,
+            _ => ContextFields::All,
+        }
     }
 }
 
@@ -110,6 +172,10 @@ pub trait Projection: Send + 'static {
     const NAME: &'static str;
     /// The stored names (and aliases) of the handled event types: the store reads only these.
     fn event_types() -> Vec<&'static str>;
+    /// Which parts of the context the handlers read ([`ContextFields::All`] unless declared):
+    /// with [`ContextFields::Location`] the manager reads neither the event id, nor the time,
+    /// nor the metadata.
+    const CONTEXT: ContextFields = ContextFields::All;
 
     /// Decodes a stored event and applies it with its handler (generated dispatch). An event of
     /// a type no handler takes is skipped.

@@ -13,11 +13,13 @@
 //! or stops ([`OnFailure::Stop`]). A stored row that cannot be read at all is dead-lettered the
 //! same way.
 
+mod shared;
+
 use crate::checkpoint::{CheckpointStore, DeadLetter};
 use crate::error::{Error, Result};
 use crate::event::{EventView, RecordedEvent};
 use crate::projection::{EventContext, HandlerError, Projection};
-use crate::store::{EventStore, ReadAll};
+use crate::store::{EventStore, FoldEnd, FoldItem, ReadAll};
 use crate::stream::Position;
 use crate::telemetry::Traced;
 use futures::future::BoxFuture;
@@ -313,6 +315,8 @@ pub struct Subscriptions<S> {
     pub(crate) store: S,
     pub(crate) options: ProjectionOptions,
     pub(crate) entries: Vec<Entry>,
+    /// The pages the in-process projections share.
+    shared: Arc<shared::SharedLog<S>>,
 }
 
 impl<S: fmt::Debug> fmt::Debug for Subscriptions<S> {
@@ -335,6 +339,7 @@ where
     /// A manager of projections over `store`, with default options.
     pub fn new(store: S) -> Self {
         Subscriptions {
+            shared: Arc::new(shared::SharedLog::new(store.clone())),
             store,
             options: ProjectionOptions::default(),
             entries: Vec::new(),
@@ -372,8 +377,10 @@ where
             model: Arc::new(RwLock::new(projection)),
             progress: Progress::new(P::NAME),
         };
+        self.shared.join(&P::event_types(), P::CONTEXT);
         let runner = MemoryRunner {
             store: self.store.clone(),
+            shared: Arc::clone(&self.shared),
             checkpoints,
             model: Arc::clone(&handle.model),
             progress: Arc::clone(&handle.progress),
@@ -600,6 +607,8 @@ fn stopped(name: &str) -> Error {
 /// One in-memory (or durable, at-least-once) projection's loop.
 struct MemoryRunner<S, C, P> {
     store: S,
+    /// The pages shared with the manager's other in-process projections.
+    shared: Arc<shared::SharedLog<S>>,
     checkpoints: C,
     model: Arc<RwLock<P>>,
     progress: Arc<Progress>,
@@ -637,38 +646,71 @@ where
         &self,
         checkpoint: Option<Position>,
     ) -> std::result::Result<Step, StepError> {
-        let query = ReadAll::after(checkpoint.unwrap_or(Position::START))
-            .event_types(self.event_types.iter().copied())
-            .batch_size(self.options.batch_size);
+        let after = checkpoint.unwrap_or(Position::START);
         let mut reached = checkpoint;
         let mut failed: Option<(Position, Option<HandlerError>)> = None;
         let model = &self.model;
-        let end = self
-            .store
-            .fold_all(&query, |item| match item {
-                Ok((view, context)) => {
-                    let outcome = model
-                        .write()
-                        .unwrap_or_else(PoisonError::into_inner)
-                        .handle(view, context);
-                    match outcome {
-                        Ok(()) => {
-                            reached = Some(context.position);
-                            std::ops::ControlFlow::Continue(())
-                        }
-                        Err(error) => {
-                            failed = Some((context.position, Some(error)));
-                            std::ops::ControlFlow::Break(())
-                        }
+        let mut apply = |item: FoldItem<'_>| match item {
+            Ok((view, context)) => {
+                let outcome = model
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .handle(view, context);
+                match outcome {
+                    Ok(()) => {
+                        reached = Some(context.position);
+                        std::ops::ControlFlow::Continue(())
+                    }
+                    Err(error) => {
+                        failed = Some((context.position, Some(error)));
+                        std::ops::ControlFlow::Break(())
                     }
                 }
-                Err(error) => {
-                    failed = Some((error.position().unwrap_or(Position::START), None));
-                    std::ops::ControlFlow::Break(())
+            }
+            Err(error) => {
+                failed = Some((error.position().unwrap_or(Position::START), None));
+                std::ops::ControlFlow::Break(())
+            }
+        };
+        // A page shared with the manager's other projections, or one of its own.
+        let shared = if self.shared.shared() {
+            self.shared
+                .fold(
+                    after,
+                    self.options.batch_size,
+                    &self.event_types,
+                    &mut apply,
+                )
+                .await
+                .transpose()
+        } else {
+            None
+        };
+        let end = match shared {
+            Some(end) => end,
+            None => {
+                let query = ReadAll::after(after)
+                    .event_types(self.event_types.iter().copied())
+                    .batch_size(self.options.batch_size)
+                    .context(P::CONTEXT);
+                self.store.fold_all(&query, &mut apply).await
+            }
+        };
+        let end = match end {
+            Ok(end) => end,
+            // Nothing applied: read again later from the same checkpoint.
+            Err(error) if reached == checkpoint => return Err(StepError::Read(error)),
+            // The read failed part way through the page, after applying events: keep them
+            // (move the checkpoint past them), and read the rest again.
+            Err(error) => {
+                tracing::warn!(projection = self.name, %error, "reading the log failed part way through a page; going on from the last event applied");
+                FoldEnd {
+                    last: reached,
+                    rows: 1,
+                    stopped: true,
                 }
-            })
-            .await
-            .map_err(StepError::Read)?;
+            }
+        };
         if end.rows == 0 {
             return Ok(Step::Empty);
         }

@@ -71,6 +71,10 @@ pub const SNAPSHOT_LOADS: &str = "eventsource_snapshot_loads_total";
 pub const CACHE_LOADS: &str = "eventsource_cache_loads_total";
 /// Histogram: appends per group of a store with group commit (`with_group_commit`).
 pub const GROUP_COMMIT_SIZE: &str = "eventsource_group_commit_size";
+/// Counter: pages of the log read for the in-process projections of one manager together
+/// (they share their reads), by `outcome`: `read` (read from the store) or `reused` (a page
+/// another projection read, joined while in flight or kept).
+pub const SHARED_PAGES: &str = "eventsource_shared_pages_total";
 /// Gauge: events a projection (or relay) has still to apply, by `projection`.
 pub const PROJECTION_LAG: &str = "eventsource_projection_lag";
 /// Counter: events dead-lettered, by `projection` (or process manager, or relay).
@@ -176,6 +180,11 @@ pub(crate) fn record_ids(span: &tracing::Span, metadata: Option<&Metadata>) {
 /// Counts an event dead-lettered by `projection` (or process manager, or relay).
 pub(crate) fn dead_lettered(projection: &str) {
     metrics::counter!(DEAD_LETTERS, "projection" => projection.to_owned()).increment(1);
+}
+
+/// Counts a page of the log read for several projections (`read`) or used again (`reused`).
+pub(crate) fn shared_page(outcome: &'static str) {
+    metrics::counter!(SHARED_PAGES, "outcome" => outcome).increment(1);
 }
 
 /// Sets `projection`'s lag gauge.

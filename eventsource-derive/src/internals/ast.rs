@@ -169,8 +169,10 @@ pub(crate) struct Projection {
 pub(crate) struct ProjectionHandler {
     /// The method and its event type, as for an aggregate's handler.
     pub(crate) base: Handler,
-    /// Whether it takes the `&EventContext`.
+    /// Whether it takes a context.
     pub(crate) context: bool,
+    /// Whether that context is the `&EventLocation` (the handler reads no more of it).
+    pub(crate) location: bool,
     /// The `Tx` of its `tx: &mut Tx` parameter.
     pub(crate) transaction: Option<Type>,
     /// Where a return type that is not a handler's outcome is reported: on the return type.
@@ -240,6 +242,7 @@ impl Projection {
                     duplicate: false,
                 },
                 context: signature.context,
+                location: signature.location,
                 transaction: signature.transaction,
                 output_span,
             });

@@ -501,8 +501,11 @@ const DECODED_ONCE: &str = "; the decoded event is lent to its handler";
 /// A projection handler's signature, as far as it could be read.
 pub(crate) struct ProjectionSignature {
     pub(crate) event: Type,
-    /// Whether the handler takes the `&EventContext` after the event.
+    /// Whether the handler takes a context (`&EventContext` or `&EventLocation`) after the
+    /// event.
     pub(crate) context: bool,
+    /// Whether that context is the `&EventLocation`: the handler reads no more of it.
+    pub(crate) location: bool,
     /// The `Tx` of a `tx: &mut Tx` parameter: the handler writes to a database read model.
     pub(crate) transaction: Option<Type>,
     /// Whether the handler is a database one (it is `async` or takes a transaction).
@@ -515,8 +518,8 @@ pub(crate) struct ProjectionSignature {
 
 /// What a parameter after a projection handler's event is.
 enum Extra<'a> {
-    /// `&EventContext` or `&EventContext<'_>` (by any path).
-    Context,
+    /// `&EventContext` or `&EventContext<'_>` (by any path); `true`: `&EventLocation`.
+    Context(bool),
     /// `EventContext` by value or by `&mut`.
     ContextMisused,
     /// `&mut Tx`: a transaction.
@@ -524,32 +527,30 @@ enum Extra<'a> {
     Other,
 }
 
-fn names_context(ty: &Type) -> bool {
+/// Whether `ty` names a context: `Some(false)` the `EventContext`, `Some(true)` the
+/// `EventLocation`.
+fn names_context(ty: &Type) -> Option<bool> {
     match ty {
         Type::Group(group) => names_context(&group.elem),
         Type::Paren(paren) => names_context(&paren.elem),
-        Type::Path(path) => path
-            .path
-            .segments
-            .last()
-            .is_some_and(|last| last.ident == "EventContext"),
-        _ => false,
+        Type::Path(path) => match path.path.segments.last() {
+            Some(last) if last.ident == "EventContext" => Some(false),
+            Some(last) if last.ident == "EventLocation" => Some(true),
+            _ => None,
+        },
+        _ => None,
     }
 }
 
 fn extra_parameter(ty: &Type) -> Extra<'_> {
     match ty {
-        Type::Reference(reference) if names_context(&reference.elem) => {
-            if reference.mutability.is_some() {
-                Extra::ContextMisused
-            } else {
-                Extra::Context
-            }
-        }
-        Type::Reference(reference) if reference.mutability.is_some() => {
-            Extra::Transaction(&reference.elem)
-        }
-        other if names_context(other) => Extra::ContextMisused,
+        Type::Reference(reference) => match names_context(&reference.elem) {
+            Some(_) if reference.mutability.is_some() => Extra::ContextMisused,
+            Some(location) => Extra::Context(location),
+            None if reference.mutability.is_some() => Extra::Transaction(&reference.elem),
+            None => Extra::Other,
+        },
+        other if names_context(other).is_some() => Extra::ContextMisused,
         _ => Extra::Other,
     }
 }
@@ -594,11 +595,12 @@ pub(crate) fn projection_handler_signature(
     }
 
     let mut context = false;
+    let mut location = false;
     let mut event_ok = true;
     let mut event_arg = inputs.next();
     // The context written first: report the order, and read the next parameter as the event.
     if let Some(FnArg::Typed(arg)) = event_arg
-        && matches!(extra_parameter(&arg.ty), Extra::Context)
+        && let Extra::Context(is_location) = extra_parameter(&arg.ty)
     {
         error(
             arg,
@@ -607,6 +609,7 @@ pub(crate) fn projection_handler_signature(
             ),
         );
         context = true;
+        location = is_location;
         event_arg = inputs.next();
     }
     let event = match event_arg {
@@ -630,7 +633,10 @@ pub(crate) fn projection_handler_signature(
             continue;
         };
         match extra_parameter(&typed.ty) {
-            Extra::Context if !context && transaction.is_none() => context = true,
+            Extra::Context(is_location) if !context && transaction.is_none() => {
+                context = true;
+                location = is_location;
+            }
             Extra::ContextMisused if !context && transaction.is_none() => {
                 context = true;
                 error(
@@ -686,6 +692,7 @@ pub(crate) fn projection_handler_signature(
     event.map(|event| ProjectionSignature {
         event,
         context,
+        location,
         transaction,
         database,
         kind_tokens,

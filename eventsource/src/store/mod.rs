@@ -23,7 +23,7 @@ pub use dynamic::DynEventStore;
 
 use crate::error::{Error, Result};
 use crate::event::{EventView, NewEvent, RecordedEvent};
-use crate::projection::EventContext;
+use crate::projection::{ContextFields, EventContext};
 use futures::stream::BoxStream;
 use std::future::Future;
 use std::time::Duration;
@@ -188,6 +188,10 @@ pub struct ReadAll {
     pub tenant_id: Option<String>,
     /// Events fetched per round trip; bounds the memory a read holds.
     pub batch_size: usize,
+    /// Which parts of the [`EventContext`] [`EventStore::fold_all`] reads: with
+    /// [`ContextFields::Location`] it fetches neither the event id, nor the time, nor the
+    /// metadata. `read_all` always reads whole events.
+    pub context: ContextFields,
 }
 
 impl ReadAll {
@@ -207,6 +211,7 @@ impl ReadAll {
             aggregate_types: Vec::new(),
             tenant_id: None,
             batch_size: Self::DEFAULT_BATCH_SIZE,
+            context: ContextFields::All,
         }
     }
 
@@ -231,6 +236,12 @@ impl ReadAll {
     /// Events fetched per round trip (at least 1).
     pub fn batch_size(mut self, n: usize) -> Self {
         self.batch_size = n.max(1);
+        self
+    }
+
+    /// Which parts of the context [`EventStore::fold_all`] reads (see [`ReadAll::context`]).
+    pub fn context(mut self, fields: ContextFields) -> Self {
+        self.context = fields;
         self
     }
 
@@ -983,17 +994,25 @@ impl StreamCache {
 /// The columns of one lean row, read; checked and fed to a fold's callback by [`feed_row`].
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) struct LeanRow<'r> {
-    pub(crate) event_id: uuid::Uuid,
     pub(crate) version: i64,
     pub(crate) event_type: &'r str,
     pub(crate) schema_version: i64,
+    pub(crate) payload: &'r str,
+    /// The rest of the context; `None` when the fold reads the location only.
+    pub(crate) details: Option<RowDetails<'r>>,
+}
+
+/// The columns of a lean row that only the whole [`EventContext`] needs.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) struct RowDetails<'r> {
+    pub(crate) event_id: uuid::Uuid,
     pub(crate) occurred_at: Option<chrono::DateTime<chrono::Utc>>,
     pub(crate) metadata: Option<&'r str>,
-    pub(crate) payload: &'r str,
 }
 
 /// Checks a lean row by the rule every read path shares and feeds it to `apply` (or feeds its
-/// error).
+/// error). Without details, the context's id, time and metadata are the nil id, the epoch and
+/// empty metadata ([`ContextFields::Location`]).
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn feed_row<F>(
     stream: &StreamId,
@@ -1004,6 +1023,7 @@ pub(crate) fn feed_row<F>(
 where
     F: for<'e> FnMut(FoldItem<'e>) -> std::ops::ControlFlow<()>,
 {
+    static EMPTY: std::sync::OnceLock<crate::event::Metadata> = std::sync::OnceLock::new();
     let checked = row.and_then(|row| {
         let damaged = |reason: String, version: Option<u64>| {
             Error::corrupt(stream, reason).at_row(Some(position), version, Some(row.event_type))
@@ -1018,25 +1038,37 @@ where
                     None,
                 )
             })?;
-        let occurred_at = row.occurred_at.ok_or_else(|| {
-            damaged(
-                "the time of the event is out of range".into(),
-                Some(version),
-            )
-        })?;
-        let metadata = match row.metadata {
-            None => None,
-            Some(packed) => {
-                Some(unpack_metadata(packed).map_err(|reason| damaged(reason, Some(version)))?)
+        let (event_id, occurred_at, metadata) = match &row.details {
+            None => (uuid::Uuid::nil(), chrono::DateTime::UNIX_EPOCH, None),
+            Some(details) => {
+                let occurred_at = details.occurred_at.ok_or_else(|| {
+                    damaged(
+                        "the time of the event is out of range".into(),
+                        Some(version),
+                    )
+                })?;
+                let metadata = match details.metadata {
+                    None => None,
+                    Some(packed) => Some(
+                        unpack_metadata(packed).map_err(|reason| damaged(reason, Some(version)))?,
+                    ),
+                };
+                (details.event_id, occurred_at, metadata)
             }
         };
-        Ok((row, version, schema_version, occurred_at, metadata))
+        Ok((
+            row,
+            version,
+            schema_version,
+            event_id,
+            occurred_at,
+            metadata,
+        ))
     });
     match checked {
-        Ok((row, version, schema_version, occurred_at, metadata)) => {
-            static EMPTY: std::sync::OnceLock<crate::event::Metadata> = std::sync::OnceLock::new();
+        Ok((row, version, schema_version, event_id, occurred_at, metadata)) => {
             let context = EventContext {
-                event_id: row.event_id,
+                event_id,
                 stream,
                 version,
                 position,

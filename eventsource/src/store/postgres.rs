@@ -23,12 +23,14 @@
 
 use super::{
     AppendResult, EventRow, EventStore, ExpectedVersion, FoldEnd, FoldItem, LeanRow, LogHead,
-    PageRow, Position, ReadAll, RowReader, StreamCache, StreamId, StreamQuery, check_sequence,
-    extra_json, feed_row, paged, retried_append, retrying, row_view, snapshot_row, validate_append,
+    PageRow, Position, ReadAll, RowDetails, RowReader, StreamCache, StreamId, StreamQuery,
+    check_sequence, extra_json, feed_row, paged, retried_append, retrying, row_view, snapshot_row,
+    validate_append,
 };
 use crate::checkpoint::{CheckpointStore, DeadLetter, TransactionalStore, conflict};
 use crate::error::{Error, Result};
 use crate::event::{EventView, NewEvent, RecordedEvent};
+use crate::projection::ContextFields;
 use crate::snapshot::{Snapshot, SnapshotStore};
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
@@ -60,8 +62,10 @@ pub struct PostgresEventStore {
 /// behind the stream's lock (see [`PostgresEventStore::append_locked`]).
 const OPTIMISTIC_ATTEMPTS: u32 = 3;
 
-/// The fence: positions below it belong to finished transactions.
-const FENCE: &str = "pg_snapshot_xmin(pg_current_snapshot())::TEXT::BIGINT * 65536";
+/// The fence: positions below it belong to finished transactions. A scalar subquery, so that
+/// PostgreSQL computes it once per statement (an init plan): inline, `pg_current_snapshot()` is
+/// called again for every row it filters, which was half the time of a 1,000-row page.
+const FENCE: &str = "(SELECT pg_snapshot_xmin(pg_current_snapshot())::TEXT::BIGINT * 65536)";
 
 /// The packed metadata column (see `EventRow`).
 macro_rules! packed_metadata {
@@ -665,13 +669,104 @@ impl PostgresEventStore {
     /// One page of a global read: the next events of finished transactions only (the fence).
     async fn read_page(&self, query: ReadAll) -> Result<Vec<PageRow>> {
         let query = &query;
-        let rows = retrying("read_all", move |_| self.fetch_page(query)).await?;
+        let rows = retrying("read_all", move |_| self.fetch_page(query, true)).await?;
         rows.iter().map(|row| decode_row(row, None)).collect()
     }
 
     /// The rows of one page of a global read: the stream columns, the stream's, and whether
     /// the row passes the filters.
-    async fn fetch_page(&self, query: &ReadAll) -> Result<Vec<PgRow>> {
+    /// The page's columns are those of a stream read, then the stream's and `wanted`; without
+    /// `details` (a fold of locations) the event id, time and metadata are left out as NULLs.
+    async fn fetch_page(&self, query: &ReadAll, details: bool) -> Result<Vec<PgRow>> {
+        let mut select = page_query(query, details);
+        let mut session = self.session().await.map_err(Error::database("read_all"))?;
+        let rows = select
+            .build()
+            .fetch_all(session.conn())
+            .await
+            .map_err(Error::database("read_all"))?;
+        session.end().await.map_err(Error::database("read_all"))?;
+        Ok(rows)
+    }
+}
+
+impl PostgresEventStore {
+    /// One page of [`EventStore::fold_all`], fed row by row as the rows arrive: PostgreSQL
+    /// produces the next rows while this process applies the last ones. An error part way
+    /// leaves the rows before it fed (`end` says how many).
+    async fn stream_page<F>(
+        &self,
+        query: &ReadAll,
+        details: bool,
+        end: &mut FoldEnd,
+        apply: &mut F,
+    ) -> Result<()>
+    where
+        F: for<'e> FnMut(FoldItem<'e>) -> std::ops::ControlFlow<()> + Send,
+    {
+        use futures::TryStreamExt;
+        let mut select = page_query(query, details);
+        let mut session = self.session().await.map_err(Error::database("read_all"))?;
+        let mut streams = StreamCache::default();
+        {
+            let mut rows = select.build().fetch(session.conn());
+            while let Some(row) = rows.try_next().await.map_err(Error::database("read_all"))? {
+                let position = Position::new(
+                    row.try_get::<i64, _>(0)
+                        .map_err(Error::database("read_all"))?
+                        .max(0) as u64,
+                );
+                end.rows += 1;
+                end.last = Some(position);
+                if !row
+                    .try_get::<bool, _>(10)
+                    .map_err(Error::database("read_all"))?
+                {
+                    continue;
+                }
+                let flow = match (row.try_get::<&str, _>(8), row.try_get::<&str, _>(9)) {
+                    (Ok(aggregate_type), Ok(aggregate_id)) => {
+                        let stream = streams.get(aggregate_type, aggregate_id);
+                        let reader = RowReader::new(&row, stream, Some(position));
+                        let lean = (|| {
+                            Ok(LeanRow {
+                                version: reader.get(2, "version")?,
+                                event_type: reader.get(3, "event_type")?,
+                                schema_version: i64::from(reader.get::<i32>(4, "schema_version")?),
+                                payload: reader.get(7, "payload")?,
+                                details: if details {
+                                    Some(RowDetails {
+                                        event_id: reader.get(1, "event_id")?,
+                                        occurred_at: Some(reader.get(5, "occurred_at")?),
+                                        metadata: reader.get(6, "metadata")?,
+                                    })
+                                } else {
+                                    None
+                                },
+                            })
+                        })();
+                        feed_row(stream, position, lean, apply)
+                    }
+                    _ => {
+                        let unreadable = StreamId::unchecked("?", "?");
+                        let error = RowReader::new(&row, &unreadable, Some(position))
+                            .damaged("the stream columns cannot be read".into());
+                        apply(Err(&error))
+                    }
+                };
+                if flow.is_break() {
+                    end.stopped = true;
+                    break;
+                }
+            }
+        }
+        session.end().await.map_err(Error::database("read_all"))
+    }
+}
+
+/// The statement of one page of a global read (see [`PostgresEventStore::fetch_page`]).
+fn page_query(query: &ReadAll, details: bool) -> QueryBuilder<'_, Postgres> {
+    {
         // The page is the next `batch_size` events after the position, cut at the fence. Written
         // as one range (`position > $1 AND position < fence`), a generic plan (what PostgreSQL
         // uses for a prepared statement after five runs), knowing neither bound, estimates a
@@ -688,22 +783,33 @@ impl PostgresEventStore {
         let mut select = if filtered {
             // `wanted` is computed once per row in the walk; the outer query hands over the
             // payload and metadata of wanted rows only.
-            let mut select = QueryBuilder::<Postgres>::new(concat!(
-                "SELECT position, event_id, version, event_type, schema_version, occurred_at, \
-                 CASE WHEN wanted THEN ",
-                packed_metadata!(),
-                " END, CASE WHEN wanted THEN payload::TEXT END, aggregate_type, aggregate_id, \
+            let mut select = QueryBuilder::<Postgres>::new(if details {
+                concat!(
+                    "SELECT position, event_id, version, event_type, schema_version, occurred_at, \
+                     CASE WHEN wanted THEN ",
+                    packed_metadata!(),
+                    " END, CASE WHEN wanted THEN payload::TEXT END, aggregate_type, aggregate_id, \
+                     wanted FROM (SELECT *, "
+                )
+            } else {
+                "SELECT position, NULL, version, event_type, schema_version, NULL, NULL, \
+                 CASE WHEN wanted THEN payload::TEXT END, aggregate_type, aggregate_id, \
                  wanted FROM (SELECT *, "
-            ));
+            });
             push_wanted(&mut select, query);
             select.push(" AS wanted");
             select
         } else {
-            QueryBuilder::<Postgres>::new(concat!(
-                "SELECT * FROM (SELECT ",
-                stream_columns!(),
-                ", aggregate_type, aggregate_id, TRUE"
-            ))
+            QueryBuilder::<Postgres>::new(if details {
+                concat!(
+                    "SELECT * FROM (SELECT ",
+                    stream_columns!(),
+                    ", aggregate_type, aggregate_id, TRUE"
+                )
+            } else {
+                "SELECT * FROM (SELECT position, NULL, version, event_type, schema_version, NULL, \
+                 NULL, payload::TEXT, aggregate_type, aggregate_id, TRUE"
+            })
         };
         select.push(" FROM events WHERE position > ");
         select.push_bind(query.after.to_sql());
@@ -715,14 +821,7 @@ impl PostgresEventStore {
             " ORDER BY position LIMIT {}) page WHERE position < {FENCE} ORDER BY position",
             query.batch_size.min(i64::MAX as usize)
         ));
-        let mut session = self.session().await.map_err(Error::database("read_all"))?;
-        let rows = select
-            .build()
-            .fetch_all(session.conn())
-            .await
-            .map_err(Error::database("read_all"))?;
-        session.end().await.map_err(Error::database("read_all"))?;
-        Ok(rows)
+        select
     }
 }
 
@@ -987,50 +1086,26 @@ impl EventStore for PostgresEventStore {
     where
         F: for<'e> FnMut(FoldItem<'e>) -> std::ops::ControlFlow<()> + Send,
     {
-        let rows = retrying("read_all", move |_| self.fetch_page(query)).await?;
-        let mut end = FoldEnd::default();
-        let mut streams = StreamCache::default();
-        for row in &rows {
-            let database = Error::database("read_all");
-            let position = Position::new(row.try_get::<i64, _>(0).map_err(database)?.max(0) as u64);
-            end.rows += 1;
-            end.last = Some(position);
-            if !row
-                .try_get::<bool, _>(10)
-                .map_err(Error::database("read_all"))?
-            {
-                continue;
-            }
-            let flow = match (row.try_get::<&str, _>(8), row.try_get::<&str, _>(9)) {
-                (Ok(aggregate_type), Ok(aggregate_id)) => {
-                    let stream = streams.get(aggregate_type, aggregate_id);
-                    let reader = RowReader::new(row, stream, Some(position));
-                    let lean = (|| {
-                        Ok(LeanRow {
-                            event_id: reader.get(1, "event_id")?,
-                            version: reader.get(2, "version")?,
-                            event_type: reader.get(3, "event_type")?,
-                            schema_version: i64::from(reader.get::<i32>(4, "schema_version")?),
-                            occurred_at: Some(reader.get(5, "occurred_at")?),
-                            metadata: reader.get(6, "metadata")?,
-                            payload: reader.get(7, "payload")?,
-                        })
-                    })();
-                    feed_row(stream, position, lean, &mut apply)
+        let details = query.context == ContextFields::All;
+        let mut attempt = 1;
+        let mut delay = Duration::from_millis(10);
+        loop {
+            let mut end = FoldEnd::default();
+            match self.stream_page(query, details, &mut end, &mut apply).await {
+                // Nothing was fed yet: the read is safe to repeat.
+                Err(error)
+                    if error.is_transient()
+                        && end.rows == 0
+                        && attempt < super::TRANSIENT_ATTEMPTS =>
+                {
+                    tracing::warn!(operation = "read_all", attempt, %error, "transient database error; trying again");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(1));
+                    attempt += 1;
                 }
-                _ => {
-                    let unreadable = StreamId::unchecked("?", "?");
-                    let error = RowReader::new(row, &unreadable, Some(position))
-                        .damaged("the stream columns cannot be read".into());
-                    apply(Err(&error))
-                }
-            };
-            if flow.is_break() {
-                end.stopped = true;
-                break;
+                result => return result.map(|()| end),
             }
         }
-        Ok(end)
     }
 
     async fn count(&self, query: ReadAll) -> Result<u64> {

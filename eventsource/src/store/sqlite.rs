@@ -10,13 +10,14 @@
 
 use super::{
     AppendResult, AppendSignal, EventRow, EventStore, ExpectedVersion, FoldEnd, FoldItem, LeanRow,
-    LogHead, PageRow, Position, ReadAll, RowReader, StreamCache, StreamId, StreamQuery,
+    LogHead, PageRow, Position, ReadAll, RowDetails, RowReader, StreamCache, StreamId, StreamQuery,
     check_sequence, extra_json, feed_row, paged, retried_append, row_view, snapshot_row,
     validate_append,
 };
 use crate::checkpoint::{CheckpointStore, DeadLetter, TransactionalStore, conflict};
 use crate::error::{Error, Result};
 use crate::event::{EventView, NewEvent, RecordedEvent};
+use crate::projection::ContextFields;
 use crate::snapshot::{Snapshot, SnapshotStore};
 use futures::stream::BoxStream;
 use sqlx::sqlite::{
@@ -736,10 +737,30 @@ impl EventStore for SqliteEventStore {
     where
         F: for<'e> FnMut(FoldItem<'e>) -> std::ops::ControlFlow<()> + Send,
     {
-        let rows = self.fetch_page(query).await?;
+        use futures::TryStreamExt;
+        let details = query.context == ContextFields::All;
+        let mut select = QueryBuilder::<Sqlite>::new(if details {
+            concat!(
+                "SELECT position, aggregate_type, aggregate_id, version, event_type, \
+                 schema_version, payload, event_id, occurred_at, ",
+                packed_metadata!(),
+                " FROM events WHERE position > "
+            )
+        } else {
+            "SELECT position, aggregate_type, aggregate_id, version, event_type, \
+             schema_version, payload FROM events WHERE position > "
+        });
+        select.push_bind(query.after.to_sql());
+        push_filters(&mut select, query);
+        select.push(" ORDER BY position LIMIT ");
+        select.push_bind(to_i64(query.batch_size as u64));
+        // Row by row as sqlx's worker thread steps the statement: the rows are applied while
+        // the next ones are read, on the other core. An error part way leaves the rows before
+        // it applied (the caller knows how far it got).
+        let mut rows = select.build().fetch(&self.reader);
         let mut end = FoldEnd::default();
         let mut streams = StreamCache::default();
-        for row in &rows {
+        while let Some(row) = rows.try_next().await.map_err(Error::database("read_all"))? {
             let position = Position::new(
                 row.try_get::<i64, _>(0)
                     .map_err(Error::database("read_all"))?
@@ -747,28 +768,34 @@ impl EventStore for SqliteEventStore {
             );
             end.rows += 1;
             end.last = Some(position);
-            let flow = match (row.try_get::<&str, _>(8), row.try_get::<&str, _>(9)) {
+            let flow = match (row.try_get::<&str, _>(1), row.try_get::<&str, _>(2)) {
                 (Ok(aggregate_type), Ok(aggregate_id)) => {
                     let stream = streams.get(aggregate_type, aggregate_id);
-                    let reader = RowReader::new(row, stream, Some(position));
+                    let reader = RowReader::new(&row, stream, Some(position));
                     let lean = (|| {
                         Ok(LeanRow {
-                            event_id: reader.get(1, "event_id")?,
-                            version: reader.get(2, "version")?,
-                            event_type: reader.get(3, "event_type")?,
-                            schema_version: reader.get(4, "schema_version")?,
-                            occurred_at: chrono::DateTime::from_timestamp_micros(
-                                reader.get(5, "occurred_at")?,
-                            ),
-                            metadata: reader.get(6, "metadata")?,
-                            payload: reader.get(7, "payload")?,
+                            version: reader.get(3, "version")?,
+                            event_type: reader.get(4, "event_type")?,
+                            schema_version: reader.get(5, "schema_version")?,
+                            payload: reader.get(6, "payload")?,
+                            details: if details {
+                                Some(RowDetails {
+                                    event_id: reader.get(7, "event_id")?,
+                                    occurred_at: chrono::DateTime::from_timestamp_micros(
+                                        reader.get(8, "occurred_at")?,
+                                    ),
+                                    metadata: reader.get(9, "metadata")?,
+                                })
+                            } else {
+                                None
+                            },
                         })
                     })();
                     feed_row(stream, position, lean, &mut apply)
                 }
                 _ => {
                     let unreadable = StreamId::unchecked("?", "?");
-                    let error = RowReader::new(row, &unreadable, Some(position))
+                    let error = RowReader::new(&row, &unreadable, Some(position))
                         .damaged("the stream columns cannot be read".into());
                     apply(Err(&error))
                 }

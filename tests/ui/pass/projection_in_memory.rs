@@ -75,6 +75,25 @@ impl Counter {
     }
 }
 
+// Handlers that read where an event sits, and no more: read without the id, time and metadata.
+#[derive(Default)]
+struct Located {
+    last: Option<(String, u64, Position)>,
+}
+
+#[projection]
+impl Located {
+    #[handles]
+    fn deposited(&mut self, _event: &Deposited, at: &EventLocation) {
+        self.last = Some((at.aggregate_id().to_owned(), at.version, at.position));
+    }
+
+    #[handles]
+    fn closed(&mut self, _event: &Closed, at: &eventsource::EventLocation<'_>) {
+        let _ = at.event_type;
+    }
+}
+
 fn assert_projection<P: Projection>() {}
 
 fn main() {
@@ -85,6 +104,10 @@ fn main() {
         ["Deposited", "Withdrawn", "Closed"]
     );
     assert_eq!(<Counter as Projection>::NAME, "Counter");
+    // A handler that takes the `EventContext` makes the manager read all of it.
+    assert_eq!(<Balances as Projection>::CONTEXT, eventsource::ContextFields::All);
+    assert_eq!(<Counter as Projection>::CONTEXT, eventsource::ContextFields::Location);
+    assert_eq!(<Located as Projection>::CONTEXT, eventsource::ContextFields::Location);
     let mut counter = Counter { seen: 3 };
     Projection::reset(&mut counter);
     assert_eq!(counter.seen, 0);

@@ -29,8 +29,9 @@ impl OrdersByCustomer {
         Ok(())
     }
 
+    // The location is context enough here.
     #[handles]
-    async fn cancelled(&mut self, _event: &OrderCancelled, ctx: &EventContext<'_>, tx: &mut SqliteTx) {
+    async fn cancelled(&mut self, _event: &OrderCancelled, ctx: &EventLocation<'_>, tx: &mut SqliteTx) {
         let _ = sqlx::query("DELETE FROM orders WHERE id = ?")
             .bind(ctx.aggregate_id())
             .execute(&mut **tx)
