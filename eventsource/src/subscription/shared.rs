@@ -105,11 +105,14 @@ struct InFlight {
 
 #[derive(Default)]
 struct State {
-    /// Every member's event types (`None`: a member reads every type).
+    /// The union of the members' event types.
     event_types: Option<Vec<String>>,
+    /// Whether a member reads every type (then the page does too).
     all_types: bool,
+    /// The context the most demanding member reads.
     context: ContextFields,
     members: usize,
+    /// The last full pages, oldest first.
     full_pages: VecDeque<(Key, Arc<Page>)>,
     in_flight: Vec<InFlight>,
 }
