@@ -342,6 +342,9 @@ pub trait EventStore: Send + Sync {
     /// borrowed views with their [`EventContext`], without building a [`RecordedEvent`] per row:
     /// how the subscription manager feeds projections. A damaged row is fed as its error.
     /// `apply` returns [`ControlFlow::Break`](std::ops::ControlFlow::Break) to stop at that row.
+    /// [`ReadAll::context`] says which context fields are read (the others are placeholders).
+    /// The SQLite and PostgreSQL stores feed rows as they arrive, so an error part way through
+    /// a page comes after `apply` saw the rows before it: a caller keeps what it applied.
     fn fold_all<F>(
         &self,
         query: &ReadAll,
