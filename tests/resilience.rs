@@ -180,6 +180,44 @@ async fn saves_and_loads_survive(grouped: bool) {
     }
 }
 
+/// After the server dropped every connection of a full pool, the pool's idle connections are
+/// all dead; a read finds one, and the retry closes the rest instead of meeting one dead
+/// connection per attempt (ten of them would outlast its ten attempts).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_of_dropped_connections_is_swept() {
+    let Some((store, options, victim, _schema)) = victim_store().await else {
+        return;
+    };
+    let repo = Counter::repository(store.clone());
+    let mut counter = repo.create("swept".to_owned());
+    counter.record(Incremented { by: 1 });
+    repo.save(&mut counter).await.unwrap();
+
+    // Ten idle connections, the pool's limit, then all of them killed.
+    let held: Vec<_> = futures::future::try_join_all((0..10).map(|_| store.pool().acquire()))
+        .await
+        .unwrap();
+    drop(held);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert_eq!(store.pool().num_idle(), 10);
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(&victim)
+    .fetch_all(&mut options.connect().await.unwrap())
+    .await
+    .unwrap();
+    assert_eq!(killed.iter().filter(|k| **k).count(), 10);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+
+    let loaded = repo.load("swept".to_owned()).await.unwrap();
+    assert_eq!(loaded.total, 1);
+    assert!(
+        store.pool().num_idle() <= 1,
+        "the dead idle connections were closed"
+    );
+}
+
 /// Counts the events it applied, in a table of the events' database, exactly once.
 struct Applied;
 

@@ -619,13 +619,21 @@ pub(crate) const TRANSIENT_ATTEMPTS: u32 = 10;
 const TRANSIENT_FIRST_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
 
 /// Runs `attempt` again while it fails with a transient error, with backoff, up to
-/// [`TRANSIENT_ATTEMPTS`] times. Only for operations that are safe to repeat: reads, and
-/// appends (idempotent by their event ids: see [`retried_append`]).
+/// [`TRANSIENT_ATTEMPTS`] times; `recover` runs after each wait, before the next attempt (a
+/// PostgreSQL store closes the idle connections the server dropped). Only for operations that
+/// are safe to repeat: reads, and appends (idempotent by their event ids: see
+/// [`retried_append`]).
 #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-pub(crate) async fn retrying<T, F, Fut>(operation: &'static str, mut attempt: F) -> Result<T>
+pub(crate) async fn retrying<T, F, Fut, R, RFut>(
+    operation: &'static str,
+    mut recover: R,
+    mut attempt: F,
+) -> Result<T>
 where
     F: FnMut(u32) -> Fut,
     Fut: Future<Output = Result<T>>,
+    R: FnMut() -> RFut,
+    RFut: Future<Output = ()>,
 {
     let mut delay = TRANSIENT_FIRST_DELAY;
     let mut n = 1;
@@ -634,6 +642,7 @@ where
             Err(error) if error.is_transient() && n < TRANSIENT_ATTEMPTS => {
                 tracing::warn!(operation, attempt = n, %error, "transient database error; trying again");
                 tokio::time::sleep(delay).await;
+                recover().await;
                 delay = (delay * 2).min(std::time::Duration::from_secs(1));
                 n += 1;
             }

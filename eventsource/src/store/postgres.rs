@@ -24,7 +24,7 @@
 use super::{
     AppendResult, EventRow, EventStore, ExpectedVersion, FoldEnd, FoldItem, LeanRow, LogHead,
     PageRow, Position, ReadAll, RowDetails, RowReader, StreamCache, StreamId, StreamQuery,
-    check_sequence, extra_json, feed_row, paged, retried_append, retrying, row_view, snapshot_row,
+    check_sequence, extra_json, feed_row, paged, retried_append, row_view, snapshot_row,
     validate_append,
 };
 use crate::checkpoint::{CheckpointStore, DeadLetter, TransactionalStore, conflict};
@@ -235,7 +235,7 @@ impl super::group::GroupWriter for PostgresEventStore {
     }
 
     async fn write_one(&self, append: &super::group::Pending) -> Result<AppendResult> {
-        retrying("append", |_| {
+        self.retrying("append", |_| {
             self.append_attempt(&append.stream, append.expected, &append.events)
         })
         .await
@@ -345,6 +345,16 @@ impl PostgresEventStore {
         }
     }
 
+    /// Runs `attempt` again while it fails with a transient error ([`super::retrying`]),
+    /// closing the idle connections the server dropped before each new attempt.
+    async fn retrying<T, F, Fut>(&self, operation: &'static str, attempt: F) -> Result<T>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        super::retrying(operation, || close_dropped(&self.pool), attempt).await
+    }
+
     /// A connection for one operation on events or snapshots: for a tenant-scoped store, a
     /// transaction that has set the tenant; otherwise a plain connection of the pool.
     async fn session(&self) -> sqlx::Result<Session> {
@@ -371,7 +381,7 @@ impl PostgresEventStore {
         T: Send,
     {
         let statement = &statement;
-        retrying(operation, move |_| async move {
+        self.retrying(operation, move |_| async move {
             let database = Error::database;
             let outlives: &'a () = &();
             let mut session = self.session().await.map_err(database(operation))?;
@@ -669,7 +679,9 @@ impl PostgresEventStore {
     /// One page of a global read: the next events of finished transactions only (the fence).
     async fn read_page(&self, query: ReadAll) -> Result<Vec<PageRow>> {
         let query = &query;
-        let rows = retrying("read_all", move |_| self.fetch_page(query, true)).await?;
+        let rows = self
+            .retrying("read_all", move |_| self.fetch_page(query, true))
+            .await?;
         rows.iter().map(|row| decode_row(row, None)).collect()
     }
 
@@ -998,10 +1010,13 @@ impl PostgresEventStore {
             if let Some(result) = group.append(stream, expected, events.clone()).await {
                 return result;
             }
-            return retrying("append", |_| self.append_attempt(stream, expected, &events)).await;
+            return self
+                .retrying("append", |_| self.append_attempt(stream, expected, &events))
+                .await;
         }
         let events = events.as_slice();
-        retrying("append", |_| self.append_attempt(stream, expected, events)).await
+        self.retrying("append", |_| self.append_attempt(stream, expected, events))
+            .await
     }
 }
 
@@ -1100,6 +1115,7 @@ impl EventStore for PostgresEventStore {
                 {
                     tracing::warn!(operation = "read_all", attempt, %error, "transient database error; trying again");
                     tokio::time::sleep(delay).await;
+                    close_dropped(&self.pool).await;
                     delay = (delay * 2).min(Duration::from_secs(1));
                     attempt += 1;
                 }
@@ -1149,13 +1165,14 @@ impl EventStore for PostgresEventStore {
         loop {
             let sql = format!("SELECT {FENCE}");
             let sql = sql.as_str();
-            let fence: i64 = retrying("wait_for", move |_| async move {
-                sqlx::query_scalar(sql)
-                    .fetch_one(&self.pool)
-                    .await
-                    .map_err(Error::database("wait_for"))
-            })
-            .await?;
+            let fence: i64 = self
+                .retrying("wait_for", move |_| async move {
+                    sqlx::query_scalar(sql)
+                        .fetch_one(&self.pool)
+                        .await
+                        .map_err(Error::database("wait_for"))
+                })
+                .await?;
             if position.to_sql() < fence {
                 return Ok(());
             }
@@ -1241,6 +1258,24 @@ impl EventStore for PostgresEventStore {
             .await?;
         Ok(version.max(0) as u64)
     }
+}
+
+/// Closes the pool's idle connections that no longer answer a ping. The pool does not check a
+/// connection when it hands it out ([`PostgresEventStore::pool_options`]), so after the server
+/// dropped its connections (a restart, `pg_terminate_backend`) every idle one would fail its
+/// next statement, and a retried operation could meet one dead connection per attempt. Run
+/// after a transient failure only: it costs a round trip per idle connection.
+async fn close_dropped(pool: &PgPool) {
+    let mut alive = Vec::new();
+    while let Some(mut conn) = pool.try_acquire() {
+        if sqlx::Connection::ping(&mut *conn).await.is_ok() {
+            // Held until the sweep ends, so that the next `try_acquire` takes another.
+            alive.push(conn);
+        } else {
+            conn.close_on_drop();
+        }
+    }
+    drop(alive);
 }
 
 /// Reads one row of the `events` table: its position (an error here is the database's), then
@@ -1448,14 +1483,15 @@ async fn remove_dead_letter_on(
 
 impl CheckpointStore for PostgresEventStore {
     async fn checkpoint(&self, projection: &str) -> Result<Option<Position>> {
-        let found: Option<i64> = retrying("load checkpoint", move |_| async move {
-            sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
-                .bind(projection)
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(Error::database("load checkpoint"))
-        })
-        .await?;
+        let found: Option<i64> = self
+            .retrying("load checkpoint", move |_| async move {
+                sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
+                    .bind(projection)
+                    .fetch_optional(&self.pool)
+                    .await
+                    .map_err(Error::database("load checkpoint"))
+            })
+            .await?;
         Ok(checkpoint_position(found))
     }
 
@@ -1465,7 +1501,7 @@ impl CheckpointStore for PostgresEventStore {
         previous: Option<Position>,
         position: Position,
     ) -> Result<()> {
-        retrying("save checkpoint", move |attempt| async move {
+        self.retrying("save checkpoint", move |attempt| async move {
             let mut conn = self
                 .pool
                 .acquire()
@@ -1566,7 +1602,7 @@ impl TransactionalStore for PostgresEventStore {
     type Database = Postgres;
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Postgres>> {
-        retrying("begin", |_| async {
+        self.retrying("begin", |_| async {
             self.pool.begin().await.map_err(Error::database("begin"))
         })
         .await
