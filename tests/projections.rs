@@ -914,6 +914,61 @@ async fn postgres_damaged_row_is_dead_lettered() {
     .await;
 }
 
+/// On SQLite a fold of locations reads a page as one framed text. A page holding a row whose
+/// text is not UTF-8 is read row by row instead; that row and one whose version is out of range
+/// are dead-lettered, and every other event is applied once, in order, with its true location.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_damaged_rows_in_a_fold_of_locations() {
+    let Some(db) = databases::sqlite().await else {
+        return;
+    };
+    let store = db.store();
+    let pool = store.writer_pool().clone();
+    let damage = |aggregate_id: &'static str, version: i64| {
+        let pool = pool.clone();
+        async move {
+            sqlx::query(&format!(
+                "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, \
+                 event_type, schema_version, occurred_at, payload) VALUES (?, 'Account', \
+                 {aggregate_id}, ?, 'proj.Deposited', 1, 0, '{{\"cents\": 1}}')"
+            ))
+            .bind(Uuid::now_v7())
+            .bind(version)
+            .execute(&pool)
+            .await
+            .unwrap();
+        }
+    };
+    let mut expected = Vec::new();
+    for i in 0..20 {
+        match i {
+            3 => damage("CAST(x'ff' AS TEXT)", 1).await,
+            11 => damage("'no-version'", 0).await,
+            _ => {}
+        }
+        // Ids and payloads holding the framing's own characters.
+        let stream = StreamId::new("Account", format!("a:{},{}", i % 3, i % 2)).unwrap();
+        let appended = store
+            .append(&stream, ExpectedVersion::Any, vec![deposit(i)])
+            .await
+            .unwrap();
+        expected.push((
+            stream,
+            appended.stream_version,
+            appended.last_position,
+            "proj.Deposited".to_owned(),
+        ));
+    }
+    let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
+    let locations = subscriptions.add_durable(Locations::default());
+    let running = subscriptions.start();
+    caught_up(&running, store).await;
+    running.shutdown().await;
+    assert_eq!(locations.read().seen, expected);
+    let letters = store.dead_letters("locations").await.unwrap();
+    assert_eq!(letters.len(), 2, "{letters:?}");
+}
+
 /// Checkpoints move by compare-and-set: a runner that finds the checkpoint elsewhere than it
 /// left it gets `CheckpointConflict`, and the checkpoint stays where the other runner put it.
 async fn checkpoints_are_compare_and_set<S: CheckpointStore>(store: &S) {

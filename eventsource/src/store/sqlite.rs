@@ -55,7 +55,7 @@ macro_rules! packed_metadata {
     };
 }
 
-/// The columns of a fold's page with the whole context ([`FOLD_WHOLE`]).
+/// The columns of a fold's page with the whole context, row by row.
 macro_rules! fold_columns {
     () => {
         concat!(
@@ -568,26 +568,79 @@ fn push_filters(select: &mut QueryBuilder<'_, Sqlite>, query: &ReadAll) {
     }
 }
 
-/// A page of [`EventStore::fold_all`] with the whole context: the stream's columns, then the
-/// event's, then the event id, time and packed metadata.
-const FOLD_WHOLE: &str = concat!("SELECT ", fold_columns!(), " FROM events WHERE position > ");
+/// A page of [`EventStore::fold_all`] that reads locations only, as one framed text: SQLite
+/// concatenates the page's rows, each a header of seven decimal integers (position, version,
+/// schema version, and the byte lengths of the event type, aggregate type, aggregate id and
+/// payload) ended by `:`, then those four texts. sqlx copies every column of every SQLite row
+/// into an allocation of its own and hands each row over from its worker thread, which cost a
+/// projection's catch-up more than the database's own work; a page as one value pays that
+/// once. The lengths make the framing exact whatever the texts hold.
+const FOLD_FRAMED: &str = "SELECT count(*), group_concat(concat(position, ',', version, ',', \
+     schema_version, ',', octet_length(event_type), ',', octet_length(aggregate_type), ',', \
+     octet_length(aggregate_id), ',', octet_length(payload), ':', event_type, aggregate_type, \
+     aggregate_id, payload), '' ORDER BY position) FROM (SELECT position, version, \
+     schema_version, event_type, aggregate_type, aggregate_id, payload FROM events \
+     WHERE position > ";
 
-/// A page of [`EventStore::fold_all`] that reads locations only, in four columns rather than
-/// seven: sqlx copies each column of each SQLite row into an allocation of its own, so a row of
-/// seven columns cost it 1.5 to 2 times a row of four. The version and the schema version share
-/// one integer (`version * 65536 + schema_version`), and the event type and the stream one text
-/// (`event_type`, `aggregate_type` and `aggregate_id`, joined by the unit separator U+001F).
-/// A row they cannot carry (a schema version above 65,535, a version above 2^47, a unit
-/// separator in the event or aggregate type, or a damaged row) has them NULL and is read whole
-/// ([`feed_whole`]).
-const FOLD_PACKED: &str = "SELECT position, \
-     CASE WHEN version BETWEEN 1 AND 140737488355327 AND schema_version BETWEEN 1 AND 65535 \
-     THEN version * 65536 + schema_version END, \
-     CASE WHEN instr(event_type, '\u{1f}') = 0 AND instr(aggregate_type, '\u{1f}') = 0 \
-     THEN event_type || '\u{1f}' || aggregate_type || '\u{1f}' || aggregate_id END, \
-     payload FROM events WHERE position > ";
+/// One page of [`FOLD_FRAMED`]: how many rows it holds, and their records.
+struct FramedPage {
+    count: usize,
+    row: SqliteRow,
+}
 
-/// Feeds a row of [`FOLD_WHOLE`]'s columns to a fold; the event id, time and metadata only if
+impl FramedPage {
+    /// The records; `None` if the text is not readable (not UTF-8: a damaged row, which the
+    /// row-by-row read reports).
+    fn text(&self) -> Option<&str> {
+        self.row.try_get::<Option<&str>, _>(1).ok().flatten()
+    }
+}
+
+/// One row of a [`FOLD_FRAMED`] page, borrowed from its text.
+struct Record<'t> {
+    position: Position,
+    aggregate_type: &'t str,
+    aggregate_id: &'t str,
+    lean: LeanRow<'t>,
+}
+
+impl<'t> Record<'t> {
+    /// The record at `at`, which moves past it; `None` if the text there is not a record.
+    fn next(text: &'t str, at: &mut usize) -> Option<Self> {
+        let rest = text.get(*at..)?;
+        let colon = rest.find(':')?;
+        let mut header = rest[..colon].split(',');
+        let mut int = || header.next()?.parse::<i64>().ok();
+        let (position, version, schema_version) = (int()?, int()?, int()?);
+        let mut length = || usize::try_from(int()?).ok();
+        let lengths = [length()?, length()?, length()?, length()?];
+        if header.next().is_some() || position < 0 {
+            return None;
+        }
+        let mut start = colon + 1;
+        let mut texts = [""; 4];
+        for (text, length) in texts.iter_mut().zip(lengths) {
+            *text = rest.get(start..start.checked_add(length)?)?;
+            start += length;
+        }
+        *at += start;
+        let [event_type, aggregate_type, aggregate_id, payload] = texts;
+        Some(Record {
+            position: Position::new(position as u64),
+            aggregate_type,
+            aggregate_id,
+            lean: LeanRow {
+                version,
+                event_type,
+                schema_version,
+                payload,
+                details: None,
+            },
+        })
+    }
+}
+
+/// Feeds a row of `fold_columns!()` to a fold; the event id, time and metadata only if
 /// `details` (otherwise the fold reads locations).
 fn feed_whole<F>(
     row: &SqliteRow,
@@ -629,38 +682,6 @@ where
         })
     })();
     feed_row(stream, position, lean, apply)
-}
-
-/// Feeds a row of [`FOLD_PACKED`] to a fold; `None` if its packed columns are NULL (the row is
-/// to be read whole).
-fn feed_packed<F>(
-    row: &SqliteRow,
-    position: Position,
-    streams: &mut StreamCache,
-    apply: &mut F,
-) -> Option<std::ops::ControlFlow<()>>
-where
-    F: for<'e> FnMut(FoldItem<'e>) -> std::ops::ControlFlow<()>,
-{
-    let (Ok(Some(versions)), Ok(Some(names))) = (
-        row.try_get::<Option<i64>, _>(1),
-        row.try_get::<Option<&str>, _>(2),
-    ) else {
-        return None;
-    };
-    let (event_type, stream) = names.split_once('\u{1f}')?;
-    let (aggregate_type, aggregate_id) = stream.split_once('\u{1f}')?;
-    let stream = streams.get(aggregate_type, aggregate_id);
-    let lean = RowReader::new(row, stream, Some(position))
-        .get(3, "payload")
-        .map(|payload| LeanRow {
-            version: versions >> 16,
-            event_type,
-            schema_version: versions & 0xFFFF,
-            payload,
-            details: None,
-        });
-    Some(feed_row(stream, position, lean, apply))
 }
 
 /// Whether opening failed only because another connection is creating the same database.
@@ -713,6 +734,28 @@ impl SqliteEventStore {
             });
         }
         self.append_inner(stream, expected, &events).await
+    }
+}
+
+impl SqliteEventStore {
+    /// Reads a page of a fold of locations as one framed text ([`FOLD_FRAMED`]).
+    async fn framed_page(&self, query: &ReadAll) -> Result<FramedPage> {
+        let mut select = QueryBuilder::<Sqlite>::new(FOLD_FRAMED);
+        select.push_bind(query.after.to_sql());
+        push_filters(&mut select, query);
+        select.push(" ORDER BY position LIMIT ");
+        select.push_bind(to_i64(query.batch_size as u64));
+        select.push(")");
+        let row = select
+            .build()
+            .fetch_one(&self.reader)
+            .await
+            .map_err(Error::database("read_all"))?;
+        let count: i64 = row.try_get(0).map_err(Error::database("read_all"))?;
+        Ok(FramedPage {
+            count: count.max(0) as usize,
+            row,
+        })
     }
 }
 
@@ -847,67 +890,61 @@ impl EventStore for SqliteEventStore {
         let details = query.context == ContextFields::All;
         let mut end = FoldEnd::default();
         let mut streams = StreamCache::default();
-        let mut after = query.after;
-        // A row that the packed columns cannot carry ends the statement; it is read whole, and
-        // the page goes on after it with a new statement.
-        while end.rows < query.batch_size {
-            let mut select =
-                QueryBuilder::<Sqlite>::new(if details { FOLD_WHOLE } else { FOLD_PACKED });
-            select.push_bind(after.to_sql());
-            push_filters(&mut select, query);
-            select.push(" ORDER BY position LIMIT ");
-            select.push_bind(to_i64((query.batch_size - end.rows) as u64));
-            let mut unpacked = None;
-            {
-                // Row by row as sqlx's worker thread steps the statement: the rows are applied
-                // while the next ones are read, on the other core. An error part way leaves
-                // the rows before it applied (the caller knows how far it got).
-                let mut rows = select.build().fetch(&self.reader);
-                while let Some(row) = rows.try_next().await.map_err(Error::database("read_all"))? {
-                    let position = Position::new(
-                        row.try_get::<i64, _>(0)
-                            .map_err(Error::database("read_all"))?
-                            .max(0) as u64,
-                    );
-                    let flow = if details {
-                        feed_whole(&row, position, true, &mut streams, &mut apply)
-                    } else {
-                        match feed_packed(&row, position, &mut streams, &mut apply) {
-                            Some(flow) => flow,
-                            None => {
-                                unpacked = Some(position);
-                                break;
-                            }
-                        }
-                    };
-                    end.rows += 1;
-                    end.last = Some(position);
-                    if flow.is_break() {
-                        end.stopped = true;
-                        return Ok(end);
-                    }
-                }
+        if !details {
+            let page = self.framed_page(query).await?;
+            if page.count == 0 {
+                return Ok(end);
             }
-            let Some(position) = unpacked else { break };
-            let whole = sqlx::query(concat!(
-                "SELECT ",
-                fold_columns!(),
-                " FROM events WHERE position = ?"
-            ))
-            .bind(position.to_sql())
-            .fetch_optional(&self.reader)
-            .await
-            .map_err(Error::database("read_all"))?;
-            if let Some(row) = whole {
-                let flow = feed_whole(&row, position, false, &mut streams, &mut apply);
+            let text = page.text().unwrap_or_default();
+            let mut at = 0;
+            while at < text.len() {
+                // A record that does not parse (which only a text the lengths do not describe
+                // could cause) ends the framed part: the rest of the page is read row by row.
+                let Some(record) = Record::next(text, &mut at) else {
+                    break;
+                };
+                if record.position <= end.last.map_or(query.after, |last| last) {
+                    break;
+                }
+                let stream = streams.get(record.aggregate_type, record.aggregate_id);
+                let flow = feed_row(stream, record.position, Ok(record.lean), &mut apply);
                 end.rows += 1;
-                end.last = Some(position);
+                end.last = Some(record.position);
                 if flow.is_break() {
                     end.stopped = true;
                     return Ok(end);
                 }
             }
-            after = position;
+            if end.rows == page.count {
+                return Ok(end);
+            }
+        }
+        let mut select = QueryBuilder::<Sqlite>::new(concat!(
+            "SELECT ",
+            fold_columns!(),
+            " FROM events WHERE position > "
+        ));
+        select.push_bind(end.last.unwrap_or(query.after).to_sql());
+        push_filters(&mut select, query);
+        select.push(" ORDER BY position LIMIT ");
+        select.push_bind(to_i64((query.batch_size - end.rows) as u64));
+        // Row by row as sqlx's worker thread steps the statement: the rows are applied while
+        // the next ones are read, on the other core. An error part way leaves the rows before
+        // it applied (the caller knows how far it got).
+        let mut rows = select.build().fetch(&self.reader);
+        while let Some(row) = rows.try_next().await.map_err(Error::database("read_all"))? {
+            let position = Position::new(
+                row.try_get::<i64, _>(0)
+                    .map_err(Error::database("read_all"))?
+                    .max(0) as u64,
+            );
+            let flow = feed_whole(&row, position, details, &mut streams, &mut apply);
+            end.rows += 1;
+            end.last = Some(position);
+            if flow.is_break() {
+                end.stopped = true;
+                break;
+            }
         }
         Ok(end)
     }
