@@ -321,6 +321,73 @@ async fn sqlite_corrupt_rows_are_typed_errors() {
     corrupt_rows_are_typed_errors(&store).await;
 }
 
+/// SQLite reads the rest of a long stream (after its first 64 rows) as one framed text
+/// (lengths, then the texts): metadata and payloads holding the framing's own characters come
+/// back as written, and a stream with a row whose payload is not UTF-8 is read row by row from
+/// there, where that row is `Error::Corrupt`.
+#[tokio::test]
+async fn sqlite_streams_read_framed_and_row_by_row() {
+    let (_dir, store, raw) = sqlite_file_store().await;
+    let odd = stream("a:1,2");
+    let metadata = Metadata::new().with_extra("note", serde_json::json!("3:4,-1:"));
+    let mut events: Vec<NewEvent> = (1..=70).map(event).collect();
+    events[66] = NewEvent::from_json("stores.Counted", 1, r#"{"n": 67, "s": "5,6:"}"#);
+    events[67] = event(68).with_metadata(metadata);
+    store
+        .append(&odd, ExpectedVersion::NoStream, events)
+        .await
+        .unwrap();
+    let read = store.read_stream(&odd, StreamQuery::all()).await.unwrap();
+    assert_eq!(read.len(), 70);
+    assert_eq!(read[66].payload, r#"{"n": 67, "s": "5,6:"}"#);
+    assert_eq!(
+        read[67].metadata.extra.get("note"),
+        Some(&serde_json::json!("3:4,-1:"))
+    );
+    assert!(read.iter().zip(1..).all(|(e, v)| e.version == v));
+    let repo = Counter::repository(&store);
+    assert_eq!(repo.load("a:1,2").await.unwrap().total, 70 * 71 / 2);
+    let some = store
+        .read_stream(&odd, StreamQuery::from_version(60).to_version(69))
+        .await
+        .unwrap();
+    assert_eq!(some.len(), 10);
+
+    store
+        .append(
+            &stream("bytes"),
+            ExpectedVersion::NoStream,
+            (1..=68).map(event).collect(),
+        )
+        .await
+        .unwrap();
+    sqlx::query(
+        "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \
+         schema_version, occurred_at, payload) \
+         VALUES (?, 'Counter', 'bytes', 69, 'stores.Counted', 1, 0, CAST(x'ff' AS TEXT))",
+    )
+    .bind(uuid::Uuid::now_v7())
+    .execute(&raw)
+    .await
+    .unwrap();
+    let loaded = repo.load("bytes").await;
+    assert!(
+        matches!(
+            &loaded,
+            Err(Error::Corrupt {
+                version: Some(69),
+                ..
+            })
+        ),
+        "{loaded:?}"
+    );
+    let before = store
+        .read_stream(&stream("bytes"), StreamQuery::all().to_version(68))
+        .await
+        .unwrap();
+    assert_eq!(before.len(), 68);
+}
+
 #[tokio::test]
 async fn postgres_corrupt_rows_are_typed_errors() {
     let Some(db) = databases::postgres().await else {

@@ -568,19 +568,37 @@ fn push_filters(select: &mut QueryBuilder<'_, Sqlite>, query: &ReadAll) {
     }
 }
 
-/// A page of [`EventStore::fold_all`] that reads locations only, as one framed text: SQLite
-/// concatenates the page's rows, each a header of seven decimal integers (position, version,
-/// schema version, and the byte lengths of the event type, aggregate type, aggregate id and
-/// payload) ended by `:`, then those four texts. sqlx copies every column of every SQLite row
-/// into an allocation of its own and hands each row over from its worker thread, which cost a
-/// projection's catch-up more than the database's own work; a page as one value pays that
-/// once. The lengths make the framing exact whatever the texts hold.
+/// A page of [`EventStore::fold_all`] as one framed text: SQLite concatenates the page's rows,
+/// each a header of decimal integers (position, version, schema version, and the byte lengths
+/// of the event type, aggregate type, aggregate id and payload) ended by `:`, then those four
+/// texts. sqlx copies every column of every SQLite row into an allocation of its own and hands
+/// each row over from its worker thread, which cost a projection's catch-up more than the
+/// database's own work; a page as one value pays that once. The lengths make the framing exact
+/// whatever the texts hold. This one reads locations only; [`FOLD_FRAMED_WHOLE`] the whole
+/// context.
 const FOLD_FRAMED: &str = "SELECT count(*), group_concat(concat(position, ',', version, ',', \
      schema_version, ',', octet_length(event_type), ',', octet_length(aggregate_type), ',', \
      octet_length(aggregate_id), ',', octet_length(payload), ':', event_type, aggregate_type, \
      aggregate_id, payload), '' ORDER BY position) FROM (SELECT position, version, \
      schema_version, event_type, aggregate_type, aggregate_id, payload FROM events \
      WHERE position > ";
+
+/// [`FOLD_FRAMED`] with the whole context: the header has the time (microseconds) after the
+/// schema version, and the lengths of the event id (in hex) and the packed metadata (-1 for
+/// none) after the payload's; those two texts follow the payload.
+const FOLD_FRAMED_WHOLE: &str = concat!(
+    "SELECT count(*), group_concat(concat(position, ',', version, ',', schema_version, ',', \
+     occurred_at, ',', octet_length(event_type), ',', octet_length(aggregate_type), ',', \
+     octet_length(aggregate_id), ',', octet_length(payload), ',', octet_length(event_id) * 2, \
+     ',', coalesce(octet_length(metadata), -1), ':', event_type, aggregate_type, aggregate_id, \
+     payload, hex(event_id), metadata), '' ORDER BY position) FROM (SELECT position, version, \
+     schema_version, occurred_at, event_type, aggregate_type, aggregate_id, payload, event_id, ",
+    packed_metadata!(),
+    " AS metadata FROM events WHERE position > "
+);
+
+/// How many rows a stream read reads row by row before it reads the rest as one framed text.
+const STREAM_HEAD: i64 = 64;
 
 /// One page of [`FOLD_FRAMED`]: how many rows it holds, and their records.
 struct FramedPage {
@@ -605,28 +623,35 @@ struct Record<'t> {
 }
 
 impl<'t> Record<'t> {
-    /// The record at `at`, which moves past it; `None` if the text there is not a record.
-    fn next(text: &'t str, at: &mut usize) -> Option<Self> {
-        let rest = text.get(*at..)?;
-        let colon = rest.find(':')?;
-        let mut header = rest[..colon].split(',');
-        let mut int = || header.next()?.parse::<i64>().ok();
-        let (position, version, schema_version) = (int()?, int()?, int()?);
-        let mut length = || usize::try_from(int()?).ok();
-        let lengths = [length()?, length()?, length()?, length()?];
-        if header.next().is_some() || position < 0 {
+    /// The record at `at` of a page of [`FOLD_FRAMED`] (or of [`FOLD_FRAMED_WHOLE`], with
+    /// `details`), which moves `at` past it; `None` if the text there is not a record.
+    fn next(text: &'t str, at: &mut usize, details: bool) -> Option<Self> {
+        let (position, version, schema_version, texts, more) = if details {
+            let ([position, version, schema_version, micros], texts) = framed::<4, 6>(text, at)?;
+            let [texts @ .., Some(event_id), metadata] = texts else {
+                return None;
+            };
+            let details = RowDetails {
+                event_id: uuid::Uuid::try_parse(event_id).ok()?,
+                occurred_at: chrono::DateTime::from_timestamp_micros(micros),
+                metadata,
+            };
+            (position, version, schema_version, texts, Some(details))
+        } else {
+            let ([position, version, schema_version], texts) = framed::<3, 4>(text, at)?;
+            (position, version, schema_version, texts, None)
+        };
+        let [
+            Some(event_type),
+            Some(aggregate_type),
+            Some(aggregate_id),
+            Some(payload),
+        ] = texts
+        else {
             return None;
-        }
-        let mut start = colon + 1;
-        let mut texts = [""; 4];
-        for (text, length) in texts.iter_mut().zip(lengths) {
-            *text = rest.get(start..start.checked_add(length)?)?;
-            start += length;
-        }
-        *at += start;
-        let [event_type, aggregate_type, aggregate_id, payload] = texts;
+        };
         Some(Record {
-            position: Position::new(position as u64),
+            position: Position::new(u64::try_from(position).ok()?),
             aggregate_type,
             aggregate_id,
             lean: LeanRow {
@@ -634,10 +659,42 @@ impl<'t> Record<'t> {
                 event_type,
                 schema_version,
                 payload,
-                details: None,
+                details: more,
             },
         })
     }
+}
+
+/// Reads the record at `at` of a framed text, and moves `at` past it: `I` decimal integers and
+/// the byte lengths of `T` texts (-1 for NULL), separated by `,` and ended by `:`, then the
+/// texts. `None` if the text there is not such a record.
+fn framed<'t, const I: usize, const T: usize>(
+    text: &'t str,
+    at: &mut usize,
+) -> Option<([i64; I], [Option<&'t str>; T])> {
+    let rest = text.get(*at..)?;
+    let colon = rest.find(':')?;
+    let mut header = rest[..colon].split(',');
+    let mut ints = [0; I];
+    for int in &mut ints {
+        *int = header.next()?.parse().ok()?;
+    }
+    let mut start = colon + 1;
+    let mut texts = [None; T];
+    for text in &mut texts {
+        let length: i64 = header.next()?.parse().ok()?;
+        if length == -1 {
+            continue;
+        }
+        let end = start.checked_add(usize::try_from(length).ok()?)?;
+        *text = Some(rest.get(start..end)?);
+        start = end;
+    }
+    if header.next().is_some() {
+        return None;
+    }
+    *at += start;
+    Some((ints, texts))
 }
 
 /// Feeds a row of `fold_columns!()` to a fold; the event id, time and metadata only if
@@ -738,9 +795,68 @@ impl SqliteEventStore {
 }
 
 impl SqliteEventStore {
-    /// Reads a page of a fold of locations as one framed text ([`FOLD_FRAMED`]).
-    async fn framed_page(&self, query: &ReadAll) -> Result<FramedPage> {
-        let mut select = QueryBuilder::<Sqlite>::new(FOLD_FRAMED);
+    /// Feeds the stream's rows from version `versions.0` to `versions.1`, at most `limit` of
+    /// them, row by row; returns how many it fed and the version after the last.
+    async fn stream_rows<F>(
+        &self,
+        stream: &StreamId,
+        (from, to): (i64, i64),
+        until: Option<i64>,
+        limit: i64,
+        apply: &mut F,
+    ) -> Result<(i64, i64)>
+    where
+        F: FnMut(EventView<'_>) -> Result<()> + Send,
+    {
+        // The free-form metadata column only (usually NULL): the rest of the metadata has typed
+        // columns that a STRICT table keeps sound, and packing them costs a load a third more.
+        const SQL: &str = "SELECT position, version, event_type, schema_version, metadata, payload FROM events \
+             WHERE aggregate_type = ? AND aggregate_id = ? AND version BETWEEN ? AND ? \
+             AND (? IS NULL OR occurred_at <= ?) ORDER BY version ASC LIMIT ?";
+        let rows = sqlx::query(SQL)
+            .bind(stream.aggregate_type())
+            .bind(stream.aggregate_id())
+            .bind(from)
+            .bind(to)
+            .bind(until)
+            .bind(until)
+            .bind(limit)
+            .fetch_all(&self.reader)
+            .await
+            .map_err(Error::database("load"))?;
+        let mut next = from;
+        for row in &rows {
+            let position = Position::new(
+                row.try_get::<i64, _>(0)
+                    .map_err(Error::database("load"))?
+                    .max(0) as u64,
+            );
+            let mut reader = RowReader::new(row, stream, Some(position));
+            let version: i64 = reader.get(1, "version")?;
+            reader.version = u64::try_from(version).ok();
+            let event_type: &str = reader.get(2, "event_type")?;
+            reader.event_type = Some(event_type);
+            apply(row_view(
+                stream,
+                position,
+                version,
+                event_type,
+                reader.get(3, "schema_version")?,
+                reader.get::<Option<&str>>(4, "metadata")?,
+                reader.get(5, "payload")?,
+            )?)?;
+            next = version.saturating_add(1);
+        }
+        Ok((rows.len() as i64, next))
+    }
+
+    /// Reads a page of a fold as one framed text ([`FOLD_FRAMED`], [`FOLD_FRAMED_WHOLE`]).
+    async fn framed_page(&self, query: &ReadAll, details: bool) -> Result<FramedPage> {
+        let mut select = QueryBuilder::<Sqlite>::new(if details {
+            FOLD_FRAMED_WHOLE
+        } else {
+            FOLD_FRAMED
+        });
         select.push_bind(query.after.to_sql());
         push_filters(&mut select, query);
         select.push(" ORDER BY position LIMIT ");
@@ -827,44 +943,73 @@ impl EventStore for SqliteEventStore {
     where
         F: FnMut(EventView<'_>) -> Result<()> + Send,
     {
-        // The free-form metadata column only (usually NULL): the rest of the metadata has typed
-        // columns that a STRICT table keeps sound, and packing them costs a load a third more.
-        const SQL: &str = "SELECT position, version, event_type, schema_version, metadata, payload FROM events \
-             WHERE aggregate_type = ? AND aggregate_id = ? AND version BETWEEN ? AND ? \
-             AND (? IS NULL OR occurred_at <= ?) ORDER BY version ASC LIMIT ?";
+        // The first rows row by row: most loads are short (a few events, or the tail after a
+        // snapshot), and for them one plain statement costs less than building a framed text.
         let (from, to) = query.sql_versions();
         let until = query.until.map(|t| t.timestamp_micros());
-        let rows = sqlx::query(SQL)
+        let limit = query.sql_limit();
+        let head = limit.min(STREAM_HEAD);
+        let (applied, next) = self
+            .stream_rows(stream, (from, to), until, head, &mut apply)
+            .await?;
+        if applied < head || applied >= limit {
+            return Ok(());
+        }
+        // The rest of a long stream as one framed text (see `FOLD_FRAMED`), each record a
+        // header (position, version, schema version, then the byte lengths of the type, the
+        // metadata or -1 for NULL, and the payload) and those texts.
+        const FRAMED: &str = "SELECT count(*), group_concat(concat(position, ',', version, ',', \
+             schema_version, ',', octet_length(event_type), ',', \
+             coalesce(octet_length(metadata), -1), ',', octet_length(payload), ':', event_type, \
+             metadata, payload), '' ORDER BY version) FROM (SELECT position, version, \
+             event_type, schema_version, metadata, payload FROM events \
+             WHERE aggregate_type = ? AND aggregate_id = ? AND version BETWEEN ? AND ? \
+             AND (? IS NULL OR occurred_at <= ?) ORDER BY version ASC LIMIT ?)";
+        let limit = limit - applied;
+        let page = sqlx::query(FRAMED)
             .bind(stream.aggregate_type())
             .bind(stream.aggregate_id())
-            .bind(from)
+            .bind(next)
             .bind(to)
             .bind(until)
             .bind(until)
-            .bind(query.sql_limit())
-            .fetch_all(&self.reader)
+            .bind(limit)
+            .fetch_one(&self.reader)
             .await
             .map_err(Error::database("load"))?;
-        for row in &rows {
-            let position = Position::new(
-                row.try_get::<i64, _>(0)
-                    .map_err(Error::database("load"))?
-                    .max(0) as u64,
-            );
-            let mut reader = RowReader::new(row, stream, Some(position));
-            let version: i64 = reader.get(1, "version")?;
-            reader.version = u64::try_from(version).ok();
-            let event_type: &str = reader.get(2, "event_type")?;
-            reader.event_type = Some(event_type);
-            apply(row_view(
-                stream,
-                position,
-                version,
-                event_type,
-                reader.get(3, "schema_version")?,
-                reader.get::<Option<&str>>(4, "metadata")?,
-                reader.get(5, "payload")?,
-            )?)?;
+        let count: i64 = page.try_get(0).map_err(Error::database("load"))?;
+        let (mut applied, mut next) = (0, next);
+        if let Ok(Some(text)) = page.try_get::<Option<&str>, _>(1) {
+            let mut at = 0;
+            while at < text.len() {
+                // A record that does not parse ends the framed part: the rest is read row by row.
+                let Some((
+                    [position, version, schema_version],
+                    [Some(event_type), metadata, Some(payload)],
+                )) = framed::<3, 3>(text, &mut at)
+                else {
+                    break;
+                };
+                if version < next {
+                    break;
+                }
+                let position = Position::new(position.max(0) as u64);
+                apply(row_view(
+                    stream,
+                    position,
+                    version,
+                    event_type,
+                    schema_version,
+                    metadata,
+                    payload,
+                )?)?;
+                applied += 1;
+                next = version.saturating_add(1);
+            }
+        }
+        if applied < count {
+            self.stream_rows(stream, (next, to), until, limit - applied, &mut apply)
+                .await?;
         }
         Ok(())
     }
@@ -890,8 +1035,8 @@ impl EventStore for SqliteEventStore {
         let details = query.context == ContextFields::All;
         let mut end = FoldEnd::default();
         let mut streams = StreamCache::default();
-        if !details {
-            let page = self.framed_page(query).await?;
+        {
+            let page = self.framed_page(query, details).await?;
             if page.count == 0 {
                 return Ok(end);
             }
@@ -900,10 +1045,10 @@ impl EventStore for SqliteEventStore {
             while at < text.len() {
                 // A record that does not parse (which only a text the lengths do not describe
                 // could cause) ends the framed part: the rest of the page is read row by row.
-                let Some(record) = Record::next(text, &mut at) else {
+                let Some(record) = Record::next(text, &mut at, details) else {
                     break;
                 };
-                if record.position <= end.last.map_or(query.after, |last| last) {
+                if record.position <= end.last.unwrap_or(query.after) {
                     break;
                 }
                 let stream = streams.get(record.aggregate_type, record.aggregate_id);
@@ -927,7 +1072,7 @@ impl EventStore for SqliteEventStore {
         select.push_bind(end.last.unwrap_or(query.after).to_sql());
         push_filters(&mut select, query);
         select.push(" ORDER BY position LIMIT ");
-        select.push_bind(to_i64((query.batch_size - end.rows) as u64));
+        select.push_bind(to_i64(query.batch_size.saturating_sub(end.rows) as u64));
         // Row by row as sqlx's worker thread steps the statement: the rows are applied while
         // the next ones are read, on the other core. An error part way leaves the rows before
         // it applied (the caller knows how far it got).
