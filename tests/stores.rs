@@ -386,6 +386,20 @@ async fn sqlite_streams_read_framed_and_row_by_row() {
         .await
         .unwrap();
     assert_eq!(before.len(), 68);
+
+    // Longer than one framed text holds (10,000 rows after the first 64).
+    let long = stream("long");
+    for batch in 0..11 {
+        let events = (1..=1_000).map(|n| event(batch * 1_000 + n)).collect();
+        store
+            .append(&long, ExpectedVersion::Any, events)
+            .await
+            .unwrap();
+    }
+    let read = store.read_stream(&long, StreamQuery::all()).await.unwrap();
+    assert_eq!(read.len(), 11_000);
+    assert!(read.iter().zip(1..).all(|(e, v)| e.version == v));
+    assert_eq!(repo.load("long").await.unwrap().total, 11_000 * 11_001 / 2);
 }
 
 #[tokio::test]

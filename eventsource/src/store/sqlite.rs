@@ -597,8 +597,20 @@ const FOLD_FRAMED_WHOLE: &str = concat!(
     " AS metadata FROM events WHERE position > "
 );
 
-/// How many rows a stream read reads row by row before it reads the rest as one framed text.
+/// How many rows a stream read reads row by row before it reads the rest as framed texts.
 const STREAM_HEAD: i64 = 64;
+
+/// How many rows of a stream one framed text holds at most.
+const STREAM_CHUNK: i64 = 10_000;
+
+/// Whether SQLite refused a value longer than its limit (`SQLITE_TOOBIG`): the rows of a
+/// framed text were too large together, and are read row by row instead.
+fn too_big(error: &sqlx::Error) -> bool {
+    error
+        .as_database_error()
+        .and_then(|error| error.code())
+        .is_some_and(|code| code == "18")
+}
 
 /// One page of [`FOLD_FRAMED`]: how many rows it holds, and their records.
 struct FramedPage {
@@ -850,8 +862,9 @@ impl SqliteEventStore {
         Ok((rows.len() as i64, next))
     }
 
-    /// Reads a page of a fold as one framed text ([`FOLD_FRAMED`], [`FOLD_FRAMED_WHOLE`]).
-    async fn framed_page(&self, query: &ReadAll, details: bool) -> Result<FramedPage> {
+    /// Reads a page of a fold as one framed text ([`FOLD_FRAMED`], [`FOLD_FRAMED_WHOLE`]);
+    /// `None` if its rows are too large to frame together.
+    async fn framed_page(&self, query: &ReadAll, details: bool) -> Result<Option<FramedPage>> {
         let mut select = QueryBuilder::<Sqlite>::new(if details {
             FOLD_FRAMED_WHOLE
         } else {
@@ -862,16 +875,16 @@ impl SqliteEventStore {
         select.push(" ORDER BY position LIMIT ");
         select.push_bind(to_i64(query.batch_size as u64));
         select.push(")");
-        let row = select
-            .build()
-            .fetch_one(&self.reader)
-            .await
-            .map_err(Error::database("read_all"))?;
+        let row = match select.build().fetch_one(&self.reader).await {
+            // Events too large to frame together: the page is read row by row.
+            Err(error) if too_big(&error) => return Ok(None),
+            row => row.map_err(Error::database("read_all"))?,
+        };
         let count: i64 = row.try_get(0).map_err(Error::database("read_all"))?;
-        Ok(FramedPage {
+        Ok(Some(FramedPage {
             count: count.max(0) as usize,
             row,
-        })
+        }))
     }
 }
 
@@ -965,50 +978,66 @@ impl EventStore for SqliteEventStore {
              event_type, schema_version, metadata, payload FROM events \
              WHERE aggregate_type = ? AND aggregate_id = ? AND version BETWEEN ? AND ? \
              AND (? IS NULL OR occurred_at <= ?) ORDER BY version ASC LIMIT ?)";
-        let limit = limit - applied;
-        let page = sqlx::query(FRAMED)
-            .bind(stream.aggregate_type())
-            .bind(stream.aggregate_id())
-            .bind(next)
-            .bind(to)
-            .bind(until)
-            .bind(until)
-            .bind(limit)
-            .fetch_one(&self.reader)
-            .await
-            .map_err(Error::database("load"))?;
-        let count: i64 = page.try_get(0).map_err(Error::database("load"))?;
-        let (mut applied, mut next) = (0, next);
-        if let Ok(Some(text)) = page.try_get::<Option<&str>, _>(1) {
-            let mut at = 0;
-            while at < text.len() {
-                // A record that does not parse ends the framed part: the rest is read row by row.
-                let Some((
-                    [position, version, schema_version],
-                    [Some(event_type), metadata, Some(payload)],
-                )) = framed::<3, 3>(text, &mut at)
-                else {
-                    break;
-                };
-                if version < next {
-                    break;
+        let (mut limit, mut next) = (limit - applied, next);
+        while limit > 0 {
+            // In chunks, so that a text stays far below SQLite's limit on a value's length.
+            let chunk = limit.min(STREAM_CHUNK);
+            let page = sqlx::query(FRAMED)
+                .bind(stream.aggregate_type())
+                .bind(stream.aggregate_id())
+                .bind(next)
+                .bind(to)
+                .bind(until)
+                .bind(until)
+                .bind(chunk)
+                .fetch_one(&self.reader)
+                .await;
+            let page = match page {
+                // Events too large to frame together: the rest row by row.
+                Err(error) if too_big(&error) => break,
+                page => page.map_err(Error::database("load"))?,
+            };
+            let count: i64 = page.try_get(0).map_err(Error::database("load"))?;
+            let mut applied = 0;
+            if let Ok(Some(text)) = page.try_get::<Option<&str>, _>(1) {
+                let mut at = 0;
+                while at < text.len() {
+                    // A record that does not parse ends the framed part: the rest is read row
+                    // by row.
+                    let Some((
+                        [position, version, schema_version],
+                        [Some(event_type), metadata, Some(payload)],
+                    )) = framed::<3, 3>(text, &mut at)
+                    else {
+                        break;
+                    };
+                    if version < next {
+                        break;
+                    }
+                    let position = Position::new(position.max(0) as u64);
+                    apply(row_view(
+                        stream,
+                        position,
+                        version,
+                        event_type,
+                        schema_version,
+                        metadata,
+                        payload,
+                    )?)?;
+                    applied += 1;
+                    next = version.saturating_add(1);
                 }
-                let position = Position::new(position.max(0) as u64);
-                apply(row_view(
-                    stream,
-                    position,
-                    version,
-                    event_type,
-                    schema_version,
-                    metadata,
-                    payload,
-                )?)?;
-                applied += 1;
-                next = version.saturating_add(1);
+            }
+            limit -= applied;
+            if applied < count {
+                break;
+            }
+            if count < chunk {
+                return Ok(());
             }
         }
-        if applied < count {
-            self.stream_rows(stream, (next, to), until, limit - applied, &mut apply)
+        if limit > 0 {
+            self.stream_rows(stream, (next, to), until, limit, &mut apply)
                 .await?;
         }
         Ok(())
@@ -1035,8 +1064,7 @@ impl EventStore for SqliteEventStore {
         let details = query.context == ContextFields::All;
         let mut end = FoldEnd::default();
         let mut streams = StreamCache::default();
-        {
-            let page = self.framed_page(query, details).await?;
+        if let Some(page) = self.framed_page(query, details).await? {
             if page.count == 0 {
                 return Ok(end);
             }
