@@ -597,6 +597,25 @@ const FOLD_FRAMED_WHOLE: &str = concat!(
     " AS metadata FROM events WHERE position > "
 );
 
+/// A statement of a stream read with its parameters bound: the stream, the version range, the
+/// time-travel bound (twice: `? IS NULL OR occurred_at <= ?`) and the row limit.
+fn stream_query<'q>(
+    sql: &'q str,
+    stream: &'q StreamId,
+    (from, to): (i64, i64),
+    until: Option<i64>,
+    limit: i64,
+) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
+    sqlx::query(sql)
+        .bind(stream.aggregate_type())
+        .bind(stream.aggregate_id())
+        .bind(from)
+        .bind(to)
+        .bind(until)
+        .bind(until)
+        .bind(limit)
+}
+
 /// How many rows a stream read reads row by row before it reads the rest as framed texts.
 const STREAM_HEAD: i64 = 64;
 
@@ -825,14 +844,7 @@ impl SqliteEventStore {
         const SQL: &str = "SELECT position, version, event_type, schema_version, metadata, payload FROM events \
              WHERE aggregate_type = ? AND aggregate_id = ? AND version BETWEEN ? AND ? \
              AND (? IS NULL OR occurred_at <= ?) ORDER BY version ASC LIMIT ?";
-        let rows = sqlx::query(SQL)
-            .bind(stream.aggregate_type())
-            .bind(stream.aggregate_id())
-            .bind(from)
-            .bind(to)
-            .bind(until)
-            .bind(until)
-            .bind(limit)
+        let rows = stream_query(SQL, stream, (from, to), until, limit)
             .fetch_all(&self.reader)
             .await
             .map_err(Error::database("load"))?;
@@ -921,14 +933,7 @@ impl EventStore for SqliteEventStore {
         let sql = if query.backwards { BACKWARDS } else { FORWARDS };
         let until = query.until.map(|t| t.timestamp_micros());
         let (from, to) = query.sql_versions();
-        let rows = sqlx::query(sql)
-            .bind(stream.aggregate_type())
-            .bind(stream.aggregate_id())
-            .bind(from)
-            .bind(to)
-            .bind(until)
-            .bind(until)
-            .bind(query.sql_limit())
+        let rows = stream_query(sql, stream, (from, to), until, query.sql_limit())
             .fetch_all(&self.reader)
             .await
             .map_err(Error::database("read_stream"))?;
@@ -982,14 +987,7 @@ impl EventStore for SqliteEventStore {
         while limit > 0 {
             // In chunks, so that a text stays far below SQLite's limit on a value's length.
             let chunk = limit.min(STREAM_CHUNK);
-            let page = sqlx::query(FRAMED)
-                .bind(stream.aggregate_type())
-                .bind(stream.aggregate_id())
-                .bind(next)
-                .bind(to)
-                .bind(until)
-                .bind(until)
-                .bind(chunk)
+            let page = stream_query(FRAMED, stream, (next, to), until, chunk)
                 .fetch_one(&self.reader)
                 .await;
             let page = match page {
