@@ -416,6 +416,15 @@ pub async fn read_all_order_and_filters<S: EventStore>(store: &S) {
         all.windows(2).all(|w| w[0].position < w[1].position),
         "strictly increasing positions"
     );
+    // Within a stream, global order is version order: a batch's positions follow its versions.
+    for i in 0..5 {
+        let versions: Vec<u64> = all
+            .iter()
+            .filter(|e| e.stream.aggregate_id() == format!("s{i}"))
+            .map(|e| e.version)
+            .collect();
+        assert_eq!(versions, (1..=7).collect::<Vec<u64>>(), "stream s{i}");
+    }
     let ids: HashSet<Uuid> = all.iter().map(|e| e.event_id).collect();
     assert_eq!(ids.len(), 35);
 
