@@ -122,6 +122,10 @@ pub async fn expected_no_stream<S: EventStore>(store: &S) {
         .append(&s, ExpectedVersion::NoStream, notes(&["c"]))
         .await;
     assert_conflict(again, ExpectedVersion::NoStream, 2);
+    let again = store
+        .append(&s, ExpectedVersion::NoStream, notes(&["c", "d"]))
+        .await;
+    assert_conflict(again, ExpectedVersion::NoStream, 2);
     assert_eq!(texts(store, "new").await, ["a", "b"]);
 }
 
@@ -130,6 +134,11 @@ pub async fn expected_stream_exists<S: EventStore>(store: &S) {
     let s = stream("exists");
     let missing = store
         .append(&s, ExpectedVersion::StreamExists, notes(&["a"]))
+        .await;
+    assert_conflict(missing, ExpectedVersion::StreamExists, 0);
+    // A batch takes another path through the SQL stores: the same outcome.
+    let missing = store
+        .append(&s, ExpectedVersion::StreamExists, notes(&["a", "b"]))
         .await;
     assert_conflict(missing, ExpectedVersion::StreamExists, 0);
     assert_eq!(store.stream_version(&s).await.unwrap(), 0);
@@ -169,6 +178,15 @@ pub async fn expected_exact<S: EventStore>(store: &S) {
         ExpectedVersion::Exact(7),
         3,
     );
+    for expected in [1, 7] {
+        assert_conflict(
+            store
+                .append(&s, ExpectedVersion::Exact(expected), notes(&["x", "y"]))
+                .await,
+            ExpectedVersion::Exact(expected),
+            3,
+        );
+    }
     assert_eq!(texts(store, "exact").await, ["a", "b", "c"]);
     assert_eq!(store.stream_version(&s).await.unwrap(), 3);
     assert!(store.stream_exists(&s).await.unwrap());
