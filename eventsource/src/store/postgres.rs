@@ -1379,20 +1379,33 @@ fn read_event(row: &PgRow, stream: &StreamId, position: Position) -> Result<Reco
     .into_event()
 }
 
-/// Sends one `NOTIFY eventsource_<schema>` after each burst of appends, until the pool closes
-/// or the store is dropped.
+/// The least time between two `NOTIFY`s of one store (see `notify_others`).
+const NOTIFY_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Sends `NOTIFY eventsource_<schema>` after appends, until the pool closes or the store is
+/// dropped: at once after the first append of a quiet spell, then at most once per
+/// [`NOTIFY_INTERVAL`] while appends go on, and once more after the last of them.
+///
+/// A `NOTIFY` is a transaction of its own, with a commit that waits for the log like an
+/// append's. Sent after every append a writer was not already waiting on, it cost 8 concurrent
+/// writers a quarter to a third of their appends per second; paced, it costs at most 200
+/// statements a second, and a subscriber in another process hears of an append at most 5 ms
+/// late (in-process subscribers are woken at once, without it).
 async fn notify_others(pool: PgPool, mut appends: tokio::sync::watch::Receiver<u64>) {
     while appends.changed().await.is_ok() {
         appends.borrow_and_update();
         if pool.is_closed() {
             return;
         }
+        let sent = tokio::time::Instant::now();
         if let Err(error) = sqlx::query("SELECT pg_notify('eventsource_' || current_schema(), '')")
             .execute(&pool)
             .await
         {
             tracing::debug!(%error, "cannot NOTIFY subscribers in other processes; they will poll");
         }
+        // Appends meanwhile only mark the channel changed: one NOTIFY covers them.
+        tokio::time::sleep_until(sent + NOTIFY_INTERVAL).await;
     }
 }
 
