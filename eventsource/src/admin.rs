@@ -355,6 +355,27 @@ fn schema_state_of(migrator: &sqlx::migrate::Migrator, applied: Option<Vec<i64>>
     }
 }
 
+/// Events per event type, most first (the same SQL on both databases).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+const BY_EVENT_TYPE: &str =
+    "SELECT event_type, COUNT(*) AS n FROM events GROUP BY event_type ORDER BY n DESC, event_type";
+
+/// Events per aggregate type, most first.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+const BY_AGGREGATE_TYPE: &str = "SELECT aggregate_type, COUNT(*) AS n FROM events \
+     GROUP BY aggregate_type ORDER BY n DESC, aggregate_type";
+
+/// Every projection with a checkpoint or dead letters: name, checkpoint, its time, and how many
+/// dead letters.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+const PROJECTIONS: &str = "SELECT c.name, c.position, c.updated_at, \
+     (SELECT COUNT(*) FROM dead_letters d WHERE d.projection = c.name) \
+     FROM checkpoints c \
+     UNION ALL \
+     SELECT projection, NULL, NULL, COUNT(*) FROM dead_letters \
+     WHERE projection NOT IN (SELECT name FROM checkpoints) GROUP BY projection \
+     ORDER BY 1";
+
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn count(n: i64) -> u64 {
     n.max(0) as u64
@@ -498,20 +519,14 @@ mod sqlite {
             .fetch_one(pool)
             .await
             .map_err(Error::database("stats"))?;
-            let by_event_type: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT event_type, COUNT(*) AS n FROM events GROUP BY event_type \
-                 ORDER BY n DESC, event_type",
-            )
-            .fetch_all(pool)
-            .await
-            .map_err(Error::database("stats"))?;
-            let by_aggregate_type: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT aggregate_type, COUNT(*) AS n FROM events GROUP BY aggregate_type \
-                 ORDER BY n DESC, aggregate_type",
-            )
-            .fetch_all(pool)
-            .await
-            .map_err(Error::database("stats"))?;
+            let by_event_type: Vec<(String, i64)> = sqlx::query_as(BY_EVENT_TYPE)
+                .fetch_all(pool)
+                .await
+                .map_err(Error::database("stats"))?;
+            let by_aggregate_type: Vec<(String, i64)> = sqlx::query_as(BY_AGGREGATE_TYPE)
+                .fetch_all(pool)
+                .await
+                .map_err(Error::database("stats"))?;
             let by_day: Vec<(String, i64)> = sqlx::query_as(
                 "SELECT strftime('%Y-%m-%d', occurred_at / 1000000, 'unixepoch') AS day, COUNT(*) \
                  FROM events GROUP BY day ORDER BY day",
@@ -536,18 +551,10 @@ mod sqlite {
         }
 
         async fn projections(&self) -> Result<Vec<ProjectionRecord>> {
-            let rows: Vec<(String, Option<i64>, Option<i64>, i64)> = sqlx::query_as(
-                "SELECT c.name, c.position, c.updated_at, \
-                 (SELECT COUNT(*) FROM dead_letters d WHERE d.projection = c.name) \
-                 FROM checkpoints c \
-                 UNION ALL \
-                 SELECT projection, NULL, NULL, COUNT(*) FROM dead_letters \
-                 WHERE projection NOT IN (SELECT name FROM checkpoints) GROUP BY projection \
-                 ORDER BY 1",
-            )
-            .fetch_all(self.pool())
-            .await
-            .map_err(Error::database("projections"))?;
+            let rows: Vec<(String, Option<i64>, Option<i64>, i64)> = sqlx::query_as(PROJECTIONS)
+                .fetch_all(self.pool())
+                .await
+                .map_err(Error::database("projections"))?;
             Ok(rows
                 .into_iter()
                 .map(|(name, position, updated_at, letters)| ProjectionRecord {
@@ -621,20 +628,14 @@ mod postgres {
             .fetch_one(pool)
             .await
             .map_err(Error::database("stats"))?;
-            let by_event_type: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT event_type, COUNT(*) AS n FROM events GROUP BY event_type \
-                 ORDER BY n DESC, event_type",
-            )
-            .fetch_all(pool)
-            .await
-            .map_err(Error::database("stats"))?;
-            let by_aggregate_type: Vec<(String, i64)> = sqlx::query_as(
-                "SELECT aggregate_type, COUNT(*) AS n FROM events GROUP BY aggregate_type \
-                 ORDER BY n DESC, aggregate_type",
-            )
-            .fetch_all(pool)
-            .await
-            .map_err(Error::database("stats"))?;
+            let by_event_type: Vec<(String, i64)> = sqlx::query_as(BY_EVENT_TYPE)
+                .fetch_all(pool)
+                .await
+                .map_err(Error::database("stats"))?;
+            let by_aggregate_type: Vec<(String, i64)> = sqlx::query_as(BY_AGGREGATE_TYPE)
+                .fetch_all(pool)
+                .await
+                .map_err(Error::database("stats"))?;
             let by_day: Vec<(String, i64)> = sqlx::query_as(
                 "SELECT to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, COUNT(*) \
                  FROM events GROUP BY day ORDER BY day",
@@ -661,18 +662,10 @@ mod postgres {
         }
 
         async fn projections(&self) -> Result<Vec<ProjectionRecord>> {
-            let rows: Vec<ProjectionRow> = sqlx::query_as(
-                "SELECT c.name, c.position, c.updated_at, \
-                 (SELECT COUNT(*) FROM dead_letters d WHERE d.projection = c.name) \
-                 FROM checkpoints c \
-                 UNION ALL \
-                 SELECT projection, NULL, NULL, COUNT(*) FROM dead_letters \
-                 WHERE projection NOT IN (SELECT name FROM checkpoints) GROUP BY projection \
-                 ORDER BY 1",
-            )
-            .fetch_all(self.pool())
-            .await
-            .map_err(Error::database("projections"))?;
+            let rows: Vec<ProjectionRow> = sqlx::query_as(PROJECTIONS)
+                .fetch_all(self.pool())
+                .await
+                .map_err(Error::database("projections"))?;
             Ok(rows
                 .into_iter()
                 .map(|(name, position, updated_at, letters)| ProjectionRecord {

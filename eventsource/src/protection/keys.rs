@@ -196,13 +196,7 @@ impl KeyStore for SqliteKeyStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(crate::Error::database("read a subject key"))?;
-        Ok(match row {
-            Some((subject, Some(wrapped))) => {
-                KeyState::Live(self.master.unwrap(key_id, &subject, &wrapped)?)
-            }
-            Some((_, None)) => KeyState::Destroyed,
-            None => KeyState::Unknown,
-        })
+        key_state(&self.master, key_id, row)
     }
 
     async fn key_ids(&self, subject: &str) -> Result<Vec<Uuid>> {
@@ -241,6 +235,22 @@ impl KeyStore for SqliteKeyStore {
     async fn rotate(&self, subject: &str) -> Result<DataKey> {
         self.insert(subject).await
     }
+}
+
+/// A key's state from its row in the keys table (subject, wrapped key), if it has one.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn key_state(
+    master: &MasterKey,
+    key_id: Uuid,
+    row: Option<(String, Option<Vec<u8>>)>,
+) -> Result<KeyState> {
+    Ok(match row {
+        Some((subject, Some(wrapped))) => {
+            KeyState::Live(master.unwrap(key_id, &subject, &wrapped)?)
+        }
+        Some((_, None)) => KeyState::Destroyed,
+        None => KeyState::Unknown,
+    })
 }
 
 #[cfg(feature = "sqlite")]
@@ -328,13 +338,7 @@ impl KeyStore for PostgresKeyStore {
         .fetch_optional(&self.pool)
         .await
         .map_err(crate::Error::database("read a subject key"))?;
-        Ok(match row {
-            Some((subject, Some(wrapped))) => {
-                KeyState::Live(self.master.unwrap(key_id, &subject, &wrapped)?)
-            }
-            Some((_, None)) => KeyState::Destroyed,
-            None => KeyState::Unknown,
-        })
+        key_state(&self.master, key_id, row)
     }
 
     async fn key_ids(&self, subject: &str) -> Result<Vec<Uuid>> {

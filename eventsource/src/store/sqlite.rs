@@ -366,25 +366,7 @@ fn checked_insert<'a>(
         insert.sql(", ");
         insert.bind(i as i64 + 1);
         insert.sql(", ");
-        insert.bind(&*event.event_type);
-        insert.sql(", ");
-        insert.bind(event.schema_version);
-        insert.sql(", ");
-        insert.bind(event.occurred_at.timestamp_micros());
-        insert.sql(", ");
-        insert.bind(&*event.payload);
-        if with_metadata {
-            insert.sql(", ");
-            insert.bind(event.metadata.tenant_id.as_deref());
-            insert.sql(", ");
-            insert.bind(event.metadata.actor_id.as_deref());
-            insert.sql(", ");
-            insert.bind(event.metadata.correlation_id);
-            insert.sql(", ");
-            insert.bind(event.metadata.causation_id);
-            insert.sql(", ");
-            insert.bind(extra_json(&event.metadata));
-        }
+        insert.event_columns(event, with_metadata);
         insert.sql(")");
     }
     insert.sql(")");
@@ -468,25 +450,7 @@ fn checked_insert_one<'a>(
             insert.sql("), ");
         }
     }
-    insert.bind(&*event.event_type);
-    insert.sql(", ");
-    insert.bind(event.schema_version);
-    insert.sql(", ");
-    insert.bind(event.occurred_at.timestamp_micros());
-    insert.sql(", ");
-    insert.bind(&*event.payload);
-    if with_metadata {
-        insert.sql(", ");
-        insert.bind(event.metadata.tenant_id.as_deref());
-        insert.sql(", ");
-        insert.bind(event.metadata.actor_id.as_deref());
-        insert.sql(", ");
-        insert.bind(event.metadata.correlation_id);
-        insert.sql(", ");
-        insert.bind(event.metadata.causation_id);
-        insert.sql(", ");
-        insert.bind(extra_json(&event.metadata));
-    }
+    insert.event_columns(event, with_metadata);
     insert.sql(")");
     insert
 }
@@ -532,6 +496,30 @@ impl<'a> Statement<'a> {
             self.failed.get_or_insert(error);
         }
         self.sql.push('?');
+    }
+
+    /// Binds an event's columns from its type on, separated by commas: type, schema version,
+    /// time, payload, and with `with_metadata` the five metadata columns.
+    fn event_columns(&mut self, event: &'a NewEvent, with_metadata: bool) {
+        self.bind(&*event.event_type);
+        self.sql(", ");
+        self.bind(event.schema_version);
+        self.sql(", ");
+        self.bind(event.occurred_at.timestamp_micros());
+        self.sql(", ");
+        self.bind(&*event.payload);
+        if with_metadata {
+            self.sql(", ");
+            self.bind(event.metadata.tenant_id.as_deref());
+            self.sql(", ");
+            self.bind(event.metadata.actor_id.as_deref());
+            self.sql(", ");
+            self.bind(event.metadata.correlation_id);
+            self.sql(", ");
+            self.bind(event.metadata.causation_id);
+            self.sql(", ");
+            self.bind(extra_json(&event.metadata));
+        }
     }
 
     /// Runs the statement on `executor`.
