@@ -87,14 +87,24 @@ macro_rules! stream_columns {
     };
 }
 
-const APPEND: &str = r#"
+/// The head of [`APPEND`] and [`APPEND_ONE`]: the stream's version (`current`), and it again
+/// (`accepted`) only if it satisfies the expected version (`$3` its kind, `$4` an exact one).
+macro_rules! append_check {
+    () => {
+        r#"
 WITH current AS (
     SELECT COALESCE(MAX(version), 0)::BIGINT AS v
     FROM events WHERE aggregate_type = $1 AND aggregate_id = $2
 ), accepted AS (
     SELECT v FROM current
     WHERE CASE $3::INT WHEN 0 THEN TRUE WHEN 1 THEN v = 0 WHEN 2 THEN v > 0 ELSE v = $4::BIGINT END
-), tx AS MATERIALIZED (
+)"#
+    };
+}
+
+const APPEND: &str = concat!(
+    append_check!(),
+    r#", tx AS MATERIALIZED (
     SELECT pg_current_xact_id()::TEXT::BIGINT * 65536 AS base FROM accepted
 ), inserted AS (
     INSERT INTO events (position, event_id, aggregate_type, aggregate_id, version, event_type,
@@ -109,19 +119,15 @@ WITH current AS (
     RETURNING version, position
 )
 SELECT (SELECT v FROM current), (SELECT MAX(version) FROM inserted), (SELECT MAX(position) FROM inserted)
-"#;
+"#
+);
 
 /// [`APPEND`] for one event (the command path's usual save), with plain parameters instead of
 /// arrays: encoding ten one-element arrays was a sixth of the client's instructions for such an
 /// append (`callgrind`).
-const APPEND_ONE: &str = r#"
-WITH current AS (
-    SELECT COALESCE(MAX(version), 0)::BIGINT AS v
-    FROM events WHERE aggregate_type = $1 AND aggregate_id = $2
-), accepted AS (
-    SELECT v FROM current
-    WHERE CASE $3::INT WHEN 0 THEN TRUE WHEN 1 THEN v = 0 WHEN 2 THEN v > 0 ELSE v = $4::BIGINT END
-), inserted AS (
+const APPEND_ONE: &str = concat!(
+    append_check!(),
+    r#", inserted AS (
     INSERT INTO events (position, event_id, aggregate_type, aggregate_id, version, event_type,
         schema_version, occurred_at, tenant_id, actor_id, correlation_id, causation_id, metadata, payload)
     SELECT pg_current_xact_id()::TEXT::BIGINT * 65536, $5::UUID, $1, $2, accepted.v + 1,
@@ -131,7 +137,8 @@ WITH current AS (
     RETURNING version, position
 )
 SELECT (SELECT v FROM current), (SELECT version FROM inserted), (SELECT position FROM inserted)
-"#;
+"#
+);
 
 /// A group of appends (see `store::group`) in one statement: every stream's version is read,
 /// each append's check decides whether its rows go in, and each append's outcome comes back by
@@ -1318,25 +1325,26 @@ impl EventStore for PostgresEventStore {
                 )
             })
             .await?;
+        // The statement fixes every column's type (the table's, or a cast to TEXT).
         for row in &rows {
             let position = Position::new(
-                row.try_get::<i64, _>(0)
+                row.try_get_unchecked::<i64, _>(0)
                     .map_err(Error::database("load"))?
                     .max(0) as u64,
             );
             let mut reader = RowReader::new(row, stream, Some(position));
-            let version: i64 = reader.get(1, "version")?;
+            let version: i64 = reader.get_typed(1, "version")?;
             reader.version = u64::try_from(version).ok();
-            let event_type: &str = reader.get(2, "event_type")?;
+            let event_type: &str = reader.get_typed(2, "event_type")?;
             reader.event_type = Some(event_type);
             apply(row_view(
                 stream,
                 position,
                 version,
                 event_type,
-                i64::from(reader.get::<i32>(3, "schema_version")?),
-                reader.get::<Option<&str>>(4, "metadata")?,
-                reader.get(5, "payload")?,
+                i64::from(reader.get_typed::<i32>(3, "schema_version")?),
+                reader.get_typed::<Option<&str>>(4, "metadata")?,
+                reader.get_typed(5, "payload")?,
             )?)?;
         }
         Ok(())
