@@ -55,9 +55,10 @@ pub(crate) trait GroupWriter: Send + Sync + 'static {
     const SAME_STREAM_TWICE: bool;
 
     /// How many groups may be committing at once. SQLite has one writer: 1. PostgreSQL flushes
-    /// the log of concurrent commits together, so a few groups in flight keep the connections
+    /// the log of concurrent commits together, so a second group in flight keeps a connection
     /// busy while the next group forms (one group at a time lost to plain transactions at 8
-    /// writers on this machine, where a commit waits about 4 ms for its `fsync`).
+    /// writers on this machine, where a commit waited about 4 ms for its `fsync`); more than
+    /// two made the groups smaller (see the PostgreSQL store's value).
     const IN_FLIGHT: usize;
 
     /// Writes `group` (at least two appends) in one transaction.

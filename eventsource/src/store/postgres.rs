@@ -184,7 +184,10 @@ type GroupRow = (i32, Option<i64>, Option<i64>);
 
 impl super::group::GroupWriter for PostgresEventStore {
     const SAME_STREAM_TWICE: bool = false;
-    const IN_FLIGHT: usize = 8;
+    /// Two: one group commits while the next forms. With eight, groups were smaller and more
+    /// statements ran for the same appends; with commits of 0.08 ms, 64 writers ran at 1.86-1.88x
+    /// raw with eight in flight against 3.01-3.07x with two (2.62-2.94x with four).
+    const IN_FLIGHT: usize = 2;
 
     async fn write_group(&self, group: &[super::group::Pending]) -> Vec<super::group::Grouped> {
         use super::group::Grouped;
