@@ -376,6 +376,21 @@ const PROJECTIONS: &str = "SELECT c.name, c.position, c.updated_at, \
      WHERE projection NOT IN (SELECT name FROM checkpoints) GROUP BY projection \
      ORDER BY 1";
 
+/// The (key, count) rows of `sql` (an event type, an aggregate type, a day), for either database.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+async fn name_counts<DB>(pool: &sqlx::Pool<DB>, sql: &'static str) -> Result<Vec<(String, i64)>>
+where
+    DB: sqlx::Database,
+    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
+    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
+    (String, i64): for<'r> sqlx::FromRow<'r, DB::Row>,
+{
+    sqlx::query_as(sql)
+        .fetch_all(pool)
+        .await
+        .map_err(Error::database("stats"))
+}
+
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn count(n: i64) -> u64 {
     n.max(0) as u64
@@ -519,21 +534,14 @@ mod sqlite {
             .fetch_one(pool)
             .await
             .map_err(Error::database("stats"))?;
-            let by_event_type: Vec<(String, i64)> = sqlx::query_as(BY_EVENT_TYPE)
-                .fetch_all(pool)
-                .await
-                .map_err(Error::database("stats"))?;
-            let by_aggregate_type: Vec<(String, i64)> = sqlx::query_as(BY_AGGREGATE_TYPE)
-                .fetch_all(pool)
-                .await
-                .map_err(Error::database("stats"))?;
-            let by_day: Vec<(String, i64)> = sqlx::query_as(
+            let by_event_type = name_counts(pool, BY_EVENT_TYPE).await?;
+            let by_aggregate_type = name_counts(pool, BY_AGGREGATE_TYPE).await?;
+            let by_day = name_counts(
+                pool,
                 "SELECT strftime('%Y-%m-%d', occurred_at / 1000000, 'unixepoch') AS day, COUNT(*) \
                  FROM events GROUP BY day ORDER BY day",
             )
-            .fetch_all(pool)
-            .await
-            .map_err(Error::database("stats"))?;
+            .await?;
             let size: i64 = sqlx::query_scalar(
                 "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
             )
@@ -628,21 +636,14 @@ mod postgres {
             .fetch_one(pool)
             .await
             .map_err(Error::database("stats"))?;
-            let by_event_type: Vec<(String, i64)> = sqlx::query_as(BY_EVENT_TYPE)
-                .fetch_all(pool)
-                .await
-                .map_err(Error::database("stats"))?;
-            let by_aggregate_type: Vec<(String, i64)> = sqlx::query_as(BY_AGGREGATE_TYPE)
-                .fetch_all(pool)
-                .await
-                .map_err(Error::database("stats"))?;
-            let by_day: Vec<(String, i64)> = sqlx::query_as(
+            let by_event_type = name_counts(pool, BY_EVENT_TYPE).await?;
+            let by_aggregate_type = name_counts(pool, BY_AGGREGATE_TYPE).await?;
+            let by_day = name_counts(
+                pool,
                 "SELECT to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, COUNT(*) \
                  FROM events GROUP BY day ORDER BY day",
             )
-            .fetch_all(pool)
-            .await
-            .map_err(Error::database("stats"))?;
+            .await?;
             let size: i64 = sqlx::query_scalar(
                 "SELECT COALESCE(SUM(pg_total_relation_size(t)), 0)::BIGINT FROM \
                  (SELECT to_regclass(name) AS t FROM UNNEST(ARRAY['events', 'snapshots', \

@@ -536,34 +536,19 @@ impl PostgresEventStore {
             times.push(event.occurred_at);
             payloads.push(event.payload.as_str());
         }
-        if events.iter().all(|event| event.metadata.is_empty()) {
-            return sqlx::query(APPEND_BARE)
-                .bind(stream.aggregate_type())
-                .bind(stream.aggregate_id())
-                .bind(kind)
-                .bind(exact)
-                .bind(&ids)
-                .bind(&types)
-                .bind(&schema_versions)
-                .bind(&times)
-                .bind(&payloads)
-                .fetch_one(executor)
-                .await
-                .map_err(AppendFailure::Database);
+        let bare = events.iter().all(|event| event.metadata.is_empty());
+        let (mut tenants, mut actors, mut correlations, mut causations, mut extras) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        if !bare {
+            for event in events {
+                tenants.push(event.metadata.tenant_id.as_deref());
+                actors.push(event.metadata.actor_id.as_deref());
+                correlations.push(event.metadata.correlation_id);
+                causations.push(event.metadata.causation_id);
+                extras.push(extra_json(&event.metadata));
+            }
         }
-        let mut tenants = Vec::with_capacity(n);
-        let mut actors = Vec::with_capacity(n);
-        let mut correlations = Vec::with_capacity(n);
-        let mut causations = Vec::with_capacity(n);
-        let mut extras = Vec::with_capacity(n);
-        for event in events {
-            tenants.push(event.metadata.tenant_id.as_deref());
-            actors.push(event.metadata.actor_id.as_deref());
-            correlations.push(event.metadata.correlation_id);
-            causations.push(event.metadata.causation_id);
-            extras.push(extra_json(&event.metadata));
-        }
-        sqlx::query(APPEND)
+        let mut query = sqlx::query(if bare { APPEND_BARE } else { APPEND })
             .bind(stream.aggregate_type())
             .bind(stream.aggregate_id())
             .bind(kind)
@@ -571,12 +556,16 @@ impl PostgresEventStore {
             .bind(&ids)
             .bind(&types)
             .bind(&schema_versions)
-            .bind(&times)
-            .bind(&tenants)
-            .bind(&actors)
-            .bind(&correlations)
-            .bind(&causations)
-            .bind(&extras)
+            .bind(&times);
+        if !bare {
+            query = query
+                .bind(&tenants)
+                .bind(&actors)
+                .bind(&correlations)
+                .bind(&causations)
+                .bind(&extras);
+        }
+        query
             .bind(&payloads)
             .fetch_one(executor)
             .await
