@@ -811,6 +811,27 @@ where
         );
         assert_eq!(balances.read().applied, round as u64 + 1);
     }
+    // A burst: appends closer together than PostgreSQL's notifier sends (at most one NOTIFY
+    // every 5 ms). The last ones are covered by the notification sent after the burst.
+    let started = std::time::Instant::now();
+    let mut last = Position::START;
+    for i in 0..20 {
+        last = writer
+            .append(&account(3 + i), ExpectedVersion::Any, vec![deposit(10)])
+            .await
+            .unwrap()
+            .last_position;
+    }
+    running
+        .wait_until(last, Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "burst applied in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(balances.read().applied, 23);
     running.shutdown().await;
 }
 
