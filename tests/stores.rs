@@ -387,6 +387,35 @@ async fn sqlite_streams_read_framed_and_row_by_row() {
         .unwrap();
     assert_eq!(before.len(), 68);
 
+    // The global log reads the same (framed pages, then row by row from the damaged row), in
+    // one page or in pages of 50.
+    for batch in [1_000, 50] {
+        let items: Vec<Result<RecordedEvent, Error>> = store
+            .read_all(ReadAll::from_start().batch_size(batch))
+            .collect()
+            .await;
+        assert_eq!(items.len(), 139, "pages of {batch}");
+        let good: Vec<&RecordedEvent> = items[..138].iter().map(|i| i.as_ref().unwrap()).collect();
+        assert_eq!(good[66].payload, r#"{"n": 67, "s": "5,6:"}"#);
+        assert_eq!(
+            good[67].metadata.extra.get("note"),
+            Some(&serde_json::json!("3:4,-1:"))
+        );
+        assert!(good[..70].iter().zip(&read).all(|(a, b)| *a == b));
+        assert!(good[70..].iter().zip(&before).all(|(a, b)| *a == b));
+        assert!(
+            matches!(
+                &items[138],
+                Err(Error::Corrupt {
+                    version: Some(69),
+                    ..
+                })
+            ),
+            "{:?}",
+            items[138]
+        );
+    }
+
     // Longer than one framed text holds (10,000 rows after the first 64).
     let long = stream("long");
     for batch in 0..11 {

@@ -696,9 +696,59 @@ impl SqliteEventStore {
         })
     }
 
+    /// One page of `read_all`: as one framed text with the whole context
+    /// ([`FOLD_FRAMED_WHOLE`], as a fold's page), each record made into an owned event; from a
+    /// record that does not parse (a damaged row) or for rows too large to frame together, the
+    /// rest of the page row by row, where a damaged row is reported on its own.
     async fn read_page(&self, query: ReadAll) -> Result<Vec<PageRow>> {
-        let rows = self.fetch_page(&query).await?;
-        rows.iter().map(|row| decode_row(row, None)).collect()
+        let mut rows = Vec::new();
+        let mut after = query.after;
+        if let Some(page) = self.framed_page(&query, true).await? {
+            if page.count == 0 {
+                return Ok(rows);
+            }
+            rows.reserve(page.count);
+            let mut streams = StreamCache::default();
+            let text = page.text().unwrap_or_default();
+            let mut at = 0;
+            while at < text.len() {
+                let Some(record) = Record::next(text, &mut at, true) else {
+                    break;
+                };
+                let lean = record.lean;
+                let (Some(details), true) = (lean.details, record.position > after) else {
+                    break;
+                };
+                let event = EventRow {
+                    stream: streams
+                        .get(record.aggregate_type, record.aggregate_id)
+                        .clone(),
+                    position: record.position,
+                    event_id: details.event_id,
+                    version: lean.version,
+                    event_type: lean.event_type.to_owned(),
+                    schema_version: lean.schema_version,
+                    occurred_at: details.occurred_at,
+                    metadata: details.metadata.map(str::to_owned),
+                    payload: lean.payload.to_owned(),
+                }
+                .into_event();
+                rows.push((record.position, Some(event)));
+                after = record.position;
+            }
+            if rows.len() >= page.count {
+                return Ok(rows);
+            }
+        }
+        let rest = ReadAll {
+            after,
+            batch_size: query.batch_size - rows.len(),
+            ..query
+        };
+        for row in &self.fetch_page(&rest).await? {
+            rows.push(decode_row(row, None)?);
+        }
+        Ok(rows)
     }
 
     /// The rows of one page of a global read: the stream columns, then the stream's.
