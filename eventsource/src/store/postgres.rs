@@ -1426,14 +1426,14 @@ async fn close_dropped(pool: &PgPool) {
 /// the event, or why the row is damaged.
 fn decode_row(row: &PgRow, stream: Option<&StreamId>) -> Result<PageRow> {
     let position = Position::new(
-        row.try_get::<i64, _>(0)
+        row.try_get_unchecked::<i64, _>(0)
             .map_err(Error::database("read"))?
             .max(0) as u64,
     );
     // A global read's rows end with whether they pass the read's filters.
     if stream.is_none()
         && !row
-            .try_get::<bool, _>(10)
+            .try_get_unchecked::<bool, _>(10)
             .map_err(Error::database("read"))?
     {
         return Ok((position, None));
@@ -1445,8 +1445,8 @@ fn decode_row(row: &PgRow, stream: Option<&StreamId>) -> Result<PageRow> {
             let unreadable = StreamId::unchecked("?", "?");
             let reader = RowReader::new(row, &unreadable, Some(position));
             owned = match (
-                reader.get::<&str>(8, "aggregate_type"),
-                reader.get::<&str>(9, "aggregate_id"),
+                reader.get_typed::<&str>(8, "aggregate_type"),
+                reader.get_typed::<&str>(9, "aggregate_id"),
             ) {
                 (Ok(aggregate_type), Ok(aggregate_id)) => {
                     StreamId::unchecked(aggregate_type, aggregate_id)
@@ -1459,22 +1459,24 @@ fn decode_row(row: &PgRow, stream: Option<&StreamId>) -> Result<PageRow> {
     Ok((position, Some(read_event(row, stream, position))))
 }
 
+/// An event from a row of `stream_columns!`: every column's type is the table's or a cast's,
+/// so values are decoded without sqlx's per-value type check (see `RowReader::get_typed`).
 fn read_event(row: &PgRow, stream: &StreamId, position: Position) -> Result<RecordedEvent> {
     let mut reader = RowReader::new(row, stream, Some(position));
-    let version: i64 = reader.get(2, "version")?;
+    let version: i64 = reader.get_typed(2, "version")?;
     reader.version = u64::try_from(version).ok().filter(|v| *v > 0);
-    let event_type: &str = reader.get(3, "event_type")?;
+    let event_type: &str = reader.get_typed(3, "event_type")?;
     reader.event_type = Some(event_type);
     EventRow {
         stream: stream.clone(),
         position,
-        event_id: reader.get(1, "event_id")?,
+        event_id: reader.get_typed(1, "event_id")?,
         version,
         event_type: event_type.to_owned(),
-        schema_version: i64::from(reader.get::<i32>(4, "schema_version")?),
-        occurred_at: Some(reader.get(5, "occurred_at")?),
-        metadata: reader.get(6, "metadata")?,
-        payload: reader.get(7, "payload")?,
+        schema_version: i64::from(reader.get_typed::<i32>(4, "schema_version")?),
+        occurred_at: Some(reader.get_typed(5, "occurred_at")?),
+        metadata: reader.get_typed(6, "metadata")?,
+        payload: reader.get_typed(7, "payload")?,
     }
     .into_event()
 }
