@@ -397,6 +397,14 @@ pub async fn metadata_round_trips<S: EventStore>(store: &S) {
     assert!(read[1].metadata.is_empty());
     assert_eq!(read[1].position, result.last_position);
     assert!(read[0].position < read[1].position);
+    // A one-event append takes its own path through the SQL stores: the same metadata.
+    let solo = note("solo").with_metadata(metadata.clone());
+    store
+        .append(&s, ExpectedVersion::Exact(2), vec![solo])
+        .await
+        .unwrap();
+    let read = store.read_stream(&s, StreamQuery::all()).await.unwrap();
+    assert_eq!(read[2].metadata, metadata);
     // read_all returns the same events as read_stream.
     let all = read_settled(store, ReadAll::from_start()).await;
     assert_eq!(all, read);

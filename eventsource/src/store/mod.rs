@@ -797,17 +797,44 @@ pub(crate) struct RowReader<'r, R> {
     pub(crate) position: Option<Position>,
     pub(crate) version: Option<u64>,
     pub(crate) event_type: Option<&'r str>,
+    /// Whether the statement fixes every column's type (see [`Columns::Typed`]).
+    typed: bool,
+}
+
+/// Whether sqlx checks each value's column type before decoding it.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Columns {
+    /// Checked: SQLite, where a column of a table written by hand can hold a value of any type.
+    Checked,
+    /// Not checked: PostgreSQL statements whose every column has the table's type or a cast's,
+    /// so it cannot hold a value of another type. Values are still decoded (text still checked
+    /// as UTF-8). The check was nearly half of the client's work per value read by a load
+    /// (`callgrind`: 16.3M -> 9.2M instructions for the values of 1,000 ten-event loads).
+    #[cfg(feature = "postgres")]
+    Typed,
 }
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 impl<'r, R: sqlx::Row> RowReader<'r, R> {
+    /// A reader of a row whose column types are checked ([`Columns::Checked`]).
     pub(crate) fn new(row: &'r R, stream: &'r StreamId, position: Option<Position>) -> Self {
+        Self::of(row, stream, position, Columns::Checked)
+    }
+
+    pub(crate) fn of(
+        row: &'r R,
+        stream: &'r StreamId,
+        position: Option<Position>,
+        columns: Columns,
+    ) -> Self {
         RowReader {
             row,
             stream,
             position,
             version: None,
             event_type: None,
+            typed: columns != Columns::Checked,
         }
     }
 
@@ -817,32 +844,58 @@ impl<'r, R: sqlx::Row> RowReader<'r, R> {
         T: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
         usize: sqlx::ColumnIndex<R>,
     {
-        self.row
-            .try_get(index)
-            .map_err(|err| self.damaged(format!("column `{name}` cannot be read: {err}")))
-    }
-
-    /// Column `index` as a `T`, without sqlx's check that the column's type is one a `T` decodes
-    /// from: for columns whose type the statement fixes (a typed table column or a cast), on
-    /// PostgreSQL, where a column cannot hold a value of another type. The value is still
-    /// decoded (text still checked as UTF-8). The check was nearly half of the client's work
-    /// per value read by a load (`callgrind`: 16.3M -> 9.2M instructions for the values of
-    /// 1,000 ten-event loads).
-    #[cfg(feature = "postgres")]
-    pub(crate) fn get_typed<T>(&self, index: usize, name: &str) -> Result<T>
-    where
-        T: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        usize: sqlx::ColumnIndex<R>,
-    {
-        self.row
-            .try_get_unchecked(index)
-            .map_err(|err| self.damaged(format!("column `{name}` cannot be read: {err}")))
+        let value = if self.typed {
+            self.row.try_get_unchecked(index)
+        } else {
+            self.row.try_get(index)
+        };
+        value.map_err(|err| self.damaged(format!("column `{name}` cannot be read: {err}")))
     }
 
     /// The error for this row.
     pub(crate) fn damaged(&self, reason: String) -> Error {
         Error::corrupt(self.stream, reason).at_row(self.position, self.version, self.event_type)
     }
+}
+
+/// Feeds one row of a stream read (position, version, event type, schema version as a 64-bit
+/// integer, free-form metadata, payload, in that order) to `apply`; returns its version.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn feed_stream_row<'r, R, F>(
+    row: &'r R,
+    stream: &'r StreamId,
+    columns: Columns,
+    apply: &mut F,
+) -> Result<i64>
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    &'r str: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<&'r str>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    F: FnMut(EventView<'_>) -> Result<()>,
+{
+    let position = if columns == Columns::Checked {
+        row.try_get::<i64, _>(0)
+    } else {
+        row.try_get_unchecked::<i64, _>(0)
+    };
+    let position = Position::new(position.map_err(Error::database("load"))?.max(0) as u64);
+    let mut reader = RowReader::of(row, stream, Some(position), columns);
+    let version: i64 = reader.get(1, "version")?;
+    reader.version = u64::try_from(version).ok();
+    let event_type: &str = reader.get(2, "event_type")?;
+    reader.event_type = Some(event_type);
+    apply(row_view(
+        stream,
+        position,
+        version,
+        event_type,
+        reader.get(3, "schema_version")?,
+        reader.get::<Option<&str>>(4, "metadata")?,
+        reader.get(5, "payload")?,
+    )?)?;
+    Ok(version)
 }
 
 /// A view of a row read by a store's `fold_stream`, after the checks every read path makes:

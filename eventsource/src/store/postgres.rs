@@ -22,9 +22,9 @@
 //! never by message text.
 
 use super::{
-    AppendResult, EventRow, EventStore, ExpectedVersion, FoldEnd, FoldItem, LeanRow, LogHead,
-    PageRow, Position, ReadAll, RowDetails, RowReader, StreamCache, StreamId, StreamQuery,
-    check_sequence, extra_json, feed_row, paged, retried_append, row_view, snapshot_row,
+    AppendResult, Columns, EventRow, EventStore, ExpectedVersion, FoldEnd, FoldItem, LeanRow,
+    LogHead, PageRow, Position, ReadAll, RowDetails, RowReader, StreamCache, StreamId, StreamQuery,
+    check_sequence, extra_json, feed_row, feed_stream_row, paged, retried_append, snapshot_row,
     validate_append,
 };
 use crate::checkpoint::{CheckpointStore, DeadLetter, TransactionalStore, conflict};
@@ -1341,7 +1341,8 @@ impl EventStore for PostgresEventStore {
     {
         // The free-form metadata column only (usually NULL): the rest of the metadata has typed
         // columns (UUID, TEXT) that cannot hold a damaged value.
-        const SQL: &str = "SELECT position, version, event_type, schema_version, metadata::TEXT, \
+        const SQL: &str = "SELECT position, version, event_type, schema_version::BIGINT, \
+             metadata::TEXT, \
              payload::TEXT FROM events \
              WHERE aggregate_type = $1 AND aggregate_id = $2 AND version BETWEEN $3 AND $4 \
              AND ($5::TIMESTAMPTZ IS NULL OR occurred_at <= $5) ORDER BY version ASC LIMIT $6";
@@ -1361,27 +1362,9 @@ impl EventStore for PostgresEventStore {
                 )
             })
             .await?;
-        // The statement fixes every column's type (the table's, or a cast to TEXT).
+        // The statement fixes every column's type (the table's, or a cast).
         for row in &rows {
-            let position = Position::new(
-                row.try_get_unchecked::<i64, _>(0)
-                    .map_err(Error::database("load"))?
-                    .max(0) as u64,
-            );
-            let mut reader = RowReader::new(row, stream, Some(position));
-            let version: i64 = reader.get_typed(1, "version")?;
-            reader.version = u64::try_from(version).ok();
-            let event_type: &str = reader.get_typed(2, "event_type")?;
-            reader.event_type = Some(event_type);
-            apply(row_view(
-                stream,
-                position,
-                version,
-                event_type,
-                i64::from(reader.get_typed::<i32>(3, "schema_version")?),
-                reader.get_typed::<Option<&str>>(4, "metadata")?,
-                reader.get_typed(5, "payload")?,
-            )?)?;
+            feed_stream_row(row, stream, Columns::Typed, &mut apply)?;
         }
         Ok(())
     }
@@ -1443,10 +1426,10 @@ fn decode_row(row: &PgRow, stream: Option<&StreamId>) -> Result<PageRow> {
         Some(stream) => stream,
         None => {
             let unreadable = StreamId::unchecked("?", "?");
-            let reader = RowReader::new(row, &unreadable, Some(position));
+            let reader = RowReader::of(row, &unreadable, Some(position), Columns::Typed);
             owned = match (
-                reader.get_typed::<&str>(8, "aggregate_type"),
-                reader.get_typed::<&str>(9, "aggregate_id"),
+                reader.get::<&str>(8, "aggregate_type"),
+                reader.get::<&str>(9, "aggregate_id"),
             ) {
                 (Ok(aggregate_type), Ok(aggregate_id)) => {
                     StreamId::unchecked(aggregate_type, aggregate_id)
@@ -1460,23 +1443,23 @@ fn decode_row(row: &PgRow, stream: Option<&StreamId>) -> Result<PageRow> {
 }
 
 /// An event from a row of `stream_columns!`: every column's type is the table's or a cast's,
-/// so values are decoded without sqlx's per-value type check (see `RowReader::get_typed`).
+/// so values are decoded without sqlx's per-value type check ([`Columns::Typed`]).
 fn read_event(row: &PgRow, stream: &StreamId, position: Position) -> Result<RecordedEvent> {
-    let mut reader = RowReader::new(row, stream, Some(position));
-    let version: i64 = reader.get_typed(2, "version")?;
+    let mut reader = RowReader::of(row, stream, Some(position), Columns::Typed);
+    let version: i64 = reader.get(2, "version")?;
     reader.version = u64::try_from(version).ok().filter(|v| *v > 0);
-    let event_type: &str = reader.get_typed(3, "event_type")?;
+    let event_type: &str = reader.get(3, "event_type")?;
     reader.event_type = Some(event_type);
     EventRow {
         stream: stream.clone(),
         position,
-        event_id: reader.get_typed(1, "event_id")?,
+        event_id: reader.get(1, "event_id")?,
         version,
         event_type: event_type.to_owned(),
-        schema_version: i64::from(reader.get_typed::<i32>(4, "schema_version")?),
-        occurred_at: Some(reader.get_typed(5, "occurred_at")?),
-        metadata: reader.get_typed(6, "metadata")?,
-        payload: reader.get_typed(7, "payload")?,
+        schema_version: i64::from(reader.get::<i32>(4, "schema_version")?),
+        occurred_at: Some(reader.get(5, "occurred_at")?),
+        metadata: reader.get(6, "metadata")?,
+        payload: reader.get(7, "payload")?,
     }
     .into_event()
 }

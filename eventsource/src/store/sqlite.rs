@@ -9,10 +9,10 @@
 //! write is in progress.
 
 use super::{
-    AppendResult, AppendSignal, EventRow, EventStore, ExpectedVersion, FoldEnd, FoldItem, LeanRow,
-    LogHead, PageRow, Position, ReadAll, RowDetails, RowReader, StreamCache, StreamId, StreamQuery,
-    check_sequence, extra_json, feed_row, paged, retried_append, row_view, snapshot_row,
-    validate_append,
+    AppendResult, AppendSignal, Columns, EventRow, EventStore, ExpectedVersion, FoldEnd, FoldItem,
+    LeanRow, LogHead, PageRow, Position, ReadAll, RowDetails, RowReader, StreamCache, StreamId,
+    StreamQuery, check_sequence, extra_json, feed_row, feed_stream_row, paged, retried_append,
+    row_view, snapshot_row, validate_append,
 };
 use crate::checkpoint::{CheckpointStore, DeadLetter, TransactionalStore, conflict};
 use crate::error::{Error, Result};
@@ -709,14 +709,9 @@ impl SqliteEventStore {
             }
             rows.reserve(page.count);
             let mut streams = StreamCache::default();
-            let text = page.text().unwrap_or_default();
-            let mut at = 0;
-            while at < text.len() {
-                let Some(record) = Record::next(text, &mut at, true) else {
-                    break;
-                };
+            for record in page.records(after, true) {
                 let lean = record.lean;
-                let (Some(details), true) = (lean.details, record.position > after) else {
+                let Some(details) = lean.details else {
                     break;
                 };
                 let event = EventRow {
@@ -742,7 +737,7 @@ impl SqliteEventStore {
         }
         let rest = ReadAll {
             after,
-            batch_size: query.batch_size - rows.len(),
+            batch_size: query.batch_size.saturating_sub(rows.len()),
             ..query
         };
         for row in &self.fetch_page(&rest).await? {
@@ -868,6 +863,24 @@ impl FramedPage {
     /// row-by-row read reports).
     fn text(&self) -> Option<&str> {
         self.row.try_get::<Option<&str>, _>(1).ok().flatten()
+    }
+
+    /// The page's records after position `after`, in order (with `details`, of a
+    /// [`FOLD_FRAMED_WHOLE`] page). They end early at a record that does not parse or does not
+    /// move past the one before it (which only a text the lengths do not describe could
+    /// cause), and there are none if the text is not readable: the caller reads the rest of
+    /// the page row by row.
+    fn records(&self, after: Position, details: bool) -> impl Iterator<Item = Record<'_>> {
+        let text = self.text().unwrap_or_default();
+        let (mut at, mut last) = (0, after);
+        std::iter::from_fn(move || {
+            if at >= text.len() {
+                return None;
+            }
+            let record = Record::next(text, &mut at, details).filter(|r| r.position > last)?;
+            last = record.position;
+            Some(record)
+        })
     }
 }
 
@@ -1076,25 +1089,7 @@ impl SqliteEventStore {
             .map_err(Error::database("load"))?;
         let mut next = from;
         for row in &rows {
-            let position = Position::new(
-                row.try_get::<i64, _>(0)
-                    .map_err(Error::database("load"))?
-                    .max(0) as u64,
-            );
-            let mut reader = RowReader::new(row, stream, Some(position));
-            let version: i64 = reader.get(1, "version")?;
-            reader.version = u64::try_from(version).ok();
-            let event_type: &str = reader.get(2, "event_type")?;
-            reader.event_type = Some(event_type);
-            apply(row_view(
-                stream,
-                position,
-                version,
-                event_type,
-                reader.get(3, "schema_version")?,
-                reader.get::<Option<&str>>(4, "metadata")?,
-                reader.get(5, "payload")?,
-            )?)?;
+            let version = feed_stream_row(row, stream, Columns::Checked, apply)?;
             next = version.saturating_add(1);
         }
         Ok((rows.len() as i64, next))
@@ -1292,17 +1287,7 @@ impl EventStore for SqliteEventStore {
             if page.count == 0 {
                 return Ok(end);
             }
-            let text = page.text().unwrap_or_default();
-            let mut at = 0;
-            while at < text.len() {
-                // A record that does not parse (which only a text the lengths do not describe
-                // could cause) ends the framed part: the rest of the page is read row by row.
-                let Some(record) = Record::next(text, &mut at, details) else {
-                    break;
-                };
-                if record.position <= end.last.unwrap_or(query.after) {
-                    break;
-                }
+            for record in page.records(query.after, details) {
                 let stream = streams.get(record.aggregate_type, record.aggregate_id);
                 let flow = feed_row(stream, record.position, Ok(record.lean), &mut apply);
                 end.rows += 1;
