@@ -1201,16 +1201,7 @@ impl EventStore for PostgresEventStore {
         );
         let rows = self
             .statement("read_stream", move |conn, _| {
-                Box::pin(
-                    sqlx::query(sql)
-                        .bind(stream.aggregate_type())
-                        .bind(stream.aggregate_id())
-                        .bind(from)
-                        .bind(to)
-                        .bind(until)
-                        .bind(limit)
-                        .fetch_all(conn),
-                )
+                Box::pin(stream_query(sql, stream, (from, to), until, limit).fetch_all(conn))
             })
             .await?;
         let events = rows
@@ -1350,16 +1341,7 @@ impl EventStore for PostgresEventStore {
         let (until, limit) = (query.until, query.sql_limit());
         let rows = self
             .statement("load", move |conn, _| {
-                Box::pin(
-                    sqlx::query(SQL)
-                        .bind(stream.aggregate_type())
-                        .bind(stream.aggregate_id())
-                        .bind(from)
-                        .bind(to)
-                        .bind(until)
-                        .bind(limit)
-                        .fetch_all(conn),
-                )
+                Box::pin(stream_query(SQL, stream, (from, to), until, limit).fetch_all(conn))
             })
             .await?;
         // The statement fixes every column's type (the table's, or a cast).
@@ -1385,6 +1367,24 @@ impl EventStore for PostgresEventStore {
             .await?;
         Ok(version.max(0) as u64)
     }
+}
+
+/// A statement of a stream read with its parameters bound: the stream, the version range, the
+/// time-travel bound and the row limit.
+fn stream_query<'q>(
+    sql: &'q str,
+    stream: &'q StreamId,
+    (from, to): (i64, i64),
+    until: Option<chrono::DateTime<chrono::Utc>>,
+    limit: i64,
+) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
+    sqlx::query(sql)
+        .bind(stream.aggregate_type())
+        .bind(stream.aggregate_id())
+        .bind(from)
+        .bind(to)
+        .bind(until)
+        .bind(limit)
 }
 
 /// Closes the pool's idle connections that no longer answer a ping. The pool does not check a
