@@ -797,8 +797,8 @@ pub(crate) struct RowReader<'r, R> {
     pub(crate) position: Option<Position>,
     pub(crate) version: Option<u64>,
     pub(crate) event_type: Option<&'r str>,
-    /// Whether the statement fixes every column's type (see [`Columns::Typed`]).
-    typed: bool,
+    /// Whether sqlx checks each value's type before decoding it.
+    columns: Columns,
 }
 
 /// Whether sqlx checks each value's column type before decoding it.
@@ -813,6 +813,23 @@ pub(crate) enum Columns {
     /// (`callgrind`: 16.3M -> 9.2M instructions for the values of 1,000 ten-event loads).
     #[cfg(feature = "postgres")]
     Typed,
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl Columns {
+    /// Column `index` of `row` as a `T`, with sqlx's type check or without it.
+    pub(crate) fn get<'r, R, T>(self, row: &'r R, index: usize) -> sqlx::Result<T>
+    where
+        R: sqlx::Row,
+        T: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+        usize: sqlx::ColumnIndex<R>,
+    {
+        match self {
+            Columns::Checked => row.try_get(index),
+            #[cfg(feature = "postgres")]
+            Columns::Typed => row.try_get_unchecked(index),
+        }
+    }
 }
 
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -834,7 +851,7 @@ impl<'r, R: sqlx::Row> RowReader<'r, R> {
             position,
             version: None,
             event_type: None,
-            typed: columns != Columns::Checked,
+            columns,
         }
     }
 
@@ -844,12 +861,9 @@ impl<'r, R: sqlx::Row> RowReader<'r, R> {
         T: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
         usize: sqlx::ColumnIndex<R>,
     {
-        let value = if self.typed {
-            self.row.try_get_unchecked(index)
-        } else {
-            self.row.try_get(index)
-        };
-        value.map_err(|err| self.damaged(format!("column `{name}` cannot be read: {err}")))
+        self.columns
+            .get(self.row, index)
+            .map_err(|err| self.damaged(format!("column `{name}` cannot be read: {err}")))
     }
 
     /// The error for this row.
@@ -875,12 +889,8 @@ where
     Option<&'r str>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     F: FnMut(EventView<'_>) -> Result<()>,
 {
-    let position = if columns == Columns::Checked {
-        row.try_get::<i64, _>(0)
-    } else {
-        row.try_get_unchecked::<i64, _>(0)
-    };
-    let position = Position::new(position.map_err(Error::database("load"))?.max(0) as u64);
+    let position: i64 = columns.get(row, 0).map_err(Error::database("load"))?;
+    let position = Position::new(position.max(0) as u64);
     let mut reader = RowReader::of(row, stream, Some(position), columns);
     let version: i64 = reader.get(1, "version")?;
     reader.version = u64::try_from(version).ok();

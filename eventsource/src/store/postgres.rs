@@ -1409,14 +1409,15 @@ async fn close_dropped(pool: &PgPool) {
 /// the event, or why the row is damaged.
 fn decode_row(row: &PgRow, stream: Option<&StreamId>) -> Result<PageRow> {
     let position = Position::new(
-        row.try_get_unchecked::<i64, _>(0)
+        Columns::Typed
+            .get::<_, i64>(row, 0)
             .map_err(Error::database("read"))?
             .max(0) as u64,
     );
     // A global read's rows end with whether they pass the read's filters.
     if stream.is_none()
-        && !row
-            .try_get_unchecked::<bool, _>(10)
+        && !Columns::Typed
+            .get::<_, bool>(row, 10)
             .map_err(Error::database("read"))?
     {
         return Ok((position, None));
