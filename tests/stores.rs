@@ -742,6 +742,81 @@ async fn sqlite_close_releases_the_file() {
     }
 }
 
+/// Waits (at most two seconds) until every connection of `pool` is idle in it; whether they
+/// all were.
+async fn all_idle<DB: sqlx::Database>(pool: &sqlx::Pool<DB>) -> bool {
+    for _ in 0..200 {
+        if pool.num_idle() as u32 == pool.size() {
+            return true;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    false
+}
+
+/// Saves and loads a counter `n` times, one operation after another.
+async fn commands<S: EventStore + Clone>(store: &S, id: &str, n: i64) {
+    let repo = Counter::repository(store.clone());
+    for i in 0..n {
+        let mut counter = if i == 0 {
+            repo.create(id.to_owned())
+        } else {
+            repo.load(id.to_owned()).await.unwrap()
+        };
+        counter.record(Counted { n: 1 });
+        repo.save(&mut counter).await.unwrap();
+    }
+    assert_eq!(repo.load(id.to_owned()).await.unwrap().state().total, n);
+}
+
+/// A store keeps the connection of a finished operation for its next one (README,
+/// Performance), but only for moments: soon after the last operation every connection is idle
+/// in the pool again, and closing the pool right after an operation does not wait on the store.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_kept_connections_go_back_to_the_pool() {
+    let dir = tempfile::tempdir().unwrap();
+    let store = SqliteEventStore::open(dir.path().join("events.db"))
+        .await
+        .unwrap();
+    commands(&store, "kept", 20).await;
+    assert!(all_idle(store.pool()).await, "a reader stayed checked out");
+    commands(&store, "closed", 3).await;
+    tokio::time::timeout(std::time::Duration::from_secs(2), store.pool().close())
+        .await
+        .expect("closing the pool does not wait for a kept connection");
+    let reopened = SqliteEventStore::open(dir.path().join("events.db"))
+        .await
+        .unwrap();
+    commands(&reopened, "after", 2).await;
+    tokio::time::timeout(std::time::Duration::from_secs(2), reopened.close())
+        .await
+        .expect("closing the store does not wait for a kept connection");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_kept_connections_go_back_to_the_pool() {
+    let Some(db) = databases::postgres().await else {
+        return;
+    };
+    let store = db.store();
+    commands(store, "kept", 20).await;
+    assert!(
+        all_idle(store.pool()).await,
+        "a connection stayed checked out"
+    );
+    // Ten operations at once: each takes a kept connection or one of the pool's.
+    let ids: Vec<String> = (0..10).map(|i| format!("wide-{i}")).collect();
+    futures::future::join_all(ids.iter().map(|id| commands(store, id, 3))).await;
+    assert!(
+        all_idle(store.pool()).await,
+        "a connection stayed checked out"
+    );
+    commands(store, "closed", 3).await;
+    tokio::time::timeout(std::time::Duration::from_secs(2), store.pool().close())
+        .await
+        .expect("closing the pool does not wait for a kept connection");
+}
+
 /// An older SQLite file holding a row the STRICT tables refuse (a version stored as text) fails
 /// to open with `Error::Migration`, and the file is left as it was.
 #[tokio::test]

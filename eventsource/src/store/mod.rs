@@ -17,6 +17,8 @@ pub mod postgres;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod sqlite;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+mod warm;
 
 pub use any::AnyStore;
 pub use dynamic::DynEventStore;

@@ -21,6 +21,7 @@
 //! retry, for [`ExpectedVersion::Any`]). Errors are classified by SQLSTATE and constraint name,
 //! never by message text.
 
+use super::warm::Warm;
 use super::{
     AppendResult, Columns, EventRow, EventStore, ExpectedVersion, FoldEnd, FoldItem, LeanRow,
     LogHead, PageRow, Position, ReadAll, RowDetails, RowReader, StreamCache, StreamId, StreamQuery,
@@ -55,6 +56,8 @@ pub struct PostgresEventStore {
     tenant: Option<Arc<str>>,
     /// The committer of [`with_group_commit`](Self::with_group_commit), if on.
     group: Option<super::group::GroupCommit>,
+    /// Connections kept between operations (see `store::warm`).
+    warm: Warm<Postgres>,
 }
 
 /// How many times an append with [`ExpectedVersion::Any`] or [`ExpectedVersion::StreamExists`]
@@ -333,6 +336,11 @@ impl PostgresEventStore {
     /// and sqlx's defaults otherwise (30 s to acquire a connection, idle ones closed after
     /// 10 minutes, every one replaced after 30 minutes). Change them and pass them to
     /// [`connect_with_pool`](Self::connect_with_pool).
+    ///
+    /// The store keeps the connection of a finished read or append for its next one instead of
+    /// giving it back to the pool at once (which tests it with a round trip): up to half of
+    /// `max_connections`, each for at most 100 ms unused. A pool of one connection is never
+    /// kept from.
     pub fn pool_options() -> PgPoolOptions {
         PgPoolOptions::new()
             .max_connections(10)
@@ -366,6 +374,7 @@ impl PostgresEventStore {
     /// Uses an existing pool, as is: call [`migrate`](Self::migrate) before the first append.
     pub fn from_pool(pool: PgPool) -> Self {
         PostgresEventStore {
+            warm: Warm::new(pool.clone()),
             pool,
             appended: Arc::default(),
             notifier: Arc::default(),
@@ -411,14 +420,22 @@ impl PostgresEventStore {
         F: FnMut(u32) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        super::retrying(operation, || close_dropped(&self.pool), attempt).await
+        let recover = || {
+            self.warm.clear();
+            close_dropped(&self.pool)
+        };
+        super::retrying(operation, recover, attempt).await
     }
 
     /// A connection for one operation on events or snapshots: for a tenant-scoped store, a
-    /// transaction that has set the tenant; otherwise a plain connection of the pool.
-    async fn session(&self) -> sqlx::Result<Session> {
+    /// transaction that has set the tenant; otherwise a connection of the pool, kept for the
+    /// next operation when this one ends (see `store::warm`).
+    async fn session(&self) -> sqlx::Result<Session<'_>> {
         match &self.tenant {
-            None => Ok(Session::Pool(self.pool.acquire().await?)),
+            None => {
+                let conn = self.warm.acquire().await?;
+                Ok(Session::Pool(conn, &self.warm))
+            }
             Some(tenant) => {
                 let mut tx = self.pool.begin().await?;
                 set_tenant(&mut tx, tenant).await?;
@@ -1015,25 +1032,29 @@ fn push_filters<'q>(select: &mut QueryBuilder<'q, Postgres>, query: &'q ReadAll)
 }
 
 /// The connection of one operation (see `PostgresEventStore::session`).
-enum Session {
+enum Session<'s> {
     /// A connection of the pool, for the unscoped store.
-    Pool(sqlx::pool::PoolConnection<Postgres>),
+    Pool(sqlx::pool::PoolConnection<Postgres>, &'s Warm<Postgres>),
     /// A transaction that has set `eventsource.tenant`, for a tenant-scoped store.
     Tenant(sqlx::Transaction<'static, Postgres>),
 }
 
-impl Session {
+impl Session<'_> {
     fn conn(&mut self) -> &mut sqlx::PgConnection {
         match self {
-            Session::Pool(conn) => conn,
+            Session::Pool(conn, _) => conn,
             Session::Tenant(tx) => tx,
         }
     }
 
-    /// Commits a tenant's transaction (dropped without this, it rolls back).
+    /// Ends the operation: shelves a pool connection for the next one, commits a tenant's
+    /// transaction (dropped without this, it rolls back).
     async fn end(self) -> sqlx::Result<()> {
         match self {
-            Session::Pool(_) => Ok(()),
+            Session::Pool(conn, warm) => {
+                warm.put(conn);
+                Ok(())
+            }
             Session::Tenant(tx) => tx.commit().await,
         }
     }

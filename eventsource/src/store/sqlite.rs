@@ -8,6 +8,7 @@
 //! too large for one statement runs in a `BEGIN IMMEDIATE` transaction instead. Reads go through a separate pool of reader connections, which WAL lets run while a
 //! write is in progress.
 
+use super::warm::Warm;
 use super::{
     AppendResult, AppendSignal, Columns, EventRow, EventStore, ExpectedVersion, FoldEnd, FoldItem,
     LeanRow, LogHead, PageRow, Position, ReadAll, RowDetails, RowReader, StreamCache, StreamId,
@@ -36,6 +37,8 @@ use uuid::Uuid;
 pub struct SqliteEventStore {
     writer: SqlitePool,
     reader: SqlitePool,
+    /// Reader connections kept between loads (see `store::warm`).
+    readers: Warm<Sqlite>,
     appended: Arc<AppendSignal>,
     /// The database file, beside which leases are locked (`None`: `:memory:`).
     file: Option<Arc<std::path::PathBuf>>,
@@ -182,6 +185,7 @@ impl SqliteEventStore {
         Ok(SqliteEventStore {
             file,
             writer,
+            readers: Warm::new(reader.clone()),
             reader,
             appended: Arc::default(),
             leases: crate::checkpoint::LocalLeases::default(),
@@ -229,6 +233,7 @@ impl SqliteEventStore {
         {
             tracing::debug!(%error, "checkpoint before close failed; closing anyway");
         }
+        self.readers.clear();
         self.reader.close().await;
         self.writer.close().await;
     }
@@ -1068,7 +1073,7 @@ impl SqliteEventStore {
     /// Feeds the stream's rows from version `versions.0` to `versions.1`, at most `limit` of
     /// them, row by row; returns how many it fed and the version after the last.
     async fn stream_rows<F>(
-        &self,
+        conn: &mut sqlx::SqliteConnection,
         stream: &StreamId,
         (from, to): (i64, i64),
         until: Option<i64>,
@@ -1084,7 +1089,7 @@ impl SqliteEventStore {
              WHERE aggregate_type = ? AND aggregate_id = ? AND version BETWEEN ? AND ? \
              AND (? IS NULL OR occurred_at <= ?) ORDER BY version ASC LIMIT ?";
         let rows = stream_query(SQL, stream, (from, to), until, limit)
-            .fetch_all(&self.reader)
+            .fetch_all(conn)
             .await
             .map_err(Error::database("load"))?;
         let mut next = from;
@@ -1093,6 +1098,94 @@ impl SqliteEventStore {
             next = version.saturating_add(1);
         }
         Ok((rows.len() as i64, next))
+    }
+
+    /// `fold_stream` on one connection.
+    async fn fold_stream_on<F>(
+        conn: &mut sqlx::SqliteConnection,
+        stream: &StreamId,
+        query: StreamQuery,
+        mut apply: F,
+    ) -> Result<()>
+    where
+        F: FnMut(EventView<'_>) -> Result<()> + Send,
+    {
+        // The first rows row by row: most loads are short (a few events, or the tail after a
+        // snapshot), and for them one plain statement costs less than building a framed text.
+        let (from, to) = query.sql_versions();
+        let until = query.until.map(|t| t.timestamp_micros());
+        let limit = query.sql_limit();
+        let head = limit.min(STREAM_HEAD);
+        let (applied, next) =
+            Self::stream_rows(conn, stream, (from, to), until, head, &mut apply).await?;
+        if applied < head || applied >= limit {
+            return Ok(());
+        }
+        // The rest of a long stream as one framed text (see `FOLD_FRAMED`), each record a
+        // header (position, version, schema version, then the byte lengths of the type, the
+        // metadata or -1 for NULL, and the payload) and those texts.
+        const FRAMED: &str = "SELECT count(*), group_concat(concat(position, ',', version, ',', \
+             schema_version, ',', octet_length(event_type), ',', \
+             coalesce(octet_length(metadata), -1), ',', octet_length(payload), ':', event_type, \
+             metadata, payload), '' ORDER BY version) FROM (SELECT position, version, \
+             event_type, schema_version, metadata, payload FROM events \
+             WHERE aggregate_type = ? AND aggregate_id = ? AND version BETWEEN ? AND ? \
+             AND (? IS NULL OR occurred_at <= ?) ORDER BY version ASC LIMIT ?)";
+        let (mut limit, mut next) = (limit - applied, next);
+        while limit > 0 {
+            // In chunks, so that a text stays far below SQLite's limit on a value's length.
+            let chunk = limit.min(STREAM_CHUNK);
+            let page = stream_query(FRAMED, stream, (next, to), until, chunk)
+                .fetch_one(&mut *conn)
+                .await;
+            let page = match page {
+                // Events too large to frame together: the rest row by row.
+                Err(error) if too_big(&error) => break,
+                page => page.map_err(Error::database("load"))?,
+            };
+            let count: i64 = page.try_get(0).map_err(Error::database("load"))?;
+            let mut applied = 0;
+            if let Ok(Some(text)) = page.try_get::<Option<&str>, _>(1) {
+                let mut at = 0;
+                while at < text.len() {
+                    // A record that does not parse ends the framed part: the rest is read row
+                    // by row.
+                    let Some((
+                        [position, version, schema_version],
+                        [Some(event_type), metadata, Some(payload)],
+                    )) = framed::<3, 3>(text, &mut at)
+                    else {
+                        break;
+                    };
+                    if version < next {
+                        break;
+                    }
+                    let position = Position::new(position.max(0) as u64);
+                    apply(row_view(
+                        stream,
+                        position,
+                        version,
+                        event_type,
+                        schema_version,
+                        metadata,
+                        payload,
+                    )?)?;
+                    applied += 1;
+                    next = version.saturating_add(1);
+                }
+            }
+            limit -= applied;
+            if applied < count {
+                break;
+            }
+            if count < chunk {
+                return Ok(());
+            }
+        }
+        if limit > 0 {
+            Self::stream_rows(conn, stream, (next, to), until, limit, &mut apply).await?;
+        }
+        Ok(())
     }
 
     /// Reads a page of a fold as one framed text ([`FOLD_FRAMED`], [`FOLD_FRAMED_WHOLE`]);
@@ -1154,10 +1247,16 @@ impl EventStore for SqliteEventStore {
         let sql = if query.backwards { BACKWARDS } else { FORWARDS };
         let until = query.until.map(|t| t.timestamp_micros());
         let (from, to) = query.sql_versions();
-        let rows = stream_query(sql, stream, (from, to), until, query.sql_limit())
-            .fetch_all(&self.reader)
+        let mut conn = self
+            .readers
+            .acquire()
             .await
             .map_err(Error::database("read_stream"))?;
+        let rows = stream_query(sql, stream, (from, to), until, query.sql_limit())
+            .fetch_all(&mut *conn)
+            .await
+            .map_err(Error::database("read_stream"))?;
+        self.readers.put(conn);
         let events = rows
             .iter()
             .filter_map(|row| match decode_row(row, Some(stream)) {
@@ -1173,102 +1272,31 @@ impl EventStore for SqliteEventStore {
         paged(query, move |query| self.read_page(query))
     }
 
-    async fn fold_stream<F>(
-        &self,
-        stream: &StreamId,
-        query: StreamQuery,
-        mut apply: F,
-    ) -> Result<()>
+    async fn fold_stream<F>(&self, stream: &StreamId, query: StreamQuery, apply: F) -> Result<()>
     where
         F: FnMut(EventView<'_>) -> Result<()> + Send,
     {
-        // The first rows row by row: most loads are short (a few events, or the tail after a
-        // snapshot), and for them one plain statement costs less than building a framed text.
-        let (from, to) = query.sql_versions();
-        let until = query.until.map(|t| t.timestamp_micros());
-        let limit = query.sql_limit();
-        let head = limit.min(STREAM_HEAD);
-        let (applied, next) = self
-            .stream_rows(stream, (from, to), until, head, &mut apply)
-            .await?;
-        if applied < head || applied >= limit {
-            return Ok(());
-        }
-        // The rest of a long stream as one framed text (see `FOLD_FRAMED`), each record a
-        // header (position, version, schema version, then the byte lengths of the type, the
-        // metadata or -1 for NULL, and the payload) and those texts.
-        const FRAMED: &str = "SELECT count(*), group_concat(concat(position, ',', version, ',', \
-             schema_version, ',', octet_length(event_type), ',', \
-             coalesce(octet_length(metadata), -1), ',', octet_length(payload), ':', event_type, \
-             metadata, payload), '' ORDER BY version) FROM (SELECT position, version, \
-             event_type, schema_version, metadata, payload FROM events \
-             WHERE aggregate_type = ? AND aggregate_id = ? AND version BETWEEN ? AND ? \
-             AND (? IS NULL OR occurred_at <= ?) ORDER BY version ASC LIMIT ?)";
-        let (mut limit, mut next) = (limit - applied, next);
-        while limit > 0 {
-            // In chunks, so that a text stays far below SQLite's limit on a value's length.
-            let chunk = limit.min(STREAM_CHUNK);
-            let page = stream_query(FRAMED, stream, (next, to), until, chunk)
-                .fetch_one(&self.reader)
-                .await;
-            let page = match page {
-                // Events too large to frame together: the rest row by row.
-                Err(error) if too_big(&error) => break,
-                page => page.map_err(Error::database("load"))?,
-            };
-            let count: i64 = page.try_get(0).map_err(Error::database("load"))?;
-            let mut applied = 0;
-            if let Ok(Some(text)) = page.try_get::<Option<&str>, _>(1) {
-                let mut at = 0;
-                while at < text.len() {
-                    // A record that does not parse ends the framed part: the rest is read row
-                    // by row.
-                    let Some((
-                        [position, version, schema_version],
-                        [Some(event_type), metadata, Some(payload)],
-                    )) = framed::<3, 3>(text, &mut at)
-                    else {
-                        break;
-                    };
-                    if version < next {
-                        break;
-                    }
-                    let position = Position::new(position.max(0) as u64);
-                    apply(row_view(
-                        stream,
-                        position,
-                        version,
-                        event_type,
-                        schema_version,
-                        metadata,
-                        payload,
-                    )?)?;
-                    applied += 1;
-                    next = version.saturating_add(1);
-                }
-            }
-            limit -= applied;
-            if applied < count {
-                break;
-            }
-            if count < chunk {
-                return Ok(());
-            }
-        }
-        if limit > 0 {
-            self.stream_rows(stream, (next, to), until, limit, &mut apply)
-                .await?;
-        }
+        // One reader connection for the whole load, kept for the next operation if the load
+        // ran to its end (see `store::warm`).
+        let mut conn = self
+            .readers
+            .acquire()
+            .await
+            .map_err(Error::database("load"))?;
+        Self::fold_stream_on(&mut conn, stream, query, apply).await?;
+        self.readers.put(conn);
         Ok(())
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
         let mut conn = self
-            .reader
+            .readers
             .acquire()
             .await
             .map_err(Error::database("stream_version"))?;
-        current_version(&mut conn, stream, "stream_version").await
+        let version = current_version(&mut conn, stream, "stream_version").await?;
+        self.readers.put(conn);
+        Ok(version)
     }
 
     fn watch_appends(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -1383,15 +1411,21 @@ impl SnapshotStore for SqliteEventStore {
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
+        let mut conn = self
+            .readers
+            .acquire()
+            .await
+            .map_err(Error::database("load snapshot"))?;
         let row: Option<(i64, i64, String, i64)> = sqlx::query_as(
             "SELECT version, state_version, state, taken_at FROM snapshots \
              WHERE aggregate_type = ? AND aggregate_id = ?",
         )
         .bind(stream.aggregate_type())
         .bind(stream.aggregate_id())
-        .fetch_optional(&self.reader)
+        .fetch_optional(&mut *conn)
         .await
         .map_err(Error::database("load snapshot"))?;
+        self.readers.put(conn);
         row.map(|(version, state_version, state, taken_at)| {
             snapshot_row(
                 stream,
