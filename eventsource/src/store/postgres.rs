@@ -259,25 +259,35 @@ impl super::group::GroupWriter for PostgresEventStore {
                 payloads.push(event.payload.as_str());
             }
         }
-        let outcome: sqlx::Result<Vec<GroupRow>> = sqlx::query_as(GROUP_APPEND)
-            .bind(&appends)
-            .bind(&aggregate_types)
-            .bind(&aggregate_ids)
-            .bind(&kinds)
-            .bind(&exacts)
-            .bind(&indexes)
-            .bind(&ids)
-            .bind(&types)
-            .bind(&schema_versions)
-            .bind(&times)
-            .bind(&tenants)
-            .bind(&actors)
-            .bind(&correlations)
-            .bind(&causations)
-            .bind(&extras)
-            .bind(&payloads)
-            .fetch_all(&self.pool)
-            .await;
+        // On a kept connection (see `store::warm`), like every append.
+        let outcome: sqlx::Result<Vec<GroupRow>> = match self.warm.acquire().await {
+            Err(error) => Err(error),
+            Ok(mut conn) => {
+                let rows = sqlx::query_as(GROUP_APPEND)
+                    .bind(&appends)
+                    .bind(&aggregate_types)
+                    .bind(&aggregate_ids)
+                    .bind(&kinds)
+                    .bind(&exacts)
+                    .bind(&indexes)
+                    .bind(&ids)
+                    .bind(&types)
+                    .bind(&schema_versions)
+                    .bind(&times)
+                    .bind(&tenants)
+                    .bind(&actors)
+                    .bind(&correlations)
+                    .bind(&causations)
+                    .bind(&extras)
+                    .bind(&payloads)
+                    .fetch_all(&mut *conn)
+                    .await;
+                if rows.is_ok() {
+                    self.warm.put(conn);
+                }
+                rows
+            }
+        };
         let mut outcomes: Vec<Grouped> = group.iter().map(|_| Grouped::Alone).collect();
         // A failed statement wrote nothing (a concurrent writer outside the group took a
         // version, an event id is taken, the connection broke): each append goes on its own.
