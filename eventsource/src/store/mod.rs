@@ -874,6 +874,10 @@ impl<'r, R: sqlx::Row> RowReader<'r, R> {
     }
 }
 
+/// The values of a stream row, in the order `feed_stream_row` reads them.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+type StreamRowValues<'r> = (i64, i64, &'r str, i64, Option<&'r str>, &'r str);
+
 /// Feeds one row of a stream read (position, version, event type, schema version as a 64-bit
 /// integer, free-form metadata, payload, in that order) to `apply`; returns its version.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -891,23 +895,62 @@ where
     Option<&'r str>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
     F: FnMut(EventView<'_>) -> Result<()>,
 {
-    let position: i64 = columns.get(row, 0).map_err(Error::database("load"))?;
+    // All six values first, with no error context built: the context (which column of which
+    // row) is put together only when one fails to decode (`stream_row_error`).
+    let values = (|| -> sqlx::Result<StreamRowValues<'r>> {
+        Ok((
+            columns.get::<_, i64>(row, 0)?,
+            columns.get::<_, i64>(row, 1)?,
+            columns.get::<_, &str>(row, 2)?,
+            columns.get::<_, i64>(row, 3)?,
+            columns.get::<_, Option<&str>>(row, 4)?,
+            columns.get::<_, &str>(row, 5)?,
+        ))
+    })();
+    let Ok((position, version, event_type, schema_version, metadata, payload)) = values else {
+        return Err(stream_row_error(row, stream, columns));
+    };
     let position = Position::new(position.max(0) as u64);
-    let mut reader = RowReader::of(row, stream, Some(position), columns);
-    let version: i64 = reader.get(1, "version")?;
-    reader.version = u64::try_from(version).ok();
-    let event_type: &str = reader.get(2, "event_type")?;
-    reader.event_type = Some(event_type);
     apply(row_view(
         stream,
         position,
         version,
         event_type,
-        reader.get(3, "schema_version")?,
-        reader.get::<Option<&str>>(4, "metadata")?,
-        reader.get(5, "payload")?,
+        schema_version,
+        metadata,
+        payload,
     )?)?;
     Ok(version)
+}
+
+/// The error of a stream row one of whose values did not decode, naming the column and as much
+/// of the row (position, version, type) as could be read.
+#[cold]
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn stream_row_error<'r, R>(row: &'r R, stream: &'r StreamId, columns: Columns) -> Error
+where
+    R: sqlx::Row,
+    usize: sqlx::ColumnIndex<R>,
+    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    &'r str: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+    Option<&'r str>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
+{
+    let error = (|| -> Result<Error> {
+        let position: i64 = columns.get(row, 0).map_err(Error::database("load"))?;
+        let position = Position::new(position.max(0) as u64);
+        let mut reader = RowReader::of(row, stream, Some(position), columns);
+        let version: i64 = reader.get(1, "version")?;
+        reader.version = u64::try_from(version).ok();
+        let event_type: &str = reader.get(2, "event_type")?;
+        reader.event_type = Some(event_type);
+        reader.get::<i64>(3, "schema_version")?;
+        reader.get::<Option<&str>>(4, "metadata")?;
+        reader.get::<&str>(5, "payload")?;
+        Ok(reader.damaged("a value cannot be read".to_owned()))
+    })();
+    match error {
+        Ok(error) | Err(error) => error,
+    }
 }
 
 /// A view of a row read by a store's `fold_stream`, after the checks every read path makes:
