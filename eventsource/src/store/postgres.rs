@@ -808,7 +808,11 @@ impl PostgresEventStore {
         let rows = self
             .retrying("read_all", move |_| self.fetch_page(query))
             .await?;
-        rows.iter().map(|row| decode_row(row, None)).collect()
+        // Consecutive rows of one stream share its id instead of allocating it again.
+        let mut streams = StreamCache::default();
+        rows.iter()
+            .map(|row| decode_row(row, None, &mut streams))
+            .collect()
     }
 
     /// The rows of one page of a global read: the columns of a stream read, then the stream's
@@ -1237,10 +1241,12 @@ impl EventStore for PostgresEventStore {
             .await?;
         let events = rows
             .iter()
-            .filter_map(|row| match decode_row(row, Some(stream)) {
-                Ok((_, event)) => event,
-                Err(error) => Some(Err(error)),
-            })
+            .filter_map(
+                |row| match decode_row(row, Some(stream), &mut StreamCache::default()) {
+                    Ok((_, event)) => event,
+                    Err(error) => Some(Err(error)),
+                },
+            )
             .collect::<Result<Vec<_>>>()?;
         check_sequence(stream, &query, &events)?;
         Ok(events)
@@ -1438,7 +1444,11 @@ async fn close_dropped(pool: &PgPool) {
 
 /// Reads one row of the `events` table: its position (an error here is the database's), then
 /// the event, or why the row is damaged.
-fn decode_row(row: &PgRow, stream: Option<&StreamId>) -> Result<PageRow> {
+fn decode_row(
+    row: &PgRow,
+    stream: Option<&StreamId>,
+    streams: &mut StreamCache,
+) -> Result<PageRow> {
     let position = Position::new(
         Columns::Typed
             .get::<_, i64>(row, 0)
@@ -1453,23 +1463,26 @@ fn decode_row(row: &PgRow, stream: Option<&StreamId>) -> Result<PageRow> {
     {
         return Ok((position, None));
     }
-    let owned;
     let stream = match stream {
         Some(stream) => stream,
-        None => {
-            let unreadable = StreamId::unchecked("?", "?");
-            let reader = RowReader::of(row, &unreadable, Some(position), Columns::Typed);
-            owned = match (
-                reader.get::<&str>(8, "aggregate_type"),
-                reader.get::<&str>(9, "aggregate_id"),
-            ) {
-                (Ok(aggregate_type), Ok(aggregate_id)) => {
-                    StreamId::unchecked(aggregate_type, aggregate_id)
-                }
-                (Err(error), _) | (_, Err(error)) => return Ok((position, Some(Err(error)))),
-            };
-            &owned
-        }
+        None => match (
+            Columns::Typed.get::<_, &str>(row, 8),
+            Columns::Typed.get::<_, &str>(row, 9),
+        ) {
+            (Ok(aggregate_type), Ok(aggregate_id)) => streams.get(aggregate_type, aggregate_id),
+            _ => {
+                let unreadable = StreamId::unchecked("?", "?");
+                let reader = RowReader::of(row, &unreadable, Some(position), Columns::Typed);
+                let error = match reader.get::<&str>(8, "aggregate_type") {
+                    Err(error) => error,
+                    Ok(_) => match reader.get::<&str>(9, "aggregate_id") {
+                        Err(error) => error,
+                        Ok(_) => reader.damaged("the stream cannot be read".to_owned()),
+                    },
+                };
+                return Ok((position, Some(Err(error))));
+            }
+        },
     };
     Ok((position, Some(read_event(row, stream, position))))
 }
