@@ -288,3 +288,32 @@ async fn projection_batches_survive_killed_connections() {
         "a dropped connection is not the event's fault: nothing dead-lettered"
     );
 }
+
+/// The PostgreSQL store applies a stream's rows as they arrive, so a connection killed part way
+/// through a long stream fails that attempt after some events were applied: the repository
+/// starts the load over, and every load returns the whole stream, never part of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn long_loads_survive_killed_connections() {
+    let Some((store, options, victim, _schema)) = victim_store().await else {
+        return;
+    };
+    let stream = StreamId::new("Counter", "long").unwrap();
+    for batch in 0..20u64 {
+        let events: Vec<NewEvent> = (0..1_000)
+            .map(|_| NewEvent::new(&Incremented { by: 1 }).unwrap())
+            .collect();
+        store
+            .append(&stream, ExpectedVersion::Exact(batch * 1_000), events)
+            .await
+            .unwrap();
+    }
+    let repo = Counter::repository(store.clone());
+    let killer = Killer::start(options, victim, Duration::from_millis(100)).await;
+    for _ in 0..40 {
+        let loaded = repo.load("long".to_owned()).await.expect("a load");
+        assert_eq!(loaded.version(), 20_000);
+        assert_eq!(loaded.total, 20_000, "every event applied once");
+    }
+    let kills = killer.stop().await;
+    assert!(kills > 0, "connections were killed");
+}

@@ -598,7 +598,23 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             from_snapshot = tracing::field::Empty,
         );
         let started = Instant::now();
-        let result = self.load_inner(id, query).traced(span.clone()).await;
+        let result = async {
+            // A store applies a stream's events as they arrive, so a transient failure part way
+            // through a stream cannot be retried by the store: the load starts over here.
+            let mut restarts = 0;
+            loop {
+                match self.load_inner(id.clone(), query.clone()).await {
+                    Err(Interrupted(error)) if restarts < LOAD_RESTARTS => {
+                        restarts += 1;
+                        tracing::warn!(%error, restarts, "load interrupted part way; starting over");
+                    }
+                    Err(Interrupted(error) | Failed(error)) => return Err(error),
+                    Ok(root) => return Ok(root),
+                }
+            }
+        }
+        .traced(span.clone())
+        .await;
         metrics::histogram!(crate::telemetry::LOAD_SECONDS, "aggregate_type" => A::TYPE)
             .record(started.elapsed().as_secs_f64());
         if let Ok(root) = &result {
@@ -608,7 +624,11 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         result
     }
 
-    async fn load_inner(&self, id: A::Id, query: StreamQuery) -> Result<Root<A>> {
+    async fn load_inner(
+        &self,
+        id: A::Id,
+        query: StreamQuery,
+    ) -> std::result::Result<Root<A>, LoadFailure> {
         let mut root = Root::<A>::new(id);
         let stream = root.stream_id().clone();
         let whole_stream = query.to_version.is_none() && query.until.is_none();
@@ -629,15 +649,25 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 }
             }
         }
+        let from_version = root.version() + 1;
         let query = StreamQuery {
-            from_version: root.version() + 1,
+            from_version,
             ..query
         };
-        self.store
+        let folded = self
+            .store
             .fold_stream(&stream, query, |event| root.apply_stored(event))
-            .await?;
+            .await;
+        if let Err(error) = folded {
+            let part_way = root.version() >= from_version;
+            return Err(if part_way && error.is_transient() {
+                Interrupted(error)
+            } else {
+                Failed(error)
+            });
+        }
         if root.version() == 0 {
-            return Err(Error::AggregateNotFound { stream });
+            return Err(Failed(Error::AggregateNotFound { stream }));
         }
         if replace_snapshot && let Some(snapshots) = &self.snapshots {
             // Re-snapshot as the strategy would have, had the stream been saved from nothing.
@@ -646,6 +676,17 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         Ok(root)
     }
 }
+
+/// How many times a load interrupted part way through its stream starts over.
+const LOAD_RESTARTS: u32 = 10;
+
+/// Why a load attempt failed: after some of the stream's events were applied, with a transient
+/// error (the load may start over), or otherwise.
+enum LoadFailure {
+    Interrupted(Error),
+    Failed(Error),
+}
+use LoadFailure::{Failed, Interrupted};
 
 /// Counts a snapshot look-up of aggregate type `A`.
 fn snapshot_loaded_of<A: Aggregate>(outcome: &'static str) {

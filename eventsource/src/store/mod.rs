@@ -310,6 +310,10 @@ pub trait EventStore: Send + Sync {
     /// repository loads an aggregate. Stores override it to read only what dispatch needs and
     /// allocate nothing per event; the default goes through [`read_stream`](Self::read_stream).
     /// Stops at the first error `apply` returns. `query.backwards` is ignored.
+    ///
+    /// The SQL stores apply rows as they are read, so a failure part way (the connection lost)
+    /// leaves the events before it applied: start over from a fresh state, as the repository
+    /// does when the error is transient ([`Error::is_transient`]).
     fn fold_stream<F>(
         &self,
         stream: &StreamId,
@@ -641,19 +645,47 @@ where
     R: FnMut() -> RFut,
     RFut: Future<Output = ()>,
 {
-    let mut delay = TRANSIENT_FIRST_DELAY;
-    let mut n = 1;
+    let mut retries = Retries::new(operation);
     loop {
-        match attempt(n).await {
-            Err(error) if error.is_transient() && n < TRANSIENT_ATTEMPTS => {
-                tracing::warn!(operation, attempt = n, %error, "transient database error; trying again");
-                tokio::time::sleep(delay).await;
-                recover().await;
-                delay = (delay * 2).min(std::time::Duration::from_secs(1));
-                n += 1;
-            }
+        match attempt(retries.attempt).await {
+            Err(error) if retries.again(&error).await => recover().await,
             result => return result,
         }
+    }
+}
+
+/// The attempts of one operation retried on transient errors (see [`retrying`]), for loops that
+/// decide themselves whether an attempt may be repeated.
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+pub(crate) struct Retries {
+    operation: &'static str,
+    /// The attempt being made, from 1.
+    attempt: u32,
+    delay: Duration,
+}
+
+#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+impl Retries {
+    pub(crate) fn new(operation: &'static str) -> Self {
+        Retries {
+            operation,
+            attempt: 1,
+            delay: TRANSIENT_FIRST_DELAY,
+        }
+    }
+
+    /// After `error`: whether to try again, having waited if so (a transient error, attempts
+    /// left).
+    pub(crate) async fn again(&mut self, error: &Error) -> bool {
+        if !error.is_transient() || self.attempt >= TRANSIENT_ATTEMPTS {
+            return false;
+        }
+        let (operation, attempt) = (self.operation, self.attempt);
+        tracing::warn!(operation, attempt, %error, "transient database error; trying again");
+        tokio::time::sleep(self.delay).await;
+        self.delay = (self.delay * 2).min(Duration::from_secs(1));
+        self.attempt += 1;
+        true
     }
 }
 

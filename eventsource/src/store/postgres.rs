@@ -33,6 +33,7 @@ use crate::error::{Error, Result};
 use crate::event::{EventView, NewEvent, RecordedEvent};
 use crate::projection::ContextFields;
 use crate::snapshot::{Snapshot, SnapshotStore};
+use futures::TryStreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions, PgRow};
@@ -844,7 +845,6 @@ impl PostgresEventStore {
     where
         F: for<'e> FnMut(FoldItem<'e>) -> std::ops::ControlFlow<()> + Send,
     {
-        use futures::TryStreamExt;
         let mut select = page_query(query, details);
         let mut session = self.session().await.map_err(Error::database("read_all"))?;
         let mut streams = StreamCache::default();
@@ -1376,16 +1376,33 @@ impl EventStore for PostgresEventStore {
              AND ($5::TIMESTAMPTZ IS NULL OR occurred_at <= $5) ORDER BY version ASC LIMIT $6";
         let (from, to) = query.sql_versions();
         let (until, limit) = (query.until, query.sql_limit());
-        let rows = self
-            .statement("load", move |conn, _| {
-                Box::pin(stream_query(SQL, stream, (from, to), until, limit).fetch_all(conn))
-            })
-            .await?;
-        // The statement fixes every column's type (the table's, or a cast).
-        for row in &rows {
-            feed_stream_row(row, stream, Columns::Typed, &mut apply)?;
+        // Rows are applied as they arrive, while the server sends the next ones (a tenth faster
+        // than applying them after all have arrived, and no more memory than one row). So an
+        // attempt is repeated after a transient error only if it applied no row yet; a failure
+        // part way fails the load, which the repository then repeats from the start.
+        let mut retries = super::Retries::new("load");
+        loop {
+            let mut fed = false;
+            let attempt = async {
+                let mut session = self.session().await.map_err(Error::database("load"))?;
+                let mut rows =
+                    stream_query(SQL, stream, (from, to), until, limit).fetch(session.conn());
+                while let Some(row) = rows.try_next().await.map_err(Error::database("load"))? {
+                    fed = true;
+                    // The statement fixes every column's type (the table's, or a cast).
+                    feed_stream_row(&row, stream, Columns::Typed, &mut apply)?;
+                }
+                drop(rows);
+                session.end().await.map_err(Error::database("load"))
+            };
+            match attempt.await {
+                Err(error) if !fed && retries.again(&error).await => {
+                    self.warm.clear();
+                    close_dropped(&self.pool).await;
+                }
+                result => return result,
+            }
         }
-        Ok(())
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
