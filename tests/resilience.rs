@@ -317,3 +317,38 @@ async fn long_loads_survive_killed_connections() {
     let kills = killer.stop().await;
     assert!(kills > 0, "connections were killed");
 }
+
+/// The connections a store keeps for its next operation (README, Pool settings) die with the
+/// rest. After the first attempt meets a dead one, the store gives back every connection it
+/// kept, and the pool's test closes them: the retry does not meet the next dead kept one.
+#[tokio::test]
+async fn kept_connections_are_given_back_after_a_transient_error() {
+    let Some((store, options, victim, _schema)) = victim_store().await else {
+        return;
+    };
+    let repo = Counter::repository(store.clone());
+    let mut counter = repo.create("kept".to_owned());
+    counter.record(Incremented { by: 1 });
+    repo.save(&mut counter).await.unwrap();
+    // Ten loads at once leave five connections kept (half the pool), for 100 ms.
+    let loads = futures::future::join_all((0..10).map(|_| repo.load("kept".to_owned()))).await;
+    assert!(loads.iter().all(Result::is_ok));
+    let killed: Vec<bool> = sqlx::query_scalar(
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = $1",
+    )
+    .bind(&victim)
+    .fetch_all(&mut options.connect().await.unwrap())
+    .await
+    .unwrap();
+    assert!(killed.iter().filter(|k| **k).count() >= 5);
+
+    let logs = eventsource_tests::logs::capture();
+    let loaded = repo.load("kept".to_owned()).await.unwrap();
+    assert_eq!(loaded.total, 1);
+    let retries = logs.lines_with("transient database error; trying again");
+    assert_eq!(
+        retries.len(),
+        1,
+        "one dead connection met, not one per kept one: {retries:?}"
+    );
+}

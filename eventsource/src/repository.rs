@@ -601,14 +601,15 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         let result = async {
             // A store applies a stream's events as they arrive, so a transient failure part way
             // through a stream cannot be retried by the store: the load starts over here.
-            let mut restarts = 0;
+            let (mut id, mut restarts) = (id, 0);
             loop {
-                match self.load_inner(id.clone(), query.clone()).await {
-                    Err(Interrupted(error)) if restarts < LOAD_RESTARTS => {
+                match self.load_inner(id, query.clone()).await {
+                    Err(Interrupted(error, again)) if restarts < LOAD_RESTARTS => {
                         restarts += 1;
                         tracing::warn!(%error, restarts, "load interrupted part way; starting over");
+                        id = again;
                     }
-                    Err(Interrupted(error) | Failed(error)) => return Err(error),
+                    Err(Interrupted(error, _) | Failed(error)) => return Err(error),
                     Ok(root) => return Ok(root),
                 }
             }
@@ -628,7 +629,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         &self,
         id: A::Id,
         query: StreamQuery,
-    ) -> std::result::Result<Root<A>, LoadFailure> {
+    ) -> std::result::Result<Root<A>, LoadFailure<A::Id>> {
         let mut root = Root::<A>::new(id);
         let stream = root.stream_id().clone();
         let whole_stream = query.to_version.is_none() && query.until.is_none();
@@ -661,7 +662,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         if let Err(error) = folded {
             let part_way = root.version() >= from_version;
             return Err(if part_way && error.is_transient() {
-                Interrupted(error)
+                Interrupted(error, root.id().clone())
             } else {
                 Failed(error)
             });
@@ -681,9 +682,9 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
 const LOAD_RESTARTS: u32 = 10;
 
 /// Why a load attempt failed: after some of the stream's events were applied, with a transient
-/// error (the load may start over), or otherwise.
-enum LoadFailure {
-    Interrupted(Error),
+/// error (the load may start over, for the aggregate id it carries back), or otherwise.
+enum LoadFailure<Id> {
+    Interrupted(Error, Id),
     Failed(Error),
 }
 use LoadFailure::{Failed, Interrupted};

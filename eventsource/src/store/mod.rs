@@ -928,7 +928,7 @@ where
     F: FnMut(EventView<'_>) -> Result<()>,
 {
     // All six values first, with no error context built: the context (which column of which
-    // row) is put together only when one fails to decode (`stream_row_error`).
+    // row) is put together only when one fails to decode.
     let values = (|| -> sqlx::Result<StreamRowValues<'r>> {
         Ok((
             columns.get::<_, i64>(row, 0)?,
@@ -940,7 +940,19 @@ where
         ))
     })();
     let Ok((position, version, event_type, schema_version, metadata, payload)) = values else {
-        return Err(stream_row_error(row, stream, columns));
+        // Read again, column by column, naming the one that fails and as much of the row
+        // (position, version, type) as could be read.
+        let position: i64 = columns.get(row, 0).map_err(Error::database("load"))?;
+        let position = Position::new(position.max(0) as u64);
+        let mut reader = RowReader::of(row, stream, Some(position), columns);
+        let version: i64 = reader.get(1, "version")?;
+        reader.version = u64::try_from(version).ok();
+        let event_type: &str = reader.get(2, "event_type")?;
+        reader.event_type = Some(event_type);
+        reader.get::<i64>(3, "schema_version")?;
+        reader.get::<Option<&str>>(4, "metadata")?;
+        reader.get::<&str>(5, "payload")?;
+        return Err(reader.damaged("a value cannot be read".to_owned()));
     };
     let position = Position::new(position.max(0) as u64);
     apply(row_view(
@@ -953,36 +965,6 @@ where
         payload,
     )?)?;
     Ok(version)
-}
-
-/// The error of a stream row one of whose values did not decode, naming the column and as much
-/// of the row (position, version, type) as could be read.
-#[cold]
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn stream_row_error<'r, R>(row: &'r R, stream: &'r StreamId, columns: Columns) -> Error
-where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    &'r str: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Option<&'r str>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-{
-    let error = (|| -> Result<Error> {
-        let position: i64 = columns.get(row, 0).map_err(Error::database("load"))?;
-        let position = Position::new(position.max(0) as u64);
-        let mut reader = RowReader::of(row, stream, Some(position), columns);
-        let version: i64 = reader.get(1, "version")?;
-        reader.version = u64::try_from(version).ok();
-        let event_type: &str = reader.get(2, "event_type")?;
-        reader.event_type = Some(event_type);
-        reader.get::<i64>(3, "schema_version")?;
-        reader.get::<Option<&str>>(4, "metadata")?;
-        reader.get::<&str>(5, "payload")?;
-        Ok(reader.damaged("a value cannot be read".to_owned()))
-    })();
-    match error {
-        Ok(error) | Err(error) => error,
-    }
 }
 
 /// A view of a row read by a store's `fold_stream`, after the checks every read path makes:

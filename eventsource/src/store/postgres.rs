@@ -431,11 +431,14 @@ impl PostgresEventStore {
         F: FnMut(u32) -> Fut,
         Fut: std::future::Future<Output = Result<T>>,
     {
-        let recover = || {
-            self.warm.clear();
-            close_dropped(&self.pool)
-        };
-        super::retrying(operation, recover, attempt).await
+        super::retrying(operation, || self.recover(), attempt).await
+    }
+
+    /// Before a new attempt after a transient error: gives back the connections kept for the
+    /// next operation, and closes the pool's idle connections that the server dropped.
+    async fn recover(&self) {
+        self.warm.clear();
+        close_dropped(&self.pool).await;
     }
 
     /// A connection for one operation on events or snapshots: for a tenant-scoped store, a
@@ -809,11 +812,8 @@ impl PostgresEventStore {
         let rows = self
             .retrying("read_all", move |_| self.fetch_page(query))
             .await?;
-        // Consecutive rows of one stream share its id instead of allocating it again.
-        let mut streams = StreamCache::default();
-        rows.iter()
-            .map(|row| decode_row(row, None, &mut streams))
-            .collect()
+        let mut of = RowsOf::Log(StreamCache::default());
+        rows.iter().map(|row| decode_row(row, &mut of)).collect()
     }
 
     /// The rows of one page of a global read: the columns of a stream read, then the stream's
@@ -1239,14 +1239,13 @@ impl EventStore for PostgresEventStore {
                 Box::pin(stream_query(sql, stream, (from, to), until, limit).fetch_all(conn))
             })
             .await?;
+        let mut of = RowsOf::Stream(stream);
         let events = rows
             .iter()
-            .filter_map(
-                |row| match decode_row(row, Some(stream), &mut StreamCache::default()) {
-                    Ok((_, event)) => event,
-                    Err(error) => Some(Err(error)),
-                },
-            )
+            .filter_map(|row| match decode_row(row, &mut of) {
+                Ok((_, event)) => event,
+                Err(error) => Some(Err(error)),
+            })
             .collect::<Result<Vec<_>>>()?;
         check_sequence(stream, &query, &events)?;
         Ok(events)
@@ -1396,10 +1395,7 @@ impl EventStore for PostgresEventStore {
                 session.end().await.map_err(Error::database("load"))
             };
             match attempt.await {
-                Err(error) if !fed && retries.again(&error).await => {
-                    self.warm.clear();
-                    close_dropped(&self.pool).await;
-                }
+                Err(error) if !fed && retries.again(&error).await => self.recover().await,
                 result => return result,
             }
         }
@@ -1461,11 +1457,14 @@ async fn close_dropped(pool: &PgPool) {
 
 /// Reads one row of the `events` table: its position (an error here is the database's), then
 /// the event, or why the row is damaged.
-fn decode_row(
-    row: &PgRow,
-    stream: Option<&StreamId>,
-    streams: &mut StreamCache,
-) -> Result<PageRow> {
+/// Whose rows `decode_row` reads: one stream's, or a global read's, whose consecutive rows of
+/// one stream share its id instead of allocating it again.
+enum RowsOf<'a> {
+    Stream(&'a StreamId),
+    Log(StreamCache),
+}
+
+fn decode_row(row: &PgRow, of: &mut RowsOf<'_>) -> Result<PageRow> {
     let position = Position::new(
         Columns::Typed
             .get::<_, i64>(row, 0)
@@ -1473,16 +1472,16 @@ fn decode_row(
             .max(0) as u64,
     );
     // A global read's rows end with whether they pass the read's filters.
-    if stream.is_none()
+    if matches!(of, RowsOf::Log(_))
         && !Columns::Typed
             .get::<_, bool>(row, 10)
             .map_err(Error::database("read"))?
     {
         return Ok((position, None));
     }
-    let stream = match stream {
-        Some(stream) => stream,
-        None => match (
+    let stream = match of {
+        RowsOf::Stream(stream) => *stream,
+        RowsOf::Log(streams) => match (
             Columns::Typed.get::<_, &str>(row, 8),
             Columns::Typed.get::<_, &str>(row, 9),
         ) {

@@ -87,7 +87,7 @@ impl<DB: Database> Warm<DB> {
     /// Shelves `conn`, whose operation ran to its end. A full shelf, a closed pool or the
     /// absence of a Tokio runtime (nothing could give it back later) sends it to the pool.
     pub(crate) fn put(&self, conn: PoolConnection<DB>) {
-        if self.shelf.pool.is_closed() || !self.returner_running() {
+        if self.shelf.bound == 0 || self.shelf.pool.is_closed() || !self.returner_running() {
             return;
         }
         let mut parked = self.shelf.parked.lock().unwrap_or_else(|e| e.into_inner());
