@@ -301,7 +301,7 @@ where
     K: KeyStore + 'static,
 {
     register(store, "c1").await;
-    let old = store.keys().get_or_create("c1").await.unwrap();
+    let old = store.keys().get_or_create(None, "c1").await.unwrap();
     let new = store.rotate("c1").await.unwrap();
     assert_ne!(old.id(), new.id());
     let change = EmailChanged {
@@ -535,7 +535,8 @@ async fn check_tampered<S: EventStore, K: KeyStore>(store: &ProtectedStore<S, K>
     );
 }
 
-/// A wrong master key is a typed error at the first key it unwraps, never garbage.
+/// A wrong master key is a typed error when the key store opens, never garbage: a check value
+/// wrapped by the first master key is kept beside the keys.
 #[tokio::test]
 async fn wrong_master_key_is_a_typed_error() {
     let db = databases::sqlite().await.unwrap();
@@ -545,17 +546,23 @@ async fn wrong_master_key_is_a_typed_error() {
         db.store().writer_pool().clone(),
         MasterKey::from_bytes([8; 32]),
     )
-    .await
-    .unwrap();
-    let wrong = ProtectedStore::new(db.store().clone(), wrong);
-    match wrong.read_stream(&stream("c1"), StreamQuery::all()).await {
-        Err(Error::MasterKey { .. }) => {}
-        other => panic!("expected Error::MasterKey, got {other:?}"),
-    }
-    assert!(matches!(
-        wrong.keys().get_or_create("c1").await,
-        Err(Error::MasterKey { .. })
-    ));
+    .await;
+    assert!(
+        matches!(wrong, Err(Error::MasterKey { .. })),
+        "expected Error::MasterKey, got {wrong:?}"
+    );
+    // A keys table of the first release (no check value yet): its newest key is the check.
+    sqlx::query("DELETE FROM eventsource_master_key_check")
+        .execute(db.store().writer_pool())
+        .await
+        .unwrap();
+    let wrong = SqliteKeyStore::new(
+        db.store().writer_pool().clone(),
+        MasterKey::from_bytes([8; 32]),
+    )
+    .await;
+    assert!(matches!(wrong, Err(Error::MasterKey { .. })), "{wrong:?}");
+    sqlite_keys(db.store()).await;
 }
 
 /// The master key from its base64 text; never printed.
@@ -568,7 +575,7 @@ fn master_key_config() {
         MasterKey::from_base64("c2hvcnQ="),
         Err(Error::InvalidConfig(_))
     ));
-    let data_key = eventsource::protection::DataKey::generate("c1");
+    let data_key = eventsource::protection::DataKey::generate(None, "c1");
     assert!(!format!("{data_key:?}").contains("bytes"));
 }
 
@@ -675,4 +682,646 @@ async fn sql_read_model_and_erasure_hook() {
     assert_eq!(count("c1").await, 0);
     assert_eq!(count("c2").await, 1);
     running.shutdown().await;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Erasure leaves no plaintext; envelopes cannot be forged; tenants keep their keys apart; one
+// damaged key row is one damaged row.
+// ---------------------------------------------------------------------------------------------
+
+/// Every file of a SQLite database (the file, its `-wal` and `-shm`), read whole.
+fn database_bytes(path: &std::path::Path) -> Vec<u8> {
+    let mut bytes = Vec::new();
+    for suffix in ["", "-wal", "-shm", "-journal"] {
+        let mut name = path.as_os_str().to_owned();
+        name.push(suffix);
+        if let Ok(content) = std::fs::read(std::path::PathBuf::from(name)) {
+            bytes.extend_from_slice(&content);
+        }
+    }
+    bytes
+}
+
+fn holds(haystack: &[u8], needle: &str) -> bool {
+    haystack
+        .windows(needle.len())
+        .any(|window| window == needle.as_bytes())
+}
+
+/// The words of a subject that must never reach a file in plain.
+const SECRET_NAME: &str = "Zenobia Plaintext-Name";
+const SECRET_EMAIL: &str = "zenobia.secret@example.org";
+
+fn secret(id: &str) -> CustomerRegistered {
+    CustomerRegistered {
+        customer_id: id.to_owned(),
+        name: Personal::Known(SECRET_NAME.to_owned()),
+        email: Personal::Known(SECRET_EMAIL.to_owned()),
+        plan: "gold".to_owned(),
+    }
+}
+
+/// Saves a subject with personal fields through the repository, snapshots it, forgets it and
+/// closes: no byte of the name or the email is in any file the framework wrote, and the
+/// aggregate loads with its personal fields forgotten.
+async fn no_plaintext_after_forget(keys_apart: bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let events_path = dir.path().join("events.db");
+    let keys_path = dir.path().join("keys.db");
+    let events = SqliteEventStore::open(events_path.to_str().unwrap())
+        .await
+        .unwrap();
+    let keys_store = if keys_apart {
+        Some(
+            SqliteEventStore::open(keys_path.to_str().unwrap())
+                .await
+                .unwrap(),
+        )
+    } else {
+        None
+    };
+    let key_pool = keys_store
+        .as_ref()
+        .map_or(events.writer_pool(), |k| k.writer_pool())
+        .clone();
+    let keys = SqliteKeyStore::new(key_pool, master()).await.unwrap();
+    let store = ProtectedStore::new(events.clone(), keys);
+    let customers = Customer::repository(store.clone()).with_snapshots();
+    let mut root = eventsource::Root::<Customer>::new("z-1".to_owned());
+    root.record(secret("z-1"));
+    customers.save(&mut root).await.unwrap();
+    customers.snapshot(&"z-1".to_owned()).await.unwrap();
+    let snapshot = events.load_snapshot(&stream("z-1")).await.unwrap().unwrap();
+    assert!(
+        !snapshot.state().contains(SECRET_NAME) && !snapshot.state().contains(SECRET_EMAIL),
+        "the snapshot is sealed: {}",
+        snapshot.state()
+    );
+    // A snapshot opens through the wrapper while the subject is known.
+    let loaded = customers.load(&"z-1".to_owned()).await.unwrap();
+    assert_eq!(loaded.state().name, Personal::Known(SECRET_NAME.to_owned()));
+
+    store.forget("z-1").await.unwrap();
+    let loaded = customers.load(&"z-1".to_owned()).await.unwrap();
+    assert!(loaded.state().name.is_forgotten() && loaded.state().email.is_forgotten());
+
+    // Live and dead rows, free pages and the write-ahead log, before and after closing.
+    for path in [&events_path, &keys_path] {
+        let bytes = database_bytes(path);
+        assert!(!holds(&bytes, SECRET_NAME), "name in {path:?} after forget");
+        assert!(
+            !holds(&bytes, SECRET_EMAIL),
+            "email in {path:?} after forget"
+        );
+    }
+    drop((customers, store, loaded));
+    events.writer_pool().close().await;
+    events.pool().close().await;
+    if let Some(keys_store) = &keys_store {
+        keys_store.writer_pool().close().await;
+        keys_store.pool().close().await;
+    }
+    for path in [&events_path, &keys_path] {
+        let bytes = database_bytes(path);
+        assert!(!holds(&bytes, SECRET_NAME), "name in {path:?} after close");
+        assert!(
+            !holds(&bytes, SECRET_EMAIL),
+            "email in {path:?} after close"
+        );
+    }
+}
+
+#[tokio::test]
+async fn sqlite_forget_leaves_no_plaintext_keys_apart() {
+    no_plaintext_after_forget(true).await;
+}
+
+#[tokio::test]
+async fn sqlite_forget_leaves_no_plaintext_keys_in_the_events_file() {
+    no_plaintext_after_forget(false).await;
+}
+
+/// PostgreSQL: the snapshot row never holds the plain state (so no dead tuple can), and it no
+/// longer opens once a subject of the stream is forgotten, in this process or another.
+#[tokio::test]
+async fn postgres_snapshots_are_sealed() {
+    let Some(db) = databases::postgres().await else {
+        return;
+    };
+    let store = ProtectedStore::new(db.store().clone(), postgres_keys(db.store()).await);
+    let customers = Customer::repository(store.clone()).with_snapshots();
+    let mut root = eventsource::Root::<Customer>::new("z-1".to_owned());
+    root.record(secret("z-1"));
+    customers.save(&mut root).await.unwrap();
+    customers.snapshot(&"z-1".to_owned()).await.unwrap();
+    let states: Vec<(String,)> = sqlx::query_as("SELECT state::text FROM snapshots")
+        .fetch_all(db.store().pool())
+        .await
+        .unwrap();
+    assert_eq!(states.len(), 1);
+    assert!(!states[0].0.contains(SECRET_NAME), "{}", states[0].0);
+    let loaded = customers.load(&"z-1".to_owned()).await.unwrap();
+    assert_eq!(
+        loaded.state().email,
+        Personal::Known(SECRET_EMAIL.to_owned())
+    );
+
+    // Another process (another wrapper, its own cache) with the same key store.
+    let other = ProtectedStore::new(db.store().clone(), postgres_keys(db.store()).await);
+    let snapshot = other.load_snapshot(&stream("z-1")).await.unwrap();
+    assert!(snapshot.is_some_and(|s| s.state().contains(SECRET_NAME)));
+    store.forget("z-1").await.unwrap();
+    let other = ProtectedStore::new(db.store().clone(), postgres_keys(db.store()).await);
+    assert!(
+        other.load_snapshot(&stream("z-1")).await.unwrap().is_none(),
+        "a sealed snapshot of a forgotten subject does not open"
+    );
+}
+
+#[derive(DomainEvent, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[event(name = "prot.Preferences", aggregate = "Customer")]
+struct PreferencesSet {
+    customer_id: String,
+    #[personal(subject = customer_id)]
+    answers: Personal<std::collections::BTreeMap<String, String>>,
+}
+
+#[derive(DomainEvent, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[event(name = "prot.Note", aggregate = "Customer")]
+struct NoteAdded {
+    customer_id: String,
+    body: serde_json::Value,
+}
+
+/// A personal map whose keys look like an envelope's is encrypted like any other value, reads
+/// back as written and is erased by `forget`; an envelope-shaped value in a field that is not
+/// personal is the application's data.
+async fn envelopes_cannot_be_forged<S, K>(store: &ProtectedStore<S, K>)
+where
+    S: EventStore + SnapshotStore + CheckpointStore + Clone + 'static,
+    K: KeyStore + 'static,
+{
+    let answers: std::collections::BTreeMap<String, String> = [
+        ("$enc".to_owned(), "v1".to_owned()),
+        ("kid".to_owned(), "forged-plaintext-kid".to_owned()),
+        ("n".to_owned(), "forged-plaintext-n".to_owned()),
+        ("c".to_owned(), "forged-plaintext-c".to_owned()),
+    ]
+    .into();
+    let forged = PreferencesSet {
+        customer_id: "f-1".to_owned(),
+        answers: Personal::Known(answers.clone()),
+    };
+    store
+        .append(
+            &stream("f-1"),
+            ExpectedVersion::NoStream,
+            vec![NewEvent::new(&forged).unwrap()],
+        )
+        .await
+        .unwrap();
+    for payload in raw_payloads(store.inner()).await {
+        assert!(
+            !payload.contains("forged-plaintext"),
+            "stored in plain: {payload}"
+        );
+    }
+    let read = store
+        .read_stream(&stream("f-1"), StreamQuery::all())
+        .await
+        .unwrap();
+    assert_eq!(read[0].decode::<PreferencesSet>().unwrap(), forged);
+    store.forget("f-1").await.unwrap();
+    let read = store
+        .read_stream(&stream("f-1"), StreamQuery::all())
+        .await
+        .unwrap();
+    assert!(
+        read[0]
+            .decode::<PreferencesSet>()
+            .unwrap()
+            .answers
+            .is_forgotten()
+    );
+
+    // Not personal: stored, read and loaded as written.
+    let note = NoteAdded {
+        customer_id: "n-1".to_owned(),
+        body: serde_json::json!({"$enc": "hello"}),
+    };
+    store
+        .append(
+            &stream("n-1"),
+            ExpectedVersion::NoStream,
+            vec![NewEvent::new(&note).unwrap()],
+        )
+        .await
+        .unwrap();
+    let read = store
+        .read_stream(&stream("n-1"), StreamQuery::all())
+        .await
+        .unwrap();
+    assert_eq!(read[0].decode::<NoteAdded>().unwrap(), note);
+    settle(store).await;
+    let all: Vec<RecordedEvent> = store
+        .read_all(ReadAll::from_start().event_types(["prot.Note"]))
+        .try_collect()
+        .await
+        .unwrap();
+    assert_eq!(all.len(), 1);
+}
+
+#[derive(Default, Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Noted {
+    notes: usize,
+}
+
+#[aggregate(name = "Noted", id = String)]
+impl Noted {
+    #[handles]
+    fn noted(&mut self, _event: &NotedEvent) {
+        self.notes += 1;
+    }
+}
+
+#[derive(DomainEvent, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[event(name = "prot.Noted", aggregate = "Noted")]
+struct NotedEvent {
+    body: serde_json::Value,
+}
+
+/// An aggregate whose events carry envelope-shaped values in fields that are not personal
+/// loads.
+#[tokio::test]
+async fn non_personal_envelope_shapes_load() {
+    let store = ProtectedStore::new(InMemoryEventStore::new(), InMemoryKeyStore::new());
+    let repository = Noted::repository(store.clone());
+    let mut root = eventsource::Root::<Noted>::new("n".to_owned());
+    root.record(NotedEvent {
+        body: serde_json::json!({"$enc": "hello"}),
+    });
+    root.record(NotedEvent {
+        body: serde_json::json!({"$enc": "v1", "kid": "x", "n": "y", "c": "z"}),
+    });
+    repository.save(&mut root).await.unwrap();
+    assert_eq!(
+        repository
+            .load(&"n".to_owned())
+            .await
+            .unwrap()
+            .state()
+            .notes,
+        2
+    );
+}
+
+/// Two tenants with a subject of one id: two keys; one tenant's `forget` leaves the other's
+/// subject readable.
+async fn tenants_keep_their_keys<S, K>(store: &ProtectedStore<S, K>)
+where
+    S: EventStore + SnapshotStore + CheckpointStore + Tenancy + Clone + 'static,
+    K: KeyStore + Clone + 'static,
+{
+    let keys = store.keys().clone();
+    let acme = ProtectedStore::new(store.inner().for_tenant("acme").unwrap(), keys.clone());
+    let globex = ProtectedStore::new(store.inner().for_tenant("globex").unwrap(), keys.clone());
+    register(&acme, "u-1").await;
+    // Stream ids are one namespace across tenants: globex's subject u-1 lives in another stream.
+    globex
+        .append(
+            &StreamId::new("Customer", "g-u-1").unwrap(),
+            ExpectedVersion::NoStream,
+            vec![NewEvent::new(&registered("u-1")).unwrap()],
+        )
+        .await
+        .unwrap();
+    let acme_ids = keys.key_ids(Some("acme"), "u-1").await.unwrap();
+    let globex_ids = keys.key_ids(Some("globex"), "u-1").await.unwrap();
+    assert_eq!((acme_ids.len(), globex_ids.len()), (1, 1));
+    assert_ne!(acme_ids, globex_ids);
+    assert!(keys.key_ids(None, "u-1").await.unwrap().is_empty());
+
+    let erasure = acme.forget("u-1").await.unwrap();
+    assert_eq!(erasure.keys_destroyed, 1);
+    assert_eq!(erasure.streams, vec![stream("u-1")]);
+    let read = acme
+        .read_stream(&stream("u-1"), StreamQuery::all())
+        .await
+        .unwrap();
+    assert!(
+        read[0]
+            .decode::<CustomerRegistered>()
+            .unwrap()
+            .email
+            .is_forgotten()
+    );
+    let read = globex
+        .read_stream(
+            &StreamId::new("Customer", "g-u-1").unwrap(),
+            StreamQuery::all(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        read[0].decode::<CustomerRegistered>().unwrap(),
+        registered("u-1"),
+        "globex's subject u-1 is another subject"
+    );
+    // Scoped the other way round (the tenant view outside): the same keys.
+    let scoped = ProtectedStore::new(store.inner().clone(), keys.clone())
+        .for_tenant("globex")
+        .unwrap();
+    let read = scoped
+        .read_stream(
+            &StreamId::new("Customer", "g-u-1").unwrap(),
+            StreamQuery::all(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        read[0].decode::<CustomerRegistered>().unwrap(),
+        registered("u-1")
+    );
+    scoped.forget("u-1").await.unwrap();
+    let read = scoped
+        .read_stream(
+            &StreamId::new("Customer", "g-u-1").unwrap(),
+            StreamQuery::all(),
+        )
+        .await
+        .unwrap();
+    assert!(
+        read[0]
+            .decode::<CustomerRegistered>()
+            .unwrap()
+            .email
+            .is_forgotten()
+    );
+    // A store scoped to one tenant does not forget another's subjects.
+    assert!(acme.forget_in(Some("globex"), "u-1").await.is_err());
+}
+
+macro_rules! keyed_backend_tests {
+    ($backend:ident, $keys:ident: $($case:ident),*) => {
+        mod $backend {
+            use super::*;
+            $(
+                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+                async fn $case() {
+                    let Some(db) = databases::$backend().await else { return };
+                    let keys = Arc::new($keys(db.store()).await);
+                    super::$case(&ProtectedStore::new(db.store().clone(), keys)).await;
+                }
+            )*
+        }
+    };
+}
+
+mod forging {
+    use super::*;
+    keyed_backend_tests!(memory, memory_keys: envelopes_cannot_be_forged, tenants_keep_their_keys);
+    keyed_backend_tests!(sqlite, sqlite_keys: envelopes_cannot_be_forged, tenants_keep_their_keys);
+    keyed_backend_tests!(postgres, postgres_keys: envelopes_cannot_be_forged, tenants_keep_their_keys);
+}
+
+/// A key row that does not unwrap (altered, or wrapped by another master key after a partial
+/// restore) is a damaged row for the events it encrypted: `Corrupt` with their position, and
+/// the reads go on after it.
+#[tokio::test]
+async fn one_bad_key_row_is_one_bad_row() {
+    let db = databases::sqlite().await.unwrap();
+    let store = ProtectedStore::new(db.store().clone(), sqlite_keys(db.store()).await);
+    register(&store, "c1").await;
+    register(&store, "c2").await;
+    // c1's key, wrapped by another master key.
+    let other = MasterKey::from_bytes([9; 32]);
+    let (foreign,): (Vec<u8>,) = {
+        let dir = tempfile::tempdir().unwrap();
+        let elsewhere = SqliteEventStore::open(dir.path().join("k.db").to_str().unwrap())
+            .await
+            .unwrap();
+        let keys = SqliteKeyStore::new(elsewhere.writer_pool().clone(), other)
+            .await
+            .unwrap();
+        keys.get_or_create(None, "c1").await.unwrap();
+        sqlx::query_as("SELECT wrapped_key FROM eventsource_subject_keys")
+            .fetch_one(elsewhere.writer_pool())
+            .await
+            .unwrap()
+    };
+    sqlx::query("UPDATE eventsource_subject_keys SET wrapped_key = ? WHERE subject = 'c1'")
+        .bind(foreign)
+        .execute(db.store().writer_pool())
+        .await
+        .unwrap();
+    let fresh = ProtectedStore::new(db.store().clone(), sqlite_keys(db.store()).await);
+    let items: Vec<Result<RecordedEvent, Error>> =
+        futures::StreamExt::collect(fresh.read_all(ReadAll::from_start())).await;
+    assert_eq!(items.len(), 2, "{items:?}");
+    match &items[0] {
+        Err(error @ Error::Corrupt { .. }) => {
+            assert_eq!(error.position(), Some(Position::new(1)), "{error}");
+        }
+        other => panic!("expected Corrupt at position 1, got {other:?}"),
+    }
+    assert_eq!(
+        items[1]
+            .as_ref()
+            .unwrap()
+            .decode::<CustomerRegistered>()
+            .unwrap(),
+        registered("c2")
+    );
+}
+
+/// The key cache: bounded in age, so that a subject forgotten by another process stops
+/// decrypting here once the cached key expires; a cache of 0 asks the key store every time.
+#[tokio::test]
+async fn cached_keys_expire() {
+    let db = databases::sqlite().await.unwrap();
+    let writer = ProtectedStore::new(db.store().clone(), sqlite_keys(db.store()).await);
+    register(&writer, "c1").await;
+    let reader = ProtectedStore::new(db.store().clone(), sqlite_keys(db.store()).await)
+        .with_key_cache(100, Duration::from_millis(200));
+    let uncached = ProtectedStore::new(db.store().clone(), sqlite_keys(db.store()).await)
+        .with_key_cache(0, Duration::ZERO);
+    let email =
+        |events: Vec<RecordedEvent>| events[0].decode::<CustomerRegistered>().unwrap().email;
+    let read = reader
+        .read_stream(&stream("c1"), StreamQuery::all())
+        .await
+        .unwrap();
+    assert!(!email(read).is_forgotten());
+    writer.forget("c1").await.unwrap();
+    let read = uncached
+        .read_stream(&stream("c1"), StreamQuery::all())
+        .await
+        .unwrap();
+    assert!(email(read).is_forgotten(), "no cache: forgotten at once");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let read = reader
+        .read_stream(&stream("c1"), StreamQuery::all())
+        .await
+        .unwrap();
+    assert!(
+        email(read).is_forgotten(),
+        "forgotten once the cached key expired"
+    );
+}
+
+/// Drops a PostgreSQL role when the test ends, panicking or not.
+struct TestRole {
+    options: sqlx::postgres::PgConnectOptions,
+    name: String,
+}
+
+impl Drop for TestRole {
+    fn drop(&mut self) {
+        let options = self.options.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async {
+                use sqlx::ConnectOptions;
+                if let Ok(mut conn) = options.connect().await {
+                    let _ =
+                        sqlx::raw_sql(&format!("DROP OWNED BY {name}; DROP ROLE IF EXISTS {name}"))
+                            .execute(&mut conn)
+                            .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+/// The keys table is under row-level security like the events: the application's role, scoped
+/// to one tenant, reads and writes that tenant's keys only, and nothing unscoped; the protected
+/// store works through it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_keys_under_row_level_security() {
+    use sqlx::ConnectOptions;
+    use sqlx::postgres::PgPoolOptions;
+
+    let Some((options, schema)) = databases::postgres_schema().await else {
+        return;
+    };
+    let owner = PostgresEventStore::connect_with(options.clone())
+        .await
+        .unwrap();
+    // The owner creates the keys tables.
+    eventsource::protection::PostgresKeyStore::new(owner.pool().clone(), master())
+        .await
+        .unwrap();
+    let role = TestRole {
+        options: options.clone(),
+        name: format!("es_keys_{}", uuid::Uuid::now_v7().simple()),
+    };
+    let name = &role.name;
+    let mut admin = options.connect().await.unwrap();
+    sqlx::raw_sql(&format!(
+        "CREATE ROLE {name} LOGIN NOSUPERUSER NOBYPASSRLS; \
+         GRANT USAGE ON SCHEMA {schema} TO {name}; \
+         GRANT SELECT, INSERT ON events TO {name}; \
+         GRANT SELECT, INSERT, UPDATE, DELETE ON snapshots TO {name}; \
+         GRANT SELECT, INSERT, UPDATE ON eventsource_subject_keys TO {name}; \
+         GRANT SELECT ON eventsource_master_key_check TO {name};",
+        schema = schema.name()
+    ))
+    .execute(&mut admin)
+    .await
+    .unwrap();
+    let app_options = options.clone().username(name);
+    let app_pool = PgPoolOptions::new()
+        .max_connections(4)
+        .connect_with(app_options.clone())
+        .await
+        .unwrap();
+    let app = PostgresEventStore::from_pool(app_pool.clone());
+    let keys = Arc::new(
+        eventsource::protection::PostgresKeyStore::new(app_pool.clone(), master())
+            .await
+            .unwrap(),
+    );
+    let acme = ProtectedStore::new(app.clone(), keys.clone())
+        .for_tenant("acme")
+        .unwrap();
+    let globex = ProtectedStore::new(app.clone(), keys.clone())
+        .for_tenant("globex")
+        .unwrap();
+    register(&acme, "u-1").await;
+    globex
+        .append(
+            &stream("g-1"),
+            ExpectedVersion::NoStream,
+            vec![NewEvent::new(&registered("u-1")).unwrap()],
+        )
+        .await
+        .unwrap();
+    let read = acme
+        .read_stream(&stream("u-1"), StreamQuery::all())
+        .await
+        .unwrap();
+    assert_eq!(
+        read[0].decode::<CustomerRegistered>().unwrap(),
+        registered("u-1")
+    );
+
+    // Raw SQL through the role.
+    let mut raw = app_options.connect().await.unwrap();
+    for (setting, expected) in [
+        (Some("acme"), Some("acme")),
+        (Some("globex"), Some("globex")),
+        (Some("initech"), None),
+        (None, None),
+    ] {
+        let mut tx = sqlx::Connection::begin(&mut raw).await.unwrap();
+        if let Some(tenant) = setting {
+            sqlx::query("SELECT set_config('eventsource.tenant', $1, true)")
+                .bind(tenant)
+                .execute(&mut *tx)
+                .await
+                .unwrap();
+        }
+        let seen: Option<String> = sqlx::query_scalar(
+            "SELECT string_agg(tenant_id || ':' || subject, ',') FROM eventsource_subject_keys",
+        )
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        assert_eq!(
+            seen.as_deref(),
+            expected.map(|t| format!("{t}:u-1")).as_deref(),
+            "setting {setting:?}"
+        );
+        // Another tenant's keys cannot be destroyed or rewritten.
+        let touched = sqlx::query(
+            "UPDATE eventsource_subject_keys SET wrapped_key = NULL WHERE tenant_id = 'globex'",
+        )
+        .execute(&mut *tx)
+        .await
+        .unwrap()
+        .rows_affected();
+        assert_eq!(touched, u64::from(setting == Some("globex")));
+        tx.rollback().await.unwrap();
+    }
+    // Keys of another tenant cannot be inserted under this one's setting.
+    let mut tx = sqlx::Connection::begin(&mut raw).await.unwrap();
+    sqlx::query("SELECT set_config('eventsource.tenant', 'acme', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    let refused = sqlx::query(
+        "INSERT INTO eventsource_subject_keys (key_id, tenant_id, subject) \
+         VALUES (gen_random_uuid(), 'globex', 'x')",
+    )
+    .execute(&mut *tx)
+    .await;
+    assert!(refused.is_err());
+    drop(tx);
+    drop(raw);
+    app_pool.close().await;
 }

@@ -88,16 +88,18 @@ pub(crate) const FORGOTTEN_PLACEHOLDER: &str = "<forgotten>";
 
 /// Replaces encrypted and forgotten personal fields by their placeholders, at any depth.
 fn redact(value: &mut Value) {
+    if eventsource::protection::is_envelope(value) {
+        *value = Value::String(ENCRYPTED_PLACEHOLDER.into());
+        return;
+    }
     match value {
-        Value::Object(fields) => {
-            if fields.contains_key(eventsource::protection::ENCRYPTED_MARKER) {
-                *value = Value::String(ENCRYPTED_PLACEHOLDER.into());
-            } else if fields.contains_key(eventsource::protection::FORGOTTEN_MARKER) {
-                *value = Value::String(FORGOTTEN_PLACEHOLDER.into());
-            } else {
-                fields.values_mut().for_each(redact);
-            }
+        Value::Object(fields)
+            if fields.len() == 1
+                && fields.contains_key(eventsource::protection::FORGOTTEN_MARKER) =>
+        {
+            *value = Value::String(FORGOTTEN_PLACEHOLDER.into());
         }
+        Value::Object(fields) => fields.values_mut().for_each(redact),
         Value::Array(items) => items.iter_mut().for_each(redact),
         _ => {}
     }

@@ -141,6 +141,11 @@ impl<S: EventStore> TenantStore<S> {
         &self.tenant
     }
 
+    /// The store this view scopes (unscoped: it reads and writes every tenant's events).
+    pub fn inner(&self) -> &S {
+        &self.store
+    }
+
     fn owns(&self, event: &RecordedEvent) -> bool {
         event.metadata.tenant_id.as_deref() == Some(&*self.tenant)
     }
@@ -269,6 +274,10 @@ impl<S: EventStore> EventStore for TenantStore<S> {
 
     async fn log_head(&self) -> Result<LogHead> {
         self.store.log_head().await
+    }
+
+    fn tenant_scope(&self) -> Option<&str> {
+        Some(&self.tenant)
     }
 
     fn watch_appends(&self) -> tokio::sync::watch::Receiver<u64> {

@@ -9,6 +9,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use std::fmt;
 use uuid::Uuid;
+use zeroize::{Zeroize, Zeroizing};
 
 const NONCE_LEN: usize = 12;
 
@@ -54,21 +55,31 @@ impl MasterKey {
         (MasterKey(key), BASE64.encode(key))
     }
 
-    /// Wraps a data key: nonce followed by the ciphertext and tag, bound to its id and subject.
+    /// Wraps a data key: nonce followed by the ciphertext and tag, bound to its id, tenant and
+    /// subject.
     pub(crate) fn wrap(&self, key: &DataKey) -> Vec<u8> {
-        let aad = wrap_aad(key.id, &key.subject);
-        seal(&self.0, &key.bytes, &aad)
+        let aad = wrap_aad(key.id, key.tenant.as_deref(), &key.subject);
+        seal(&self.0, &*key.bytes, &aad)
     }
 
-    /// Unwraps what [`wrap`](Self::wrap) made; a wrong master key (or altered bytes) fails the
-    /// tag check: [`Error::MasterKey`].
-    pub(crate) fn unwrap(&self, id: Uuid, subject: &str, wrapped: &[u8]) -> Result<DataKey> {
-        let bytes = open(&self.0, wrapped, &wrap_aad(id, subject))
-            .ok_or(Error::MasterKey { key_id: id })?;
+    /// Unwraps what [`wrap`](Self::wrap) made; a wrong master key (or altered bytes, or a row
+    /// moved to another tenant or subject) fails the tag check: [`Error::MasterKey`].
+    pub(crate) fn unwrap(
+        &self,
+        id: Uuid,
+        tenant: Option<&str>,
+        subject: &str,
+        wrapped: &[u8],
+    ) -> Result<DataKey> {
+        let bytes = Zeroizing::new(
+            open(&self.0, wrapped, &wrap_aad(id, tenant, subject))
+                .ok_or(Error::MasterKey { key_id: id })?,
+        );
         let bytes: [u8; 32] = bytes
+            .as_slice()
             .try_into()
             .map_err(|_| Error::MasterKey { key_id: id })?;
-        Ok(DataKey::new(id, subject, bytes))
+        Ok(DataKey::new(id, tenant, subject, bytes))
     }
 }
 
@@ -78,39 +89,59 @@ impl fmt::Debug for MasterKey {
     }
 }
 
-fn wrap_aad(id: Uuid, subject: &str) -> Vec<u8> {
+/// The associated data of a wrapped key: its id, its tenant (length-prefixed, so that no
+/// (tenant, subject) pair reads as another) and its subject. A key of no tenant keeps the
+/// layout of the first release (id and subject), so that its rows still unwrap.
+fn wrap_aad(id: Uuid, tenant: Option<&str>, subject: &str) -> Vec<u8> {
     let mut aad = id.as_bytes().to_vec();
+    if let Some(tenant) = tenant {
+        aad.extend_from_slice(b"\0tenant");
+        aad.extend_from_slice(&(tenant.len() as u64).to_be_bytes());
+        aad.extend_from_slice(tenant.as_bytes());
+    }
     aad.extend_from_slice(subject.as_bytes());
     aad
 }
 
-/// One data subject's key: what encrypts that subject's personal fields. Its `Debug` shows the
-/// id and the subject, never the key.
+/// One data subject's key: what encrypts that subject's personal fields. A subject is named
+/// within its tenant: tenants `a` and `b` each with a subject `u-1` have two keys. Its `Debug`
+/// shows the id, the tenant and the subject, never the key; its bytes are zeroed when it is
+/// dropped.
 #[derive(Clone)]
 pub struct DataKey {
     id: Uuid,
+    tenant: Option<String>,
     subject: String,
-    bytes: [u8; 32],
+    bytes: Zeroizing<[u8; 32]>,
 }
 
 impl DataKey {
-    /// A fresh random key for `subject`, with a new id (UUID v7: ids sort by creation).
-    pub fn generate(subject: &str) -> Self {
-        let key = Aes256Gcm::generate_key(&mut OsRng);
-        DataKey::new(Uuid::now_v7(), subject, key.into())
+    /// A fresh random key for `subject` of `tenant` (`None`: events with no tenant), with a
+    /// new id (UUID v7: ids sort by creation).
+    pub fn generate(tenant: Option<&str>, subject: &str) -> Self {
+        let mut key = Aes256Gcm::generate_key(&mut OsRng);
+        let data_key = DataKey::new(Uuid::now_v7(), tenant, subject, key.into());
+        key.as_mut_slice().zeroize();
+        data_key
     }
 
-    pub(crate) fn new(id: Uuid, subject: &str, bytes: [u8; 32]) -> Self {
+    pub(crate) fn new(id: Uuid, tenant: Option<&str>, subject: &str, bytes: [u8; 32]) -> Self {
         DataKey {
             id,
+            tenant: tenant.map(str::to_owned),
             subject: subject.to_owned(),
-            bytes,
+            bytes: Zeroizing::new(bytes),
         }
     }
 
     /// The key's id, stored in each envelope it encrypted.
     pub fn id(&self) -> Uuid {
         self.id
+    }
+
+    /// The tenant of the subject (`None` for events with no tenant).
+    pub fn tenant(&self) -> Option<&str> {
+        self.tenant.as_deref()
     }
 
     /// The data subject whose key this is.
@@ -120,7 +151,7 @@ impl DataKey {
 
     /// Encrypts the JSON text of field `field` into its envelope.
     pub(crate) fn encrypt(&self, field: &str, plain: &[u8]) -> serde_json::Value {
-        let sealed = seal(&self.bytes.into(), plain, &field_aad(self.id, field));
+        let sealed = seal(&(*self.bytes).into(), plain, &field_aad(self.id, field));
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
         serde_json::json!({
             ENVELOPE_TAG: ENVELOPE_V1,
@@ -134,7 +165,18 @@ impl DataKey {
     pub(crate) fn decrypt(&self, field: &str, envelope: &Envelope) -> Option<Vec<u8>> {
         let mut sealed = envelope.nonce.clone();
         sealed.extend_from_slice(&envelope.ciphertext);
-        open(&self.bytes.into(), &sealed, &field_aad(self.id, field))
+        open(&(*self.bytes).into(), &sealed, &field_aad(self.id, field))
+    }
+
+    /// Seals `plain` (a snapshot's share) under this key, bound to `aad`: nonce, ciphertext
+    /// and tag.
+    pub(crate) fn seal(&self, plain: &[u8], aad: &[u8]) -> Vec<u8> {
+        seal(&(*self.bytes).into(), plain, aad)
+    }
+
+    /// Opens what [`seal`](Self::seal) made; `None` if it does not authenticate.
+    pub(crate) fn open(&self, sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
+        open(&(*self.bytes).into(), sealed, aad)
     }
 }
 
@@ -142,6 +184,7 @@ impl fmt::Debug for DataKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DataKey")
             .field("id", &self.id)
+            .field("tenant", &self.tenant)
             .field("subject", &self.subject)
             .finish_non_exhaustive()
     }
@@ -168,7 +211,8 @@ pub(crate) struct Envelope {
 }
 
 impl Envelope {
-    /// Whether `value` is an envelope (of any version).
+    /// Whether `value` claims to be an envelope (of any version): in a declared personal field,
+    /// where only this store writes envelopes, it must then open.
     pub(crate) fn is_envelope(value: &serde_json::Value) -> bool {
         value
             .as_object()
@@ -207,7 +251,7 @@ impl Envelope {
     }
 }
 
-fn seal(key: &Key<Aes256Gcm>, plain: &[u8], aad: &[u8]) -> Vec<u8> {
+pub(crate) fn seal(key: &Key<Aes256Gcm>, plain: &[u8], aad: &[u8]) -> Vec<u8> {
     let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
     let ciphertext = Aes256Gcm::new(key)
         .encrypt(&nonce, Payload { msg: plain, aad })
@@ -217,7 +261,7 @@ fn seal(key: &Key<Aes256Gcm>, plain: &[u8], aad: &[u8]) -> Vec<u8> {
     sealed
 }
 
-fn open(key: &Key<Aes256Gcm>, sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
+pub(crate) fn open(key: &Key<Aes256Gcm>, sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
     if sealed.len() < NONCE_LEN {
         return None;
     }

@@ -26,6 +26,8 @@ mod cipher;
 #[cfg(feature = "encryption")]
 mod keys;
 #[cfg(feature = "encryption")]
+mod sealed;
+#[cfg(feature = "encryption")]
 mod store;
 
 #[cfg(feature = "encryption")]
@@ -37,7 +39,9 @@ pub use keys::SqliteKeyStore;
 #[cfg(feature = "encryption")]
 pub use keys::{InMemoryKeyStore, KeyState, KeyStore};
 #[cfg(feature = "encryption")]
-pub use store::{EraseSnapshots, Erasure, ErasureHook, ProtectedStore};
+pub use store::{
+    DEFAULT_KEY_CACHE, DEFAULT_KEY_TTL, EraseSnapshots, Erasure, ErasureHook, ProtectedStore,
+};
 
 /// The JSON that stands for an erased value: what [`Personal::Forgotten`] serializes to, and what
 /// a reader of the decrypted JSON (the command line, a bus consumer) sees in place of a personal
@@ -135,6 +139,19 @@ pub(crate) fn forgotten_value() -> serde_json::Value {
     serde_json::json!({ FORGOTTEN_MARKER: true })
 }
 
+/// Whether `value` has the shape of a stored envelope: exactly `{"$enc": "v1", "kid": text,
+/// "n": text, "c": text}`. What the command line masks; only a `ProtectedStore` decides what
+/// is encrypted (the declared personal fields of the event's type, every one of them).
+pub fn is_envelope(value: &serde_json::Value) -> bool {
+    value.as_object().is_some_and(|object| {
+        object.len() == 4
+            && object.get(ENCRYPTED_MARKER).and_then(|v| v.as_str()) == Some("v1")
+            && ["kid", "n", "c"]
+                .iter()
+                .all(|key| object.get(*key).is_some_and(serde_json::Value::is_string))
+    })
+}
+
 /// Whether `value` is [`forgotten_value`].
 pub(crate) fn is_forgotten_value(value: &serde_json::Value) -> bool {
     value
@@ -157,14 +174,18 @@ impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Personal<T> {
         if is_forgotten_value(&value) {
             return Ok(Personal::Forgotten);
         }
-        if value.as_object().is_some_and(|o| o.contains_key("$enc")) {
-            return Err(serde::de::Error::custom(
-                "an encrypted personal field: read the events through a ProtectedStore that has \
-                 the key store",
-            ));
-        }
-        T::deserialize(value)
-            .map(Personal::Known)
-            .map_err(serde::de::Error::custom)
+        // An envelope handed to a plain read says so, unless the value really is the
+        // application's own (a map that merely has the envelope's keys).
+        let envelope = is_envelope(&value);
+        T::deserialize(value).map(Personal::Known).map_err(|error| {
+            if envelope {
+                serde::de::Error::custom(
+                    "an encrypted personal field: read the events through a ProtectedStore that \
+                     has the key store",
+                )
+            } else {
+                serde::de::Error::custom(error)
+            }
+        })
     }
 }

@@ -3,7 +3,8 @@
 
 use super::cipher::{DataKey, Envelope};
 use super::keys::{KeyState, KeyStore};
-use super::{PersonalField, forgotten_value, is_forgotten_value};
+use super::sealed::{self, KeyRef};
+use super::{PersonalField, forgotten_value};
 use crate::checkpoint::{CheckpointStore, DeadLetter, Lease};
 use crate::error::{Error, Result};
 use crate::event::{NewEvent, RecordedEvent};
@@ -14,11 +15,13 @@ use crate::stream::{ExpectedVersion, Position, StreamId};
 use futures::StreamExt;
 use futures::future::BoxFuture;
 use futures::stream::BoxStream;
+use lru::LruCache;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
+use std::num::NonZeroUsize;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use uuid::Uuid;
 
 /// An [`EventStore`] that keeps the `#[personal]` fields of events encrypted, one key per data
@@ -36,27 +39,132 @@ use uuid::Uuid;
 ///   events. A field whose key was destroyed reads as `{"$forgotten": true}`, which decodes as
 ///   [`Personal::Forgotten`](super::Personal::Forgotten). A ciphertext that does not
 ///   authenticate (altered in the database) is an [`Error::Corrupt`] for its row.
+/// - Only declared personal fields are decrypted: an envelope-shaped value anywhere else is
+///   the application's data and reads as it was written. Every declared field of the current
+///   schema version is encrypted on append, whatever its value holds (a map with a `"$enc"`
+///   key included), so user data can never pass for an envelope.
 /// - Payloads stored in plain (before the field became personal, or before the store was
 ///   protected) read as they are.
+/// - Snapshots of a stream holding personal data are sealed: encrypted so that they open only
+///   with the keys of every subject of the stream ([`forget`](Self::forget) makes them
+///   unreadable, in every copy of the database); a snapshot that does not open reads as none.
 ///
-/// Keys are cached in the wrapper once unwrapped; [`forget`](Self::forget) evicts them. Another
-/// process forgetting a subject is seen here only for keys not cached yet: run erasure where
-/// the readers run, or restart them.
+/// Subjects are named within their tenant: the key of an event's subject is the key of (the
+/// event's tenant, the subject), so two tenants' subjects of one id never share a key, and a
+/// `ProtectedStore` over a [`TenantStore`](crate::tenant::TenantStore) forgets its own
+/// tenant's subjects only.
+///
+/// Unwrapped keys are cached in the wrapper: at most [`DEFAULT_KEY_CACHE`] keys, each for at
+/// most [`DEFAULT_KEY_TTL`] ([`with_key_cache`](Self::with_key_cache) sets both), zeroed when
+/// evicted. [`forget`](Self::forget) evicts the subject's keys here at once; another process
+/// sharing the key store stops using a forgotten key when its cached copy expires.
 pub struct ProtectedStore<S, K> {
     inner: S,
     shared: Arc<Shared<K>>,
 }
+
+/// How many unwrapped keys a [`ProtectedStore`] keeps by default.
+pub const DEFAULT_KEY_CACHE: usize = 10_000;
+
+/// How long a [`ProtectedStore`] uses a cached key by default before it asks the key store
+/// again: the longest another process may go on decrypting with a key this one forgot.
+pub const DEFAULT_KEY_TTL: Duration = Duration::from_secs(30);
 
 struct Shared<K> {
     keys: K,
     /// Personal fields by stored event name (and alias), with the schema version that declares
     /// them, from the registry.
     personal: HashMap<&'static str, (u32, Vec<PersonalField>)>,
-    /// Unwrapped keys by id (`None`: destroyed).
-    by_id: Mutex<HashMap<Uuid, Option<DataKey>>>,
-    /// Current key by subject.
-    current: Mutex<HashMap<String, DataKey>>,
+    cache: KeyCache,
     hooks: Vec<Box<dyn ErasureHook>>,
+}
+
+/// A cached key by id: when it was read, its tenant, the key (`None`: destroyed).
+type CachedKey = (Instant, Option<String>, Option<DataKey>);
+/// A subject: its tenant and its id.
+type SubjectSlot = (Option<String>, String);
+
+/// Unwrapped keys, bounded in number and age.
+struct KeyCache {
+    ttl: Duration,
+    by_id: Option<Mutex<LruCache<Uuid, CachedKey>>>,
+    /// Current key by subject, with when it was read.
+    current: Option<Mutex<LruCache<SubjectSlot, (Instant, DataKey)>>>,
+}
+
+impl KeyCache {
+    fn new(capacity: usize, ttl: Duration) -> Self {
+        let capacity = NonZeroUsize::new(capacity).filter(|_| !ttl.is_zero());
+        KeyCache {
+            ttl,
+            by_id: capacity.map(|c| Mutex::new(LruCache::new(c))),
+            current: capacity.map(|c| Mutex::new(LruCache::new(c))),
+        }
+    }
+
+    fn fresh(&self, at: Instant) -> bool {
+        at.elapsed() < self.ttl
+    }
+
+    fn key(&self, tenant: Option<&str>, id: Uuid) -> Option<KeyState> {
+        let mut cache = self.by_id.as_ref()?.lock().expect("key cache");
+        let (at, owner, key) = cache.get(&id)?;
+        if owner.as_deref() != tenant {
+            return Some(KeyState::Unknown);
+        }
+        // A destroyed key never comes back: that answer does not age.
+        match key {
+            None => Some(KeyState::Destroyed),
+            Some(key) if self.fresh(*at) => Some(KeyState::Live(key.clone())),
+            Some(_) => {
+                cache.pop(&id);
+                None
+            }
+        }
+    }
+
+    fn put_key(&self, tenant: Option<&str>, id: Uuid, key: Option<DataKey>) {
+        if let Some(cache) = &self.by_id {
+            let owner = tenant.map(str::to_owned);
+            cache
+                .lock()
+                .expect("key cache")
+                .put(id, (Instant::now(), owner, key));
+        }
+    }
+
+    fn current(&self, tenant: Option<&str>, subject: &str) -> Option<DataKey> {
+        let mut cache = self.current.as_ref()?.lock().expect("key cache");
+        let slot = (tenant.map(str::to_owned), subject.to_owned());
+        match cache.get(&slot) {
+            Some((at, key)) if self.fresh(*at) => Some(key.clone()),
+            Some(_) => {
+                cache.pop(&slot);
+                None
+            }
+            None => None,
+        }
+    }
+
+    fn put_current(&self, key: &DataKey) {
+        if let Some(cache) = &self.current {
+            let slot = (key.tenant().map(str::to_owned), key.subject().to_owned());
+            cache
+                .lock()
+                .expect("key cache")
+                .put(slot, (Instant::now(), key.clone()));
+        }
+    }
+
+    fn forget(&self, tenant: Option<&str>, subject: &str, ids: &[Uuid]) {
+        for id in ids {
+            self.put_key(tenant, *id, None);
+        }
+        if let Some(cache) = &self.current {
+            let slot = (tenant.map(str::to_owned), subject.to_owned());
+            cache.lock().expect("key cache").pop(&slot);
+        }
+    }
 }
 
 impl<S: Clone, K> Clone for ProtectedStore<S, K> {
@@ -152,11 +260,30 @@ impl<S: EventStore, K: KeyStore> ProtectedStore<S, K> {
             shared: Arc::new(Shared {
                 keys,
                 personal,
-                by_id: Mutex::default(),
-                current: Mutex::default(),
+                cache: KeyCache::new(DEFAULT_KEY_CACHE, DEFAULT_KEY_TTL),
                 hooks: Vec::new(),
             }),
         }
+    }
+
+    /// Sets the key cache: at most `capacity` unwrapped keys, each used for at most `ttl`
+    /// before the key store is asked again (a capacity or a time of 0: no cache, every read
+    /// asks the key store). Set before the store is cloned or shared.
+    ///
+    /// # Panics
+    ///
+    /// If the store was cloned already.
+    pub fn with_key_cache(mut self, capacity: usize, ttl: Duration) -> Self {
+        Arc::get_mut(&mut self.shared)
+            .expect("the key cache is set before the ProtectedStore is cloned")
+            .cache = KeyCache::new(capacity, ttl);
+        self
+    }
+
+    /// The tenant whose subjects this store's [`forget`](Self::forget) names: the wrapped
+    /// store's, if it is scoped to one.
+    fn tenant(&self) -> Option<&str> {
+        self.inner.tenant_scope()
     }
 
     /// Adds a hook [`forget`](Self::forget) calls. Hooks are set before the store is cloned or
@@ -186,12 +313,8 @@ impl<S: EventStore, K: KeyStore> ProtectedStore<S, K> {
     /// Gives the subject a new current key: events appended from now on use it; the older ones
     /// still decrypt with their own key.
     pub async fn rotate(&self, subject: &str) -> Result<DataKey> {
-        let key = self.shared.keys.rotate(subject).await?;
-        self.shared
-            .current
-            .lock()
-            .expect("key cache")
-            .insert(subject.to_owned(), key.clone());
+        let key = self.shared.keys.rotate(self.tenant(), subject).await?;
+        self.shared.cache.put_current(&key);
         Ok(key)
     }
 
@@ -207,20 +330,28 @@ impl<S: EventStore, K: KeyStore> ProtectedStore<S, K> {
     where
         S: SnapshotStore,
     {
-        let key_ids = self.shared.keys.key_ids(subject).await?;
-        let streams = self.streams_encrypted_with(&key_ids).await?;
-        let keys_destroyed = self.shared.keys.forget(subject).await?;
+        self.forget_in(self.tenant(), subject).await
+    }
+
+    /// [`forget`](Self::forget) for a subject of `tenant` (`None`: of the events with no
+    /// tenant), from a store that is not scoped to it: what an operator's erasure tool calls.
+    /// A `ProtectedStore` scoped to a tenant refuses another tenant with
+    /// [`Error::TenantMismatch`].
+    pub async fn forget_in(&self, tenant: Option<&str>, subject: &str) -> Result<Erasure>
+    where
+        S: SnapshotStore,
+    {
+        if let Some(scope) = self.tenant()
+            && tenant != Some(scope)
         {
-            let mut by_id = self.shared.by_id.lock().expect("key cache");
-            for id in &key_ids {
-                by_id.insert(*id, None);
-            }
-            self.shared
-                .current
-                .lock()
-                .expect("key cache")
-                .remove(subject);
+            return Err(Error::InvalidConfig(format!(
+                "a ProtectedStore scoped to tenant `{scope}` forgets that tenant's subjects only"
+            )));
         }
+        let key_ids = self.shared.keys.key_ids(tenant, subject).await?;
+        let streams = self.streams_encrypted_with(&key_ids).await?;
+        let keys_destroyed = self.shared.keys.forget(tenant, subject).await?;
+        self.shared.cache.forget(tenant, subject, &key_ids);
         for stream in &streams {
             self.inner.delete_snapshot(stream).await?;
         }
@@ -258,45 +389,100 @@ impl<S: EventStore, K: KeyStore> ProtectedStore<S, K> {
                 Err(error) if error.position().is_some() => continue,
                 Err(error) => return Err(error),
             };
+            // The substring test first; then the key ids of the declared fields' envelopes.
             if needles.iter().any(|n| event.payload.contains(n.as_str())) {
-                streams.insert(event.stream);
+                let mut keys = BTreeSet::new();
+                self.envelope_keys(&event, &mut keys);
+                if keys.iter().any(|k| key_ids.contains(&k.key_id)) {
+                    streams.insert(event.stream);
+                }
             }
         }
         Ok(streams.into_iter().collect())
     }
 
-    async fn current_key(&self, subject: &str) -> Result<DataKey> {
-        if let Some(key) = self.shared.current.lock().expect("key cache").get(subject) {
-            return Ok(key.clone());
+    /// The personal fields declared by the type stored under `event_type`, and the schema
+    /// version that declares them.
+    fn declared(&self, event_type: &str) -> Option<&(u32, Vec<PersonalField>)> {
+        self.shared.personal.get(event_type)
+    }
+
+    /// The keys of the envelopes in `event`'s declared personal fields.
+    fn envelope_keys(&self, event: &RecordedEvent, into: &mut BTreeSet<KeyRef>) {
+        let Some((_, fields)) = self.declared(&event.event_type) else {
+            return;
+        };
+        if !event.payload.contains("\"$enc\"") {
+            return;
         }
-        let key = self.shared.keys.get_or_create(subject).await?;
+        let Ok(payload) =
+            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&event.payload)
+        else {
+            return;
+        };
+        for field in fields {
+            if let Some(value) = payload.get(field.field())
+                && Envelope::is_envelope(value)
+                && let Ok(envelope) = Envelope::parse(value)
+            {
+                into.insert(KeyRef {
+                    tenant: event.metadata.tenant_id.clone(),
+                    key_id: envelope.key_id,
+                });
+            }
+        }
+    }
+
+    async fn current_key(&self, tenant: Option<&str>, subject: &str) -> Result<DataKey> {
+        if let Some(key) = self.shared.cache.current(tenant, subject) {
+            return Ok(key);
+        }
+        let key = self.shared.keys.get_or_create(tenant, subject).await?;
+        self.shared.cache.put_current(&key);
         self.shared
-            .current
-            .lock()
-            .expect("key cache")
-            .insert(subject.to_owned(), key.clone());
+            .cache
+            .put_key(tenant, key.id(), Some(key.clone()));
         Ok(key)
     }
 
-    async fn key(&self, id: Uuid) -> Result<KeyState> {
-        if let Some(cached) = self.shared.by_id.lock().expect("key cache").get(&id) {
-            return Ok(match cached {
-                Some(key) => KeyState::Live(key.clone()),
-                None => KeyState::Destroyed,
-            });
+    async fn key(&self, tenant: Option<&str>, id: Uuid) -> Result<KeyState> {
+        if let Some(cached) = self.shared.cache.key(tenant, id) {
+            return Ok(cached);
         }
-        let state = self.shared.keys.get(id).await?;
-        let cached = match &state {
-            KeyState::Live(key) => Some(key.clone()),
-            KeyState::Destroyed => None,
-            KeyState::Unknown => return Ok(state),
-        };
-        self.shared
-            .by_id
-            .lock()
-            .expect("key cache")
-            .insert(id, cached);
+        let state = self.shared.keys.get(tenant, id).await?;
+        match &state {
+            KeyState::Live(key) => self.shared.cache.put_key(tenant, id, Some(key.clone())),
+            KeyState::Destroyed => self.shared.cache.put_key(tenant, id, None),
+            KeyState::Unknown => {}
+        }
         Ok(state)
+    }
+
+    /// The keys a snapshot of `stream` at `version` must be sealed with: those of the
+    /// envelopes in its events up to `version`, read from the last sealed snapshot on.
+    async fn snapshot_keys(&self, stream: &StreamId, version: u64) -> Result<BTreeSet<KeyRef>>
+    where
+        S: SnapshotStore,
+    {
+        let mut keys = BTreeSet::new();
+        if self.shared.personal.is_empty() {
+            return Ok(keys);
+        }
+        let mut from = 1;
+        if let Some(previous) = self.inner.load_snapshot(stream).await?
+            && previous.version() <= version
+            && let Some(sealed) = sealed::parse(previous.state())
+        {
+            keys.extend(sealed.shares.into_iter().map(|(key, _)| key));
+            from = previous.version() + 1;
+        }
+        if from <= version {
+            let query = StreamQuery::from_version(from).to_version(version);
+            for event in self.inner.read_stream(stream, query).await? {
+                self.envelope_keys(&event, &mut keys);
+            }
+        }
+        Ok(keys)
     }
 
     /// Encrypts the personal fields of one event about to be appended.
@@ -322,13 +508,17 @@ impl<S: EventStore, K: KeyStore> ProtectedStore<S, K> {
                     event.event_type
                 ))
             })?;
+        let tenant = event
+            .metadata
+            .tenant_id
+            .clone()
+            .or_else(|| self.tenant().map(str::to_owned));
         for field in fields {
+            // Every declared value is encrypted, whatever it holds: user data never passes for
+            // an envelope.
             let Some(value) = payload.get(field.field()) else {
                 continue;
             };
-            if Envelope::is_envelope(value) || is_forgotten_value(value) {
-                continue;
-            }
             let subject = match payload.get(field.subject()) {
                 Some(serde_json::Value::String(s)) if !s.is_empty() => s.clone(),
                 Some(v @ (serde_json::Value::Number(_) | serde_json::Value::Bool(_))) => {
@@ -344,7 +534,7 @@ impl<S: EventStore, K: KeyStore> ProtectedStore<S, K> {
                     )));
                 }
             };
-            let key = self.current_key(&subject).await?;
+            let key = self.current_key(tenant.as_deref(), &subject).await?;
             let plain = value.to_string();
             payload.insert(
                 field.field().to_owned(),
@@ -357,7 +547,10 @@ impl<S: EventStore, K: KeyStore> ProtectedStore<S, K> {
 
     /// Replaces the envelopes of a stored event by plain values (or the forgotten marker).
     async fn decrypt(&self, mut event: RecordedEvent) -> Result<RecordedEvent> {
-        // The cheap test first: most events carry no envelope.
+        // The cheap tests first: most events have no personal field, or carry no envelope.
+        let Some((_, fields)) = self.declared(&event.event_type) else {
+            return Ok(event);
+        };
         if !event.payload.contains("\"$enc\"") {
             return Ok(event);
         }
@@ -373,13 +566,32 @@ impl<S: EventStore, K: KeyStore> ProtectedStore<S, K> {
         else {
             return Ok(event);
         };
-        for (field, value) in payload.iter_mut() {
+        let tenant = event.metadata.tenant_id.as_deref();
+        for field in fields.iter().map(PersonalField::field) {
+            // Only the declared fields: an envelope-shaped value elsewhere is the
+            // application's own data.
+            let Some(value) = payload.get_mut(field) else {
+                continue;
+            };
             if !Envelope::is_envelope(value) {
                 continue;
             }
             let envelope = Envelope::parse(value)
                 .map_err(|reason| corrupt(format!("personal field `{field}`: {reason}")))?;
-            *value = match self.key(envelope.key_id).await? {
+            let state = match self.key(tenant, envelope.key_id).await {
+                Ok(state) => state,
+                // One damaged key row is that row's problem, not every reader's: a wrong master
+                // key is refused when the key store opens.
+                Err(Error::MasterKey { key_id }) => {
+                    return Err(corrupt(format!(
+                        "personal field `{field}`: its key {key_id} does not unwrap under the \
+                         master key (an altered keys table, or a key wrapped by another master \
+                         key)"
+                    )));
+                }
+                Err(error) => return Err(error),
+            };
+            *value = match state {
                 KeyState::Live(key) => {
                     let plain = key.decrypt(field, &envelope).ok_or_else(|| {
                         corrupt(format!(
@@ -403,6 +615,30 @@ impl<S: EventStore, K: KeyStore> ProtectedStore<S, K> {
         }
         event.payload = serde_json::Value::Object(payload).to_string();
         Ok(event)
+    }
+}
+
+impl<S, K> crate::tenant::TenantStore<ProtectedStore<S, K>>
+where
+    S: EventStore + SnapshotStore,
+    K: KeyStore,
+{
+    /// Forgets a data subject of this tenant ([`ProtectedStore::forget`]): the same subject id
+    /// in another tenant is another subject, and keeps its keys.
+    pub async fn forget(&self, subject: &str) -> Result<Erasure> {
+        self.inner().forget_in(Some(self.tenant()), subject).await
+    }
+}
+
+/// A protected store scoped to a tenant: `protected.for_tenant(t)` reads and writes `t`'s
+/// events, encrypted under `t`'s subjects' keys (the tenant view stamps the tenant before the
+/// wrapper encrypts).
+impl<S: crate::tenant::Tenancy, K: KeyStore> crate::tenant::Tenancy for ProtectedStore<S, K> {
+    fn scoped_session(&self, tenant: &Arc<str>) -> Self {
+        ProtectedStore {
+            inner: self.inner.scoped_session(tenant),
+            shared: Arc::clone(&self.shared),
+        }
     }
 }
 
@@ -465,6 +701,10 @@ impl<S: EventStore, K: KeyStore> EventStore for ProtectedStore<S, K> {
         self.inner.watch_appends()
     }
 
+    fn tenant_scope(&self) -> Option<&str> {
+        self.inner.tenant_scope()
+    }
+
     fn wait_for(
         &self,
         position: Position,
@@ -474,18 +714,74 @@ impl<S: EventStore, K: KeyStore> EventStore for ProtectedStore<S, K> {
     }
 }
 
-/// Snapshots go to the wrapped store as they are: a snapshot holds the aggregate's plain state,
-/// which is why [`ProtectedStore::forget`] deletes the snapshots of the subject's streams.
-impl<S: SnapshotStore, K: Send + Sync> SnapshotStore for ProtectedStore<S, K> {
-    fn save_snapshot(&self, snapshot: &Snapshot) -> impl Future<Output = Result<()>> + Send {
-        self.inner.save_snapshot(snapshot)
+/// Snapshots of streams holding personal data are sealed under the keys of every subject of
+/// the stream (see [`ProtectedStore`]); the others go to the wrapped store as they are.
+impl<S: EventStore + SnapshotStore, K: KeyStore> SnapshotStore for ProtectedStore<S, K> {
+    async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
+        let stream = snapshot.stream();
+        let refs = self.snapshot_keys(stream, snapshot.version()).await?;
+        if refs.is_empty() {
+            return self.inner.save_snapshot(snapshot).await;
+        }
+        let mut keys = Vec::with_capacity(refs.len());
+        for reference in &refs {
+            match self
+                .key(reference.tenant.as_deref(), reference.key_id)
+                .await?
+            {
+                KeyState::Live(key) => keys.push(key),
+                // A subject of the stream was forgotten: the state may still hold what was
+                // read before, so it is not written (the events replay instead).
+                _ => {
+                    tracing::debug!(%stream, "snapshot not taken: a subject of the stream was forgotten");
+                    return Ok(());
+                }
+            }
+        }
+        let state = sealed::seal_state(
+            &keys,
+            stream,
+            snapshot.version(),
+            snapshot.state_version(),
+            snapshot.state(),
+        );
+        let sealed = Snapshot::new(
+            stream.clone(),
+            snapshot.version(),
+            snapshot.state_version(),
+            state,
+        )
+        .taken_at(snapshot.time());
+        self.inner.save_snapshot(&sealed).await
     }
 
-    fn load_snapshot(
-        &self,
-        stream: &StreamId,
-    ) -> impl Future<Output = Result<Option<Snapshot>>> + Send {
-        self.inner.load_snapshot(stream)
+    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
+        let Some(snapshot) = self.inner.load_snapshot(stream).await? else {
+            return Ok(None);
+        };
+        let Some(sealed) = sealed::parse(snapshot.state()) else {
+            return Ok(Some(snapshot));
+        };
+        let mut keys = Vec::with_capacity(sealed.shares.len());
+        for (reference, _) in &sealed.shares {
+            match self
+                .key(reference.tenant.as_deref(), reference.key_id)
+                .await
+            {
+                Ok(KeyState::Live(key)) => keys.push(key),
+                // Forgotten, unknown or damaged: no snapshot; the events replay.
+                Ok(_) | Err(Error::MasterKey { .. }) => return Ok(None),
+                Err(error) => return Err(error),
+            }
+        }
+        let version = snapshot.version();
+        let state_version = snapshot.state_version();
+        Ok(sealed
+            .open(&keys, stream, version, state_version)
+            .map(|state| {
+                Snapshot::new(stream.clone(), version, state_version, state)
+                    .taken_at(snapshot.time())
+            }))
     }
 
     fn delete_snapshot(&self, stream: &StreamId) -> impl Future<Output = Result<bool>> + Send {

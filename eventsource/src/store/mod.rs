@@ -414,6 +414,13 @@ pub trait EventStore: Send + Sync {
         tokio::sync::watch::channel(0).1
     }
 
+    /// The tenant this store is scoped to ([`TenantStore`](crate::tenant::TenantStore)), if any:
+    /// how a wrapper around a scoped store (a `ProtectedStore`) keeps each tenant's keys apart.
+    #[doc(hidden)]
+    fn tenant_scope(&self) -> Option<&str> {
+        None
+    }
+
     /// Waits until every event up to `position` is readable by [`read_all`](Self::read_all):
     /// how a caller reads its own writes (pass the append's
     /// [`last_position`](AppendResult::last_position)). Returns at once on stores where
@@ -481,6 +488,10 @@ macro_rules! forward_event_store {
 
             fn watch_appends(&self) -> tokio::sync::watch::Receiver<u64> {
                 (**self).watch_appends()
+            }
+
+            fn tenant_scope(&self) -> Option<&str> {
+                (**self).tenant_scope()
             }
 
             fn count(&self, query: ReadAll) -> impl Future<Output = Result<u64>> + Send {
