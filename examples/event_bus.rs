@@ -5,8 +5,8 @@
 //! least once, in order), consumer groups, acknowledgements, de-duplication by event id, typed
 //! delivery through `#[projection]` handlers.
 //!
-//! Run it with `cargo run --example event_bus` (the in-process bus), or name a broker:
-//! `cargo run --example event_bus -- --bus redis` (or `rabbitmq`, `nats`, `kafka`; the servers at
+//! Run it with `cargo run --example event_bus --features brokers` (the in-process bus), or name a broker:
+//! `cargo run --example event_bus --features brokers -- --bus redis` (or `rabbitmq`, `nats`, `kafka`; the servers at
 //! `REDIS_URL`, `AMQP_URL`, `NATS_URL`, `KAFKA_BOOTSTRAP_SERVERS`, defaulting to the local
 //! ports).
 

@@ -86,7 +86,7 @@ impl Snapshot {
 ///
 /// Implemented by [`InMemoryEventStore`](crate::InMemoryEventStore),
 /// [`SqliteEventStore`](crate::SqliteEventStore),
-/// [`PostgresEventStore`](crate::PostgresEventStore) and [`AnyStore`](crate::store::AnyStore),
+/// `PostgresEventStore` (feature `postgres`) and [`AnyStore`](crate::store::AnyStore),
 /// each in the same database as its events.
 pub trait SnapshotStore: Send + Sync {
     /// Stores `snapshot` as its stream's snapshot, replacing the stored one unless that one has

@@ -25,10 +25,10 @@
 //! | bus | feature | groups | redelivery of an unacknowledged event | dead letters |
 //! |---|---|---|---|---|
 //! | [`InMemoryBus`] | always | in process | when its consumer is dropped, or nacked | [`InMemoryBus::dead_letters`] |
-//! | [`RedisBus`](redis::RedisBus) | `redis` | Redis Streams consumer groups | claimed (`XAUTOCLAIM`) after the claim timeout | a `…:dead` stream |
-//! | [`RabbitMqBus`](rabbitmq::RabbitMqBus) | `rabbitmq` | one durable quorum queue per group | when the consumer's channel closes, or nacked | a dead-letter exchange |
-//! | [`NatsBus`](nats::NatsBus) | `nats` | JetStream durable pull consumers | after the ack wait, or nacked | a `….dead.…` subject |
-//! | [`KafkaBus`](kafka::KafkaBus) | `kafka` | Kafka consumer groups (partitions keyed by stream) | to the partition's next owner (offsets are committed after the ack), or nacked | a `….dlq` topic |
+//! | `redis::RedisBus` | `redis` | Redis Streams consumer groups | claimed (`XAUTOCLAIM`) after the claim timeout | a `…:dead` stream |
+//! | `rabbitmq::RabbitMqBus` | `rabbitmq` | one durable quorum queue per group | when the consumer's channel closes, or nacked | a dead-letter exchange |
+//! | `nats::NatsBus` | `nats` | JetStream durable pull consumers | after the ack wait, or nacked | a `….dead.…` subject |
+//! | `kafka::KafkaBus` | `kafka` | Kafka consumer groups (partitions keyed by stream) | to the partition's next owner (offsets are committed after the ack), or nacked | a `….dlq` topic |
 
 #[cfg(feature = "kafka")]
 pub mod kafka;

@@ -194,7 +194,11 @@ mod tests {
                 .open(&[a.clone(), b.clone()], &stream, 4, 1)
                 .is_none()
         );
-        assert!(sealed.open(std::slice::from_ref(&a), &stream, 3, 1).is_none());
+        assert!(
+            sealed
+                .open(std::slice::from_ref(&a), &stream, 3, 1)
+                .is_none()
+        );
         let other = DataKey::generate(None, "b");
         assert!(sealed.open(&[a, other], &stream, 3, 1).is_none());
         assert!(parse(r#"{"$sealed":"v1","keys":[],"c":""}"#).is_none());

@@ -4,9 +4,9 @@
 //! process's peak memory per workload; `--json FILE` writes the same for tools.
 //!
 //! ```sh
-//! cargo run --release --example bench                       # everything, full sizes
-//! cargo run --release --example bench -- --backend sqlite --workload w3 --scale small
-//! cargo run --release --example bench -- --scale tiny --reps 1   # the CI smoke run
+//! cargo run --release -p eventsource-bench                     # everything, full sizes
+//! cargo run --release -p eventsource-bench -- --backend sqlite --workload w3 --scale small
+//! cargo run --release -p eventsource-bench -- --scale tiny --reps 1   # the CI smoke run
 //! ```
 //!
 //! Workloads (full scale):
@@ -30,7 +30,7 @@
 //!   and version). And W1 through a repository with the aggregate cache (`with_cache`).
 //! - W6 (buses) 20,000 events published in batches of 100 and consumed, each acknowledged, by
 //!   one consumer, through each bus (memory, Redis, RabbitMQ, NATS, Kafka) and through a raw client of
-//!   the same broker doing the same (`bench/bus.rs`): events/s, and end-to-end latency p50/p99.
+//!   the same broker doing the same (`bench/src/bus.rs`): events/s, and end-to-end latency p50/p99.
 //!
 //! The raw side is the least code that stores the same rows in the same transactions: a table
 //! with the same columns and constraints, positions from an identity column, payloads
