@@ -88,6 +88,7 @@ every_backend!(
     global_reads_see_one_tenant,
     a_projection_sees_one_tenant,
     checkpoints_are_per_tenant,
+    tenant_ids_with_slashes_do_not_share_bookkeeping,
 );
 
 fn event(by: u32) -> NewEvent {
@@ -455,6 +456,79 @@ async fn checkpoints_are_per_tenant<S: Store>(store: &S) {
         "report"
     );
     assert!(globex.dead_letters("report").await.unwrap().is_empty());
+}
+
+/// Tenant `a` with projection `b/c` and tenant `a/b` with projection `c` (and tenants spelled
+/// like the escapes) each keep a checkpoint, dead letters and a lease of their own.
+async fn tenant_ids_with_slashes_do_not_share_bookkeeping<S: Store>(store: &S) {
+    let pairs = [("a", "b/c"), ("a/b", "c"), ("a%2Fb", "c"), ("a%b", "c")];
+    let scoped: Vec<_> = pairs
+        .iter()
+        .map(|(tenant, _)| store.for_tenant(*tenant).unwrap())
+        .collect();
+    let mut positions = Vec::new();
+    for (tenant, (name, projection)) in scoped.iter().zip(pairs) {
+        let position = tenant
+            .append(&counter(name), ExpectedVersion::NoStream, vec![event(1)])
+            .await
+            .unwrap()
+            .last_position;
+        // Each one's first save finds no checkpoint: none is shared.
+        tenant
+            .save_checkpoint(projection, None, position)
+            .await
+            .unwrap();
+        let letter = eventsource::DeadLetter::new(
+            projection,
+            position,
+            counter(name),
+            format!("{name} failed"),
+            1,
+        );
+        tenant.add_dead_letter(&letter).await.unwrap();
+        positions.push(position);
+    }
+    let leases: Vec<_> = futures::future::join_all(
+        scoped
+            .iter()
+            .zip(pairs)
+            .map(|(tenant, (_, projection))| tenant.lease(projection)),
+    )
+    .await;
+    for (((tenant, (name, projection)), position), lease) in
+        scoped.iter().zip(pairs).zip(&positions).zip(&leases)
+    {
+        assert!(
+            matches!(lease, Ok(Some(_))),
+            "{name}: the lease of {projection} is another's"
+        );
+        assert_eq!(
+            tenant.checkpoint(projection).await.unwrap(),
+            Some(*position),
+            "{name}"
+        );
+        let letters = tenant.dead_letters(projection).await.unwrap();
+        assert_eq!(letters.len(), 1, "{name}: {letters:?}");
+        assert_eq!(letters[0].projection, projection);
+        assert_eq!(letters[0].error, format!("{name} failed"));
+        // Errors name the caller's projection, not the store's key.
+        let conflict = tenant
+            .save_checkpoint(projection, None, *position)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&conflict, Error::CheckpointConflict { projection: p, .. } if p == projection),
+            "{conflict:?}"
+        );
+        assert!(
+            tenant
+                .remove_dead_letter(projection, *position)
+                .await
+                .unwrap()
+        );
+    }
+    // A tenant without `/` or `%` keeps the key it always had.
+    assert_eq!(store.checkpoint("a/b/c").await.unwrap(), Some(positions[0]));
 }
 
 // ----- The tenant index -----
