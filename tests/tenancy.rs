@@ -741,12 +741,35 @@ async fn postgres_row_level_security_limits_an_application_role() {
 
     // Globex's append to acme's stream (hidden from it by the database): refused, nothing
     // written.
-    let refused = app_globex
-        .append(&a, ExpectedVersion::Any, vec![event(9)])
-        .await
-        .unwrap_err();
-    assert!(is_mismatch(&refused), "{refused:?}");
+    for expected in [
+        ExpectedVersion::Any,
+        ExpectedVersion::NoStream,
+        ExpectedVersion::StreamExists,
+        ExpectedVersion::Exact(2),
+    ] {
+        let refused = app_globex
+            .append(&a, expected, vec![event(9)])
+            .await
+            .unwrap_err();
+        assert!(is_mismatch(&refused), "{expected:?}: {refused:?}");
+    }
     assert_eq!(owner.stream_version(&a).await.unwrap(), 2);
+    // An event id of acme's (hidden from globex) is a duplicate, named by the id globex gave.
+    let taken = owner.read_stream(&a, StreamQuery::all()).await.unwrap()[1].event_id;
+    for batch in [
+        vec![event(9).with_event_id(taken)],
+        vec![event(9), event(9).with_event_id(taken)],
+    ] {
+        let refused = app_globex
+            .append(&counter("fresh"), ExpectedVersion::NoStream, batch)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, Error::DuplicateEvent { event_id, .. } if event_id == taken),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(owner.stream_version(&counter("fresh")).await.unwrap(), 0);
 
     // Raw SQL through the role, the library out of the way.
     let mut raw = app_options.connect().await.unwrap();

@@ -253,6 +253,9 @@ impl<S: EventStore> EventStore for TenantStore<S> {
                 expected
             } else if expected.is_satisfied_by(0) {
                 ExpectedVersion::NoStream
+            } else if self.store.stream_hidden(stream).await? {
+                // Another tenant's, hidden from this session (PostgreSQL's row-level security).
+                return Err(self.mismatch(stream, FOREIGN_STREAM));
             } else {
                 return Err(expected.conflict(stream, 0));
             };

@@ -603,15 +603,16 @@ impl PostgresEventStore {
             .map_err(AppendFailure::Database)
     }
 
+    /// The first of the batch's event ids that is stored, the rows hidden from this session by
+    /// row-level security included (another tenant's); see the migration `hidden_rows`.
     async fn taken_event_id(&self, events: &[NewEvent]) -> Result<Option<Uuid>> {
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
         let mut session = self.session().await.map_err(Error::database("append"))?;
-        let taken =
-            sqlx::query_scalar("SELECT event_id FROM events WHERE event_id = ANY($1) LIMIT 1")
-                .bind(&ids)
-                .fetch_optional(session.conn())
-                .await
-                .map_err(Error::database("append"))?;
+        let taken = sqlx::query_scalar("SELECT eventsource_event_id_taken($1)")
+            .bind(&ids)
+            .fetch_one(session.conn())
+            .await
+            .map_err(Error::database("append"))?;
         session.end().await.map_err(Error::database("append"))?;
         Ok(taken)
     }
@@ -1416,6 +1417,25 @@ impl EventStore for PostgresEventStore {
             })
             .await?;
         Ok(version.max(0) as u64)
+    }
+
+    async fn stream_hidden(&self, stream: &StreamId) -> Result<bool> {
+        if self.tenant.is_none() {
+            // The unscoped store: its role sees every row, or (not being the owner) none.
+            return Ok(false);
+        }
+        self.statement("stream_hidden", move |conn, _| {
+            Box::pin(
+                sqlx::query_scalar(
+                    "SELECT eventsource_stream_taken($1, $2) AND NOT EXISTS (SELECT 1 FROM events \
+                     WHERE aggregate_type = $1 AND aggregate_id = $2)",
+                )
+                .bind(stream.aggregate_type())
+                .bind(stream.aggregate_id())
+                .fetch_one(conn),
+            )
+        })
+        .await
     }
 }
 
