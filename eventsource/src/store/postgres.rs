@@ -1704,15 +1704,18 @@ async fn remove_dead_letter_on(
     Ok(done.rows_affected() > 0)
 }
 
+/// Checkpoints and dead letters go through `session` as events do: a tenant-scoped store's rows
+/// are stamped with its tenant and, for a role that does not own the tables, limited to it by
+/// row-level security.
 impl CheckpointStore for PostgresEventStore {
     async fn checkpoint(&self, projection: &str) -> Result<Option<Position>> {
         let found: Option<i64> = self
-            .retrying("load checkpoint", move |_| async move {
-                sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
-                    .bind(projection)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(Error::database("load checkpoint"))
+            .statement("load checkpoint", move |conn, _| {
+                Box::pin(
+                    sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
+                        .bind(projection)
+                        .fetch_optional(conn),
+                )
             })
             .await?;
         Ok(checkpoint_position(found))
@@ -1725,12 +1728,13 @@ impl CheckpointStore for PostgresEventStore {
         position: Position,
     ) -> Result<()> {
         self.retrying("save checkpoint", move |attempt| async move {
-            let mut conn = self
-                .pool
-                .acquire()
-                .await
-                .map_err(Error::database("save checkpoint"))?;
-            match save_checkpoint_on(&mut conn, projection, previous, position).await {
+            let database = || Error::database("save checkpoint");
+            let mut session = self.session().await.map_err(database())?;
+            let saved = save_checkpoint_on(session.conn(), projection, previous, position).await;
+            if saved.is_ok() {
+                session.end().await.map_err(database())?;
+            }
+            match saved {
                 // A retry whose first attempt committed, its answer lost: it is where we put it.
                 Err(Error::CheckpointConflict { found, .. })
                     if attempt > 1 && found == Some(position) =>
@@ -1744,32 +1748,38 @@ impl CheckpointStore for PostgresEventStore {
     }
 
     async fn delete_checkpoint(&self, projection: &str) -> Result<()> {
-        sqlx::query("DELETE FROM checkpoints WHERE name = $1")
-            .bind(projection)
-            .execute(&self.pool)
-            .await
-            .map_err(Error::database("delete checkpoint"))?;
+        self.statement("delete checkpoint", move |conn, _| {
+            Box::pin(
+                sqlx::query("DELETE FROM checkpoints WHERE name = $1")
+                    .bind(projection)
+                    .execute(conn),
+            )
+        })
+        .await?;
         Ok(())
     }
 
     async fn add_dead_letter(&self, letter: &DeadLetter) -> Result<()> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(Error::database("add dead letter"))?;
-        add_dead_letter_on(&mut conn, letter).await
+        let database = || Error::database("add dead letter");
+        let mut session = self.session().await.map_err(database())?;
+        add_dead_letter_on(session.conn(), letter).await?;
+        session.end().await.map_err(database())
     }
 
     async fn dead_letters(&self, projection: &str) -> Result<Vec<DeadLetter>> {
-        let rows = sqlx::query(
-            "SELECT position, event_id, aggregate_type, aggregate_id, version, event_type, error, \
-             attempts, failed_at FROM dead_letters WHERE projection = $1 ORDER BY position",
-        )
-        .bind(projection)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(Error::database("dead letters"))?;
+        let rows = self
+            .statement("dead letters", move |conn, _| {
+                Box::pin(
+                    sqlx::query(
+                        "SELECT position, event_id, aggregate_type, aggregate_id, version, \
+                         event_type, error, attempts, failed_at FROM dead_letters \
+                         WHERE projection = $1 ORDER BY position",
+                    )
+                    .bind(projection)
+                    .fetch_all(conn),
+                )
+            })
+            .await?;
         rows.iter()
             .map(|row| -> std::result::Result<DeadLetter, sqlx::Error> {
                 let mut letter = DeadLetter::new(
@@ -1792,17 +1802,17 @@ impl CheckpointStore for PostgresEventStore {
     }
 
     async fn remove_dead_letter(&self, projection: &str, position: Position) -> Result<bool> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(Error::database("remove dead letter"))?;
-        remove_dead_letter_on(&mut conn, projection, position).await
+        let database = || Error::database("remove dead letter");
+        let mut session = self.session().await.map_err(database())?;
+        let removed = remove_dead_letter_on(session.conn(), projection, position).await?;
+        session.end().await.map_err(database())?;
+        Ok(removed)
     }
 
     async fn lease(&self, projection: &str) -> Result<Option<crate::checkpoint::Lease>> {
         // A session advisory lock on a connection taken out of the pool: it is released when
-        // the lease (and so the connection) is dropped, or when this process dies.
+        // the lease (and so the connection) is dropped, or when this process dies. A lock is not
+        // a row: row-level security does not reach it, and a tenant needs no setting for it.
         let mut conn = self
             .pool
             .acquire()
@@ -1824,9 +1834,16 @@ impl CheckpointStore for PostgresEventStore {
 impl TransactionalStore for PostgresEventStore {
     type Database = Postgres;
 
+    /// For a tenant-scoped store, the transaction sets `eventsource.tenant` first: the read
+    /// model's writes and the checkpoint and dead letters moved in it are the tenant's.
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Postgres>> {
         self.retrying("begin", |_| async {
-            self.pool.begin().await.map_err(Error::database("begin"))
+            let database = || Error::database("begin");
+            let mut tx = self.pool.begin().await.map_err(database())?;
+            if let Some(tenant) = &self.tenant {
+                set_tenant(&mut tx, tenant).await.map_err(database())?;
+            }
+            Ok(tx)
         })
         .await
     }
