@@ -22,8 +22,9 @@
 //! On PostgreSQL, [`PostgresEventStore::for_tenant`](Tenancy::for_tenant) also sets the
 //! transaction-local setting `eventsource.tenant` in each of its transactions: connected as a
 //! role that does not own the tables, the database's row-level security policies limit every
-//! statement to that tenant's rows, whatever the library does (see the README's
-//! "Multi-tenancy"). Cross-tenant reads stay possible through the unscoped store only.
+//! statement to that tenant's rows (events, snapshots, checkpoints and dead letters), whatever
+//! the library does (see the README's "Multi-tenancy"). Cross-tenant reads stay possible through
+//! the unscoped store only.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
