@@ -4,7 +4,7 @@
 use eventsource::checkpoint::CheckpointStore;
 use eventsource::prelude::*;
 use eventsource::subscription::Subscriptions;
-use eventsource::{NewEvent, Snapshot};
+use eventsource::{DeadLetter, NewEvent, Snapshot};
 use eventsource_tests::databases;
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
@@ -88,6 +88,7 @@ every_backend!(
     global_reads_see_one_tenant,
     a_projection_sees_one_tenant,
     checkpoints_are_per_tenant,
+    tenant_ids_with_slashes_do_not_share_bookkeeping,
 );
 
 fn event(by: u32) -> NewEvent {
@@ -457,6 +458,79 @@ async fn checkpoints_are_per_tenant<S: Store>(store: &S) {
     assert!(globex.dead_letters("report").await.unwrap().is_empty());
 }
 
+/// Tenant `a` with projection `b/c` and tenant `a/b` with projection `c` (and tenants spelled
+/// like the escapes) each keep a checkpoint, dead letters and a lease of their own.
+async fn tenant_ids_with_slashes_do_not_share_bookkeeping<S: Store>(store: &S) {
+    let pairs = [("a", "b/c"), ("a/b", "c"), ("a%2Fb", "c"), ("a%b", "c")];
+    let scoped: Vec<_> = pairs
+        .iter()
+        .map(|(tenant, _)| store.for_tenant(*tenant).unwrap())
+        .collect();
+    let mut positions = Vec::new();
+    for (tenant, (name, projection)) in scoped.iter().zip(pairs) {
+        let position = tenant
+            .append(&counter(name), ExpectedVersion::NoStream, vec![event(1)])
+            .await
+            .unwrap()
+            .last_position;
+        // Each one's first save finds no checkpoint: none is shared.
+        tenant
+            .save_checkpoint(projection, None, position)
+            .await
+            .unwrap();
+        let letter = eventsource::DeadLetter::new(
+            projection,
+            position,
+            counter(name),
+            format!("{name} failed"),
+            1,
+        );
+        tenant.add_dead_letter(&letter).await.unwrap();
+        positions.push(position);
+    }
+    let leases: Vec<_> = futures::future::join_all(
+        scoped
+            .iter()
+            .zip(pairs)
+            .map(|(tenant, (_, projection))| tenant.lease(projection)),
+    )
+    .await;
+    for (((tenant, (name, projection)), position), lease) in
+        scoped.iter().zip(pairs).zip(&positions).zip(&leases)
+    {
+        assert!(
+            matches!(lease, Ok(Some(_))),
+            "{name}: the lease of {projection} is another's"
+        );
+        assert_eq!(
+            tenant.checkpoint(projection).await.unwrap(),
+            Some(*position),
+            "{name}"
+        );
+        let letters = tenant.dead_letters(projection).await.unwrap();
+        assert_eq!(letters.len(), 1, "{name}: {letters:?}");
+        assert_eq!(letters[0].projection, projection);
+        assert_eq!(letters[0].error, format!("{name} failed"));
+        // Errors name the caller's projection, not the store's key.
+        let conflict = tenant
+            .save_checkpoint(projection, None, *position)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&conflict, Error::CheckpointConflict { projection: p, .. } if p == projection),
+            "{conflict:?}"
+        );
+        assert!(
+            tenant
+                .remove_dead_letter(projection, *position)
+                .await
+                .unwrap()
+        );
+    }
+    // A tenant without `/` or `%` keeps the key it always had.
+    assert_eq!(store.checkpoint("a/b/c").await.unwrap(), Some(positions[0]));
+}
+
 // ----- The tenant index -----
 
 /// A tenant's page of the global log, as the stores read it (`ReadAll::tenant`, and every global
@@ -667,12 +741,35 @@ async fn postgres_row_level_security_limits_an_application_role() {
 
     // Globex's append to acme's stream (hidden from it by the database): refused, nothing
     // written.
-    let refused = app_globex
-        .append(&a, ExpectedVersion::Any, vec![event(9)])
-        .await
-        .unwrap_err();
-    assert!(is_mismatch(&refused), "{refused:?}");
+    for expected in [
+        ExpectedVersion::Any,
+        ExpectedVersion::NoStream,
+        ExpectedVersion::StreamExists,
+        ExpectedVersion::Exact(2),
+    ] {
+        let refused = app_globex
+            .append(&a, expected, vec![event(9)])
+            .await
+            .unwrap_err();
+        assert!(is_mismatch(&refused), "{expected:?}: {refused:?}");
+    }
     assert_eq!(owner.stream_version(&a).await.unwrap(), 2);
+    // An event id of acme's (hidden from globex) is a duplicate, named by the id globex gave.
+    let taken = owner.read_stream(&a, StreamQuery::all()).await.unwrap()[1].event_id;
+    for batch in [
+        vec![event(9).with_event_id(taken)],
+        vec![event(9), event(9).with_event_id(taken)],
+    ] {
+        let refused = app_globex
+            .append(&counter("fresh"), ExpectedVersion::NoStream, batch)
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(refused, Error::DuplicateEvent { event_id, .. } if event_id == taken),
+            "{refused:?}"
+        );
+    }
+    assert_eq!(owner.stream_version(&counter("fresh")).await.unwrap(), 0);
 
     // Raw SQL through the role, the library out of the way.
     let mut raw = app_options.connect().await.unwrap();
@@ -766,6 +863,117 @@ async fn postgres_row_level_security_limits_an_application_role() {
     drop(tx);
     assert_eq!(counters.load(id).await.unwrap().total, 4);
 
+    // Checkpoints and dead letters: stamped with the tenant of the session, visible to it only.
+    let at = owner.log_head().await.unwrap().last;
+    for tenant in [&app_acme, &app_globex] {
+        let name = tenant.tenant();
+        tenant.save_checkpoint("report", None, at).await.unwrap();
+        let letter = DeadLetter::new("report", at, counter(name), format!("{name} failed"), 1);
+        tenant.add_dead_letter(&letter).await.unwrap();
+        assert_eq!(tenant.checkpoint("report").await.unwrap(), Some(at));
+        let letters = tenant.dead_letters("report").await.unwrap();
+        assert_eq!(letters.len(), 1, "{name}: {letters:?}");
+        assert_eq!(letters[0].error, format!("{name} failed"));
+        // Leases are advisory locks, not rows: through the role, each tenant gets its own.
+        assert!(tenant.lease("report").await.unwrap().is_some(), "{name}");
+    }
+    // The role without the library's scope sees none of them.
+    assert_eq!(app.checkpoint("acme/report").await.unwrap(), None);
+    assert!(app.dead_letters("acme/report").await.unwrap().is_empty());
+    for (table, key) in [("checkpoints", "name"), ("dead_letters", "projection")] {
+        let stamped: Vec<(String, Option<String>)> = sqlx::query_as(&format!(
+            "SELECT {key}, tenant_id FROM {table} ORDER BY {key}"
+        ))
+        .fetch_all(owner.pool())
+        .await
+        .unwrap();
+        let tenants = |name: &str| (format!("{name}/report"), Some(name.to_owned()));
+        assert_eq!(stamped, [tenants("acme"), tenants("globex")], "{table}");
+
+        // Raw SQL through the role, under globex's setting: acme's rows cannot be read, moved
+        // or deleted.
+        let mut tx = sqlx::Connection::begin(&mut raw).await.unwrap();
+        sqlx::query("SELECT set_config('eventsource.tenant', 'globex', true)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let seen: Option<String> = sqlx::query_scalar(&format!(
+            "SELECT string_agg({key} || '=' || tenant_id, ',') FROM {table}"
+        ))
+        .fetch_one(&mut *tx)
+        .await
+        .unwrap();
+        assert_eq!(seen.as_deref(), Some("globex/report=globex"), "{table}");
+        let moved = sqlx::query(&format!("UPDATE {table} SET position = 0"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(moved.rows_affected(), 1, "{table}: globex's own row only");
+        let deleted = sqlx::query(&format!("DELETE FROM {table}"))
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        assert_eq!(deleted.rows_affected(), 1, "{table}: globex's own row only");
+        tx.rollback().await.unwrap();
+        // Without the setting: no row.
+        let visible: i64 = sqlx::query_scalar(&format!("SELECT COUNT(*) FROM {table}"))
+            .fetch_one(&mut raw)
+            .await
+            .unwrap();
+        assert_eq!(visible, 0, "{table}");
+        // Globex's own row relabelled as acme's: refused by the policy.
+        let mut tx = sqlx::Connection::begin(&mut raw).await.unwrap();
+        sqlx::query("SELECT set_config('eventsource.tenant', 'globex', true)")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let forged = sqlx::query(&format!("UPDATE {table} SET tenant_id = 'acme'"))
+            .execute(&mut *tx)
+            .await
+            .unwrap_err();
+        assert_eq!(
+            forged.as_database_error().and_then(|e| e.code()).as_deref(),
+            Some("42501"),
+            "{table}: {forged}"
+        );
+    }
+    // Rows of acme's inserted under globex's setting: refused by the policy.
+    let mut tx = sqlx::Connection::begin(&mut raw).await.unwrap();
+    sqlx::query("SELECT set_config('eventsource.tenant', 'globex', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    for forge in [
+        "INSERT INTO checkpoints (name, position, updated_at, tenant_id) \
+         VALUES ('acme/forged', 1, now(), 'acme')",
+        "INSERT INTO dead_letters (projection, position, aggregate_type, aggregate_id, error, \
+         attempts, failed_at, tenant_id) VALUES ('acme/report', 1, 'Counter', 'a', 'forged', 1, \
+         now(), 'acme')",
+    ] {
+        sqlx::query("SAVEPOINT forge")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+        let forged = sqlx::query(forge).execute(&mut *tx).await.unwrap_err();
+        assert_eq!(
+            forged.as_database_error().and_then(|e| e.code()).as_deref(),
+            Some("42501"),
+            "{forge}: {forged}"
+        );
+        sqlx::query("ROLLBACK TO SAVEPOINT forge")
+            .execute(&mut *tx)
+            .await
+            .unwrap();
+    }
+    drop(tx);
+    // Acme's are as acme left them.
+    assert_eq!(app_acme.checkpoint("report").await.unwrap(), Some(at));
+    assert_eq!(app_acme.dead_letters("report").await.unwrap().len(), 1);
+    assert!(app_acme.remove_dead_letter("report", at).await.unwrap());
+    app_acme.delete_checkpoint("report").await.unwrap();
+    assert_eq!(owner.checkpoint("acme/report").await.unwrap(), None);
+    assert_eq!(owner.checkpoint("globex/report").await.unwrap(), Some(at));
+
     // The owner's unscoped store reads across tenants, explicitly.
     let everyone: Vec<RecordedEvent> = owner
         .read_all(ReadAll::from_start())
@@ -783,6 +991,78 @@ async fn postgres_row_level_security_limits_an_application_role() {
 
     drop(raw);
     app_pool.close().await;
+}
+
+/// An upgrade: checkpoints and dead letters written before they had a tenant take the tenant
+/// whose key starts their name, where exactly one tenant's can.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_bookkeeping_takes_its_tenant_on_upgrade() {
+    use sqlx::ConnectOptions;
+
+    let Some((options, _schema)) = databases::postgres_schema().await else {
+        return;
+    };
+    // The schema as the migrations before the bookkeeping's tenant left it.
+    let mut conn = options.connect().await.unwrap();
+    for migration in [
+        include_str!("../eventsource/migrations/postgres/20261122000001_events.sql"),
+        include_str!("../eventsource/migrations/postgres/20261124000001_snapshots.sql"),
+        include_str!("../eventsource/migrations/postgres/20261125000002_projections.sql"),
+        include_str!("../eventsource/migrations/postgres/20261126000001_tenancy.sql"),
+        include_str!("../eventsource/migrations/postgres/20261127000001_tenant_index_partial.sql"),
+    ] {
+        sqlx::raw_sql(migration).execute(&mut conn).await.unwrap();
+    }
+    for (position, tenant) in [(1, "acme"), (2, "a"), (3, "a/b")] {
+        sqlx::query(
+            "INSERT INTO events (position, event_id, aggregate_type, aggregate_id, version, \
+             event_type, schema_version, occurred_at, tenant_id, payload) \
+             VALUES ($1, gen_random_uuid(), 'Counter', $2, 1, 'Incremented', 1, now(), $2, '{}')",
+        )
+        .bind(position as i64)
+        .bind(tenant)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+    let rows = [
+        ("acme/report", Some("acme")),
+        ("a%2Fb/c", Some("a/b")),
+        ("a/b/c", None), // tenant `a`'s `b/c`, or tenant `a/b`'s `c` as written before
+        ("initech/report", None), // no such tenant
+        ("report", None), // the owner's
+    ];
+    for (name, _) in rows {
+        sqlx::query("INSERT INTO checkpoints (name, position, updated_at) VALUES ($1, 1, now())")
+            .bind(name)
+            .execute(&mut conn)
+            .await
+            .unwrap();
+        sqlx::query(
+            "INSERT INTO dead_letters (projection, position, aggregate_type, aggregate_id, \
+             error, attempts, failed_at) VALUES ($1, 1, 'Counter', 'acme', 'boom', 1, now())",
+        )
+        .bind(name)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    }
+
+    PostgresEventStore::connect_with(options).await.unwrap();
+    for (table, key) in [("checkpoints", "name"), ("dead_letters", "projection")] {
+        let found: Vec<(String, Option<String>)> = sqlx::query_as(&format!(
+            "SELECT {key}, tenant_id FROM {table} ORDER BY {key}"
+        ))
+        .fetch_all(&mut conn)
+        .await
+        .unwrap();
+        let mut expected: Vec<(String, Option<String>)> = rows
+            .iter()
+            .map(|(name, tenant)| (name.to_string(), tenant.map(str::to_owned)))
+            .collect();
+        expected.sort();
+        assert_eq!(found, expected, "{table}");
+    }
 }
 
 // ----- A scoped store is an event store: the conformance suite, run through one -----

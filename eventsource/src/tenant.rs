@@ -14,14 +14,17 @@
 //! - global reads (`read_all`, `fold_all`, `count`) see only the tenant's events: the store's
 //!   query carries the tenant filter, which the SQL stores evaluate in the database on the
 //!   index `events_tenant_position`;
-//! - projection checkpoints and dead letters are kept under `<tenant>/<projection>`, so two
-//!   tenants' projections of one name do not share a checkpoint.
+//! - projection checkpoints, dead letters and leases are kept under `<tenant>/<projection>`,
+//!   with `%` and `/` in the tenant escaped as `%25` and `%2F`: two tenants never share one,
+//!   whatever their ids and projection names, and a dead letter or a checkpoint conflict names
+//!   the projection as the caller does.
 //!
 //! On PostgreSQL, [`PostgresEventStore::for_tenant`](Tenancy::for_tenant) also sets the
 //! transaction-local setting `eventsource.tenant` in each of its transactions: connected as a
 //! role that does not own the tables, the database's row-level security policies limit every
-//! statement to that tenant's rows, whatever the library does (see the README's
-//! "Multi-tenancy"). Cross-tenant reads stay possible through the unscoped store only.
+//! statement to that tenant's rows (events, snapshots, checkpoints and dead letters), whatever
+//! the library does (see the README's "Multi-tenancy"). Cross-tenant reads stay possible through
+//! the unscoped store only.
 //!
 //! ```
 //! # #[tokio::main(flavor = "current_thread")]
@@ -180,8 +183,37 @@ impl<S: EventStore> TenantStore<S> {
         }
     }
 
+    /// The store's key of this tenant's projection: `<tenant>/<projection>`, with `%` and `/`
+    /// in the tenant escaped (`%25`, `%2F`), so that the first `/` ends the tenant and distinct
+    /// (tenant, projection) pairs never share a key. A tenant without either keeps its plain
+    /// name.
     fn checkpoint_name(&self, projection: &str) -> String {
-        format!("{}/{projection}", self.tenant)
+        let mut name = String::with_capacity(self.tenant.len() + 1 + projection.len());
+        for c in self.tenant.chars() {
+            match c {
+                '%' => name.push_str("%25"),
+                '/' => name.push_str("%2F"),
+                c => name.push(c),
+            }
+        }
+        name.push('/');
+        name.push_str(projection);
+        name
+    }
+
+    /// An error of the store about this tenant's projection, naming the projection as the
+    /// caller does rather than by the store's key.
+    fn own_name(&self, projection: &str, error: Error) -> Error {
+        match error {
+            Error::CheckpointConflict {
+                expected, found, ..
+            } => Error::CheckpointConflict {
+                projection: projection.to_owned(),
+                expected,
+                found,
+            },
+            error => error,
+        }
     }
 }
 
@@ -222,6 +254,9 @@ impl<S: EventStore> EventStore for TenantStore<S> {
                 expected
             } else if expected.is_satisfied_by(0) {
                 ExpectedVersion::NoStream
+            } else if self.store.stream_hidden(stream).await? {
+                // Another tenant's, hidden from this session (PostgreSQL's row-level security).
+                return Err(self.mismatch(stream, FOREIGN_STREAM));
             } else {
                 return Err(expected.conflict(stream, 0));
             };
@@ -345,6 +380,7 @@ impl<S: EventStore + CheckpointStore> CheckpointStore for TenantStore<S> {
         self.store
             .save_checkpoint(&self.checkpoint_name(projection), previous, position)
             .await
+            .map_err(|error| self.own_name(projection, error))
     }
 
     async fn delete_checkpoint(&self, projection: &str) -> Result<()> {

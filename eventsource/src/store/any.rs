@@ -147,6 +147,10 @@ impl EventStore for AnyStore {
         each!(self, store => store.stream_exists(stream).await)
     }
 
+    async fn stream_hidden(&self, stream: &StreamId) -> Result<bool> {
+        each!(self, store => store.stream_hidden(stream).await)
+    }
+
     async fn log_head(&self) -> Result<LogHead> {
         each!(self, store => store.log_head().await)
     }

@@ -340,6 +340,16 @@ pub trait EventStore: Send + Sync {
         async move { Ok(self.stream_version(stream).await? > 0) }
     }
 
+    /// Whether the stream has events that this store cannot see: on PostgreSQL, another
+    /// tenant's, hidden by row-level security from a tenant-scoped session. What a
+    /// [`TenantStore`](crate::TenantStore) asks of a stream it sees no events of before it
+    /// refuses an append that needs one. `false` for every other store.
+    #[doc(hidden)]
+    fn stream_hidden(&self, stream: &StreamId) -> impl Future<Output = Result<bool>> + Send {
+        let _ = stream;
+        async { Ok(false) }
+    }
+
     /// The newest committed position and the newest one `read_all` can read now.
     fn log_head(&self) -> impl Future<Output = Result<LogHead>> + Send;
 
@@ -480,6 +490,10 @@ macro_rules! forward_event_store {
 
             fn stream_exists(&self, stream: &StreamId) -> impl Future<Output = Result<bool>> + Send {
                 (**self).stream_exists(stream)
+            }
+
+            fn stream_hidden(&self, stream: &StreamId) -> impl Future<Output = Result<bool>> + Send {
+                (**self).stream_hidden(stream)
             }
 
             fn log_head(&self) -> impl Future<Output = Result<LogHead>> + Send {

@@ -603,15 +603,16 @@ impl PostgresEventStore {
             .map_err(AppendFailure::Database)
     }
 
+    /// The first of the batch's event ids that is stored, the rows hidden from this session by
+    /// row-level security included (another tenant's); see the migration `hidden_rows`.
     async fn taken_event_id(&self, events: &[NewEvent]) -> Result<Option<Uuid>> {
         let ids: Vec<Uuid> = events.iter().map(|e| e.event_id).collect();
         let mut session = self.session().await.map_err(Error::database("append"))?;
-        let taken =
-            sqlx::query_scalar("SELECT event_id FROM events WHERE event_id = ANY($1) LIMIT 1")
-                .bind(&ids)
-                .fetch_optional(session.conn())
-                .await
-                .map_err(Error::database("append"))?;
+        let taken = sqlx::query_scalar("SELECT eventsource_event_id_taken($1)")
+            .bind(&ids)
+            .fetch_one(session.conn())
+            .await
+            .map_err(Error::database("append"))?;
         session.end().await.map_err(Error::database("append"))?;
         Ok(taken)
     }
@@ -1417,6 +1418,25 @@ impl EventStore for PostgresEventStore {
             .await?;
         Ok(version.max(0) as u64)
     }
+
+    async fn stream_hidden(&self, stream: &StreamId) -> Result<bool> {
+        if self.tenant.is_none() {
+            // The unscoped store: its role sees every row, or (not being the owner) none.
+            return Ok(false);
+        }
+        self.statement("stream_hidden", move |conn, _| {
+            Box::pin(
+                sqlx::query_scalar(
+                    "SELECT eventsource_stream_taken($1, $2) AND NOT EXISTS (SELECT 1 FROM events \
+                     WHERE aggregate_type = $1 AND aggregate_id = $2)",
+                )
+                .bind(stream.aggregate_type())
+                .bind(stream.aggregate_id())
+                .fetch_one(conn),
+            )
+        })
+        .await
+    }
 }
 
 /// A statement of a stream read with its parameters bound: the stream, the version range, the
@@ -1684,15 +1704,18 @@ async fn remove_dead_letter_on(
     Ok(done.rows_affected() > 0)
 }
 
+/// Checkpoints and dead letters go through `session` as events do: a tenant-scoped store's rows
+/// are stamped with its tenant and, for a role that does not own the tables, limited to it by
+/// row-level security.
 impl CheckpointStore for PostgresEventStore {
     async fn checkpoint(&self, projection: &str) -> Result<Option<Position>> {
         let found: Option<i64> = self
-            .retrying("load checkpoint", move |_| async move {
-                sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
-                    .bind(projection)
-                    .fetch_optional(&self.pool)
-                    .await
-                    .map_err(Error::database("load checkpoint"))
+            .statement("load checkpoint", move |conn, _| {
+                Box::pin(
+                    sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = $1")
+                        .bind(projection)
+                        .fetch_optional(conn),
+                )
             })
             .await?;
         Ok(checkpoint_position(found))
@@ -1705,12 +1728,13 @@ impl CheckpointStore for PostgresEventStore {
         position: Position,
     ) -> Result<()> {
         self.retrying("save checkpoint", move |attempt| async move {
-            let mut conn = self
-                .pool
-                .acquire()
-                .await
-                .map_err(Error::database("save checkpoint"))?;
-            match save_checkpoint_on(&mut conn, projection, previous, position).await {
+            let database = || Error::database("save checkpoint");
+            let mut session = self.session().await.map_err(database())?;
+            let saved = save_checkpoint_on(session.conn(), projection, previous, position).await;
+            if saved.is_ok() {
+                session.end().await.map_err(database())?;
+            }
+            match saved {
                 // A retry whose first attempt committed, its answer lost: it is where we put it.
                 Err(Error::CheckpointConflict { found, .. })
                     if attempt > 1 && found == Some(position) =>
@@ -1724,32 +1748,38 @@ impl CheckpointStore for PostgresEventStore {
     }
 
     async fn delete_checkpoint(&self, projection: &str) -> Result<()> {
-        sqlx::query("DELETE FROM checkpoints WHERE name = $1")
-            .bind(projection)
-            .execute(&self.pool)
-            .await
-            .map_err(Error::database("delete checkpoint"))?;
+        self.statement("delete checkpoint", move |conn, _| {
+            Box::pin(
+                sqlx::query("DELETE FROM checkpoints WHERE name = $1")
+                    .bind(projection)
+                    .execute(conn),
+            )
+        })
+        .await?;
         Ok(())
     }
 
     async fn add_dead_letter(&self, letter: &DeadLetter) -> Result<()> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(Error::database("add dead letter"))?;
-        add_dead_letter_on(&mut conn, letter).await
+        let database = || Error::database("add dead letter");
+        let mut session = self.session().await.map_err(database())?;
+        add_dead_letter_on(session.conn(), letter).await?;
+        session.end().await.map_err(database())
     }
 
     async fn dead_letters(&self, projection: &str) -> Result<Vec<DeadLetter>> {
-        let rows = sqlx::query(
-            "SELECT position, event_id, aggregate_type, aggregate_id, version, event_type, error, \
-             attempts, failed_at FROM dead_letters WHERE projection = $1 ORDER BY position",
-        )
-        .bind(projection)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(Error::database("dead letters"))?;
+        let rows = self
+            .statement("dead letters", move |conn, _| {
+                Box::pin(
+                    sqlx::query(
+                        "SELECT position, event_id, aggregate_type, aggregate_id, version, \
+                         event_type, error, attempts, failed_at FROM dead_letters \
+                         WHERE projection = $1 ORDER BY position",
+                    )
+                    .bind(projection)
+                    .fetch_all(conn),
+                )
+            })
+            .await?;
         rows.iter()
             .map(|row| -> std::result::Result<DeadLetter, sqlx::Error> {
                 let mut letter = DeadLetter::new(
@@ -1772,17 +1802,17 @@ impl CheckpointStore for PostgresEventStore {
     }
 
     async fn remove_dead_letter(&self, projection: &str, position: Position) -> Result<bool> {
-        let mut conn = self
-            .pool
-            .acquire()
-            .await
-            .map_err(Error::database("remove dead letter"))?;
-        remove_dead_letter_on(&mut conn, projection, position).await
+        let database = || Error::database("remove dead letter");
+        let mut session = self.session().await.map_err(database())?;
+        let removed = remove_dead_letter_on(session.conn(), projection, position).await?;
+        session.end().await.map_err(database())?;
+        Ok(removed)
     }
 
     async fn lease(&self, projection: &str) -> Result<Option<crate::checkpoint::Lease>> {
         // A session advisory lock on a connection taken out of the pool: it is released when
-        // the lease (and so the connection) is dropped, or when this process dies.
+        // the lease (and so the connection) is dropped, or when this process dies. A lock is not
+        // a row: row-level security does not reach it, and a tenant needs no setting for it.
         let mut conn = self
             .pool
             .acquire()
@@ -1804,9 +1834,16 @@ impl CheckpointStore for PostgresEventStore {
 impl TransactionalStore for PostgresEventStore {
     type Database = Postgres;
 
+    /// For a tenant-scoped store, the transaction sets `eventsource.tenant` first: the read
+    /// model's writes and the checkpoint and dead letters moved in it are the tenant's.
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Postgres>> {
         self.retrying("begin", |_| async {
-            self.pool.begin().await.map_err(Error::database("begin"))
+            let database = || Error::database("begin");
+            let mut tx = self.pool.begin().await.map_err(database())?;
+            if let Some(tenant) = &self.tenant {
+                set_tenant(&mut tx, tenant).await.map_err(database())?;
+            }
+            Ok(tx)
         })
         .await
     }
