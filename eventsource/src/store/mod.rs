@@ -513,7 +513,8 @@ forward_event_store!(&S, std::sync::Arc<S>, Box<S>);
 
 /// Checks a batch before any store writes it, so that every backend refuses the same input with
 /// the same error: a bad stream id, an empty or NUL-holding event type, a schema version of 0,
-/// a payload that is not JSON or holds a NUL character, duplicate ids within the batch.
+/// a payload that is not JSON or holds a NUL character, metadata holding a NUL character,
+/// duplicate ids within the batch.
 pub(crate) fn validate_append(stream: &StreamId, events: &[NewEvent]) -> Result<()> {
     stream.validate()?;
     if events.len() > MAX_BATCH {
@@ -559,6 +560,11 @@ pub(crate) fn validate_append(stream: &StreamId, events: &[NewEvent]) -> Result<
                 "the payload of event `{}` holds a NUL character (\\u0000)",
                 event.event_type
             )
+        } else if let Some(field) = nul_in_metadata(&event.metadata) {
+            format!(
+                "the {field} of event `{}` holds a NUL character",
+                event.event_type
+            )
         } else {
             continue;
         };
@@ -568,6 +574,29 @@ pub(crate) fn validate_append(stream: &StreamId, events: &[NewEvent]) -> Result<
         });
     }
     Ok(())
+}
+
+/// Which part of `metadata` holds a NUL character, which PostgreSQL cannot store in text or JSON.
+fn nul_in_metadata(metadata: &crate::event::Metadata) -> Option<&'static str> {
+    if metadata
+        .tenant_id
+        .as_deref()
+        .is_some_and(|t| t.contains('\0'))
+    {
+        Some("tenant id")
+    } else if metadata
+        .actor_id
+        .as_deref()
+        .is_some_and(|a| a.contains('\0'))
+    {
+        Some("actor id")
+    } else if !metadata.extra.is_empty()
+        && serde_json::to_string(&metadata.extra).is_ok_and(|json| has_nul_escape(&json))
+    {
+        Some("metadata")
+    } else {
+        None
+    }
 }
 
 /// Whether JSON text holds the escape `\u0000` (and not an escaped backslash followed by `u0000`).

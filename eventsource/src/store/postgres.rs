@@ -1046,8 +1046,7 @@ fn page_query(query: &ReadAll, details: bool) -> QueryBuilder<'_, Postgres> {
         select.push(" FROM events WHERE position > ");
         select.push_bind(query.after.to_sql());
         if let Some(tenant) = &query.tenant_id {
-            select.push(" AND tenant_id = ");
-            select.push_bind(tenant);
+            push_tenant(&mut select, tenant);
         }
         select.push(format_args!(
             " ORDER BY position LIMIT {}) page WHERE position < {FENCE} ORDER BY position",
@@ -1057,17 +1056,38 @@ fn page_query(query: &ReadAll, details: bool) -> QueryBuilder<'_, Postgres> {
     }
 }
 
+/// The values of a filter that a stored event can have. Every store refuses a NUL character in
+/// the types and tenants it stores, and PostgreSQL refuses one in a parameter: such a value
+/// matches nothing, as on every other store, and is not sent.
+fn storable(values: &[String]) -> Vec<&str> {
+    values
+        .iter()
+        .map(String::as_str)
+        .filter(|value| !value.contains('\0'))
+        .collect()
+}
+
+/// The tenant filter (see [`storable`]).
+fn push_tenant<'q>(select: &mut QueryBuilder<'q, Postgres>, tenant: &'q str) {
+    if tenant.contains('\0') {
+        select.push(" AND FALSE");
+    } else {
+        select.push(" AND tenant_id = ");
+        select.push_bind(tenant);
+    }
+}
+
 /// The `ReadAll` type filters as one boolean expression (`TRUE` without any).
 fn push_wanted<'q>(select: &mut QueryBuilder<'q, Postgres>, query: &'q ReadAll) {
     select.push("(TRUE");
     if !query.event_types.is_empty() {
         select.push(" AND event_type = ANY(");
-        select.push_bind(&query.event_types);
+        select.push_bind(storable(&query.event_types));
         select.push(")");
     }
     if !query.aggregate_types.is_empty() {
         select.push(" AND aggregate_type = ANY(");
-        select.push_bind(&query.aggregate_types);
+        select.push_bind(storable(&query.aggregate_types));
         select.push(")");
     }
     select.push(")");
@@ -1077,17 +1097,16 @@ fn push_wanted<'q>(select: &mut QueryBuilder<'q, Postgres>, query: &'q ReadAll) 
 fn push_filters<'q>(select: &mut QueryBuilder<'q, Postgres>, query: &'q ReadAll) {
     if !query.event_types.is_empty() {
         select.push(" AND event_type = ANY(");
-        select.push_bind(&query.event_types);
+        select.push_bind(storable(&query.event_types));
         select.push(")");
     }
     if !query.aggregate_types.is_empty() {
         select.push(" AND aggregate_type = ANY(");
-        select.push_bind(&query.aggregate_types);
+        select.push_bind(storable(&query.aggregate_types));
         select.push(")");
     }
     if let Some(tenant) = &query.tenant_id {
-        select.push(" AND tenant_id = ");
-        select.push_bind(tenant);
+        push_tenant(select, tenant);
     }
 }
 
@@ -1140,6 +1159,7 @@ enum AppendFailure {
 
 impl SnapshotStore for PostgresEventStore {
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
+        snapshot.stream().validate()?;
         let mut session = self
             .session()
             .await
@@ -1178,6 +1198,7 @@ impl SnapshotStore for PostgresEventStore {
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
+        stream.validate()?;
         let row: Option<(i64, i32, String, chrono::DateTime<chrono::Utc>)> = self
             .statement("load snapshot", move |conn, _| {
                 Box::pin(
@@ -1198,6 +1219,7 @@ impl SnapshotStore for PostgresEventStore {
     }
 
     async fn delete_snapshot(&self, stream: &StreamId) -> Result<bool> {
+        stream.validate()?;
         let mut session = self
             .session()
             .await
@@ -1262,6 +1284,7 @@ impl EventStore for PostgresEventStore {
         stream: &StreamId,
         query: StreamQuery,
     ) -> Result<Vec<RecordedEvent>> {
+        stream.validate()?;
         const FORWARDS: &str = concat!(
             "SELECT ",
             stream_columns!(),
@@ -1412,6 +1435,7 @@ impl EventStore for PostgresEventStore {
     where
         F: FnMut(EventView<'_>) -> Result<()> + Send,
     {
+        stream.validate()?;
         // The metadata and the time are not read, only checked (`damage!()`, usually NULL).
         const SQL: &str = concat!(
             "SELECT position, version, event_type, schema_version::BIGINT, ",
@@ -1449,6 +1473,7 @@ impl EventStore for PostgresEventStore {
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
+        stream.validate()?;
         let version: i64 = self
             .statement("stream_version", move |conn, _| {
                 Box::pin(

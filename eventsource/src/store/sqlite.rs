@@ -1275,6 +1275,7 @@ impl EventStore for SqliteEventStore {
         stream: &StreamId,
         query: StreamQuery,
     ) -> Result<Vec<RecordedEvent>> {
+        stream.validate()?;
         const FORWARDS: &str = concat!(
             "SELECT ",
             stream_columns!(),
@@ -1319,6 +1320,7 @@ impl EventStore for SqliteEventStore {
     where
         F: FnMut(EventView<'_>) -> Result<()> + Send,
     {
+        stream.validate()?;
         // One reader connection for the whole load, kept for the next operation if the load
         // ran to its end (see `store::warm`).
         let mut conn = self
@@ -1332,6 +1334,7 @@ impl EventStore for SqliteEventStore {
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
+        stream.validate()?;
         let mut conn = self
             .readers
             .acquire()
@@ -1432,6 +1435,7 @@ impl EventStore for SqliteEventStore {
 
 impl SnapshotStore for SqliteEventStore {
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
+        snapshot.stream().validate()?;
         sqlx::query(
             "INSERT INTO snapshots (aggregate_type, aggregate_id, version, state_version, state, \
              taken_at) VALUES (?, ?, ?, ?, ?, ?) \
@@ -1454,6 +1458,7 @@ impl SnapshotStore for SqliteEventStore {
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
+        stream.validate()?;
         let mut conn = self
             .readers
             .acquire()
@@ -1482,6 +1487,7 @@ impl SnapshotStore for SqliteEventStore {
     }
 
     async fn delete_snapshot(&self, stream: &StreamId) -> Result<bool> {
+        stream.validate()?;
         let done =
             sqlx::query("DELETE FROM snapshots WHERE aggregate_type = ? AND aggregate_id = ?")
                 .bind(stream.aggregate_type())
