@@ -5,7 +5,7 @@ use crate::args::{
     Arguments, Command, EventsArgs, ProjectionsCommand, StatsArgs, StreamsArgs, TailArgs,
 };
 use crate::error::CliError;
-use crate::output::{Output, event_json, or_dash, payload, time};
+use crate::output::{Output, event_json, note, or_dash, payload, time};
 use eventsource::admin::{Inspect, SchemaState, StreamListing};
 use eventsource::subscription::{ProjectionOptions, ProjectionState, RunningSubscriptions};
 use eventsource::{
@@ -179,7 +179,7 @@ async fn streams(
             }))?;
         }
     } else if page.is_empty() {
-        eprintln!("no streams");
+        note("no streams");
     } else {
         let rows = page
             .iter()
@@ -197,10 +197,10 @@ async fn streams(
     if page.len() == limit
         && let Some(last) = page.last()
     {
-        eprintln!(
+        note(format_args!(
             "more streams may follow: {program} streams --after {} (with the same filters)",
             last.stream
-        );
+        ));
     }
     Ok(())
 }
@@ -300,7 +300,7 @@ async fn tail(store: &AnyStore, args: TailArgs, out: &mut Output) -> Result<()> 
                 Err(error) => match error.position() {
                     // A damaged row: say so and go on after it.
                     Some(position) => {
-                        eprintln!("warning: {error}");
+                        note(format_args!("warning: {error}"));
                         after = position;
                     }
                     None => return Err(error.into()),
@@ -414,7 +414,7 @@ async fn status(store: &AnyStore, projections: &[Registered], out: &mut Output) 
     }
     if !out.json {
         if rows.is_empty() {
-            eprintln!("no projection has a checkpoint or dead letters in this store");
+            note("no projection has a checkpoint or dead letters in this store");
             return Ok(());
         }
         out.table(
@@ -478,7 +478,7 @@ async fn dead_letters(
         return Ok(());
     }
     if letters.is_empty() {
-        eprintln!("projection `{name}` has no dead letters");
+        note(format_args!("projection `{name}` has no dead letters"));
         return Ok(());
     }
     let rows = letters
