@@ -73,11 +73,28 @@ fn store_url(db: Option<String>) -> Result<String> {
     let known = ["memory:", "sqlite:", "postgres:", "postgresql:"]
         .iter()
         .any(|scheme| db.starts_with(scheme));
-    if known || db.contains("://") {
-        Ok(db)
+    let url = if known || db.contains("://") {
+        db
     } else {
-        Ok(format!("sqlite://{db}"))
-    }
+        format!("sqlite://{db}")
+    };
+    check_url(&url)?;
+    Ok(url)
+}
+
+/// Checks that `url` parses the way its backend reads it: one that does not is a bad argument
+/// ([`exit::USAGE`](crate::exit::USAGE)), not a failure to connect. The parser's reason is
+/// given, never the URL (it may hold a password).
+fn check_url(url: &str) -> Result<()> {
+    use eventsource::sqlx::postgres::PgConnectOptions;
+    use eventsource::sqlx::sqlite::SqliteConnectOptions;
+    use std::str::FromStr;
+    let (backend, parsed) = match url.split(':').next().unwrap_or_default() {
+        "postgres" | "postgresql" => ("PostgreSQL", PgConnectOptions::from_str(url).map(drop)),
+        "sqlite" => ("SQLite", SqliteConnectOptions::from_str(url).map(drop)),
+        _ => return Ok(()),
+    };
+    parsed.map_err(|error| CliError::Usage(format!("--db is not a valid {backend} URL: {error}")))
 }
 
 /// Opens the store as it is: nothing is created, a missing schema is an error.

@@ -525,6 +525,22 @@ fn wrong_urls_are_one_line_errors() {
         .stderr(predicate::str::contains("no database given"));
     // clap's own usage errors keep clap's exit code.
     cli("memory:").arg("no-such-command").assert().code(2);
+    // A URL that does not parse is a bad argument too (and its password is not repeated).
+    for url in [
+        "postgres://[::1",
+        "postgresql://user:secret@[::1/db",
+        "postgres://user:secret@host:notaport/db",
+        "sqlite://events.db?mode=bogus",
+    ] {
+        cli(url)
+            .arg("streams")
+            .timeout(Duration::from_secs(30))
+            .assert()
+            .code(2)
+            .stderr(predicate::str::starts_with("error: "))
+            .stderr(predicate::str::contains("secret").not())
+            .stderr(predicate::function(|s: &str| s.lines().count() == 1));
+    }
 }
 
 #[test]
