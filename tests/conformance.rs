@@ -43,6 +43,7 @@ every_backend!(
     ten_thousand_events,
     concurrent_writers_one_stream,
     bad_input_is_refused,
+    ids_no_store_accepts_are_refused_by_every_read,
     undecodable_events_are_typed_errors,
     time_travel,
     repository_conflict_and_retry,

@@ -4,7 +4,7 @@
 //! database is damaged behind its back (a dropped table, a row written by hand).
 
 use eventsource::prelude::*;
-use eventsource::{NewEvent, Snapshot, SnapshotStrategy};
+use eventsource::{ContextFields, NewEvent, Snapshot, SnapshotStrategy};
 use eventsource_tests::{databases, logs};
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
@@ -918,4 +918,204 @@ async fn postgres_a_long_transaction_holds_reads_back_without_blocking_them() {
         .await
         .unwrap();
     assert!(read.iter().any(|e| e.position == after.last_position));
+}
+
+/// What each read path says of stream `Counter/{id}`, whose row at `version` was damaged by
+/// hand: `Ok(reason)` for an `Error::Corrupt` at that row, `Err(what happened instead)`.
+async fn every_read_path<S: EventStore>(
+    store: &S,
+    id: &str,
+    version: u64,
+) -> Vec<(&'static str, Result<String, String>)> {
+    let s = stream(id);
+    let corrupt = |error: &Error| match error {
+        Error::Corrupt {
+            stream: at,
+            position: Some(_),
+            version: Some(v),
+            reason,
+            ..
+        } if *at == s && *v == version => Ok(reason.clone()),
+        other => Err(format!("{other:?}")),
+    };
+    let of = |result: Result<(), Error>| match result {
+        Ok(()) => Err("accepted".to_owned()),
+        Err(error) => corrupt(&error),
+    };
+    let mut paths = Vec::new();
+    let repo = Counter::repository(store);
+    paths.push(("load", of(repo.load(id).await.map(drop))));
+    let update = repo
+        .update(id, |counter| {
+            counter.record(Counted { n: 1 });
+            Ok(())
+        })
+        .await;
+    paths.push((
+        "update",
+        match update {
+            Ok(()) => Err("saved".to_owned()),
+            Err(UpdateError::Store(error)) => corrupt(&error),
+            Err(other) => Err(format!("{other:?}")),
+        },
+    ));
+    for (path, query) in [
+        ("read_stream", StreamQuery::all()),
+        ("read_stream backwards", StreamQuery::all().backwards()),
+    ] {
+        paths.push((path, of(store.read_stream(&s, query).await.map(drop))));
+    }
+    let all: Vec<Result<RecordedEvent, Error>> =
+        store.read_all(ReadAll::from_start()).collect().await;
+    let mut read_all = Err("not read".to_owned());
+    for item in &all {
+        match item {
+            Err(error) => read_all = corrupt(error),
+            Ok(event) if event.stream == s && event.version == version => {
+                read_all = Err("accepted".to_owned())
+            }
+            Ok(_) => continue,
+        }
+        break;
+    }
+    paths.push(("read_all", read_all));
+    for (path, context) in [
+        ("fold_all", ContextFields::All),
+        ("fold_all (location)", ContextFields::Location),
+    ] {
+        let mut found = Err("not read".to_owned());
+        let query = ReadAll::from_start().context(context);
+        store
+            .fold_all(&query, |item| {
+                match item {
+                    Err(error) => found = corrupt(error),
+                    Ok((event, _)) if *event.stream == s && event.version == version => {
+                        found = Err("accepted".to_owned())
+                    }
+                    Ok(_) => return std::ops::ControlFlow::Continue(()),
+                }
+                std::ops::ControlFlow::Break(())
+            })
+            .await
+            .unwrap();
+        paths.push((path, found));
+    }
+    paths
+}
+
+/// Stores `events` events in `Counter/{id}`, damages the row at `version` with `damage` (given
+/// the `WHERE` clause of that row) and returns the read paths that do not report that row as
+/// `Error::Corrupt` naming `column` (a save on top of it must fail the same way).
+async fn damaged_everywhere<S, F, Fut>(
+    store: &S,
+    id: &str,
+    (events, version): (i64, u64),
+    column: &str,
+    damage: F,
+) -> Vec<String>
+where
+    S: EventStore,
+    F: FnOnce(String) -> Fut,
+    Fut: std::future::Future<Output = ()>,
+{
+    let appended = store
+        .append(
+            &stream(id),
+            ExpectedVersion::NoStream,
+            (1..=events).map(event).collect(),
+        )
+        .await
+        .unwrap();
+    store
+        .wait_for(appended.last_position, std::time::Duration::from_secs(30))
+        .await
+        .unwrap();
+    damage(format!(
+        "WHERE aggregate_type = 'Counter' AND aggregate_id = '{id}' AND version = {version}"
+    ))
+    .await;
+    let paths = every_read_path(store, id, version).await;
+    let mut wrong: Vec<String> = paths
+        .into_iter()
+        .filter(|(_, said)| !said.as_ref().is_ok_and(|reason| reason.contains(column)))
+        .map(|(path, said)| format!("{id} at version {version}, {path}: {said:?}"))
+        .collect();
+    let now = store.stream_version(&stream(id)).await.unwrap();
+    if now != events as u64 {
+        wrong.push(format!(
+            "{id}: saved on top of the damaged row (version {now})"
+        ));
+    }
+    wrong
+}
+
+/// The damages of one column every SQLite read path must report, each as (what the test calls
+/// the stream, the column, the `SET` clause).
+const SQLITE_DAMAGES: &[(&str, &str, &str)] = &[
+    ("null-metadata", "metadata", "metadata = 'null'"),
+    ("late", "occurred_at", "occurred_at = 9223372036854775807"),
+    ("early", "occurred_at", "occurred_at = -9223372036854775808"),
+    (
+        "short-correlation",
+        "correlation_id",
+        "correlation_id = X'0102'",
+    ),
+    (
+        "long-causation",
+        "causation_id",
+        "causation_id = zeroblob(17)",
+    ),
+];
+
+/// Metadata stored as JSON `null`, a time out of range, a correlation or causation id that is
+/// not 16 bytes: one rule on every SQLite read path (a load reads its rows row by row, then
+/// framed, so the damage is tried at version 1 and at version 70 of a 70-event stream).
+#[tokio::test]
+async fn sqlite_a_damaged_column_is_corrupt_on_every_read_path() {
+    let mut wrong = Vec::new();
+    for at in [(1, 1), (70, 70)] {
+        for (name, column, set) in SQLITE_DAMAGES {
+            let (_dir, store, raw) = sqlite_file_store().await;
+            wrong.extend(
+                damaged_everywhere(&store, name, at, column, |filter| async move {
+                    sqlx::query(&format!("UPDATE events SET {set} {filter}"))
+                        .execute(&raw)
+                        .await
+                        .unwrap();
+                })
+                .await,
+            );
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
+}
+
+/// The same on PostgreSQL, whose typed columns leave fewer ways to damage a row: metadata stored
+/// as JSON `null`, and times PostgreSQL stores but Rust cannot hold.
+#[tokio::test]
+async fn postgres_a_damaged_column_is_corrupt_on_every_read_path() {
+    let mut wrong = Vec::new();
+    for at in [(1, 1), (70, 70)] {
+        for (name, column, set) in [
+            ("null-metadata", "metadata", "metadata = 'null'::jsonb"),
+            ("late", "occurred_at", "occurred_at = 'infinity'"),
+            ("early", "occurred_at", "occurred_at = '-infinity'"),
+            ("far", "occurred_at", "occurred_at = '294000-01-01'"),
+        ] {
+            let Some(db) = databases::postgres().await else {
+                return;
+            };
+            let pool = db.store().pool().clone();
+            wrong.extend(
+                damaged_everywhere(db.store(), name, at, column, |filter| async move {
+                    sqlx::query(&format!("UPDATE events SET {set} {filter}"))
+                        .execute(&pool)
+                        .await
+                        .unwrap();
+                })
+                .await,
+            );
+        }
+    }
+    assert!(wrong.is_empty(), "{wrong:#?}");
 }

@@ -5,7 +5,7 @@ use crate::args::{
     Arguments, Command, EventsArgs, ProjectionsCommand, StatsArgs, StreamsArgs, TailArgs,
 };
 use crate::error::CliError;
-use crate::output::{Output, event_json, or_dash, payload, time};
+use crate::output::{Output, event_json, note, or_dash, payload, time};
 use eventsource::admin::{Inspect, SchemaState, StreamListing};
 use eventsource::subscription::{ProjectionOptions, ProjectionState, RunningSubscriptions};
 use eventsource::{
@@ -73,11 +73,28 @@ fn store_url(db: Option<String>) -> Result<String> {
     let known = ["memory:", "sqlite:", "postgres:", "postgresql:"]
         .iter()
         .any(|scheme| db.starts_with(scheme));
-    if known || db.contains("://") {
-        Ok(db)
+    let url = if known || db.contains("://") {
+        db
     } else {
-        Ok(format!("sqlite://{db}"))
-    }
+        format!("sqlite://{db}")
+    };
+    check_url(&url)?;
+    Ok(url)
+}
+
+/// Checks that `url` parses the way its backend reads it: one that does not is a bad argument
+/// ([`exit::USAGE`](crate::exit::USAGE)), not a failure to connect. The parser's reason is
+/// given, never the URL (it may hold a password).
+fn check_url(url: &str) -> Result<()> {
+    use eventsource::sqlx::postgres::PgConnectOptions;
+    use eventsource::sqlx::sqlite::SqliteConnectOptions;
+    use std::str::FromStr;
+    let (backend, parsed) = match url.split(':').next().unwrap_or_default() {
+        "postgres" | "postgresql" => ("PostgreSQL", PgConnectOptions::from_str(url).map(drop)),
+        "sqlite" => ("SQLite", SqliteConnectOptions::from_str(url).map(drop)),
+        _ => return Ok(()),
+    };
+    parsed.map_err(|error| CliError::Usage(format!("--db is not a valid {backend} URL: {error}")))
 }
 
 /// Opens the store as it is: nothing is created, a missing schema is an error.
@@ -179,7 +196,7 @@ async fn streams(
             }))?;
         }
     } else if page.is_empty() {
-        eprintln!("no streams");
+        note("no streams");
     } else {
         let rows = page
             .iter()
@@ -197,10 +214,10 @@ async fn streams(
     if page.len() == limit
         && let Some(last) = page.last()
     {
-        eprintln!(
+        note(format_args!(
             "more streams may follow: {program} streams --after {} (with the same filters)",
             last.stream
-        );
+        ));
     }
     Ok(())
 }
@@ -300,7 +317,7 @@ async fn tail(store: &AnyStore, args: TailArgs, out: &mut Output) -> Result<()> 
                 Err(error) => match error.position() {
                     // A damaged row: say so and go on after it.
                     Some(position) => {
-                        eprintln!("warning: {error}");
+                        note(format_args!("warning: {error}"));
                         after = position;
                     }
                     None => return Err(error.into()),
@@ -414,7 +431,7 @@ async fn status(store: &AnyStore, projections: &[Registered], out: &mut Output) 
     }
     if !out.json {
         if rows.is_empty() {
-            eprintln!("no projection has a checkpoint or dead letters in this store");
+            note("no projection has a checkpoint or dead letters in this store");
             return Ok(());
         }
         out.table(
@@ -478,7 +495,7 @@ async fn dead_letters(
         return Ok(());
     }
     if letters.is_empty() {
-        eprintln!("projection `{name}` has no dead letters");
+        note(format_args!("projection `{name}` has no dead letters"));
         return Ok(());
     }
     let rows = letters

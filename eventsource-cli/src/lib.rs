@@ -181,7 +181,7 @@ impl Cli {
                 ExitCode::from(exit::OK)
             }
             Err(error) => {
-                eprintln!("error: {}", error.one_line(&program));
+                output::note(format_args!("error: {}", error.one_line(&program)));
                 ExitCode::from(error.exit_code())
             }
         }

@@ -1,10 +1,52 @@
-//! Output: tables sized to the terminal, JSON Lines, times and payloads.
+//! Output: tables sized to the terminal, JSON Lines, times and payloads; every text for people
+//! (stdout and stderr) goes through [`escaped`].
 
 use chrono::{DateTime, Utc};
 use comfy_table::{ContentArrangement, Table, presets};
 use eventsource::{EventRegistry, RecordedEvent};
 use serde_json::{Value, json};
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::io::Write;
+
+/// `text` with every character that could steer a terminal written as a Rust-style escape:
+/// C0 controls (`\n`, `\r`, `\t`, else `\u{1b}`), DEL and C1 controls, and the Unicode
+/// bidirectional formatting characters, which reorder what follows them. Stream ids, event
+/// types, tenants and payloads are stored as their writers chose: printed raw, one could set
+/// the terminal's title, clear the screen or fake a line. JSON Lines need none of this (JSON
+/// escapes control characters in strings).
+pub(crate) fn escaped(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(steers_terminal) {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 16);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if steers_terminal(c) => {
+                let _ = write!(out, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => out.push(c),
+        }
+    }
+    Cow::Owned(out)
+}
+
+/// A control character (C0, DEL, C1) or a bidirectional formatting character.
+fn steers_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(
+            c,
+            '\u{061c}' | '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'
+        )
+}
+
+/// A line for people on stderr (a note, a warning), escaped.
+pub(crate) fn note(text: impl std::fmt::Display) {
+    eprintln!("{}", escaped(&text.to_string()));
+}
 
 /// Where a command writes: stdout, as tables or as JSON Lines.
 pub(crate) struct Output {
@@ -27,13 +69,18 @@ impl Output {
         self.out.flush()
     }
 
-    /// A line of text.
+    /// A line of text, escaped (a newline in it is shown as `\n`).
     pub(crate) fn line(&mut self, text: impl std::fmt::Display) -> std::io::Result<()> {
+        self.raw_line(escaped(&text.to_string()))
+    }
+
+    /// A line written as it is: only for text built here from escaped parts.
+    fn raw_line(&mut self, text: impl std::fmt::Display) -> std::io::Result<()> {
         writeln!(self.out, "{text}")?;
         self.out.flush()
     }
 
-    /// A table with `header`, as wide as the terminal allows.
+    /// A table with `header`, as wide as the terminal allows; every cell escaped.
     pub(crate) fn table(&mut self, header: &[&str], rows: Vec<Vec<String>>) -> std::io::Result<()> {
         let mut table = Table::new();
         table
@@ -41,9 +88,13 @@ impl Output {
             .set_content_arrangement(ContentArrangement::Dynamic)
             .set_header(header.to_vec());
         for row in rows {
-            table.add_row(row);
+            table.add_row(
+                row.into_iter()
+                    .map(|cell| escaped(&cell).into_owned())
+                    .collect::<Vec<_>>(),
+            );
         }
-        self.line(table)
+        self.raw_line(table)
     }
 }
 
@@ -131,6 +182,23 @@ pub(crate) fn event_json(event: &RecordedEvent) -> Value {
 /// A projection's or a stream's position for a table: `-` for none.
 pub(crate) fn or_dash<T: std::fmt::Display>(value: Option<T>) -> String {
     value.map_or_else(|| "-".to_owned(), |v| v.to_string())
+}
+
+#[cfg(test)]
+mod escaping {
+    use super::escaped;
+
+    #[test]
+    fn controls_and_bidi_are_escaped_and_the_rest_kept() {
+        assert_eq!(
+            escaped("o\x1b]0;pwned\x07\r\n\t\x7f\u{9b}\u{202e}x"),
+            "o\\u{1b}]0;pwned\\u{7}\\r\\n\\t\\u{7f}\\u{9b}\\u{202e}x"
+        );
+        assert!(matches!(
+            escaped("Order/o-1 café ✓"),
+            std::borrow::Cow::Borrowed(_)
+        ));
+    }
 }
 
 #[cfg(test)]

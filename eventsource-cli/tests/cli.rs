@@ -51,6 +51,7 @@ on_both!(
     projections_from_the_tables,
     missing_schema_is_reported,
     unknown_stream_is_reported,
+    control_characters_are_escaped,
 );
 
 async fn migrate_creates_the_schema(backend: Backend) {
@@ -424,6 +425,78 @@ async fn unknown_stream_is_reported(backend: Backend) {
         ));
 }
 
+/// A stored name that holds terminal control characters (an OSC title sequence, a carriage
+/// return, a newline that would fake a line, a C1 control, a bidi override) is shown escaped by
+/// every human output, on stdout and stderr: no raw control character reaches the terminal.
+async fn control_characters_are_escaped(backend: Backend) {
+    let Some(db) = TestDb::empty(backend).await else {
+        return;
+    };
+    let store = db.store().await;
+    let stream = "Order/o\x1b]0;pwned\x07";
+    append(
+        &store,
+        stream,
+        &[(
+            "Evil\r\nFAKE LINE",
+            r#"{"note":"\u009b31m \u202eright to left"}"#,
+            Some("t\x1b[2J"),
+        )],
+    )
+    .await;
+    append(&store, "Order/ok", &[("Fine", "{}", None)]).await;
+    close(store).await;
+    let raw = |c: char| {
+        (c.is_control() && c != '\n')
+            || matches!(c, '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+    };
+    for args in [
+        vec!["streams"],
+        vec!["streams", "--limit", "1"],
+        vec!["streams", "--tenant", "t\x1b[2J"],
+        vec!["events", stream],
+        vec!["tail", "--from", "0", "--no-follow"],
+        vec!["stats"],
+    ] {
+        let output = cli(&db.url)
+            .args(&args)
+            .timeout(Duration::from_secs(30))
+            .output()
+            .unwrap();
+        assert!(output.status.success(), "{args:?}: {output:?}");
+        for (what, text) in [("stdout", &output.stdout), ("stderr", &output.stderr)] {
+            let text = String::from_utf8_lossy(text);
+            assert!(
+                !text.chars().any(raw),
+                "{args:?}: raw control characters on {what}: {text:?}"
+            );
+            assert!(
+                !text
+                    .lines()
+                    .any(|line| line.trim_start().starts_with("FAKE LINE")),
+                "{args:?}: a faked line on {what}: {text}"
+            );
+        }
+        let stdout = String::from_utf8_lossy(&output.stdout);
+        if args[0] != "stats" {
+            assert!(
+                stdout.contains(r"o\u{1b}]0;pwned\u{7}"),
+                "{args:?}: {stdout}"
+            );
+        }
+    }
+    // JSON Lines keep the names exactly (JSON escapes them).
+    let lines = json_lines(
+        &cli(&db.url)
+            .args(["--json", "events", stream])
+            .output()
+            .unwrap()
+            .stdout,
+    );
+    assert_eq!(lines[0]["event_type"], "Evil\r\nFAKE LINE");
+    assert_eq!(lines[0]["aggregate_id"], "o\x1b]0;pwned\x07");
+}
+
 #[test]
 fn wrong_urls_are_one_line_errors() {
     // Nothing listens on port 1.
@@ -452,6 +525,22 @@ fn wrong_urls_are_one_line_errors() {
         .stderr(predicate::str::contains("no database given"));
     // clap's own usage errors keep clap's exit code.
     cli("memory:").arg("no-such-command").assert().code(2);
+    // A URL that does not parse is a bad argument too (and its password is not repeated).
+    for url in [
+        "postgres://[::1",
+        "postgresql://user:secret@[::1/db",
+        "postgres://user:secret@host:notaport/db",
+        "sqlite://events.db?mode=bogus",
+    ] {
+        cli(url)
+            .arg("streams")
+            .timeout(Duration::from_secs(30))
+            .assert()
+            .code(2)
+            .stderr(predicate::str::starts_with("error: "))
+            .stderr(predicate::str::contains("secret").not())
+            .stderr(predicate::function(|s: &str| s.lines().count() == 1));
+    }
 }
 
 #[test]

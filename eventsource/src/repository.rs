@@ -632,6 +632,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     ) -> std::result::Result<Root<A>, LoadFailure<A::Id>> {
         let mut root = Root::<A>::new(id);
         let stream = root.stream_id().clone();
+        // Before anything reads: a snapshot store would otherwise meet the id first.
+        stream.validate().map_err(Failed)?;
         let whole_stream = query.to_version.is_none() && query.until.is_none();
         let mut replace_snapshot = false;
         if let Some(snapshots) = &self.snapshots {

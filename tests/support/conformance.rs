@@ -672,6 +672,88 @@ pub async fn bad_input_is_refused<S: EventStore>(store: &S) {
     assert_eq!(count_all(store).await, 1);
 }
 
+/// An aggregate id no store accepts (too long, holding a NUL byte, empty) is refused by every
+/// read as by a save, with the same `Error::InvalidInput` on every backend (never a database
+/// error: it does not reach the database); metadata holding a NUL byte is refused at append; a
+/// read filter holding one matches nothing (nothing stored can hold it).
+pub async fn ids_no_store_accepts_are_refused_by_every_read<S: EventStore>(store: &S) {
+    store
+        .append(&stream("fine"), ExpectedVersion::NoStream, notes(&["a"]))
+        .await
+        .unwrap();
+    let repo = Repository::<Notebook, _>::new(store);
+    for (id, reason) in [
+        ("x".repeat(1024), "1024 bytes"),
+        ("a\0b".into(), "NUL"),
+        (String::new(), "empty"),
+    ] {
+        let bad = repo.stream_id(&id);
+        assert_invalid(repo.load(id.clone()).await.map(drop), reason);
+        assert_invalid(repo.load_at(id.clone(), 1).await.map(drop), reason);
+        assert_invalid(
+            repo.load_as_of(id.clone(), Utc::now()).await.map(drop),
+            reason,
+        );
+        assert_invalid(repo.exists(id.clone()).await, reason);
+        let update = repo
+            .update(id.clone(), |notebook| {
+                notebook.record(Noted { text: "b".into() });
+                Ok(())
+            })
+            .await;
+        match update {
+            Err(UpdateError::Store(error)) => assert_invalid(Err::<(), _>(error), reason),
+            other => panic!("update of {id:?}: {other:?}"),
+        }
+        assert_invalid(store.read_stream(&bad, StreamQuery::all()).await, reason);
+        assert_invalid(store.stream_version(&bad).await, reason);
+        assert_invalid(store.stream_exists(&bad).await, reason);
+        assert_invalid(
+            store
+                .fold_stream(&bad, StreamQuery::all(), |_| Ok(()))
+                .await,
+            reason,
+        );
+    }
+    for (tenant, actor) in [(Some("t\0"), None), (None, Some("a\0"))] {
+        let mut metadata = Metadata::new();
+        metadata.tenant_id = tenant.map(str::to_owned);
+        metadata.actor_id = actor.map(str::to_owned);
+        let event = note("nul in metadata").with_metadata(metadata);
+        assert_invalid(
+            store
+                .append(&stream("fine"), ExpectedVersion::Any, vec![event])
+                .await,
+            "NUL",
+        );
+    }
+    let matching = |query: ReadAll| async move {
+        let read = read_settled(store, query.clone()).await.len();
+        let counted = store.count(query.clone()).await.unwrap();
+        let mut folded = 0;
+        store
+            .fold_all(&query, |item| {
+                folded += usize::from(item.is_ok());
+                std::ops::ControlFlow::Continue(())
+            })
+            .await
+            .unwrap();
+        (read, counted as usize, folded)
+    };
+    for query in [
+        ReadAll::from_start().event_types(["conformance.Noted\0"]),
+        ReadAll::from_start().aggregate_types(["Notebook\0"]),
+        ReadAll::from_start().tenant("t\0"),
+        ReadAll::from_start()
+            .event_types(["conformance.Noted\0"])
+            .context(eventsource::ContextFields::Location),
+    ] {
+        assert_eq!(matching(query.clone()).await, (0, 0, 0), "{query:?}");
+    }
+    let some_good = ReadAll::from_start().event_types(["x\0", "conformance.Noted"]);
+    assert_eq!(matching(some_good).await, (1, 1, 1));
+}
+
 /// What the store holds but the code cannot read is a typed error at load, naming the event.
 pub async fn undecodable_events_are_typed_errors<S: EventStore>(store: &S) {
     let repo = Repository::<Notebook, _>::new(store);

@@ -93,6 +93,7 @@ impl InMemoryEventStore {
 
 impl SnapshotStore for InMemoryEventStore {
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
+        snapshot.stream().validate()?;
         let mut snapshots = self
             .snapshots
             .write()
@@ -109,6 +110,7 @@ impl SnapshotStore for InMemoryEventStore {
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
+        stream.validate()?;
         let snapshots = self
             .snapshots
             .read()
@@ -117,6 +119,7 @@ impl SnapshotStore for InMemoryEventStore {
     }
 
     async fn delete_snapshot(&self, stream: &StreamId) -> Result<bool> {
+        stream.validate()?;
         let mut snapshots = self
             .snapshots
             .write()
@@ -202,6 +205,7 @@ impl EventStore for InMemoryEventStore {
         stream: &StreamId,
         query: StreamQuery,
     ) -> Result<Vec<RecordedEvent>> {
+        stream.validate()?;
         let log = self.read();
         let Some(indices) = log.streams.get(stream) else {
             return Ok(Vec::new());
@@ -246,6 +250,7 @@ impl EventStore for InMemoryEventStore {
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
+        stream.validate()?;
         Ok(self.read().streams.get(stream).map_or(0, Vec::len) as u64)
     }
 

@@ -538,7 +538,8 @@ forward_event_store!(&S, std::sync::Arc<S>, Box<S>);
 
 /// Checks a batch before any store writes it, so that every backend refuses the same input with
 /// the same error: a bad stream id, an empty or NUL-holding event type, a schema version of 0,
-/// a payload that is not JSON or holds a NUL character, duplicate ids within the batch.
+/// a payload that is not JSON or holds a NUL character, metadata holding a NUL character,
+/// duplicate ids within the batch.
 pub(crate) fn validate_append(stream: &StreamId, events: &[NewEvent]) -> Result<()> {
     stream.validate()?;
     if events.len() > MAX_BATCH {
@@ -584,6 +585,11 @@ pub(crate) fn validate_append(stream: &StreamId, events: &[NewEvent]) -> Result<
                 "the payload of event `{}` holds a NUL character (\\u0000)",
                 event.event_type
             )
+        } else if let Some(field) = nul_in_metadata(&event.metadata) {
+            format!(
+                "the {field} of event `{}` holds a NUL character",
+                event.event_type
+            )
         } else {
             continue;
         };
@@ -593,6 +599,29 @@ pub(crate) fn validate_append(stream: &StreamId, events: &[NewEvent]) -> Result<
         });
     }
     Ok(())
+}
+
+/// Which part of `metadata` holds a NUL character, which PostgreSQL cannot store in text or JSON.
+fn nul_in_metadata(metadata: &crate::event::Metadata) -> Option<&'static str> {
+    if metadata
+        .tenant_id
+        .as_deref()
+        .is_some_and(|t| t.contains('\0'))
+    {
+        Some("tenant id")
+    } else if metadata
+        .actor_id
+        .as_deref()
+        .is_some_and(|a| a.contains('\0'))
+    {
+        Some("actor id")
+    } else if !metadata.extra.is_empty()
+        && serde_json::to_string(&metadata.extra).is_ok_and(|json| has_nul_escape(&json))
+    {
+        Some("metadata")
+    } else {
+        None
+    }
 }
 
 /// Whether JSON text holds the escape `\u0000` (and not an escaped backslash followed by `u0000`).
@@ -931,12 +960,25 @@ impl<'r, R: sqlx::Row> RowReader<'r, R> {
     }
 }
 
+/// The reason every read path gives for a row whose fault is one column's value, whether the
+/// read decoded that column or had the database check it (the `damage!()` expression of each SQL
+/// store, which names the first bad column of a row, or is NULL).
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) fn damaged_column(column: &str) -> String {
+    match column {
+        "occurred_at" => "column `occurred_at` holds a time out of range".to_owned(),
+        "metadata" => "column `metadata` does not hold a JSON object".to_owned(),
+        other => format!("column `{other}` does not hold a UUID"),
+    }
+}
+
 /// The values of a stream row, in the order `feed_stream_row` reads them.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 type StreamRowValues<'r> = (i64, i64, &'r str, i64, Option<&'r str>, &'r str);
 
 /// Feeds one row of a stream read (position, version, event type, schema version as a 64-bit
-/// integer, free-form metadata, payload, in that order) to `apply`; returns its version.
+/// integer, the store's `damage!()` expression, payload, in that order) to `apply`; returns its
+/// version.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn feed_stream_row<'r, R, F>(
     row: &'r R,
@@ -964,7 +1006,7 @@ where
             columns.get::<_, &str>(row, 5)?,
         ))
     })();
-    let Ok((position, version, event_type, schema_version, metadata, payload)) = values else {
+    let Ok((position, version, event_type, schema_version, damage, payload)) = values else {
         // Read again, column by column, naming the one that fails and as much of the row
         // (position, version, type) as could be read.
         let position: i64 = columns.get(row, 0).map_err(Error::database("load"))?;
@@ -975,7 +1017,7 @@ where
         let event_type: &str = reader.get(2, "event_type")?;
         reader.event_type = Some(event_type);
         reader.get::<i64>(3, "schema_version")?;
-        reader.get::<Option<&str>>(4, "metadata")?;
+        reader.get::<Option<&str>>(4, "damage")?;
         reader.get::<&str>(5, "payload")?;
         return Err(reader.damaged("a value cannot be read".to_owned()));
     };
@@ -986,14 +1028,15 @@ where
         version,
         event_type,
         schema_version,
-        metadata,
+        damage,
         payload,
     )?)?;
     Ok(version)
 }
 
 /// A view of a row read by a store's `fold_stream`, after the checks every read path makes:
-/// versions in range, the free-form metadata (`metadata`, the raw column) a JSON object.
+/// versions in range, and no column the view leaves out damaged (`damage`, the store's
+/// `damage!()` expression: the name of the first damaged column, if any).
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn row_view<'a>(
     stream: &'a StreamId,
@@ -1001,7 +1044,7 @@ pub(crate) fn row_view<'a>(
     version: i64,
     event_type: &'a str,
     schema_version: i64,
-    metadata: Option<&str>,
+    damage: Option<&str>,
     payload: &'a str,
 ) -> Result<EventView<'a>> {
     let (version, schema_version) = match crate::stream::checked_versions(version, schema_version) {
@@ -1018,16 +1061,12 @@ pub(crate) fn row_view<'a>(
             ));
         }
     };
-    if let Some(extra) = metadata {
-        serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(extra).map_err(
-            |error| {
-                Error::corrupt(stream, format!("metadata: {error}")).at_row(
-                    Some(position),
-                    Some(version),
-                    Some(event_type),
-                )
-            },
-        )?;
+    if let Some(column) = damage {
+        return Err(Error::corrupt(stream, damaged_column(column)).at_row(
+            Some(position),
+            Some(version),
+            Some(event_type),
+        ));
     }
     Ok(EventView::new(
         stream,
@@ -1069,35 +1108,36 @@ pub(crate) fn snapshot_row(
     }
 }
 
-/// The packed metadata column: `[tenant, actor, correlation, causation, extra]`.
+/// The packed metadata column: `[tenant, actor, correlation, causation, extra]`. The stores pack
+/// a NULL `metadata` column as `{}`, so that `extra` is a JSON object unless the column holds
+/// something else (JSON `null` included): then the row is damaged, as on every read path.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 type PackedMetadata = (
     Option<String>,
     Option<String>,
     Option<String>,
     Option<String>,
-    Option<serde_json::Map<String, serde_json::Value>>,
+    serde_json::Map<String, serde_json::Value>,
 );
 
-/// Decodes the packed metadata column, or says why it cannot be.
+/// Decodes the packed metadata column, or says why it cannot be (naming the column at fault).
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 fn unpack_metadata(packed: &str) -> std::result::Result<crate::event::Metadata, String> {
+    // The other columns are typed (text, and a UUID or its hex): only `metadata` can fail here.
     let (tenant_id, actor_id, correlation, causation, extra): PackedMetadata =
-        serde_json::from_str(packed).map_err(|err| format!("metadata: {err}"))?;
-    let uuid = |text: Option<String>| -> std::result::Result<Option<uuid::Uuid>, String> {
-        match text.filter(|t| !t.is_empty()) {
-            None => Ok(None),
-            Some(t) => uuid::Uuid::parse_str(&t)
-                .map(Some)
-                .map_err(|err| format!("metadata: {err}")),
-        }
+        serde_json::from_str(packed).map_err(|_| damaged_column("metadata"))?;
+    let uuid = |column: &str, text: Option<String>| match text.filter(|t| !t.is_empty()) {
+        None => Ok(None),
+        Some(t) => uuid::Uuid::try_parse(&t)
+            .map(Some)
+            .map_err(|_| damaged_column(column)),
     };
     let mut metadata = crate::event::Metadata::new();
     metadata.tenant_id = tenant_id;
     metadata.actor_id = actor_id;
-    metadata.correlation_id = uuid(correlation)?;
-    metadata.causation_id = uuid(causation)?;
-    metadata.extra = extra.unwrap_or_default();
+    metadata.correlation_id = uuid("correlation_id", correlation)?;
+    metadata.causation_id = uuid("causation_id", causation)?;
+    metadata.extra = extra;
     Ok(metadata)
 }
 
@@ -1128,10 +1168,7 @@ impl EventRow {
             ));
         };
         let Some(occurred_at) = occurred_at else {
-            return Err(damaged(
-                "the time of the event is out of range".into(),
-                Some(version),
-            ));
+            return Err(damaged(damaged_column("occurred_at"), Some(version)));
         };
         let metadata = match metadata {
             None => crate::event::Metadata::new(),
@@ -1180,6 +1217,9 @@ pub(crate) struct LeanRow<'r> {
     pub(crate) payload: &'r str,
     /// The rest of the context; `None` when the fold reads the location only.
     pub(crate) details: Option<RowDetails<'r>>,
+    /// Without details: the store's `damage!()` expression, which checks in the database the
+    /// columns the fold does not read (the first damaged one's name, or `None`).
+    pub(crate) damage: Option<&'r str>,
 }
 
 /// The columns of a lean row that only the whole [`EventContext`] needs.
@@ -1192,7 +1232,8 @@ pub(crate) struct RowDetails<'r> {
 
 /// Checks a lean row by the rule every read path shares and feeds it to `apply` (or feeds its
 /// error). Without details, the context's id, time and metadata are the nil id, the epoch and
-/// empty metadata ([`ContextFields::Location`]).
+/// empty metadata ([`ContextFields::Location`]), and the row's `damage` says whether those
+/// columns are sound.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) fn feed_row<F>(
     stream: &StreamId,
@@ -1218,15 +1259,15 @@ where
                     None,
                 )
             })?;
+        if let Some(column) = row.damage {
+            return Err(damaged(damaged_column(column), Some(version)));
+        }
         let (event_id, occurred_at, metadata) = match &row.details {
             None => (uuid::Uuid::nil(), chrono::DateTime::UNIX_EPOCH, None),
             Some(details) => {
-                let occurred_at = details.occurred_at.ok_or_else(|| {
-                    damaged(
-                        "the time of the event is out of range".into(),
-                        Some(version),
-                    )
-                })?;
+                let occurred_at = details
+                    .occurred_at
+                    .ok_or_else(|| damaged(damaged_column("occurred_at"), Some(version)))?;
                 let metadata = match details.metadata {
                     None => None,
                     Some(packed) => Some(

@@ -71,12 +71,42 @@ const OPTIMISTIC_ATTEMPTS: u32 = 3;
 /// called again for every row it filters, which was half the time of a 1,000-row page.
 const FENCE: &str = "(SELECT pg_snapshot_xmin(pg_current_snapshot())::TEXT::BIGINT * 65536)";
 
-/// The packed metadata column (see `EventRow`).
+/// The packed metadata column (see `EventRow`). A NULL `metadata` is packed as `{}`, so that
+/// JSON `null` stays apart from it (and is reported).
 macro_rules! packed_metadata {
     () => {
         "CASE WHEN tenant_id IS NULL AND actor_id IS NULL AND correlation_id IS NULL \
          AND causation_id IS NULL AND metadata IS NULL THEN NULL \
-         ELSE json_build_array(tenant_id, actor_id, correlation_id, causation_id, metadata)::TEXT END"
+         ELSE json_build_array(tenant_id, actor_id, correlation_id, causation_id, \
+         coalesce(metadata, '{}'::JSONB))::TEXT END"
+    };
+}
+
+/// Whether `occurred_at` is a time a `DateTime<Utc>` can hold: PostgreSQL also stores
+/// `infinity`, `-infinity` and years up to 294,276, which sqlx cannot decode (it panics).
+macro_rules! sound_time {
+    () => {
+        "(isfinite(occurred_at) AND occurred_at <= '262142-12-31 23:59:59.999999+00')"
+    };
+}
+
+/// The time, NULL (reported as damaged) where it is not [`sound_time!`].
+macro_rules! occurred_at {
+    () => {
+        concat!("CASE WHEN ", sound_time!(), " THEN occurred_at END")
+    };
+}
+
+/// The checks every read path makes of the columns that a load or a fold of locations does not
+/// decode, made by the database: the name of the first damaged column (`store::damaged_column`
+/// says why), or NULL. The other columns' types (UUID, TEXT) cannot hold a damaged value.
+macro_rules! damage {
+    () => {
+        concat!(
+            "CASE WHEN NOT ",
+            sound_time!(),
+            " THEN 'occurred_at' WHEN jsonb_typeof(metadata) <> 'object' THEN 'metadata' END"
+        )
     };
 }
 
@@ -84,7 +114,9 @@ macro_rules! packed_metadata {
 macro_rules! stream_columns {
     () => {
         concat!(
-            "position, event_id, version, event_type, schema_version, occurred_at, ",
+            "position, event_id, version, event_type, schema_version, ",
+            occurred_at!(),
+            ", ",
             packed_metadata!(),
             ", payload::TEXT"
         )
@@ -888,11 +920,15 @@ impl PostgresEventStore {
                                 details: if details {
                                     Some(RowDetails {
                                         event_id: reader.get(1, "event_id")?,
-                                        occurred_at: Some(reader.get(5, "occurred_at")?),
+                                        occurred_at: reader.get(5, "occurred_at")?,
                                         metadata: reader.get(6, "metadata")?,
                                     })
                                 } else {
                                     None
+                                },
+                                damage: match at.damage {
+                                    Some(damage) => reader.get(damage, "damage")?,
+                                    None => None,
                                 },
                             })
                         })();
@@ -924,6 +960,8 @@ struct PageColumns {
     aggregate_type: usize,
     aggregate_id: usize,
     wanted: usize,
+    /// `damage!()`, in a fold of locations.
+    damage: Option<usize>,
 }
 
 impl PageColumns {
@@ -937,8 +975,10 @@ impl PageColumns {
         aggregate_type: 8,
         aggregate_id: 9,
         wanted: 10,
+        damage: None,
     };
-    /// A fold of locations: position, version, type, schema version, payload, stream, `wanted`.
+    /// A fold of locations: position, version, type, schema version, payload, stream, `wanted`,
+    /// `damage!()`.
     const LEAN: PageColumns = PageColumns {
         version: 1,
         event_type: 2,
@@ -947,6 +987,7 @@ impl PageColumns {
         aggregate_type: 5,
         aggregate_id: 6,
         wanted: 7,
+        damage: Some(8),
     };
 }
 
@@ -970,8 +1011,9 @@ fn page_query(query: &ReadAll, details: bool) -> QueryBuilder<'_, Postgres> {
             // `wanted` is computed once per row in the walk; the outer query hands over the
             // payload and metadata of wanted rows only.
             (true, true) => QueryBuilder::<Postgres>::new(concat!(
-                "SELECT position, event_id, version, event_type, schema_version, occurred_at, \
-                 CASE WHEN wanted THEN ",
+                "SELECT position, event_id, version, event_type, schema_version, ",
+                occurred_at!(),
+                ", CASE WHEN wanted THEN ",
                 packed_metadata!(),
                 " END, CASE WHEN wanted THEN payload::TEXT END, aggregate_type, aggregate_id, \
                  wanted FROM (SELECT *, "
@@ -983,16 +1025,20 @@ fn page_query(query: &ReadAll, details: bool) -> QueryBuilder<'_, Postgres> {
             )),
             // A lean page (see `PageColumns::LEAN`): the walk carries the seven columns it hands over, not
             // the whole row (a third faster on 1,000-row pages than `SELECT *`).
-            (false, true) => QueryBuilder::<Postgres>::new(
+            (false, true) => QueryBuilder::<Postgres>::new(concat!(
                 "SELECT position, version, event_type, schema_version, \
-                 CASE WHEN wanted THEN payload::TEXT END, aggregate_type, aggregate_id, wanted \
-                 FROM (SELECT position, version, event_type, schema_version, payload, \
+                 CASE WHEN wanted THEN payload::TEXT END, aggregate_type, aggregate_id, wanted, \
+                 damage FROM (SELECT position, version, event_type, schema_version, payload, \
                  aggregate_type, aggregate_id, ",
-            ),
-            (false, false) => QueryBuilder::<Postgres>::new(
+                damage!(),
+                " AS damage, ",
+            )),
+            (false, false) => QueryBuilder::<Postgres>::new(concat!(
                 "SELECT * FROM (SELECT position, version, event_type, schema_version, \
-                 payload::TEXT, aggregate_type, aggregate_id, TRUE AS wanted",
-            ),
+                 payload::TEXT, aggregate_type, aggregate_id, TRUE AS wanted, ",
+                damage!(),
+                " AS damage",
+            )),
         };
         if filtered {
             push_wanted(&mut select, query);
@@ -1001,8 +1047,7 @@ fn page_query(query: &ReadAll, details: bool) -> QueryBuilder<'_, Postgres> {
         select.push(" FROM events WHERE position > ");
         select.push_bind(query.after.to_sql());
         if let Some(tenant) = &query.tenant_id {
-            select.push(" AND tenant_id = ");
-            select.push_bind(tenant);
+            push_tenant(&mut select, tenant);
         }
         select.push(format_args!(
             " ORDER BY position LIMIT {}) page WHERE position < {FENCE} ORDER BY position",
@@ -1012,17 +1057,38 @@ fn page_query(query: &ReadAll, details: bool) -> QueryBuilder<'_, Postgres> {
     }
 }
 
+/// The values of a filter that a stored event can have. Every store refuses a NUL character in
+/// the types and tenants it stores, and PostgreSQL refuses one in a parameter: such a value
+/// matches nothing, as on every other store, and is not sent.
+fn storable(values: &[String]) -> Vec<&str> {
+    values
+        .iter()
+        .map(String::as_str)
+        .filter(|value| !value.contains('\0'))
+        .collect()
+}
+
+/// The tenant filter (see [`storable`]).
+fn push_tenant<'q>(select: &mut QueryBuilder<'q, Postgres>, tenant: &'q str) {
+    if tenant.contains('\0') {
+        select.push(" AND FALSE");
+    } else {
+        select.push(" AND tenant_id = ");
+        select.push_bind(tenant);
+    }
+}
+
 /// The `ReadAll` type filters as one boolean expression (`TRUE` without any).
 fn push_wanted<'q>(select: &mut QueryBuilder<'q, Postgres>, query: &'q ReadAll) {
     select.push("(TRUE");
     if !query.event_types.is_empty() {
         select.push(" AND event_type = ANY(");
-        select.push_bind(&query.event_types);
+        select.push_bind(storable(&query.event_types));
         select.push(")");
     }
     if !query.aggregate_types.is_empty() {
         select.push(" AND aggregate_type = ANY(");
-        select.push_bind(&query.aggregate_types);
+        select.push_bind(storable(&query.aggregate_types));
         select.push(")");
     }
     select.push(")");
@@ -1032,17 +1098,16 @@ fn push_wanted<'q>(select: &mut QueryBuilder<'q, Postgres>, query: &'q ReadAll) 
 fn push_filters<'q>(select: &mut QueryBuilder<'q, Postgres>, query: &'q ReadAll) {
     if !query.event_types.is_empty() {
         select.push(" AND event_type = ANY(");
-        select.push_bind(&query.event_types);
+        select.push_bind(storable(&query.event_types));
         select.push(")");
     }
     if !query.aggregate_types.is_empty() {
         select.push(" AND aggregate_type = ANY(");
-        select.push_bind(&query.aggregate_types);
+        select.push_bind(storable(&query.aggregate_types));
         select.push(")");
     }
     if let Some(tenant) = &query.tenant_id {
-        select.push(" AND tenant_id = ");
-        select.push_bind(tenant);
+        push_tenant(select, tenant);
     }
 }
 
@@ -1095,6 +1160,7 @@ enum AppendFailure {
 
 impl SnapshotStore for PostgresEventStore {
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
+        snapshot.stream().validate()?;
         let mut session = self
             .session()
             .await
@@ -1133,6 +1199,7 @@ impl SnapshotStore for PostgresEventStore {
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
+        stream.validate()?;
         let row: Option<(i64, i32, String, chrono::DateTime<chrono::Utc>)> = self
             .statement("load snapshot", move |conn, _| {
                 Box::pin(
@@ -1153,6 +1220,7 @@ impl SnapshotStore for PostgresEventStore {
     }
 
     async fn delete_snapshot(&self, stream: &StreamId) -> Result<bool> {
+        stream.validate()?;
         let mut session = self
             .session()
             .await
@@ -1217,6 +1285,7 @@ impl EventStore for PostgresEventStore {
         stream: &StreamId,
         query: StreamQuery,
     ) -> Result<Vec<RecordedEvent>> {
+        stream.validate()?;
         const FORWARDS: &str = concat!(
             "SELECT ",
             stream_columns!(),
@@ -1367,13 +1436,15 @@ impl EventStore for PostgresEventStore {
     where
         F: FnMut(EventView<'_>) -> Result<()> + Send,
     {
-        // The free-form metadata column only (usually NULL): the rest of the metadata has typed
-        // columns (UUID, TEXT) that cannot hold a damaged value.
-        const SQL: &str = "SELECT position, version, event_type, schema_version::BIGINT, \
-             metadata::TEXT, \
-             payload::TEXT FROM events \
+        stream.validate()?;
+        // The metadata and the time are not read, only checked (`damage!()`, usually NULL).
+        const SQL: &str = concat!(
+            "SELECT position, version, event_type, schema_version::BIGINT, ",
+            damage!(),
+            ", payload::TEXT FROM events \
              WHERE aggregate_type = $1 AND aggregate_id = $2 AND version BETWEEN $3 AND $4 \
-             AND ($5::TIMESTAMPTZ IS NULL OR occurred_at <= $5) ORDER BY version ASC LIMIT $6";
+             AND ($5::TIMESTAMPTZ IS NULL OR occurred_at <= $5) ORDER BY version ASC LIMIT $6"
+        );
         let (from, to) = query.sql_versions();
         let (until, limit) = (query.until, query.sql_limit());
         // Rows are applied as they arrive, while the server sends the next ones (a tenth faster
@@ -1403,6 +1474,7 @@ impl EventStore for PostgresEventStore {
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
+        stream.validate()?;
         let version: i64 = self
             .statement("stream_version", move |conn, _| {
                 Box::pin(
@@ -1538,7 +1610,7 @@ fn read_event(row: &PgRow, stream: &StreamId, position: Position) -> Result<Reco
         version,
         event_type: event_type.to_owned(),
         schema_version: i64::from(reader.get::<i32>(4, "schema_version")?),
-        occurred_at: Some(reader.get(5, "occurred_at")?),
+        occurred_at: reader.get(5, "occurred_at")?,
         metadata: reader.get(6, "metadata")?,
         payload: reader.get(7, "payload")?,
     }

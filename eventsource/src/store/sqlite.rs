@@ -48,23 +48,40 @@ pub struct SqliteEventStore {
 }
 
 /// The packed metadata column (see `EventRow`). The table's CHECK keeps `metadata` JSON, so
-/// `json()` cannot fail here; JSON of the wrong shape is reported per row when unpacked.
+/// `json()` cannot fail here; JSON of the wrong shape is reported per row when unpacked. A NULL
+/// `metadata` is packed as `{}`, so that JSON `null` stays apart from it (and is reported).
 macro_rules! packed_metadata {
     () => {
         "CASE WHEN tenant_id IS NULL AND actor_id IS NULL AND correlation_id IS NULL \
          AND causation_id IS NULL AND metadata IS NULL THEN NULL \
          ELSE json_array(tenant_id, actor_id, lower(hex(correlation_id)), \
-         lower(hex(causation_id)), json(metadata)) END"
+         lower(hex(causation_id)), json(coalesce(metadata, '{}'))) END"
     };
 }
 
-/// The columns of a fold's page with the whole context, row by row.
+/// The checks every read path makes of the columns that a load or a fold of locations does not
+/// decode, made by the database: the name of the first damaged column (`store::damaged_column`
+/// says why), or NULL. In the order a whole read decodes them. The bounds are the microseconds
+/// a `DateTime<Utc>` can hold (pinned by a test); a STRICT table keeps the types sound.
+macro_rules! damage {
+    () => {
+        "CASE WHEN occurred_at NOT BETWEEN -8334601228800000000 AND 8210266876799999999 \
+         THEN 'occurred_at' WHEN json_type(metadata) <> 'object' THEN 'metadata' \
+         WHEN length(correlation_id) <> 16 THEN 'correlation_id' \
+         WHEN length(causation_id) <> 16 THEN 'causation_id' END"
+    };
+}
+
+/// The columns of a fold's page, row by row: the whole context, then `damage!()` (which a fold
+/// of locations reads instead of the context).
 macro_rules! fold_columns {
     () => {
         concat!(
             "position, aggregate_type, aggregate_id, version, event_type, schema_version, \
              payload, event_id, occurred_at, ",
-            packed_metadata!()
+            packed_metadata!(),
+            ", ",
+            damage!()
         )
     };
 }
@@ -796,18 +813,22 @@ fn push_filters(select: &mut QueryBuilder<'_, Sqlite>, query: &ReadAll) {
 
 /// A page of [`EventStore::fold_all`] as one framed text: SQLite concatenates the page's rows,
 /// each a header of decimal integers (position, version, schema version, and the byte lengths
-/// of the event type, aggregate type, aggregate id and payload) ended by `:`, then those four
-/// texts. sqlx copies every column of every SQLite row into an allocation of its own and hands
+/// of the event type, aggregate type, aggregate id, payload and `damage!()`, -1 for NULL) ended
+/// by `:`, then those texts. sqlx copies every column of every SQLite row into an allocation of its own and hands
 /// each row over from its worker thread, which cost a projection's catch-up more than the
 /// database's own work; a page as one value pays that once. The lengths make the framing exact
 /// whatever the texts hold. This one reads locations only; [`FOLD_FRAMED_WHOLE`] the whole
 /// context.
-const FOLD_FRAMED: &str = "SELECT count(*), group_concat(concat(position, ',', version, ',', \
+const FOLD_FRAMED: &str = concat!(
+    "SELECT count(*), group_concat(concat(position, ',', version, ',', \
      schema_version, ',', octet_length(event_type), ',', octet_length(aggregate_type), ',', \
-     octet_length(aggregate_id), ',', octet_length(payload), ':', event_type, aggregate_type, \
-     aggregate_id, payload), '' ORDER BY position) FROM (SELECT position, version, \
-     schema_version, event_type, aggregate_type, aggregate_id, payload FROM events \
-     WHERE position > ";
+     octet_length(aggregate_id), ',', octet_length(payload), ',', \
+     coalesce(octet_length(damage), -1), ':', event_type, aggregate_type, aggregate_id, \
+     payload, damage), '' ORDER BY position) FROM (SELECT position, version, \
+     schema_version, event_type, aggregate_type, aggregate_id, payload, ",
+    damage!(),
+    " AS damage FROM events WHERE position > "
+);
 
 /// [`FOLD_FRAMED`] with the whole context: the header has the time (microseconds) after the
 /// schema version, and the lengths of the event id (in hex) and the packed metadata (-1 for
@@ -901,7 +922,7 @@ impl<'t> Record<'t> {
     /// The record at `at` of a page of [`FOLD_FRAMED`] (or of [`FOLD_FRAMED_WHOLE`], with
     /// `details`), which moves `at` past it; `None` if the text there is not a record.
     fn next(text: &'t str, at: &mut usize, details: bool) -> Option<Self> {
-        let (position, version, schema_version, texts, more) = if details {
+        let (position, version, schema_version, texts, more, damage) = if details {
             let ([position, version, schema_version, micros], texts) = framed::<4, 6>(text, at)?;
             let [texts @ .., Some(event_id), metadata] = texts else {
                 return None;
@@ -911,10 +932,18 @@ impl<'t> Record<'t> {
                 occurred_at: chrono::DateTime::from_timestamp_micros(micros),
                 metadata,
             };
-            (position, version, schema_version, texts, Some(details))
+            (
+                position,
+                version,
+                schema_version,
+                texts,
+                Some(details),
+                None,
+            )
         } else {
-            let ([position, version, schema_version], texts) = framed::<3, 4>(text, at)?;
-            (position, version, schema_version, texts, None)
+            let ([position, version, schema_version], texts) = framed::<3, 5>(text, at)?;
+            let [texts @ .., damage] = texts;
+            (position, version, schema_version, texts, None, damage)
         };
         let [
             Some(event_type),
@@ -935,6 +964,7 @@ impl<'t> Record<'t> {
                 schema_version,
                 payload,
                 details: more,
+                damage,
             },
         })
     }
@@ -1011,6 +1041,11 @@ where
             } else {
                 None
             },
+            damage: if details {
+                None
+            } else {
+                reader.get(10, "damage")?
+            },
         })
     })();
     feed_row(stream, position, lean, apply)
@@ -1083,11 +1118,15 @@ impl SqliteEventStore {
     where
         F: FnMut(EventView<'_>) -> Result<()> + Send,
     {
-        // The free-form metadata column only (usually NULL): the rest of the metadata has typed
-        // columns that a STRICT table keeps sound, and packing them costs a load a third more.
-        const SQL: &str = "SELECT position, version, event_type, schema_version, metadata, payload FROM events \
+        // The metadata and the time are not read, only checked (`damage!()`, usually NULL):
+        // packing the metadata costs a load a third more.
+        const SQL: &str = concat!(
+            "SELECT position, version, event_type, schema_version, ",
+            damage!(),
+            ", payload FROM events \
              WHERE aggregate_type = ? AND aggregate_id = ? AND version BETWEEN ? AND ? \
-             AND (? IS NULL OR occurred_at <= ?) ORDER BY version ASC LIMIT ?";
+             AND (? IS NULL OR occurred_at <= ?) ORDER BY version ASC LIMIT ?"
+        );
         let rows = stream_query(SQL, stream, (from, to), until, limit)
             .fetch_all(conn)
             .await
@@ -1122,15 +1161,19 @@ impl SqliteEventStore {
             return Ok(());
         }
         // The rest of a long stream as one framed text (see `FOLD_FRAMED`), each record a
-        // header (position, version, schema version, then the byte lengths of the type, the
-        // metadata or -1 for NULL, and the payload) and those texts.
-        const FRAMED: &str = "SELECT count(*), group_concat(concat(position, ',', version, ',', \
+        // header (position, version, schema version, then the byte lengths of the type,
+        // `damage!()` or -1 for NULL, and the payload) and those texts.
+        const FRAMED: &str = concat!(
+            "SELECT count(*), group_concat(concat(position, ',', version, ',', \
              schema_version, ',', octet_length(event_type), ',', \
-             coalesce(octet_length(metadata), -1), ',', octet_length(payload), ':', event_type, \
-             metadata, payload), '' ORDER BY version) FROM (SELECT position, version, \
-             event_type, schema_version, metadata, payload FROM events \
+             coalesce(octet_length(damage), -1), ',', octet_length(payload), ':', event_type, \
+             damage, payload), '' ORDER BY version) FROM (SELECT position, version, \
+             event_type, schema_version, ",
+            damage!(),
+            " AS damage, payload FROM events \
              WHERE aggregate_type = ? AND aggregate_id = ? AND version BETWEEN ? AND ? \
-             AND (? IS NULL OR occurred_at <= ?) ORDER BY version ASC LIMIT ?)";
+             AND (? IS NULL OR occurred_at <= ?) ORDER BY version ASC LIMIT ?)"
+        );
         let (mut limit, mut next) = (limit - applied, next);
         while limit > 0 {
             // In chunks, so that a text stays far below SQLite's limit on a value's length.
@@ -1152,7 +1195,7 @@ impl SqliteEventStore {
                     // by row.
                     let Some((
                         [position, version, schema_version],
-                        [Some(event_type), metadata, Some(payload)],
+                        [Some(event_type), damage, Some(payload)],
                     )) = framed::<3, 3>(text, &mut at)
                     else {
                         break;
@@ -1167,7 +1210,7 @@ impl SqliteEventStore {
                         version,
                         event_type,
                         schema_version,
-                        metadata,
+                        damage,
                         payload,
                     )?)?;
                     applied += 1;
@@ -1232,6 +1275,7 @@ impl EventStore for SqliteEventStore {
         stream: &StreamId,
         query: StreamQuery,
     ) -> Result<Vec<RecordedEvent>> {
+        stream.validate()?;
         const FORWARDS: &str = concat!(
             "SELECT ",
             stream_columns!(),
@@ -1276,6 +1320,7 @@ impl EventStore for SqliteEventStore {
     where
         F: FnMut(EventView<'_>) -> Result<()> + Send,
     {
+        stream.validate()?;
         // One reader connection for the whole load, kept for the next operation if the load
         // ran to its end (see `store::warm`).
         let mut conn = self
@@ -1289,6 +1334,7 @@ impl EventStore for SqliteEventStore {
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
+        stream.validate()?;
         let mut conn = self
             .readers
             .acquire()
@@ -1389,6 +1435,7 @@ impl EventStore for SqliteEventStore {
 
 impl SnapshotStore for SqliteEventStore {
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
+        snapshot.stream().validate()?;
         sqlx::query(
             "INSERT INTO snapshots (aggregate_type, aggregate_id, version, state_version, state, \
              taken_at) VALUES (?, ?, ?, ?, ?, ?) \
@@ -1411,6 +1458,7 @@ impl SnapshotStore for SqliteEventStore {
     }
 
     async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
+        stream.validate()?;
         let mut conn = self
             .readers
             .acquire()
@@ -1439,6 +1487,7 @@ impl SnapshotStore for SqliteEventStore {
     }
 
     async fn delete_snapshot(&self, stream: &StreamId) -> Result<bool> {
+        stream.validate()?;
         let done =
             sqlx::query("DELETE FROM snapshots WHERE aggregate_type = ? AND aggregate_id = ?")
                 .bind(stream.aggregate_type())
@@ -1801,5 +1850,26 @@ impl TransactionalStore for SqliteEventStore {
         position: Position,
     ) -> impl std::future::Future<Output = Result<bool>> + Send + 'a {
         remove_dead_letter_on(tx, projection, position)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// `damage!()` accepts exactly the times a `DateTime<Utc>` can hold.
+    #[test]
+    fn damage_bounds_are_the_times_chrono_holds() {
+        use chrono::{DateTime, Utc};
+        let (min, max) = (
+            DateTime::<Utc>::MIN_UTC.timestamp_micros(),
+            DateTime::<Utc>::MAX_UTC.timestamp_micros(),
+        );
+        assert!(
+            damage!().contains(&format!("BETWEEN {min} AND {max} ")),
+            "{min} {max}"
+        );
+        assert!(DateTime::from_timestamp_micros(min).is_some());
+        assert!(DateTime::from_timestamp_micros(max).is_some());
+        assert!(DateTime::from_timestamp_micros(min - 1).is_none());
+        assert!(DateTime::from_timestamp_micros(max + 1).is_none());
     }
 }
