@@ -451,8 +451,9 @@ where
 
     /// Adds a projection whose effects outlive the process (it writes to another system, say),
     /// with its checkpoint in the event store's database: after a restart it resumes there.
-    /// At-least-once: the events of a batch interrupted by a crash are applied again; the
-    /// context's `event_id` is the key to de-duplicate them.
+    /// At-least-once: the events of a batch interrupted by a crash are applied again, as are
+    /// those a runner that lost its lease mid-batch applied before the checkpoint's
+    /// compare-and-set stopped it; the context's `event_id` is the key to de-duplicate them.
     pub fn add_durable<P: Projection + Sync>(&mut self, projection: P) -> ProjectionHandle<P> {
         let checkpoints = self.store.clone();
         self.add_with_checkpoints(projection, checkpoints)
@@ -1528,8 +1529,9 @@ where
     S: crate::checkpoint::TransactionalStore,
 {
     /// Adds a read model in the event store's own database: its handlers write through the
-    /// transaction that also moves its checkpoint, so each event's effect is applied exactly
-    /// once, across crashes and restarts.
+    /// transaction that also moves its checkpoint (a compare-and-set), so each event's effect is
+    /// applied exactly once, across crashes, restarts and two runners that both believe they
+    /// hold the lease.
     pub fn add_sql<P>(&mut self, projection: P) -> SqlProjectionHandle
     where
         P: crate::projection::SqlProjection<Database = S::Database>,
