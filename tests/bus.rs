@@ -27,6 +27,7 @@ macro_rules! every_bus {
             unacknowledged_is_delivered_again,
             nack_retries_then_dead_letters,
             per_stream_order,
+            cancelled_next_loses_nothing,
         );
     )*};
 }

@@ -775,6 +775,100 @@ async fn postgres_takeover_between_two_managers() {
     second.shutdown().await;
 }
 
+/// Two instances run the same database projection against one database: one holds the lease,
+/// the other stands by. Each reads its own writes (`wait_until`) and reports lag 0 once the
+/// event is applied: the one on standby reads the checkpoint as stored. `other` is the second
+/// instance's store (its own connections, as another process would have).
+async fn a_standby_reads_the_stored_checkpoint<S>(store: &S, other: &S)
+where
+    S: TransactionalStore,
+    SqlBalances<S::Database>: SqlProjection<Database = S::Database>,
+{
+    write(store, 0, 10).await;
+    let mut live = Subscriptions::new(store.clone()).with_options(fast());
+    let live_model = live.add_sql(SqlBalances::<S::Database>::new(None));
+    let live = live.start();
+    caught_up(&live, store).await;
+    becomes_live(|| live_model.status().state).await;
+    let mut standby = Subscriptions::new(other.clone()).with_options(fast());
+    let standby_model = standby.add_sql(SqlBalances::<S::Database>::new(None));
+    let standby = standby.start();
+    for _ in 0..100 {
+        if standby_model.status().state == ProjectionState::Standby {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(standby_model.status().state, ProjectionState::Standby);
+
+    for (round, event) in [deposit(7), NewEvent::from_json("proj.Unhandled", 1, "{}")]
+        .into_iter()
+        .enumerate()
+    {
+        let appended = store
+            .append(&account(round), ExpectedVersion::Any, vec![event])
+            .await
+            .unwrap();
+        for (instance, running) in [("live", &live), ("standby", &standby)] {
+            let started = std::time::Instant::now();
+            running
+                .wait_until(appended.last_position, Duration::from_secs(5))
+                .await
+                .unwrap_or_else(|e| panic!("the {instance} instance reads its writes: {e}"));
+            assert!(
+                started.elapsed() < Duration::from_secs(2),
+                "the {instance} instance waited {:?}",
+                started.elapsed()
+            );
+            assert_eq!(running.lag("sql_balances").await.unwrap(), 0, "{instance}");
+        }
+    }
+    let status = standby_model.status();
+    assert_eq!(status.state, ProjectionState::Standby);
+    assert_eq!(status.checkpoint, live_model.status().checkpoint);
+    live.shutdown().await;
+    standby.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_a_standby_reads_the_stored_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let store = SqliteEventStore::open(&path).await.unwrap();
+    sqlx::query(
+        "CREATE TABLE sql_balances (account TEXT PRIMARY KEY, total INTEGER NOT NULL, \
+         events INTEGER NOT NULL)",
+    )
+    .execute(store.writer_pool())
+    .await
+    .unwrap();
+    let other = SqliteEventStore::open(&path).await.unwrap();
+    a_standby_reads_the_stored_checkpoint(&store, &other).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn postgres_a_standby_reads_the_stored_checkpoint() {
+    let Some(db) = databases::postgres().await else {
+        return;
+    };
+    sqlx::query(
+        "CREATE TABLE sql_balances (account TEXT PRIMARY KEY, total BIGINT NOT NULL, \
+         events BIGINT NOT NULL)",
+    )
+    .execute(db.store().pool())
+    .await
+    .unwrap();
+    let options = (*db.store().pool().connect_options()).clone();
+    let other = PostgresEventStore::from_pool(
+        sqlx::postgres::PgPoolOptions::new()
+            .max_connections(4)
+            .connect_with(options)
+            .await
+            .unwrap(),
+    );
+    a_standby_reads_the_stored_checkpoint(db.store(), &other).await;
+}
+
 /// Live means woken by the store, not by the poll: with a poll of a minute, an append is
 /// applied within seconds. `writer` appends (on PostgreSQL: another store with a pool of its
 /// own, as another process would, so the wake-up travels through LISTEN/NOTIFY).

@@ -4,7 +4,11 @@
 //! Every built-in store is a [`CheckpointStore`] (tables `checkpoints` and `dead_letters` next to
 //! its events). A checkpoint is written as a compare-and-set on the previous position, so two
 //! runners of one projection can never both move it: the second gets
-//! [`Error::CheckpointConflict`].
+//! [`Error::CheckpointConflict`]. That keeps two runners from both *applying* a batch only where
+//! the compare-and-set is in the transaction of the batch's effects: database read models
+//! (`Subscriptions::add_sql`), exactly once. Durable
+//! projections, process managers and relays act first and move the checkpoint after: at least
+//! once, their effects made idempotent by event id.
 
 use crate::error::{Error, Result};
 use crate::stream::{Position, StreamId};

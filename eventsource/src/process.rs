@@ -246,18 +246,13 @@ where
             progress: Progress::new(M::NAME),
         };
         let (manager, progress) = (Arc::clone(&handle.manager), Arc::clone(&handle.progress));
-        self.add_runner(
-            M::NAME,
-            M::event_types(),
-            &handle.progress,
-            |store, options| ProcessRunner {
-                store,
-                manager,
-                progress,
-                options,
-                event_types: M::event_types(),
-            },
-        );
+        self.add_runner(|store, options| ProcessRunner {
+            store,
+            manager,
+            progress,
+            options,
+            event_types: M::event_types(),
+        });
         handle
     }
 }
@@ -378,7 +373,7 @@ where
     fn checkpoints(&self) -> &S {
         &self.store
     }
-    fn progress(&self) -> &Progress {
+    fn progress(&self) -> &Arc<Progress> {
         &self.progress
     }
     fn options(&self) -> &ProjectionOptions {
@@ -386,6 +381,9 @@ where
     }
     fn name(&self) -> &'static str {
         M::NAME
+    }
+    fn event_types(&self) -> &[&'static str] {
+        &self.event_types
     }
 
     /// Reacts to a page's events in order, moving the checkpoint after each: a crash redelivers

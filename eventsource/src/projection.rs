@@ -4,13 +4,16 @@
 //! an event (decoded, upcast) and its [`EventContext`]. Two kinds:
 //!
 //! - [`Projection`]: a read model folded in process (`fn(&mut self, &E, &EventContext)`), kept
-//!   current by a [`Subscriptions`](crate::subscription::Subscriptions) manager with its checkpoint in the
-//!   store's database. At-least-once: after a crash, the events since the last checkpoint are
-//!   applied again (the context's `event_id` lets a handler de-duplicate).
+//!   current by a [`Subscriptions`](crate::subscription::Subscriptions) manager: in memory, built
+//!   again at each start, or durable, with its checkpoint in the store's database. Durable is
+//!   at-least-once: after a crash (or by a runner that lost its lease mid-batch), the events
+//!   since the last checkpoint are applied again (the context's `event_id` lets a handler
+//!   de-duplicate).
 //! - [`SqlProjection`]: a read model in the same SQLite or PostgreSQL database as the events,
 //!   whose handlers write through the transaction the framework hands them
 //!   (`async fn(&mut self, &E, &EventContext, &mut Tx)`); the checkpoint is written in the same
-//!   transaction, so each event's effect is applied exactly once.
+//!   transaction, as a compare-and-set, so each event's effect is applied exactly once, even
+//!   with two runners.
 
 use crate::error::Error;
 use crate::event::{EventView, Metadata};

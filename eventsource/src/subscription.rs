@@ -202,6 +202,37 @@ impl Progress {
             .clone()
     }
 
+    /// Stands by (another instance holds the lease), showing the progress that instance stored
+    /// (`None`: it could not be read; what was shown stays).
+    fn stand_by(&self, stored: Option<Stored>) {
+        self.update(|status| {
+            status.state = ProjectionState::Standby;
+            stored
+        });
+    }
+
+    /// Shows the progress another instance stored, if this one still stands by.
+    fn refresh_standby(&self, stored: Stored) {
+        self.update(|status| (status.state == ProjectionState::Standby).then_some(stored));
+    }
+
+    /// Changes the status under its lock; the stored progress `change` returns (if any) replaces
+    /// the checkpoint and the caught-up head, under the same lock (so a runner that takes the
+    /// lease meanwhile is not overwritten).
+    fn update(&self, change: impl FnOnce(&mut ProjectionStatus) -> Option<Stored>) {
+        {
+            let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
+            if let Some(stored) = change(&mut status) {
+                status.checkpoint = stored.checkpoint;
+                *self
+                    .caught_up
+                    .lock()
+                    .unwrap_or_else(PoisonError::into_inner) = stored.caught_up;
+            }
+        }
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
+    }
+
     pub(crate) fn set(&self, state: ProjectionState, checkpoint: Option<Position>) {
         {
             let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
@@ -255,25 +286,84 @@ pub(crate) type Spawn = Box<
 pub(crate) type Lag =
     Arc<dyn Fn(Option<Position>) -> BoxFuture<'static, Result<u64>> + Send + Sync>;
 
+/// Reads a projection's progress as stored (see [`read_stored`]).
+pub(crate) type StoredReader = Arc<dyn Fn() -> BoxFuture<'static, Result<Stored>> + Send + Sync>;
+
+/// A projection's progress as its stores tell it, for an instance that does not run it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Stored {
+    /// The stored checkpoint.
+    checkpoint: Option<Position>,
+    /// Every event the projection handles up to here is applied (see [`Progress::caught_up`]).
+    caught_up: Option<Position>,
+}
+
+/// The progress the instance that holds `name`'s lease has stored: its checkpoint, and how far
+/// that covers the log (the events after it up to the first it handles are passed over).
+async fn read_stored<S: EventStore, C: CheckpointStore>(
+    store: &S,
+    checkpoints: &C,
+    name: &str,
+    event_types: &[&'static str],
+) -> Result<Stored> {
+    // The head first: every event the reads below do not find up to it is not to be applied.
+    let head = store.log_head().await?.readable;
+    let checkpoint = checkpoints.checkpoint(name).await?;
+    let next = read_page(store, checkpoint, event_types, 1).await?;
+    let caught_up = match next.first() {
+        None => head,
+        Some(item) => head.min(Position::new(item_position(item).get().saturating_sub(1))),
+    };
+    Ok(Stored {
+        checkpoint,
+        caught_up: Some(caught_up),
+    })
+}
+
 pub(crate) struct Entry {
     pub(crate) name: String,
     pub(crate) progress: Arc<Progress>,
     pub(crate) spawn: Spawn,
     pub(crate) lag: Lag,
+    pub(crate) stored: StoredReader,
 }
 
-/// The lag counter of a projection reading `event_types` from `store`.
-pub(crate) fn lag_counter<S: EventStore + Clone + 'static>(
-    store: &S,
-    event_types: Vec<&'static str>,
-) -> Lag {
-    let store = store.clone();
-    Arc::new(move |checkpoint| {
-        let store = store.clone();
-        let query = ReadAll::after(checkpoint.unwrap_or(Position::START))
-            .event_types(event_types.iter().copied());
-        Box::pin(async move { store.count(query).await })
-    })
+impl Entry {
+    /// `runner`'s entry: driven by [`drive`] in a task of its own once started; its lag and
+    /// stored progress read from its stores.
+    pub(crate) fn new<R: Runner>(runner: R) -> Self
+    where
+        R::Store: Clone,
+        R::Checkpoints: Clone,
+    {
+        let name = runner.name();
+        let event_types = runner.event_types().to_vec();
+        let lag: Lag = {
+            let store = runner.store().clone();
+            let event_types = event_types.clone();
+            Arc::new(move |checkpoint| {
+                let store = store.clone();
+                let query = ReadAll::after(checkpoint.unwrap_or(Position::START))
+                    .event_types(event_types.iter().copied());
+                Box::pin(async move { store.count(query).await })
+            })
+        };
+        let stored: StoredReader = {
+            let (store, checkpoints) = (runner.store().clone(), runner.checkpoints().clone());
+            Arc::new(move || {
+                let (store, checkpoints) = (store.clone(), checkpoints.clone());
+                let event_types = event_types.clone();
+                Box::pin(async move { read_stored(&store, &checkpoints, name, &event_types).await })
+            })
+        };
+        Entry {
+            name: name.to_owned(),
+            progress: Arc::clone(runner.progress()),
+            spawn: Box::new(move |shutdown, commands| Box::pin(drive(runner, shutdown, commands))),
+            lag,
+            stored,
+        }
+    }
 }
 
 /// Runs projections against one store: catch-up from each checkpoint, then live.
@@ -361,8 +451,9 @@ where
 
     /// Adds a projection whose effects outlive the process (it writes to another system, say),
     /// with its checkpoint in the event store's database: after a restart it resumes there.
-    /// At-least-once: the events of a batch interrupted by a crash are applied again; the
-    /// context's `event_id` is the key to de-duplicate them.
+    /// At-least-once: the events of a batch interrupted by a crash are applied again, as are
+    /// those a runner that lost its lease mid-batch applied before the checkpoint's
+    /// compare-and-set stopped it; the context's `event_id` is the key to de-duplicate them.
     pub fn add_durable<P: Projection + Sync>(&mut self, projection: P) -> ProjectionHandle<P> {
         let checkpoints = self.store.clone();
         self.add_with_checkpoints(projection, checkpoints)
@@ -371,7 +462,7 @@ where
     fn add_with_checkpoints<P, C>(&mut self, projection: P, checkpoints: C) -> ProjectionHandle<P>
     where
         P: Projection + Sync,
-        C: CheckpointStore + 'static,
+        C: CheckpointStore + Clone + 'static,
     {
         let handle = ProjectionHandle {
             model: Arc::new(RwLock::new(projection)),
@@ -388,31 +479,18 @@ where
             name: P::NAME,
             event_types: P::event_types(),
         };
-        self.entries.push(Entry {
-            name: P::NAME.to_owned(),
-            progress: Arc::clone(&handle.progress),
-            spawn: Box::new(move |shutdown, commands| Box::pin(drive(runner, shutdown, commands))),
-            lag: lag_counter(&self.store, P::event_types()),
-        });
+        self.entries.push(Entry::new(runner));
         handle
     }
 
     /// Registers the runner `build` makes from the store and the options, to be driven by
     /// [`drive`] in a task of its own from [`start`](Self::start) (how process managers join).
-    pub(crate) fn add_runner<R: Runner>(
-        &mut self,
-        name: &'static str,
-        event_types: Vec<&'static str>,
-        progress: &Arc<Progress>,
-        build: impl FnOnce(S, ProjectionOptions) -> R,
-    ) {
+    pub(crate) fn add_runner<R>(&mut self, build: impl FnOnce(S, ProjectionOptions) -> R)
+    where
+        R: Runner<Store = S, Checkpoints = S>,
+    {
         let runner = build(self.store.clone(), self.options.clone());
-        self.entries.push(Entry {
-            name: name.to_owned(),
-            progress: Arc::clone(progress),
-            spawn: Box::new(move |shutdown, commands| Box::pin(drive(runner, shutdown, commands))),
-            lag: lag_counter(&self.store, event_types),
-        });
+        self.entries.push(Entry::new(runner));
     }
 
     /// Starts every projection, each in a task of its own.
@@ -425,6 +503,7 @@ where
             projections.push(Running {
                 name: entry.name,
                 lag: entry.lag,
+                stored: entry.stored,
                 progress: entry.progress,
                 commands,
                 task: Mutex::new(Some(task)),
@@ -440,6 +519,7 @@ where
 struct Running {
     name: String,
     lag: Lag,
+    stored: StoredReader,
     progress: Arc<Progress>,
     commands: mpsc::Sender<Command>,
     task: Mutex<Option<JoinHandle<()>>>,
@@ -475,9 +555,13 @@ impl RunningSubscriptions {
     }
 
     /// How many events projection `name` has still to apply: the events it handles that are
-    /// stored after its checkpoint and readable now.
+    /// stored after its checkpoint and readable now (on standby, after the checkpoint the
+    /// instance that runs it has stored).
     pub async fn lag(&self, name: &str) -> Result<u64> {
         let projection = self.find(name)?;
+        if projection.progress.get().state == ProjectionState::Standby {
+            projection.refresh_standby().await?;
+        }
         let checkpoint = projection.progress.get().checkpoint;
         let lag = (projection.lag)(checkpoint).await?;
         crate::telemetry::lag(name, lag);
@@ -486,10 +570,13 @@ impl RunningSubscriptions {
 
     /// Waits until every projection has applied every event up to `position` it handles (or has
     /// stopped or failed), at most `timeout`: how a caller reads its own writes in a read model.
+    /// A projection on standby (another instance holds its lease) is followed through the
+    /// checkpoint that instance stores, read every few milliseconds while waiting.
     pub async fn wait_until(&self, position: Position, timeout: Duration) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         for projection in &self.projections {
             let mut changed = projection.progress.changed.subscribe();
+            let mut standby_poll = STANDBY_POLL_FIRST;
             loop {
                 let status = projection.progress.get();
                 let done = matches!(
@@ -503,10 +590,17 @@ impl RunningSubscriptions {
                 if done {
                     break;
                 }
-                if tokio::time::timeout_at(deadline, changed.changed())
-                    .await
-                    .is_err()
-                {
+                let mut wake_at = deadline;
+                if status.state == ProjectionState::Standby {
+                    // Nothing here signals the other instance's progress: read it as stored.
+                    if let Err(error) = projection.refresh_standby().await {
+                        tracing::debug!(projection = %projection.name, %error, "cannot read the stored progress; retrying");
+                    }
+                    wake_at = deadline.min(tokio::time::Instant::now() + standby_poll);
+                    standby_poll = (standby_poll * 2).min(STANDBY_POLL_MAX);
+                }
+                let woken = tokio::time::timeout_at(wake_at, changed.changed()).await;
+                if woken.is_err() && tokio::time::Instant::now() >= deadline {
                     return Err(Error::Timeout {
                         operation: "waiting for projections to catch up",
                         waited: timeout,
@@ -593,6 +687,19 @@ impl RunningSubscriptions {
                 let _ = task.await;
             }
         }
+    }
+}
+
+/// How often `wait_until` reads a standby projection's stored progress: soon, then less often.
+const STANDBY_POLL_FIRST: Duration = Duration::from_millis(5);
+const STANDBY_POLL_MAX: Duration = Duration::from_millis(100);
+
+impl Running {
+    /// Shows the progress the instance that holds the lease stored, if this one stands by.
+    async fn refresh_standby(&self) -> Result<()> {
+        let stored = (self.stored)().await?;
+        self.progress.refresh_standby(stored);
+        Ok(())
     }
 }
 
@@ -985,9 +1092,11 @@ pub(crate) trait Runner: Send + 'static {
 
     fn store(&self) -> &Self::Store;
     fn checkpoints(&self) -> &Self::Checkpoints;
-    fn progress(&self) -> &Progress;
+    fn progress(&self) -> &Arc<Progress>;
     fn options(&self) -> &ProjectionOptions;
     fn name(&self) -> &'static str;
+    /// The event types it reads (empty: all).
+    fn event_types(&self) -> &[&'static str];
 
     /// Reads the next page after `checkpoint` and applies it, moving the checkpoint.
     fn step(
@@ -1011,15 +1120,7 @@ pub(crate) async fn drive<R: Runner>(
     mut commands: mpsc::Receiver<Command>,
 ) {
     let name = runner.name();
-    let Some(_lease) = take_lease(
-        runner.checkpoints(),
-        name,
-        runner.progress(),
-        runner.options(),
-        &mut shutdown,
-    )
-    .await
-    else {
+    let Some(_lease) = take_lease(&mut runner, &mut shutdown).await else {
         return runner.progress().set(ProjectionState::Stopped, None);
     };
     let mut checkpoint = loop {
@@ -1172,7 +1273,7 @@ where
     fn checkpoints(&self) -> &C {
         &self.checkpoints
     }
-    fn progress(&self) -> &Progress {
+    fn progress(&self) -> &Arc<Progress> {
         &self.progress
     }
     fn options(&self) -> &ProjectionOptions {
@@ -1180,6 +1281,9 @@ where
     }
     fn name(&self) -> &'static str {
         self.name
+    }
+    fn event_types(&self) -> &[&'static str] {
+        &self.event_types
     }
 
     async fn step(&mut self, checkpoint: Option<Position>) -> std::result::Result<Step, StepError> {
@@ -1210,7 +1314,7 @@ where
     fn checkpoints(&self) -> &S {
         &self.store
     }
-    fn progress(&self) -> &Progress {
+    fn progress(&self) -> &Arc<Progress> {
         &self.progress
     }
     fn options(&self) -> &ProjectionOptions {
@@ -1218,6 +1322,9 @@ where
     }
     fn name(&self) -> &'static str {
         self.name
+    }
+    fn event_types(&self) -> &[&'static str] {
+        &self.event_types
     }
 
     async fn step(&mut self, checkpoint: Option<Position>) -> std::result::Result<Step, StepError> {
@@ -1249,19 +1356,30 @@ where
     }
 }
 
-/// Waits for the projection's lease (standing by while another process holds it); `None` on
-/// shutdown.
-async fn take_lease<C: CheckpointStore>(
-    checkpoints: &C,
-    name: &str,
-    progress: &Progress,
-    options: &ProjectionOptions,
+/// Waits for the projection's lease (standing by while another process holds it, showing the
+/// progress that one stores); `None` on shutdown.
+async fn take_lease<R: Runner>(
+    // `&mut`: held across awaits, it must be `Send`, which a runner is (and need not be `Sync`).
+    runner: &mut R,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<crate::checkpoint::Lease> {
+    let (name, options) = (runner.name(), runner.options());
     loop {
-        match checkpoints.lease(name).await {
+        match runner.checkpoints().lease(name).await {
             Ok(Some(lease)) => return Some(lease),
-            Ok(None) => progress.set(ProjectionState::Standby, progress.get().checkpoint),
+            Ok(None) => {
+                let stored = read_stored(
+                    runner.store(),
+                    runner.checkpoints(),
+                    name,
+                    runner.event_types(),
+                )
+                .await;
+                if let Err(error) = &stored {
+                    tracing::debug!(projection = name, %error, "cannot read the stored progress");
+                }
+                runner.progress().stand_by(stored.ok());
+            }
             Err(error) => {
                 tracing::warn!(projection = name, %error, "cannot take the projection's lease; retrying");
             }
@@ -1411,8 +1529,9 @@ where
     S: crate::checkpoint::TransactionalStore,
 {
     /// Adds a read model in the event store's own database: its handlers write through the
-    /// transaction that also moves its checkpoint, so each event's effect is applied exactly
-    /// once, across crashes and restarts.
+    /// transaction that also moves its checkpoint (a compare-and-set), so each event's effect is
+    /// applied exactly once, across crashes, restarts and two runners that both believe they
+    /// hold the lease.
     pub fn add_sql<P>(&mut self, projection: P) -> SqlProjectionHandle
     where
         P: crate::projection::SqlProjection<Database = S::Database>,
@@ -1426,12 +1545,7 @@ where
             name: P::NAME,
             event_types: P::event_types(),
         };
-        self.entries.push(Entry {
-            name: P::NAME.to_owned(),
-            progress: Arc::clone(&progress),
-            spawn: Box::new(move |shutdown, commands| Box::pin(drive(runner, shutdown, commands))),
-            lag: lag_counter(&self.store, P::event_types()),
-        });
+        self.entries.push(Entry::new(runner));
         SqlProjectionHandle { progress }
     }
 }

@@ -558,3 +558,51 @@ pub async fn per_stream_order<B: TestBus>(bus: B) {
     }
     bus.teardown(&["ordered"]).await;
 }
+
+/// A consumer whose `next()` is cancelled again and again (the usual `timeout` or `select!`
+/// loop) still gets every event of a stream, in version order, at once: a cancelled `next()`
+/// loses nothing.
+pub async fn cancelled_next_loses_nothing<B: TestBus>(bus: B) {
+    const EVENTS: u64 = 300;
+    let mut consumer = bus
+        .subscribe(&Subscription::new("impatient"))
+        .await
+        .unwrap();
+    let events: Vec<_> = (1..=EVENTS)
+        .map(|version| recorded("BusOrder", "o-1", version, version, placed(1)))
+        .collect();
+    // Published as a relay does, batch by batch, while the consumer is waiting.
+    let publisher = tokio::spawn({
+        let bus = bus.clone();
+        async move {
+            for batch in events.chunks(5) {
+                bus.publish(batch).await.unwrap();
+                // Longer than the consumer's timeout: most replies come to a cancelled call.
+                tokio::time::sleep(Duration::from_millis(30)).await;
+            }
+        }
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(8);
+    let mut last = 0;
+    while last < EVENTS && tokio::time::Instant::now() < deadline {
+        let Ok(delivery) = tokio::time::timeout(Duration::from_millis(20), consumer.next()).await
+        else {
+            continue; // cancelled: the next call must pick up where this one stopped
+        };
+        let delivery = delivery.expect("a delivery");
+        let version = delivery.event().version;
+        if version <= last {
+            assert!(
+                delivery.is_redelivery(),
+                "version {version} again after {last}, not as a redelivery"
+            );
+        } else {
+            assert_eq!(version, last + 1, "in version order, none skipped");
+            last = version;
+        }
+        consumer.ack(&delivery).await.unwrap();
+    }
+    publisher.await.unwrap();
+    assert_eq!(last, EVENTS, "every event within the deadline");
+    bus.teardown(&["impatient"]).await;
+}

@@ -859,6 +859,20 @@ impl KafkaConsumer {
             .map_err(|(error, _)| Error::bus(BUS, "dead-letter")(error))
     }
 
+    /// Dead-letters `fetched`, then marks it done. It waits at the front of the backlog
+    /// meanwhile: a `next()` dropped (or failed) before the end takes it up again instead of
+    /// passing over it.
+    async fn dead_letter_first(&mut self, fetched: Fetched, reason: &str) -> Result<()> {
+        self.backlog.push_front(fetched);
+        if let Some(fetched) = self.backlog.front() {
+            self.dead_letter(fetched, reason).await?;
+        }
+        match self.backlog.pop_front() {
+            Some(fetched) => self.done(fetched.partition, fetched.offset, fetched.epoch),
+            None => Ok(()),
+        }
+    }
+
     /// Where `fetched` stands: stale, to deliver (as which attempt), or to pass over.
     fn step(&self, fetched: &Fetched, take: bool) -> Step {
         let mut state = lock(&self.state);
@@ -939,14 +953,12 @@ impl BusConsumer for KafkaConsumer {
                         Some(Err(reason)) => reason,
                         _ => "the message has no value".to_owned(),
                     };
-                    if let Err(error) = self.dead_letter(&fetched, &reason).await {
-                        self.backlog.push_front(fetched);
-                        return Err(error);
-                    }
-                    self.done(fetched.partition, fetched.offset, fetched.epoch)?;
+                    let message =
+                        format!("{}/{}@{}", self.topic, fetched.partition, fetched.offset);
+                    self.dead_letter_first(fetched, &reason).await?;
                     return Err(Error::MalformedMessage {
                         bus: BUS,
-                        message: format!("{}/{}@{}", self.topic, fetched.partition, fetched.offset),
+                        message,
                         reason,
                     });
                 }
@@ -962,11 +974,7 @@ impl BusConsumer for KafkaConsumer {
                 Step::Skip => {
                     tracing::warn!(event_id = %event.event_id, group = %self.group, "bus delivery dead-lettered after its last attempt");
                     crate::telemetry::bus_dead_lettered(BUS, &self.group);
-                    if let Err(error) = self.dead_letter(&fetched, "no attempts left").await {
-                        self.backlog.push_front(fetched);
-                        return Err(error);
-                    }
-                    self.done(fetched.partition, fetched.offset, fetched.epoch)?;
+                    self.dead_letter_first(fetched, "no attempts left").await?;
                 }
                 Step::Deliver(attempt) => {
                     self.mark_handed(fetched.partition, fetched.offset);

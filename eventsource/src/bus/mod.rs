@@ -14,7 +14,9 @@
 //!   [`Subscription::max_deliveries`] attempts it is dead-lettered instead, so that one poisoned
 //!   event does not block the group.
 //! - **Per-stream order.** Events of one stream reach a group in their version order (a
-//!   redelivery may repeat an earlier one). Consumers de-duplicate by [`RecordedEvent::event_id`].
+//!   redelivery may repeat an earlier one), also when [`BusConsumer::next`] is cancelled (a
+//!   `timeout`, a `select!`): what a dropped call had taken comes from the next call, first.
+//!   Consumers de-duplicate by [`RecordedEvent::event_id`].
 //! - **Typed delivery.** [`Delivery::decode`] decodes (and upcasts) the payload as on load;
 //!   [`Delivery::dispatch`] hands it to a `#[projection]` type's handlers.
 //!
@@ -74,8 +76,9 @@ pub trait EventBus: Send + Sync + 'static {
 
 /// One consumer of a group: takes deliveries one at a time and acknowledges them.
 pub trait BusConsumer: Send + 'static {
-    /// Waits for the next delivery. Dropping the future before it completes loses nothing:
-    /// what the broker had handed out is delivered again.
+    /// Waits for the next delivery. Cancel-safe: dropping the future before it completes (a
+    /// `timeout`, a `select!` branch not taken) loses nothing and keeps the order; what the
+    /// broker had handed out to it comes from the next call.
     fn next(&mut self) -> impl Future<Output = Result<Delivery>> + Send;
 
     /// The delivery's effect is done: the group will not see it again.

@@ -219,6 +219,7 @@ impl EventBus for NatsBus {
             group,
             filter: subscription.filter().clone(),
             max_deliveries: subscription.max_delivery_count(),
+            held: None,
         })
     }
 }
@@ -231,6 +232,8 @@ pub struct NatsConsumer {
     group: String,
     filter: Filter,
     max_deliveries: u32,
+    /// The message taken from the stream and not yet handed out or settled.
+    held: Option<jetstream::Message>,
 }
 
 impl fmt::Debug for NatsConsumer {
@@ -270,14 +273,21 @@ impl NatsConsumer {
 impl BusConsumer for NatsConsumer {
     async fn next(&mut self) -> Result<Delivery> {
         loop {
-            let Some(message) = self.messages.next().await else {
-                return Err(Error::Bus {
-                    bus: BUS,
-                    operation: "receive",
-                    source: "the consumer's message stream ended".into(),
-                });
+            if self.held.is_none() {
+                let Some(message) = self.messages.next().await else {
+                    return Err(Error::Bus {
+                        bus: BUS,
+                        operation: "receive",
+                        source: "the consumer's message stream ended".into(),
+                    });
+                };
+                self.held = Some(message.map_err(Error::bus(BUS, "receive"))?);
+            }
+            // Held until settled, so that a `next()` dropped while it is being dead-lettered or
+            // passed over takes it up again instead of losing it until the ack wait runs out.
+            let Some(message) = self.held.as_ref() else {
+                continue;
             };
-            let message = message.map_err(Error::bus(BUS, "receive"))?;
             let attempt = message
                 .info()
                 .map(|info| u32::try_from(info.delivered).unwrap_or(1))
@@ -286,7 +296,8 @@ impl BusConsumer for NatsConsumer {
                 Ok(event) => event,
                 Err(reason) => {
                     let id = message.subject.to_string();
-                    self.dead_letter(&message).await?;
+                    self.dead_letter(message).await?;
+                    self.held = None;
                     return Err(Error::MalformedMessage {
                         bus: BUS,
                         message: id,
@@ -299,14 +310,19 @@ impl BusConsumer for NatsConsumer {
                 .matches(&event.event_type, event.stream.aggregate_type())
             {
                 message.ack().await.map_err(Error::bus(BUS, "ack"))?;
+                self.held = None;
                 continue;
             }
             if attempt > self.max_deliveries {
                 tracing::warn!(event_id = %event.event_id, attempt, group = %self.group, "bus delivery dead-lettered after its last attempt");
                 crate::telemetry::bus_dead_lettered("nats", &self.group);
-                self.dead_letter(&message).await?;
+                self.dead_letter(message).await?;
+                self.held = None;
                 continue;
             }
+            let Some(message) = self.held.take() else {
+                continue;
+            };
             return Ok(Delivery::new(
                 event,
                 attempt,

@@ -9,6 +9,8 @@ use redis::streams::{StreamAutoClaimReply, StreamId as Entry, StreamReadReply};
 use redis::{AsyncConnectionConfig, Client, Value};
 use std::collections::VecDeque;
 use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 const BUS: &str = "redis";
@@ -189,7 +191,8 @@ impl EventBus for RedisBus {
     async fn subscribe(&self, subscription: &Subscription) -> Result<RedisConsumer> {
         let group = subscription.checked_group()?.to_owned();
         let name = subscription.consumer_name();
-        // The consumer's own connection: its blocking reads do not hold up the publisher's.
+        // The consumer's own connection: its blocking reads do not hold up the publisher's, nor
+        // its acknowledgements.
         let conn = self
             .client
             .get_multiplexed_async_connection_with_config(
@@ -199,7 +202,7 @@ impl EventBus for RedisBus {
             )
             .await
             .map_err(redis_error("connect"))?;
-        let mut consumer = RedisConsumer {
+        let mut reader = Reader {
             conn,
             key: self.key.clone(),
             dead_key: self.dead_key.clone(),
@@ -210,30 +213,82 @@ impl EventBus for RedisBus {
             count: subscription.prefetch_count(),
             claim_after: self.claim_after,
             block: self.block,
-            buffer: VecDeque::new(),
-            last_claim: None,
-            claim_cursor: "0-0".to_owned(),
-            own_pending_read: false,
         };
         let created: redis::RedisResult<()> = redis::cmd("XGROUP")
             .arg("CREATE")
-            .arg(&consumer.key)
-            .arg(&consumer.group)
+            .arg(&reader.key)
+            .arg(&reader.group)
             .arg("0")
             .arg("MKSTREAM")
-            .query_async(&mut consumer.conn)
+            .query_async(&mut reader.conn)
             .await;
         match created {
             Ok(()) => {}
             Err(error) if error.code() == Some("BUSYGROUP") => {}
             Err(error) => return Err(redis_error("create group")(error)),
         }
-        Ok(consumer)
+        Ok(RedisConsumer {
+            reader: reader.clone(),
+            control: Reader {
+                conn: self.conn.clone(),
+                ..reader
+            },
+            buffer: VecDeque::new(),
+            fetch: None,
+            last_claim: None,
+            claim_cursor: "0-0".to_owned(),
+            own_pending: Some("0".to_owned()),
+        })
     }
 }
 
 /// A consumer of a [`RedisBus`] group.
+///
+/// Its reads from Redis outlive a cancelled [`next`](BusConsumer::next): the reply of a read
+/// whose `next()` was dropped is kept and handed out by the next call, so entries Redis handed
+/// to this consumer are never thrown away (they would come back only when claimed, after the
+/// claim timeout and behind later events).
 pub struct RedisConsumer {
+    /// Reads, and what reading needs to settle an entry (filtered out, dead-lettered).
+    reader: Reader,
+    /// The same, on the bus's connection: acknowledgements do not wait behind a blocking read.
+    control: Reader,
+    buffer: VecDeque<Result<Delivery>>,
+    /// The read in progress, kept across cancelled calls to `next()`.
+    fetch: Option<Fetch>,
+    last_claim: Option<Instant>,
+    claim_cursor: String,
+    /// Where re-reading this consumer's own unacknowledged entries stands (`None`: done). Set
+    /// at the start, and after a failed read, which may have handed out entries unseen.
+    own_pending: Option<String>,
+}
+
+/// A read in progress: its deliveries, and where the next read of its kind starts.
+type Fetch = Pin<Box<dyn Future<Output = Result<(Round, Vec<Result<Delivery>>)>> + Send>>;
+
+/// Which kind of read a [`Fetch`] is, and what it leaves for the next one.
+enum Round {
+    /// This consumer's own pending entries, up to and including this id (`None`: none left).
+    OwnPending(Option<String>),
+    /// Entries claimed from other consumers; the cursor to claim from next.
+    Claimed(String),
+    /// New entries.
+    New,
+}
+
+impl fmt::Debug for RedisConsumer {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConsumer")
+            .field("key", &self.reader.key)
+            .field("group", &self.reader.group)
+            .field("name", &self.reader.name)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What reading and settling entries needs: owned, so that a read can outlive a call.
+#[derive(Clone)]
+struct Reader {
     conn: MultiplexedConnection,
     key: String,
     dead_key: String,
@@ -244,38 +299,9 @@ pub struct RedisConsumer {
     count: usize,
     claim_after: Duration,
     block: Duration,
-    buffer: VecDeque<Result<Delivery>>,
-    last_claim: Option<Instant>,
-    claim_cursor: String,
-    own_pending_read: bool,
 }
 
-impl fmt::Debug for RedisConsumer {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RedisConsumer")
-            .field("key", &self.key)
-            .field("group", &self.group)
-            .field("name", &self.name)
-            .finish_non_exhaustive()
-    }
-}
-
-impl RedisConsumer {
-    /// This consumer's name in its group.
-    pub fn name(&self) -> &str {
-        &self.name
-    }
-
-    fn entry_id(delivery: &Delivery) -> Result<&str> {
-        match &delivery.tag {
-            Tag::Redis(id) => Ok(id),
-            #[allow(unreachable_patterns)]
-            _ => Err(Error::InvalidConfig(
-                "this delivery came from another bus".into(),
-            )),
-        }
-    }
-
+impl Reader {
     async fn xack(&mut self, ids: &[String]) -> Result<()> {
         if ids.is_empty() {
             return Ok(());
@@ -339,7 +365,7 @@ impl RedisConsumer {
     }
 
     /// Turns entries into deliveries (or acknowledges, dead-letters and reports them).
-    async fn take(&mut self, entries: Vec<Entry>, counted: bool) -> Result<()> {
+    async fn take(&mut self, entries: Vec<Entry>, counted: bool) -> Result<Vec<Result<Delivery>>> {
         let counts = match (counted, entries.first(), entries.last()) {
             (true, Some(first), Some(last)) => {
                 let (first, last) = (first.id.clone(), last.id.clone());
@@ -347,6 +373,7 @@ impl RedisConsumer {
             }
             _ => Vec::new(),
         };
+        let mut deliveries = Vec::with_capacity(entries.len());
         let mut skipped = Vec::new();
         for entry in entries {
             let attempt = counts
@@ -357,7 +384,7 @@ impl RedisConsumer {
                 // Trimmed away, or not ours: nothing to deliver.
                 self.dead_letter(&entry.id, b"", "entry has no `event` field")
                     .await?;
-                self.buffer.push_back(Err(Error::MalformedMessage {
+                deliveries.push(Err(Error::MalformedMessage {
                     bus: BUS,
                     message: entry.id.clone(),
                     reason: "the entry has no `event` field".into(),
@@ -368,7 +395,7 @@ impl RedisConsumer {
                 Ok(event) => event,
                 Err(reason) => {
                     self.dead_letter(&entry.id, data, &reason).await?;
-                    self.buffer.push_back(Err(Error::MalformedMessage {
+                    deliveries.push(Err(Error::MalformedMessage {
                         bus: BUS,
                         message: entry.id.clone(),
                         reason,
@@ -391,37 +418,57 @@ impl RedisConsumer {
                     .await?;
                 continue;
             }
-            self.buffer.push_back(Ok(Delivery::new(
+            deliveries.push(Ok(Delivery::new(
                 event,
                 attempt,
                 Tag::Redis(entry.id),
                 &self.group,
             )));
         }
-        self.xack(&skipped).await
+        self.xack(&skipped).await?;
+        Ok(deliveries)
     }
 
-    /// Claims entries other consumers left unacknowledged for too long.
-    async fn claim(&mut self) -> Result<()> {
+    /// Claims entries other consumers left unacknowledged for too long, from `cursor`.
+    async fn claim(mut self, cursor: String) -> Result<(Round, Vec<Result<Delivery>>)> {
         let min_idle = u64::try_from(self.claim_after.as_millis()).unwrap_or(u64::MAX);
         let reply: StreamAutoClaimReply = redis::cmd("XAUTOCLAIM")
             .arg(&self.key)
             .arg(&self.group)
             .arg(&self.name)
             .arg(min_idle)
-            .arg(&self.claim_cursor)
+            .arg(&cursor)
             .arg("COUNT")
             .arg(self.count)
             .query_async(&mut self.conn)
             .await
             .map_err(redis_error("claim"))?;
-        self.claim_cursor = reply.next_stream_id;
         if !reply.deleted_ids.is_empty() {
             // Trimmed while pending: nothing is left to deliver.
-            let deleted = reply.deleted_ids;
-            self.xack(&deleted).await?;
+            self.xack(&reply.deleted_ids).await?;
         }
-        self.take(reply.claimed, true).await
+        let deliveries = self.take(reply.claimed, true).await?;
+        Ok((Round::Claimed(reply.next_stream_id), deliveries))
+    }
+
+    /// This consumer's own pending entries after `after`: what it was handed (before a restart,
+    /// or by a read that failed) and never acknowledged.
+    async fn own_pending(mut self, after: String) -> Result<(Round, Vec<Result<Delivery>>)> {
+        let entries = self.read(&after, None).await?;
+        let last = entries.last().map(|entry| entry.id.clone());
+        let deliveries = self.take(entries, true).await?;
+        Ok((Round::OwnPending(last), deliveries))
+    }
+
+    /// New entries, waiting up to `block` for some.
+    async fn new_entries(mut self) -> Result<(Round, Vec<Result<Delivery>>)> {
+        let block = self
+            .block
+            .min(self.claim_after / 2)
+            .max(Duration::from_millis(10));
+        let entries = self.read(">", Some(block)).await?;
+        let deliveries = self.take(entries, false).await?;
+        Ok((Round::New, deliveries))
     }
 
     async fn read(&mut self, from: &str, block: Option<Duration>) -> Result<Vec<Entry>> {
@@ -446,69 +493,102 @@ impl RedisConsumer {
     }
 }
 
+impl RedisConsumer {
+    /// This consumer's name in its group.
+    pub fn name(&self) -> &str {
+        &self.reader.name
+    }
+
+    fn entry_id(delivery: &Delivery) -> Result<&str> {
+        match &delivery.tag {
+            Tag::Redis(id) => Ok(id),
+            #[allow(unreachable_patterns)]
+            _ => Err(Error::InvalidConfig(
+                "this delivery came from another bus".into(),
+            )),
+        }
+    }
+
+    /// The read to make next: own pending entries first, then claims when due, then new ones.
+    fn start(&mut self) -> Fetch {
+        let reader = self.reader.clone();
+        if let Some(after) = self.own_pending.clone() {
+            return Box::pin(reader.own_pending(after));
+        }
+        let claim_due = self
+            .last_claim
+            .is_none_or(|at| at.elapsed() >= self.reader.claim_after / 2);
+        if claim_due {
+            self.last_claim = Some(Instant::now());
+            return Box::pin(reader.claim(self.claim_cursor.clone()));
+        }
+        Box::pin(reader.new_entries())
+    }
+}
+
 impl BusConsumer for RedisConsumer {
     async fn next(&mut self) -> Result<Delivery> {
         loop {
             if let Some(delivery) = self.buffer.pop_front() {
                 return delivery;
             }
-            if !self.own_pending_read {
-                // What this consumer (by name) was handed before a restart and never acknowledged.
-                let entries = self.read("0", None).await?;
-                self.own_pending_read = true;
-                self.take(entries, true).await?;
+            if self.fetch.is_none() {
+                self.fetch = Some(self.start());
+            }
+            let Some(fetch) = self.fetch.as_mut() else {
                 continue;
-            }
-            let claim_due = self
-                .last_claim
-                .is_none_or(|at| at.elapsed() >= self.claim_after / 2);
-            if claim_due {
-                self.last_claim = Some(Instant::now());
-                self.claim().await?;
-                if !self.buffer.is_empty() {
-                    continue;
+            };
+            // Dropped here, `next()` leaves the read in `self.fetch`, to be finished next time.
+            let fetched = fetch.await;
+            self.fetch = None;
+            let (round, deliveries) = match fetched {
+                Ok(fetched) => fetched,
+                Err(error) => {
+                    self.own_pending = Some("0".to_owned());
+                    return Err(error);
                 }
+            };
+            match round {
+                Round::OwnPending(last) => self.own_pending = last,
+                Round::Claimed(cursor) => self.claim_cursor = cursor,
+                Round::New => {}
             }
-            let block = self
-                .block
-                .min(self.claim_after / 2)
-                .max(Duration::from_millis(10));
-            let entries = self.read(">", Some(block)).await?;
-            self.take(entries, false).await?;
+            self.buffer.extend(deliveries);
         }
     }
 
     async fn ack(&mut self, delivery: &Delivery) -> Result<()> {
         let id = Self::entry_id(delivery)?.to_owned();
-        self.xack(&[id]).await
+        self.control.xack(&[id]).await
     }
 
     async fn nack(&mut self, delivery: &Delivery) -> Result<()> {
         let id = Self::entry_id(delivery)?.to_owned();
-        if delivery.attempt() >= self.max_deliveries {
-            tracing::warn!(event_id = %delivery.event().event_id, attempt = delivery.attempt(), group = %self.group, "bus delivery dead-lettered after its last attempt");
-            crate::telemetry::bus_dead_lettered("redis", &self.group);
+        if delivery.attempt() >= self.control.max_deliveries {
+            tracing::warn!(event_id = %delivery.event().event_id, attempt = delivery.attempt(), group = %self.control.group, "bus delivery dead-lettered after its last attempt");
+            crate::telemetry::bus_dead_lettered("redis", &self.control.group);
             return self
+                .control
                 .dead_letter(&id, &super::encode(delivery.event()), "no attempts left")
                 .await;
         }
-        // Claimed again by this consumer (which counts a delivery), then handed out first.
+        // Handed out first (queued before the claim, so a cancelled nack still retries it), and
+        // claimed again by this consumer, which counts a delivery and keeps others off it.
+        self.buffer.push_front(Ok(Delivery::new(
+            delivery.event().clone(),
+            delivery.attempt() + 1,
+            Tag::Redis(id.clone()),
+            &self.control.group,
+        )));
         redis::cmd("XCLAIM")
-            .arg(&self.key)
-            .arg(&self.group)
-            .arg(&self.name)
+            .arg(&self.control.key)
+            .arg(&self.control.group)
+            .arg(&self.control.name)
             .arg(0)
             .arg(&id)
-            .query_async::<Value>(&mut self.conn)
+            .query_async::<Value>(&mut self.control.conn)
             .await
             .map_err(redis_error("nack"))?;
-        let event = delivery.event().clone();
-        self.buffer.push_front(Ok(Delivery::new(
-            event,
-            delivery.attempt() + 1,
-            Tag::Redis(id),
-            &self.group,
-        )));
         Ok(())
     }
 }

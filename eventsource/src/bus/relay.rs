@@ -16,7 +16,7 @@ use crate::store::EventStore;
 use crate::stream::Position;
 use crate::subscription::{
     Command, Entry, Progress, ProjectionOptions, ProjectionState, ProjectionStatus, Runner, Step,
-    StepError, Subscriptions, drive, lag_counter, letter_for_damaged, read_page,
+    StepError, Subscriptions, letter_for_damaged, read_page,
 };
 use crate::telemetry::Traced;
 use std::fmt;
@@ -135,12 +135,7 @@ where
             name: relay.name,
             event_types: relay.event_types.clone(),
         };
-        self.entries.push(Entry {
-            name: relay.name.to_owned(),
-            progress: Arc::clone(&progress),
-            spawn: Box::new(move |shutdown, commands| Box::pin(drive(runner, shutdown, commands))),
-            lag: lag_counter(&self.store, relay.event_types),
-        });
+        self.entries.push(Entry::new(runner));
         RelayHandle { progress }
     }
 }
@@ -169,7 +164,7 @@ where
     fn checkpoints(&self) -> &S {
         &self.store
     }
-    fn progress(&self) -> &Progress {
+    fn progress(&self) -> &Arc<Progress> {
         &self.progress
     }
     fn options(&self) -> &ProjectionOptions {
@@ -177,6 +172,9 @@ where
     }
     fn name(&self) -> &'static str {
         self.name
+    }
+    fn event_types(&self) -> &[&'static str] {
+        &self.event_types
     }
 
     async fn step(&mut self, checkpoint: Option<Position>) -> std::result::Result<Step, StepError> {
