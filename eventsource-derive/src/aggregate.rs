@@ -85,16 +85,17 @@ fn generate(aggregate: &Aggregate) -> TokenStream {
         None => quote!(#krate::__private::None),
     };
     let state_version = aggregate.attrs.state_version.unwrap_or(1);
-    let handled_names = valid.iter().map(|h| {
-        let event = &h.event;
-        quote!(<#event as #krate::DomainEvent>::EVENT_TYPE)
-    });
+    let handled_names = valid
+        .iter()
+        .map(|h| handled(&krate, &h.event, quote!(EVENT_TYPE)));
     let dispatch = valid.iter().map(|h| {
-        let event = &h.event;
         let method = &h.method;
+        let event_type = handled(&krate, &h.event, quote!(EVENT_TYPE));
+        let aliases = handled(&krate, &h.event, quote!(ALIASES));
+        let decode = handled(&krate, &h.event, quote!(decode_stored));
         quote! {
-            if #krate::__private::named::<#event>(__event.event_type) {
-                let __decoded = #krate::__private::decode_stored::<#event>(__event)?;
+            if #krate::__private::is_named(__event.event_type, #event_type, #aliases) {
+                let __decoded = #decode(__event)?;
                 Self::#method(self, &__decoded);
                 return #krate::__private::Ok(());
             }
@@ -112,6 +113,14 @@ fn generate(aggregate: &Aggregate) -> TokenStream {
         };
         // On the handler's event type: two handlers of one type reached through a type alias
         // conflict here, and rustc then points at both parameters instead of at `#[aggregate]`.
+        // The bound is under a `for<...>` so that rustc takes it as the impl's condition instead
+        // of checking it here: a type that is not an event is reported once, as `Handled`.
+        let mut where_clause = where_clause
+            .cloned()
+            .unwrap_or_else(|| syn::parse_quote!(where));
+        where_clause
+            .predicates
+            .push(syn::parse_quote!(for<'__e> #event: #krate::DomainEvent));
         respan(
             quote! {
                 #[automatically_derived]
@@ -125,13 +134,15 @@ fn generate(aggregate: &Aggregate) -> TokenStream {
             event.span(),
         )
     });
-    let checks = compile_time_checks(&krate, &name, &handlers);
+    let checks = compile_time_checks(&krate, &name, &handlers, retired);
+
+    let one_block = one_block_marker(self_ty);
 
     quote! {
+        #one_block
+
         #[doc(hidden)]
         const _: () = {
-            #[automatically_derived]
-            impl #impl_generics #krate::__private::OnlyOneAggregateBlockPerType for #self_ty #where_clause {}
 
             #[automatically_derived]
             impl #impl_generics #krate::Aggregate for #self_ty #where_clause {
@@ -160,25 +171,95 @@ fn generate(aggregate: &Aggregate) -> TokenStream {
     }
 }
 
+/// A second `#[aggregate]` block for one type would be a second `Aggregate` impl, which rustc
+/// reports as conflicting implementations (E0119, words we cannot choose). Name resolution comes
+/// before coherence, so an item whose name says the rule, defined by each block, makes the
+/// first error read "the name `one_aggregate_block_per_type__Account` is defined multiple
+/// times". Only for a type path without generic arguments: `impl Counter<A>` and
+/// `impl Counter<B>` are two aggregates.
+fn one_block_marker(self_ty: &syn::Type) -> TokenStream {
+    let syn::Type::Path(path) = self_ty else {
+        return TokenStream::new();
+    };
+    if path.qself.is_some()
+        || path
+            .path
+            .segments
+            .iter()
+            .any(|segment| !segment.arguments.is_none())
+    {
+        return TokenStream::new();
+    }
+    let joined: Vec<String> = path
+        .path
+        .segments
+        .iter()
+        .map(|segment| segment.ident.unraw().to_string())
+        .collect();
+    let ident = syn::Ident::new(
+        &format!("one_aggregate_block_per_type__{}", joined.join("__")),
+        path.span(),
+    );
+    quote! {
+        #[doc(hidden)]
+        #[allow(non_upper_case_globals, dead_code)]
+        const #ident: () = ();
+    }
+}
+
 /// Checks that need the events' constants, so they run in const evaluation: no two handled
 /// event types share a stored name (dispatch is by name), and an event that names its aggregate
 /// is handled only by that aggregate.
-fn compile_time_checks(krate: &syn::Path, name: &str, handlers: &[&Handler]) -> TokenStream {
+fn compile_time_checks(
+    krate: &syn::Path,
+    name: &str,
+    handlers: &[&Handler],
+    retired: &[syn::LitStr],
+) -> TokenStream {
     let events: Vec<&syn::Type> = handlers.iter().map(|h| &h.event).collect();
     let mut checks = name_overlap_checks(krate, name, &events);
-    for event in events {
+    for handler in handlers {
+        let event = &handler.event;
         let message = format!(
             "`{}` is handled by aggregate `{name}`, but its #[event(aggregate = \"...\")] names another aggregate",
             type_string(event)
         );
+        let aggregate_type = handled(krate, event, quote!(AGGREGATE_TYPE));
         checks.extend(quote_spanned! {event.span()=>
             const _: () = ::core::assert!(
-                #krate::__private::belongs_to(<#event as #krate::DomainEvent>::AGGREGATE_TYPE, #name),
+                #krate::__private::belongs_to(#aggregate_type, #name),
                 #message
             );
         });
+        // A retired name is always skipped (the README's promise), so a handler of it would
+        // never run: reported on the retired name.
+        let event_type = handled(krate, event, quote!(EVENT_TYPE));
+        let aliases = handled(krate, event, quote!(ALIASES));
+        for lit in retired {
+            let message = format!(
+                "{} is retired, but `{}` (handled by `{}`) is stored under that name or has it as an alias: a retired event type is always skipped; remove the handler, or take the name out of `retired`",
+                lit.token(),
+                type_string(event),
+                handler.method,
+            );
+            checks.extend(quote_spanned! {lit.span()=>
+                const _: () = ::core::assert!(
+                    !#krate::__private::names_overlap(#event_type, #aliases, #lit, &[]),
+                    #message
+                );
+            });
+        }
     }
     checks
+}
+
+/// `<event as Handled>::item`, spanned on the event type: every use of a handled type looks the
+/// same to rustc, so a type that is not an event is one error (see `__private::Handled`).
+pub(crate) fn handled(krate: &syn::Path, event: &syn::Type, item: TokenStream) -> TokenStream {
+    respan(
+        quote!(<#event as #krate::__private::Handled>::#item),
+        event.span(),
+    )
 }
 
 /// Const assertions that no two of `events` (handled by `name`) share a stored name or alias:
@@ -197,13 +278,17 @@ pub(crate) fn name_overlap_checks(
             let message = format!(
                 "`{later_str}` and `{earlier_str}` are both handled by `{name}` but share a stored event name (or alias): if one is a type alias of the other, they are the same event type, so keep one handler; if not, rename one with #[event(name = \"...\")]"
             );
+            let later_name = handled(krate, later_ty, quote!(EVENT_TYPE));
+            let later_aliases = handled(krate, later_ty, quote!(ALIASES));
+            let earlier_name = handled(krate, earlier_ty, quote!(EVENT_TYPE));
+            let earlier_aliases = handled(krate, earlier_ty, quote!(ALIASES));
             checks.extend(quote_spanned! {span=>
                 const _: () = ::core::assert!(
                     !#krate::__private::names_overlap(
-                        <#later_ty as #krate::DomainEvent>::EVENT_TYPE,
-                        <#later_ty as #krate::DomainEvent>::ALIASES,
-                        <#earlier_ty as #krate::DomainEvent>::EVENT_TYPE,
-                        <#earlier_ty as #krate::DomainEvent>::ALIASES,
+                        #later_name,
+                        #later_aliases,
+                        #earlier_name,
+                        #earlier_aliases,
                     ),
                     #message
                 );
@@ -232,6 +317,10 @@ pub(crate) fn respan(tokens: TokenStream, span: proc_macro2::Span) -> TokenStrea
 }
 
 /// The default name of an aggregate or projection: the last segment of its type (`crate::bank::Account` -> `Account`).
+///
+/// The name as written: through a type alias (`impl Acc` where `type Acc = Account`) it is the
+/// alias's. A macro cannot see through the alias, and `std::any::type_name` is not a `const fn`
+/// on rustc 1.95, so the stored name cannot come from the real type; the README says so.
 pub(crate) fn type_name(ty: &syn::Type) -> String {
     match ty {
         syn::Type::Path(path) => path

@@ -13,7 +13,9 @@ pub(crate) fn expand(input: &syn::DeriveInput) -> TokenStream {
     let cx = Ctxt::new();
     let event = Event::from_ast(&cx, input);
     if cx.has_errors() {
-        return cx.into_compile_errors();
+        let fallback = fallback(&event);
+        let errors = cx.into_compile_errors();
+        return quote!(#errors #fallback);
     }
 
     let krate = event
@@ -74,6 +76,48 @@ pub(crate) fn expand(input: &syn::DeriveInput) -> TokenStream {
 
             #krate::__private::inventory::submit! {
                 #krate::__private::EventType::of::<#ident>()
+            }
+        };
+    }
+}
+
+/// What a derive that failed validation still emits: an impl of `DomainEvent` whose constants
+/// match nothing, so that the type's handlers and `record` calls do not each add an error
+/// telling the user to derive what they derive. None for a generic type or a union, whose impl
+/// would raise errors of its own.
+fn fallback(event: &Event) -> TokenStream {
+    let input = event.original;
+    if !input.generics.params.is_empty() || matches!(input.data, syn::Data::Union(_)) {
+        return TokenStream::new();
+    }
+    let krate = event
+        .attrs
+        .krate
+        .clone()
+        .unwrap_or_else(|| syn::parse_quote!(::eventsource));
+    let ident = event.ident();
+    // Not a name any store accepts (it holds control characters), so it clashes with no event.
+    let name = format!("\u{0}invalid event {}", ident.unraw());
+    quote! {
+        #[doc(hidden)]
+        const _: () = {
+            #[automatically_derived]
+            impl #krate::DomainEvent for #ident {
+                const EVENT_TYPE: &'static str = #name;
+                const SCHEMA_VERSION: u32 = 1;
+                const AGGREGATE_TYPE: #krate::__private::Option<&'static str> = #krate::__private::None;
+                const ALIASES: &'static [&'static str] = &[];
+                const DECODABLE_VERSIONS: &'static [u32] = &[];
+
+                fn decode(
+                    __schema_version: u32,
+                    _: &str,
+                ) -> #krate::__private::Result<Self, #krate::DecodeError> {
+                    #krate::__private::Err(#krate::DecodeError::UnsupportedSchemaVersion {
+                        stored: __schema_version,
+                        current: 1,
+                    })
+                }
             }
         };
     }

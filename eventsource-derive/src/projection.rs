@@ -1,7 +1,7 @@
 //! Expansion of `#[projection]`: `eventsource::Projection` for an in-memory read model, or
 //! `eventsource::SqlProjection` when the handlers write through a transaction.
 
-use crate::aggregate::{name_overlap_checks, respan, type_name};
+use crate::aggregate::{handled, name_overlap_checks, respan, type_name};
 use crate::internals::Ctxt;
 use crate::internals::ast::{Projection, ProjectionHandler};
 use proc_macro2::TokenStream;
@@ -60,13 +60,14 @@ fn generate(projection: &Projection) -> TokenStream {
     let valid: Vec<&ProjectionHandler> =
         handlers.iter().copied().filter(|h| h.base.valid).collect();
 
-    // Every use of a handled event type goes through a function bounded on `ProjectedBy<Self>`
-    // and carries the event type's span, so that a type that is not an event is reported once
-    // per body, in our words, on the handler's parameter.
+    // Every use of a handled event type goes through `__private::Handled`, spanned on the
+    // handler's parameter, so that a type that is not an event is reported once, in our words.
     let event_names = valid.iter().map(|h| {
-        let event = &h.base.event;
-        quote_spanned! {event.span()=>
-            #krate::__private::projected_names::<Self, #event>(&mut __names);
+        let event_type = handled(&krate, &h.base.event, quote!(EVENT_TYPE));
+        let aliases = handled(&krate, &h.base.event, quote!(ALIASES));
+        quote! {
+            __names.push(#event_type);
+            __names.extend_from_slice(#aliases);
         }
     });
     let event_types = quote! {
@@ -89,11 +90,14 @@ fn generate(projection: &Projection) -> TokenStream {
         } else {
             quote!(Self::#method(self, &__decoded #context))
         };
-        let test = quote_spanned! {event.span()=>
-            #krate::__private::projects::<Self, #event>(__event.event_type)
+        let event_type = handled(&krate, event, quote!(EVENT_TYPE));
+        let aliases = handled(&krate, event, quote!(ALIASES));
+        let decode_stored = handled(&krate, event, quote!(decode_stored));
+        let test = quote! {
+            #krate::__private::is_named(__event.event_type, #event_type, #aliases)
         };
-        let decode = quote_spanned! {event.span()=>
-            #krate::__private::decode_for_projection::<#event>(__event)
+        let decode = quote! {
+            #krate::__private::for_handler(#decode_stored(__event))
         };
         // On the handler's return type: one that is not an outcome is reported there.
         let call = respan(call, h.output_span);

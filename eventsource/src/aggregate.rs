@@ -71,13 +71,16 @@ pub trait Handles<E: DomainEvent>: Aggregate {
 #[diagnostic::on_unimplemented(
     message = "`{A}` has no handler for event `{Self}`",
     label = "`{A}` cannot apply `{Self}`",
-    note = "add `#[handles] fn on_event(&mut self, event: &{Self}) {{ ... }}` to the `#[aggregate]` impl block of `{A}`"
+    note = "`record` takes an event by value (not boxed or borrowed) of a type that `{A}`'s `#[aggregate]` block has a `#[handles] fn name(&mut self, event: &EventType)` method for"
 )]
 pub trait AppliesTo<A: Aggregate>: DomainEvent {
     /// Applies the event to `aggregate` with its handler.
     fn apply_to(&self, aggregate: &mut A);
 }
 
+// Not recommended, so that one unrecordable value is one error in `AppliesTo`'s words, not one
+// per bound of this impl (a `Box<E>` fails both).
+#[diagnostic::do_not_recommend]
 impl<A: Handles<E>, E: DomainEvent> AppliesTo<A> for E {
     #[inline]
     fn apply_to(&self, aggregate: &mut A) {

@@ -209,6 +209,9 @@ pub mod __private {
         fn upcast_into(self) -> Result<T, Box<dyn std::error::Error + Send + Sync + 'static>>;
     }
 
+    // Not recommended, so that a missing conversion is reported as this trait, in our words,
+    // rather than as the `From` bound this impl reaches through `TryFrom`'s blanket impl.
+    #[diagnostic::do_not_recommend]
     impl<P, T> UpcastInto<T> for P
     where
         T: TryFrom<P>,
@@ -284,38 +287,53 @@ pub mod __private {
             })
     }
 
-    /// Implemented by `#[aggregate]` before anything else, so that a second `#[aggregate]` block
-    /// for one type is first reported as a conflict of this trait, whose name says what is wrong,
-    /// rather than of `Aggregate`.
-    pub trait OnlyOneAggregateBlockPerType {}
-
-    /// Implemented by `#[projection]` before anything else, for the same reason as
-    /// [`OnlyOneAggregateBlockPerType`].
-    pub trait OnlyOneProjectionBlockPerType {}
-
-    /// The bound on a projection's handled event type, with the event as `Self` (as
-    /// `AppliesTo`), so that a handler of a type that is not an event is reported in our words,
-    /// on the handler's parameter.
+    /// Every use an `#[aggregate]` makes of a handled event type goes through this trait, spanned
+    /// on the handler's parameter: when the type is not an event, each use fails with the same
+    /// error at the same place, which rustc reports once, in our words.
     #[diagnostic::on_unimplemented(
-        message = "`{Self}` is not a domain event, so projection `{P}` cannot handle it",
+        message = "`{Self}` is not a domain event, so a `#[handles]` method cannot take it",
         label = "not a domain event",
-        note = "a `#[handles]` method takes `&E` of an event type `E`: add `#[derive(DomainEvent, Serialize, Deserialize)]` to `{Self}`"
+        note = "a handler borrows an event: a struct or enum of this crate with `#[derive(DomainEvent, Serialize, Deserialize)]`"
     )]
-    pub trait ProjectedBy<P: ?Sized>: DomainEvent {}
+    pub trait Handled: Sized {
+        /// `DomainEvent::EVENT_TYPE`.
+        const EVENT_TYPE: &'static str;
+        /// `DomainEvent::ALIASES`.
+        const ALIASES: &'static [&'static str];
+        /// `DomainEvent::AGGREGATE_TYPE`.
+        const AGGREGATE_TYPE: Option<&'static str>;
+        /// Decodes a recorded event whose name is known to be this type's.
+        fn decode_stored(event: EventView<'_>) -> Result<Self, Error>;
+    }
 
-    impl<P: ?Sized, E: DomainEvent> ProjectedBy<P> for E {}
+    // Not recommended, so that a type that is not an event is reported as `Handled`.
+    #[diagnostic::do_not_recommend]
+    impl<E: DomainEvent> Handled for E {
+        const EVENT_TYPE: &'static str = E::EVENT_TYPE;
+        const ALIASES: &'static [&'static str] = E::ALIASES;
+        const AGGREGATE_TYPE: Option<&'static str> = E::AGGREGATE_TYPE;
+        #[inline]
+        fn decode_stored(event: EventView<'_>) -> Result<Self, Error> {
+            decode_stored::<E>(event)
+        }
+    }
 
-    /// Whether `name` is `E`'s stored name or one of its aliases, for projection `P`'s dispatch.
+    /// A decoding error as a projection handler's error.
     #[inline]
-    pub fn projects<P: ?Sized, E: ProjectedBy<P>>(name: &str) -> bool {
-        named::<E>(name)
+    pub fn for_handler<T>(decoded: Result<T, Error>) -> Result<T, crate::HandlerError> {
+        decoded.map_err(|error| crate::__private::Box::new(error) as _)
     }
 
-    /// Adds `E`'s stored name and aliases to projection `P`'s event types.
-    pub fn projected_names<P: ?Sized, E: ProjectedBy<P>>(names: &mut Vec<&'static str>) {
-        names.push(E::EVENT_TYPE);
-        names.extend_from_slice(E::ALIASES);
+    /// Whether `name` is `event_type` or one of `aliases`.
+    #[inline]
+    pub fn is_named(name: &str, event_type: &str, aliases: &[&str]) -> bool {
+        name == event_type || aliases.contains(&name)
     }
+
+    /// Implemented by `#[projection]` before anything else, so that a second `#[projection]`
+    /// block for one type is first reported as a conflict of this trait, whose name says what is
+    /// wrong, rather than of `Projection`.
+    pub trait OnlyOneProjectionBlockPerType {}
 
     /// How an in-memory projection without `reset = ...` empties itself: `Default`, whose
     /// absence is reported in our words.

@@ -27,6 +27,7 @@ impl<'a> Event<'a> {
     pub(crate) fn from_ast(cx: &Ctxt, input: &'a DeriveInput) -> Self {
         let attrs = EventAttrs::from_attrs(cx, &input.attrs);
         check::event_shape(cx, input);
+        check::aliases(cx, &input.ident, &attrs);
         check::upcast_chain(cx, attrs.version.map_or(1, |v| v.value), &attrs.upcasts);
         let personal = personal_fields(cx, input);
         check::personal_fields(cx, input, &personal);

@@ -4,7 +4,7 @@
 use super::Ctxt;
 use super::ast::Handler;
 use super::ast::PersonalField;
-use super::attr::{Upcast, UpcastStep};
+use super::attr::{EventAttrs, Upcast, UpcastStep};
 use quote::ToTokens;
 use std::collections::btree_map::Entry;
 use std::collections::{BTreeMap, HashMap};
@@ -26,6 +26,30 @@ pub(crate) fn event_shape(cx: &Ctxt, input: &DeriveInput) {
                 param.to_token_stream()
             ),
         );
+    }
+}
+
+/// An alias is an older name of the event: not its own (stored) name, and each given once.
+pub(crate) fn aliases(cx: &Ctxt, ident: &syn::Ident, attrs: &EventAttrs) {
+    let name = match &attrs.name {
+        Some(lit) => lit.value(),
+        None => syn::ext::IdentExt::unraw(ident).to_string(),
+    };
+    let mut seen: Vec<String> = Vec::new();
+    for alias in &attrs.aliases {
+        let value = alias.value();
+        if value == name {
+            cx.error_spanned_by(
+                alias,
+                format!(
+                    "`alias = \"{value}\"` is the event's own name: an alias is an older name it was stored under; remove it"
+                ),
+            );
+        } else if seen.contains(&value) {
+            cx.error_spanned_by(alias, format!("duplicate `alias = \"{value}\"`"));
+        } else {
+            seen.push(value);
+        }
     }
 }
 
@@ -216,14 +240,7 @@ pub(crate) fn handler_signature(cx: &Ctxt, sig: &Signature) -> Option<(Type, boo
             format!("a handler cannot be `unsafe`; {HANDLER_SHAPE}"),
         );
     }
-    if !sig.generics.params.is_empty() {
-        error(
-            &sig.generics,
-            format!(
-                "a handler cannot be generic: it handles one concrete event type; {HANDLER_SHAPE}"
-            ),
-        );
-    }
+    let generics_ok = handler_generics(cx, sig, HANDLER_SHAPE);
 
     let mut inputs = sig.inputs.iter().peekable();
     let receiver_ok = receiver(cx, sig, &mut inputs, Target::Aggregate, HANDLER_SHAPE);
@@ -234,7 +251,7 @@ pub(crate) fn handler_signature(cx: &Ctxt, sig: &Signature) -> Option<(Type, boo
     let mut event_ok = true;
     let event = match inputs.next() {
         Some(FnArg::Typed(arg)) => {
-            let (event, valid) = event_parameter(cx, &arg.ty, KEPT_TO_BE_STORED);
+            let (event, valid) = event_parameter(cx, sig, &arg.ty, KEPT_TO_BE_STORED);
             event_ok = valid;
             event
         }
@@ -268,7 +285,38 @@ pub(crate) fn handler_signature(cx: &Ctxt, sig: &Signature) -> Option<(Type, boo
         }
     }
 
-    event.map(|event| (event, ok && event_ok && receiver_ok))
+    event.map(|event| (event, ok && generics_ok && event_ok && receiver_ok))
+}
+
+/// A handler's generic parameters: lifetimes without bounds only (`fn on<'a>(&mut self, event:
+/// &'a E)` names a borrow and changes nothing); a type or const parameter would make it handle
+/// no one concrete event type. Returns whether they are valid.
+fn handler_generics(cx: &Ctxt, sig: &Signature, shape: &str) -> bool {
+    let mut ok = true;
+    for param in &sig.generics.params {
+        match param {
+            GenericParam::Lifetime(def) => {
+                if let Some(colon) = &def.colon_token {
+                    ok = false;
+                    let bounds = &def.bounds;
+                    cx.error_spanned_by(
+                        quote::quote!(#colon #bounds),
+                        "a handler's lifetime parameters cannot have bounds: the event and the context are borrowed for the call only",
+                    );
+                }
+            }
+            GenericParam::Type(_) | GenericParam::Const(_) => {
+                ok = false;
+                cx.error_spanned_by(
+                    param,
+                    format!(
+                        "a handler cannot be generic: it handles one concrete event type; {shape}"
+                    ),
+                );
+            }
+        }
+    }
+    ok
 }
 
 /// Checks that a handler's first parameter is `&mut self` and consumes it (a typed first
@@ -336,6 +384,8 @@ enum Named<'a> {
     Event(&'a Type),
     /// `Box<E>`, `Arc<E>` or `Rc<E>`: a pointer to event `E`.
     Pointer(&'a Type),
+    /// `Self` (or a pointer to it): the type the handler changes, not an event.
+    SelfType,
     /// Anything else (`impl Trait`, a tuple, a slice...): no single event type.
     Other,
 }
@@ -344,6 +394,7 @@ fn named(ty: &Type) -> Named<'_> {
     match ty {
         Type::Group(group) => named(&group.elem),
         Type::Paren(paren) => named(&paren.elem),
+        Type::Path(path) if path.qself.is_none() && path.path.is_ident("Self") => Named::SelfType,
         Type::Path(path) if path.qself.is_none() => {
             let pointee = path.path.segments.last().and_then(|last| {
                 let pointer = ["Box", "Arc", "Rc"].iter().any(|p| last.ident == p);
@@ -358,6 +409,7 @@ fn named(ty: &Type) -> Named<'_> {
                 }
             });
             match pointee {
+                Some(inner) if matches!(named(inner), Named::SelfType) => Named::SelfType,
                 Some(inner) => Named::Pointer(inner),
                 None => Named::Event(ty),
             }
@@ -369,13 +421,27 @@ fn named(ty: &Type) -> Named<'_> {
 /// Why an aggregate's handler borrows its event, for the messages of [`event_parameter`].
 const KEPT_TO_BE_STORED: &str = "; the same event is also kept to be stored";
 
+const NOT_SELF: &str = "`Self` is the type this handler changes (`&mut self`), not an event: a handler borrows one event type, `fn name(&mut self, event: &EventType)`";
+
 const ONE_EVENT_TYPE: &str =
     "a handler takes one concrete event type by reference: `fn name(&mut self, event: &EventType)`";
 
 /// The event type of a handler's `&E` parameter, and whether the parameter is valid. Each fault
 /// is reported; the event type is still returned when the parameter names one (`&mut E`,
 /// `Box<E>`), so that the aggregate keeps its `Handles<E>` and `record(E)` still compiles.
-fn event_parameter(cx: &Ctxt, ty: &Type, why_borrowed: &str) -> (Option<Type>, bool) {
+fn event_parameter(
+    cx: &Ctxt,
+    sig: &Signature,
+    ty: &Type,
+    why_borrowed: &str,
+) -> (Option<Type>, bool) {
+    if matches!(named(ty), Named::SelfType)
+        || matches!(ty, Type::Reference(r) if matches!(named(&r.elem), Named::SelfType))
+    {
+        // No `Handles<Self>` either: `Self` means nothing in the generated items.
+        cx.error_spanned_by(ty, NOT_SELF);
+        return (None, false);
+    }
     match ty {
         Type::Reference(reference) => {
             let event = match named(&reference.elem) {
@@ -391,13 +457,21 @@ fn event_parameter(cx: &Ctxt, ty: &Type, why_borrowed: &str) -> (Option<Type>, b
                     );
                     return (Some(inner.clone()), false);
                 }
-                Named::Other => {
+                Named::Other | Named::SelfType => {
                     cx.error_spanned_by(&reference.elem, ONE_EVENT_TYPE);
                     return (None, false);
                 }
             };
             let mut valid = true;
-            if let Some(lifetime) = &reference.lifetime {
+            // `&'_ E` is `&E`, and a lifetime the method declares names the call's borrow.
+            let harmless = |lifetime: &syn::Lifetime| {
+                lifetime.ident == "_"
+                    || sig
+                        .generics
+                        .lifetimes()
+                        .any(|def| def.lifetime == *lifetime)
+            };
+            if let Some(lifetime) = reference.lifetime.as_ref().filter(|l| !harmless(l)) {
                 valid = false;
                 cx.error_spanned_by(
                     lifetime,
@@ -441,7 +515,7 @@ fn event_parameter(cx: &Ctxt, ty: &Type, why_borrowed: &str) -> (Option<Type>, b
                 );
                 (Some(inner.clone()), false)
             }
-            Named::Other => {
+            Named::Other | Named::SelfType => {
                 cx.error_spanned_by(by_value, ONE_EVENT_TYPE);
                 (None, false)
             }
@@ -573,20 +647,7 @@ pub(crate) fn projection_handler_signature(
             format!("a handler cannot be `unsafe`; {PROJECTION_SHAPE}"),
         );
     }
-    // Lifetimes are harmless (`fn on(&mut self, e: &E, ctx: &EventContext<'a>)`).
-    if sig
-        .generics
-        .params
-        .iter()
-        .any(|param| !matches!(param, GenericParam::Lifetime(_)))
-    {
-        error(
-            &sig.generics,
-            format!(
-                "a handler cannot be generic: it handles one concrete event type; {PROJECTION_SHAPE}"
-            ),
-        );
-    }
+    let generics_ok = handler_generics(cx, sig, PROJECTION_SHAPE);
 
     let mut inputs = sig.inputs.iter().peekable();
     let receiver_ok = receiver(cx, sig, &mut inputs, Target::Projection, PROJECTION_SHAPE);
@@ -614,7 +675,7 @@ pub(crate) fn projection_handler_signature(
     }
     let event = match event_arg {
         Some(FnArg::Typed(arg)) => {
-            let (event, valid) = event_parameter(cx, &arg.ty, DECODED_ONCE);
+            let (event, valid) = event_parameter(cx, sig, &arg.ty, DECODED_ONCE);
             event_ok = valid;
             event
         }
@@ -696,7 +757,7 @@ pub(crate) fn projection_handler_signature(
         transaction,
         database,
         kind_tokens,
-        valid: ok && event_ok && receiver_ok,
+        valid: ok && generics_ok && event_ok && receiver_ok,
     })
 }
 

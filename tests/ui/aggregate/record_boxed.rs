@@ -1,0 +1,20 @@
+// Recording an event behind a pointer: record the event itself.
+use eventsource::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(DomainEvent, Serialize, Deserialize)]
+struct Opened;
+
+#[derive(Default)]
+struct Account;
+
+#[aggregate]
+impl Account {
+    #[handles]
+    fn opened(&mut self, _event: &Opened) {}
+}
+
+fn main() {
+    let mut account = Root::<Account>::new(Uuid::nil());
+    account.record(Box::new(Opened));
+}
