@@ -68,6 +68,13 @@ async fn many_writers_across<S: EventStore + Clone + 'static>(stores: &[S]) -> V
     for task in tasks {
         task.await.unwrap();
     }
+    // read_all reads what is readable now; other sessions of the server (other tests) may hold
+    // the horizon back for a moment: read our own writes as the README says, after wait_for.
+    let head = store.log_head().await.unwrap();
+    store
+        .wait_for(head.last, std::time::Duration::from_secs(10))
+        .await
+        .unwrap();
     let all: Vec<RecordedEvent> = store
         .read_all(ReadAll::from_start())
         .try_collect()
