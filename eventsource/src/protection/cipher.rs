@@ -58,8 +58,8 @@ impl MasterKey {
     /// Wraps a data key: nonce followed by the ciphertext and tag, bound to its id, tenant and
     /// subject.
     pub(crate) fn wrap(&self, key: &DataKey) -> Vec<u8> {
-        let aad = wrap_aad(key.id, key.tenant.as_deref(), &key.subject);
-        seal(&self.0, &*key.bytes, &aad)
+        let aad = wrap_aad(key.id, key.tenant(), key.subject());
+        seal(&self.0, &*key.material.bytes, &aad)
     }
 
     /// Unwraps what [`wrap`](Self::wrap) made; a wrong master key (or altered bytes, or a row
@@ -110,6 +110,12 @@ fn wrap_aad(id: Uuid, tenant: Option<&str>, subject: &str) -> Vec<u8> {
 #[derive(Clone)]
 pub struct DataKey {
     id: Uuid,
+    /// Shared by the clones (a cache hands out clones on every read): zeroed when the last
+    /// one is dropped.
+    material: std::sync::Arc<KeyMaterial>,
+}
+
+struct KeyMaterial {
     tenant: Option<String>,
     subject: String,
     bytes: Zeroizing<[u8; 32]>,
@@ -128,9 +134,11 @@ impl DataKey {
     pub(crate) fn new(id: Uuid, tenant: Option<&str>, subject: &str, bytes: [u8; 32]) -> Self {
         DataKey {
             id,
-            tenant: tenant.map(str::to_owned),
-            subject: subject.to_owned(),
-            bytes: Zeroizing::new(bytes),
+            material: std::sync::Arc::new(KeyMaterial {
+                tenant: tenant.map(str::to_owned),
+                subject: subject.to_owned(),
+                bytes: Zeroizing::new(bytes),
+            }),
         }
     }
 
@@ -141,17 +149,21 @@ impl DataKey {
 
     /// The tenant of the subject (`None` for events with no tenant).
     pub fn tenant(&self) -> Option<&str> {
-        self.tenant.as_deref()
+        self.material.tenant.as_deref()
     }
 
     /// The data subject whose key this is.
     pub fn subject(&self) -> &str {
-        &self.subject
+        &self.material.subject
     }
 
     /// Encrypts the JSON text of field `field` into its envelope.
     pub(crate) fn encrypt(&self, field: &str, plain: &[u8]) -> serde_json::Value {
-        let sealed = seal(&(*self.bytes).into(), plain, &field_aad(self.id, field));
+        let sealed = seal(
+            &(*self.material.bytes).into(),
+            plain,
+            &field_aad(self.id, field),
+        );
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
         serde_json::json!({
             ENVELOPE_TAG: ENVELOPE_V1,
@@ -165,18 +177,22 @@ impl DataKey {
     pub(crate) fn decrypt(&self, field: &str, envelope: &Envelope) -> Option<Vec<u8>> {
         let mut sealed = envelope.nonce.clone();
         sealed.extend_from_slice(&envelope.ciphertext);
-        open(&(*self.bytes).into(), &sealed, &field_aad(self.id, field))
+        open(
+            &(*self.material.bytes).into(),
+            &sealed,
+            &field_aad(self.id, field),
+        )
     }
 
     /// Seals `plain` (a snapshot's share) under this key, bound to `aad`: nonce, ciphertext
     /// and tag.
     pub(crate) fn seal(&self, plain: &[u8], aad: &[u8]) -> Vec<u8> {
-        seal(&(*self.bytes).into(), plain, aad)
+        seal(&(*self.material.bytes).into(), plain, aad)
     }
 
     /// Opens what [`seal`](Self::seal) made; `None` if it does not authenticate.
     pub(crate) fn open(&self, sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
-        open(&(*self.bytes).into(), sealed, aad)
+        open(&(*self.material.bytes).into(), sealed, aad)
     }
 }
 
@@ -184,8 +200,8 @@ impl fmt::Debug for DataKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("DataKey")
             .field("id", &self.id)
-            .field("tenant", &self.tenant)
-            .field("subject", &self.subject)
+            .field("tenant", &self.material.tenant)
+            .field("subject", &self.material.subject)
             .finish_non_exhaustive()
     }
 }

@@ -561,22 +561,32 @@ impl<S: EventStore, K: KeyStore> ProtectedStore<S, K> {
             event_type: Some(event.event_type.clone()),
             reason,
         };
-        let Ok(mut payload) =
-            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&event.payload)
+        // The top-level fields as raw text, borrowed from the payload: only the declared
+        // fields' envelopes are parsed, and the plain values are spliced in where they stood,
+        // so the rest of the payload is neither parsed into values nor written again.
+        let Ok(raw) =
+            serde_json::from_str::<HashMap<String, &serde_json::value::RawValue>>(&event.payload)
         else {
             return Ok(event);
         };
         let tenant = event.metadata.tenant_id.as_deref();
+        let mut splices: Vec<(std::ops::Range<usize>, String)> = Vec::new();
         for field in fields.iter().map(PersonalField::field) {
             // Only the declared fields: an envelope-shaped value elsewhere is the
             // application's own data.
-            let Some(value) = payload.get_mut(field) else {
+            let Some(text) = raw.get(field).map(|value| value.get()) else {
                 continue;
             };
-            if !Envelope::is_envelope(value) {
+            if !text.contains("\"$enc\"") {
                 continue;
             }
-            let envelope = Envelope::parse(value)
+            let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+                continue;
+            };
+            if !Envelope::is_envelope(&value) {
+                continue;
+            }
+            let envelope = Envelope::parse(&value)
                 .map_err(|reason| corrupt(format!("personal field `{field}`: {reason}")))?;
             let state = match self.key(tenant, envelope.key_id).await {
                 Ok(state) => state,
@@ -591,7 +601,7 @@ impl<S: EventStore, K: KeyStore> ProtectedStore<S, K> {
                 }
                 Err(error) => return Err(error),
             };
-            *value = match state {
+            let plain = match state {
                 KeyState::Live(key) => {
                     let plain = key.decrypt(field, &envelope).ok_or_else(|| {
                         corrupt(format!(
@@ -599,11 +609,14 @@ impl<S: EventStore, K: KeyStore> ProtectedStore<S, K> {
                              was altered"
                         ))
                     })?;
-                    serde_json::from_slice(&plain).map_err(|_| {
-                        corrupt(format!("personal field `{field}` decrypts to no JSON"))
-                    })?
+                    String::from_utf8(plain)
+                        .ok()
+                        .filter(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok())
+                        .ok_or_else(|| {
+                            corrupt(format!("personal field `{field}` decrypts to no JSON"))
+                        })?
                 }
-                KeyState::Destroyed => forgotten_value(),
+                KeyState::Destroyed => forgotten_value().to_string(),
                 KeyState::Unknown => {
                     return Err(corrupt(format!(
                         "personal field `{field}` is encrypted with key {}, which this key \
@@ -612,8 +625,24 @@ impl<S: EventStore, K: KeyStore> ProtectedStore<S, K> {
                     )));
                 }
             };
+            // Where the raw text lies in the payload it was borrowed from.
+            let start = text.as_ptr() as usize - event.payload.as_ptr() as usize;
+            splices.push((start..start + text.len(), plain));
         }
-        event.payload = serde_json::Value::Object(payload).to_string();
+        if splices.is_empty() {
+            return Ok(event);
+        }
+        splices.sort_by_key(|(range, _)| range.start);
+        let mut payload = String::with_capacity(event.payload.len());
+        let mut at = 0;
+        for (range, plain) in &splices {
+            payload.push_str(&event.payload[at..range.start]);
+            payload.push_str(plain);
+            at = range.end;
+        }
+        payload.push_str(&event.payload[at..]);
+        drop(raw);
+        event.payload = payload;
         Ok(event)
     }
 }
