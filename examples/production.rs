@@ -4,7 +4,7 @@
 //! report an HTTP handler can return, and a graceful shutdown on Ctrl-C.
 //!
 //! What it teaches: how the production pieces fit in one `main`. Each is documented in the
-//! README (Multi-tenancy; Observability and operations; Resilience to a failing database).
+//! docs (tenancy.md; operations.md; stores.md, Resilience to a failing database).
 //!
 //! Run it with `cargo run --example production` (SQLite under `target/`), or with
 //! `DATABASE_URL=postgres://...` for a fresh schema of that database. It serves a few requests,

@@ -18,7 +18,7 @@
 //!   get ids derived from the triggering event; the saga is stopped and every event is
 //!   delivered to it again (as after a crash before its checkpoint), and nothing happens twice.
 //!
-//! The database is kept: inspect it afterwards with the command line (see the README).
+//! The database is kept: inspect it afterwards with the command line (see docs/cli.md).
 
 use eventsource::prelude::*;
 use eventsource::subscription::Subscriptions;

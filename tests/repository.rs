@@ -470,3 +470,68 @@ async fn a_state_that_does_not_serialize_is_a_snapshot_error_never_a_failed_save
         other => panic!("expected Error::SnapshotEncode, got {other:?}"),
     }
 }
+
+#[derive(Default, Debug, Serialize, Deserialize)]
+struct Ticking {
+    ticks: u32,
+}
+
+#[derive(DomainEvent, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[event(name = "repo.Ticked", aggregate = "Ticking")]
+struct Ticked;
+
+#[aggregate(name = "Ticking", id = String, snapshot_every = 2)]
+impl Ticking {
+    #[handles]
+    fn ticked(&mut self, _event: &Ticked) {
+        self.ticks += 1;
+    }
+}
+
+/// `snapshot_every` (or a strategy) on a repository without a snapshot store is said, once,
+/// not silently ignored; a strategy set before `with_snapshots` applies once the store is there.
+#[tokio::test(flavor = "current_thread")]
+async fn snapshots_asked_for_without_a_store_are_warned_about() {
+    let logs = eventsource_tests::logs::capture();
+    let store = SqliteEventStore::in_memory().await.unwrap();
+    let plain = Ticking::repository(store.clone());
+    for id in ["a", "b"] {
+        let mut root = plain.create(id.to_owned());
+        root.record(Ticked);
+        root.record(Ticked);
+        plain.save(&mut root).await.unwrap();
+    }
+    assert_eq!(
+        logs.lines_with("no snapshot store").len(),
+        1,
+        "once per repository"
+    );
+    assert!(
+        store
+            .load_snapshot(&plain.stream_id(&"a".to_owned()))
+            .await
+            .unwrap()
+            .is_none()
+    );
+
+    let ordered = Ticking::repository(store.clone())
+        .with_snapshot_strategy(SnapshotStrategy::every(3))
+        .with_snapshots();
+    assert_eq!(
+        ordered.snapshot_strategy(),
+        Some(SnapshotStrategy::every(3))
+    );
+    let mut root = ordered.create("c".to_owned());
+    for _ in 0..3 {
+        root.record(Ticked);
+    }
+    ordered.save(&mut root).await.unwrap();
+    assert!(
+        store
+            .load_snapshot(&ordered.stream_id(&"c".to_owned()))
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert_eq!(logs.lines_with("no snapshot store").len(), 1);
+}

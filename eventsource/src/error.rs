@@ -437,7 +437,7 @@ impl Error {
     /// Whether this is a transient failure of the database: the connection was lost or reset
     /// (a server restart, a failover, `pg_terminate_backend`), the pool timed out, or the
     /// server asked for the transaction to be tried again (serialization failure, deadlock).
-    /// Stores retry such errors themselves where that is safe (see the README, "Resilience");
+    /// Stores retry such errors themselves where that is safe (see docs/stores.md, "Resilience");
     /// one that reaches the caller means the retries ran out.
     pub fn is_transient(&self) -> bool {
         match self {

@@ -431,7 +431,28 @@ pub mod __private {
     }
 }
 
-/// The README's examples, compiled and run as doctests so that they cannot rot.
+/// The README's and the chapters' examples, compiled and run as doctests so that they cannot
+/// rot.
 #[cfg(doctest)]
-#[doc = include_str!("../../README.md")]
-struct ReadmeDoctests;
+mod documentation {
+    #[doc = include_str!("../../README.md")]
+    struct Readme;
+    #[doc = include_str!("../../docs/events-and-aggregates.md")]
+    struct EventsAndAggregates;
+    #[doc = include_str!("../../docs/stores.md")]
+    struct Stores;
+    #[doc = include_str!("../../docs/testing.md")]
+    struct Testing;
+    #[doc = include_str!("../../docs/projections.md")]
+    struct Projections;
+    #[doc = include_str!("../../docs/buses.md")]
+    struct Buses;
+    #[doc = include_str!("../../docs/tenancy.md")]
+    struct Tenancy;
+    #[doc = include_str!("../../docs/personal-data.md")]
+    struct PersonalData;
+    #[doc = include_str!("../../docs/operations.md")]
+    struct Operations;
+    #[doc = include_str!("../../docs/cli.md")]
+    struct Cli;
+}

@@ -30,6 +30,11 @@ pub const DEFAULT_MAX_ATTEMPTS: u32 = 5;
 pub struct Repository<A: Aggregate, S> {
     store: S,
     snapshots: Option<Snapshots<A>>,
+    /// A strategy set before a snapshot store: applied when one is added, else warned about.
+    requested: Option<SnapshotStrategy>,
+    /// Whether the warning that no snapshot store takes the requested snapshots was logged
+    /// (once per repository and its clones).
+    warned: Arc<std::sync::atomic::AtomicBool>,
     max_attempts: u32,
     cache: Option<Arc<AggregateCache<A>>>,
 }
@@ -119,6 +124,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         Repository {
             store,
             snapshots: None,
+            requested: None,
+            warned: Arc::default(),
             max_attempts: DEFAULT_MAX_ATTEMPTS,
             cache: None,
         }
@@ -169,7 +176,11 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         A: Serialize + DeserializeOwned,
         T: SnapshotStore + 'static,
     {
-        let strategy = self.snapshots.as_ref().map(Snapshots::strategy);
+        let strategy = self
+            .snapshots
+            .as_ref()
+            .map(Snapshots::strategy)
+            .or(self.requested);
         let mut snapshots = Snapshots::new(snapshots);
         if let Some(strategy) = strategy {
             snapshots.set_strategy(strategy);
@@ -178,12 +189,38 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         self
     }
 
-    /// Sets when snapshots are taken (with a snapshot store; without one this does nothing).
+    /// Sets when snapshots are taken. Set before [`with_snapshots`](Self::with_snapshots), it
+    /// applies once a snapshot store is added; a repository that saves with an automatic
+    /// strategy (or `#[aggregate(snapshot_every = N)]`) and no snapshot store logs a warning
+    /// once: nothing would take those snapshots.
     pub fn with_snapshot_strategy(mut self, strategy: SnapshotStrategy) -> Self {
-        if let Some(snapshots) = &mut self.snapshots {
-            snapshots.set_strategy(strategy);
+        match &mut self.snapshots {
+            Some(snapshots) => snapshots.set_strategy(strategy),
+            None => self.requested = Some(strategy),
         }
         self
+    }
+
+    /// Warns, once, that snapshots are asked for and nothing takes them.
+    fn warn_without_snapshot_store(&self) {
+        use std::sync::atomic::Ordering;
+        if self.snapshots.is_some() || self.warned.load(Ordering::Relaxed) {
+            return;
+        }
+        let interval = self
+            .requested
+            .unwrap_or_else(SnapshotStrategy::of::<A>)
+            .interval();
+        if let Some(every) = interval
+            && !self.warned.swap(true, Ordering::Relaxed)
+        {
+            tracing::warn!(
+                aggregate_type = A::TYPE,
+                every,
+                "snapshots every {every} events are asked for, but this repository has no \
+                 snapshot store: call with_snapshots() (or with_snapshot_store) to take them"
+            );
+        }
     }
 
     /// When snapshots are taken, if the repository has a snapshot store.
@@ -313,6 +350,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             let metadata = root.pending_events().first().map(|event| event.metadata());
             crate::telemetry::record_ids(&span, metadata);
         }
+        self.warn_without_snapshot_store();
         let started = Instant::now();
         let result = self.save_inner(root).traced(span.clone()).await;
         if let Some(cache) = &self.cache {
@@ -702,6 +740,8 @@ impl<A: Aggregate, S: Clone> Clone for Repository<A, S> {
         Repository {
             store: self.store.clone(),
             snapshots: self.snapshots.clone(),
+            requested: self.requested,
+            warned: Arc::clone(&self.warned),
             max_attempts: self.max_attempts,
             cache: self.cache.clone(),
         }

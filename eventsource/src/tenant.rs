@@ -23,7 +23,7 @@
 //! transaction-local setting `eventsource.tenant` in each of its transactions: connected as a
 //! role that does not own the tables, the database's row-level security policies limit every
 //! statement to that tenant's rows (events, snapshots, checkpoints and dead letters), whatever
-//! the library does (see the README's "Multi-tenancy"). Cross-tenant reads stay possible through
+//! the library does (see docs/tenancy.md). Cross-tenant reads stay possible through
 //! the unscoped store only.
 //!
 //! ```

@@ -248,7 +248,7 @@ impl KafkaBus {
     /// Deletes the topic and its dead letters, and (as far as the broker allows) the consumer
     /// groups of `groups`: for tests and teardown. The consumers subscribed through this bus
     /// are stopped first (they receive nothing more): a consumer still fetching from a topic
-    /// that `tansu` deletes crashes its process (see the README's Kafka section).
+    /// that `tansu` deletes crashes its process (see docs/buses.md, Kafka).
     pub async fn destroy(&self, groups: &[&str]) -> Result<()> {
         self.stop_consumers().await;
         let admin = self.admin()?;

@@ -430,7 +430,7 @@ impl PostgresEventStore {
     /// together, in one statement and one transaction (one round trip, one commit), each with
     /// its own expected-version check (a conflict fails that append alone). A lone writer
     /// commits alone, without waiting for company. Worth it when many tasks save at once; see
-    /// the README (Performance, W5b) for what it gives. A tenant-scoped store
+    /// BENCHMARKS.md (W5b) for what it gives. A tenant-scoped store
     /// ([`for_tenant`](crate::tenant::Tenancy)) appends on its own.
     ///
     /// Needs a Tokio runtime (the committer is a task of the runtime this is called on); outside

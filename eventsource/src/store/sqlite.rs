@@ -214,7 +214,7 @@ impl SqliteEventStore {
     /// together, one `BEGIN IMMEDIATE` ... `COMMIT` (one durable commit, one `fsync`) for all
     /// of them, each with its own expected-version check (a conflict fails that append alone).
     /// A lone writer commits alone, without waiting for company. Worth it when many tasks save
-    /// at once; see the README (Performance, W5b) for what it gives.
+    /// at once; see BENCHMARKS.md (W5b) for what it gives.
     ///
     /// Needs a Tokio runtime (the committer is a task of the runtime this is called on); outside
     /// one, the store is returned as it is. Clones made after this share the committer.

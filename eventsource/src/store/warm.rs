@@ -6,7 +6,7 @@
 //! that a loop of single statements wanders over several server processes. For a store whose
 //! operations are one statement each, that is a second round trip per operation and a server
 //! process that is rarely warm. The command path (a load, then an append) paid two such tests
-//! per command: on PostgreSQL, one client's commands ran 15-19% faster without them (README,
+//! per command: on PostgreSQL, one client's commands ran 15-19% faster without them (BENCHMARKS.md,
 //! Performance).
 //!
 //! An operation that ran to its end leaves its connection in a known state (no statement in
