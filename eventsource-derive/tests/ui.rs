@@ -1,4 +1,4 @@
-//! Compile-time guarantees, proven: each `tests/ui/<topic>/*.rs` of the workspace must fail to
+//! Compile-time guarantees, proven: each `tests/ui/<topic>/*.rs` must fail to
 //! compile with exactly the error in the `.stderr` next to it; each `tests/ui/pass/*.rs` must
 //! compile and run. Regenerate expected output only deliberately:
 //! `TRYBUILD=overwrite cargo test -p eventsource-derive --test ui`.
@@ -10,10 +10,10 @@
 #[test]
 fn ui() {
     let t = trybuild::TestCases::new();
-    t.compile_fail("../tests/ui/event/*.rs");
-    t.compile_fail("../tests/ui/aggregate/*.rs");
-    t.compile_fail("../tests/ui/handles/*.rs");
-    t.compile_fail("../tests/ui/projection/*.rs");
-    t.compile_fail("../tests/ui/personal/*.rs");
-    t.pass("../tests/ui/pass/*.rs");
+    t.compile_fail("tests/ui/event/*.rs");
+    t.compile_fail("tests/ui/aggregate/*.rs");
+    t.compile_fail("tests/ui/handles/*.rs");
+    t.compile_fail("tests/ui/projection/*.rs");
+    t.compile_fail("tests/ui/personal/*.rs");
+    t.pass("tests/ui/pass/*.rs");
 }
