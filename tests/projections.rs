@@ -1115,3 +1115,34 @@ async fn checkpoints_are_compare_and_set<S: CheckpointStore>(store: &S) {
     store.delete_checkpoint("cas").await.unwrap();
     assert_eq!(store.checkpoint("cas").await.unwrap(), None);
 }
+
+/// `wait_until_for` waits for one projection: the one a request is about to read, even when
+/// another of the manager is stopped far behind; an unknown name is a typed error.
+#[tokio::test]
+async fn wait_until_for_one_projection() {
+    let store = InMemoryEventStore::new();
+    let mut subscriptions = Subscriptions::new(store.clone());
+    let locations = subscriptions.add(Locations::default());
+    let running = subscriptions.start();
+    let stream = StreamId::new("Account", "w-1").unwrap();
+    let appended = store
+        .append(
+            &stream,
+            ExpectedVersion::NoStream,
+            vec![deposit(5), deposit(6)],
+        )
+        .await
+        .unwrap();
+    running
+        .wait_until_for("locations", appended.last_position, Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(locations.read().seen.len(), 2);
+    assert!(matches!(
+        running
+            .wait_until_for("nowhere", appended.last_position, Duration::from_secs(1))
+            .await,
+        Err(Error::UnknownProjection { .. })
+    ));
+    running.shutdown().await;
+}

@@ -569,46 +569,30 @@ impl RunningSubscriptions {
     }
 
     /// Waits until every projection has applied every event up to `position` it handles (or has
-    /// stopped or failed), at most `timeout`: how a caller reads its own writes in a read model.
+    /// stopped or failed), at most `timeout`: how a caller reads its own writes in a read model
+    /// (pass the save's [`AppendResult::last_position`](crate::AppendResult::last_position)).
     /// A projection on standby (another instance holds its lease) is followed through the
     /// checkpoint that instance stores, read every few milliseconds while waiting.
     pub async fn wait_until(&self, position: Position, timeout: Duration) -> Result<()> {
         let deadline = tokio::time::Instant::now() + timeout;
         for projection in &self.projections {
-            let mut changed = projection.progress.changed.subscribe();
-            let mut standby_poll = STANDBY_POLL_FIRST;
-            loop {
-                let status = projection.progress.get();
-                let done = matches!(
-                    status.state,
-                    ProjectionState::Stopped | ProjectionState::Failed(_)
-                ) || status.checkpoint.is_some_and(|c| c >= position)
-                    || projection
-                        .progress
-                        .caught_up()
-                        .is_some_and(|c| c >= position);
-                if done {
-                    break;
-                }
-                let mut wake_at = deadline;
-                if status.state == ProjectionState::Standby {
-                    // Nothing here signals the other instance's progress: read it as stored.
-                    if let Err(error) = projection.refresh_standby().await {
-                        tracing::debug!(projection = %projection.name, %error, "cannot read the stored progress; retrying");
-                    }
-                    wake_at = deadline.min(tokio::time::Instant::now() + standby_poll);
-                    standby_poll = (standby_poll * 2).min(STANDBY_POLL_MAX);
-                }
-                let woken = tokio::time::timeout_at(wake_at, changed.changed()).await;
-                if woken.is_err() && tokio::time::Instant::now() >= deadline {
-                    return Err(Error::Timeout {
-                        operation: "waiting for projections to catch up",
-                        waited: timeout,
-                    });
-                }
-            }
+            projection.wait_until(position, deadline, timeout).await?;
         }
         Ok(())
+    }
+
+    /// [`wait_until`](Self::wait_until) for projection `name` only: the read model a request
+    /// is about to read, whatever the others are doing.
+    pub async fn wait_until_for(
+        &self,
+        name: &str,
+        position: Position,
+        timeout: Duration,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.find(name)?
+            .wait_until(position, deadline, timeout)
+            .await
     }
 
     /// Resets projection `name`'s read model and checkpoint and rebuilds it from the first event
@@ -1820,4 +1804,45 @@ enum BatchFailure {
     Handler(String),
     /// The database or the checkpoint failed: stop.
     Checkpoint(Error),
+}
+
+impl Running {
+    /// Waits until this projection has applied every event up to `position` it handles (or has
+    /// stopped or failed), until `deadline`.
+    async fn wait_until(
+        &self,
+        position: Position,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<()> {
+        let mut changed = self.progress.changed.subscribe();
+        let mut standby_poll = STANDBY_POLL_FIRST;
+        loop {
+            let status = self.progress.get();
+            let done = matches!(
+                status.state,
+                ProjectionState::Stopped | ProjectionState::Failed(_)
+            ) || status.checkpoint.is_some_and(|c| c >= position)
+                || self.progress.caught_up().is_some_and(|c| c >= position);
+            if done {
+                return Ok(());
+            }
+            let mut wake_at = deadline;
+            if status.state == ProjectionState::Standby {
+                // Nothing here signals the other instance's progress: read it as stored.
+                if let Err(error) = self.refresh_standby().await {
+                    tracing::debug!(projection = %self.name, %error, "cannot read the stored progress; retrying");
+                }
+                wake_at = deadline.min(tokio::time::Instant::now() + standby_poll);
+                standby_poll = (standby_poll * 2).min(STANDBY_POLL_MAX);
+            }
+            let woken = tokio::time::timeout_at(wake_at, changed.changed()).await;
+            if woken.is_err() && tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    operation: "waiting for projections to catch up",
+                    waited: timeout,
+                });
+            }
+        }
+    }
 }
