@@ -772,3 +772,84 @@ fn step_keys_are_deterministic_and_distinct() {
         "UUID v5 of index 0 (8 bytes, big-endian) in the nil namespace"
     );
 }
+
+/// A process that acts on one event in twenty: it stores its checkpoint after that reaction
+/// and at the end of each page, not after every event it ignores.
+struct OneInTwenty {
+    reacted: Mutex<u32>,
+}
+
+#[derive(DomainEvent, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[event(name = "proc.Tick")]
+struct Tick {
+    n: u32,
+}
+
+impl ProcessManager for OneInTwenty {
+    const NAME: &'static str = "one_in_twenty";
+
+    fn event_types() -> Vec<&'static str> {
+        vec![Tick::EVENT_TYPE]
+    }
+
+    async fn react(&self, reaction: &Reaction<'_>) -> Result<(), HandlerError> {
+        let Some(tick) = reaction.decode::<Tick>()? else {
+            return Ok(());
+        };
+        if tick.n % 20 == 19 {
+            let _key = reaction.step_key("act");
+            *self.reacted.lock().unwrap() += 1;
+        }
+        Ok(())
+    }
+}
+
+#[tokio::test]
+async fn ignored_events_cost_no_checkpoint_each() {
+    let db = databases::sqlite().await.unwrap();
+    let store = db.store().clone();
+    sqlx::raw_sql(
+        "CREATE TABLE checkpoint_writes (n INTEGER NOT NULL); \
+         INSERT INTO checkpoint_writes VALUES (0); \
+         CREATE TRIGGER count_checkpoint_inserts AFTER INSERT ON checkpoints \
+         BEGIN UPDATE checkpoint_writes SET n = n + 1; END; \
+         CREATE TRIGGER count_checkpoint_updates AFTER UPDATE ON checkpoints \
+         BEGIN UPDATE checkpoint_writes SET n = n + 1; END;",
+    )
+    .execute(store.writer_pool())
+    .await
+    .unwrap();
+    let ticks: Vec<eventsource::NewEvent> = (0..40)
+        .map(|n| eventsource::NewEvent::new(&Tick { n }).unwrap())
+        .collect();
+    let appended = store
+        .append(
+            &StreamId::new("Clock", "c").unwrap(),
+            ExpectedVersion::NoStream,
+            ticks,
+        )
+        .await
+        .unwrap();
+    let mut subscriptions = Subscriptions::new(store.clone())
+        .with_options(ProjectionOptions::default().batch_size(100));
+    let handle = subscriptions.add_process(OneInTwenty {
+        reacted: Mutex::new(0),
+    });
+    let running = subscriptions.start();
+    running
+        .wait_until(appended.last_position, Duration::from_secs(10))
+        .await
+        .unwrap();
+    running.shutdown().await;
+    assert_eq!(*handle.manager().reacted.lock().unwrap(), 2);
+    let (writes,): (i64,) = sqlx::query_as("SELECT n FROM checkpoint_writes")
+        .fetch_one(store.writer_pool())
+        .await
+        .unwrap();
+    // One after each of the two reactions that acted, at most one at the end of the page.
+    assert!(writes <= 3, "{writes} checkpoint writes for 40 events");
+    assert_eq!(
+        store.checkpoint(OneInTwenty::NAME).await.unwrap(),
+        Some(appended.last_position)
+    );
+}

@@ -132,12 +132,28 @@ const STEP_NAMESPACE: Uuid = Uuid::from_u128(0x5a6a_1c0e_7b3d_4f4e_9c1a_e5d0_c0a
 pub struct Reaction<'a> {
     process: &'static str,
     event: &'a RecordedEvent,
+    /// Whether the reaction asked for what its commands need (a step key, the metadata, a
+    /// send): a reaction that did not acted on nothing, and the runner need not store its
+    /// checkpoint before the next event.
+    acted: std::sync::atomic::AtomicBool,
 }
 
 impl<'a> Reaction<'a> {
     /// The delivery of `event` to process `process` (for tests that call `react` directly).
     pub fn new(process: &'static str, event: &'a RecordedEvent) -> Self {
-        Reaction { process, event }
+        Reaction {
+            process,
+            event,
+            acted: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+
+    fn mark_acted(&self) {
+        self.acted.store(true, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    fn has_acted(&self) -> bool {
+        self.acted.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     /// The event reacted to.
@@ -157,12 +173,14 @@ impl<'a> Reaction<'a> {
     /// The metadata of the events the reaction's commands record: caused by this event, in its
     /// correlation ([`Metadata::caused_by`]).
     pub fn metadata(&self) -> Metadata {
+        self.mark_acted();
         Metadata::caused_by(self.event)
     }
 
     /// The idempotency key of step `step` of this reaction: the same for every delivery of the
     /// event to this process, different for another event, process or step.
     pub fn step_key(&self, step: &str) -> Uuid {
+        self.mark_acted();
         let mut name = Vec::with_capacity(self.process.len() + step.len() + 18);
         name.extend_from_slice(self.process.as_bytes());
         name.push(0);
@@ -269,8 +287,10 @@ struct ProcessRunner<S, M> {
 
 /// What reacting to one event came to.
 enum Reacted {
-    /// Done, or dead-lettered under [`OnFailure::Skip`]: the checkpoint moves past it.
-    Past,
+    /// Done, or dead-lettered under [`OnFailure::Skip`]: the checkpoint moves past it; `acted`
+    /// when something was done (a command sent, a dead letter written), so that the checkpoint
+    /// is stored before the next event.
+    Past { acted: bool },
     /// The process stops before it.
     Stop(Error),
 }
@@ -296,7 +316,11 @@ where
             attempt += 1;
             let reaction = Reaction::new(M::NAME, &event);
             match self.manager.react(&reaction).await {
-                Ok(()) => return Reacted::Past,
+                Ok(()) => {
+                    return Reacted::Past {
+                        acted: reaction.has_acted(),
+                    };
+                }
                 Err(error) if attempt < self.options.max_attempts => {
                     tracing::debug!(process = M::NAME, position = %event.position, attempt, %error, "reaction failed; retrying");
                     tokio::time::sleep(self.options.delay(attempt)).await;
@@ -311,6 +335,24 @@ where
         }
     }
 
+    /// Stores the checkpoint at `reached` if it is past `saved` (the stored one), and reports it.
+    async fn store_checkpoint(
+        &self,
+        saved: &mut Option<Position>,
+        reached: Option<Position>,
+    ) -> Result<()> {
+        if let Some(position) = reached
+            && reached != *saved
+        {
+            self.store
+                .save_checkpoint(M::NAME, *saved, position)
+                .await?;
+            *saved = reached;
+            self.progress.set(self.progress.get().state, reached);
+        }
+        Ok(())
+    }
+
     async fn dead_letter(&self, letter: crate::checkpoint::DeadLetter) -> Reacted {
         let position = letter.position;
         let error = letter.error.clone();
@@ -319,7 +361,7 @@ where
         }
         crate::telemetry::dead_lettered(M::NAME);
         match self.options.on_failure {
-            OnFailure::Skip => Reacted::Past,
+            OnFailure::Skip => Reacted::Past { acted: true },
             OnFailure::Stop => Reacted::Stop(Error::ProjectionStopped {
                 projection: M::NAME.to_owned(),
                 position,
@@ -386,8 +428,12 @@ where
         &self.event_types
     }
 
-    /// Reacts to a page's events in order, moving the checkpoint after each: a crash redelivers
-    /// at most the event whose reaction it interrupted.
+    /// Reacts to a page's events in order, storing the checkpoint after each reaction that did
+    /// something (sent a command, or was dead-lettered) and at the end of the page: a crash
+    /// redelivers at most the event whose reaction it interrupted, and the events after the
+    /// last stored checkpoint that their reactions ignored (ignoring them again is harmless).
+    /// A process that reacts to one event in twenty pays one checkpoint per reaction, not
+    /// twenty.
     async fn step(&mut self, checkpoint: Option<Position>) -> std::result::Result<Step, StepError> {
         let page = read_page(
             &self.store,
@@ -401,19 +447,31 @@ where
             return Ok(Step::Empty);
         }
         let full = page.len() >= self.options.batch_size;
+        // The checkpoint as stored, and how far the reactions went.
+        let mut saved = checkpoint;
         let mut reached = checkpoint;
         for item in page {
             let position = item_position(&item);
-            if let Reacted::Stop(error) = self.react(item).await {
-                return Err(StepError::Stop(reached, error));
+            match self.react(item).await {
+                Reacted::Stop(error) => {
+                    self.store_checkpoint(&mut saved, reached)
+                        .await
+                        .map_err(|error| StepError::Stop(saved, error))?;
+                    return Err(StepError::Stop(saved, error));
+                }
+                Reacted::Past { acted } => {
+                    reached = Some(position);
+                    if acted {
+                        self.store_checkpoint(&mut saved, reached)
+                            .await
+                            .map_err(|error| StepError::Stop(saved, error))?;
+                    }
+                }
             }
-            self.store
-                .save_checkpoint(M::NAME, reached, position)
-                .await
-                .map_err(|error| StepError::Stop(reached, error))?;
-            reached = Some(position);
-            self.progress.set(self.progress.get().state, reached);
         }
+        self.store_checkpoint(&mut saved, reached)
+            .await
+            .map_err(|error| StepError::Stop(saved, error))?;
         Ok(Step::Moved { to: reached, full })
     }
 
