@@ -235,7 +235,10 @@ pub struct Root<A: Aggregate> {
 
 impl<A: Aggregate> Root<A> {
     /// A new aggregate with no events (what [`Repository::create`](crate::Repository::create) gives).
-    pub fn new(id: A::Id) -> Self {
+    /// Takes what [`Repository::load`](crate::Repository::load) takes: the id, or anything
+    /// that converts into it.
+    pub fn new(id: impl Into<A::Id>) -> Self {
+        let id = id.into();
         let stream = StreamId::unchecked(A::TYPE, id.stream_key());
         Root {
             id,

@@ -248,7 +248,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// A new aggregate with no events. Its first save fails with [`Error::Concurrency`] if the
     /// stream already exists.
     pub fn create(&self, id: impl Into<A::Id>) -> Root<A> {
-        Root::new(id.into())
+        Root::new(id)
     }
 
     /// Loads the aggregate: its newest usable snapshot, if the repository has snapshots, and the
