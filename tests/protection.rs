@@ -379,7 +379,8 @@ macro_rules! backend_tests {
                 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
                 async fn $case() {
                     let Some(db) = databases::$backend().await else { return };
-                    let keys = $keys(db.store()).await;
+                    // Shared, as the wrappers of several tenants share one key store.
+                    let keys = Arc::new($keys(db.store()).await);
                     super::$case(&ProtectedStore::new(db.store().clone(), keys)).await;
                 }
             )*
@@ -419,7 +420,9 @@ every_backend!(
     round_trip,
     forget_erases_everywhere,
     upcast_plain_to_personal,
-    rotation
+    rotation,
+    envelopes_cannot_be_forged,
+    tenants_keep_their_keys
 );
 
 #[tokio::test]
@@ -1063,29 +1066,6 @@ where
     assert!(acme.forget_in(Some("globex"), "u-1").await.is_err());
 }
 
-macro_rules! keyed_backend_tests {
-    ($backend:ident, $keys:ident: $($case:ident),*) => {
-        mod $backend {
-            use super::*;
-            $(
-                #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-                async fn $case() {
-                    let Some(db) = databases::$backend().await else { return };
-                    let keys = Arc::new($keys(db.store()).await);
-                    super::$case(&ProtectedStore::new(db.store().clone(), keys)).await;
-                }
-            )*
-        }
-    };
-}
-
-mod forging {
-    use super::*;
-    keyed_backend_tests!(memory, memory_keys: envelopes_cannot_be_forged, tenants_keep_their_keys);
-    keyed_backend_tests!(sqlite, sqlite_keys: envelopes_cannot_be_forged, tenants_keep_their_keys);
-    keyed_backend_tests!(postgres, postgres_keys: envelopes_cannot_be_forged, tenants_keep_their_keys);
-}
-
 /// A key row that does not unwrap (altered, or wrapped by another master key after a partial
 /// restore) is a damaged row for the events it encrypted: `Corrupt` with their position, and
 /// the reads go on after it.
@@ -1171,35 +1151,6 @@ async fn cached_keys_expire() {
     );
 }
 
-/// Drops a PostgreSQL role when the test ends, panicking or not.
-struct TestRole {
-    options: sqlx::postgres::PgConnectOptions,
-    name: String,
-}
-
-impl Drop for TestRole {
-    fn drop(&mut self) {
-        let options = self.options.clone();
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(async {
-                use sqlx::ConnectOptions;
-                if let Ok(mut conn) = options.connect().await {
-                    let _ =
-                        sqlx::raw_sql(&format!("DROP OWNED BY {name}; DROP ROLE IF EXISTS {name}"))
-                            .execute(&mut conn)
-                            .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 /// The keys table is under row-level security like the events: the application's role, scoped
 /// to one tenant, reads and writes that tenant's keys only, and nothing unscoped; the protected
 /// store works through it.
@@ -1218,7 +1169,7 @@ async fn postgres_keys_under_row_level_security() {
     eventsource::protection::PostgresKeyStore::new(owner.pool().clone(), master())
         .await
         .unwrap();
-    let role = TestRole {
+    let role = eventsource_tests::databases::TestRole {
         options: options.clone(),
         name: format!("es_keys_{}", uuid::Uuid::now_v7().simple()),
     };

@@ -608,34 +608,6 @@ async fn postgres_tenant_reads_use_the_index() {
 // ----- PostgreSQL: row-level security, through a role that does not own the tables -----
 
 /// A login role of its own for one test, dropped afterwards (even when the test panics).
-struct TestRole {
-    options: sqlx::postgres::PgConnectOptions,
-    name: String,
-}
-
-impl Drop for TestRole {
-    fn drop(&mut self) {
-        let options = self.options.clone();
-        let name = self.name.clone();
-        let _ = std::thread::spawn(move || {
-            let runtime = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .expect("a runtime");
-            runtime.block_on(async {
-                use sqlx::ConnectOptions;
-                if let Ok(mut conn) = options.connect().await {
-                    let _ =
-                        sqlx::raw_sql(&format!("DROP OWNED BY {name}; DROP ROLE IF EXISTS {name}"))
-                            .execute(&mut conn)
-                            .await;
-                }
-            });
-        })
-        .join();
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn postgres_row_level_security_limits_an_application_role() {
     use sqlx::ConnectOptions;
@@ -648,7 +620,7 @@ async fn postgres_row_level_security_limits_an_application_role() {
     let owner = PostgresEventStore::connect_with(options.clone())
         .await
         .unwrap();
-    let role = TestRole {
+    let role = databases::TestRole {
         options: options.clone(),
         name: format!("es_app_{}", Uuid::now_v7().simple()),
     };

@@ -182,3 +182,35 @@ impl Drop for PgSchema {
         .join();
     }
 }
+
+/// A PostgreSQL role a test creates (an application's role, under row-level security), dropped
+/// with what it owns when the test ends, panicking or not.
+#[derive(Debug)]
+pub struct TestRole {
+    /// How to connect as an administrator (to drop the role).
+    pub options: PgConnectOptions,
+    /// The role's name.
+    pub name: String,
+}
+
+impl Drop for TestRole {
+    fn drop(&mut self) {
+        let options = self.options.clone();
+        let name = self.name.clone();
+        let _ = std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .expect("a runtime");
+            runtime.block_on(async {
+                if let Ok(mut conn) = options.connect().await {
+                    let _ =
+                        sqlx::raw_sql(&format!("DROP OWNED BY {name}; DROP ROLE IF EXISTS {name}"))
+                            .execute(&mut conn)
+                            .await;
+                }
+            });
+        })
+        .join();
+    }
+}
