@@ -1278,3 +1278,49 @@ async fn postgres_keys_under_row_level_security() {
     drop(raw);
     app_pool.close().await;
 }
+
+/// A load folds the stream lean with the cached keys and, from the first event whose key is
+/// not cached, reads the rest whole: the state is the same either way.
+#[tokio::test]
+async fn loads_fall_back_from_the_first_uncached_key() {
+    let db = databases::sqlite().await.unwrap();
+    let keys = Arc::new(sqlite_keys(db.store()).await);
+    let writer = ProtectedStore::new(db.store().clone(), keys.clone());
+    let reader = ProtectedStore::new(db.store().clone(), keys.clone());
+    let writes = Customer::repository(writer.clone());
+    let reads = Customer::repository(reader.clone());
+    let id = "l-1".to_owned();
+    let mut root = writes.create(id.clone());
+    root.record(registered("l-1"));
+    for n in 0..5 {
+        root.record(EmailChanged {
+            customer_id: "l-1".to_owned(),
+            email: Personal::Known(format!("{n}@example.org")),
+        });
+    }
+    writes.save(&mut root).await.unwrap();
+    // Nothing cached in the reader: read whole from the first event.
+    let loaded = reads.load(id.clone()).await.unwrap();
+    assert_eq!(loaded.email, Personal::Known("4@example.org".to_owned()));
+    assert_eq!(loaded.name, Personal::Known(format!("{NAME} l-1")));
+    // A new key the reader has not seen, for the last event only.
+    writer.rotate("l-1").await.unwrap();
+    writes
+        .update(id.clone(), |customer| {
+            customer.record(EmailChanged {
+                customer_id: "l-1".to_owned(),
+                email: Personal::Known("rotated@example.org".to_owned()),
+            });
+            Ok(())
+        })
+        .await
+        .unwrap();
+    let loaded = reads.load(id.clone()).await.unwrap();
+    assert_eq!(loaded.email, Personal::Known("rotated@example.org".to_owned()));
+    assert_eq!(loaded.version(), 7);
+    // Forgotten: every key known destroyed, lean.
+    writer.forget("l-1").await.unwrap();
+    let fresh = Customer::repository(ProtectedStore::new(db.store().clone(), keys));
+    let loaded = fresh.load(id).await.unwrap();
+    assert!(loaded.email.is_forgotten() && loaded.name.is_forgotten());
+}

@@ -7,7 +7,7 @@ use super::sealed::{self, KeyRef};
 use super::{PersonalField, forgotten_value};
 use crate::checkpoint::{CheckpointStore, DeadLetter, Lease};
 use crate::error::{Error, Result};
-use crate::event::{NewEvent, RecordedEvent};
+use crate::event::{EventView, NewEvent, RecordedEvent};
 use crate::registry::EventRegistry;
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::store::{AppendResult, EventStore, LogHead, ReadAll, StreamQuery};
@@ -545,32 +545,27 @@ impl<S: EventStore, K: KeyStore> ProtectedStore<S, K> {
         Ok(event)
     }
 
-    /// Replaces the envelopes of a stored event by plain values (or the forgotten marker).
-    async fn decrypt(&self, mut event: RecordedEvent) -> Result<RecordedEvent> {
-        // The cheap tests first: most events have no personal field, or carry no envelope.
-        let Some((_, fields)) = self.declared(&event.event_type) else {
-            return Ok(event);
+    /// The envelopes of an event's declared personal fields, with where each stands in the
+    /// payload. Empty for the events without any (most), after two cheap tests.
+    fn sealed_fields(
+        &self,
+        event: &EventView<'_>,
+    ) -> Result<Vec<(&'static str, Envelope, std::ops::Range<usize>)>> {
+        let Some((_, fields)) = self.declared(event.event_type) else {
+            return Ok(Vec::new());
         };
         if !event.payload.contains("\"$enc\"") {
-            return Ok(event);
+            return Ok(Vec::new());
         }
-        let corrupt = |reason: String| Error::Corrupt {
-            stream: event.stream.clone(),
-            position: Some(event.position),
-            version: Some(event.version),
-            event_type: Some(event.event_type.clone()),
-            reason,
-        };
         // The top-level fields as raw text, borrowed from the payload: only the declared
-        // fields' envelopes are parsed, and the plain values are spliced in where they stood,
-        // so the rest of the payload is neither parsed into values nor written again.
+        // fields' envelopes are parsed, and the plain values are later spliced in where they
+        // stood, so the rest of the payload is neither parsed into values nor written again.
         let Ok(raw) =
-            serde_json::from_str::<HashMap<String, &serde_json::value::RawValue>>(&event.payload)
+            serde_json::from_str::<HashMap<String, &serde_json::value::RawValue>>(event.payload)
         else {
-            return Ok(event);
+            return Ok(Vec::new());
         };
-        let tenant = event.metadata.tenant_id.as_deref();
-        let mut splices: Vec<(std::ops::Range<usize>, String)> = Vec::new();
+        let mut sealed = Vec::new();
         for field in fields.iter().map(PersonalField::field) {
             // Only the declared fields: an envelope-shaped value elsewhere is the
             // application's own data.
@@ -586,51 +581,72 @@ impl<S: EventStore, K: KeyStore> ProtectedStore<S, K> {
             if !Envelope::is_envelope(&value) {
                 continue;
             }
-            let envelope = Envelope::parse(&value)
-                .map_err(|reason| corrupt(format!("personal field `{field}`: {reason}")))?;
-            let state = match self.key(tenant, envelope.key_id).await {
-                Ok(state) => state,
-                // One damaged key row is that row's problem, not every reader's: a wrong master
-                // key is refused when the key store opens.
-                Err(Error::MasterKey { key_id }) => {
-                    return Err(corrupt(format!(
-                        "personal field `{field}`: its key {key_id} does not unwrap under the \
-                         master key (an altered keys table, or a key wrapped by another master \
-                         key)"
-                    )));
-                }
-                Err(error) => return Err(error),
-            };
-            let plain = match state {
-                KeyState::Live(key) => {
-                    let plain = key.decrypt(field, &envelope).ok_or_else(|| {
-                        corrupt(format!(
-                            "personal field `{field}` does not authenticate: its ciphertext \
-                             was altered"
-                        ))
+            let envelope = Envelope::parse(&value).map_err(|reason| {
+                corrupt_view(event, format!("personal field `{field}`: {reason}"))
+            })?;
+            // Where the raw text lies in the payload it was borrowed from.
+            let start = text.as_ptr() as usize - event.payload.as_ptr() as usize;
+            sealed.push((field, envelope, start..start + text.len()));
+        }
+        Ok(sealed)
+    }
+
+    /// The payload with each sealed field replaced by its plain value, given each field's key
+    /// (or what happened to it).
+    fn open_fields(
+        event: &EventView<'_>,
+        sealed: &[(&'static str, Envelope, std::ops::Range<usize>)],
+        keys: Vec<Result<KeyState>>,
+    ) -> Result<String> {
+        let mut splices: Vec<(std::ops::Range<usize>, String)> = Vec::with_capacity(sealed.len());
+        for ((field, envelope, range), key) in sealed.iter().zip(keys) {
+            let plain = match key {
+                Ok(KeyState::Live(key)) => {
+                    let plain = key.decrypt(field, envelope).ok_or_else(|| {
+                        corrupt_view(
+                            event,
+                            format!(
+                                "personal field `{field}` does not authenticate: its ciphertext \
+                                 was altered"
+                            ),
+                        )
                     })?;
                     String::from_utf8(plain)
                         .ok()
                         .filter(|text| serde_json::from_str::<serde::de::IgnoredAny>(text).is_ok())
                         .ok_or_else(|| {
-                            corrupt(format!("personal field `{field}` decrypts to no JSON"))
+                            corrupt_view(
+                                event,
+                                format!("personal field `{field}` decrypts to no JSON"),
+                            )
                         })?
                 }
-                KeyState::Destroyed => forgotten_value().to_string(),
-                KeyState::Unknown => {
-                    return Err(corrupt(format!(
-                        "personal field `{field}` is encrypted with key {}, which this key \
-                         store does not know",
-                        envelope.key_id
-                    )));
+                Ok(KeyState::Destroyed) => forgotten_value().to_string(),
+                Ok(KeyState::Unknown) => {
+                    return Err(corrupt_view(
+                        event,
+                        format!(
+                            "personal field `{field}` is encrypted with key {}, which this key \
+                             store does not know",
+                            envelope.key_id
+                        ),
+                    ));
                 }
+                // One damaged key row is that row's problem, not every reader's: a wrong
+                // master key is refused when the key store opens.
+                Err(Error::MasterKey { key_id }) => {
+                    return Err(corrupt_view(
+                        event,
+                        format!(
+                            "personal field `{field}`: its key {key_id} does not unwrap under \
+                             the master key (an altered keys table, or a key wrapped by another \
+                             master key)"
+                        ),
+                    ));
+                }
+                Err(error) => return Err(error),
             };
-            // Where the raw text lies in the payload it was borrowed from.
-            let start = text.as_ptr() as usize - event.payload.as_ptr() as usize;
-            splices.push((start..start + text.len(), plain));
-        }
-        if splices.is_empty() {
-            return Ok(event);
+            splices.push((range.clone(), plain));
         }
         splices.sort_by_key(|(range, _)| range.start);
         let mut payload = String::with_capacity(event.payload.len());
@@ -641,9 +657,55 @@ impl<S: EventStore, K: KeyStore> ProtectedStore<S, K> {
             at = range.end;
         }
         payload.push_str(&event.payload[at..]);
-        drop(raw);
-        event.payload = payload;
+        Ok(payload)
+    }
+
+    /// Replaces the envelopes of a stored event by plain values (or the forgotten marker).
+    async fn decrypt(&self, mut event: RecordedEvent) -> Result<RecordedEvent> {
+        let sealed = self.sealed_fields(&event.view())?;
+        if sealed.is_empty() {
+            return Ok(event);
+        }
+        let tenant = event.metadata.tenant_id.as_deref();
+        let mut keys = Vec::with_capacity(sealed.len());
+        for (_, envelope, _) in &sealed {
+            keys.push(self.key(tenant, envelope.key_id).await);
+        }
+        event.payload = Self::open_fields(&event.view(), &sealed, keys)?;
         Ok(event)
+    }
+
+    /// What [`decrypt`](Self::decrypt) would make of a view, from cached keys only: `None`
+    /// when a key is not cached, or cannot be checked against the event's tenant without its
+    /// metadata (a store not scoped to a tenant reading a tenant's key).
+    fn decrypt_cached(&self, event: &EventView<'_>) -> Option<Result<Option<String>>> {
+        let sealed = match self.sealed_fields(event) {
+            Ok(sealed) if sealed.is_empty() => return Some(Ok(None)),
+            Ok(sealed) => sealed,
+            Err(error) => return Some(Err(error)),
+        };
+        // In a fold the events have no metadata: a scoped store's events are its tenant's; an
+        // unscoped store's, of no tenant as far as the cache can tell.
+        let tenant = self.tenant();
+        let mut keys = Vec::with_capacity(sealed.len());
+        for (_, envelope, _) in &sealed {
+            match self.shared.cache.key(tenant, envelope.key_id)? {
+                KeyState::Unknown => return None,
+                state => keys.push(Ok(state)),
+            }
+        }
+        Some(Self::open_fields(event, &sealed, keys).map(Some))
+    }
+}
+
+/// A damaged row, from what a view says of it.
+fn corrupt_view(event: &EventView<'_>, reason: String) -> Error {
+    Error::Corrupt {
+        stream: event.stream.clone(),
+        position: Some(event.position),
+        version: Some(event.version),
+        event_type: Some(event.event_type.to_owned()),
+        reason,
     }
 }
 
@@ -712,6 +774,60 @@ impl<S: EventStore, K: KeyStore> EventStore for ProtectedStore<S, K> {
 
     fn stream_version(&self, stream: &StreamId) -> impl Future<Output = Result<u64>> + Send {
         self.inner.stream_version(stream)
+    }
+
+    /// The wrapped store's lean fold, each event decrypted with the cached keys; from the first
+    /// event whose key is not cached, the rest of the stream is read whole and decrypted as
+    /// [`read_stream`](EventStore::read_stream) does (keys fetched, the tenant checked).
+    async fn fold_stream<F>(
+        &self,
+        stream: &StreamId,
+        query: StreamQuery,
+        mut apply: F,
+    ) -> Result<()>
+    where
+        F: FnMut(EventView<'_>) -> Result<()> + Send,
+    {
+        let mut applied = 0usize;
+        let mut rest_from: Option<u64> = None;
+        self.inner
+            .fold_stream(stream, query.clone(), |view| {
+                if rest_from.is_some() {
+                    return Ok(());
+                }
+                match self.decrypt_cached(&view) {
+                    None => {
+                        rest_from = Some(view.version);
+                        Ok(())
+                    }
+                    Some(Ok(None)) => {
+                        applied += 1;
+                        apply(view)
+                    }
+                    Some(Ok(Some(payload))) => {
+                        applied += 1;
+                        apply(EventView {
+                            payload: &payload,
+                            ..view
+                        })
+                    }
+                    Some(Err(error)) => Err(error),
+                }
+            })
+            .await?;
+        let Some(from) = rest_from else {
+            return Ok(());
+        };
+        let rest = StreamQuery {
+            from_version: from,
+            backwards: false,
+            limit: query.limit.map(|limit| limit.saturating_sub(applied)),
+            ..query
+        };
+        for event in self.read_stream(stream, rest).await? {
+            apply(event.view())?;
+        }
+        Ok(())
     }
 
     fn stream_exists(&self, stream: &StreamId) -> impl Future<Output = Result<bool>> + Send {
