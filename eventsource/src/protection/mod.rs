@@ -22,11 +22,11 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 #[cfg(feature = "encryption")]
-mod cipher;
+pub(crate) mod cipher;
 #[cfg(feature = "encryption")]
 mod keys;
 #[cfg(feature = "encryption")]
-mod sealed;
+pub(crate) mod sealed;
 #[cfg(feature = "encryption")]
 mod store;
 
