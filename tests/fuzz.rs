@@ -398,14 +398,29 @@ fn write_seed_corpus() {
                 NewEvent::from_json("fuzz.Paid", i as u32 + 1, payload).with_metadata(metadata),
             );
         }
-        store.append(&order, ExpectedVersion::NoStream, events).await.unwrap();
+        store
+            .append(&order, ExpectedVersion::NoStream, events)
+            .await
+            .unwrap();
         let note = StreamId::new("Note", "n-1").unwrap();
         let noted = NewEvent::from_json("fuzz.Noted", 1, r#"{"text":"hi","tags":["a","b"]}"#);
-        store.append(&note, ExpectedVersion::NoStream, vec![noted]).await.unwrap();
+        store
+            .append(&note, ExpectedVersion::NoStream, vec![noted])
+            .await
+            .unwrap();
 
-        let lean = __fuzz::sqlite_page_text(&store, 0, false).await.unwrap().unwrap();
-        let whole = __fuzz::sqlite_page_text(&store, 0, true).await.unwrap().unwrap();
-        let stream = __fuzz::sqlite_stream_text(&store, &order, 1).await.unwrap().unwrap();
+        let lean = __fuzz::sqlite_page_text(&store, 0, false)
+            .await
+            .unwrap()
+            .unwrap();
+        let whole = __fuzz::sqlite_page_text(&store, 0, true)
+            .await
+            .unwrap()
+            .unwrap();
+        let stream = __fuzz::sqlite_stream_text(&store, &order, 1)
+            .await
+            .unwrap()
+            .unwrap();
         // The mode byte: `0` a lean page, `1` a page with the whole context, `2` a stream read.
         write("sqlite_framed", "page-lean", &with_mode(b'0', &lean));
         write("sqlite_framed", "page-whole", &with_mode(b'1', &whole));
@@ -429,18 +444,38 @@ fn write_seed_corpus() {
             write("metadata_unpack", &format!("packed-{i}"), packed.as_bytes());
         }
 
-        let all: Vec<RecordedEvent> = store.read_all(ReadAll::from_start()).try_collect().await.unwrap();
+        let all: Vec<RecordedEvent> = store
+            .read_all(ReadAll::from_start())
+            .try_collect()
+            .await
+            .unwrap();
         for event in &all {
             let message = __fuzz::bus_encode(event);
-            write("bus_envelope", &format!("event-{}", event.position.get()), &message);
+            write(
+                "bus_envelope",
+                &format!("event-{}", event.position.get()),
+                &message,
+            );
         }
 
         // Version byte then name byte, both as digits: `1`..`3` the versions (`0`, `4`, `5` none),
         // `0` fuzz.Paid, `1` its alias, `2` fuzz.Noted, `3` an unknown type.
         for (i, event) in all.iter().enumerate() {
-            let name = if event.event_type == "fuzz.Noted" { b'2' } else { b'0' + (i % 2) as u8 };
-            let input = [&[b'0' + event.schema_version as u8, name], event.payload.as_bytes()].concat();
-            write("event_decode", &format!("event-{}", event.position.get()), &input);
+            let name = if event.event_type == "fuzz.Noted" {
+                b'2'
+            } else {
+                b'0' + (i % 2) as u8
+            };
+            let input = [
+                &[b'0' + event.schema_version as u8, name],
+                event.payload.as_bytes(),
+            ]
+            .concat();
+            write(
+                "event_decode",
+                &format!("event-{}", event.position.get()),
+                &input,
+            );
         }
     });
 
@@ -450,7 +485,11 @@ fn write_seed_corpus() {
         __fuzz::envelope_open("email", &envelope),
         Ok(Some(br#""ada@example.com""#.to_vec()))
     );
-    write("personal_envelope", "envelope", &with_mode(b'0', &envelope.to_string()));
+    write(
+        "personal_envelope",
+        "envelope",
+        &with_mode(b'0', &envelope.to_string()),
+    );
     let customer = StreamId::new("Customer", "c-1").unwrap();
     for shares in [1, 2] {
         let state = __fuzz::sealed_seal(shares, &customer, 3, 1, r#"{"name":"Ada"}"#);
@@ -458,18 +497,40 @@ fn write_seed_corpus() {
             __fuzz::sealed_open(&state, &customer, 3, 1),
             Some(Some(r#"{"name":"Ada"}"#.to_owned()))
         );
-        write("personal_envelope", &format!("sealed-{shares}"), &with_mode(b'1', &state));
+        write(
+            "personal_envelope",
+            &format!("sealed-{shares}"),
+            &with_mode(b'1', &state),
+        );
     }
 
     // The arguments after the program's name, separated by NUL.
     for (name, args) in [
-        ("streams", "streams\0--db\0app.db\0--type\0Order\0--limit\010\0--after\0Order/7"),
-        ("events-postgres", "--db\0postgres://user:pw@localhost:5432/db?sslmode=disable\0events\0Order/42\0--from\03"),
-        ("tail-json", "--json\0--db\0sqlite://x.db?mode=ro\0tail\0--from\00\0--type\0A\0--type\0B\0--no-follow"),
+        (
+            "streams",
+            "streams\0--db\0app.db\0--type\0Order\0--limit\010\0--after\0Order/7",
+        ),
+        (
+            "events-postgres",
+            "--db\0postgres://user:pw@localhost:5432/db?sslmode=disable\0events\0Order/42\0--from\03",
+        ),
+        (
+            "tail-json",
+            "--json\0--db\0sqlite://x.db?mode=ro\0tail\0--from\00\0--type\0A\0--type\0B\0--no-follow",
+        ),
         ("status-memory", "projections\0status\0--db\0memory:"),
-        ("stats-ipv6", "stats\0--days\03\0--db\0postgresql://[::1]:5432/test"),
-        ("rebuild", "projections\0rebuild\0balances\0--db=target/x.db"),
-        ("migrate", "migrate\0--db\0postgres://localhost/test?options=-c%20search_path%3Dtenant"),
+        (
+            "stats-ipv6",
+            "stats\0--days\03\0--db\0postgresql://[::1]:5432/test",
+        ),
+        (
+            "rebuild",
+            "projections\0rebuild\0balances\0--db=target/x.db",
+        ),
+        (
+            "migrate",
+            "migrate\0--db\0postgres://localhost/test?options=-c%20search_path%3Dtenant",
+        ),
     ] {
         write("cli_args", name, args.as_bytes());
     }
@@ -485,7 +546,10 @@ fn a_known_value_shaped_like_a_marker_reads_back_known() {
     ] {
         let known = Personal::Known(details);
         let json = serde_json::to_string(&known).unwrap();
-        assert_eq!(serde_json::from_str::<Personal<BTreeMap<String, String>>>(&json).unwrap(), known);
+        assert_eq!(
+            serde_json::from_str::<Personal<BTreeMap<String, String>>>(&json).unwrap(),
+            known
+        );
         block_on(async {
             let store = ProtectedStore::new(InMemoryEventStore::new(), InMemoryKeyStore::new());
             let stream = StreamId::new("Customer", "0").unwrap();
@@ -496,16 +560,26 @@ fn a_known_value_shaped_like_a_marker_reads_back_known() {
                 note: serde_json::Value::Null,
             };
             store
-                .append(&stream, ExpectedVersion::NoStream, vec![NewEvent::new(&event).unwrap()])
+                .append(
+                    &stream,
+                    ExpectedVersion::NoStream,
+                    vec![NewEvent::new(&event).unwrap()],
+                )
                 .await
                 .unwrap();
-            let read = store.read_stream(&stream, StreamQuery::all()).await.unwrap();
+            let read = store
+                .read_stream(&stream, StreamQuery::all())
+                .await
+                .unwrap();
             assert_eq!(read[0].decode::<Registered>().unwrap(), event);
         });
     }
     let forgotten: Personal<BTreeMap<String, String>> = Personal::Forgotten;
     let json = serde_json::to_string(&forgotten).unwrap();
-    assert_eq!(serde_json::from_str::<Personal<BTreeMap<String, String>>>(&json).unwrap(), forgotten);
+    assert_eq!(
+        serde_json::from_str::<Personal<BTreeMap<String, String>>>(&json).unwrap(),
+        forgotten
+    );
 }
 
 /// Found by `bus_envelope_round_trips` and `metadata_round_trips_through_sqlite`: a number in
@@ -522,8 +596,14 @@ fn numbers_in_metadata_read_back_exactly() {
             let store = SqliteEventStore::connect("sqlite::memory:").await.unwrap();
             let stream = StreamId::new("Fuzz", "f-1").unwrap();
             let new = NewEvent::from_json("fuzz.Noted", 1, "{}").with_metadata(metadata.clone());
-            store.append(&stream, ExpectedVersion::Any, vec![new]).await.unwrap();
-            let read = store.read_stream(&stream, StreamQuery::all()).await.unwrap();
+            store
+                .append(&stream, ExpectedVersion::Any, vec![new])
+                .await
+                .unwrap();
+            let read = store
+                .read_stream(&stream, StreamQuery::all())
+                .await
+                .unwrap();
             assert_eq!(read[0].metadata, metadata);
         });
     }

@@ -58,8 +58,7 @@ pub mod __fuzz {
     pub fn parse(args: &[OsString]) -> Result<(), String> {
         use clap::Parser;
         let usage = |error: crate::CliError| error.one_line("eventsource");
-        let parsed =
-            Arguments::try_parse_from(args).map_err(|error| error.render().to_string())?;
+        let parsed = Arguments::try_parse_from(args).map_err(|error| error.render().to_string())?;
         let url = store_url(parsed.db).map_err(usage)?;
         store_options(&url)?;
         if let Command::Events(events) = &parsed.command {

@@ -30,7 +30,9 @@ pub fn sqlite_page(text: &str, after: u64, details: bool) -> Vec<Result<u64, Str
     let mut streams = StreamCache::default();
     let mut read = Vec::new();
     for record in crate::store::sqlite::page_records(text, crate::Position::new(after), details) {
-        let stream = streams.get(record.aggregate_type, record.aggregate_id).clone();
+        let stream = streams
+            .get(record.aggregate_type, record.aggregate_id)
+            .clone();
         if let Some(details) = &record.lean.details {
             let row = EventRow {
                 stream: stream.clone(),
@@ -43,7 +45,11 @@ pub fn sqlite_page(text: &str, after: u64, details: bool) -> Vec<Result<u64, Str
                 metadata: details.metadata.map(str::to_owned),
                 payload: record.lean.payload.to_owned(),
             };
-            read.push(row.into_event().map(|e| e.position.get()).map_err(|e| e.to_string()));
+            read.push(
+                row.into_event()
+                    .map(|e| e.position.get())
+                    .map_err(|e| e.to_string()),
+            );
         }
         let _ = feed_row(&stream, record.position, Ok(record.lean), &mut |item| {
             read.push(match item {

@@ -1028,10 +1028,8 @@ pub(crate) fn stream_records(text: &str, mut next: i64) -> impl Iterator<Item = 
         if at >= text.len() {
             return None;
         }
-        let (
-            [position, version, schema_version],
-            [Some(event_type), damage, Some(payload)],
-        ) = framed::<3, 3>(text, &mut at)?
+        let ([position, version, schema_version], [Some(event_type), damage, Some(payload)]) =
+            framed::<3, 3>(text, &mut at)?
         else {
             return None;
         };
@@ -1286,7 +1284,11 @@ impl SqliteEventStore {
 
     /// Reads a page of a fold as one framed text ([`FOLD_FRAMED`], [`FOLD_FRAMED_WHOLE`]);
     /// `None` if its rows are too large to frame together.
-    pub(crate) async fn framed_page(&self, query: &ReadAll, details: bool) -> Result<Option<FramedPage>> {
+    pub(crate) async fn framed_page(
+        &self,
+        query: &ReadAll,
+        details: bool,
+    ) -> Result<Option<FramedPage>> {
         let mut select = QueryBuilder::<Sqlite>::new(if details {
             FOLD_FRAMED_WHOLE
         } else {
