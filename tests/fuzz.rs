@@ -377,6 +377,9 @@ fn write_seed_corpus() {
     block_on(async {
         let store = SqliteEventStore::connect("sqlite::memory:").await.unwrap();
         let order = StreamId::new("Order", "o-1:2,3").unwrap();
+        // Fixed ids and times, so that the seeds change only when a format does.
+        let at =
+            eventsource::chrono::DateTime::from_timestamp_micros(1_767_225_600_123_456).unwrap();
         let mut events = Vec::new();
         for (i, payload) in [
             r#"{"euros":" 12 "}"#,
@@ -395,7 +398,10 @@ fn write_seed_corpus() {
                     .with_extra("trace", serde_json::json!({"id": [1, 2.5, "x"]})),
             };
             events.push(
-                NewEvent::from_json("fuzz.Paid", i as u32 + 1, payload).with_metadata(metadata),
+                NewEvent::from_json("fuzz.Paid", i as u32 + 1, payload)
+                    .with_metadata(metadata)
+                    .with_event_id(eventsource::Uuid::from_u128(0x5eed_0000 + i as u128))
+                    .with_occurred_at(at),
             );
         }
         store
@@ -403,7 +409,9 @@ fn write_seed_corpus() {
             .await
             .unwrap();
         let note = StreamId::new("Note", "n-1").unwrap();
-        let noted = NewEvent::from_json("fuzz.Noted", 1, r#"{"text":"hi","tags":["a","b"]}"#);
+        let noted = NewEvent::from_json("fuzz.Noted", 1, r#"{"text":"hi","tags":["a","b"]}"#)
+            .with_event_id(eventsource::Uuid::from_u128(0x5eed_0003))
+            .with_occurred_at(at);
         store
             .append(&note, ExpectedVersion::NoStream, vec![noted])
             .await
@@ -505,34 +513,70 @@ fn write_seed_corpus() {
     }
 
     // The arguments after the program's name, separated by NUL.
-    for (name, args) in [
+    let cli: [(&str, &[&str]); 7] = [
         (
             "streams",
-            "streams\0--db\0app.db\0--type\0Order\0--limit\010\0--after\0Order/7",
+            &[
+                "streams", "--db", "app.db", "--type", "Order", "--limit", "10", "--after",
+                "Order/7",
+            ],
         ),
         (
             "events-postgres",
-            "--db\0postgres://user:pw@localhost:5432/db?sslmode=disable\0events\0Order/42\0--from\03",
+            &[
+                "--db",
+                "postgres://user:pw@localhost:5432/db?sslmode=disable",
+                "events",
+                "Order/42",
+                "--from",
+                "3",
+            ],
         ),
         (
             "tail-json",
-            "--json\0--db\0sqlite://x.db?mode=ro\0tail\0--from\00\0--type\0A\0--type\0B\0--no-follow",
+            &[
+                "--json",
+                "--db",
+                "sqlite://x.db?mode=ro",
+                "tail",
+                "--from",
+                "0",
+                "--type",
+                "A",
+                "--type",
+                "B",
+                "--no-follow",
+            ],
         ),
-        ("status-memory", "projections\0status\0--db\0memory:"),
+        (
+            "status-memory",
+            &["projections", "status", "--db", "memory:"],
+        ),
         (
             "stats-ipv6",
-            "stats\0--days\03\0--db\0postgresql://[::1]:5432/test",
+            &[
+                "stats",
+                "--days",
+                "3",
+                "--db",
+                "postgresql://[::1]:5432/test",
+            ],
         ),
         (
             "rebuild",
-            "projections\0rebuild\0balances\0--db=target/x.db",
+            &["projections", "rebuild", "balances", "--db=target/x.db"],
         ),
         (
             "migrate",
-            "migrate\0--db\0postgres://localhost/test?options=-c%20search_path%3Dtenant",
+            &[
+                "migrate",
+                "--db",
+                "postgres://localhost/test?options=-c%20search_path%3Dtenant",
+            ],
         ),
-    ] {
-        write("cli_args", name, args.as_bytes());
+    ];
+    for (name, args) in cli {
+        write("cli_args", name, args.join("\0").as_bytes());
     }
 }
 
