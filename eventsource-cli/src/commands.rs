@@ -63,7 +63,7 @@ pub(crate) async fn run(
 }
 
 /// `--db` as a URL the runtime takes: a bare path is an SQLite file.
-fn store_url(db: Option<String>) -> Result<String> {
+pub(crate) fn store_url(db: Option<String>) -> Result<String> {
     let db = db.filter(|db| !db.is_empty()).ok_or_else(|| {
         CliError::Usage(
             "no database given: pass --db <SQLite file or PostgreSQL URL>, or set DATABASE_URL"
@@ -103,7 +103,7 @@ async fn open(url: &str) -> Result<AnyStore> {
 }
 
 /// `Type/id` as a stream.
-fn parse_stream(text: &str) -> Result<StreamId> {
+pub(crate) fn parse_stream(text: &str) -> Result<StreamId> {
     let (aggregate_type, aggregate_id) = text.split_once('/').ok_or_else(|| {
         CliError::Usage(format!(
             "`{text}` is not a stream: expected AggregateType/id, for example Order/42"

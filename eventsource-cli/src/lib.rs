@@ -43,6 +43,48 @@ mod output;
 
 pub use error::{CliError, exit};
 
+/// The command line's parsing of its arguments and `--db`, reached by the fuzz targets in
+/// `fuzz/` (feature `fuzzing`). Not API.
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+pub mod __fuzz {
+    use crate::args::{Arguments, Command};
+    use crate::commands::{parse_stream, store_url};
+    use std::ffi::OsString;
+
+    /// Parses `args` (the first is the program's name) as `run_from` does, then `--db` as the URL
+    /// the store would open (without opening it) and the stream `events` names: `Ok` if all of
+    /// it parses, else the message the command line would print.
+    pub fn parse(args: &[OsString]) -> Result<(), String> {
+        use clap::Parser;
+        let usage = |error: crate::CliError| error.one_line("eventsource");
+        let parsed = Arguments::try_parse_from(args).map_err(|error| error.render().to_string())?;
+        let url = store_url(parsed.db).map_err(usage)?;
+        store_options(&url)?;
+        if let Command::Events(events) = &parsed.command {
+            parse_stream(&events.stream).map_err(usage)?;
+        }
+        Ok(())
+    }
+
+    /// `url` parsed into the options of the store it names, as `AnyStore::open_existing` parses
+    /// it before it connects.
+    fn store_options(url: &str) -> Result<(), String> {
+        use eventsource::sqlx::{postgres::PgConnectOptions, sqlite::SqliteConnectOptions};
+        use std::str::FromStr;
+        match url.split(':').next().unwrap_or_default() {
+            "memory" => Ok(()),
+            "sqlite" => SqliteConnectOptions::from_str(url)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            "postgres" | "postgresql" => PgConnectOptions::from_str(url)
+                .map(drop)
+                .map_err(|e| e.to_string()),
+            scheme => Err(format!("unsupported scheme `{scheme}`")),
+        }
+    }
+}
+
 use eventsource::AnyStore;
 use eventsource::checkpoint::TransactionalStore;
 use eventsource::subscription::{ProjectionOptions, RunningSubscriptions, Subscriptions};

@@ -113,6 +113,12 @@ pub mod protection;
 pub use protection::{InMemoryKeyStore, KeyStore, MasterKey, ProtectedStore};
 pub use protection::{Personal, PersonalField};
 
+// The crate-private parsers, reached by the fuzz targets in `fuzz/` (feature `fuzzing`).
+#[cfg(feature = "fuzzing")]
+#[doc(hidden)]
+#[path = "fuzzing.rs"]
+pub mod __fuzz;
+
 // Crates whose types appear in this crate's public API, so that users name the same versions.
 pub use chrono;
 pub use futures;

@@ -22,11 +22,11 @@
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 #[cfg(feature = "encryption")]
-mod cipher;
+pub(crate) mod cipher;
 #[cfg(feature = "encryption")]
 mod keys;
 #[cfg(feature = "encryption")]
-mod sealed;
+pub(crate) mod sealed;
 #[cfg(feature = "encryption")]
 mod store;
 
@@ -159,10 +159,29 @@ pub(crate) fn is_forgotten_value(value: &serde_json::Value) -> bool {
         .is_some_and(|object| object.len() == 1 && object.contains_key(FORGOTTEN_MARKER))
 }
 
+/// The key that wraps a known value which has the shape of a marker (`{"$forgotten": ...}` or
+/// `{"$known": ...}`), so that the application's own data never reads as an erased value.
+const KNOWN_MARKER: &str = "$known";
+
+/// Whether `value` is an object of one key, and that key is a marker.
+fn has_marker_shape(value: &serde_json::Value) -> bool {
+    value.as_object().is_some_and(|object| {
+        object.len() == 1
+            && (object.contains_key(FORGOTTEN_MARKER) || object.contains_key(KNOWN_MARKER))
+    })
+}
+
 impl<T: Serialize> Serialize for Personal<T> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         match self {
-            Personal::Known(value) => value.serialize(serializer),
+            Personal::Known(value) => {
+                let value = serde_json::to_value(value).map_err(serde::ser::Error::custom)?;
+                if has_marker_shape(&value) {
+                    serde_json::json!({ KNOWN_MARKER: value }).serialize(serializer)
+                } else {
+                    value.serialize(serializer)
+                }
+            }
             Personal::Forgotten => forgotten_value().serialize(serializer),
         }
     }
@@ -174,6 +193,14 @@ impl<'de, T: serde::de::DeserializeOwned> Deserialize<'de> for Personal<T> {
         if is_forgotten_value(&value) {
             return Ok(Personal::Forgotten);
         }
+        let value = match value {
+            serde_json::Value::Object(mut object)
+                if object.len() == 1 && object.contains_key(KNOWN_MARKER) =>
+            {
+                object.remove(KNOWN_MARKER).unwrap_or_default()
+            }
+            value => value,
+        };
         // An envelope handed to a plain read says so, unless the value really is the
         // application's own (a map that merely has the envelope's keys).
         let envelope = is_envelope(&value);

@@ -1122,7 +1122,7 @@ type PackedMetadata = (
 
 /// Decodes the packed metadata column, or says why it cannot be (naming the column at fault).
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn unpack_metadata(packed: &str) -> std::result::Result<crate::event::Metadata, String> {
+pub(crate) fn unpack_metadata(packed: &str) -> std::result::Result<crate::event::Metadata, String> {
     // The other columns are typed (text, and a UUID or its hex): only `metadata` can fail here.
     let (tenant_id, actor_id, correlation, causation, extra): PackedMetadata =
         serde_json::from_str(packed).map_err(|_| damaged_column("metadata"))?;

@@ -844,6 +844,21 @@ const FOLD_FRAMED_WHOLE: &str = concat!(
     " AS metadata FROM events WHERE position > "
 );
 
+/// The rest of a long stream as one framed text (see [`FOLD_FRAMED`]), each record a header
+/// (position, version, schema version, then the byte lengths of the type, `damage!()` or -1 for
+/// NULL, and the payload) and those texts.
+const STREAM_FRAMED: &str = concat!(
+    "SELECT count(*), group_concat(concat(position, ',', version, ',', \
+     schema_version, ',', octet_length(event_type), ',', \
+     coalesce(octet_length(damage), -1), ',', octet_length(payload), ':', event_type, \
+     damage, payload), '' ORDER BY version) FROM (SELECT position, version, \
+     event_type, schema_version, ",
+    damage!(),
+    " AS damage, payload FROM events \
+     WHERE aggregate_type = ? AND aggregate_id = ? AND version BETWEEN ? AND ? \
+     AND (? IS NULL OR occurred_at <= ?) ORDER BY version ASC LIMIT ?)"
+);
+
 /// A statement of a stream read with its parameters bound: the stream, the version range, the
 /// time-travel bound (twice: `? IS NULL OR occurred_at <= ?`) and the row limit.
 fn stream_query<'q>(
@@ -863,6 +878,21 @@ fn stream_query<'q>(
         .bind(limit)
 }
 
+/// The first framed text of a stream read of `stream` from version `from` (`STREAM_FRAMED`), as
+/// `load` reads it after its first rows: what the fuzz targets' seeds are made of.
+#[cfg(feature = "fuzzing")]
+pub(crate) async fn stream_text(
+    store: &SqliteEventStore,
+    stream: &StreamId,
+    from: i64,
+) -> Result<Option<String>> {
+    let row = stream_query(STREAM_FRAMED, stream, (from, i64::MAX), None, STREAM_CHUNK)
+        .fetch_one(store.pool())
+        .await
+        .map_err(Error::database("load"))?;
+    row.try_get(1).map_err(Error::database("load"))
+}
+
 /// How many rows a stream read reads row by row before it reads the rest as framed texts.
 const STREAM_HEAD: i64 = 64;
 
@@ -879,7 +909,7 @@ fn too_big(error: &sqlx::Error) -> bool {
 }
 
 /// One page of [`FOLD_FRAMED`]: how many rows it holds, and their records.
-struct FramedPage {
+pub(crate) struct FramedPage {
     count: usize,
     row: SqliteRow,
 }
@@ -887,7 +917,7 @@ struct FramedPage {
 impl FramedPage {
     /// The records; `None` if the text is not readable (not UTF-8: a damaged row, which the
     /// row-by-row read reports).
-    fn text(&self) -> Option<&str> {
+    pub(crate) fn text(&self) -> Option<&str> {
         self.row.try_get::<Option<&str>, _>(1).ok().flatten()
     }
 
@@ -897,25 +927,33 @@ impl FramedPage {
     /// cause), and there are none if the text is not readable: the caller reads the rest of
     /// the page row by row.
     fn records(&self, after: Position, details: bool) -> impl Iterator<Item = Record<'_>> {
-        let text = self.text().unwrap_or_default();
-        let (mut at, mut last) = (0, after);
-        std::iter::from_fn(move || {
-            if at >= text.len() {
-                return None;
-            }
-            let record = Record::next(text, &mut at, details).filter(|r| r.position > last)?;
-            last = record.position;
-            Some(record)
-        })
+        page_records(self.text().unwrap_or_default(), after, details)
     }
 }
 
+/// The records of a page's text after position `after` (see [`FramedPage::records`]).
+pub(crate) fn page_records(
+    text: &str,
+    after: Position,
+    details: bool,
+) -> impl Iterator<Item = Record<'_>> {
+    let (mut at, mut last) = (0, after);
+    std::iter::from_fn(move || {
+        if at >= text.len() {
+            return None;
+        }
+        let record = Record::next(text, &mut at, details).filter(|r| r.position > last)?;
+        last = record.position;
+        Some(record)
+    })
+}
+
 /// One row of a [`FOLD_FRAMED`] page, borrowed from its text.
-struct Record<'t> {
-    position: Position,
-    aggregate_type: &'t str,
-    aggregate_id: &'t str,
-    lean: LeanRow<'t>,
+pub(crate) struct Record<'t> {
+    pub(crate) position: Position,
+    pub(crate) aggregate_type: &'t str,
+    pub(crate) aggregate_id: &'t str,
+    pub(crate) lean: LeanRow<'t>,
 }
 
 impl<'t> Record<'t> {
@@ -968,6 +1006,46 @@ impl<'t> Record<'t> {
             },
         })
     }
+}
+
+/// One record of a stream read's framed text (see `fold_stream_on`), borrowed from it.
+pub(crate) struct StreamRecord<'t> {
+    pub(crate) position: Position,
+    pub(crate) version: i64,
+    pub(crate) schema_version: i64,
+    pub(crate) event_type: &'t str,
+    /// The first column of the row found out of range (`damage!()`), if any.
+    pub(crate) damage: Option<&'t str>,
+    pub(crate) payload: &'t str,
+}
+
+/// The records of a stream read's framed text, from version `next` on, in order. A record that
+/// does not parse, or does not move past the one before it, ends them: the caller reads the
+/// rest row by row.
+pub(crate) fn stream_records(text: &str, mut next: i64) -> impl Iterator<Item = StreamRecord<'_>> {
+    let mut at = 0;
+    std::iter::from_fn(move || {
+        if at >= text.len() {
+            return None;
+        }
+        let ([position, version, schema_version], [Some(event_type), damage, Some(payload)]) =
+            framed::<3, 3>(text, &mut at)?
+        else {
+            return None;
+        };
+        if version < next {
+            return None;
+        }
+        next = version.saturating_add(1);
+        Some(StreamRecord {
+            position: Position::new(position.max(0) as u64),
+            version,
+            schema_version,
+            event_type,
+            damage,
+            payload,
+        })
+    })
 }
 
 /// Reads the record at `at` of a framed text, and moves `at` past it: `I` decimal integers and
@@ -1160,25 +1238,12 @@ impl SqliteEventStore {
         if applied < head || applied >= limit {
             return Ok(());
         }
-        // The rest of a long stream as one framed text (see `FOLD_FRAMED`), each record a
-        // header (position, version, schema version, then the byte lengths of the type,
-        // `damage!()` or -1 for NULL, and the payload) and those texts.
-        const FRAMED: &str = concat!(
-            "SELECT count(*), group_concat(concat(position, ',', version, ',', \
-             schema_version, ',', octet_length(event_type), ',', \
-             coalesce(octet_length(damage), -1), ',', octet_length(payload), ':', event_type, \
-             damage, payload), '' ORDER BY version) FROM (SELECT position, version, \
-             event_type, schema_version, ",
-            damage!(),
-            " AS damage, payload FROM events \
-             WHERE aggregate_type = ? AND aggregate_id = ? AND version BETWEEN ? AND ? \
-             AND (? IS NULL OR occurred_at <= ?) ORDER BY version ASC LIMIT ?)"
-        );
+        // The rest of a long stream as framed texts (see `STREAM_FRAMED`).
         let (mut limit, mut next) = (limit - applied, next);
         while limit > 0 {
             // In chunks, so that a text stays far below SQLite's limit on a value's length.
             let chunk = limit.min(STREAM_CHUNK);
-            let page = stream_query(FRAMED, stream, (next, to), until, chunk)
+            let page = stream_query(STREAM_FRAMED, stream, (next, to), until, chunk)
                 .fetch_one(&mut *conn)
                 .await;
             let page = match page {
@@ -1189,32 +1254,18 @@ impl SqliteEventStore {
             let count: i64 = page.try_get(0).map_err(Error::database("load"))?;
             let mut applied = 0;
             if let Ok(Some(text)) = page.try_get::<Option<&str>, _>(1) {
-                let mut at = 0;
-                while at < text.len() {
-                    // A record that does not parse ends the framed part: the rest is read row
-                    // by row.
-                    let Some((
-                        [position, version, schema_version],
-                        [Some(event_type), damage, Some(payload)],
-                    )) = framed::<3, 3>(text, &mut at)
-                    else {
-                        break;
-                    };
-                    if version < next {
-                        break;
-                    }
-                    let position = Position::new(position.max(0) as u64);
+                for record in stream_records(text, next) {
                     apply(row_view(
                         stream,
-                        position,
-                        version,
-                        event_type,
-                        schema_version,
-                        damage,
-                        payload,
+                        record.position,
+                        record.version,
+                        record.event_type,
+                        record.schema_version,
+                        record.damage,
+                        record.payload,
                     )?)?;
                     applied += 1;
-                    next = version.saturating_add(1);
+                    next = record.version.saturating_add(1);
                 }
             }
             limit -= applied;
@@ -1233,7 +1284,11 @@ impl SqliteEventStore {
 
     /// Reads a page of a fold as one framed text ([`FOLD_FRAMED`], [`FOLD_FRAMED_WHOLE`]);
     /// `None` if its rows are too large to frame together.
-    async fn framed_page(&self, query: &ReadAll, details: bool) -> Result<Option<FramedPage>> {
+    pub(crate) async fn framed_page(
+        &self,
+        query: &ReadAll,
+        details: bool,
+    ) -> Result<Option<FramedPage>> {
         let mut select = QueryBuilder::<Sqlite>::new(if details {
             FOLD_FRAMED_WHOLE
         } else {
