@@ -1316,7 +1316,10 @@ async fn loads_fall_back_from_the_first_uncached_key() {
         .await
         .unwrap();
     let loaded = reads.load(id.clone()).await.unwrap();
-    assert_eq!(loaded.email, Personal::Known("rotated@example.org".to_owned()));
+    assert_eq!(
+        loaded.email,
+        Personal::Known("rotated@example.org".to_owned())
+    );
     assert_eq!(loaded.version(), 7);
     // Forgotten: every key known destroyed, lean.
     writer.forget("l-1").await.unwrap();

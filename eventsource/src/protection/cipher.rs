@@ -119,6 +119,9 @@ struct KeyMaterial {
     tenant: Option<String>,
     subject: String,
     bytes: Zeroizing<[u8; 32]>,
+    /// The cipher, its key schedule computed once (a key decrypts many fields while cached);
+    /// zeroed when dropped (the `zeroize` features of `aes` and `ghash`).
+    cipher: Aes256Gcm,
 }
 
 impl DataKey {
@@ -137,6 +140,7 @@ impl DataKey {
             material: std::sync::Arc::new(KeyMaterial {
                 tenant: tenant.map(str::to_owned),
                 subject: subject.to_owned(),
+                cipher: Aes256Gcm::new(&bytes.into()),
                 bytes: Zeroizing::new(bytes),
             }),
         }
@@ -159,11 +163,7 @@ impl DataKey {
 
     /// Encrypts the JSON text of field `field` into its envelope.
     pub(crate) fn encrypt(&self, field: &str, plain: &[u8]) -> serde_json::Value {
-        let sealed = seal(
-            &(*self.material.bytes).into(),
-            plain,
-            &field_aad(self.id, field),
-        );
+        let sealed = seal_with(&self.material.cipher, plain, &field_aad(self.id, field));
         let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
         serde_json::json!({
             ENVELOPE_TAG: ENVELOPE_V1,
@@ -175,24 +175,27 @@ impl DataKey {
 
     /// Decrypts an envelope's nonce and ciphertext; `None` if they do not authenticate.
     pub(crate) fn decrypt(&self, field: &str, envelope: &Envelope) -> Option<Vec<u8>> {
-        let mut sealed = envelope.nonce.clone();
-        sealed.extend_from_slice(&envelope.ciphertext);
-        open(
-            &(*self.material.bytes).into(),
-            &sealed,
-            &field_aad(self.id, field),
-        )
+        self.material
+            .cipher
+            .decrypt(
+                Nonce::from_slice(&envelope.nonce),
+                Payload {
+                    msg: &envelope.ciphertext,
+                    aad: &field_aad(self.id, field),
+                },
+            )
+            .ok()
     }
 
     /// Seals `plain` (a snapshot's share) under this key, bound to `aad`: nonce, ciphertext
     /// and tag.
     pub(crate) fn seal(&self, plain: &[u8], aad: &[u8]) -> Vec<u8> {
-        seal(&(*self.material.bytes).into(), plain, aad)
+        seal_with(&self.material.cipher, plain, aad)
     }
 
     /// Opens what [`seal`](Self::seal) made; `None` if it does not authenticate.
     pub(crate) fn open(&self, sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
-        open(&(*self.material.bytes).into(), sealed, aad)
+        open_with(&self.material.cipher, sealed, aad)
     }
 }
 
@@ -235,6 +238,31 @@ impl Envelope {
             .is_some_and(|object| object.contains_key(ENVELOPE_TAG))
     }
 
+    /// The envelope in a field's raw JSON text: `None` if the text is not one (no `"$enc"`
+    /// key), else the envelope or the reason it is malformed. The exact shape this store
+    /// writes is read without building a JSON value.
+    pub(crate) fn parse_text(text: &str) -> Option<std::result::Result<Self, String>> {
+        #[derive(serde::Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Written<'a> {
+            #[serde(rename = "$enc")]
+            version: &'a str,
+            kid: &'a str,
+            n: &'a str,
+            c: &'a str,
+        }
+        if let Ok(written) = serde_json::from_str::<Written<'_>>(text) {
+            return Some(Self::from_parts(
+                written.version,
+                written.kid,
+                written.n,
+                written.c,
+            ));
+        }
+        let value: serde_json::Value = serde_json::from_str(text).ok()?;
+        Self::is_envelope(&value).then(|| Self::parse(&value))
+    }
+
     /// Reads an envelope; the reason it is malformed otherwise.
     pub(crate) fn parse(value: &serde_json::Value) -> std::result::Result<Self, String> {
         let object = value.as_object().ok_or("not an object")?;
@@ -244,20 +272,28 @@ impl Envelope {
                 .and_then(|v| v.as_str())
                 .ok_or_else(|| format!("the envelope has no text `{key}`"))
         };
-        let version = text(ENVELOPE_TAG)?;
+        Self::from_parts(text(ENVELOPE_TAG)?, text("kid")?, text("n")?, text("c")?)
+    }
+
+    fn from_parts(
+        version: &str,
+        kid: &str,
+        nonce: &str,
+        ciphertext: &str,
+    ) -> std::result::Result<Self, String> {
         if version != ENVELOPE_V1 {
             return Err(format!("unknown envelope version `{version}`"));
         }
-        let key_id = text("kid")?
+        let key_id = kid
             .parse()
             .map_err(|_| "the envelope's key id is not a UUID".to_owned())?;
         let nonce = BASE64
-            .decode(text("n")?)
+            .decode(nonce)
             .ok()
             .filter(|n| n.len() == NONCE_LEN)
             .ok_or("the envelope's nonce is not 12 bytes of base64")?;
         let ciphertext = BASE64
-            .decode(text("c")?)
+            .decode(ciphertext)
             .map_err(|_| "the envelope's ciphertext is not base64".to_owned())?;
         Ok(Envelope {
             key_id,
@@ -268,8 +304,12 @@ impl Envelope {
 }
 
 pub(crate) fn seal(key: &Key<Aes256Gcm>, plain: &[u8], aad: &[u8]) -> Vec<u8> {
+    seal_with(&Aes256Gcm::new(key), plain, aad)
+}
+
+fn seal_with(cipher: &Aes256Gcm, plain: &[u8], aad: &[u8]) -> Vec<u8> {
     let nonce = Aes256Gcm::generate_nonce(&mut OsRng);
-    let ciphertext = Aes256Gcm::new(key)
+    let ciphertext = cipher
         .encrypt(&nonce, Payload { msg: plain, aad })
         .expect("AES-GCM encrypts any message shorter than 64 GiB");
     let mut sealed = nonce.to_vec();
@@ -278,11 +318,15 @@ pub(crate) fn seal(key: &Key<Aes256Gcm>, plain: &[u8], aad: &[u8]) -> Vec<u8> {
 }
 
 pub(crate) fn open(key: &Key<Aes256Gcm>, sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
+    open_with(&Aes256Gcm::new(key), sealed, aad)
+}
+
+fn open_with(cipher: &Aes256Gcm, sealed: &[u8], aad: &[u8]) -> Option<Vec<u8>> {
     if sealed.len() < NONCE_LEN {
         return None;
     }
     let (nonce, ciphertext) = sealed.split_at(NONCE_LEN);
-    Aes256Gcm::new(key)
+    cipher
         .decrypt(
             Nonce::from_slice(nonce),
             Payload {

@@ -560,28 +560,23 @@ impl<S: EventStore, K: KeyStore> ProtectedStore<S, K> {
         // The top-level fields as raw text, borrowed from the payload: only the declared
         // fields' envelopes are parsed, and the plain values are later spliced in where they
         // stood, so the rest of the payload is neither parsed into values nor written again.
-        let Ok(raw) =
-            serde_json::from_str::<HashMap<String, &serde_json::value::RawValue>>(event.payload)
-        else {
+        let Some(raw) = TopLevel::read(event.payload) else {
             return Ok(Vec::new());
         };
         let mut sealed = Vec::new();
         for field in fields.iter().map(PersonalField::field) {
             // Only the declared fields: an envelope-shaped value elsewhere is the
             // application's own data.
-            let Some(text) = raw.get(field).map(|value| value.get()) else {
+            let Some(text) = raw.get(field) else {
                 continue;
             };
             if !text.contains("\"$enc\"") {
                 continue;
             }
-            let Ok(value) = serde_json::from_str::<serde_json::Value>(text) else {
+            let Some(envelope) = Envelope::parse_text(text) else {
                 continue;
             };
-            if !Envelope::is_envelope(&value) {
-                continue;
-            }
-            let envelope = Envelope::parse(&value).map_err(|reason| {
+            let envelope = envelope.map_err(|reason| {
                 corrupt_view(event, format!("personal field `{field}`: {reason}"))
             })?;
             // Where the raw text lies in the payload it was borrowed from.
@@ -695,6 +690,59 @@ impl<S: EventStore, K: KeyStore> ProtectedStore<S, K> {
             }
         }
         Some(Self::open_fields(event, &sealed, keys).map(Some))
+    }
+}
+
+/// The top-level fields of a JSON object as raw text borrowed from it: names without escapes
+/// are read without allocating (the usual case: struct field names), the others owned.
+enum TopLevel<'a> {
+    Borrowed(Vec<(&'a str, &'a serde_json::value::RawValue)>),
+    Owned(HashMap<String, &'a serde_json::value::RawValue>),
+}
+
+impl<'a> TopLevel<'a> {
+    fn read(payload: &'a str) -> Option<Self> {
+        struct Fields<'a>(Vec<(&'a str, &'a serde_json::value::RawValue)>);
+        impl<'de> serde::Deserialize<'de> for Fields<'de> {
+            fn deserialize<D: serde::Deserializer<'de>>(
+                deserializer: D,
+            ) -> std::result::Result<Self, D::Error> {
+                struct Visit;
+                impl<'de> serde::de::Visitor<'de> for Visit {
+                    type Value = Fields<'de>;
+                    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                        f.write_str("a JSON object")
+                    }
+                    fn visit_map<M: serde::de::MapAccess<'de>>(
+                        self,
+                        mut map: M,
+                    ) -> std::result::Result<Self::Value, M::Error> {
+                        let mut fields = Vec::new();
+                        while let Some(name) = map.next_key::<&'de str>()? {
+                            fields.push((name, map.next_value()?));
+                        }
+                        Ok(Fields(fields))
+                    }
+                }
+                deserializer.deserialize_map(Visit)
+            }
+        }
+        if let Ok(Fields(fields)) = serde_json::from_str::<Fields<'a>>(payload) {
+            return Some(TopLevel::Borrowed(fields));
+        }
+        serde_json::from_str(payload).ok().map(TopLevel::Owned)
+    }
+
+    /// The raw text of field `name` (the last one of that name, as a map would keep).
+    fn get(&self, name: &str) -> Option<&'a str> {
+        match self {
+            TopLevel::Borrowed(fields) => fields
+                .iter()
+                .rev()
+                .find(|(field, _)| *field == name)
+                .map(|(_, value)| value.get()),
+            TopLevel::Owned(fields) => fields.get(name).map(|value| value.get()),
+        }
     }
 }
 
