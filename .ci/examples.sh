@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every example of the examples package: the list is the package's own targets (cargo
 # metadata), not a second list kept here. Each runs on SQLite; an example that reads
-# DATABASE_URL runs again on PostgreSQL; the bus example runs once per broker.
+# DATABASE_URL runs again on PostgreSQL; the bus example runs once per broker. The first run has
+# no DATABASE_URL: each example takes its default (SQLite, or the local PostgreSQL server).
 #   usage: .ci/examples.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,7 +29,7 @@ while read -r name path; do
     continue
   fi
   echo "--- example $name"
-  DATABASE_URL= run "$name"
+  env -u DATABASE_URL cargo run --quiet -p eventsource-examples --all-features --example "$name"
   if grep -q DATABASE_URL "$path"; then
     echo "--- example $name on PostgreSQL"
     DATABASE_URL="$pg" run "$name"

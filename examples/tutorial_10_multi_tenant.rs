@@ -376,7 +376,9 @@ async fn open_stores(name: &str) -> Result<Stores, Box<dyn std::error::Error>> {
             role: Some(pool),
         });
     }
+    // The workspace's `target/` (the examples package is `examples/`, one level down).
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
         .join("target")
         .join(format!("{name}.db"));
     std::fs::create_dir_all(path.parent().expect("target/"))?;

@@ -22,7 +22,9 @@ pub(crate) async fn open_store(name: &str) -> Result<AnyStore, Box<dyn std::erro
         println!("event store: PostgreSQL, schema {schema}");
         return Ok(PostgresEventStore::connect_with(options).await?.into());
     }
+    // The workspace's `target/` (the examples package is `examples/`, one level down).
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
         .join("target")
         .join(format!("{name}.db"));
     // `target/` is not there in a fresh clone built with CARGO_TARGET_DIR elsewhere.
