@@ -763,11 +763,11 @@ async fn no_plaintext_after_forget(keys_apart: bool) {
         snapshot.state()
     );
     // A snapshot opens through the wrapper while the subject is known.
-    let loaded = customers.load(&"z-1".to_owned()).await.unwrap();
+    let loaded = customers.load("z-1".to_owned()).await.unwrap();
     assert_eq!(loaded.state().name, Personal::Known(SECRET_NAME.to_owned()));
 
     store.forget("z-1").await.unwrap();
-    let loaded = customers.load(&"z-1".to_owned()).await.unwrap();
+    let loaded = customers.load("z-1".to_owned()).await.unwrap();
     assert!(loaded.state().name.is_forgotten() && loaded.state().email.is_forgotten());
 
     // Live and dead rows, free pages and the write-ahead log, before and after closing.
@@ -825,7 +825,7 @@ async fn postgres_snapshots_are_sealed() {
         .unwrap();
     assert_eq!(states.len(), 1);
     assert!(!states[0].0.contains(SECRET_NAME), "{}", states[0].0);
-    let loaded = customers.load(&"z-1".to_owned()).await.unwrap();
+    let loaded = customers.load("z-1".to_owned()).await.unwrap();
     assert_eq!(
         loaded.state().email,
         Personal::Known(SECRET_EMAIL.to_owned())
@@ -970,12 +970,7 @@ async fn non_personal_envelope_shapes_load() {
     });
     repository.save(&mut root).await.unwrap();
     assert_eq!(
-        repository
-            .load(&"n".to_owned())
-            .await
-            .unwrap()
-            .state()
-            .notes,
+        repository.load("n".to_owned()).await.unwrap().state().notes,
         2
     );
 }

@@ -253,8 +253,14 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
 
     /// Loads the aggregate: its newest usable snapshot, if the repository has snapshots, and the
     /// events after it. [`Error::AggregateNotFound`] if it has no events.
-    pub async fn load(&self, id: impl Into<A::Id>) -> Result<Root<A>> {
-        let id = id.into();
+    // Not an `async fn`: the id converts at the call and the future's type does not name the
+    // id's, so that an id of another aggregate is one compile error, not three (the call, the
+    // future, the `.await`). The box costs one allocation per load.
+    pub fn load(&self, id: impl Into<A::Id>) -> futures::future::BoxFuture<'_, Result<Root<A>>> {
+        Box::pin(self.load_id(id.into()))
+    }
+
+    async fn load_id(&self, id: A::Id) -> Result<Root<A>> {
         let Some(cache) = &self.cache else {
             return self.load_query(id, StreamQuery::all()).await;
         };
