@@ -1146,3 +1146,41 @@ async fn wait_until_for_one_projection() {
     ));
     running.shutdown().await;
 }
+
+/// A projection name holding NUL is refused by every store with the same error, before any
+/// I/O; a handler's error text holding NUL is dead-lettered on every store, NUL shown as U+FFFD.
+#[tokio::test]
+async fn nul_in_bookkeeping_is_answered_alike() {
+    async fn check<S: CheckpointStore>(store: &S) {
+        for result in [
+            store.checkpoint("a\0b").await.map(drop),
+            store
+                .save_checkpoint("a\0b", None, eventsource::Position::new(1))
+                .await,
+            store.delete_checkpoint("a\0b").await,
+            store.dead_letters("a\0b").await.map(drop),
+            store
+                .remove_dead_letter("a\0b", eventsource::Position::new(1))
+                .await
+                .map(drop),
+            store.lease("a\0b").await.map(drop),
+        ] {
+            assert!(matches!(result, Err(Error::InvalidConfig(_))), "{result:?}");
+        }
+        let letter = eventsource::DeadLetter::new(
+            "nul",
+            eventsource::Position::new(7),
+            StreamId::new("Account", "n").unwrap(),
+            "bad\0byte",
+            1,
+        );
+        store.add_dead_letter(&letter).await.unwrap();
+        let letters = store.dead_letters("nul").await.unwrap();
+        assert_eq!(letters[0].error, "bad\u{FFFD}byte");
+    }
+    check(databases::memory().await.unwrap().store()).await;
+    check(databases::sqlite().await.unwrap().store()).await;
+    if let Some(db) = databases::postgres().await {
+        check(db.store()).await;
+    }
+}

@@ -42,6 +42,29 @@ pub struct DeadLetter {
     pub failed_at: DateTime<Utc>,
 }
 
+/// Checks a projection name (the key of a checkpoint, dead letters and a lease) before it
+/// reaches a store, so that every backend answers the same, before any I/O:
+/// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a name holding NUL (which
+/// PostgreSQL's text cannot hold).
+pub(crate) fn check_projection_name(name: &str) -> crate::Result<()> {
+    if name.contains('\0') {
+        return Err(crate::Error::InvalidConfig(format!(
+            "a projection name cannot hold NUL: {name:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// A dead letter's error text as every store keeps it: NUL (which PostgreSQL's text cannot
+/// hold, and a handler's message may) as U+FFFD, so that dead-lettering never fails on it.
+pub(crate) fn storable_error(error: &str) -> std::borrow::Cow<'_, str> {
+    if error.contains('\0') {
+        std::borrow::Cow::Owned(error.replace('\0', "\u{FFFD}"))
+    } else {
+        std::borrow::Cow::Borrowed(error)
+    }
+}
+
 impl DeadLetter {
     /// A dead letter of `projection` for the event at `position` of `stream`.
     pub fn new(

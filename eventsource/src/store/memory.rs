@@ -299,6 +299,7 @@ impl InMemoryEventStore {
 
 impl CheckpointStore for InMemoryEventStore {
     async fn checkpoint(&self, projection: &str) -> Result<Option<Position>> {
+        crate::checkpoint::check_projection_name(projection)?;
         Ok(self.projections().checkpoints.get(projection).copied())
     }
 
@@ -308,6 +309,7 @@ impl CheckpointStore for InMemoryEventStore {
         previous: Option<Position>,
         position: Position,
     ) -> Result<()> {
+        crate::checkpoint::check_projection_name(projection)?;
         let mut projections = self.projections();
         let found = projections.checkpoints.get(projection).copied();
         if found != previous {
@@ -320,18 +322,23 @@ impl CheckpointStore for InMemoryEventStore {
     }
 
     async fn delete_checkpoint(&self, projection: &str) -> Result<()> {
+        crate::checkpoint::check_projection_name(projection)?;
         self.projections().checkpoints.remove(projection);
         Ok(())
     }
 
     async fn add_dead_letter(&self, letter: &DeadLetter) -> Result<()> {
+        crate::checkpoint::check_projection_name(&letter.projection)?;
+        let mut letter = letter.clone();
+        letter.error = crate::checkpoint::storable_error(&letter.error).into_owned();
         self.projections()
             .dead_letters
-            .insert((letter.projection.clone(), letter.position), letter.clone());
+            .insert((letter.projection.clone(), letter.position), letter);
         Ok(())
     }
 
     async fn dead_letters(&self, projection: &str) -> Result<Vec<DeadLetter>> {
+        crate::checkpoint::check_projection_name(projection)?;
         Ok(self
             .projections()
             .dead_letters
@@ -342,6 +349,7 @@ impl CheckpointStore for InMemoryEventStore {
     }
 
     async fn remove_dead_letter(&self, projection: &str, position: Position) -> Result<bool> {
+        crate::checkpoint::check_projection_name(projection)?;
         Ok(self
             .projections()
             .dead_letters
@@ -350,6 +358,7 @@ impl CheckpointStore for InMemoryEventStore {
     }
 
     async fn lease(&self, projection: &str) -> Result<Option<crate::checkpoint::Lease>> {
+        crate::checkpoint::check_projection_name(projection)?;
         Ok(self.leases.try_take(projection))
     }
 }

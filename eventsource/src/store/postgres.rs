@@ -1703,6 +1703,7 @@ async fn save_checkpoint_on(
     previous: Option<Position>,
     position: Position,
 ) -> Result<()> {
+    crate::checkpoint::check_projection_name(projection)?;
     let done = match previous {
         None => {
             sqlx::query(
@@ -1739,6 +1740,7 @@ async fn save_checkpoint_on(
 }
 
 async fn add_dead_letter_on(conn: &mut sqlx::PgConnection, letter: &DeadLetter) -> Result<()> {
+    crate::checkpoint::check_projection_name(&letter.projection)?;
     sqlx::query(
         "INSERT INTO dead_letters (projection, position, event_id, aggregate_type, aggregate_id, \
          version, event_type, error, attempts, failed_at) \
@@ -1753,7 +1755,7 @@ async fn add_dead_letter_on(conn: &mut sqlx::PgConnection, letter: &DeadLetter) 
     .bind(letter.stream.aggregate_id())
     .bind(letter.version.map(|v| i64::try_from(v).unwrap_or(i64::MAX)))
     .bind(letter.event_type.as_deref())
-    .bind(&letter.error)
+    .bind(crate::checkpoint::storable_error(&letter.error))
     .bind(i32::try_from(letter.attempts).unwrap_or(i32::MAX))
     .bind(letter.failed_at)
     .execute(conn)
@@ -1767,6 +1769,7 @@ async fn remove_dead_letter_on(
     projection: &str,
     position: Position,
 ) -> Result<bool> {
+    crate::checkpoint::check_projection_name(projection)?;
     let done = sqlx::query("DELETE FROM dead_letters WHERE projection = $1 AND position = $2")
         .bind(projection)
         .bind(position.to_sql())
@@ -1781,6 +1784,7 @@ async fn remove_dead_letter_on(
 /// row-level security.
 impl CheckpointStore for PostgresEventStore {
     async fn checkpoint(&self, projection: &str) -> Result<Option<Position>> {
+        crate::checkpoint::check_projection_name(projection)?;
         let found: Option<i64> = self
             .statement("load checkpoint", move |conn, _| {
                 Box::pin(
@@ -1820,6 +1824,7 @@ impl CheckpointStore for PostgresEventStore {
     }
 
     async fn delete_checkpoint(&self, projection: &str) -> Result<()> {
+        crate::checkpoint::check_projection_name(projection)?;
         self.statement("delete checkpoint", move |conn, _| {
             Box::pin(
                 sqlx::query("DELETE FROM checkpoints WHERE name = $1")
@@ -1839,6 +1844,7 @@ impl CheckpointStore for PostgresEventStore {
     }
 
     async fn dead_letters(&self, projection: &str) -> Result<Vec<DeadLetter>> {
+        crate::checkpoint::check_projection_name(projection)?;
         let rows = self
             .statement("dead letters", move |conn, _| {
                 Box::pin(
@@ -1882,6 +1888,7 @@ impl CheckpointStore for PostgresEventStore {
     }
 
     async fn lease(&self, projection: &str) -> Result<Option<crate::checkpoint::Lease>> {
+        crate::checkpoint::check_projection_name(projection)?;
         // A session advisory lock on a connection taken out of the pool: it is released when
         // the lease (and so the connection) is dropped, or when this process dies. A lock is not
         // a row: row-level security does not reach it, and a tenant needs no setting for it.

@@ -1708,6 +1708,7 @@ async fn save_checkpoint_on(
     previous: Option<Position>,
     position: Position,
 ) -> Result<()> {
+    crate::checkpoint::check_projection_name(projection)?;
     let now = crate::event::now().timestamp_micros();
     let done = match previous {
         None => {
@@ -1744,6 +1745,7 @@ async fn save_checkpoint_on(
 }
 
 async fn add_dead_letter_on(conn: &mut sqlx::SqliteConnection, letter: &DeadLetter) -> Result<()> {
+    crate::checkpoint::check_projection_name(&letter.projection)?;
     sqlx::query(
         "INSERT INTO dead_letters (projection, position, event_id, aggregate_type, aggregate_id, \
          version, event_type, error, attempts, failed_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?) \
@@ -1757,7 +1759,7 @@ async fn add_dead_letter_on(conn: &mut sqlx::SqliteConnection, letter: &DeadLett
     .bind(letter.stream.aggregate_id())
     .bind(letter.version.map(to_i64))
     .bind(letter.event_type.as_deref())
-    .bind(&letter.error)
+    .bind(crate::checkpoint::storable_error(&letter.error))
     .bind(i64::from(letter.attempts))
     .bind(letter.failed_at.timestamp_micros())
     .execute(conn)
@@ -1771,6 +1773,7 @@ async fn remove_dead_letter_on(
     projection: &str,
     position: Position,
 ) -> Result<bool> {
+    crate::checkpoint::check_projection_name(projection)?;
     let done = sqlx::query("DELETE FROM dead_letters WHERE projection = ? AND position = ?")
         .bind(projection)
         .bind(position.to_sql())
@@ -1782,6 +1785,7 @@ async fn remove_dead_letter_on(
 
 impl CheckpointStore for SqliteEventStore {
     async fn checkpoint(&self, projection: &str) -> Result<Option<Position>> {
+        crate::checkpoint::check_projection_name(projection)?;
         let found: Option<i64> =
             sqlx::query_scalar("SELECT position FROM checkpoints WHERE name = ?")
                 .bind(projection)
@@ -1806,6 +1810,7 @@ impl CheckpointStore for SqliteEventStore {
     }
 
     async fn delete_checkpoint(&self, projection: &str) -> Result<()> {
+        crate::checkpoint::check_projection_name(projection)?;
         sqlx::query("DELETE FROM checkpoints WHERE name = ?")
             .bind(projection)
             .execute(&self.writer)
@@ -1824,6 +1829,7 @@ impl CheckpointStore for SqliteEventStore {
     }
 
     async fn dead_letters(&self, projection: &str) -> Result<Vec<DeadLetter>> {
+        crate::checkpoint::check_projection_name(projection)?;
         let rows = sqlx::query(
             "SELECT position, event_id, aggregate_type, aggregate_id, version, event_type, error, \
              attempts, failed_at FROM dead_letters WHERE projection = ? ORDER BY position",
@@ -1865,6 +1871,7 @@ impl CheckpointStore for SqliteEventStore {
     }
 
     async fn lease(&self, projection: &str) -> Result<Option<crate::checkpoint::Lease>> {
+        crate::checkpoint::check_projection_name(projection)?;
         match &self.file {
             Some(file) => crate::checkpoint::file_lease(file, projection),
             None => Ok(self.leases.try_take(projection)),
