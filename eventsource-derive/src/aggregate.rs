@@ -136,7 +136,7 @@ fn generate(aggregate: &Aggregate) -> TokenStream {
     });
     let checks = compile_time_checks(&krate, &name, &handlers, retired);
 
-    let one_block = one_block_marker(self_ty);
+    let one_block = one_block_marker("aggregate", self_ty);
 
     quote! {
         #one_block
@@ -171,13 +171,13 @@ fn generate(aggregate: &Aggregate) -> TokenStream {
     }
 }
 
-/// A second `#[aggregate]` block for one type would be a second `Aggregate` impl, which rustc
-/// reports as conflicting implementations (E0119, words we cannot choose). Name resolution comes
-/// before coherence, so an item whose name says the rule, defined by each block, makes the
-/// first error read "the name `one_aggregate_block_per_type__Account` is defined multiple
-/// times". Only for a type path without generic arguments: `impl Counter<A>` and
-/// `impl Counter<B>` are two aggregates.
-fn one_block_marker(self_ty: &syn::Type) -> TokenStream {
+/// A second `#[aggregate]` (or `#[projection]`, `kind`) block for one type would be a second
+/// trait impl, which rustc reports as conflicting implementations (E0119, words we cannot
+/// choose). Name resolution comes before coherence, so an item whose name says the rule,
+/// defined by each block, makes the first error read "the name
+/// `one_aggregate_block_per_type__Account` is defined multiple times". Only for a type path
+/// without generic arguments: `impl Counter<A>` and `impl Counter<B>` are two types.
+pub(crate) fn one_block_marker(kind: &str, self_ty: &syn::Type) -> TokenStream {
     let syn::Type::Path(path) = self_ty else {
         return TokenStream::new();
     };
@@ -197,7 +197,7 @@ fn one_block_marker(self_ty: &syn::Type) -> TokenStream {
         .map(|segment| segment.ident.unraw().to_string())
         .collect();
     let ident = syn::Ident::new(
-        &format!("one_aggregate_block_per_type__{}", joined.join("__")),
+        &format!("one_{kind}_block_per_type__{}", joined.join("__")),
         path.span(),
     );
     quote! {

@@ -210,12 +210,12 @@ fn generate(projection: &Projection) -> TokenStream {
         }
     };
 
+    let one_block = crate::aggregate::one_block_marker("projection", self_ty);
     quote! {
+        #one_block
+
         #[doc(hidden)]
         const _: () = {
-            #[automatically_derived]
-            impl #impl_generics #krate::__private::OnlyOneProjectionBlockPerType for #self_ty #where_clause {}
-
             #implementation
 
             #checks

@@ -336,11 +336,6 @@ pub mod __private {
         name == event_type || aliases.contains(&name)
     }
 
-    /// Implemented by `#[projection]` before anything else, so that a second `#[projection]`
-    /// block for one type is first reported as a conflict of this trait, whose name says what is
-    /// wrong, rather than of `Projection`.
-    pub trait OnlyOneProjectionBlockPerType {}
-
     /// How an in-memory projection without `reset = ...` empties itself: `Default`, whose
     /// absence is reported in our words.
     #[diagnostic::on_unimplemented(
