@@ -270,6 +270,13 @@ where
     first.abort(); // dies; its lease goes with it
     write(other_process, 30, 10).await;
     caught_up(&second, other_process).await;
+    // Caught up may be seen a moment before the runner reads the head once more and says Live.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while second_relay.status().state != ProjectionState::Live
+        && tokio::time::Instant::now() < deadline
+    {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
     assert_eq!(second_relay.status().state, ProjectionState::Live);
 
     let received = drain(&mut consumer, QUIET).await;

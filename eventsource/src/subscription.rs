@@ -1119,6 +1119,11 @@ pub(crate) async fn drive<R: Runner>(
         }
         sleep_or_stop(&mut shutdown, runner.options().max_backoff).await;
     };
+    // The lease is ours: no longer standing by, before anything is applied (a standby's
+    // `wait_until` must not see this runner's progress under the standby's state).
+    runner
+        .progress()
+        .set(ProjectionState::CatchingUp, checkpoint);
     let mut appends = runner.store().watch_appends();
     let mut catching_up = true;
     loop {
