@@ -15,6 +15,7 @@ use eventsource::health::HealthOptions;
 use eventsource::prelude::*;
 use eventsource::subscription::Subscriptions;
 use eventsource::{EventView, HandlerError};
+use eventsource::{Projection, StreamId, StreamQuery};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;

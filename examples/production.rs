@@ -10,10 +10,12 @@
 //! `DATABASE_URL=postgres://...` for a fresh schema of that database. It serves a few requests,
 //! prints the health report and the metrics, and shuts down; press Ctrl-C to stop it earlier.
 
+use eventsource::SnapshotStore;
 use eventsource::bus::{BusConsumer, EventBus, InMemoryBus, Relay, Subscription};
 use eventsource::health::HealthOptions;
 use eventsource::prelude::*;
 use eventsource::subscription::Subscriptions;
+use eventsource::tenant::Tenancy;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

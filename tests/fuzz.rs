@@ -14,6 +14,7 @@ use eventsource::{
     EventRegistry, InMemoryKeyStore, Metadata, NewEvent, Personal, ProtectedStore, Snapshot,
     SnapshotStore,
 };
+use eventsource::{ExpectedVersion, Position, ReadAll, RecordedEvent, StreamId, StreamQuery};
 use futures::TryStreamExt;
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};

@@ -11,6 +11,7 @@ use eventsource::subscription::{
     OnFailure, ProjectionOptions, ProjectionState, RunningSubscriptions, Subscriptions,
 };
 use eventsource::{CheckpointStore, EventView, NewEvent};
+use eventsource::{ExpectedVersion, Position, Projection, StreamId, StreamQuery};
 use eventsource_tests::databases;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use serde::{Deserialize, Serialize};

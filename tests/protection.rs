@@ -4,11 +4,14 @@
 //! wrong master key are typed errors.
 
 use eventsource::prelude::*;
+use eventsource::projection::SqliteTx;
 use eventsource::protection::{Erasure, KeyStore, MasterKey, SqliteKeyStore};
 use eventsource::subscription::Subscriptions;
+use eventsource::tenant::Tenancy;
 use eventsource::{
     CheckpointStore, InMemoryKeyStore, NewEvent, Personal, ProtectedStore, SnapshotStore,
 };
+use eventsource::{ExpectedVersion, Position, ReadAll, RecordedEvent, StreamId, StreamQuery};
 use eventsource_tests::databases;
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
@@ -609,7 +612,7 @@ impl MailingList {
         &mut self,
         e: &CustomerRegistered,
         _: &EventContext<'_>,
-        tx: &mut eventsource::prelude::SqliteTx,
+        tx: &mut SqliteTx,
     ) -> Result<(), sqlx::Error> {
         if let Personal::Known(email) = &e.email {
             sqlx::query("INSERT INTO mailing_list (customer_id, email) VALUES (?, ?)")
@@ -621,7 +624,7 @@ impl MailingList {
         Ok(())
     }
 
-    async fn clear(&mut self, tx: &mut eventsource::prelude::SqliteTx) -> Result<(), sqlx::Error> {
+    async fn clear(&mut self, tx: &mut SqliteTx) -> Result<(), sqlx::Error> {
         sqlx::query("DELETE FROM mailing_list")
             .execute(&mut **tx)
             .await?;

@@ -8,6 +8,7 @@ use eventsource::subscription::{
     ProjectionOptions, ProjectionState, RunningSubscriptions, Subscriptions,
 };
 use eventsource::{CheckpointStore, NewEvent, SqliteEventStore};
+use eventsource::{ExpectedVersion, Position, ReadAll, RecordedEvent, StreamId};
 use eventsource_tests::buses::{drain, next_within};
 use eventsource_tests::databases;
 use serde::{Deserialize, Serialize};

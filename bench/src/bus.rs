@@ -11,6 +11,7 @@ use eventsource::bus::rabbitmq::RabbitMqBus;
 use eventsource::bus::redis::RedisBus;
 use eventsource::bus::{BusConsumer, EventBus, InMemoryBus, Subscription};
 use eventsource::prelude::*;
+use eventsource::{Position, RecordedEvent, StreamId};
 use futures::StreamExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};

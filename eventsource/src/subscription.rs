@@ -370,6 +370,7 @@ impl Entry {
 ///
 /// ```
 /// use eventsource::prelude::*;
+/// use eventsource::{ExpectedVersion, StreamId};
 /// use eventsource::subscription::Subscriptions;
 /// use serde::{Deserialize, Serialize};
 ///

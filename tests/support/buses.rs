@@ -13,6 +13,7 @@ use eventsource::bus::redis::RedisBus;
 use eventsource::bus::{BusConsumer, Delivery, EventBus, InMemoryBus, Subscription};
 use eventsource::prelude::*;
 use eventsource::{Metadata, NewEvent};
+use eventsource::{Position, RecordedEvent, StreamId};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;

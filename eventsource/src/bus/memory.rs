@@ -22,6 +22,7 @@ use tokio::sync::Notify;
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> eventsource::Result<()> {
 /// # use eventsource::prelude::*;
+/// # use eventsource::{ExpectedVersion, StreamId};
 /// # use eventsource::NewEvent;
 /// # let store = InMemoryEventStore::new();
 /// # let stream = StreamId::new("Order", "o-1")?;

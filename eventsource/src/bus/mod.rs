@@ -215,12 +215,7 @@ impl Subscription {
     }
 
     #[cfg_attr(
-        not(any(
-            feature = "redis",
-            feature = "rabbitmq",
-            feature = "nats",
-            feature = "kafka"
-        )),
+        not(any(feature = "redis", feature = "rabbitmq", feature = "kafka")),
         allow(dead_code)
     )]
     /// This consumer's name: the one given, or a new one.

@@ -104,6 +104,7 @@ where
     /// ```
     /// use eventsource::bus::{BusConsumer, InMemoryBus, Relay, EventBus, Subscription};
     /// use eventsource::prelude::*;
+    /// use eventsource::{ExpectedVersion, StreamId};
     /// use eventsource::NewEvent;
     /// use eventsource::subscription::Subscriptions;
     /// # #[tokio::main(flavor = "current_thread")]
