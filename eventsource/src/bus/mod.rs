@@ -4,14 +4,14 @@
 //! positions) from a publisher to consumer groups. Every bus behaves the same way, and one
 //! conformance suite proves it for each:
 //!
-//! - **Groups share, groups copy.** Each [`Subscription`] names a group: every group receives
+//! - **Groups share, groups copy.** Each [`ConsumerGroup`] names a group: every group receives
 //!   every event its filter takes; the consumers of one group share them, each event going to
 //!   one consumer at a time.
 //! - **Acknowledged, or delivered again.** A consumer [`ack`](BusConsumer::ack)s an event once
 //!   its effect is done. An event not acknowledged (the consumer crashed, or
 //!   [`nack`](BusConsumer::nack)ed it) is delivered again, to it or to another consumer of the
 //!   group, with [`Delivery::attempt`] counting up; after
-//!   [`Subscription::max_deliveries`] attempts it is dead-lettered instead, so that one poisoned
+//!   [`ConsumerGroup::max_deliveries`] attempts it is dead-lettered instead, so that one poisoned
 //!   event does not block the group.
 //! - **Per-stream order.** Events of one stream reach a group in their version order (a
 //!   redelivery may repeat an earlier one), also when [`BusConsumer::next`] is cancelled (a
@@ -70,7 +70,7 @@ pub trait EventBus: Send + Sync + 'static {
     /// Joins `subscription`'s group (creating it the first time) as one more consumer.
     fn subscribe(
         &self,
-        subscription: &Subscription,
+        subscription: &ConsumerGroup,
     ) -> impl Future<Output = Result<Self::Consumer>> + Send;
 }
 
@@ -85,7 +85,7 @@ pub trait BusConsumer: Send + 'static {
     fn ack(&mut self, delivery: &Delivery) -> impl Future<Output = Result<()>> + Send;
 
     /// The delivery failed: deliver it again, or dead-letter it if it has had
-    /// [`Subscription::max_deliveries`] attempts.
+    /// [`ConsumerGroup::max_deliveries`] attempts.
     fn nack(&mut self, delivery: &Delivery) -> impl Future<Output = Result<()>> + Send;
 }
 
@@ -117,16 +117,16 @@ impl Filter {
 /// dead-lettered.
 ///
 /// ```
-/// use eventsource::bus::Subscription;
-/// let all = Subscription::new("audit");
-/// let orders = Subscription::new("notifications").aggregate_types(["Order"]);
-/// let paid = Subscription::new("billing").event_types(["OrderPaid"]).max_deliveries(3);
+/// use eventsource::bus::ConsumerGroup;
+/// let all = ConsumerGroup::new("audit");
+/// let orders = ConsumerGroup::new("notifications").aggregate_types(["Order"]);
+/// let paid = ConsumerGroup::new("billing").event_types(["OrderPaid"]).max_deliveries(3);
 /// assert!(paid.filter().matches("OrderPaid", "Order"));
 /// assert!(!orders.filter().matches("UserCreated", "User"));
 /// # let _ = all;
 /// ```
 #[derive(Clone, Debug)]
-pub struct Subscription {
+pub struct ConsumerGroup {
     group: String,
     consumer: Option<String>,
     filter: Filter,
@@ -134,10 +134,10 @@ pub struct Subscription {
     prefetch: usize,
 }
 
-impl Subscription {
+impl ConsumerGroup {
     /// The group `group`, receiving every event, tried 5 times.
     pub fn new(group: impl Into<String>) -> Self {
-        Subscription {
+        ConsumerGroup {
             group: group.into(),
             consumer: None,
             filter: Filter::All,
@@ -157,7 +157,7 @@ impl Subscription {
     }
 
     /// Receives only events of `E` (under its name or an alias), with the other types given so
-    /// far: `Subscription::new("g").event::<Paid>().event::<Shipped>()`.
+    /// far: `ConsumerGroup::new("g").event::<Paid>().event::<Shipped>()`.
     pub fn event<E: DomainEvent>(mut self) -> Self {
         let mut types = match self.filter {
             Filter::EventTypes(types) => types,

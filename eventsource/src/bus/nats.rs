@@ -1,7 +1,7 @@
 //! NATS JetStream: a stream per application, subjects by aggregate and event type, durable pull
 //! consumers, de-duplication by event id.
 
-use super::{BusConsumer, Delivery, EventBus, Filter, Subscription, Tag, check_name, token};
+use super::{BusConsumer, ConsumerGroup, Delivery, EventBus, Filter, Tag, check_name, token};
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
 use async_nats::jetstream::consumer::pull;
@@ -28,7 +28,7 @@ const BUS: &str = "nats";
 /// A group is a durable pull consumer named after it, filtered by subject where one subject
 /// says it (all events, one event type, one aggregate type) and in the client otherwise;
 /// explicit acks; a message not acknowledged within [`ack_wait`](Self::ack_wait) (or nacked) is
-/// delivered again, and after [`Subscription::max_deliveries`] attempts it is republished to
+/// delivered again, and after [`ConsumerGroup::max_deliveries`] attempts it is republished to
 /// `{name}.dead.{group}` and terminated.
 ///
 /// ```no_run
@@ -173,7 +173,7 @@ impl EventBus for NatsBus {
         crate::telemetry::publish("nats", events.len(), self.publish_unobserved(events)).await
     }
 
-    async fn subscribe(&self, subscription: &Subscription) -> Result<NatsConsumer> {
+    async fn subscribe(&self, subscription: &ConsumerGroup) -> Result<NatsConsumer> {
         let group = subscription.checked_group()?.to_owned();
         let prefix = format!("{}.events", self.name);
         let filter_subject = match subscription.filter() {

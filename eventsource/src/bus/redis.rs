@@ -1,7 +1,7 @@
 //! Redis Streams: one stream per application, consumer groups, reclaim of a dead consumer's
 //! pending messages (`XAUTOCLAIM`), trimming.
 
-use super::{BusConsumer, Delivery, EventBus, Filter, Subscription, Tag, check_name};
+use super::{BusConsumer, ConsumerGroup, Delivery, EventBus, Filter, Tag, check_name};
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
 use redis::aio::MultiplexedConnection;
@@ -21,12 +21,12 @@ type Fields = Vec<(String, Vec<u8>)>;
 /// A bus on Redis Streams (feature `redis`).
 ///
 /// Every event goes to one stream, `{name}:events`, as an entry with the fields `event` (the
-/// event as JSON), `type` and `aggregate`. A [`Subscription`]'s group is a Redis consumer
+/// event as JSON), `type` and `aggregate`. A [`ConsumerGroup`]'s group is a Redis consumer
 /// group on that stream, created at its first subscription and reading from the stream's first
 /// retained entry; its consumers share the entries (`XREADGROUP`), acknowledge them (`XACK`),
 /// and claim (`XAUTOCLAIM`) the entries another consumer took and left unacknowledged for
 /// longer than [`claim_after`](Self::claim_after): a crashed consumer's events go to the
-/// living. An entry delivered [`Subscription::max_deliveries`] times goes to `{name}:dead` and
+/// living. An entry delivered [`ConsumerGroup::max_deliveries`] times goes to `{name}:dead` and
 /// is acknowledged. Entries of types the group's filter does not take are acknowledged unseen.
 ///
 /// The stream keeps every entry unless [`max_len`](Self::max_len) trims it (`MAXLEN ~`):
@@ -188,7 +188,7 @@ impl EventBus for RedisBus {
         crate::telemetry::publish("redis", events.len(), self.publish_unobserved(events)).await
     }
 
-    async fn subscribe(&self, subscription: &Subscription) -> Result<RedisConsumer> {
+    async fn subscribe(&self, subscription: &ConsumerGroup) -> Result<RedisConsumer> {
         let group = subscription.checked_group()?.to_owned();
         let name = subscription.consumer_name();
         // The consumer's own connection: its blocking reads do not hold up the publisher's, nor
