@@ -566,21 +566,28 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 Err(Error::DuplicateEvent { event_id, .. }) if ours.contains(&event_id) => {
                     return Ok(Once::AlreadyApplied);
                 }
-                Err(conflict @ Error::Concurrency { .. }) if attempt < self.max_attempts => {
-                    tracing::debug!(stream = %root.stream_id(), attempt, error = %conflict, "retrying command after a concurrent write");
-                    metrics::counter!(crate::telemetry::COMMAND_RETRIES, "aggregate_type" => A::TYPE).increment(1);
-                }
                 Err(conflict @ Error::Concurrency { .. }) => {
-                    return Err(Error::RetriesExhausted {
-                        stream: root.stream_id().clone(),
-                        attempts: attempt,
-                        last: Box::new(conflict),
-                    }
-                    .into());
+                    self.after_conflict(root.stream_id(), attempt, conflict)?;
                 }
                 Err(other) => return Err(other.into()),
             }
         }
+    }
+
+    /// After a concurrency conflict on attempt `attempt` of a command: `Ok` to run it again on
+    /// the fresh state, [`Error::RetriesExhausted`] once the attempts are spent.
+    fn after_conflict(&self, stream: &StreamId, attempt: u32, conflict: Error) -> Result<()> {
+        if attempt >= self.max_attempts {
+            return Err(Error::RetriesExhausted {
+                stream: stream.clone(),
+                attempts: attempt,
+                last: Box::new(conflict),
+            });
+        }
+        tracing::debug!(%stream, attempt, error = %conflict, "retrying command after a concurrent write");
+        metrics::counter!(crate::telemetry::COMMAND_RETRIES, "aggregate_type" => A::TYPE)
+            .increment(1);
+        Ok(())
     }
 
     /// The span of one attempt of a command (`update`, `update_with`, `update_once`).
@@ -625,17 +632,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                         last_position: stored.last_position,
                     });
                 }
-                Err(conflict @ Error::Concurrency { .. }) if attempt < self.max_attempts => {
-                    tracing::debug!(stream = %root.stream_id(), attempt, error = %conflict, "retrying command after a concurrent write");
-                    metrics::counter!(crate::telemetry::COMMAND_RETRIES, "aggregate_type" => A::TYPE).increment(1);
-                }
                 Err(conflict @ Error::Concurrency { .. }) => {
-                    return Err(Error::RetriesExhausted {
-                        stream: root.stream_id().clone(),
-                        attempts: attempt,
-                        last: Box::new(conflict),
-                    }
-                    .into());
+                    self.after_conflict(root.stream_id(), attempt, conflict)?;
                 }
                 Err(other) => return Err(other.into()),
             }

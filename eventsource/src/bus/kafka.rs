@@ -1,7 +1,8 @@
 //! Kafka: one topic per application, keyed by stream, consumer groups that commit offsets only
 //! after processing.
 
-use super::{BusConsumer, ConsumerGroup, Delivery, EventBus, Filter, Tag, check_name};
+use super::wire::check_name;
+use super::{BusConsumer, ConsumerGroup, Delivery, EventBus, Filter, Tag};
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
 use futures::future::Either;
@@ -385,7 +386,7 @@ fn read_dead_letters(servers: &str, topic: &str, group: &str) -> Result<Vec<Reco
         };
         let message = message.map_err(error("read dead letters"))?;
         if header(&message, "group") == Some(group.as_bytes())
-            && let Some(event) = message.payload().and_then(|p| super::decode(p).ok())
+            && let Some(event) = message.payload().and_then(|p| super::wire::decode(p).ok())
         {
             letters.push(event);
         }
@@ -408,7 +409,7 @@ impl KafkaBus {
         let mut reports: Vec<DeliveryFuture> = Vec::with_capacity(events.len());
         for event in events {
             let key = event.stream.to_string();
-            let payload = super::encode(event);
+            let payload = super::wire::encode(event);
             let id = event.event_id.to_string();
             let headers = OwnedHeaders::new_with_capacity(3)
                 .insert(Header {
@@ -943,7 +944,7 @@ impl BusConsumer for KafkaConsumer {
                     }
                 },
             };
-            let event = match fetched.payload.as_deref().map(super::decode) {
+            let event = match fetched.payload.as_deref().map(super::wire::decode) {
                 Some(Ok(event)) => event,
                 failed => {
                     if let Step::Stale = self.step(&fetched, false) {
@@ -1000,7 +1001,7 @@ impl BusConsumer for KafkaConsumer {
             partition: tag.partition,
             offset: tag.offset,
             epoch: tag.epoch,
-            payload: Some(super::encode(delivery.event())),
+            payload: Some(super::wire::encode(delivery.event())),
             attempt: Some(delivery.attempt() + 1),
         };
         if delivery.attempt() >= self.max_deliveries {

@@ -1,7 +1,8 @@
 //! RabbitMQ: a topic exchange routed by aggregate and event type, a durable quorum queue per
 //! group, publisher confirms, manual acks, a dead-letter exchange.
 
-use super::{BusConsumer, ConsumerGroup, Delivery, EventBus, Filter, Tag, check_name, token};
+use super::wire::{check_name, token};
+use super::{BusConsumer, ConsumerGroup, Delivery, EventBus, Filter, Tag};
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
 use futures::StreamExt;
@@ -144,7 +145,7 @@ impl RabbitMqBus {
             .await
             .map_err(Error::bus(BUS, "read dead letters"))?
         {
-            if let Ok(event) = super::decode(&message.delivery.data) {
+            if let Ok(event) = super::wire::decode(&message.delivery.data) {
                 letters.push(event);
             }
         }
@@ -191,7 +192,7 @@ impl RabbitMqBus {
                     short(exchange.clone()),
                     short(Self::routing_key_of(event)),
                     BasicPublishOptions::default(),
-                    &super::encode(event),
+                    &super::wire::encode(event),
                     properties,
                 )
                 .await
@@ -382,7 +383,7 @@ impl BusConsumer for RabbitMqConsumer {
                 });
             };
             let message = message.map_err(Error::bus(BUS, "receive"))?;
-            let event = match super::decode(&message.data) {
+            let event = match super::wire::decode(&message.data) {
                 Ok(event) => event,
                 Err(reason) => {
                     message

@@ -1,7 +1,8 @@
 //! Redis Streams: one stream per application, consumer groups, reclaim of a dead consumer's
 //! pending messages (`XAUTOCLAIM`), trimming.
 
-use super::{BusConsumer, ConsumerGroup, Delivery, EventBus, Filter, Tag, check_name};
+use super::wire::check_name;
+use super::{BusConsumer, ConsumerGroup, Delivery, EventBus, Filter, Tag};
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
 use redis::aio::MultiplexedConnection;
@@ -136,7 +137,7 @@ impl RedisBus {
                 continue;
             }
             if let Some((_, data)) = fields.iter().find(|(k, _)| k == "event")
-                && let Ok(event) = super::decode(data)
+                && let Ok(event) = super::wire::decode(data)
             {
                 letters.push(event);
             }
@@ -169,7 +170,7 @@ impl RedisBus {
             }
             cmd.arg("*")
                 .arg("event")
-                .arg(super::encode(event))
+                .arg(super::wire::encode(event))
                 .arg("type")
                 .arg(&event.event_type)
                 .arg("aggregate")
@@ -391,7 +392,7 @@ impl Reader {
                 }));
                 continue;
             };
-            let event = match super::decode(data) {
+            let event = match super::wire::decode(data) {
                 Ok(event) => event,
                 Err(reason) => {
                     self.dead_letter(&entry.id, data, &reason).await?;
@@ -569,7 +570,11 @@ impl BusConsumer for RedisConsumer {
             crate::telemetry::bus_dead_lettered("redis", &self.control.group);
             return self
                 .control
-                .dead_letter(&id, &super::encode(delivery.event()), "no attempts left")
+                .dead_letter(
+                    &id,
+                    &super::wire::encode(delivery.event()),
+                    "no attempts left",
+                )
                 .await;
         }
         // Handed out first (queued before the claim, so a cancelled nack still retries it), and
