@@ -4,7 +4,7 @@
 //! [`react`](ProcessManager::react) that sends commands through [`Reaction::send`]: a
 //! [`Repository::update_once`] whose idempotency key is derived from the process's name, the
 //! triggering event's id and the step's name. The subscription manager runs it
-//! ([`Subscriptions::add_process`]) like a durable projection: catch-up then live, its checkpoint
+//! ([`Subscriptions::add_process`](crate::subscription::Subscriptions::add_process)) like a durable projection: catch-up then live, its checkpoint
 //! in the event store's database, retries, dead letters, one runner at a time (the lease).
 //!
 //! Delivery is at least once: a crash after a reaction's commands are saved and before the
@@ -96,7 +96,7 @@ use crate::store::EventStore;
 use crate::stream::Position;
 use crate::subscription::{
     Command, OnFailure, Progress, ProjectionOptions, ProjectionStatus, Runner, Step, StepError,
-    Subscriptions, event_at, item_position, letter_for, letter_for_damaged, read_page,
+    event_at, item_position, letter_for, letter_for_damaged, read_page,
 };
 use std::fmt;
 use std::future::Future;
@@ -215,8 +215,8 @@ impl<'a> Reaction<'a> {
 
 /// A running process manager: its state and checkpoint, and the manager itself.
 pub struct ProcessHandle<M> {
-    manager: Arc<M>,
-    progress: Arc<Progress>,
+    pub(crate) manager: Arc<M>,
+    pub(crate) progress: Arc<Progress>,
 }
 
 impl<M> Clone for ProcessHandle<M> {
@@ -248,41 +248,14 @@ impl<M> ProcessHandle<M> {
     }
 }
 
-impl<S> Subscriptions<S>
-where
-    S: EventStore + CheckpointStore + Clone + 'static,
-{
-    /// Adds a process manager, run like a durable projection: its checkpoint in the event
-    /// store's database, moved after each event it has reacted to; at least once, its commands
-    /// made idempotent by [`Reaction::send`]. A reaction that keeps failing is dead-lettered
-    /// ([`replay_dead_letters`](crate::subscription::RunningSubscriptions::replay_dead_letters)
-    /// reacts again). A process manager is not rebuilt: `rebuild` fails, as its effects are
-    /// commands, not a read model.
-    pub fn add_process<M: ProcessManager>(&mut self, manager: M) -> ProcessHandle<M> {
-        let handle = ProcessHandle {
-            manager: Arc::new(manager),
-            progress: Progress::new(M::NAME),
-        };
-        let (manager, progress) = (Arc::clone(&handle.manager), Arc::clone(&handle.progress));
-        self.add_runner(|store, options| ProcessRunner {
-            store,
-            manager,
-            progress,
-            options,
-            event_types: M::event_types(),
-        });
-        handle
-    }
-}
-
 /// One process manager's loop body: react to each event of a page, retried, and move the
 /// checkpoint past it.
-struct ProcessRunner<S, M> {
-    store: S,
-    manager: Arc<M>,
-    progress: Arc<Progress>,
-    options: ProjectionOptions,
-    event_types: Vec<&'static str>,
+pub(crate) struct ProcessRunner<S, M> {
+    pub(crate) store: S,
+    pub(crate) manager: Arc<M>,
+    pub(crate) progress: Arc<Progress>,
+    pub(crate) options: ProjectionOptions,
+    pub(crate) event_types: Vec<&'static str>,
 }
 
 /// What reacting to one event came to.

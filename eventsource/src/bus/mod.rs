@@ -41,7 +41,7 @@ pub mod nats;
 pub mod rabbitmq;
 #[cfg(feature = "redis")]
 pub mod redis;
-mod relay;
+pub(crate) mod relay;
 
 pub use memory::InMemoryBus;
 pub use relay::{Relay, RelayHandle};

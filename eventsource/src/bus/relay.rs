@@ -15,19 +15,19 @@ use crate::event::DomainEvent;
 use crate::store::EventStore;
 use crate::stream::Position;
 use crate::subscription::{
-    Command, Entry, Progress, ProjectionOptions, ProjectionState, ProjectionStatus, Runner, Step,
-    StepError, Subscriptions, letter_for_damaged, read_page,
+    Command, Progress, ProjectionOptions, ProjectionState, ProjectionStatus, Runner, Step,
+    StepError, letter_for_damaged, read_page,
 };
 use crate::telemetry::Traced;
 use std::fmt;
 use std::sync::Arc;
 
 /// A relay's configuration: its name (the key of its checkpoint and lease), the bus, and the
-/// events it publishes. Add it with [`Subscriptions::add_relay`].
+/// events it publishes. Add it with [`Subscriptions::add_relay`](crate::subscription::Subscriptions::add_relay).
 pub struct Relay<B> {
-    name: &'static str,
-    bus: B,
-    event_types: Vec<&'static str>,
+    pub(crate) name: &'static str,
+    pub(crate) bus: B,
+    pub(crate) event_types: Vec<&'static str>,
 }
 
 impl<B: fmt::Debug> fmt::Debug for Relay<B> {
@@ -64,11 +64,11 @@ impl<B: EventBus> Relay<B> {
     }
 }
 
-/// A relay added to a [`Subscriptions`] manager: its state and checkpoint (the position up to
+/// A relay added to a [`Subscriptions`](crate::subscription::Subscriptions) manager: its state and checkpoint (the position up to
 /// which every event is confirmed by the broker).
 #[derive(Clone)]
 pub struct RelayHandle {
-    progress: Arc<Progress>,
+    pub(crate) progress: Arc<Progress>,
 }
 
 impl fmt::Debug for RelayHandle {
@@ -86,68 +86,14 @@ impl RelayHandle {
     }
 }
 
-impl<S> Subscriptions<S>
-where
-    S: EventStore + CheckpointStore + Clone + 'static,
-{
-    /// Adds a relay that publishes the log to a bus, in position order, at least once, from its
-    /// checkpoint in the store's database. It runs beside the projections and answers the same
-    /// calls ([`status`](crate::subscription::RunningSubscriptions::status),
-    /// [`lag`](crate::subscription::RunningSubscriptions::lag) (the relay's backlog),
-    /// [`wait_until`](crate::subscription::RunningSubscriptions::wait_until),
-    /// [`shutdown`](crate::subscription::RunningSubscriptions::shutdown)); a rebuild publishes
-    /// everything again from the first event.
-    ///
-    /// While the broker refuses, the relay retries the same batch (every `max_backoff` of the
-    /// [`ProjectionOptions`]) and its checkpoint stays: nothing committed is skipped.
-    ///
-    /// ```
-    /// use eventsource::bus::{BusConsumer, InMemoryBus, Relay, EventBus, Subscription};
-    /// use eventsource::prelude::*;
-    /// use eventsource::NewEvent;
-    /// use eventsource::subscription::Subscriptions;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> eventsource::Result<()> {
-    /// let store = InMemoryEventStore::new();
-    /// let bus = InMemoryBus::new(1024);
-    /// let mut mailer = bus.subscribe(&Subscription::new("mailer")).await?;
-    ///
-    /// let mut subscriptions = Subscriptions::new(store.clone());
-    /// subscriptions.add_relay(Relay::new("outbox", bus.clone()));
-    /// let running = subscriptions.start();
-    ///
-    /// let stream = StreamId::new("Order", "o-1")?;
-    /// store.append(&stream, ExpectedVersion::NoStream, vec![NewEvent::from_json("Placed", 1, "{}")]).await?;
-    /// let delivery = mailer.next().await?;
-    /// assert_eq!(delivery.event().stream, stream);
-    /// mailer.ack(&delivery).await?;
-    /// running.shutdown().await;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn add_relay<B: EventBus>(&mut self, relay: Relay<B>) -> RelayHandle {
-        let progress = Progress::new(relay.name);
-        let runner = RelayRunner {
-            store: self.store.clone(),
-            bus: relay.bus,
-            progress: Arc::clone(&progress),
-            options: self.options.clone(),
-            name: relay.name,
-            event_types: relay.event_types.clone(),
-        };
-        self.entries.push(Entry::new(runner));
-        RelayHandle { progress }
-    }
-}
-
 /// The relay's runner in the manager's loop.
-struct RelayRunner<S, B> {
-    store: S,
-    bus: B,
-    progress: Arc<Progress>,
-    options: ProjectionOptions,
-    name: &'static str,
-    event_types: Vec<&'static str>,
+pub(crate) struct RelayRunner<S, B> {
+    pub(crate) store: S,
+    pub(crate) bus: B,
+    pub(crate) progress: Arc<Progress>,
+    pub(crate) options: ProjectionOptions,
+    pub(crate) name: &'static str,
+    pub(crate) event_types: Vec<&'static str>,
 }
 
 impl<S, B> Runner for RelayRunner<S, B>

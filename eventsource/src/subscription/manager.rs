@@ -1,0 +1,562 @@
+//! The manager: the runners it was given, started, and the operations on them.
+
+use super::handle::ProjectionHandle;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+use super::handle::SqlProjectionHandle;
+use super::lease::{Stored, read_stored};
+use super::memory::MemoryRunner;
+use super::options::ProjectionOptions;
+use super::runner::{Command, Runner, drive};
+use super::shared;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+use super::sql::SqlRunner;
+use super::status::{Progress, ProjectionState, ProjectionStatus};
+use crate::bus::relay::RelayRunner;
+use crate::bus::{EventBus, Relay, RelayHandle};
+use crate::checkpoint::CheckpointStore;
+use crate::error::{Error, Result};
+use crate::process::{ProcessHandle, ProcessManager, ProcessRunner};
+use crate::projection::Projection;
+use crate::store::{EventStore, ReadAll};
+use crate::stream::Position;
+use futures::future::BoxFuture;
+use std::fmt;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+
+pub(crate) type Spawn = Box<
+    dyn FnOnce(watch::Receiver<bool>, mpsc::Receiver<Command>) -> BoxFuture<'static, ()> + Send,
+>;
+
+/// Counts the events a projection has still to read after a checkpoint.
+pub(crate) type Lag =
+    Arc<dyn Fn(Option<Position>) -> BoxFuture<'static, Result<u64>> + Send + Sync>;
+
+/// Reads a projection's progress as stored (see [`read_stored`]).
+pub(crate) type StoredReader = Arc<dyn Fn() -> BoxFuture<'static, Result<Stored>> + Send + Sync>;
+
+pub(crate) struct Entry {
+    pub(crate) name: String,
+    pub(crate) progress: Arc<Progress>,
+    pub(crate) spawn: Spawn,
+    pub(crate) lag: Lag,
+    pub(crate) stored: StoredReader,
+}
+
+impl Entry {
+    /// `runner`'s entry: driven by [`drive`] in a task of its own once started; its lag and
+    /// stored progress read from its stores.
+    pub(crate) fn new<R: Runner>(runner: R) -> Self
+    where
+        R::Store: Clone,
+        R::Checkpoints: Clone,
+    {
+        let name = runner.name();
+        let event_types = runner.event_types().to_vec();
+        let lag: Lag = {
+            let store = runner.store().clone();
+            let event_types = event_types.clone();
+            Arc::new(move |checkpoint| {
+                let store = store.clone();
+                let query = ReadAll::after(checkpoint.unwrap_or(Position::START))
+                    .event_types(event_types.iter().copied());
+                Box::pin(async move { store.count(query).await })
+            })
+        };
+        let stored: StoredReader = {
+            let (store, checkpoints) = (runner.store().clone(), runner.checkpoints().clone());
+            Arc::new(move || {
+                let (store, checkpoints) = (store.clone(), checkpoints.clone());
+                let event_types = event_types.clone();
+                Box::pin(async move { read_stored(&store, &checkpoints, name, &event_types).await })
+            })
+        };
+        Entry {
+            name: name.to_owned(),
+            progress: Arc::clone(runner.progress()),
+            spawn: Box::new(move |shutdown, commands| Box::pin(drive(runner, shutdown, commands))),
+            lag,
+            stored,
+        }
+    }
+}
+
+/// Runs projections against one store: catch-up from each checkpoint, then live.
+///
+/// ```
+/// use eventsource::prelude::*;
+/// use eventsource::subscription::Subscriptions;
+/// use serde::{Deserialize, Serialize};
+///
+/// #[derive(DomainEvent, Serialize, Deserialize)]
+/// struct Deposited { cents: i64 }
+///
+/// #[derive(Default)]
+/// struct Total { cents: i64 }
+///
+/// #[projection]
+/// impl Total {
+///     #[handles]
+///     fn deposited(&mut self, e: &Deposited) { self.cents += e.cents; }
+/// }
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() -> eventsource::Result<()> {
+/// let store = InMemoryEventStore::new();
+/// let mut subscriptions = Subscriptions::new(store.clone());
+/// let total = subscriptions.add(Total::default());
+/// let running = subscriptions.start();
+///
+/// let stream = StreamId::new("Account", "a-1")?;
+/// let event = eventsource::NewEvent::new(&Deposited { cents: 5 }).unwrap();
+/// let appended = store.append(&stream, ExpectedVersion::Any, vec![event]).await?;
+/// running.wait_until(appended.last_position, std::time::Duration::from_secs(5)).await?;
+/// assert_eq!(total.read().cents, 5);
+/// running.shutdown().await;
+/// # Ok(())
+/// # }
+/// ```
+pub struct Subscriptions<S> {
+    pub(crate) store: S,
+    pub(crate) options: ProjectionOptions,
+    pub(crate) entries: Vec<Entry>,
+    /// The pages the in-process projections share.
+    shared: Arc<shared::SharedLog<S>>,
+}
+
+impl<S: fmt::Debug> fmt::Debug for Subscriptions<S> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscriptions")
+            .field("store", &self.store)
+            .field("options", &self.options)
+            .field(
+                "projections",
+                &self.entries.iter().map(|e| &e.name).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+impl<S> Subscriptions<S>
+where
+    S: EventStore + CheckpointStore + Clone + 'static,
+{
+    /// A manager of projections over `store`, with default options.
+    pub fn new(store: S) -> Self {
+        Subscriptions {
+            shared: Arc::new(shared::SharedLog::new(store.clone())),
+            store,
+            options: ProjectionOptions::default(),
+            entries: Vec::new(),
+        }
+    }
+
+    /// The options of the projections added from now on.
+    pub fn with_options(mut self, options: ProjectionOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Adds an in-memory read model. Its checkpoint lives in memory too: the model is built from
+    /// the first event at every start, as its state is.
+    pub fn add<P: Projection + Sync>(&mut self, projection: P) -> ProjectionHandle<P> {
+        let checkpoints = crate::store::memory::InMemoryEventStore::new();
+        self.add_with_checkpoints(projection, checkpoints)
+    }
+
+    /// Adds a projection whose effects outlive the process (it writes to another system, say),
+    /// with its checkpoint in the event store's database: after a restart it resumes there.
+    /// At-least-once: the events of a batch interrupted by a crash are applied again, as are
+    /// those a runner that lost its lease mid-batch applied before the checkpoint's
+    /// compare-and-set stopped it; the context's `event_id` is the key to de-duplicate them.
+    pub fn add_durable<P: Projection + Sync>(&mut self, projection: P) -> ProjectionHandle<P> {
+        let checkpoints = self.store.clone();
+        self.add_with_checkpoints(projection, checkpoints)
+    }
+
+    fn add_with_checkpoints<P, C>(&mut self, projection: P, checkpoints: C) -> ProjectionHandle<P>
+    where
+        P: Projection + Sync,
+        C: CheckpointStore + Clone + 'static,
+    {
+        let handle = ProjectionHandle {
+            model: Arc::new(RwLock::new(projection)),
+            progress: Progress::new(P::NAME),
+        };
+        self.shared.join(&P::event_types(), P::CONTEXT);
+        let runner = MemoryRunner {
+            store: self.store.clone(),
+            shared: Arc::clone(&self.shared),
+            checkpoints,
+            model: Arc::clone(&handle.model),
+            progress: Arc::clone(&handle.progress),
+            options: self.options.clone(),
+            name: P::NAME,
+            event_types: P::event_types(),
+        };
+        self.entries.push(Entry::new(runner));
+        handle
+    }
+
+    /// Registers the runner `build` makes from the store and the options, to be driven by
+    /// [`drive`] in a task of its own from [`start`](Self::start) (how process managers join).
+    pub(crate) fn add_runner<R>(&mut self, build: impl FnOnce(S, ProjectionOptions) -> R)
+    where
+        R: Runner<Store = S, Checkpoints = S>,
+    {
+        let runner = build(self.store.clone(), self.options.clone());
+        self.entries.push(Entry::new(runner));
+    }
+
+    /// Starts every projection, each in a task of its own.
+    pub fn start(self) -> RunningSubscriptions {
+        let (shutdown, stop) = watch::channel(false);
+        let mut projections = Vec::new();
+        for entry in self.entries {
+            let (commands, inbox) = mpsc::channel(8);
+            let task = tokio::spawn((entry.spawn)(stop.clone(), inbox));
+            projections.push(Running {
+                name: entry.name,
+                lag: entry.lag,
+                stored: entry.stored,
+                progress: entry.progress,
+                commands,
+                task: Mutex::new(Some(task)),
+            });
+        }
+        RunningSubscriptions {
+            shutdown,
+            projections,
+        }
+    }
+}
+
+struct Running {
+    name: String,
+    lag: Lag,
+    stored: StoredReader,
+    progress: Arc<Progress>,
+    commands: mpsc::Sender<Command>,
+    task: Mutex<Option<JoinHandle<()>>>,
+}
+
+/// The projections of a started [`Subscriptions`]: their status, operations, and shutdown.
+pub struct RunningSubscriptions {
+    shutdown: watch::Sender<bool>,
+    projections: Vec<Running>,
+}
+
+impl fmt::Debug for RunningSubscriptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RunningSubscriptions")
+            .field("status", &self.status())
+            .finish()
+    }
+}
+
+impl RunningSubscriptions {
+    /// Every projection's state and checkpoint.
+    pub fn status(&self) -> Vec<ProjectionStatus> {
+        self.projections.iter().map(|p| p.progress.get()).collect()
+    }
+
+    fn find(&self, name: &str) -> Result<&Running> {
+        self.projections
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| Error::UnknownProjection {
+                name: name.to_owned(),
+            })
+    }
+
+    /// How many events projection `name` has still to apply: the events it handles that are
+    /// stored after its checkpoint and readable now (on standby, after the checkpoint the
+    /// instance that runs it has stored).
+    pub async fn lag(&self, name: &str) -> Result<u64> {
+        let projection = self.find(name)?;
+        if projection.progress.get().state == ProjectionState::Standby {
+            projection.refresh_standby().await?;
+        }
+        let checkpoint = projection.progress.get().checkpoint;
+        let lag = (projection.lag)(checkpoint).await?;
+        crate::telemetry::lag(name, lag);
+        Ok(lag)
+    }
+
+    /// Waits until every projection has applied every event up to `position` it handles (or has
+    /// stopped or failed), at most `timeout`: how a caller reads its own writes in a read model
+    /// (pass the save's [`AppendResult::last_position`](crate::AppendResult::last_position)).
+    /// A projection on standby (another instance holds its lease) is followed through the
+    /// checkpoint that instance stores, read every few milliseconds while waiting.
+    pub async fn wait_until(&self, position: Position, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        for projection in &self.projections {
+            projection.wait_until(position, deadline, timeout).await?;
+        }
+        Ok(())
+    }
+
+    /// [`wait_until`](Self::wait_until) for projection `name` only: the read model a request
+    /// is about to read, whatever the others are doing.
+    pub async fn wait_until_for(
+        &self,
+        name: &str,
+        position: Position,
+        timeout: Duration,
+    ) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        self.find(name)?
+            .wait_until(position, deadline, timeout)
+            .await
+    }
+
+    /// Resets projection `name`'s read model and checkpoint and rebuilds it from the first event
+    /// (between two batches; the projection goes on live afterwards). Returns when the rebuild
+    /// has caught up with the head.
+    pub async fn rebuild(&self, name: &str) -> Result<()> {
+        let projection = self.find(name)?;
+        let (reply, answer) = oneshot::channel();
+        projection
+            .commands
+            .send(Command::Rebuild(reply))
+            .await
+            .map_err(|_| stopped(name))?;
+        answer.await.map_err(|_| stopped(name))?
+    }
+
+    /// Tries each of projection `name`'s dead letters again, oldest first; one that now
+    /// succeeds leaves the table. Returns how many are left.
+    pub async fn replay_dead_letters(&self, name: &str) -> Result<usize> {
+        let projection = self.find(name)?;
+        let (reply, answer) = oneshot::channel();
+        projection
+            .commands
+            .send(Command::Replay(reply))
+            .await
+            .map_err(|_| stopped(name))?;
+        answer.await.map_err(|_| stopped(name))?
+    }
+
+    /// Stops every projection at once, in the middle of whatever it does, as a crash would: an
+    /// open transaction is rolled back, and an in-memory batch is not checkpointed. For tests of
+    /// recovery; [`shutdown`](Self::shutdown) is the graceful stop.
+    pub fn abort(&self) {
+        for projection in &self.projections {
+            if let Some(task) = projection
+                .task
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take()
+            {
+                task.abort();
+            }
+        }
+    }
+
+    /// Waits for `signal`, then shuts down gracefully ([`shutdown`](Self::shutdown)). The signal
+    /// is any future: `tokio::signal::ctrl_c()` (tokio's `signal` feature, in the application),
+    /// a `CancellationToken`'s `cancelled()`, a oneshot receiver. Returns once every projection
+    /// and relay has stopped with its checkpoint stored.
+    ///
+    /// ```no_run
+    /// # async fn run(running: eventsource::subscription::RunningSubscriptions) {
+    /// running.shutdown_on(async { let _ = tokio::signal::ctrl_c().await; }).await;
+    /// # }
+    /// ```
+    pub async fn shutdown_on<F: std::future::Future>(&self, signal: F) {
+        signal.await;
+        tracing::info!(
+            projections = self.projections.len(),
+            "shutting down the projections and relays"
+        );
+        self.shutdown().await;
+    }
+
+    /// Asks every projection to stop after its current batch (its checkpoint stored), and waits
+    /// until all have.
+    pub async fn shutdown(&self) {
+        let _ = self.shutdown.send(true);
+        for projection in &self.projections {
+            let task = projection
+                .task
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take();
+            if let Some(task) = task {
+                let _ = task.await;
+            }
+        }
+    }
+}
+
+/// How often `wait_until` reads a standby projection's stored progress: soon, then less often.
+const STANDBY_POLL_FIRST: Duration = Duration::from_millis(5);
+const STANDBY_POLL_MAX: Duration = Duration::from_millis(100);
+
+impl Running {
+    /// Shows the progress the instance that holds the lease stored, if this one stands by.
+    async fn refresh_standby(&self) -> Result<()> {
+        let stored = (self.stored)().await?;
+        self.progress.refresh_standby(stored);
+        Ok(())
+    }
+}
+
+fn stopped(name: &str) -> Error {
+    Error::ProjectionStopped {
+        projection: name.to_owned(),
+        position: Position::START,
+        error: "the projection is not running".into(),
+    }
+}
+
+impl Running {
+    /// Waits until this projection has applied every event up to `position` it handles (or has
+    /// stopped or failed), until `deadline`.
+    async fn wait_until(
+        &self,
+        position: Position,
+        deadline: tokio::time::Instant,
+        timeout: Duration,
+    ) -> Result<()> {
+        let mut changed = self.progress.changed.subscribe();
+        let mut standby_poll = STANDBY_POLL_FIRST;
+        loop {
+            let status = self.progress.get();
+            let done = matches!(
+                status.state,
+                ProjectionState::Stopped | ProjectionState::Failed(_)
+            ) || status.checkpoint.is_some_and(|c| c >= position)
+                || self.progress.caught_up().is_some_and(|c| c >= position);
+            if done {
+                return Ok(());
+            }
+            let mut wake_at = deadline;
+            if status.state == ProjectionState::Standby {
+                // Nothing here signals the other instance's progress: read it as stored.
+                if let Err(error) = self.refresh_standby().await {
+                    tracing::debug!(projection = %self.name, %error, "cannot read the stored progress; retrying");
+                }
+                wake_at = deadline.min(tokio::time::Instant::now() + standby_poll);
+                standby_poll = (standby_poll * 2).min(STANDBY_POLL_MAX);
+            }
+            let woken = tokio::time::timeout_at(wake_at, changed.changed()).await;
+            if woken.is_err() && tokio::time::Instant::now() >= deadline {
+                return Err(Error::Timeout {
+                    operation: "waiting for projections to catch up",
+                    waited: timeout,
+                });
+            }
+        }
+    }
+}
+
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+impl<S> Subscriptions<S>
+where
+    S: crate::checkpoint::TransactionalStore,
+{
+    /// Adds a read model in the event store's own database: its handlers write through the
+    /// transaction that also moves its checkpoint (a compare-and-set), so each event's effect is
+    /// applied exactly once, across crashes, restarts and two runners that both believe they
+    /// hold the lease.
+    pub fn add_sql<P>(&mut self, projection: P) -> SqlProjectionHandle
+    where
+        P: crate::projection::SqlProjection<Database = S::Database>,
+    {
+        let progress = Progress::new(P::NAME);
+        let runner = SqlRunner {
+            store: self.store.clone(),
+            model: projection,
+            progress: Arc::clone(&progress),
+            options: self.options.clone(),
+            name: P::NAME,
+            event_types: P::event_types(),
+        };
+        self.entries.push(Entry::new(runner));
+        SqlProjectionHandle { progress }
+    }
+}
+
+impl<S> Subscriptions<S>
+where
+    S: EventStore + CheckpointStore + Clone + 'static,
+{
+    /// Adds a process manager, run like a durable projection: its checkpoint in the event
+    /// store's database, moved after each event it has reacted to; at least once, its commands
+    /// made idempotent by [`Reaction::send`](crate::process::Reaction::send). A reaction that keeps failing is dead-lettered
+    /// ([`replay_dead_letters`](crate::subscription::RunningSubscriptions::replay_dead_letters)
+    /// reacts again). A process manager is not rebuilt: `rebuild` fails, as its effects are
+    /// commands, not a read model.
+    pub fn add_process<M: ProcessManager>(&mut self, manager: M) -> ProcessHandle<M> {
+        let handle = ProcessHandle {
+            manager: Arc::new(manager),
+            progress: Progress::new(M::NAME),
+        };
+        let (manager, progress) = (Arc::clone(&handle.manager), Arc::clone(&handle.progress));
+        self.add_runner(|store, options| ProcessRunner {
+            store,
+            manager,
+            progress,
+            options,
+            event_types: M::event_types(),
+        });
+        handle
+    }
+}
+
+impl<S> Subscriptions<S>
+where
+    S: EventStore + CheckpointStore + Clone + 'static,
+{
+    /// Adds a relay that publishes the log to a bus, in position order, at least once, from its
+    /// checkpoint in the store's database. It runs beside the projections and answers the same
+    /// calls ([`status`](crate::subscription::RunningSubscriptions::status),
+    /// [`lag`](crate::subscription::RunningSubscriptions::lag) (the relay's backlog),
+    /// [`wait_until`](crate::subscription::RunningSubscriptions::wait_until),
+    /// [`shutdown`](crate::subscription::RunningSubscriptions::shutdown)); a rebuild publishes
+    /// everything again from the first event.
+    ///
+    /// While the broker refuses, the relay retries the same batch (every `max_backoff` of the
+    /// [`ProjectionOptions`]) and its checkpoint stays: nothing committed is skipped.
+    ///
+    /// ```
+    /// use eventsource::bus::{BusConsumer, InMemoryBus, Relay, EventBus, Subscription};
+    /// use eventsource::prelude::*;
+    /// use eventsource::NewEvent;
+    /// use eventsource::subscription::Subscriptions;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> eventsource::Result<()> {
+    /// let store = InMemoryEventStore::new();
+    /// let bus = InMemoryBus::new(1024);
+    /// let mut mailer = bus.subscribe(&Subscription::new("mailer")).await?;
+    ///
+    /// let mut subscriptions = Subscriptions::new(store.clone());
+    /// subscriptions.add_relay(Relay::new("outbox", bus.clone()));
+    /// let running = subscriptions.start();
+    ///
+    /// let stream = StreamId::new("Order", "o-1")?;
+    /// store.append(&stream, ExpectedVersion::NoStream, vec![NewEvent::from_json("Placed", 1, "{}")]).await?;
+    /// let delivery = mailer.next().await?;
+    /// assert_eq!(delivery.event().stream, stream);
+    /// mailer.ack(&delivery).await?;
+    /// running.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn add_relay<B: EventBus>(&mut self, relay: Relay<B>) -> RelayHandle {
+        let progress = Progress::new(relay.name);
+        let runner = RelayRunner {
+            store: self.store.clone(),
+            bus: relay.bus,
+            progress: Arc::clone(&progress),
+            options: self.options.clone(),
+            name: relay.name,
+            event_types: relay.event_types.clone(),
+        };
+        self.entries.push(Entry::new(runner));
+        RelayHandle { progress }
+    }
+}

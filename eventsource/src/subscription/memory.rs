@@ -1,0 +1,415 @@
+//! The in-memory (and durable, at-least-once) projection's runner.
+
+use super::options::{OnFailure, ProjectionOptions};
+use super::runner::{
+    Command, Runner, Step, StepError, event_at, item_position, letter_for, letter_for_damaged,
+    read_page,
+};
+use super::shared;
+use super::status::{Progress, ProjectionState};
+use crate::checkpoint::{CheckpointStore, DeadLetter};
+use crate::error::{Error, Result};
+use crate::event::{EventView, RecordedEvent};
+use crate::projection::{EventContext, HandlerError, Projection};
+use crate::store::{EventStore, FoldEnd, FoldItem, ReadAll};
+use crate::stream::Position;
+use std::sync::{Arc, PoisonError, RwLock};
+
+/// One in-memory (or durable, at-least-once) projection's loop.
+pub(super) struct MemoryRunner<S, C, P> {
+    pub(super) store: S,
+    /// The pages shared with the manager's other in-process projections.
+    pub(super) shared: Arc<shared::SharedLog<S>>,
+    pub(super) checkpoints: C,
+    pub(super) model: Arc<RwLock<P>>,
+    pub(super) progress: Arc<Progress>,
+    pub(super) options: ProjectionOptions,
+    pub(super) name: &'static str,
+    pub(super) event_types: Vec<&'static str>,
+}
+
+/// What applying one event came to.
+enum Applied {
+    Done,
+    DeadLettered,
+    Stop(Error),
+}
+
+impl<S, C, P> MemoryRunner<S, C, P>
+where
+    S: EventStore + 'static,
+    C: CheckpointStore + 'static,
+    P: Projection + Sync,
+{
+    /// One page through the store's lean fold: each event applied as a borrowed view, under
+    /// the model's write lock; the first event that fails (or a damaged row) ends the fold and
+    /// goes through [`apply_one`](Self::apply_one)'s retries and dead letters, then the
+    /// checkpoint moves.
+    async fn lean_step(
+        &self,
+        checkpoint: Option<Position>,
+    ) -> std::result::Result<Step, StepError> {
+        let after = checkpoint.unwrap_or(Position::START);
+        let mut reached = checkpoint;
+        let mut failed: Option<(Position, Option<HandlerError>)> = None;
+        let model = &self.model;
+        let mut apply = |item: FoldItem<'_>| match item {
+            Ok((view, context)) => {
+                let outcome = model
+                    .write()
+                    .unwrap_or_else(PoisonError::into_inner)
+                    .handle(view, context);
+                match outcome {
+                    Ok(()) => {
+                        reached = Some(context.position);
+                        std::ops::ControlFlow::Continue(())
+                    }
+                    Err(error) => {
+                        failed = Some((context.position, Some(error)));
+                        std::ops::ControlFlow::Break(())
+                    }
+                }
+            }
+            Err(error) => {
+                failed = Some((error.position().unwrap_or(Position::START), None));
+                std::ops::ControlFlow::Break(())
+            }
+        };
+        // A page shared with the manager's other projections, or one of its own.
+        let shared = if self.shared.shared() {
+            self.shared
+                .fold(
+                    after,
+                    self.options.batch_size,
+                    &self.event_types,
+                    &mut apply,
+                )
+                .await
+                .transpose()
+        } else {
+            None
+        };
+        let end = match shared {
+            Some(end) => end,
+            None => {
+                let query = ReadAll::after(after)
+                    .event_types(self.event_types.iter().copied())
+                    .batch_size(self.options.batch_size)
+                    .context(P::CONTEXT);
+                self.store.fold_all(&query, &mut apply).await
+            }
+        };
+        let end = match end {
+            Ok(end) => end,
+            // Nothing applied: read again later from the same checkpoint.
+            Err(error) if reached == checkpoint => return Err(StepError::Read(error)),
+            // The read failed part way through the page, after applying events: keep them
+            // (move the checkpoint past them), and read the rest again.
+            Err(error) => {
+                tracing::warn!(projection = self.name, %error, "reading the log failed part way through a page; going on from the last event applied");
+                FoldEnd {
+                    last: reached,
+                    rows: 1,
+                    stopped: true,
+                }
+            }
+        };
+        if end.rows == 0 {
+            return Ok(Step::Empty);
+        }
+        let mut stop = None;
+        match failed {
+            Some((position, first_error)) => {
+                // The failing event (or damaged row) again, on its own, with retries.
+                // It was just read, so it is there; if it is not, the read failed: try again.
+                let Some(item) = event_at(&self.store, position)
+                    .await
+                    .map_err(StepError::Read)?
+                else {
+                    return Ok(Step::Moved {
+                        to: reached,
+                        full: true,
+                    });
+                };
+                match self.apply_one(item, first_error).await {
+                    Applied::Done | Applied::DeadLettered => reached = Some(position),
+                    Applied::Stop(error) => stop = Some(error),
+                }
+            }
+            None => {
+                // Rows passed over by the filter move the checkpoint too.
+                reached = end.last.max(reached);
+            }
+        }
+        if reached != checkpoint
+            && let Some(position) = reached
+        {
+            self.checkpoints
+                .save_checkpoint(self.name, checkpoint, position)
+                .await
+                .map_err(|error| StepError::Stop(checkpoint, error))?;
+        }
+        if let Some(error) = stop {
+            return Err(StepError::Stop(reached, error));
+        }
+        Ok(Step::Moved {
+            to: reached,
+            full: end.rows >= self.options.batch_size || end.stopped,
+        })
+    }
+
+    async fn read_page(&self, after: Option<Position>) -> Result<Vec<Result<RecordedEvent>>> {
+        read_page(
+            &self.store,
+            after,
+            &self.event_types,
+            self.options.batch_size,
+        )
+        .await
+    }
+
+    /// Applies a page under the model's write lock, then moves the checkpoint. On a stop, the
+    /// checkpoint is left before the failing event.
+    async fn apply_page(
+        &self,
+        page: Vec<Result<RecordedEvent>>,
+        checkpoint: Option<Position>,
+    ) -> std::result::Result<Option<Position>, (Option<Position>, Error)> {
+        let mut reached = checkpoint;
+        let mut stop = None;
+        let mut items = page.into_iter();
+        loop {
+            // The common case under one write lock: every event applies at the first attempt.
+            let mut failed = None;
+            {
+                let mut model = self.model.write().unwrap_or_else(PoisonError::into_inner);
+                for item in items.by_ref() {
+                    match &item {
+                        Ok(event) => match apply_event(&mut *model, event) {
+                            Ok(()) => reached = Some(event.position),
+                            Err(error) => {
+                                failed = Some((item, Some(error)));
+                                break;
+                            }
+                        },
+                        Err(_) => {
+                            failed = Some((item, None));
+                            break;
+                        }
+                    }
+                }
+            }
+            // The exception, with the lock released while it waits between attempts.
+            let Some((item, first_error)) = failed else {
+                break;
+            };
+            let position = item_position(&item);
+            match self.apply_one(item, first_error).await {
+                Applied::Done | Applied::DeadLettered => reached = Some(position),
+                Applied::Stop(error) => {
+                    stop = Some(error);
+                    break;
+                }
+            }
+        }
+        if reached != checkpoint
+            && let Some(position) = reached
+            && let Err(error) = self
+                .checkpoints
+                .save_checkpoint(self.name, checkpoint, position)
+                .await
+        {
+            return Err((checkpoint, error));
+        }
+        match stop {
+            Some(error) => Err((reached, error)),
+            None => Ok(reached),
+        }
+    }
+
+    /// Applies an event that failed once already (`first_error`), or a damaged row.
+    async fn apply_one(
+        &self,
+        item: Result<RecordedEvent>,
+        first_error: Option<HandlerError>,
+    ) -> Applied {
+        let event = match item {
+            Ok(event) => event,
+            Err(error) => {
+                // A row that cannot be read: dead-letter it, it will not read better next time.
+                return match letter_for_damaged(self.name, error) {
+                    Ok(letter) => self.dead_letter(letter).await,
+                    Err(error) => Applied::Stop(error),
+                };
+            }
+        };
+        let mut attempt = 0;
+        let mut previous = first_error.map(Err);
+        loop {
+            attempt += 1;
+            let outcome = match previous.take() {
+                Some(outcome) => outcome,
+                None => {
+                    let mut model = self.model.write().unwrap_or_else(PoisonError::into_inner);
+                    apply_event(&mut *model, &event)
+                }
+            };
+            match outcome {
+                Ok(()) => return Applied::Done,
+                Err(error) if attempt < self.options.max_attempts => {
+                    tracing::debug!(projection = self.name, position = %event.position, attempt, %error, "handler failed; retrying");
+                    tokio::time::sleep(self.options.delay(attempt)).await;
+                }
+                Err(error) => {
+                    tracing::warn!(projection = self.name, position = %event.position, attempts = attempt, %error, "handler failed; dead-lettering the event");
+                    return self
+                        .dead_letter(letter_for(self.name, &event, &*error, attempt))
+                        .await;
+                }
+            }
+        }
+    }
+
+    async fn dead_letter(&self, letter: DeadLetter) -> Applied {
+        let position = letter.position;
+        let error = letter.error.clone();
+        if let Err(failed) = self.checkpoints.add_dead_letter(&letter).await {
+            return Applied::Stop(failed);
+        }
+        crate::telemetry::dead_lettered(self.name);
+        match self.options.on_failure {
+            OnFailure::Skip => Applied::DeadLettered,
+            OnFailure::Stop => Applied::Stop(Error::ProjectionStopped {
+                projection: self.name.to_owned(),
+                position,
+                error,
+            }),
+        }
+    }
+
+    async fn command(&self, command: Command, checkpoint: Option<Position>) -> Option<Position> {
+        match command {
+            Command::Rebuild(reply) => {
+                let result = self.rebuild(checkpoint).await;
+                let next = match &result {
+                    Ok(next) => *next,
+                    Err(_) => checkpoint,
+                };
+                let _ = reply.send(result.map(drop));
+                next
+            }
+            Command::Replay(reply) => {
+                let _ = reply.send(self.replay().await);
+                checkpoint
+            }
+        }
+    }
+
+    /// Resets the model and the checkpoint, and catches up from the first event.
+    async fn rebuild(&self, checkpoint: Option<Position>) -> Result<Option<Position>> {
+        self.model
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reset();
+        if checkpoint.is_some() {
+            self.checkpoints.delete_checkpoint(self.name).await?;
+        }
+        let mut at = None;
+        self.progress.set(ProjectionState::CatchingUp, None);
+        loop {
+            let page = self.read_page(at).await?;
+            if page.is_empty() {
+                return Ok(at);
+            }
+            at = self
+                .apply_page(page, at)
+                .await
+                .map_err(|(_, error)| error)?;
+        }
+    }
+
+    /// Tries every dead letter again; returns how many are left.
+    async fn replay(&self) -> Result<usize> {
+        let letters = self.checkpoints.dead_letters(self.name).await?;
+        let mut left = 0;
+        for letter in letters {
+            let Some(Ok(event)) = event_at(&self.store, letter.position).await? else {
+                // Gone, or still unreadable: it stays.
+                left += 1;
+                continue;
+            };
+            let outcome = {
+                let mut model = self.model.write().unwrap_or_else(PoisonError::into_inner);
+                apply_event(&mut *model, &event)
+            };
+            match outcome {
+                Ok(()) => {
+                    self.checkpoints
+                        .remove_dead_letter(self.name, letter.position)
+                        .await?;
+                }
+                Err(error) => {
+                    left += 1;
+                    let again = DeadLetter {
+                        attempts: letter.attempts.saturating_add(1),
+                        error: error.to_string(),
+                        failed_at: crate::event::now(),
+                        ..letter
+                    };
+                    self.checkpoints.add_dead_letter(&again).await?;
+                }
+            }
+        }
+        Ok(left)
+    }
+}
+
+impl<S, C, P> Runner for MemoryRunner<S, C, P>
+where
+    S: EventStore + 'static,
+    C: CheckpointStore + 'static,
+    P: Projection + Sync,
+{
+    type Store = S;
+    type Checkpoints = C;
+
+    fn store(&self) -> &S {
+        &self.store
+    }
+    fn checkpoints(&self) -> &C {
+        &self.checkpoints
+    }
+    fn progress(&self) -> &Arc<Progress> {
+        &self.progress
+    }
+    fn options(&self) -> &ProjectionOptions {
+        &self.options
+    }
+    fn name(&self) -> &'static str {
+        self.name
+    }
+    fn event_types(&self) -> &[&'static str] {
+        &self.event_types
+    }
+
+    async fn step(&mut self, checkpoint: Option<Position>) -> std::result::Result<Step, StepError> {
+        self.lean_step(checkpoint).await
+    }
+
+    async fn command(
+        &mut self,
+        command: Command,
+        checkpoint: Option<Position>,
+    ) -> Option<Position> {
+        MemoryRunner::command(self, command, checkpoint).await
+    }
+}
+
+/// Applies one recorded event to an in-memory projection.
+fn apply_event<P: Projection>(
+    model: &mut P,
+    event: &RecordedEvent,
+) -> std::result::Result<(), HandlerError> {
+    let view: EventView<'_> = event.view();
+    model.handle(view, &EventContext::of(event))
+}

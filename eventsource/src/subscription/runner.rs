@@ -1,0 +1,332 @@
+//! What every runner is driven by: the `Runner` trait, the loop of `drive`, and the reads and
+//! dead letters runners share.
+
+use super::lease::take_lease;
+use super::options::ProjectionOptions;
+use super::status::{Progress, ProjectionState};
+use crate::checkpoint::{CheckpointStore, DeadLetter};
+use crate::error::{Error, Result};
+use crate::event::RecordedEvent;
+use crate::store::{EventStore, ReadAll};
+use crate::stream::Position;
+use crate::telemetry::Traced;
+use futures::{FutureExt, StreamExt};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot, watch};
+
+/// What a running projection's task is asked to do besides its work.
+pub(crate) enum Command {
+    /// Reset the read model and the checkpoint, then catch up from the first event.
+    Rebuild(oneshot::Sender<Result<()>>),
+    /// Try each dead letter again; reply how many are left.
+    Replay(oneshot::Sender<Result<usize>>),
+}
+
+/// What one step of a runner came to.
+pub(crate) enum Step {
+    /// Nothing after the checkpoint.
+    Empty,
+    /// Applied (or dead-lettered) up to `to`; `full`: the page was full, there may be more.
+    Moved { to: Option<Position>, full: bool },
+}
+
+/// Why a step did not move.
+pub(crate) enum StepError {
+    /// Reading the log failed: try again later.
+    Read(Error),
+    /// The projection stops, its checkpoint at the position given.
+    Stop(Option<Position>, Error),
+}
+
+/// What the loop of [`drive`] needs of a projection's runner: where it reads and checkpoints,
+/// and how it applies a page and answers a command.
+pub(crate) trait Runner: Send + 'static {
+    type Store: EventStore;
+    type Checkpoints: CheckpointStore;
+
+    fn store(&self) -> &Self::Store;
+    fn checkpoints(&self) -> &Self::Checkpoints;
+    fn progress(&self) -> &Arc<Progress>;
+    fn options(&self) -> &ProjectionOptions;
+    fn name(&self) -> &'static str;
+    /// The event types it reads (empty: all).
+    fn event_types(&self) -> &[&'static str];
+
+    /// Reads the next page after `checkpoint` and applies it, moving the checkpoint.
+    fn step(
+        &mut self,
+        checkpoint: Option<Position>,
+    ) -> impl std::future::Future<Output = std::result::Result<Step, StepError>> + Send;
+
+    /// Runs a command between two pages; returns the checkpoint after it.
+    fn command(
+        &mut self,
+        command: Command,
+        checkpoint: Option<Position>,
+    ) -> impl std::future::Future<Output = Option<Position>> + Send;
+}
+
+/// What woke a live projection.
+enum Woken {
+    Stop,
+    Command(Option<Command>),
+    Appended(bool),
+    Poll,
+}
+
+/// A projection's life: take the lease, load the checkpoint, then read and apply pages,
+/// catching up, then waiting at the head for a wake-up, until shutdown or a failure.
+pub(crate) async fn drive<R: Runner>(
+    mut runner: R,
+    mut shutdown: watch::Receiver<bool>,
+    mut commands: mpsc::Receiver<Command>,
+) {
+    let name = runner.name();
+    let Some(_lease) = take_lease(&mut runner, &mut shutdown).await else {
+        return runner.progress().set(ProjectionState::Stopped, None);
+    };
+    let mut checkpoint = loop {
+        match runner.checkpoints().checkpoint(name).await {
+            Ok(checkpoint) => break checkpoint,
+            Err(error) => {
+                tracing::warn!(projection = name, %error, "cannot read the checkpoint; retrying");
+            }
+        }
+        if *shutdown.borrow() {
+            return runner.progress().set(ProjectionState::Stopped, None);
+        }
+        sleep_or_stop(&mut shutdown, runner.options().max_backoff).await;
+    };
+    // The lease is ours: no longer standing by, before anything is applied (a standby's
+    // `wait_until` must not see this runner's progress under the standby's state).
+    runner
+        .progress()
+        .set(ProjectionState::CatchingUp, checkpoint);
+    let mut appends = runner.store().watch_appends();
+    let mut catching_up = true;
+    loop {
+        if *shutdown.borrow() {
+            break;
+        }
+        while let Ok(command) = commands.try_recv() {
+            checkpoint = runner.command(command, checkpoint).await;
+        }
+        appends.borrow_and_update();
+        // Near the head, the head before the read: if the read finds nothing more, everything
+        // up to it is applied (what `wait_until` asks).
+        let head = if catching_up {
+            None
+        } else {
+            runner
+                .store()
+                .log_head()
+                .await
+                .ok()
+                .map(|head| head.readable)
+        };
+        let span = tracing::debug_span!(
+            "eventsource.projection.batch",
+            projection = name,
+            from = checkpoint.map(Position::get),
+            to = tracing::field::Empty,
+        );
+        let step = runner.step(checkpoint).traced(span.clone()).await;
+        if let Ok(Step::Moved { to: Some(to), .. }) = &step {
+            span.record("to", to.get());
+        }
+        let step = match step {
+            Ok(step) => step,
+            Err(StepError::Read(error)) => {
+                tracing::warn!(projection = name, %error, "cannot read the log; retrying");
+                sleep_or_stop(&mut shutdown, runner.options().max_backoff).await;
+                continue;
+            }
+            Err(StepError::Stop(_, error)) if error.is_transient() => {
+                // The database went away mid-batch (a lost connection, a failover): nothing of
+                // the batch is known to be stored, or all of it is. Wait, then resume from the
+                // checkpoint as stored.
+                tracing::warn!(projection = name, %error, "transient database error; resuming from the stored checkpoint");
+                loop {
+                    sleep_or_stop(
+                        &mut shutdown,
+                        runner.options().backoff.max(Duration::from_millis(50)),
+                    )
+                    .await;
+                    if *shutdown.borrow() {
+                        break;
+                    }
+                    match runner.checkpoints().checkpoint(name).await {
+                        Ok(stored) => {
+                            checkpoint = stored;
+                            break;
+                        }
+                        Err(error) => {
+                            tracing::warn!(projection = name, %error, "cannot read the checkpoint; retrying");
+                        }
+                    }
+                }
+                catching_up = true;
+                continue;
+            }
+            Err(StepError::Stop(next, error)) => {
+                tracing::error!(projection = name, %error, "projection stopped");
+                runner
+                    .progress()
+                    .set(ProjectionState::Failed(error.to_string()), next);
+                return;
+            }
+        };
+        match step {
+            Step::Empty if catching_up => {
+                // Reached the head while catching up: probe it, then read once more.
+                catching_up = false;
+            }
+            Step::Empty => {
+                if !matches!(runner.progress().get().state, ProjectionState::Live) {
+                    crate::telemetry::lag(name, 0);
+                }
+                runner.progress().set(ProjectionState::Live, checkpoint);
+                runner.progress().set_caught_up(head);
+                let poll_interval = runner.options().poll_interval;
+                let woken = {
+                    let stop = shutdown.changed().fuse();
+                    let command = commands.recv().fuse();
+                    let appended = appends.changed().fuse();
+                    let poll = tokio::time::sleep(poll_interval).fuse();
+                    futures::pin_mut!(stop, command, appended, poll);
+                    futures::select_biased! {
+                        _ = stop => Woken::Stop,
+                        command = command => Woken::Command(command),
+                        changed = appended => Woken::Appended(changed.is_ok()),
+                        () = poll => Woken::Poll,
+                    }
+                };
+                match woken {
+                    Woken::Command(Some(command)) => {
+                        checkpoint = runner.command(command, checkpoint).await;
+                    }
+                    // The store cannot signal: poll.
+                    Woken::Appended(false) => tokio::time::sleep(poll_interval).await,
+                    Woken::Stop | Woken::Command(None) | Woken::Appended(true) | Woken::Poll => {}
+                }
+            }
+            Step::Moved { to, full } => {
+                checkpoint = to;
+                catching_up = full;
+                let state = if full {
+                    ProjectionState::CatchingUp
+                } else {
+                    ProjectionState::Live
+                };
+                runner.progress().set(state, checkpoint);
+            }
+        }
+    }
+    runner.progress().set(ProjectionState::Stopped, checkpoint);
+}
+
+pub(super) async fn sleep_or_stop(shutdown: &mut watch::Receiver<bool>, delay: Duration) {
+    let stop = shutdown.changed().fuse();
+    let sleep = tokio::time::sleep(delay).fuse();
+    futures::pin_mut!(stop, sleep);
+    futures::select_biased! {
+        _ = stop => {}
+        () = sleep => {}
+    }
+}
+
+/// One page of the global log after `after`, filtered to `event_types`: the events, and the
+/// damaged rows as their errors. An error that is not about a row (the database failing) fails
+/// the whole read.
+pub(crate) async fn read_page<S: EventStore>(
+    store: &S,
+    after: Option<Position>,
+    event_types: &[&'static str],
+    batch_size: usize,
+) -> Result<Vec<Result<RecordedEvent>>> {
+    let query = ReadAll::after(after.unwrap_or(Position::START))
+        .event_types(event_types.iter().copied())
+        .batch_size(batch_size);
+    let mut page = Vec::new();
+    let mut events = store.read_all(query).take(batch_size);
+    while let Some(item) = events.next().await {
+        match item {
+            Err(error) if error.position().is_none() => return Err(error),
+            item => page.push(item),
+        }
+    }
+    Ok(page)
+}
+
+/// The event (or damaged row) at `position`, if the store has one there.
+pub(crate) async fn event_at<S: EventStore>(
+    store: &S,
+    position: Position,
+) -> Result<Option<Result<RecordedEvent>>> {
+    let before = Position::new(position.get().saturating_sub(1));
+    match store
+        .read_all(ReadAll::after(before).batch_size(1))
+        .next()
+        .await
+    {
+        Some(Err(error)) if error.position().is_none() => Err(error),
+        Some(item) if item_position(&item) == position => Ok(Some(item)),
+        _ => Ok(None),
+    }
+}
+
+/// The position of a page item.
+pub(crate) fn item_position(item: &Result<RecordedEvent>) -> Position {
+    match item {
+        Ok(event) => event.position,
+        Err(error) => error.position().unwrap_or(Position::START),
+    }
+}
+
+/// The dead letter for a stored row that cannot be read, or the error back if it is not about a
+/// row.
+pub(crate) fn letter_for_damaged(
+    projection: &str,
+    error: Error,
+) -> std::result::Result<DeadLetter, Error> {
+    let Error::Corrupt {
+        stream,
+        position,
+        version,
+        event_type,
+        ..
+    } = &error
+    else {
+        return Err(error);
+    };
+    Ok(DeadLetter::new(
+        projection,
+        position.unwrap_or(Position::START),
+        stream.clone(),
+        error.to_string(),
+        1,
+    )
+    .with_event(None, *version, event_type.clone()))
+}
+
+/// The dead letter for `event`, which failed `attempts` times with `error`.
+pub(crate) fn letter_for(
+    projection: &str,
+    event: &RecordedEvent,
+    error: &(dyn std::error::Error + Send + Sync),
+    attempts: u32,
+) -> DeadLetter {
+    DeadLetter::new(
+        projection,
+        event.position,
+        event.stream.clone(),
+        error.to_string(),
+        attempts,
+    )
+    .with_event(
+        Some(event.event_id),
+        Some(event.version),
+        Some(event.event_type.clone()),
+    )
+}
