@@ -95,9 +95,10 @@ use crate::repository::{Once, Repository, UpdateError};
 use crate::store::EventStore;
 use crate::stream::Position;
 use crate::subscription::{
-    Command, OnFailure, Progress, ProjectionOptions, ProjectionStatus, Runner, Step, StepError,
-    event_at, item_position, letter_for, letter_for_damaged, read_page,
+    Progress, ProjectionStatus, Replayed, Runner, RunnerCore, Step, StepError, item_position,
+    letter_for_damaged,
 };
+use std::convert::Infallible;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -251,18 +252,15 @@ impl<M> ProcessHandle<M> {
 /// One process manager's loop body: react to each event of a page, retried, and move the
 /// checkpoint past it.
 pub(crate) struct ProcessRunner<S, M> {
-    pub(crate) store: S,
+    pub(crate) core: RunnerCore<S>,
     pub(crate) manager: Arc<M>,
-    pub(crate) progress: Arc<Progress>,
-    pub(crate) options: ProjectionOptions,
-    pub(crate) event_types: Vec<&'static str>,
 }
 
 /// What reacting to one event came to.
 enum Reacted {
-    /// Done, or dead-lettered under [`OnFailure::Skip`]: the checkpoint moves past it; `acted`
-    /// when something was done (a command sent, a dead letter written), so that the checkpoint
-    /// is stored before the next event.
+    /// Done, or dead-lettered under [`OnFailure::Skip`](crate::subscription::OnFailure::Skip):
+    /// the checkpoint moves past it; `acted` when something was done (a command sent, a dead
+    /// letter written), so that the checkpoint is stored before the next event.
     Past { acted: bool },
     /// The process stops before it.
     Stop(Error),
@@ -275,36 +273,38 @@ where
 {
     /// Reacts to one event, with retries; dead-letters it when they run out.
     async fn react(&self, item: Result<RecordedEvent>) -> Reacted {
-        let event = match item {
-            Ok(event) => event,
-            Err(error) => {
-                return match letter_for_damaged(M::NAME, error) {
-                    Ok(letter) => self.dead_letter(letter).await,
-                    Err(error) => Reacted::Stop(error),
-                };
+        let core = &self.core;
+        let letter = match item {
+            Err(error) => letter_for_damaged(&core.name, error),
+            Ok(event) => {
+                let retried = core
+                    .retry::<_, _, Infallible>(
+                        "reaction",
+                        &event,
+                        None,
+                        &mut &*self.manager,
+                        |_, manager, event| {
+                            Box::pin(async move {
+                                let reaction = Reaction::new(M::NAME, event);
+                                let outcome = manager.react(&reaction).await;
+                                Ok(outcome.map(|()| reaction.has_acted()))
+                            })
+                        },
+                    )
+                    .await;
+                match retried {
+                    Ok(Ok(acted)) => return Reacted::Past { acted },
+                    Ok(Err(letter)) => Ok(letter),
+                }
             }
         };
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let reaction = Reaction::new(M::NAME, &event);
-            match self.manager.react(&reaction).await {
-                Ok(()) => {
-                    return Reacted::Past {
-                        acted: reaction.has_acted(),
-                    };
-                }
-                Err(error) if attempt < self.options.max_attempts => {
-                    tracing::debug!(process = M::NAME, position = %event.position, attempt, %error, "reaction failed; retrying");
-                    tokio::time::sleep(self.options.delay(attempt)).await;
-                }
-                Err(error) => {
-                    tracing::warn!(process = M::NAME, position = %event.position, attempts = attempt, %error, "reaction failed; dead-lettering the event");
-                    return self
-                        .dead_letter(letter_for(M::NAME, &event, &*error, attempt))
-                        .await;
-                }
-            }
+        let stopped = match letter {
+            Ok(letter) => core.dead_letter(letter).await,
+            Err(error) => Err(error),
+        };
+        match stopped {
+            Ok(()) => Reacted::Past { acted: true },
+            Err(error) => Reacted::Stop(error),
         }
     }
 
@@ -317,60 +317,14 @@ where
         if let Some(position) = reached
             && reached != *saved
         {
-            self.store
-                .save_checkpoint(M::NAME, *saved, position)
+            let core = &self.core;
+            core.checkpoints
+                .save_checkpoint(&core.name, *saved, position)
                 .await?;
             *saved = reached;
-            self.progress.set(self.progress.get().state, reached);
+            core.progress.set(core.progress.get().state, reached);
         }
         Ok(())
-    }
-
-    async fn dead_letter(&self, letter: crate::checkpoint::DeadLetter) -> Reacted {
-        let position = letter.position;
-        let error = letter.error.clone();
-        if let Err(failed) = self.store.add_dead_letter(&letter).await {
-            return Reacted::Stop(failed);
-        }
-        crate::telemetry::dead_lettered(M::NAME);
-        match self.options.on_failure {
-            OnFailure::Skip => Reacted::Past { acted: true },
-            OnFailure::Stop => Reacted::Stop(Error::ProjectionStopped {
-                projection: M::NAME.to_owned(),
-                position,
-                error,
-            }),
-        }
-    }
-
-    /// Reacts again to each dead letter; one that now succeeds leaves the table.
-    async fn replay(&self) -> Result<usize> {
-        let letters = self.store.dead_letters(M::NAME).await?;
-        let mut left = 0;
-        for letter in letters {
-            let Some(Ok(event)) = event_at(&self.store, letter.position).await? else {
-                left += 1;
-                continue;
-            };
-            match self.manager.react(&Reaction::new(M::NAME, &event)).await {
-                Ok(()) => {
-                    self.store
-                        .remove_dead_letter(M::NAME, letter.position)
-                        .await?;
-                }
-                Err(error) => {
-                    left += 1;
-                    let again = crate::checkpoint::DeadLetter {
-                        attempts: letter.attempts.saturating_add(1),
-                        error: error.to_string(),
-                        failed_at: crate::event::now(),
-                        ..letter
-                    };
-                    self.store.add_dead_letter(&again).await?;
-                }
-            }
-        }
-        Ok(left)
     }
 }
 
@@ -382,23 +336,8 @@ where
     type Store = S;
     type Checkpoints = S;
 
-    fn store(&self) -> &S {
-        &self.store
-    }
-    fn checkpoints(&self) -> &S {
-        &self.store
-    }
-    fn progress(&self) -> &Arc<Progress> {
-        &self.progress
-    }
-    fn options(&self) -> &ProjectionOptions {
-        &self.options
-    }
-    fn name(&self) -> &'static str {
-        M::NAME
-    }
-    fn event_types(&self) -> &[&'static str] {
-        &self.event_types
+    fn core(&self) -> &RunnerCore<S> {
+        &self.core
     }
 
     /// Reacts to a page's events in order, storing the checkpoint after each reaction that did
@@ -408,18 +347,15 @@ where
     /// A process that reacts to one event in twenty pays one checkpoint per reaction, not
     /// twenty.
     async fn step(&mut self, checkpoint: Option<Position>) -> std::result::Result<Step, StepError> {
-        let page = read_page(
-            &self.store,
-            checkpoint,
-            &self.event_types,
-            self.options.batch_size,
-        )
-        .await
-        .map_err(StepError::Read)?;
+        let page = self
+            .core
+            .read_page(checkpoint)
+            .await
+            .map_err(StepError::Read)?;
         if page.is_empty() {
             return Ok(Step::Empty);
         }
-        let full = page.len() >= self.options.batch_size;
+        let full = page.len() >= self.core.options.batch_size;
         // The checkpoint as stored, and how far the reactions went.
         let mut saved = checkpoint;
         let mut reached = checkpoint;
@@ -448,25 +384,24 @@ where
         Ok(Step::Moved { to: reached, full })
     }
 
-    async fn command(
-        &mut self,
-        command: Command,
-        checkpoint: Option<Position>,
-    ) -> Option<Position> {
-        match command {
-            Command::Rebuild(reply) => {
-                let _ = reply.send(Err(Error::ProjectionStopped {
-                    projection: M::NAME.to_owned(),
-                    position: checkpoint.unwrap_or(Position::START),
-                    error: "a process manager is not rebuilt (its effects are commands, not a \
-                            read model); it goes on from its checkpoint"
-                        .into(),
-                }));
-            }
-            Command::Replay(reply) => {
-                let _ = reply.send(self.replay().await);
-            }
-        }
-        checkpoint
+    async fn rebuild(&mut self, checkpoint: Option<Position>) -> Result<Option<Position>> {
+        Err(self.core.stopped(
+            checkpoint.unwrap_or(Position::START),
+            "a process manager is not rebuilt (its effects are commands, not a read model); it \
+             goes on from its checkpoint"
+                .into(),
+        ))
+    }
+
+    /// Reacts again to each dead letter; one that now succeeds leaves the table.
+    async fn replay(&mut self) -> Result<usize> {
+        self.core
+            .replay_dead_letters(&mut &*self.manager, |_, manager, event| {
+                Box::pin(async move {
+                    let outcome = manager.react(&Reaction::new(M::NAME, event)).await;
+                    Ok(outcome.map(|()| Replayed::Applied))
+                })
+            })
+            .await
     }
 }

@@ -15,8 +15,8 @@ use crate::event::DomainEvent;
 use crate::store::EventStore;
 use crate::stream::Position;
 use crate::subscription::{
-    Command, Progress, ProjectionOptions, ProjectionState, ProjectionStatus, Runner, Step,
-    StepError, letter_for_damaged, read_page,
+    Progress, ProjectionState, ProjectionStatus, Runner, RunnerCore, Step, StepError,
+    letter_for_damaged,
 };
 use crate::telemetry::Traced;
 use std::fmt;
@@ -88,12 +88,8 @@ impl RelayHandle {
 
 /// The relay's runner in the manager's loop.
 pub(crate) struct RelayRunner<S, B> {
-    pub(crate) store: S,
+    pub(crate) core: RunnerCore<S>,
     pub(crate) bus: B,
-    pub(crate) progress: Arc<Progress>,
-    pub(crate) options: ProjectionOptions,
-    pub(crate) name: &'static str,
-    pub(crate) event_types: Vec<&'static str>,
 }
 
 impl<S, B> Runner for RelayRunner<S, B>
@@ -104,34 +100,18 @@ where
     type Store = S;
     type Checkpoints = S;
 
-    fn store(&self) -> &S {
-        &self.store
-    }
-    fn checkpoints(&self) -> &S {
-        &self.store
-    }
-    fn progress(&self) -> &Arc<Progress> {
-        &self.progress
-    }
-    fn options(&self) -> &ProjectionOptions {
-        &self.options
-    }
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    fn event_types(&self) -> &[&'static str] {
-        &self.event_types
+    fn core(&self) -> &RunnerCore<S> {
+        &self.core
     }
 
     async fn step(&mut self, checkpoint: Option<Position>) -> std::result::Result<Step, StepError> {
-        let batch_size = self.options.batch_size;
-        let page = read_page(&self.store, checkpoint, &self.event_types, batch_size)
-            .await
-            .map_err(StepError::Read)?;
+        let core = &self.core;
+        let name = &*core.name;
+        let page = core.read_page(checkpoint).await.map_err(StepError::Read)?;
         if page.is_empty() {
             return Ok(Step::Empty);
         }
-        let full = page.len() >= batch_size;
+        let full = page.len() >= core.options.batch_size;
         let mut events = Vec::with_capacity(page.len());
         let mut last = checkpoint;
         for item in page {
@@ -144,13 +124,13 @@ where
                     // A row that cannot be read cannot be published: it goes to the relay's
                     // dead letters, and the rest of the log goes on.
                     let position = error.position();
-                    tracing::error!(relay = self.name, %error, "unreadable row not published");
-                    let letter = letter_for_damaged(self.name, error).map_err(StepError::Read)?;
-                    self.store
+                    tracing::error!(relay = name, %error, "unreadable row not published");
+                    let letter = letter_for_damaged(name, error).map_err(StepError::Read)?;
+                    core.checkpoints
                         .add_dead_letter(&letter)
                         .await
                         .map_err(StepError::Read)?;
-                    crate::telemetry::dead_lettered(self.name);
+                    crate::telemetry::dead_lettered(name);
                     last = position.max(last);
                 }
             }
@@ -158,53 +138,42 @@ where
         if !events.is_empty() {
             let span = tracing::debug_span!(
                 "eventsource.relay.publish",
-                relay = self.name,
+                relay = name,
                 events = events.len(),
                 from = events.first().map(|event| event.position.get()),
                 to = events.last().map(|event| event.position.get()),
             );
             self.bus.publish(&events).traced(span).await.map_err(|error| {
-                tracing::warn!(relay = self.name, %error, "publish failed; the batch will be published again");
+                tracing::warn!(relay = name, %error, "publish failed; the batch will be published again");
                 StepError::Read(error)
             })?;
         }
         if let Some(to) = last
             && last != checkpoint
         {
-            self.store
-                .save_checkpoint(self.name, checkpoint, to)
+            core.checkpoints
+                .save_checkpoint(name, checkpoint, to)
                 .await
                 .map_err(|error| StepError::Stop(checkpoint, error))?;
         }
         Ok(Step::Moved { to: last, full })
     }
 
-    async fn command(
-        &mut self,
-        command: Command,
-        checkpoint: Option<Position>,
-    ) -> Option<Position> {
-        match command {
-            Command::Rebuild(reply) => {
-                let result: Result<()> = match checkpoint {
-                    Some(_) => self.store.delete_checkpoint(self.name).await,
-                    None => Ok(()),
-                };
-                let next = if result.is_ok() {
-                    self.progress.set(ProjectionState::CatchingUp, None);
-                    None
-                } else {
-                    checkpoint
-                };
-                let _ = reply.send(result);
-                next
-            }
-            Command::Replay(reply) => {
-                // Unreadable rows do not read better on a second try: report how many there are.
-                let left = self.store.dead_letters(self.name).await.map(|l| l.len());
-                let _ = reply.send(left);
-                checkpoint
-            }
+    /// Publishes everything again from the first event.
+    async fn rebuild(&mut self, checkpoint: Option<Position>) -> Result<Option<Position>> {
+        if checkpoint.is_some() {
+            self.core
+                .checkpoints
+                .delete_checkpoint(&self.core.name)
+                .await?;
         }
+        self.core.progress.set(ProjectionState::CatchingUp, None);
+        Ok(None)
+    }
+
+    /// Unreadable rows do not read better on a second try: reports how many there are.
+    async fn replay(&mut self) -> Result<usize> {
+        let letters = self.core.checkpoints.dead_letters(&self.core.name).await?;
+        Ok(letters.len())
     }
 }

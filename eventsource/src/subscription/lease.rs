@@ -1,6 +1,6 @@
 //! One runner of a name at a time: the lease, and the progress a standby shows.
 
-use super::runner::{Runner, item_position, read_page, sleep_or_stop};
+use super::runner::{RunnerCore, item_position, read_page, sleep_or_stop};
 use crate::checkpoint::CheckpointStore;
 use crate::error::Result;
 use crate::store::EventStore;
@@ -38,29 +38,23 @@ pub(super) async fn read_stored<S: EventStore, C: CheckpointStore>(
     })
 }
 
-/// Waits for the projection's lease (standing by while another process holds it, showing the
+/// Waits for the runner's lease (standing by while another process holds it, showing the
 /// progress that one stores); `None` on shutdown.
-pub(super) async fn take_lease<R: Runner>(
-    // `&mut`: held across awaits, it must be `Send`, which a runner is (and need not be `Sync`).
-    runner: &mut R,
+pub(super) async fn take_lease<S: EventStore, C: CheckpointStore>(
+    core: &RunnerCore<S, C>,
     shutdown: &mut watch::Receiver<bool>,
 ) -> Option<crate::checkpoint::Lease> {
-    let (name, options) = (runner.name(), runner.options());
+    let name = &*core.name;
     loop {
-        match runner.checkpoints().lease(name).await {
+        match core.checkpoints.lease(name).await {
             Ok(Some(lease)) => return Some(lease),
             Ok(None) => {
-                let stored = read_stored(
-                    runner.store(),
-                    runner.checkpoints(),
-                    name,
-                    runner.event_types(),
-                )
-                .await;
+                let stored =
+                    read_stored(&core.store, &core.checkpoints, name, &core.event_types).await;
                 if let Err(error) = &stored {
                     tracing::debug!(projection = name, %error, "cannot read the stored progress");
                 }
-                runner.progress().stand_by(stored.ok());
+                core.progress.stand_by(stored.ok());
             }
             Err(error) => {
                 tracing::warn!(projection = name, %error, "cannot take the projection's lease; retrying");
@@ -69,7 +63,7 @@ pub(super) async fn take_lease<R: Runner>(
         if *shutdown.borrow() {
             return None;
         }
-        sleep_or_stop(shutdown, options.lease_retry).await;
+        sleep_or_stop(shutdown, core.options.lease_retry).await;
         if *shutdown.borrow() {
             return None;
         }

@@ -6,7 +6,7 @@ use super::handle::SqlProjectionHandle;
 use super::lease::{Stored, read_stored};
 use super::memory::MemoryRunner;
 use super::options::ProjectionOptions;
-use super::runner::{Command, Runner, drive};
+use super::runner::{Command, Runner, RunnerCore, drive};
 use super::shared;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 use super::sql::SqlRunner;
@@ -53,10 +53,11 @@ impl Entry {
         R::Store: Clone,
         R::Checkpoints: Clone,
     {
-        let name = runner.name();
-        let event_types = runner.event_types().to_vec();
+        let core = runner.core();
+        let name = Arc::clone(&core.name);
+        let event_types = core.event_types.clone();
         let lag: Lag = {
-            let store = runner.store().clone();
+            let store = core.store.clone();
             let event_types = event_types.clone();
             Arc::new(move |checkpoint| {
                 let store = store.clone();
@@ -66,16 +67,19 @@ impl Entry {
             })
         };
         let stored: StoredReader = {
-            let (store, checkpoints) = (runner.store().clone(), runner.checkpoints().clone());
+            let (store, checkpoints) = (core.store.clone(), core.checkpoints.clone());
+            let name = Arc::clone(&name);
             Arc::new(move || {
                 let (store, checkpoints) = (store.clone(), checkpoints.clone());
-                let event_types = event_types.clone();
-                Box::pin(async move { read_stored(&store, &checkpoints, name, &event_types).await })
+                let (name, event_types) = (Arc::clone(&name), event_types.clone());
+                Box::pin(
+                    async move { read_stored(&store, &checkpoints, &name, &event_types).await },
+                )
             })
         };
         Entry {
-            name: name.to_owned(),
-            progress: Arc::clone(runner.progress()),
+            name: name.to_string(),
+            progress: Arc::clone(&core.progress),
             spawn: Box::new(move |shutdown, commands| Box::pin(drive(runner, shutdown, commands))),
             lag,
             stored,
@@ -163,7 +167,7 @@ where
     /// the first event at every start, as its state is.
     pub fn add<P: Projection + Sync>(&mut self, projection: P) -> ProjectionHandle<P> {
         let checkpoints = crate::store::memory::InMemoryEventStore::new();
-        self.add_with_checkpoints(projection, checkpoints)
+        self.add_in_process(projection, checkpoints)
     }
 
     /// Adds a projection whose effects outlive the process (it writes to another system, say),
@@ -173,41 +177,135 @@ where
     /// compare-and-set stopped it; the context's `event_id` is the key to de-duplicate them.
     pub fn add_durable<P: Projection + Sync>(&mut self, projection: P) -> ProjectionHandle<P> {
         let checkpoints = self.store.clone();
-        self.add_with_checkpoints(projection, checkpoints)
+        self.add_in_process(projection, checkpoints)
     }
 
-    fn add_with_checkpoints<P, C>(&mut self, projection: P, checkpoints: C) -> ProjectionHandle<P>
+    fn add_in_process<P, C>(&mut self, projection: P, checkpoints: C) -> ProjectionHandle<P>
     where
         P: Projection + Sync,
         C: CheckpointStore + Clone + 'static,
     {
-        let handle = ProjectionHandle {
-            model: Arc::new(RwLock::new(projection)),
-            progress: Progress::new(P::NAME),
-        };
+        let model = Arc::new(RwLock::new(projection));
         self.shared.join(&P::event_types(), P::CONTEXT);
-        let runner = MemoryRunner {
-            store: self.store.clone(),
-            shared: Arc::clone(&self.shared),
-            checkpoints,
-            model: Arc::clone(&handle.model),
-            progress: Arc::clone(&handle.progress),
-            options: self.options.clone(),
-            name: P::NAME,
-            event_types: P::event_types(),
-        };
-        self.entries.push(Entry::new(runner));
-        handle
+        let shared = Arc::clone(&self.shared);
+        let progress = self.add_runner(P::NAME, P::event_types(), checkpoints, |core| {
+            MemoryRunner {
+                core,
+                shared,
+                model: Arc::clone(&model),
+            }
+        });
+        ProjectionHandle { model, progress }
     }
 
-    /// Registers the runner `build` makes from the store and the options, to be driven by
-    /// [`drive`] in a task of its own from [`start`](Self::start) (how process managers join).
-    pub(crate) fn add_runner<R>(&mut self, build: impl FnOnce(S, ProjectionOptions) -> R)
+    /// Adds a read model in the event store's own database: its handlers write through the
+    /// transaction that also moves its checkpoint (a compare-and-set), so each event's effect is
+    /// applied exactly once, across crashes, restarts and two runners that both believe they
+    /// hold the lease.
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub fn add_sql<P>(&mut self, projection: P) -> SqlProjectionHandle
     where
-        R: Runner<Store = S, Checkpoints = S>,
+        S: crate::checkpoint::TransactionalStore,
+        P: crate::projection::SqlProjection<Database = S::Database>,
     {
-        let runner = build(self.store.clone(), self.options.clone());
+        let checkpoints = self.store.clone();
+        let progress = self.add_runner(P::NAME, P::event_types(), checkpoints, |core| SqlRunner {
+            core,
+            model: projection,
+        });
+        SqlProjectionHandle { progress }
+    }
+
+    /// Adds a process manager, run like a durable projection: its checkpoint in the event
+    /// store's database, moved after each event it has reacted to; at least once, its commands
+    /// made idempotent by [`Reaction::send`](crate::process::Reaction::send). A reaction that
+    /// keeps failing is dead-lettered
+    /// ([`replay_dead_letters`](crate::subscription::RunningSubscriptions::replay_dead_letters)
+    /// reacts again). A process manager is not rebuilt: `rebuild` fails, as its effects are
+    /// commands, not a read model.
+    pub fn add_process<M: ProcessManager>(&mut self, manager: M) -> ProcessHandle<M> {
+        let manager = Arc::new(manager);
+        let checkpoints = self.store.clone();
+        let progress = self.add_runner(M::NAME, M::event_types(), checkpoints, |core| {
+            ProcessRunner {
+                core,
+                manager: Arc::clone(&manager),
+            }
+        });
+        ProcessHandle { manager, progress }
+    }
+
+    /// Adds a relay that publishes the log to a bus, in position order, at least once, from its
+    /// checkpoint in the store's database. It runs beside the projections and answers the same
+    /// calls ([`status`](crate::subscription::RunningSubscriptions::status),
+    /// [`lag`](crate::subscription::RunningSubscriptions::lag) (the relay's backlog),
+    /// [`wait_until`](crate::subscription::RunningSubscriptions::wait_until),
+    /// [`shutdown`](crate::subscription::RunningSubscriptions::shutdown)); a rebuild publishes
+    /// everything again from the first event.
+    ///
+    /// While the broker refuses, the relay retries the same batch (every `max_backoff` of the
+    /// [`ProjectionOptions`]) and its checkpoint stays: nothing committed is skipped.
+    ///
+    /// ```
+    /// use eventsource::bus::{BusConsumer, InMemoryBus, Relay, EventBus, Subscription};
+    /// use eventsource::prelude::*;
+    /// use eventsource::NewEvent;
+    /// use eventsource::subscription::Subscriptions;
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> eventsource::Result<()> {
+    /// let store = InMemoryEventStore::new();
+    /// let bus = InMemoryBus::new(1024);
+    /// let mut mailer = bus.subscribe(&Subscription::new("mailer")).await?;
+    ///
+    /// let mut subscriptions = Subscriptions::new(store.clone());
+    /// subscriptions.add_relay(Relay::new("outbox", bus.clone()));
+    /// let running = subscriptions.start();
+    ///
+    /// let stream = StreamId::new("Order", "o-1")?;
+    /// store.append(&stream, ExpectedVersion::NoStream, vec![NewEvent::from_json("Placed", 1, "{}")]).await?;
+    /// let delivery = mailer.next().await?;
+    /// assert_eq!(delivery.event().stream, stream);
+    /// mailer.ack(&delivery).await?;
+    /// running.shutdown().await;
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub fn add_relay<B: EventBus>(&mut self, relay: Relay<B>) -> RelayHandle {
+        let checkpoints = self.store.clone();
+        let bus = relay.bus;
+        let progress = self.add_runner(relay.name, relay.event_types, checkpoints, |core| {
+            RelayRunner { core, bus }
+        });
+        RelayHandle { progress }
+    }
+
+    /// Registers the runner `build` makes from its [`RunnerCore`] (named `name`, reading
+    /// `event_types`, its checkpoints in `checkpoints`), to be driven by [`drive`] in a task of
+    /// its own from [`start`](Self::start): the one path every `add_*` takes. Returns its
+    /// progress, for the handle.
+    fn add_runner<C, R>(
+        &mut self,
+        name: impl Into<Arc<str>>,
+        event_types: Vec<&'static str>,
+        checkpoints: C,
+        build: impl FnOnce(RunnerCore<S, C>) -> R,
+    ) -> Arc<Progress>
+    where
+        C: CheckpointStore + Clone + 'static,
+        R: Runner<Store = S, Checkpoints = C>,
+    {
+        let name = name.into();
+        let progress = Progress::new(&name);
+        let runner = build(RunnerCore {
+            name,
+            store: self.store.clone(),
+            checkpoints,
+            progress: Arc::clone(&progress),
+            options: self.options.clone(),
+            event_types,
+        });
         self.entries.push(Entry::new(runner));
+        progress
     }
 
     /// Starts every projection, each in a task of its own.
@@ -450,113 +548,5 @@ impl Running {
                 });
             }
         }
-    }
-}
-
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-impl<S> Subscriptions<S>
-where
-    S: crate::checkpoint::TransactionalStore,
-{
-    /// Adds a read model in the event store's own database: its handlers write through the
-    /// transaction that also moves its checkpoint (a compare-and-set), so each event's effect is
-    /// applied exactly once, across crashes, restarts and two runners that both believe they
-    /// hold the lease.
-    pub fn add_sql<P>(&mut self, projection: P) -> SqlProjectionHandle
-    where
-        P: crate::projection::SqlProjection<Database = S::Database>,
-    {
-        let progress = Progress::new(P::NAME);
-        let runner = SqlRunner {
-            store: self.store.clone(),
-            model: projection,
-            progress: Arc::clone(&progress),
-            options: self.options.clone(),
-            name: P::NAME,
-            event_types: P::event_types(),
-        };
-        self.entries.push(Entry::new(runner));
-        SqlProjectionHandle { progress }
-    }
-}
-
-impl<S> Subscriptions<S>
-where
-    S: EventStore + CheckpointStore + Clone + 'static,
-{
-    /// Adds a process manager, run like a durable projection: its checkpoint in the event
-    /// store's database, moved after each event it has reacted to; at least once, its commands
-    /// made idempotent by [`Reaction::send`](crate::process::Reaction::send). A reaction that keeps failing is dead-lettered
-    /// ([`replay_dead_letters`](crate::subscription::RunningSubscriptions::replay_dead_letters)
-    /// reacts again). A process manager is not rebuilt: `rebuild` fails, as its effects are
-    /// commands, not a read model.
-    pub fn add_process<M: ProcessManager>(&mut self, manager: M) -> ProcessHandle<M> {
-        let handle = ProcessHandle {
-            manager: Arc::new(manager),
-            progress: Progress::new(M::NAME),
-        };
-        let (manager, progress) = (Arc::clone(&handle.manager), Arc::clone(&handle.progress));
-        self.add_runner(|store, options| ProcessRunner {
-            store,
-            manager,
-            progress,
-            options,
-            event_types: M::event_types(),
-        });
-        handle
-    }
-}
-
-impl<S> Subscriptions<S>
-where
-    S: EventStore + CheckpointStore + Clone + 'static,
-{
-    /// Adds a relay that publishes the log to a bus, in position order, at least once, from its
-    /// checkpoint in the store's database. It runs beside the projections and answers the same
-    /// calls ([`status`](crate::subscription::RunningSubscriptions::status),
-    /// [`lag`](crate::subscription::RunningSubscriptions::lag) (the relay's backlog),
-    /// [`wait_until`](crate::subscription::RunningSubscriptions::wait_until),
-    /// [`shutdown`](crate::subscription::RunningSubscriptions::shutdown)); a rebuild publishes
-    /// everything again from the first event.
-    ///
-    /// While the broker refuses, the relay retries the same batch (every `max_backoff` of the
-    /// [`ProjectionOptions`]) and its checkpoint stays: nothing committed is skipped.
-    ///
-    /// ```
-    /// use eventsource::bus::{BusConsumer, InMemoryBus, Relay, EventBus, Subscription};
-    /// use eventsource::prelude::*;
-    /// use eventsource::NewEvent;
-    /// use eventsource::subscription::Subscriptions;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> eventsource::Result<()> {
-    /// let store = InMemoryEventStore::new();
-    /// let bus = InMemoryBus::new(1024);
-    /// let mut mailer = bus.subscribe(&Subscription::new("mailer")).await?;
-    ///
-    /// let mut subscriptions = Subscriptions::new(store.clone());
-    /// subscriptions.add_relay(Relay::new("outbox", bus.clone()));
-    /// let running = subscriptions.start();
-    ///
-    /// let stream = StreamId::new("Order", "o-1")?;
-    /// store.append(&stream, ExpectedVersion::NoStream, vec![NewEvent::from_json("Placed", 1, "{}")]).await?;
-    /// let delivery = mailer.next().await?;
-    /// assert_eq!(delivery.event().stream, stream);
-    /// mailer.ack(&delivery).await?;
-    /// running.shutdown().await;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn add_relay<B: EventBus>(&mut self, relay: Relay<B>) -> RelayHandle {
-        let progress = Progress::new(relay.name);
-        let runner = RelayRunner {
-            store: self.store.clone(),
-            bus: relay.bus,
-            progress: Arc::clone(&progress),
-            options: self.options.clone(),
-            name: relay.name,
-            event_types: relay.event_types.clone(),
-        };
-        self.entries.push(Entry::new(runner));
-        RelayHandle { progress }
     }
 }

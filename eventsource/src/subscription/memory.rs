@@ -1,31 +1,25 @@
 //! The in-memory (and durable, at-least-once) projection's runner.
 
-use super::options::{OnFailure, ProjectionOptions};
 use super::runner::{
-    Command, Runner, Step, StepError, event_at, item_position, letter_for, letter_for_damaged,
-    read_page,
+    Replayed, Runner, RunnerCore, Step, StepError, event_at, item_position, letter_for_damaged,
 };
 use super::shared;
-use super::status::{Progress, ProjectionState};
-use crate::checkpoint::{CheckpointStore, DeadLetter};
+use super::status::ProjectionState;
+use crate::checkpoint::CheckpointStore;
 use crate::error::{Error, Result};
 use crate::event::{EventView, RecordedEvent};
 use crate::projection::{EventContext, HandlerError, Projection};
 use crate::store::{EventStore, FoldEnd, FoldItem, ReadAll};
 use crate::stream::Position;
+use std::convert::Infallible;
 use std::sync::{Arc, PoisonError, RwLock};
 
 /// One in-memory (or durable, at-least-once) projection's loop.
 pub(super) struct MemoryRunner<S, C, P> {
-    pub(super) store: S,
+    pub(super) core: RunnerCore<S, C>,
     /// The pages shared with the manager's other in-process projections.
     pub(super) shared: Arc<shared::SharedLog<S>>,
-    pub(super) checkpoints: C,
     pub(super) model: Arc<RwLock<P>>,
-    pub(super) progress: Arc<Progress>,
-    pub(super) options: ProjectionOptions,
-    pub(super) name: &'static str,
-    pub(super) event_types: Vec<&'static str>,
 }
 
 /// What applying one event came to.
@@ -80,8 +74,8 @@ where
             self.shared
                 .fold(
                     after,
-                    self.options.batch_size,
-                    &self.event_types,
+                    self.core.options.batch_size,
+                    &self.core.event_types,
                     &mut apply,
                 )
                 .await
@@ -93,10 +87,10 @@ where
             Some(end) => end,
             None => {
                 let query = ReadAll::after(after)
-                    .event_types(self.event_types.iter().copied())
-                    .batch_size(self.options.batch_size)
+                    .event_types(self.core.event_types.iter().copied())
+                    .batch_size(self.core.options.batch_size)
                     .context(P::CONTEXT);
-                self.store.fold_all(&query, &mut apply).await
+                self.core.store.fold_all(&query, &mut apply).await
             }
         };
         let end = match end {
@@ -106,7 +100,7 @@ where
             // The read failed part way through the page, after applying events: keep them
             // (move the checkpoint past them), and read the rest again.
             Err(error) => {
-                tracing::warn!(projection = self.name, %error, "reading the log failed part way through a page; going on from the last event applied");
+                tracing::warn!(projection = &*self.core.name, %error, "reading the log failed part way through a page; going on from the last event applied");
                 FoldEnd {
                     last: reached,
                     rows: 1,
@@ -122,7 +116,7 @@ where
             Some((position, first_error)) => {
                 // The failing event (or damaged row) again, on its own, with retries.
                 // It was just read, so it is there; if it is not, the read failed: try again.
-                let Some(item) = event_at(&self.store, position)
+                let Some(item) = event_at(&self.core.store, position)
                     .await
                     .map_err(StepError::Read)?
                 else {
@@ -144,8 +138,9 @@ where
         if reached != checkpoint
             && let Some(position) = reached
         {
-            self.checkpoints
-                .save_checkpoint(self.name, checkpoint, position)
+            self.core
+                .checkpoints
+                .save_checkpoint(&self.core.name, checkpoint, position)
                 .await
                 .map_err(|error| StepError::Stop(checkpoint, error))?;
         }
@@ -154,18 +149,8 @@ where
         }
         Ok(Step::Moved {
             to: reached,
-            full: end.rows >= self.options.batch_size || end.stopped,
+            full: end.rows >= self.core.options.batch_size || end.stopped,
         })
-    }
-
-    async fn read_page(&self, after: Option<Position>) -> Result<Vec<Result<RecordedEvent>>> {
-        read_page(
-            &self.store,
-            after,
-            &self.event_types,
-            self.options.batch_size,
-        )
-        .await
     }
 
     /// Applies a page under the model's write lock, then moves the checkpoint. On a stop, the
@@ -215,8 +200,9 @@ where
         if reached != checkpoint
             && let Some(position) = reached
             && let Err(error) = self
+                .core
                 .checkpoints
-                .save_checkpoint(self.name, checkpoint, position)
+                .save_checkpoint(&self.core.name, checkpoint, position)
                 .await
         {
             return Err((checkpoint, error));
@@ -233,134 +219,33 @@ where
         item: Result<RecordedEvent>,
         first_error: Option<HandlerError>,
     ) -> Applied {
-        let event = match item {
-            Ok(event) => event,
-            Err(error) => {
-                // A row that cannot be read: dead-letter it, it will not read better next time.
-                return match letter_for_damaged(self.name, error) {
-                    Ok(letter) => self.dead_letter(letter).await,
-                    Err(error) => Applied::Stop(error),
-                };
+        let core = &self.core;
+        let letter = match item {
+            // A row that cannot be read: dead-letter it, it will not read better next time.
+            Err(error) => letter_for_damaged(&core.name, error),
+            Ok(event) => {
+                let retried = core
+                    .retry::<_, _, Infallible>(
+                        "handler",
+                        &event,
+                        first_error,
+                        &mut &*self.model,
+                        |_, model, event| Box::pin(async move { Ok(apply(model, event)) }),
+                    )
+                    .await;
+                match retried {
+                    Ok(Ok(())) => return Applied::Done,
+                    Ok(Err(letter)) => Ok(letter),
+                }
             }
         };
-        let mut attempt = 0;
-        let mut previous = first_error.map(Err);
-        loop {
-            attempt += 1;
-            let outcome = match previous.take() {
-                Some(outcome) => outcome,
-                None => {
-                    let mut model = self.model.write().unwrap_or_else(PoisonError::into_inner);
-                    apply_event(&mut *model, &event)
-                }
-            };
-            match outcome {
-                Ok(()) => return Applied::Done,
-                Err(error) if attempt < self.options.max_attempts => {
-                    tracing::debug!(projection = self.name, position = %event.position, attempt, %error, "handler failed; retrying");
-                    tokio::time::sleep(self.options.delay(attempt)).await;
-                }
-                Err(error) => {
-                    tracing::warn!(projection = self.name, position = %event.position, attempts = attempt, %error, "handler failed; dead-lettering the event");
-                    return self
-                        .dead_letter(letter_for(self.name, &event, &*error, attempt))
-                        .await;
-                }
-            }
+        match letter {
+            Ok(letter) => match core.dead_letter(letter).await {
+                Ok(()) => Applied::DeadLettered,
+                Err(error) => Applied::Stop(error),
+            },
+            Err(error) => Applied::Stop(error),
         }
-    }
-
-    async fn dead_letter(&self, letter: DeadLetter) -> Applied {
-        let position = letter.position;
-        let error = letter.error.clone();
-        if let Err(failed) = self.checkpoints.add_dead_letter(&letter).await {
-            return Applied::Stop(failed);
-        }
-        crate::telemetry::dead_lettered(self.name);
-        match self.options.on_failure {
-            OnFailure::Skip => Applied::DeadLettered,
-            OnFailure::Stop => Applied::Stop(Error::ProjectionStopped {
-                projection: self.name.to_owned(),
-                position,
-                error,
-            }),
-        }
-    }
-
-    async fn command(&self, command: Command, checkpoint: Option<Position>) -> Option<Position> {
-        match command {
-            Command::Rebuild(reply) => {
-                let result = self.rebuild(checkpoint).await;
-                let next = match &result {
-                    Ok(next) => *next,
-                    Err(_) => checkpoint,
-                };
-                let _ = reply.send(result.map(drop));
-                next
-            }
-            Command::Replay(reply) => {
-                let _ = reply.send(self.replay().await);
-                checkpoint
-            }
-        }
-    }
-
-    /// Resets the model and the checkpoint, and catches up from the first event.
-    async fn rebuild(&self, checkpoint: Option<Position>) -> Result<Option<Position>> {
-        self.model
-            .write()
-            .unwrap_or_else(PoisonError::into_inner)
-            .reset();
-        if checkpoint.is_some() {
-            self.checkpoints.delete_checkpoint(self.name).await?;
-        }
-        let mut at = None;
-        self.progress.set(ProjectionState::CatchingUp, None);
-        loop {
-            let page = self.read_page(at).await?;
-            if page.is_empty() {
-                return Ok(at);
-            }
-            at = self
-                .apply_page(page, at)
-                .await
-                .map_err(|(_, error)| error)?;
-        }
-    }
-
-    /// Tries every dead letter again; returns how many are left.
-    async fn replay(&self) -> Result<usize> {
-        let letters = self.checkpoints.dead_letters(self.name).await?;
-        let mut left = 0;
-        for letter in letters {
-            let Some(Ok(event)) = event_at(&self.store, letter.position).await? else {
-                // Gone, or still unreadable: it stays.
-                left += 1;
-                continue;
-            };
-            let outcome = {
-                let mut model = self.model.write().unwrap_or_else(PoisonError::into_inner);
-                apply_event(&mut *model, &event)
-            };
-            match outcome {
-                Ok(()) => {
-                    self.checkpoints
-                        .remove_dead_letter(self.name, letter.position)
-                        .await?;
-                }
-                Err(error) => {
-                    left += 1;
-                    let again = DeadLetter {
-                        attempts: letter.attempts.saturating_add(1),
-                        error: error.to_string(),
-                        failed_at: crate::event::now(),
-                        ..letter
-                    };
-                    self.checkpoints.add_dead_letter(&again).await?;
-                }
-            }
-        }
-        Ok(left)
     }
 }
 
@@ -373,36 +258,56 @@ where
     type Store = S;
     type Checkpoints = C;
 
-    fn store(&self) -> &S {
-        &self.store
-    }
-    fn checkpoints(&self) -> &C {
-        &self.checkpoints
-    }
-    fn progress(&self) -> &Arc<Progress> {
-        &self.progress
-    }
-    fn options(&self) -> &ProjectionOptions {
-        &self.options
-    }
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    fn event_types(&self) -> &[&'static str] {
-        &self.event_types
+    fn core(&self) -> &RunnerCore<S, C> {
+        &self.core
     }
 
     async fn step(&mut self, checkpoint: Option<Position>) -> std::result::Result<Step, StepError> {
         self.lean_step(checkpoint).await
     }
 
-    async fn command(
-        &mut self,
-        command: Command,
-        checkpoint: Option<Position>,
-    ) -> Option<Position> {
-        MemoryRunner::command(self, command, checkpoint).await
+    /// Resets the model and the checkpoint, and catches up from the first event.
+    async fn rebuild(&mut self, checkpoint: Option<Position>) -> Result<Option<Position>> {
+        self.model
+            .write()
+            .unwrap_or_else(PoisonError::into_inner)
+            .reset();
+        if checkpoint.is_some() {
+            self.core
+                .checkpoints
+                .delete_checkpoint(&self.core.name)
+                .await?;
+        }
+        let mut at = None;
+        self.core.progress.set(ProjectionState::CatchingUp, None);
+        loop {
+            let page = self.core.read_page(at).await?;
+            if page.is_empty() {
+                return Ok(at);
+            }
+            at = self
+                .apply_page(page, at)
+                .await
+                .map_err(|(_, error)| error)?;
+        }
     }
+
+    async fn replay(&mut self) -> Result<usize> {
+        self.core
+            .replay_dead_letters(&mut &*self.model, |_, model, event| {
+                Box::pin(async move { Ok(apply(model, event).map(|()| Replayed::Applied)) })
+            })
+            .await
+    }
+}
+
+/// Applies one recorded event to an in-memory projection, under its write lock.
+fn apply<P: Projection>(
+    model: &RwLock<P>,
+    event: &RecordedEvent,
+) -> std::result::Result<(), HandlerError> {
+    let mut model = model.write().unwrap_or_else(PoisonError::into_inner);
+    apply_event(&mut *model, event)
 }
 
 /// Applies one recorded event to an in-memory projection.

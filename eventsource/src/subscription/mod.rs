@@ -32,7 +32,6 @@ pub use options::{OnFailure, ProjectionOptions};
 pub use status::{ProjectionState, ProjectionStatus};
 
 pub(crate) use runner::{
-    Command, Runner, Step, StepError, event_at, item_position, letter_for, letter_for_damaged,
-    read_page,
+    Replayed, Runner, RunnerCore, Step, StepError, item_position, letter_for_damaged,
 };
 pub(crate) use status::Progress;

@@ -2,14 +2,16 @@
 //! dead letters runners share.
 
 use super::lease::take_lease;
-use super::options::ProjectionOptions;
+use super::options::{OnFailure, ProjectionOptions};
 use super::status::{Progress, ProjectionState};
 use crate::checkpoint::{CheckpointStore, DeadLetter};
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
+use crate::projection::HandlerError;
 use crate::store::{EventStore, ReadAll};
 use crate::stream::Position;
 use crate::telemetry::Traced;
+use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
 use std::sync::Arc;
 use std::time::Duration;
@@ -39,19 +41,153 @@ pub(crate) enum StepError {
     Stop(Option<Position>, Error),
 }
 
-/// What the loop of [`drive`] needs of a projection's runner: where it reads and checkpoints,
-/// and how it applies a page and answers a command.
+/// What every runner holds: its name (the key of its checkpoint, lease and dead letters), the
+/// store it reads, where its checkpoints and dead letters live, the progress it shows, its
+/// options, and the event types it reads (empty: all).
+pub(crate) struct RunnerCore<S, C = S> {
+    pub(crate) name: Arc<str>,
+    pub(crate) store: S,
+    pub(crate) checkpoints: C,
+    pub(crate) progress: Arc<Progress>,
+    pub(crate) options: ProjectionOptions,
+    pub(crate) event_types: Vec<&'static str>,
+}
+
+/// One attempt at applying an event: its outcome (`Err`: the runner stops), or the handler's
+/// error (`Ok(Err(..))`: worth retrying).
+pub(crate) type Attempt<'a, T, E> =
+    BoxFuture<'a, std::result::Result<std::result::Result<T, HandlerError>, E>>;
+
+/// How retrying a dead letter went, as its runner tells it.
+pub(crate) enum Replayed {
+    /// Applied: the letter is to be removed.
+    Applied,
+    /// Applied, and the letter removed with its effects (in one transaction).
+    #[cfg_attr(not(any(feature = "sqlite", feature = "postgres")), allow(dead_code))]
+    Removed,
+}
+
+impl<S: EventStore, C: CheckpointStore> RunnerCore<S, C> {
+    /// The next page after `after`, of the runner's types and batch size (see [`read_page`]).
+    pub(crate) async fn read_page(
+        &self,
+        after: Option<Position>,
+    ) -> Result<Vec<Result<RecordedEvent>>> {
+        read_page(
+            &self.store,
+            after,
+            &self.event_types,
+            self.options.batch_size,
+        )
+        .await
+    }
+
+    /// Tries `apply` on `event` until it succeeds or the attempts run out, waiting the backoff
+    /// between two (`first_error`: the first attempt, made already). `Ok(Err(..))`: the dead
+    /// letter for it, once they have run out; `Err`: `apply` failed otherwise, stop.
+    ///
+    /// `apply` is handed the core and `target` (what it applies to) each time, so that its
+    /// future may borrow them.
+    pub(crate) async fn retry<X: Send + ?Sized, T, E>(
+        &self,
+        what: &str,
+        event: &RecordedEvent,
+        first_error: Option<HandlerError>,
+        target: &mut X,
+        mut apply: impl for<'a> FnMut(&'a Self, &'a mut X, &'a RecordedEvent) -> Attempt<'a, T, E>,
+    ) -> std::result::Result<std::result::Result<T, DeadLetter>, E> {
+        let name = &*self.name;
+        let mut previous = first_error.map(Err);
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let outcome = match previous.take() {
+                Some(outcome) => outcome,
+                None => apply(self, target, event).await?,
+            };
+            match outcome {
+                Ok(done) => return Ok(Ok(done)),
+                Err(error) if attempt < self.options.max_attempts => {
+                    tracing::debug!(projection = name, position = %event.position, attempt, %error, "{what} failed; retrying");
+                    tokio::time::sleep(self.options.delay(attempt)).await;
+                }
+                Err(error) => {
+                    tracing::warn!(projection = name, position = %event.position, attempts = attempt, %error, "{what} failed; dead-lettering the event");
+                    return Ok(Err(letter_for(name, event, &*error, attempt)));
+                }
+            }
+        }
+    }
+
+    /// Stores `letter`, then: `Ok` to go on past its event ([`OnFailure::Skip`]), or the error
+    /// that stops the runner ([`OnFailure::Stop`], or the letter could not be stored).
+    pub(crate) async fn dead_letter(&self, letter: DeadLetter) -> Result<()> {
+        self.checkpoints.add_dead_letter(&letter).await?;
+        crate::telemetry::dead_lettered(&self.name);
+        match self.options.on_failure {
+            OnFailure::Skip => Ok(()),
+            OnFailure::Stop => Err(self.stopped(letter.position, letter.error)),
+        }
+    }
+
+    /// The error of this runner stopped at `position` by `error`.
+    pub(crate) fn stopped(&self, position: Position, error: String) -> Error {
+        Error::ProjectionStopped {
+            projection: self.name.to_string(),
+            position,
+            error,
+        }
+    }
+
+    /// Tries each dead letter again with `apply`, oldest first; one that now succeeds leaves the
+    /// table, one that fails again stays with one attempt more. Returns how many are left.
+    pub(crate) async fn replay_dead_letters<X: Send + ?Sized>(
+        &self,
+        target: &mut X,
+        mut apply: impl for<'a> FnMut(
+            &'a Self,
+            &'a mut X,
+            &'a RecordedEvent,
+        ) -> Attempt<'a, Replayed, Error>,
+    ) -> Result<usize> {
+        let letters = self.checkpoints.dead_letters(&self.name).await?;
+        let mut left = 0;
+        for letter in letters {
+            let Some(Ok(event)) = event_at(&self.store, letter.position).await? else {
+                // Gone, or still unreadable: it stays.
+                left += 1;
+                continue;
+            };
+            match apply(self, target, &event).await? {
+                Ok(Replayed::Removed) => {}
+                Ok(Replayed::Applied) => {
+                    self.checkpoints
+                        .remove_dead_letter(&self.name, letter.position)
+                        .await?;
+                }
+                Err(error) => {
+                    left += 1;
+                    let again = DeadLetter {
+                        attempts: letter.attempts.saturating_add(1),
+                        error: error.to_string(),
+                        failed_at: crate::event::now(),
+                        ..letter
+                    };
+                    self.checkpoints.add_dead_letter(&again).await?;
+                }
+            }
+        }
+        Ok(left)
+    }
+}
+
+/// What the loop of [`drive`] needs of a runner: its [`RunnerCore`], and how it applies a page,
+/// rebuilds and replays its dead letters.
 pub(crate) trait Runner: Send + 'static {
     type Store: EventStore;
     type Checkpoints: CheckpointStore;
 
-    fn store(&self) -> &Self::Store;
-    fn checkpoints(&self) -> &Self::Checkpoints;
-    fn progress(&self) -> &Arc<Progress>;
-    fn options(&self) -> &ProjectionOptions;
-    fn name(&self) -> &'static str;
-    /// The event types it reads (empty: all).
-    fn event_types(&self) -> &[&'static str];
+    fn core(&self) -> &RunnerCore<Self::Store, Self::Checkpoints>;
 
     /// Reads the next page after `checkpoint` and applies it, moving the checkpoint.
     fn step(
@@ -59,12 +195,37 @@ pub(crate) trait Runner: Send + 'static {
         checkpoint: Option<Position>,
     ) -> impl std::future::Future<Output = std::result::Result<Step, StepError>> + Send;
 
-    /// Runs a command between two pages; returns the checkpoint after it.
-    fn command(
+    /// Starts over from the first event (between two pages); returns the checkpoint after it.
+    fn rebuild(
         &mut self,
-        command: Command,
         checkpoint: Option<Position>,
-    ) -> impl std::future::Future<Output = Option<Position>> + Send;
+    ) -> impl std::future::Future<Output = Result<Option<Position>>> + Send;
+
+    /// Tries each dead letter again; returns how many are left.
+    fn replay(&mut self) -> impl std::future::Future<Output = Result<usize>> + Send;
+}
+
+/// Runs a command between two pages; returns the checkpoint after it.
+async fn answer<R: Runner>(
+    runner: &mut R,
+    command: Command,
+    checkpoint: Option<Position>,
+) -> Option<Position> {
+    match command {
+        Command::Rebuild(reply) => {
+            let result = runner.rebuild(checkpoint).await;
+            let next = match &result {
+                Ok(next) => *next,
+                Err(_) => checkpoint,
+            };
+            let _ = reply.send(result.map(drop));
+            next
+        }
+        Command::Replay(reply) => {
+            let _ = reply.send(runner.replay().await);
+            checkpoint
+        }
+    }
 }
 
 /// What woke a live projection.
@@ -82,35 +243,37 @@ pub(crate) async fn drive<R: Runner>(
     mut shutdown: watch::Receiver<bool>,
     mut commands: mpsc::Receiver<Command>,
 ) {
-    let name = runner.name();
-    let Some(_lease) = take_lease(&mut runner, &mut shutdown).await else {
-        return runner.progress().set(ProjectionState::Stopped, None);
+    let name = Arc::clone(&runner.core().name);
+    let name = &*name;
+    let Some(_lease) = take_lease(runner.core(), &mut shutdown).await else {
+        return runner.core().progress.set(ProjectionState::Stopped, None);
     };
     let mut checkpoint = loop {
-        match runner.checkpoints().checkpoint(name).await {
+        match runner.core().checkpoints.checkpoint(name).await {
             Ok(checkpoint) => break checkpoint,
             Err(error) => {
                 tracing::warn!(projection = name, %error, "cannot read the checkpoint; retrying");
             }
         }
         if *shutdown.borrow() {
-            return runner.progress().set(ProjectionState::Stopped, None);
+            return runner.core().progress.set(ProjectionState::Stopped, None);
         }
-        sleep_or_stop(&mut shutdown, runner.options().max_backoff).await;
+        sleep_or_stop(&mut shutdown, runner.core().options.max_backoff).await;
     };
     // The lease is ours: no longer standing by, before anything is applied (a standby's
     // `wait_until` must not see this runner's progress under the standby's state).
     runner
-        .progress()
+        .core()
+        .progress
         .set(ProjectionState::CatchingUp, checkpoint);
-    let mut appends = runner.store().watch_appends();
+    let mut appends = runner.core().store.watch_appends();
     let mut catching_up = true;
     loop {
         if *shutdown.borrow() {
             break;
         }
         while let Ok(command) = commands.try_recv() {
-            checkpoint = runner.command(command, checkpoint).await;
+            checkpoint = answer(&mut runner, command, checkpoint).await;
         }
         appends.borrow_and_update();
         // Near the head, the head before the read: if the read finds nothing more, everything
@@ -119,7 +282,8 @@ pub(crate) async fn drive<R: Runner>(
             None
         } else {
             runner
-                .store()
+                .core()
+                .store
                 .log_head()
                 .await
                 .ok()
@@ -139,7 +303,7 @@ pub(crate) async fn drive<R: Runner>(
             Ok(step) => step,
             Err(StepError::Read(error)) => {
                 tracing::warn!(projection = name, %error, "cannot read the log; retrying");
-                sleep_or_stop(&mut shutdown, runner.options().max_backoff).await;
+                sleep_or_stop(&mut shutdown, runner.core().options.max_backoff).await;
                 continue;
             }
             Err(StepError::Stop(_, error)) if error.is_transient() => {
@@ -150,13 +314,13 @@ pub(crate) async fn drive<R: Runner>(
                 loop {
                     sleep_or_stop(
                         &mut shutdown,
-                        runner.options().backoff.max(Duration::from_millis(50)),
+                        runner.core().options.backoff.max(Duration::from_millis(50)),
                     )
                     .await;
                     if *shutdown.borrow() {
                         break;
                     }
-                    match runner.checkpoints().checkpoint(name).await {
+                    match runner.core().checkpoints.checkpoint(name).await {
                         Ok(stored) => {
                             checkpoint = stored;
                             break;
@@ -172,7 +336,8 @@ pub(crate) async fn drive<R: Runner>(
             Err(StepError::Stop(next, error)) => {
                 tracing::error!(projection = name, %error, "projection stopped");
                 runner
-                    .progress()
+                    .core()
+                    .progress
                     .set(ProjectionState::Failed(error.to_string()), next);
                 return;
             }
@@ -183,12 +348,15 @@ pub(crate) async fn drive<R: Runner>(
                 catching_up = false;
             }
             Step::Empty => {
-                if !matches!(runner.progress().get().state, ProjectionState::Live) {
+                if !matches!(runner.core().progress.get().state, ProjectionState::Live) {
                     crate::telemetry::lag(name, 0);
                 }
-                runner.progress().set(ProjectionState::Live, checkpoint);
-                runner.progress().set_caught_up(head);
-                let poll_interval = runner.options().poll_interval;
+                runner
+                    .core()
+                    .progress
+                    .set(ProjectionState::Live, checkpoint);
+                runner.core().progress.set_caught_up(head);
+                let poll_interval = runner.core().options.poll_interval;
                 let woken = {
                     let stop = shutdown.changed().fuse();
                     let command = commands.recv().fuse();
@@ -204,7 +372,7 @@ pub(crate) async fn drive<R: Runner>(
                 };
                 match woken {
                     Woken::Command(Some(command)) => {
-                        checkpoint = runner.command(command, checkpoint).await;
+                        checkpoint = answer(&mut runner, command, checkpoint).await;
                     }
                     // The store cannot signal: poll.
                     Woken::Appended(false) => tokio::time::sleep(poll_interval).await,
@@ -219,11 +387,14 @@ pub(crate) async fn drive<R: Runner>(
                 } else {
                     ProjectionState::Live
                 };
-                runner.progress().set(state, checkpoint);
+                runner.core().progress.set(state, checkpoint);
             }
         }
     }
-    runner.progress().set(ProjectionState::Stopped, checkpoint);
+    runner
+        .core()
+        .progress
+        .set(ProjectionState::Stopped, checkpoint);
 }
 
 pub(super) async fn sleep_or_stop(shutdown: &mut watch::Receiver<bool>, delay: Duration) {

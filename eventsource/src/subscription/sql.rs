@@ -1,58 +1,44 @@
 //! The database read model's runner: a transaction per batch, with the checkpoint in it.
 
-use super::options::{OnFailure, ProjectionOptions};
+use super::options::OnFailure;
 use super::runner::{
-    Command, Runner, Step, StepError, event_at, item_position, letter_for, letter_for_damaged,
-    read_page,
+    Replayed, Runner, RunnerCore, Step, StepError, item_position, letter_for_damaged,
 };
-use super::status::{Progress, ProjectionState};
-use crate::checkpoint::DeadLetter;
+use super::status::ProjectionState;
+use crate::checkpoint::TransactionalStore;
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
-use crate::projection::{EventContext, HandlerError};
+use crate::projection::{EventContext, HandlerError, SqlProjection};
 use crate::stream::Position;
-use std::sync::Arc;
+
+/// One database read model's loop: a transaction per batch, with the checkpoint in it.
+pub(super) struct SqlRunner<S, P> {
+    pub(super) core: RunnerCore<S>,
+    pub(super) model: P,
+}
 
 impl<S, P> Runner for SqlRunner<S, P>
 where
-    S: crate::checkpoint::TransactionalStore,
-    P: crate::projection::SqlProjection<Database = S::Database>,
+    S: TransactionalStore,
+    P: SqlProjection<Database = S::Database>,
 {
     type Store = S;
     type Checkpoints = S;
 
-    fn store(&self) -> &S {
-        &self.store
-    }
-    fn checkpoints(&self) -> &S {
-        &self.store
-    }
-    fn progress(&self) -> &Arc<Progress> {
-        &self.progress
-    }
-    fn options(&self) -> &ProjectionOptions {
-        &self.options
-    }
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    fn event_types(&self) -> &[&'static str] {
-        &self.event_types
+    fn core(&self) -> &RunnerCore<S> {
+        &self.core
     }
 
     async fn step(&mut self, checkpoint: Option<Position>) -> std::result::Result<Step, StepError> {
-        let page = read_page(
-            &self.store,
-            checkpoint,
-            &self.event_types,
-            self.options.batch_size,
-        )
-        .await
-        .map_err(StepError::Read)?;
+        let page = self
+            .core
+            .read_page(checkpoint)
+            .await
+            .map_err(StepError::Read)?;
         if page.is_empty() {
             return Ok(Step::Empty);
         }
-        let full = page.len() >= self.options.batch_size;
+        let full = page.len() >= self.core.options.batch_size;
         let to = self
             .apply_page(page, checkpoint)
             .await
@@ -60,29 +46,71 @@ where
         Ok(Step::Moved { to, full })
     }
 
-    async fn command(
-        &mut self,
-        command: Command,
-        checkpoint: Option<Position>,
-    ) -> Option<Position> {
-        SqlRunner::command(self, command, checkpoint).await
+    /// Empties the read model and replays every event into it, all in one transaction, with
+    /// the checkpoint: readers see the old model until the new one is complete. A handler that
+    /// fails aborts the rebuild (nothing changes).
+    async fn rebuild(&mut self, checkpoint: Option<Position>) -> Result<Option<Position>> {
+        let core = &self.core;
+        core.progress.set(ProjectionState::CatchingUp, checkpoint);
+        let mut tx = core.store.begin().await?;
+        let aborted = |position, error| {
+            core.stopped(
+                position,
+                format!("rebuild aborted, nothing changed: {error}"),
+            )
+        };
+        self.model
+            .reset(&mut tx)
+            .await
+            .map_err(|error| aborted(Position::START, error))?;
+        let mut at = None;
+        loop {
+            let page = core.read_page(at).await?;
+            if page.is_empty() {
+                break;
+            }
+            for item in page {
+                let event = item?;
+                let context = EventContext::of(&event);
+                self.model
+                    .handle(event.view(), &context, &mut tx)
+                    .await
+                    .map_err(|error| aborted(event.position, error))?;
+                at = Some(event.position);
+            }
+        }
+        if let Some(at) = at {
+            S::save_checkpoint_in(&mut tx, &core.name, checkpoint, at).await?;
+        }
+        tx.commit().await.map_err(Error::database("commit"))?;
+        Ok(at.or(checkpoint))
     }
-}
 
-/// One database read model's loop: a transaction per batch, with the checkpoint in it.
-pub(super) struct SqlRunner<S, P> {
-    pub(super) store: S,
-    pub(super) model: P,
-    pub(super) progress: Arc<Progress>,
-    pub(super) options: ProjectionOptions,
-    pub(super) name: &'static str,
-    pub(super) event_types: Vec<&'static str>,
+    /// Tries every dead letter again, each in a transaction that also removes it.
+    async fn replay(&mut self) -> Result<usize> {
+        let SqlRunner { core, model } = self;
+        core.replay_dead_letters(model, |core, model, event| {
+            Box::pin(async move {
+                let mut tx = core.store.begin().await?;
+                let context = EventContext::of(event);
+                match model.handle(event.view(), &context, &mut tx).await {
+                    Ok(()) => {
+                        S::remove_dead_letter_in(&mut tx, &core.name, event.position).await?;
+                        tx.commit().await.map_err(Error::database("commit"))?;
+                        Ok(Ok(Replayed::Removed))
+                    }
+                    Err(error) => Ok(Err(error)),
+                }
+            })
+        })
+        .await
+    }
 }
 
 impl<S, P> SqlRunner<S, P>
 where
-    S: crate::checkpoint::TransactionalStore,
-    P: crate::projection::SqlProjection<Database = S::Database>,
+    S: TransactionalStore,
+    P: SqlProjection<Database = S::Database>,
 {
     /// The whole page in one transaction with its checkpoint; if anything in it fails, the
     /// page again one event per transaction, with retries and dead letters.
@@ -115,18 +143,18 @@ where
         last: Position,
     ) -> std::result::Result<(), BatchFailure> {
         let database = |error| BatchFailure::Checkpoint(error);
-        let mut tx = self.store.begin().await.map_err(database)?;
+        let mut tx = self.core.store.begin().await.map_err(database)?;
         for event in page.iter().flatten() {
             let context = EventContext::of(event);
             if let Err(error) = self.model.handle(event.view(), &context, &mut tx).await {
                 if crate::error::transient_cause(&*error) {
                     return Err(BatchFailure::Checkpoint(lost_connection(error)));
                 }
-                tracing::debug!(projection = self.name, position = %event.position, %error, "handler failed in a batch; applying the batch one event at a time");
+                tracing::debug!(projection = &*self.core.name, position = %event.position, %error, "handler failed in a batch; applying the batch one event at a time");
                 return Err(BatchFailure::Handler(error.to_string()));
             }
         }
-        S::save_checkpoint_in(&mut tx, self.name, checkpoint, last)
+        S::save_checkpoint_in(&mut tx, &self.core.name, checkpoint, last)
             .await
             .map_err(database)?;
         tx.commit()
@@ -142,181 +170,73 @@ where
         checkpoint: Option<Position>,
     ) -> std::result::Result<Option<Position>, (Option<Position>, Error)> {
         let position = item_position(&item);
+        let SqlRunner { core, model } = self;
         let letter = match item {
-            Err(error) => letter_for_damaged(self.name, error).map_err(|e| (checkpoint, e))?,
+            Err(error) => letter_for_damaged(&core.name, error).map_err(|e| (checkpoint, e))?,
             Ok(event) => {
-                let mut attempt = 0;
-                loop {
-                    attempt += 1;
-                    let outcome = self.apply_in_own_transaction(&event, checkpoint).await;
-                    match outcome {
-                        Ok(()) => return Ok(Some(position)),
-                        Err(BatchFailure::Checkpoint(error)) => return Err((checkpoint, error)),
-                        Err(BatchFailure::Handler(error))
-                            if attempt < self.options.max_attempts =>
-                        {
-                            tracing::debug!(projection = self.name, %position, attempt, %error, "handler failed; retrying");
-                            tokio::time::sleep(self.options.delay(attempt)).await;
-                        }
-                        Err(BatchFailure::Handler(error)) => {
-                            tracing::warn!(projection = self.name, %position, attempts = attempt, %error, "handler failed; dead-lettering the event");
-                            let mut letter =
-                                letter_for(self.name, &event, &*HandlerError::from(error), attempt);
-                            letter.attempts = attempt;
-                            break letter;
-                        }
-                    }
+                let retried = core
+                    .retry("handler", &event, None, model, |core, model, event| {
+                        Box::pin(async move {
+                            match apply_in_own_transaction(core, model, event, checkpoint).await {
+                                Ok(()) => Ok(Ok(())),
+                                Err(BatchFailure::Handler(error)) => Ok(Err(error.into())),
+                                Err(BatchFailure::Checkpoint(error)) => Err(error),
+                            }
+                        })
+                    })
+                    .await
+                    .map_err(|error| (checkpoint, error))?;
+                match retried {
+                    Ok(()) => return Ok(Some(position)),
+                    Err(letter) => letter,
                 }
             }
         };
-        let stop = self.options.on_failure == OnFailure::Stop;
+        let stop = core.options.on_failure == OnFailure::Stop;
         let result: Result<()> = async {
-            let mut tx = self.store.begin().await?;
+            let mut tx = core.store.begin().await?;
             S::add_dead_letter_in(&mut tx, &letter).await?;
-            crate::telemetry::dead_lettered(self.name);
+            crate::telemetry::dead_lettered(&core.name);
             if !stop {
-                S::save_checkpoint_in(&mut tx, self.name, checkpoint, position).await?;
+                S::save_checkpoint_in(&mut tx, &core.name, checkpoint, position).await?;
             }
             tx.commit().await.map_err(Error::database("commit"))
         }
         .await;
         result.map_err(|error| (checkpoint, error))?;
         if stop {
-            return Err((
-                checkpoint,
-                Error::ProjectionStopped {
-                    projection: self.name.to_owned(),
-                    position,
-                    error: letter.error,
-                },
-            ));
+            return Err((checkpoint, core.stopped(position, letter.error)));
         }
         Ok(Some(position))
     }
 }
 
-impl<S, P> SqlRunner<S, P>
+/// One event and the checkpoint past it, in one transaction.
+async fn apply_in_own_transaction<S, P>(
+    core: &RunnerCore<S>,
+    model: &mut P,
+    event: &RecordedEvent,
+    checkpoint: Option<Position>,
+) -> std::result::Result<(), BatchFailure>
 where
-    S: crate::checkpoint::TransactionalStore,
-    P: crate::projection::SqlProjection<Database = S::Database>,
+    S: TransactionalStore,
+    P: SqlProjection<Database = S::Database>,
 {
-    /// One event and the checkpoint past it, in one transaction.
-    async fn apply_in_own_transaction(
-        &mut self,
-        event: &RecordedEvent,
-        checkpoint: Option<Position>,
-    ) -> std::result::Result<(), BatchFailure> {
-        let database = BatchFailure::Checkpoint;
-        let mut tx = self.store.begin().await.map_err(database)?;
-        let context = EventContext::of(event);
-        if let Err(error) = self.model.handle(event.view(), &context, &mut tx).await {
-            if crate::error::transient_cause(&*error) {
-                return Err(BatchFailure::Checkpoint(lost_connection(error)));
-            }
-            return Err(BatchFailure::Handler(error.to_string()));
+    let database = BatchFailure::Checkpoint;
+    let mut tx = core.store.begin().await.map_err(database)?;
+    let context = EventContext::of(event);
+    if let Err(error) = model.handle(event.view(), &context, &mut tx).await {
+        if crate::error::transient_cause(&*error) {
+            return Err(BatchFailure::Checkpoint(lost_connection(error)));
         }
-        S::save_checkpoint_in(&mut tx, self.name, checkpoint, event.position)
-            .await
-            .map_err(database)?;
-        tx.commit()
-            .await
-            .map_err(|error| database(Error::database("commit")(error)))
+        return Err(BatchFailure::Handler(error.to_string()));
     }
-
-    async fn command(
-        &mut self,
-        command: Command,
-        checkpoint: Option<Position>,
-    ) -> Option<Position> {
-        match command {
-            Command::Rebuild(reply) => {
-                let result = self.rebuild(checkpoint).await;
-                let next = match &result {
-                    Ok(next) => *next,
-                    Err(_) => checkpoint,
-                };
-                let _ = reply.send(result.map(drop));
-                next
-            }
-            Command::Replay(reply) => {
-                let _ = reply.send(self.replay().await);
-                checkpoint
-            }
-        }
-    }
-
-    /// Empties the read model and replays every event into it, all in one transaction, with
-    /// the checkpoint: readers see the old model until the new one is complete. A handler that
-    /// fails aborts the rebuild (nothing changes).
-    async fn rebuild(&mut self, checkpoint: Option<Position>) -> Result<Option<Position>> {
-        self.progress.set(ProjectionState::CatchingUp, checkpoint);
-        let mut tx = self.store.begin().await?;
-        let failed = |error: HandlerError| Error::ProjectionStopped {
-            projection: self.name.to_owned(),
-            position: Position::START,
-            error: format!("rebuild aborted, nothing changed: {error}"),
-        };
-        self.model.reset(&mut tx).await.map_err(failed)?;
-        let mut at = None;
-        loop {
-            let page =
-                read_page(&self.store, at, &self.event_types, self.options.batch_size).await?;
-            if page.is_empty() {
-                break;
-            }
-            for item in page {
-                let event = item?;
-                let context = EventContext::of(&event);
-                self.model
-                    .handle(event.view(), &context, &mut tx)
-                    .await
-                    .map_err(|error| Error::ProjectionStopped {
-                        projection: self.name.to_owned(),
-                        position: event.position,
-                        error: format!("rebuild aborted, nothing changed: {error}"),
-                    })?;
-                at = Some(event.position);
-            }
-        }
-        if let Some(at) = at {
-            S::save_checkpoint_in(&mut tx, self.name, checkpoint, at).await?;
-        }
-        tx.commit().await.map_err(Error::database("commit"))?;
-        Ok(at.or(checkpoint))
-    }
-
-    /// Tries every dead letter again, each in a transaction that also removes it.
-    async fn replay(&mut self) -> Result<usize> {
-        let letters = self.store.dead_letters(self.name).await?;
-        let mut left = 0;
-        for letter in letters {
-            let Some(Ok(event)) = event_at(&self.store, letter.position).await? else {
-                // Gone, or still unreadable: it stays.
-                left += 1;
-                continue;
-            };
-            let mut tx = self.store.begin().await?;
-            let context = EventContext::of(&event);
-            match self.model.handle(event.view(), &context, &mut tx).await {
-                Ok(()) => {
-                    S::remove_dead_letter_in(&mut tx, self.name, letter.position).await?;
-                    tx.commit().await.map_err(Error::database("commit"))?;
-                }
-                Err(error) => {
-                    drop(tx);
-                    left += 1;
-                    let again = DeadLetter {
-                        attempts: letter.attempts.saturating_add(1),
-                        error: error.to_string(),
-                        failed_at: crate::event::now(),
-                        ..letter
-                    };
-                    self.store.add_dead_letter(&again).await?;
-                }
-            }
-        }
-        Ok(left)
-    }
+    S::save_checkpoint_in(&mut tx, &core.name, checkpoint, event.position)
+        .await
+        .map_err(database)?;
+    tx.commit()
+        .await
+        .map_err(|error| database(Error::database("commit")(error)))
 }
 
 /// Why a batch transaction did not commit.
