@@ -401,7 +401,7 @@ async fn run<S>(
     until: Position,
 ) -> (
     eventsource::subscription::RunningSubscriptions,
-    eventsource::process::ProcessHandle<Checkout<S>>,
+    eventsource::subscription::Handle<Checkout<S>>,
 )
 where
     S: EventStore + CheckpointStore + Clone + 'static,

@@ -95,11 +95,9 @@ use crate::repository::{Once, Repository, UpdateError};
 use crate::store::EventStore;
 use crate::stream::Position;
 use crate::subscription::{
-    Progress, ProjectionStatus, Replayed, Runner, RunnerCore, Step, StepError, item_position,
-    letter_for_damaged,
+    Replayed, Runner, RunnerCore, Step, StepError, item_position, letter_for_damaged,
 };
 use std::convert::Infallible;
-use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -211,41 +209,6 @@ impl<'a> Reaction<'a> {
         repository
             .update_once(id, self.step_key(step), self.metadata(), command)
             .await
-    }
-}
-
-/// A running process manager: its state and checkpoint, and the manager itself.
-pub struct ProcessHandle<M> {
-    pub(crate) manager: Arc<M>,
-    pub(crate) progress: Arc<Progress>,
-}
-
-impl<M> Clone for ProcessHandle<M> {
-    fn clone(&self) -> Self {
-        ProcessHandle {
-            manager: Arc::clone(&self.manager),
-            progress: Arc::clone(&self.progress),
-        }
-    }
-}
-
-impl<M> fmt::Debug for ProcessHandle<M> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ProcessHandle")
-            .field("status", &self.progress.get())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<M> ProcessHandle<M> {
-    /// The process manager.
-    pub fn manager(&self) -> &M {
-        &self.manager
-    }
-
-    /// Its state and checkpoint.
-    pub fn status(&self) -> ProjectionStatus {
-        self.progress.get()
     }
 }
 

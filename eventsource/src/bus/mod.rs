@@ -44,7 +44,7 @@ pub mod redis;
 pub(crate) mod relay;
 
 pub use memory::InMemoryBus;
-pub use relay::{Relay, RelayHandle};
+pub use relay::Relay;
 
 use crate::error::{Error, Result};
 use crate::event::{DomainEvent, Metadata, RecordedEvent};

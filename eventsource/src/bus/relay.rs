@@ -15,12 +15,10 @@ use crate::event::DomainEvent;
 use crate::store::EventStore;
 use crate::stream::Position;
 use crate::subscription::{
-    Progress, ProjectionState, ProjectionStatus, Runner, RunnerCore, Step, StepError,
-    letter_for_damaged,
+    ProjectionState, Runner, RunnerCore, Step, StepError, letter_for_damaged,
 };
 use crate::telemetry::Traced;
 use std::fmt;
-use std::sync::Arc;
 
 /// A relay's configuration: its name (the key of its checkpoint and lease), the bus, and the
 /// events it publishes. Add it with [`Subscriptions::add_relay`](crate::subscription::Subscriptions::add_relay).
@@ -61,28 +59,6 @@ impl<B: EventBus> Relay<B> {
     pub fn event_types(mut self, types: impl IntoIterator<Item = &'static str>) -> Self {
         self.event_types.extend(types);
         self
-    }
-}
-
-/// A relay added to a [`Subscriptions`](crate::subscription::Subscriptions) manager: its state and checkpoint (the position up to
-/// which every event is confirmed by the broker).
-#[derive(Clone)]
-pub struct RelayHandle {
-    pub(crate) progress: Arc<Progress>,
-}
-
-impl fmt::Debug for RelayHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RelayHandle")
-            .field("status", &self.progress.get())
-            .finish()
-    }
-}
-
-impl RelayHandle {
-    /// The relay's state and checkpoint.
-    pub fn status(&self) -> ProjectionStatus {
-        self.progress.get()
     }
 }
 

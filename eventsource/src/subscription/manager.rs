@@ -1,8 +1,6 @@
 //! The manager: the runners it was given, started, and the operations on them.
 
-use super::handle::ProjectionHandle;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-use super::handle::SqlProjectionHandle;
+use super::handle::Handle;
 use super::lease::{Stored, read_stored};
 use super::memory::MemoryRunner;
 use super::options::ProjectionOptions;
@@ -12,10 +10,10 @@ use super::shared;
 use super::sql::SqlRunner;
 use super::status::{Progress, ProjectionState, ProjectionStatus};
 use crate::bus::relay::RelayRunner;
-use crate::bus::{EventBus, Relay, RelayHandle};
+use crate::bus::{EventBus, Relay};
 use crate::checkpoint::CheckpointStore;
 use crate::error::{Error, Result};
-use crate::process::{ProcessHandle, ProcessManager, ProcessRunner};
+use crate::process::{ProcessManager, ProcessRunner};
 use crate::projection::Projection;
 use crate::store::{EventStore, ReadAll};
 use crate::stream::Position;
@@ -165,7 +163,7 @@ where
 
     /// Adds an in-memory read model. Its checkpoint lives in memory too: the model is built from
     /// the first event at every start, as its state is.
-    pub fn add<P: Projection + Sync>(&mut self, projection: P) -> ProjectionHandle<P> {
+    pub fn add<P: Projection + Sync>(&mut self, projection: P) -> Handle<RwLock<P>> {
         let checkpoints = crate::store::memory::InMemoryEventStore::new();
         self.add_in_process(projection, checkpoints)
     }
@@ -175,12 +173,12 @@ where
     /// At-least-once: the events of a batch interrupted by a crash are applied again, as are
     /// those a runner that lost its lease mid-batch applied before the checkpoint's
     /// compare-and-set stopped it; the context's `event_id` is the key to de-duplicate them.
-    pub fn add_durable<P: Projection + Sync>(&mut self, projection: P) -> ProjectionHandle<P> {
+    pub fn add_durable<P: Projection + Sync>(&mut self, projection: P) -> Handle<RwLock<P>> {
         let checkpoints = self.store.clone();
         self.add_in_process(projection, checkpoints)
     }
 
-    fn add_in_process<P, C>(&mut self, projection: P, checkpoints: C) -> ProjectionHandle<P>
+    fn add_in_process<P, C>(&mut self, projection: P, checkpoints: C) -> Handle<RwLock<P>>
     where
         P: Projection + Sync,
         C: CheckpointStore + Clone + 'static,
@@ -195,7 +193,7 @@ where
                 model: Arc::clone(&model),
             }
         });
-        ProjectionHandle { model, progress }
+        Handle::new(model, progress)
     }
 
     /// Adds a read model in the event store's own database: its handlers write through the
@@ -203,7 +201,7 @@ where
     /// applied exactly once, across crashes, restarts and two runners that both believe they
     /// hold the lease.
     #[cfg(any(feature = "sqlite", feature = "postgres"))]
-    pub fn add_sql<P>(&mut self, projection: P) -> SqlProjectionHandle
+    pub fn add_sql<P>(&mut self, projection: P) -> Handle
     where
         S: crate::checkpoint::TransactionalStore,
         P: crate::projection::SqlProjection<Database = S::Database>,
@@ -213,7 +211,7 @@ where
             core,
             model: projection,
         });
-        SqlProjectionHandle { progress }
+        Handle::new(Arc::new(()), progress)
     }
 
     /// Adds a process manager, run like a durable projection: its checkpoint in the event
@@ -223,7 +221,7 @@ where
     /// ([`replay_dead_letters`](crate::subscription::RunningSubscriptions::replay_dead_letters)
     /// reacts again). A process manager is not rebuilt: `rebuild` fails, as its effects are
     /// commands, not a read model.
-    pub fn add_process<M: ProcessManager>(&mut self, manager: M) -> ProcessHandle<M> {
+    pub fn add_process<M: ProcessManager>(&mut self, manager: M) -> Handle<M> {
         let manager = Arc::new(manager);
         let checkpoints = self.store.clone();
         let progress = self.add_runner(M::NAME, M::event_types(), checkpoints, |core| {
@@ -232,7 +230,7 @@ where
                 manager: Arc::clone(&manager),
             }
         });
-        ProcessHandle { manager, progress }
+        Handle::new(manager, progress)
     }
 
     /// Adds a relay that publishes the log to a bus, in position order, at least once, from its
@@ -270,13 +268,13 @@ where
     /// # Ok(())
     /// # }
     /// ```
-    pub fn add_relay<B: EventBus>(&mut self, relay: Relay<B>) -> RelayHandle {
+    pub fn add_relay<B: EventBus>(&mut self, relay: Relay<B>) -> Handle {
         let checkpoints = self.store.clone();
         let bus = relay.bus;
         let progress = self.add_runner(relay.name, relay.event_types, checkpoints, |core| {
             RelayRunner { core, bus }
         });
-        RelayHandle { progress }
+        Handle::new(Arc::new(()), progress)
     }
 
     /// Registers the runner `build` makes from its [`RunnerCore`] (named `name`, reading

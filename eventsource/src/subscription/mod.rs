@@ -24,9 +24,7 @@ mod shared;
 mod sql;
 mod status;
 
-pub use handle::ProjectionHandle;
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub use handle::SqlProjectionHandle;
+pub use handle::Handle;
 pub use manager::{RunningSubscriptions, Subscriptions};
 pub use options::{OnFailure, ProjectionOptions};
 pub use status::{ProjectionState, ProjectionStatus};
@@ -34,4 +32,3 @@ pub use status::{ProjectionState, ProjectionStatus};
 pub(crate) use runner::{
     Replayed, Runner, RunnerCore, Step, StepError, item_position, letter_for_damaged,
 };
-pub(crate) use status::Progress;
