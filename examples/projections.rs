@@ -16,7 +16,7 @@
 //! place, pay and cancel orders; at the end every read model equals a fold of the whole log.
 
 use eventsource::prelude::*;
-use eventsource::subscription::{ProjectionState, Subscriptions};
+use eventsource::subscription::{RunnerState, Subscriptions};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
@@ -471,7 +471,7 @@ where
             status.state,
             status.checkpoint.map_or("-".into(), |c| c.to_string())
         );
-        assert_eq!(status.state, ProjectionState::Live);
+        assert_eq!(status.state, RunnerState::Live);
     }
 
     // Rebuild the table from zero, in one transaction: readers see the old table until then.

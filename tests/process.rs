@@ -4,7 +4,7 @@
 
 use eventsource::CheckpointStore;
 use eventsource::prelude::*;
-use eventsource::subscription::{ProjectionOptions, Subscriptions};
+use eventsource::subscription::{RunnerOptions, Subscriptions};
 use eventsource_tests::databases;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -322,8 +322,8 @@ impl<S: EventStore + Clone + 'static> Checkout<S> {
 
 // ----- Helpers -----
 
-fn fast() -> ProjectionOptions {
-    ProjectionOptions::default()
+fn fast() -> RunnerOptions {
+    RunnerOptions::default()
         .backoff(Duration::from_millis(1), Duration::from_millis(10))
         .poll_interval(Duration::from_millis(50))
         .lease_retry(Duration::from_millis(20))
@@ -830,8 +830,8 @@ async fn ignored_events_cost_no_checkpoint_each() {
         )
         .await
         .unwrap();
-    let mut subscriptions = Subscriptions::new(store.clone())
-        .with_options(ProjectionOptions::default().batch_size(100));
+    let mut subscriptions =
+        Subscriptions::new(store.clone()).with_options(RunnerOptions::default().batch_size(100));
     let handle = subscriptions.add_process(OneInTwenty {
         reacted: Mutex::new(0),
     });

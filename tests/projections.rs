@@ -7,7 +7,7 @@ use eventsource::checkpoint::TransactionalStore;
 use eventsource::prelude::*;
 use eventsource::projection::{HandlerError, Transaction};
 use eventsource::subscription::{
-    OnFailure, ProjectionOptions, ProjectionState, RunningSubscriptions, Subscriptions,
+    OnFailure, RunnerOptions, RunnerState, RunningSubscriptions, Subscriptions,
 };
 use eventsource::{CheckpointStore, EventView, NewEvent};
 use eventsource_tests::databases;
@@ -34,8 +34,8 @@ fn account(n: usize) -> StreamId {
     StreamId::new("Account", format!("a{n}")).unwrap()
 }
 
-fn fast() -> ProjectionOptions {
-    ProjectionOptions::default()
+fn fast() -> RunnerOptions {
+    RunnerOptions::default()
         .batch_size(7)
         .backoff(Duration::from_millis(1), Duration::from_millis(5))
         .poll_interval(Duration::from_millis(200))
@@ -117,9 +117,9 @@ async fn write<S: EventStore>(store: &S, from: usize, count: usize) -> Position 
 
 /// Waits (up to a few seconds) for a projection caught up with the head to say it is live: the
 /// runner probes the head once more after its last full page before it calls itself live.
-async fn becomes_live(state: impl Fn() -> ProjectionState) {
+async fn becomes_live(state: impl Fn() -> RunnerState) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while state() != ProjectionState::Live {
+    while state() != RunnerState::Live {
         assert!(
             std::time::Instant::now() < deadline,
             "still {:?}, not live",
@@ -163,7 +163,7 @@ where
     assert_eq!(running.lag("balances").await.unwrap(), 0);
     becomes_live(|| balances.status().state).await;
     running.shutdown().await;
-    assert_eq!(balances.status().state, ProjectionState::Stopped);
+    assert_eq!(balances.status().state, RunnerState::Stopped);
 }
 
 /// A handler that fails twice on an event, then succeeds: retried with backoff, applied once,
@@ -245,7 +245,7 @@ where
         .wait_until(Position::new(u64::MAX), Duration::from_secs(10))
         .await;
     match stopping.status().state {
-        ProjectionState::Failed(reason) => assert!(reason.contains("deposit of 7"), "{reason}"),
+        RunnerState::Failed(reason) => assert!(reason.contains("deposit of 7"), "{reason}"),
         other => panic!("expected the projection to fail, got {other:?}"),
     }
     assert_eq!(
@@ -628,7 +628,7 @@ async fn exactly_once_across_a_crash<S>(
     let _ = running
         .wait_until(Position::new(u64::MAX), Duration::from_secs(10))
         .await;
-    assert!(matches!(failing.status().state, ProjectionState::Failed(_)));
+    assert!(matches!(failing.status().state, RunnerState::Failed(_)));
     running.shutdown().await;
     assert_eq!(
         applied(store).await,
@@ -746,7 +746,7 @@ async fn postgres_takeover_between_two_managers() {
     let second_model = second.add_sql(SqlBalances::<sqlx::Postgres>::new(None));
     let second = second.start();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(second_model.status().state, ProjectionState::Standby);
+    assert_eq!(second_model.status().state, RunnerState::Standby);
 
     let writer = {
         let store = store.clone();
@@ -794,12 +794,12 @@ where
     let standby_model = standby.add_sql(SqlBalances::<S::Database>::new(None));
     let standby = standby.start();
     for _ in 0..100 {
-        if standby_model.status().state == ProjectionState::Standby {
+        if standby_model.status().state == RunnerState::Standby {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(standby_model.status().state, ProjectionState::Standby);
+    assert_eq!(standby_model.status().state, RunnerState::Standby);
 
     for (round, event) in [deposit(7), NewEvent::from_json("proj.Unhandled", 1, "{}")]
         .into_iter()
@@ -824,7 +824,7 @@ where
         }
     }
     let status = standby_model.status();
-    assert_eq!(status.state, ProjectionState::Standby);
+    assert_eq!(status.state, RunnerState::Standby);
     assert_eq!(status.checkpoint, live_model.status().checkpoint);
     live.shutdown().await;
     standby.shutdown().await;

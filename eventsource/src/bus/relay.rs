@@ -14,9 +14,7 @@ use crate::error::Result;
 use crate::event::DomainEvent;
 use crate::store::EventStore;
 use crate::stream::Position;
-use crate::subscription::{
-    ProjectionState, Runner, RunnerCore, Step, StepError, letter_for_damaged,
-};
+use crate::subscription::{Runner, RunnerCore, RunnerState, Step, StepError, letter_for_damaged};
 use crate::telemetry::Traced;
 use std::fmt;
 
@@ -143,7 +141,7 @@ where
                 .delete_checkpoint(&self.core.name)
                 .await?;
         }
-        self.core.progress.set(ProjectionState::CatchingUp, None);
+        self.core.progress.set(RunnerState::CatchingUp, None);
         Ok(None)
     }
 

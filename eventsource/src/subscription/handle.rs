@@ -1,6 +1,6 @@
 //! What every `add_*` returns: the runner's status, and what it shares with the caller.
 
-use super::status::{Progress, ProjectionStatus};
+use super::status::{Progress, RunnerStatus};
 use crate::process::ProcessManager;
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
@@ -25,7 +25,7 @@ impl<T> Handle<T> {
     }
 
     /// The runner's state and checkpoint.
-    pub fn status(&self) -> ProjectionStatus {
+    pub fn status(&self) -> RunnerStatus {
         self.progress.get()
     }
 }

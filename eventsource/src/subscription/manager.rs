@@ -3,12 +3,12 @@
 use super::handle::Handle;
 use super::lease::{Stored, read_stored};
 use super::memory::MemoryRunner;
-use super::options::ProjectionOptions;
+use super::options::RunnerOptions;
 use super::runner::{Command, Runner, RunnerCore, drive};
 use super::shared;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 use super::sql::SqlRunner;
-use super::status::{Progress, ProjectionState, ProjectionStatus};
+use super::status::{Progress, RunnerState, RunnerStatus};
 use crate::bus::relay::RelayRunner;
 use crate::bus::{EventBus, Relay};
 use crate::checkpoint::CheckpointStore;
@@ -122,7 +122,7 @@ impl Entry {
 /// ```
 pub struct Subscriptions<S> {
     pub(crate) store: S,
-    pub(crate) options: ProjectionOptions,
+    pub(crate) options: RunnerOptions,
     pub(crate) entries: Vec<Entry>,
     /// The pages the in-process projections share.
     shared: Arc<shared::SharedLog<S>>,
@@ -150,13 +150,13 @@ where
         Subscriptions {
             shared: Arc::new(shared::SharedLog::new(store.clone())),
             store,
-            options: ProjectionOptions::default(),
+            options: RunnerOptions::default(),
             entries: Vec::new(),
         }
     }
 
     /// The options of the projections added from now on.
-    pub fn with_options(mut self, options: ProjectionOptions) -> Self {
+    pub fn with_options(mut self, options: RunnerOptions) -> Self {
         self.options = options;
         self
     }
@@ -242,7 +242,7 @@ where
     /// everything again from the first event.
     ///
     /// While the broker refuses, the relay retries the same batch (every `max_backoff` of the
-    /// [`ProjectionOptions`]) and its checkpoint stays: nothing committed is skipped.
+    /// [`RunnerOptions`]) and its checkpoint stays: nothing committed is skipped.
     ///
     /// ```
     /// use eventsource::bus::{BusConsumer, InMemoryBus, Relay, EventBus, Subscription};
@@ -354,7 +354,7 @@ impl fmt::Debug for RunningSubscriptions {
 
 impl RunningSubscriptions {
     /// Every projection's state and checkpoint.
-    pub fn status(&self) -> Vec<ProjectionStatus> {
+    pub fn status(&self) -> Vec<RunnerStatus> {
         self.projections.iter().map(|p| p.progress.get()).collect()
     }
 
@@ -372,7 +372,7 @@ impl RunningSubscriptions {
     /// instance that runs it has stored).
     pub async fn lag(&self, name: &str) -> Result<u64> {
         let projection = self.find(name)?;
-        if projection.progress.get().state == ProjectionState::Standby {
+        if projection.progress.get().state == RunnerState::Standby {
             projection.refresh_standby().await?;
         }
         let checkpoint = projection.progress.get().checkpoint;
@@ -521,16 +521,14 @@ impl Running {
         let mut standby_poll = STANDBY_POLL_FIRST;
         loop {
             let status = self.progress.get();
-            let done = matches!(
-                status.state,
-                ProjectionState::Stopped | ProjectionState::Failed(_)
-            ) || status.checkpoint.is_some_and(|c| c >= position)
+            let done = matches!(status.state, RunnerState::Stopped | RunnerState::Failed(_))
+                || status.checkpoint.is_some_and(|c| c >= position)
                 || self.progress.caught_up().is_some_and(|c| c >= position);
             if done {
                 return Ok(());
             }
             let mut wake_at = deadline;
-            if status.state == ProjectionState::Standby {
+            if status.state == RunnerState::Standby {
                 // Nothing here signals the other instance's progress: read it as stored.
                 if let Err(error) = self.refresh_standby().await {
                     tracing::debug!(projection = %self.name, %error, "cannot read the stored progress; retrying");

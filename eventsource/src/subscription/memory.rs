@@ -4,7 +4,7 @@ use super::runner::{
     Replayed, Runner, RunnerCore, Step, StepError, event_at, item_position, letter_for_damaged,
 };
 use super::shared;
-use super::status::ProjectionState;
+use super::status::RunnerState;
 use crate::checkpoint::CheckpointStore;
 use crate::error::{Error, Result};
 use crate::event::{EventView, RecordedEvent};
@@ -279,7 +279,7 @@ where
                 .await?;
         }
         let mut at = None;
-        self.core.progress.set(ProjectionState::CatchingUp, None);
+        self.core.progress.set(RunnerState::CatchingUp, None);
         loop {
             let page = self.core.read_page(at).await?;
             if page.is_empty() {

@@ -26,8 +26,8 @@ mod status;
 
 pub use handle::Handle;
 pub use manager::{RunningSubscriptions, Subscriptions};
-pub use options::{OnFailure, ProjectionOptions};
-pub use status::{ProjectionState, ProjectionStatus};
+pub use options::{OnFailure, RunnerOptions};
+pub use status::{RunnerState, RunnerStatus};
 
 pub(crate) use runner::{
     Replayed, Runner, RunnerCore, Step, StepError, item_position, letter_for_damaged,

@@ -2,10 +2,12 @@
 
 use std::time::Duration;
 
-/// How a projection reads, retries and fails.
+/// How a runner (a projection, a process manager, a relay) reads, retries and fails: the
+/// options a [`Subscriptions`](super::Subscriptions) manager gives every runner added after
+/// [`with_options`](super::Subscriptions::with_options).
 #[derive(Clone, Debug)]
 #[non_exhaustive]
-pub struct ProjectionOptions {
+pub struct RunnerOptions {
     /// Events read per round trip (and per transaction, for a database read model).
     pub batch_size: usize,
     /// How many times an event is tried before it is dead-lettered (at least 1).
@@ -16,15 +18,15 @@ pub struct ProjectionOptions {
     pub max_backoff: Duration,
     /// What happens after an event is dead-lettered.
     pub on_failure: OnFailure,
-    /// The longest a live projection waits for a wake-up before it reads the store anyway.
+    /// The longest a live runner waits for a wake-up before it reads the store anyway.
     pub poll_interval: Duration,
-    /// How often a projection on standby (another process runs it) tries to take over.
+    /// How often a runner on standby (another process runs it) tries to take over.
     pub lease_retry: Duration,
 }
 
-impl Default for ProjectionOptions {
+impl Default for RunnerOptions {
     fn default() -> Self {
-        ProjectionOptions {
+        RunnerOptions {
             batch_size: 1000,
             max_attempts: 3,
             backoff: Duration::from_millis(50),
@@ -36,7 +38,7 @@ impl Default for ProjectionOptions {
     }
 }
 
-impl ProjectionOptions {
+impl RunnerOptions {
     /// Events read per round trip (at least 1).
     pub fn batch_size(mut self, n: usize) -> Self {
         self.batch_size = n.max(1);
@@ -62,13 +64,13 @@ impl ProjectionOptions {
         self
     }
 
-    /// The safety-net poll of a live projection.
+    /// The safety-net poll of a live runner.
     pub fn poll_interval(mut self, interval: Duration) -> Self {
         self.poll_interval = interval;
         self
     }
 
-    /// How often a projection on standby tries to take over.
+    /// How often a runner on standby tries to take over.
     pub fn lease_retry(mut self, interval: Duration) -> Self {
         self.lease_retry = interval;
         self
@@ -80,12 +82,12 @@ impl ProjectionOptions {
     }
 }
 
-/// What a projection does once an event has failed `max_attempts` times and is dead-lettered.
+/// What a runner does once an event has failed `max_attempts` times and is dead-lettered.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum OnFailure {
     /// Go on with the next event (the default): one poison event does not hold back the rest.
     Skip,
-    /// Stop the projection, with its checkpoint before the event: [`ProjectionState::Failed`](super::ProjectionState::Failed).
+    /// Stop the runner, with its checkpoint before the event: [`RunnerState::Failed`](super::RunnerState::Failed).
     Stop,
 }

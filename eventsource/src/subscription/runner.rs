@@ -2,8 +2,8 @@
 //! dead letters runners share.
 
 use super::lease::take_lease;
-use super::options::{OnFailure, ProjectionOptions};
-use super::status::{Progress, ProjectionState};
+use super::options::{OnFailure, RunnerOptions};
+use super::status::{Progress, RunnerState};
 use crate::checkpoint::{CheckpointStore, DeadLetter};
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
@@ -49,7 +49,7 @@ pub(crate) struct RunnerCore<S, C = S> {
     pub(crate) store: S,
     pub(crate) checkpoints: C,
     pub(crate) progress: Arc<Progress>,
-    pub(crate) options: ProjectionOptions,
+    pub(crate) options: RunnerOptions,
     pub(crate) event_types: Vec<&'static str>,
 }
 
@@ -246,7 +246,7 @@ pub(crate) async fn drive<R: Runner>(
     let name = Arc::clone(&runner.core().name);
     let name = &*name;
     let Some(_lease) = take_lease(runner.core(), &mut shutdown).await else {
-        return runner.core().progress.set(ProjectionState::Stopped, None);
+        return runner.core().progress.set(RunnerState::Stopped, None);
     };
     let mut checkpoint = loop {
         match runner.core().checkpoints.checkpoint(name).await {
@@ -256,7 +256,7 @@ pub(crate) async fn drive<R: Runner>(
             }
         }
         if *shutdown.borrow() {
-            return runner.core().progress.set(ProjectionState::Stopped, None);
+            return runner.core().progress.set(RunnerState::Stopped, None);
         }
         sleep_or_stop(&mut shutdown, runner.core().options.max_backoff).await;
     };
@@ -265,7 +265,7 @@ pub(crate) async fn drive<R: Runner>(
     runner
         .core()
         .progress
-        .set(ProjectionState::CatchingUp, checkpoint);
+        .set(RunnerState::CatchingUp, checkpoint);
     let mut appends = runner.core().store.watch_appends();
     let mut catching_up = true;
     loop {
@@ -338,7 +338,7 @@ pub(crate) async fn drive<R: Runner>(
                 runner
                     .core()
                     .progress
-                    .set(ProjectionState::Failed(error.to_string()), next);
+                    .set(RunnerState::Failed(error.to_string()), next);
                 return;
             }
         };
@@ -348,13 +348,10 @@ pub(crate) async fn drive<R: Runner>(
                 catching_up = false;
             }
             Step::Empty => {
-                if !matches!(runner.core().progress.get().state, ProjectionState::Live) {
+                if !matches!(runner.core().progress.get().state, RunnerState::Live) {
                     crate::telemetry::lag(name, 0);
                 }
-                runner
-                    .core()
-                    .progress
-                    .set(ProjectionState::Live, checkpoint);
+                runner.core().progress.set(RunnerState::Live, checkpoint);
                 runner.core().progress.set_caught_up(head);
                 let poll_interval = runner.core().options.poll_interval;
                 let woken = {
@@ -383,18 +380,15 @@ pub(crate) async fn drive<R: Runner>(
                 checkpoint = to;
                 catching_up = full;
                 let state = if full {
-                    ProjectionState::CatchingUp
+                    RunnerState::CatchingUp
                 } else {
-                    ProjectionState::Live
+                    RunnerState::Live
                 };
                 runner.core().progress.set(state, checkpoint);
             }
         }
     }
-    runner
-        .core()
-        .progress
-        .set(ProjectionState::Stopped, checkpoint);
+    runner.core().progress.set(RunnerState::Stopped, checkpoint);
 }
 
 pub(super) async fn sleep_or_stop(shutdown: &mut watch::Receiver<bool>, delay: Duration) {

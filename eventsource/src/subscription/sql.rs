@@ -4,7 +4,7 @@ use super::options::OnFailure;
 use super::runner::{
     Replayed, Runner, RunnerCore, Step, StepError, item_position, letter_for_damaged,
 };
-use super::status::ProjectionState;
+use super::status::RunnerState;
 use crate::checkpoint::TransactionalStore;
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
@@ -51,7 +51,7 @@ where
     /// fails aborts the rebuild (nothing changes).
     async fn rebuild(&mut self, checkpoint: Option<Position>) -> Result<Option<Position>> {
         let core = &self.core;
-        core.progress.set(ProjectionState::CatchingUp, checkpoint);
+        core.progress.set(RunnerState::CatchingUp, checkpoint);
         let mut tx = core.store.begin().await?;
         let aborted = |position, error| {
             core.stopped(

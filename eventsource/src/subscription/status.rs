@@ -5,17 +5,17 @@ use crate::stream::Position;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::watch;
 
-/// Where a projection is.
+/// Where a runner (a projection, a process manager, a relay) is.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub enum ProjectionState {
+pub enum RunnerState {
     /// Not started yet.
     Starting,
     /// Reading events that were stored before it got there.
     CatchingUp,
     /// At the head of the log, woken by new appends.
     Live,
-    /// Another process runs this projection; this one takes over when that one stops.
+    /// Another process runs this runner's name; this one takes over when that one stops.
     Standby,
     /// Shut down.
     Stopped,
@@ -24,14 +24,15 @@ pub enum ProjectionState {
     Failed(String),
 }
 
-/// A projection's state and checkpoint.
+/// A runner's name, state and checkpoint: what [`Handle::status`](super::Handle::status) and
+/// [`RunningSubscriptions::status`](super::RunningSubscriptions::status) report.
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[non_exhaustive]
-pub struct ProjectionStatus {
-    /// The projection's name.
+pub struct RunnerStatus {
+    /// The runner's name.
     pub name: String,
     /// Where it is.
-    pub state: ProjectionState,
+    pub state: RunnerState,
     /// Every event up to here is applied (`None`: none yet).
     pub checkpoint: Option<Position>,
 }
@@ -39,7 +40,7 @@ pub struct ProjectionStatus {
 /// The shared view of one projection's progress.
 #[derive(Debug)]
 pub(crate) struct Progress {
-    status: Mutex<ProjectionStatus>,
+    status: Mutex<RunnerStatus>,
     /// The readable head as of the projection's last read that found nothing more to apply:
     /// every event it handles up to there is applied.
     caught_up: Mutex<Option<Position>>,
@@ -49,9 +50,9 @@ pub(crate) struct Progress {
 impl Progress {
     pub(crate) fn new(name: &str) -> Arc<Self> {
         Arc::new(Progress {
-            status: Mutex::new(ProjectionStatus {
+            status: Mutex::new(RunnerStatus {
                 name: name.to_owned(),
-                state: ProjectionState::Starting,
+                state: RunnerState::Starting,
                 checkpoint: None,
             }),
             caught_up: Mutex::new(None),
@@ -74,7 +75,7 @@ impl Progress {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    pub(crate) fn get(&self) -> ProjectionStatus {
+    pub(crate) fn get(&self) -> RunnerStatus {
         self.status
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
@@ -85,20 +86,20 @@ impl Progress {
     /// (`None`: it could not be read; what was shown stays).
     pub(super) fn stand_by(&self, stored: Option<Stored>) {
         self.update(|status| {
-            status.state = ProjectionState::Standby;
+            status.state = RunnerState::Standby;
             stored
         });
     }
 
     /// Shows the progress another instance stored, if this one still stands by.
     pub(super) fn refresh_standby(&self, stored: Stored) {
-        self.update(|status| (status.state == ProjectionState::Standby).then_some(stored));
+        self.update(|status| (status.state == RunnerState::Standby).then_some(stored));
     }
 
     /// Changes the status under its lock; the stored progress `change` returns (if any) replaces
     /// the checkpoint and the caught-up head, under the same lock (so a runner that takes the
     /// lease meanwhile is not overwritten).
-    fn update(&self, change: impl FnOnce(&mut ProjectionStatus) -> Option<Stored>) {
+    fn update(&self, change: impl FnOnce(&mut RunnerStatus) -> Option<Stored>) {
         {
             let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
             if let Some(stored) = change(&mut status) {
@@ -112,7 +113,7 @@ impl Progress {
         self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
-    pub(crate) fn set(&self, state: ProjectionState, checkpoint: Option<Position>) {
+    pub(crate) fn set(&self, state: RunnerState, checkpoint: Option<Position>) {
         {
             let mut status = self.status.lock().unwrap_or_else(PoisonError::into_inner);
             status.state = state;
