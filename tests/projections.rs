@@ -303,6 +303,51 @@ where
     running.shutdown().await;
 }
 
+/// One projection type run under names built at run time (per region, say), beside a relay
+/// named at run time: each has its own checkpoint, status and rebuild, under its own name.
+async fn names_built_at_run_time<S>(store: &S)
+where
+    S: EventStore + CheckpointStore + Clone + 'static,
+{
+    write(store, 0, 12).await;
+    let names: Vec<String> = ["eu", "us"]
+        .iter()
+        .map(|r| format!("balances-{r}"))
+        .collect();
+    let relay = format!("outbox-{}", names.len());
+    let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
+    let handles: Vec<_> = names
+        .iter()
+        .map(|name| subscriptions.add_durable_named(name.clone(), Balances::default()))
+        .collect();
+    let outbox = subscriptions.add_relay(eventsource::bus::Relay::new(
+        relay.clone(),
+        eventsource::bus::InMemoryBus::new(64),
+    ));
+    let running = subscriptions.start();
+    caught_up(&running, store).await;
+    let head = store.log_head().await.unwrap().last;
+    for (name, handle) in names.iter().zip(&handles) {
+        assert_eq!(&handle.status().name, name);
+        assert_eq!(handle.read().applied, 12);
+        assert_eq!(store.checkpoint(name).await.unwrap(), Some(head));
+    }
+    assert_eq!(outbox.status().name, relay);
+    assert_eq!(store.checkpoint("balances").await.unwrap(), None);
+    let mut reported: Vec<_> = running.status().into_iter().map(|s| s.name).collect();
+    reported.sort();
+    assert_eq!(reported, [names[0].clone(), names[1].clone(), relay]);
+
+    running.rebuild(&names[1]).await.unwrap();
+    assert_eq!(
+        handles[1].read().applied,
+        12,
+        "rebuilt from zero, not on top"
+    );
+    assert_eq!(handles[0].read().applied, 12);
+    running.shutdown().await;
+}
+
 /// What a handler that takes the `EventLocation` sees of each event.
 #[derive(Default)]
 struct Locations {
@@ -523,6 +568,7 @@ every_backend!(
     poison_event_is_dead_lettered,
     rebuild_equals_original,
     restart_resumes_from_the_checkpoint,
+    names_built_at_run_time,
 );
 
 // ----- Database read models: exactly once -----

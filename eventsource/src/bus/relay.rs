@@ -17,11 +17,12 @@ use crate::stream::Position;
 use crate::subscription::{Runner, RunnerCore, RunnerState, Step, StepError, letter_for_damaged};
 use crate::telemetry::Traced;
 use std::fmt;
+use std::sync::Arc;
 
 /// A relay's configuration: its name (the key of its checkpoint and lease), the bus, and the
 /// events it publishes. Add it with [`Subscriptions::add_relay`](crate::subscription::Subscriptions::add_relay).
 pub struct Relay<B> {
-    pub(crate) name: &'static str,
+    pub(crate) name: Arc<str>,
     pub(crate) bus: B,
     pub(crate) event_types: Vec<&'static str>,
 }
@@ -37,10 +38,11 @@ impl<B: fmt::Debug> fmt::Debug for Relay<B> {
 }
 
 impl<B: EventBus> Relay<B> {
-    /// A relay named `name` publishing every event to `bus`.
-    pub fn new(name: &'static str, bus: B) -> Self {
+    /// A relay named `name` (a `&'static str`, or a name built at run time: a `String`)
+    /// publishing every event to `bus`.
+    pub fn new(name: impl Into<Arc<str>>, bus: B) -> Self {
         Relay {
-            name,
+            name: name.into(),
             bus,
             event_types: Vec::new(),
         }

@@ -164,8 +164,37 @@ where
     /// Adds an in-memory read model. Its checkpoint lives in memory too: the model is built from
     /// the first event at every start, as its state is.
     pub fn add<P: Projection + Sync>(&mut self, projection: P) -> Handle<RwLock<P>> {
+        self.add_named(P::NAME, projection)
+    }
+
+    /// [`add`](Self::add) under `name` instead of [`Projection::NAME`]: one projection type
+    /// run several times (per tenant, per region), each under a name built at run time.
+    ///
+    /// ```
+    /// # use eventsource::prelude::*;
+    /// # use eventsource::subscription::Subscriptions;
+    /// # #[derive(DomainEvent, serde::Serialize, serde::Deserialize)]
+    /// # struct Deposited { cents: i64 }
+    /// # #[derive(Default)]
+    /// # struct Total { cents: i64 }
+    /// # #[projection]
+    /// # impl Total {
+    /// #     #[handles]
+    /// #     fn deposited(&mut self, e: &Deposited) { self.cents += e.cents; }
+    /// # }
+    /// # let store = InMemoryEventStore::new();
+    /// let mut subscriptions = Subscriptions::new(store);
+    /// for region in ["eu", "us"] {
+    ///     subscriptions.add_named(format!("total-{region}"), Total::default());
+    /// }
+    /// ```
+    pub fn add_named<P: Projection + Sync>(
+        &mut self,
+        name: impl Into<Arc<str>>,
+        projection: P,
+    ) -> Handle<RwLock<P>> {
         let checkpoints = crate::store::memory::InMemoryEventStore::new();
-        self.add_in_process(projection, checkpoints)
+        self.add_in_process(name.into(), projection, checkpoints)
     }
 
     /// Adds a projection whose effects outlive the process (it writes to another system, say),
@@ -174,11 +203,26 @@ where
     /// those a runner that lost its lease mid-batch applied before the checkpoint's
     /// compare-and-set stopped it; the context's `event_id` is the key to de-duplicate them.
     pub fn add_durable<P: Projection + Sync>(&mut self, projection: P) -> Handle<RwLock<P>> {
-        let checkpoints = self.store.clone();
-        self.add_in_process(projection, checkpoints)
+        self.add_durable_named(P::NAME, projection)
     }
 
-    fn add_in_process<P, C>(&mut self, projection: P, checkpoints: C) -> Handle<RwLock<P>>
+    /// [`add_durable`](Self::add_durable) under `name` (the key of its checkpoint, lease and dead
+    /// letters) instead of [`Projection::NAME`].
+    pub fn add_durable_named<P: Projection + Sync>(
+        &mut self,
+        name: impl Into<Arc<str>>,
+        projection: P,
+    ) -> Handle<RwLock<P>> {
+        let checkpoints = self.store.clone();
+        self.add_in_process(name.into(), projection, checkpoints)
+    }
+
+    fn add_in_process<P, C>(
+        &mut self,
+        name: Arc<str>,
+        projection: P,
+        checkpoints: C,
+    ) -> Handle<RwLock<P>>
     where
         P: Projection + Sync,
         C: CheckpointStore + Clone + 'static,
@@ -186,12 +230,10 @@ where
         let model = Arc::new(RwLock::new(projection));
         self.shared.join(&P::event_types(), P::CONTEXT);
         let shared = Arc::clone(&self.shared);
-        let progress = self.add_runner(P::NAME, P::event_types(), checkpoints, |core| {
-            MemoryRunner {
-                core,
-                shared,
-                model: Arc::clone(&model),
-            }
+        let progress = self.add_runner(name, P::event_types(), checkpoints, |core| MemoryRunner {
+            core,
+            shared,
+            model: Arc::clone(&model),
         });
         Handle::new(model, progress)
     }
@@ -206,8 +248,19 @@ where
         S: crate::checkpoint::TransactionalStore,
         P: crate::projection::SqlProjection<Database = S::Database>,
     {
+        self.add_sql_named(P::NAME, projection)
+    }
+
+    /// [`add_sql`](Self::add_sql) under `name` (the key of its checkpoint, lease and dead
+    /// letters) instead of [`SqlProjection::NAME`](crate::projection::SqlProjection::NAME).
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
+    pub fn add_sql_named<P>(&mut self, name: impl Into<Arc<str>>, projection: P) -> Handle
+    where
+        S: crate::checkpoint::TransactionalStore,
+        P: crate::projection::SqlProjection<Database = S::Database>,
+    {
         let checkpoints = self.store.clone();
-        let progress = self.add_runner(P::NAME, P::event_types(), checkpoints, |core| SqlRunner {
+        let progress = self.add_runner(name, P::event_types(), checkpoints, |core| SqlRunner {
             core,
             model: projection,
         });
