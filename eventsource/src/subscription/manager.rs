@@ -162,9 +162,11 @@ where
     }
 
     /// Adds an in-memory read model. Its checkpoint lives in memory too: the model is built from
-    /// the first event at every start, as its state is.
+    /// the first event at every start, as its state is. It must empty itself for a rebuild
+    /// ([`Projection::RESETS`]): a `Default` type, or one that names `#[projection(reset = ...)]`.
     pub fn add<P: Projection + Sync>(&mut self, projection: P) -> Handle<RwLock<P>> {
-        self.add_named(P::NAME, projection)
+        const { must_reset::<P>() };
+        self.add_in_memory(P::NAME.into(), projection)
     }
 
     /// [`add`](Self::add) under `name` instead of [`Projection::NAME`]: one projection type
@@ -193,8 +195,17 @@ where
         name: impl Into<Arc<str>>,
         projection: P,
     ) -> Handle<RwLock<P>> {
+        const { must_reset::<P>() };
+        self.add_in_memory(name.into(), projection)
+    }
+
+    fn add_in_memory<P: Projection + Sync>(
+        &mut self,
+        name: Arc<str>,
+        projection: P,
+    ) -> Handle<RwLock<P>> {
         let checkpoints = crate::store::memory::InMemoryEventStore::new();
-        self.add_in_process(name.into(), projection, checkpoints)
+        self.add_in_process(name, projection, checkpoints)
     }
 
     /// Adds a projection whose effects outlive the process (it writes to another system, say),
@@ -598,4 +609,15 @@ impl Running {
             }
         }
     }
+}
+
+/// Rebuilt in place, an in-memory model must be emptied first: checked when the program is
+/// built, in `add` and `add_named` (each, so that the error points at the caller's line).
+const fn must_reset<P: Projection>() {
+    assert!(
+        P::RESETS,
+        "an in-memory projection starts empty: derive `Default` for it, or name a reset method \
+         with `#[projection(reset = clear)]` (a projection whose effects live elsewhere is added \
+         with `add_durable`, which needs neither)"
+    );
 }
