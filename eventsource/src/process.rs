@@ -88,16 +88,13 @@
 
 use crate::aggregate::{Aggregate, Root};
 use crate::checkpoint::CheckpointStore;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::event::{DomainEvent, Metadata, RecordedEvent};
 use crate::projection::HandlerError;
 use crate::repository::{Once, Repository, UpdateError};
 use crate::store::EventStore;
 use crate::stream::Position;
-use crate::subscription::{
-    Replayed, Runner, RunnerCore, Step, StepError, item_position, letter_for_damaged,
-};
-use std::convert::Infallible;
+use crate::subscription::{Applied, Replayed, Runner, RunnerCore, Step, StepError, item_position};
 use std::future::Future;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -219,56 +216,30 @@ pub(crate) struct ProcessRunner<S, M> {
     pub(crate) manager: Arc<M>,
 }
 
-/// What reacting to one event came to.
-enum Reacted {
-    /// Done, or dead-lettered under [`OnFailure::Skip`](crate::subscription::OnFailure::Skip):
-    /// the checkpoint moves past it; `acted` when something was done (a command sent, a dead
-    /// letter written), so that the checkpoint is stored before the next event.
-    Past { acted: bool },
-    /// The process stops before it.
-    Stop(Error),
-}
-
 impl<S, M> ProcessRunner<S, M>
 where
     S: EventStore + CheckpointStore + 'static,
     M: ProcessManager,
 {
-    /// Reacts to one event, with retries; dead-letters it when they run out.
-    async fn react(&self, item: Result<RecordedEvent>) -> Reacted {
-        let core = &self.core;
-        let letter = match item {
-            Err(error) => letter_for_damaged(&core.name, error),
-            Ok(event) => {
-                let retried = core
-                    .retry::<_, _, Infallible>(
-                        "reaction",
-                        &event,
-                        None,
-                        &mut &*self.manager,
-                        |_, manager, event| {
-                            Box::pin(async move {
-                                let reaction = Reaction::new(M::NAME, event);
-                                let outcome = manager.react(&reaction).await;
-                                Ok(outcome.map(|()| reaction.has_acted()))
-                            })
-                        },
-                    )
-                    .await;
-                match retried {
-                    Ok(Ok(acted)) => return Reacted::Past { acted },
-                    Ok(Err(letter)) => Ok(letter),
-                }
-            }
-        };
-        let stopped = match letter {
-            Ok(letter) => core.dead_letter(letter).await,
-            Err(error) => Err(error),
-        };
-        match stopped {
-            Ok(()) => Reacted::Past { acted: true },
-            Err(error) => Reacted::Stop(error),
-        }
+    /// Reacts to one event, with retries; dead-letters it when they run out. `Done(acted)`:
+    /// whether the reaction did something (sent a command), so that the checkpoint is stored
+    /// before the next event (as it is after a dead letter).
+    async fn react(&self, item: Result<RecordedEvent>) -> Applied<bool> {
+        self.core
+            .apply_or_dead_letter(
+                "reaction",
+                item,
+                None,
+                &mut &*self.manager,
+                |_, manager, event| {
+                    Box::pin(async move {
+                        let reaction = Reaction::new(M::NAME, event);
+                        let outcome = manager.react(&reaction).await;
+                        Ok(outcome.map(|()| reaction.has_acted()))
+                    })
+                },
+            )
+            .await
     }
 
     /// Stores the checkpoint at `reached` if it is past `saved` (the stored one), and reports it.
@@ -310,35 +281,29 @@ where
     /// A process that reacts to one event in twenty pays one checkpoint per reaction, not
     /// twenty.
     async fn step(&mut self, checkpoint: Option<Position>) -> std::result::Result<Step, StepError> {
-        let page = self
-            .core
-            .read_page(checkpoint)
-            .await
-            .map_err(StepError::Read)?;
-        if page.is_empty() {
+        let Some((page, full)) = self.core.next_page(checkpoint).await? else {
             return Ok(Step::Empty);
-        }
-        let full = page.len() >= self.core.options.batch_size;
+        };
         // The checkpoint as stored, and how far the reactions went.
         let mut saved = checkpoint;
         let mut reached = checkpoint;
         for item in page {
             let position = item_position(&item);
-            match self.react(item).await {
-                Reacted::Stop(error) => {
+            let acted = match self.react(item).await {
+                Applied::Done(acted) => acted,
+                Applied::DeadLettered => true,
+                Applied::Stop(error) => {
                     self.store_checkpoint(&mut saved, reached)
                         .await
                         .map_err(|error| StepError::Stop(saved, error))?;
                     return Err(StepError::Stop(saved, error));
                 }
-                Reacted::Past { acted } => {
-                    reached = Some(position);
-                    if acted {
-                        self.store_checkpoint(&mut saved, reached)
-                            .await
-                            .map_err(|error| StepError::Stop(saved, error))?;
-                    }
-                }
+            };
+            reached = Some(position);
+            if acted {
+                self.store_checkpoint(&mut saved, reached)
+                    .await
+                    .map_err(|error| StepError::Stop(saved, error))?;
             }
         }
         self.store_checkpoint(&mut saved, reached)

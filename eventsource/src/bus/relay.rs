@@ -83,11 +83,9 @@ where
     async fn step(&mut self, checkpoint: Option<Position>) -> std::result::Result<Step, StepError> {
         let core = &self.core;
         let name = &*core.name;
-        let page = core.read_page(checkpoint).await.map_err(StepError::Read)?;
-        if page.is_empty() {
+        let Some((page, full)) = core.next_page(checkpoint).await? else {
             return Ok(Step::Empty);
-        }
-        let full = page.len() >= core.options.batch_size;
+        };
         let mut events = Vec::with_capacity(page.len());
         let mut last = checkpoint;
         for item in page {

@@ -1,7 +1,7 @@
 //! The in-memory (and durable, at-least-once) projection's runner.
 
 use super::runner::{
-    Replayed, Runner, RunnerCore, Step, StepError, event_at, item_position, letter_for_damaged,
+    Applied, Replayed, Runner, RunnerCore, Step, StepError, event_at, item_position,
 };
 use super::shared;
 use super::status::RunnerState;
@@ -11,7 +11,6 @@ use crate::event::{EventView, RecordedEvent};
 use crate::projection::{EventContext, HandlerError, Projection};
 use crate::store::{EventStore, FoldEnd, FoldItem, ReadAll};
 use crate::stream::Position;
-use std::convert::Infallible;
 use std::sync::{Arc, PoisonError, RwLock};
 
 /// One in-memory (or durable, at-least-once) projection's loop.
@@ -20,13 +19,6 @@ pub(super) struct MemoryRunner<S, C, P> {
     /// The pages shared with the manager's other in-process projections.
     pub(super) shared: Arc<shared::SharedLog<S>>,
     pub(super) model: Arc<RwLock<P>>,
-}
-
-/// What applying one event came to.
-enum Applied {
-    Done,
-    DeadLettered,
-    Stop(Error),
 }
 
 impl<S, C, P> MemoryRunner<S, C, P>
@@ -126,7 +118,7 @@ where
                     });
                 };
                 match self.apply_one(item, first_error).await {
-                    Applied::Done | Applied::DeadLettered => reached = Some(position),
+                    Applied::Done(()) | Applied::DeadLettered => reached = Some(position),
                     Applied::Stop(error) => stop = Some(error),
                 }
             }
@@ -190,7 +182,7 @@ where
             };
             let position = item_position(&item);
             match self.apply_one(item, first_error).await {
-                Applied::Done | Applied::DeadLettered => reached = Some(position),
+                Applied::Done(()) | Applied::DeadLettered => reached = Some(position),
                 Applied::Stop(error) => {
                     stop = Some(error);
                     break;
@@ -218,34 +210,16 @@ where
         &self,
         item: Result<RecordedEvent>,
         first_error: Option<HandlerError>,
-    ) -> Applied {
-        let core = &self.core;
-        let letter = match item {
-            // A row that cannot be read: dead-letter it, it will not read better next time.
-            Err(error) => letter_for_damaged(&core.name, error),
-            Ok(event) => {
-                let retried = core
-                    .retry::<_, _, Infallible>(
-                        "handler",
-                        &event,
-                        first_error,
-                        &mut &*self.model,
-                        |_, model, event| Box::pin(async move { Ok(apply(model, event)) }),
-                    )
-                    .await;
-                match retried {
-                    Ok(Ok(())) => return Applied::Done,
-                    Ok(Err(letter)) => Ok(letter),
-                }
-            }
-        };
-        match letter {
-            Ok(letter) => match core.dead_letter(letter).await {
-                Ok(()) => Applied::DeadLettered,
-                Err(error) => Applied::Stop(error),
-            },
-            Err(error) => Applied::Stop(error),
-        }
+    ) -> Applied<()> {
+        self.core
+            .apply_or_dead_letter(
+                "handler",
+                item,
+                first_error,
+                &mut &*self.model,
+                |_, model, event| Box::pin(async move { Ok(apply(model, event)) }),
+            )
+            .await
     }
 }
 

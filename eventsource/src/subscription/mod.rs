@@ -30,5 +30,5 @@ pub use options::{OnFailure, RunnerOptions};
 pub use status::{RunnerState, RunnerStatus};
 
 pub(crate) use runner::{
-    Replayed, Runner, RunnerCore, Step, StepError, item_position, letter_for_damaged,
+    Applied, Replayed, Runner, RunnerCore, Step, StepError, item_position, letter_for_damaged,
 };

@@ -13,6 +13,7 @@ use crate::stream::Position;
 use crate::telemetry::Traced;
 use futures::future::BoxFuture;
 use futures::{FutureExt, StreamExt};
+use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -57,6 +58,16 @@ pub(crate) struct RunnerCore<S, C = S> {
 /// error (`Ok(Err(..))`: worth retrying).
 pub(crate) type Attempt<'a, T, E> =
     BoxFuture<'a, std::result::Result<std::result::Result<T, HandlerError>, E>>;
+
+/// What applying one event (or a damaged row) came to.
+pub(crate) enum Applied<T> {
+    /// Applied, with what the attempt returned.
+    Done(T),
+    /// Dead-lettered, and the runner goes on past it.
+    DeadLettered,
+    /// The runner stops before it.
+    Stop(Error),
+}
 
 /// How retrying a dead letter went, as its runner tells it.
 pub(crate) enum Replayed {
@@ -116,6 +127,46 @@ impl<S: EventStore, C: CheckpointStore> RunnerCore<S, C> {
                     return Ok(Err(letter_for(name, event, &*error, attempt)));
                 }
             }
+        }
+    }
+
+    /// The page after `checkpoint` (see [`read_page`]) and whether it is full (there may be
+    /// more); `None`: nothing after the checkpoint.
+    pub(crate) async fn next_page(
+        &self,
+        checkpoint: Option<Position>,
+    ) -> std::result::Result<Option<(Vec<Result<RecordedEvent>>, bool)>, StepError> {
+        let page = self.read_page(checkpoint).await.map_err(StepError::Read)?;
+        let full = page.len() >= self.options.batch_size;
+        Ok((!page.is_empty()).then_some((page, full)))
+    }
+
+    /// Applies `item` with [`retry`](Self::retry), or dead-letters it (a damaged row, or an
+    /// event whose attempts ran out) with [`dead_letter`](Self::dead_letter).
+    pub(crate) async fn apply_or_dead_letter<X: Send + ?Sized, T>(
+        &self,
+        what: &str,
+        item: Result<RecordedEvent>,
+        first_error: Option<HandlerError>,
+        target: &mut X,
+        apply: impl for<'a> FnMut(&'a Self, &'a mut X, &'a RecordedEvent) -> Attempt<'a, T, Infallible>,
+    ) -> Applied<T> {
+        let letter = match item {
+            // A row that cannot be read: dead-letter it, it will not read better next time.
+            Err(error) => letter_for_damaged(&self.name, error),
+            Ok(event) => match self.retry(what, &event, first_error, target, apply).await {
+                Ok(Ok(done)) => return Applied::Done(done),
+                Ok(Err(letter)) => Ok(letter),
+                Err(never) => match never {},
+            },
+        };
+        let stopped = match letter {
+            Ok(letter) => self.dead_letter(letter).await,
+            Err(error) => Err(error),
+        };
+        match stopped {
+            Ok(()) => Applied::DeadLettered,
+            Err(error) => Applied::Stop(error),
         }
     }
 

@@ -30,15 +30,9 @@ where
     }
 
     async fn step(&mut self, checkpoint: Option<Position>) -> std::result::Result<Step, StepError> {
-        let page = self
-            .core
-            .read_page(checkpoint)
-            .await
-            .map_err(StepError::Read)?;
-        if page.is_empty() {
+        let Some((page, full)) = self.core.next_page(checkpoint).await? else {
             return Ok(Step::Empty);
-        }
-        let full = page.len() >= self.core.options.batch_size;
+        };
         let to = self
             .apply_page(page, checkpoint)
             .await
