@@ -476,24 +476,27 @@ impl RunningSubscriptions {
     /// (between two batches; the projection goes on live afterwards). Returns when the rebuild
     /// has caught up with the head.
     pub async fn rebuild(&self, name: &str) -> Result<()> {
-        let projection = self.find(name)?;
-        let (reply, answer) = oneshot::channel();
-        projection
-            .commands
-            .send(Command::Rebuild(reply))
-            .await
-            .map_err(|_| stopped(name))?;
-        answer.await.map_err(|_| stopped(name))?
+        self.ask(name, Command::Rebuild).await
     }
 
     /// Tries each of projection `name`'s dead letters again, oldest first; one that now
     /// succeeds leaves the table. Returns how many are left.
     pub async fn replay_dead_letters(&self, name: &str) -> Result<usize> {
-        let projection = self.find(name)?;
+        self.ask(name, Command::Replay).await
+    }
+
+    /// Sends runner `name` the command `command` makes around a reply channel, and waits for
+    /// the reply (between two of its pages).
+    async fn ask<T>(
+        &self,
+        name: &str,
+        command: impl FnOnce(oneshot::Sender<Result<T>>) -> Command,
+    ) -> Result<T> {
+        let runner = self.find(name)?;
         let (reply, answer) = oneshot::channel();
-        projection
+        runner
             .commands
-            .send(Command::Replay(reply))
+            .send(command(reply))
             .await
             .map_err(|_| stopped(name))?;
         answer.await.map_err(|_| stopped(name))?
