@@ -17,7 +17,7 @@
 
 use eventsource::prelude::*;
 use eventsource::projection::{PgTx, SqliteTx};
-use eventsource::subscription::{ProjectionState, Subscriptions};
+use eventsource::subscription::{RunnerState, Subscriptions};
 use eventsource::{ReadAll, RecordedEvent, SqlProjection};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -473,7 +473,7 @@ where
             status.state,
             status.checkpoint.map_or("-".into(), |c| c.to_string())
         );
-        assert_eq!(status.state, ProjectionState::Live);
+        assert_eq!(status.state, RunnerState::Live);
     }
 
     // Rebuild the table from zero, in one transaction: readers see the old table until then.

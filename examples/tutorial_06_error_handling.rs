@@ -10,7 +10,7 @@
 //!   told apart from the store's failures (`Error`: not found, concurrency, retries exhausted...),
 //!   and `try_load` turns "not found" into `None`.
 //! - A projection whose handler fails is retried with exponential backoff
-//!   (`ProjectionOptions::max_attempts`, `backoff`): a transient failure (a flaky mail server)
+//!   (`RunnerOptions::max_attempts`, `backoff`): a transient failure (a flaky mail server)
 //!   heals by itself.
 //! - An event that keeps failing is dead-lettered (`dead_letters`: which event, why, how many
 //!   attempts) and the projection goes on with the next one (`OnFailure::Skip`): one poison
@@ -24,7 +24,7 @@
 
 use eventsource::Repository;
 use eventsource::prelude::*;
-use eventsource::subscription::{OnFailure, ProjectionOptions, ProjectionState, Subscriptions};
+use eventsource::subscription::{OnFailure, RunnerOptions, RunnerState, Subscriptions};
 use eventsource::{AnyStore, CheckpointStore};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -122,7 +122,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     assigned_task(&tasks, "Audit the logs", "mallory").await?;
     assigned_task(&tasks, "Write the report", "bob").await?;
     let directory_fixed = Arc::new(AtomicBool::new(false));
-    let options = ProjectionOptions::default()
+    let options = RunnerOptions::default()
         .max_attempts(3)
         .backoff(Duration::from_millis(10), Duration::from_millis(100));
     let mut subscriptions = Subscriptions::new(store.clone()).with_options(options.clone());
@@ -168,7 +168,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         "strict notifier: {:?}, checkpoint {:?}",
         status.state, status.checkpoint
     );
-    assert!(matches!(status.state, ProjectionState::Failed(_)));
+    assert!(matches!(status.state, RunnerState::Failed(_)));
     assert!(status.checkpoint < Some(letters[0].position));
     strict.0.shutdown().await;
 

@@ -8,7 +8,7 @@ use eventsource::health::{HealthOptions, HealthReport, Status};
 use eventsource::prelude::*;
 use eventsource::projection::HandlerError;
 use eventsource::subscription::{
-    OnFailure, ProjectionOptions, ProjectionState, RunningSubscriptions, Subscriptions,
+    OnFailure, RunnerOptions, RunnerState, RunningSubscriptions, Subscriptions,
 };
 use eventsource::{CheckpointStore, EventView, NewEvent};
 use eventsource::{ExpectedVersion, Position, Projection, StreamId, StreamQuery};
@@ -151,8 +151,8 @@ impl SharedB {
     }
 }
 
-fn fast() -> ProjectionOptions {
-    ProjectionOptions::default()
+fn fast() -> RunnerOptions {
+    RunnerOptions::default()
         .max_attempts(1)
         .backoff(Duration::from_millis(1), Duration::from_millis(20))
         .poll_interval(Duration::from_millis(100))
@@ -699,10 +699,7 @@ where
     let poisoned = subscriptions.add(Deposits::<2>::default());
     let running = subscriptions.start();
     let _ = running.wait_until(position, WAIT).await;
-    assert!(matches!(
-        poisoned.status().state,
-        ProjectionState::Failed(_)
-    ));
+    assert!(matches!(poisoned.status().state, RunnerState::Failed(_)));
     let report = running.health(store, &HealthOptions::default()).await;
     assert_eq!(report.status, Status::Degraded, "{report:?}");
     assert_eq!(report.http_status(), 200);
@@ -780,7 +777,7 @@ async fn shutdown_on_a_signal_stores_checkpoints() {
     tokio::time::timeout(WAIT, futures::future::join(stopping, send))
         .await
         .expect("stopped on the signal");
-    assert_eq!(deposits.status().state, ProjectionState::Stopped);
+    assert_eq!(deposits.status().state, RunnerState::Stopped);
     assert_eq!(
         store.checkpoint("obs_deposits").await.unwrap(),
         Some(position)

@@ -6,7 +6,7 @@ use eventsource::CheckpointStore;
 use eventsource::prelude::*;
 use eventsource::process::{ProcessManager, Reaction};
 use eventsource::repository::Once;
-use eventsource::subscription::{ProjectionOptions, Subscriptions};
+use eventsource::subscription::{RunnerOptions, Subscriptions};
 use eventsource::{
     ExpectedVersion, HandlerError, Position, ReadAll, Repository, Root, StreamId, StreamQuery,
 };
@@ -327,8 +327,8 @@ impl<S: EventStore + Clone + 'static> Checkout<S> {
 
 // ----- Helpers -----
 
-fn fast() -> ProjectionOptions {
-    ProjectionOptions::default()
+fn fast() -> RunnerOptions {
+    RunnerOptions::default()
         .backoff(Duration::from_millis(1), Duration::from_millis(10))
         .poll_interval(Duration::from_millis(50))
         .lease_retry(Duration::from_millis(20))
@@ -406,7 +406,7 @@ async fn run<S>(
     until: Position,
 ) -> (
     eventsource::subscription::RunningSubscriptions,
-    eventsource::process::ProcessHandle<Checkout<S>>,
+    eventsource::subscription::Handle<Checkout<S>>,
 )
 where
     S: EventStore + CheckpointStore + Clone + 'static,
@@ -835,8 +835,8 @@ async fn ignored_events_cost_no_checkpoint_each() {
         )
         .await
         .unwrap();
-    let mut subscriptions = Subscriptions::new(store.clone())
-        .with_options(ProjectionOptions::default().batch_size(100));
+    let mut subscriptions =
+        Subscriptions::new(store.clone()).with_options(RunnerOptions::default().batch_size(100));
     let handle = subscriptions.add_process(OneInTwenty {
         reacted: Mutex::new(0),
     });

@@ -268,3 +268,69 @@ fn reset_empties_the_read_model() {
     counter.reset();
     assert_eq!(counter.count, 0);
 }
+
+/// A projection whose effects live in another system (it forwards each rename), run durably:
+/// not `Default`, and no reset method, since there is nothing in process to empty.
+struct Forwarder {
+    sent: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+}
+
+#[projection(name = "dispatch.forwarder")]
+impl Forwarder {
+    #[handles]
+    fn renamed(&mut self, event: &Renamed) {
+        self.sent.lock().unwrap().push(event.name.clone());
+    }
+}
+
+#[test]
+fn whether_reset_empties_follows_default_and_the_reset_key() {
+    const { assert!(<Balances as Projection>::RESETS) };
+    const { assert!(<Counter as Projection>::RESETS) };
+    const { assert!(!<Forwarder as Projection>::RESETS) };
+    let sent = std::sync::Arc::default();
+    let mut forwarder = Forwarder {
+        sent: std::sync::Arc::clone(&sent),
+    };
+    sent.lock().unwrap().push("kept".to_owned());
+    forwarder.reset();
+    assert_eq!(
+        *forwarder.sent.lock().unwrap(),
+        ["kept"],
+        "nothing to empty"
+    );
+}
+
+/// A durable projection that is not `Default` runs, and is rebuilt (its effects sent again from
+/// the first event), without a reset method.
+#[tokio::test]
+async fn a_durable_projection_needs_neither_default_nor_reset() {
+    use eventsource::subscription::Subscriptions;
+    let store = InMemoryEventStore::new();
+    let renames = |names: &[&str]| {
+        names
+            .iter()
+            .map(|name| {
+                NewEvent::new(&Renamed {
+                    name: (*name).to_owned(),
+                })
+                .unwrap()
+            })
+            .collect()
+    };
+    append(&store, &stream("a"), renames(&["Ada", "Grace"])).await;
+    let sent = std::sync::Arc::default();
+    let mut subscriptions = Subscriptions::new(store.clone());
+    let forwarder = subscriptions.add_durable(Forwarder {
+        sent: std::sync::Arc::clone(&sent),
+    });
+    let running = subscriptions.start();
+    let head = store.log_head().await.unwrap().last;
+    let wait = std::time::Duration::from_secs(10);
+    running.wait_until(head, wait).await.unwrap();
+    assert_eq!(*sent.lock().unwrap(), ["Ada", "Grace"]);
+    running.rebuild("dispatch.forwarder").await.unwrap();
+    assert_eq!(*sent.lock().unwrap(), ["Ada", "Grace", "Ada", "Grace"]);
+    assert_eq!(forwarder.status().checkpoint, Some(head));
+    running.shutdown().await;
+}

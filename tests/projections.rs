@@ -7,7 +7,7 @@ use eventsource::checkpoint::TransactionalStore;
 use eventsource::prelude::*;
 use eventsource::projection::{HandlerError, Transaction};
 use eventsource::subscription::{
-    OnFailure, ProjectionOptions, ProjectionState, RunningSubscriptions, Subscriptions,
+    OnFailure, RunnerOptions, RunnerState, RunningSubscriptions, Subscriptions,
 };
 use eventsource::{CheckpointStore, EventView, NewEvent};
 use eventsource::{
@@ -38,8 +38,8 @@ fn account(n: usize) -> StreamId {
     StreamId::new("Account", format!("a{n}")).unwrap()
 }
 
-fn fast() -> ProjectionOptions {
-    ProjectionOptions::default()
+fn fast() -> RunnerOptions {
+    RunnerOptions::default()
         .batch_size(7)
         .backoff(Duration::from_millis(1), Duration::from_millis(5))
         .poll_interval(Duration::from_millis(200))
@@ -121,9 +121,9 @@ async fn write<S: EventStore>(store: &S, from: usize, count: usize) -> Position 
 
 /// Waits (up to a few seconds) for a projection caught up with the head to say it is live: the
 /// runner probes the head once more after its last full page before it calls itself live.
-async fn becomes_live(state: impl Fn() -> ProjectionState) {
+async fn becomes_live(state: impl Fn() -> RunnerState) {
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while state() != ProjectionState::Live {
+    while state() != RunnerState::Live {
         assert!(
             std::time::Instant::now() < deadline,
             "still {:?}, not live",
@@ -167,7 +167,7 @@ where
     assert_eq!(running.lag("balances").await.unwrap(), 0);
     becomes_live(|| balances.status().state).await;
     running.shutdown().await;
-    assert_eq!(balances.status().state, ProjectionState::Stopped);
+    assert_eq!(balances.status().state, RunnerState::Stopped);
 }
 
 /// A handler that fails twice on an event, then succeeds: retried with backoff, applied once,
@@ -249,7 +249,7 @@ where
         .wait_until(Position::new(u64::MAX), Duration::from_secs(10))
         .await;
     match stopping.status().state {
-        ProjectionState::Failed(reason) => assert!(reason.contains("deposit of 7"), "{reason}"),
+        RunnerState::Failed(reason) => assert!(reason.contains("deposit of 7"), "{reason}"),
         other => panic!("expected the projection to fail, got {other:?}"),
     }
     assert_eq!(
@@ -304,6 +304,51 @@ where
         5,
         "only the events after the checkpoint"
     );
+    running.shutdown().await;
+}
+
+/// One projection type run under names built at run time (per region, say), beside a relay
+/// named at run time: each has its own checkpoint, status and rebuild, under its own name.
+async fn names_built_at_run_time<S>(store: &S)
+where
+    S: EventStore + CheckpointStore + Clone + 'static,
+{
+    write(store, 0, 12).await;
+    let names: Vec<String> = ["eu", "us"]
+        .iter()
+        .map(|r| format!("balances-{r}"))
+        .collect();
+    let relay = format!("outbox-{}", names.len());
+    let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
+    let handles: Vec<_> = names
+        .iter()
+        .map(|name| subscriptions.add_durable_named(name.clone(), Balances::default()))
+        .collect();
+    let outbox = subscriptions.add_relay(eventsource::bus::Relay::new(
+        relay.clone(),
+        eventsource::bus::InMemoryBus::new(64),
+    ));
+    let running = subscriptions.start();
+    caught_up(&running, store).await;
+    let head = store.log_head().await.unwrap().last;
+    for (name, handle) in names.iter().zip(&handles) {
+        assert_eq!(&handle.status().name, name);
+        assert_eq!(handle.read().applied, 12);
+        assert_eq!(store.checkpoint(name).await.unwrap(), Some(head));
+    }
+    assert_eq!(outbox.status().name, relay);
+    assert_eq!(store.checkpoint("balances").await.unwrap(), None);
+    let mut reported: Vec<_> = running.status().into_iter().map(|s| s.name).collect();
+    reported.sort();
+    assert_eq!(reported, [names[0].clone(), names[1].clone(), relay]);
+
+    running.rebuild(&names[1]).await.unwrap();
+    assert_eq!(
+        handles[1].read().applied,
+        12,
+        "rebuilt from zero, not on top"
+    );
+    assert_eq!(handles[0].read().applied, 12);
     running.shutdown().await;
 }
 
@@ -527,6 +572,7 @@ every_backend!(
     poison_event_is_dead_lettered,
     rebuild_equals_original,
     restart_resumes_from_the_checkpoint,
+    names_built_at_run_time,
 );
 
 // ----- Database read models: exactly once -----
@@ -632,7 +678,7 @@ async fn exactly_once_across_a_crash<S>(
     let _ = running
         .wait_until(Position::new(u64::MAX), Duration::from_secs(10))
         .await;
-    assert!(matches!(failing.status().state, ProjectionState::Failed(_)));
+    assert!(matches!(failing.status().state, RunnerState::Failed(_)));
     running.shutdown().await;
     assert_eq!(
         applied(store).await,
@@ -750,7 +796,7 @@ async fn postgres_takeover_between_two_managers() {
     let second_model = second.add_sql(SqlBalances::<sqlx::Postgres>::new(None));
     let second = second.start();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(second_model.status().state, ProjectionState::Standby);
+    assert_eq!(second_model.status().state, RunnerState::Standby);
 
     let writer = {
         let store = store.clone();
@@ -798,12 +844,12 @@ where
     let standby_model = standby.add_sql(SqlBalances::<S::Database>::new(None));
     let standby = standby.start();
     for _ in 0..100 {
-        if standby_model.status().state == ProjectionState::Standby {
+        if standby_model.status().state == RunnerState::Standby {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert_eq!(standby_model.status().state, ProjectionState::Standby);
+    assert_eq!(standby_model.status().state, RunnerState::Standby);
 
     for (round, event) in [deposit(7), NewEvent::from_json("proj.Unhandled", 1, "{}")]
         .into_iter()
@@ -828,7 +874,7 @@ where
         }
     }
     let status = standby_model.status();
-    assert_eq!(status.state, ProjectionState::Standby);
+    assert_eq!(status.state, RunnerState::Standby);
     assert_eq!(status.checkpoint, live_model.status().checkpoint);
     live.shutdown().await;
     standby.shutdown().await;

@@ -4,9 +4,7 @@
 
 use eventsource::bus::{BusConsumer, ConsumerGroup, EventBus, InMemoryBus, Relay};
 use eventsource::prelude::*;
-use eventsource::subscription::{
-    ProjectionOptions, ProjectionState, RunningSubscriptions, Subscriptions,
-};
+use eventsource::subscription::{RunnerOptions, RunnerState, RunningSubscriptions, Subscriptions};
 use eventsource::{CheckpointStore, NewEvent, SqliteEventStore};
 use eventsource::{ExpectedVersion, Position, ReadAll, RecordedEvent, StreamId};
 use eventsource_tests::buses::{drain, next_within};
@@ -26,8 +24,8 @@ struct Deposited {
     cents: i64,
 }
 
-fn fast() -> ProjectionOptions {
-    ProjectionOptions::default()
+fn fast() -> RunnerOptions {
+    RunnerOptions::default()
         .batch_size(7)
         .backoff(Duration::from_millis(1), Duration::from_millis(20))
         .poll_interval(Duration::from_millis(200))
@@ -263,8 +261,8 @@ where
     let second_relay = subscriptions.add_relay(Relay::new("outbox", bus.clone()));
     let second = subscriptions.start();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(first_relay.status().state, ProjectionState::Live);
-    assert_eq!(second_relay.status().state, ProjectionState::Standby);
+    assert_eq!(first_relay.status().state, RunnerState::Live);
+    assert_eq!(second_relay.status().state, RunnerState::Standby);
     write(store, 20, 10).await;
     caught_up(&first, store).await;
 
@@ -273,12 +271,11 @@ where
     caught_up(&second, other_process).await;
     // Caught up may be seen a moment before the runner reads the head once more and says Live.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while second_relay.status().state != ProjectionState::Live
-        && tokio::time::Instant::now() < deadline
+    while second_relay.status().state != RunnerState::Live && tokio::time::Instant::now() < deadline
     {
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    assert_eq!(second_relay.status().state, ProjectionState::Live);
+    assert_eq!(second_relay.status().state, RunnerState::Live);
 
     let received = drain(&mut consumer, QUIET).await;
     assert_eq!(

@@ -4,7 +4,7 @@
 
 use eventsource::prelude::*;
 use eventsource::projection::PgTx;
-use eventsource::subscription::{ProjectionOptions, Subscriptions};
+use eventsource::subscription::{RunnerOptions, Subscriptions};
 use eventsource::{CheckpointStore, EventContext, HandlerError, NewEvent, PostgresEventStore};
 use eventsource::{ExpectedVersion, ReadAll, RecordedEvent, StreamId};
 use eventsource_tests::databases;
@@ -261,7 +261,7 @@ async fn projection_batches_survive_killed_connections() {
 
     let killer = Killer::start(options, victim, Duration::from_millis(100)).await;
     let mut subscriptions = Subscriptions::new(store.clone()).with_options(
-        ProjectionOptions::default()
+        RunnerOptions::default()
             .batch_size(25)
             .backoff(Duration::from_millis(5), Duration::from_millis(50)),
     );

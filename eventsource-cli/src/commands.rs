@@ -7,7 +7,7 @@ use crate::args::{
 use crate::error::CliError;
 use crate::output::{Output, event_json, note, or_dash, payload, time};
 use eventsource::admin::{Inspect, SchemaState, StreamListing};
-use eventsource::subscription::{ProjectionOptions, ProjectionState, RunningSubscriptions};
+use eventsource::subscription::{RunnerOptions, RunnerState, RunningSubscriptions};
 use eventsource::{
     AnyStore, CheckpointStore, EventStore, Position, ReadAll, RecordedEvent, StreamId, StreamQuery,
 };
@@ -31,7 +31,7 @@ fn plural(n: u64, thing: &str) -> String {
 pub(crate) async fn run(
     arguments: Arguments,
     projections: Vec<Registered>,
-    options: ProjectionOptions,
+    options: RunnerOptions,
     program: &str,
 ) -> Result<()> {
     let url = store_url(arguments.db)?;
@@ -551,7 +551,7 @@ fn embedded(
 async fn start(
     store: &AnyStore,
     registered: Registered,
-    options: ProjectionOptions,
+    options: RunnerOptions,
 ) -> Result<RunningSubscriptions> {
     let name = registered.name;
     let running = (registered.start)(store, options)?;
@@ -563,10 +563,10 @@ async fn start(
             .find(|s| s.name == name)
             .map(|s| s.state);
         match state {
-            Some(ProjectionState::Starting) if tokio::time::Instant::now() < deadline => {
+            Some(RunnerState::Starting) if tokio::time::Instant::now() < deadline => {
                 tokio::time::sleep(Duration::from_millis(20)).await;
             }
-            Some(ProjectionState::Standby) => {
+            Some(RunnerState::Standby) => {
                 running.shutdown().await;
                 return Err(CliError::ProjectionBusy {
                     name: name.to_owned(),
@@ -580,7 +580,7 @@ async fn start(
 async fn rebuild(
     store: &AnyStore,
     registered: Registered,
-    options: ProjectionOptions,
+    options: RunnerOptions,
     out: &mut Output,
 ) -> Result<()> {
     let name = registered.name;
@@ -630,7 +630,7 @@ async fn rebuild(
 async fn replay(
     store: &AnyStore,
     registered: Registered,
-    options: ProjectionOptions,
+    options: RunnerOptions,
     out: &mut Output,
 ) -> Result<()> {
     let name = registered.name;

@@ -87,7 +87,7 @@ pub mod __fuzz {
 
 use eventsource::AnyStore;
 use eventsource::checkpoint::TransactionalStore;
-use eventsource::subscription::{ProjectionOptions, RunningSubscriptions, Subscriptions};
+use eventsource::subscription::{RunnerOptions, RunningSubscriptions, Subscriptions};
 use eventsource::{Projection, SqlProjection};
 use std::ffi::OsString;
 use std::process::ExitCode;
@@ -97,7 +97,7 @@ use std::process::ExitCode;
 /// Build it with [`new`](Self::new), add projections, then [`run`](Self::run) it from `main`.
 pub struct Cli {
     projections: Vec<Registered>,
-    options: ProjectionOptions,
+    options: RunnerOptions,
 }
 
 /// A projection the binary can run: its name, the event types it reads, and how to start it.
@@ -108,7 +108,7 @@ pub(crate) struct Registered {
 }
 
 type StartFn =
-    Box<dyn FnOnce(&AnyStore, ProjectionOptions) -> Result<RunningSubscriptions, CliError> + Send>;
+    Box<dyn FnOnce(&AnyStore, RunnerOptions) -> Result<RunningSubscriptions, CliError> + Send>;
 
 impl std::fmt::Debug for Cli {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -133,7 +133,7 @@ impl Cli {
     pub fn new() -> Self {
         Cli {
             projections: Vec::new(),
-            options: ProjectionOptions::default(),
+            options: RunnerOptions::default(),
         }
     }
 
@@ -182,8 +182,8 @@ impl Cli {
     }
 
     /// The options `rebuild` and `replay` run projections with (retries, batch size): give the
-    /// ones your application uses. Default: [`ProjectionOptions::default`].
-    pub fn options(mut self, options: ProjectionOptions) -> Self {
+    /// ones your application uses. Default: [`RunnerOptions::default`].
+    pub fn options(mut self, options: RunnerOptions) -> Self {
         self.options = options;
         self
     }

@@ -11,7 +11,7 @@ use common::{Backend, TestDb, json_lines};
 use eventsource::AnyStore;
 use eventsource::prelude::*;
 use eventsource::projection::{PgTx, SqliteTx};
-use eventsource::subscription::ProjectionOptions;
+use eventsource::subscription::RunnerOptions;
 use serde::{Deserialize, Serialize};
 use std::process::{Command, ExitCode, Output};
 
@@ -110,7 +110,7 @@ async fn application_cli(args: Vec<String>) -> ExitCode {
         .projection(Revenue::default())
         .sql_projection(OrderTable)
         .sql_projection(OrderTablePg)
-        .options(ProjectionOptions::default().max_attempts(1))
+        .options(RunnerOptions::default().max_attempts(1))
         .run_from(args)
         .await
 }

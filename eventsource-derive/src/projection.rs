@@ -6,7 +6,6 @@ use crate::internals::Ctxt;
 use crate::internals::ast::{Projection, ProjectionHandler};
 use proc_macro2::TokenStream;
 use quote::{quote, quote_spanned};
-use syn::spanned::Spanned;
 
 pub(crate) fn expand(args: TokenStream, input: TokenStream) -> TokenStream {
     let item: syn::ItemImpl = match syn::parse2(input.clone()) {
@@ -169,15 +168,25 @@ fn generate(projection: &Projection) -> TokenStream {
     } else {
         let reset = match &projection.attrs.reset {
             Some(method) => quote_spanned! {method.span()=>
-                let () = Self::#method(self);
+                fn reset(&mut self) {
+                    let () = Self::#method(self);
+                }
             },
-            // On the type: a projection that is not `Default` is reported there, in our words.
-            None => respan(
-                quote! {
-                    *self = <Self as #krate::__private::StartsEmpty>::empty();
-                },
-                self_ty.span(),
-            ),
+            // `Default::default()` if the type is `Default`; otherwise nothing, and `RESETS`
+            // tells the in-memory `add` so.
+            None => quote! {
+                const RESETS: bool = {
+                    #[allow(unused_imports)]
+                    use #krate::__private::NotDefault as _;
+                    <#krate::__private::Probe<Self>>::IS_DEFAULT
+                };
+
+                fn reset(&mut self) {
+                    #[allow(unused_imports)]
+                    use #krate::__private::NotDefault as _;
+                    <#krate::__private::Probe<Self>>::reset(self);
+                }
+            },
         };
         // The location is enough unless a handler takes the whole context.
         let fields = if valid.iter().any(|h| h.context && !h.location) {
@@ -203,9 +212,7 @@ fn generate(projection: &Projection) -> TokenStream {
                     #krate::__private::Ok(())
                 }
 
-                fn reset(&mut self) {
-                    #reset
-                }
+                #reset
             }
         }
     };

@@ -32,7 +32,7 @@
 //! ```
 
 use crate::store::EventStore;
-use crate::subscription::{ProjectionState, RunningSubscriptions};
+use crate::subscription::{RunnerState, RunningSubscriptions};
 use serde::Serialize;
 use std::time::{Duration, Instant};
 
@@ -180,12 +180,12 @@ impl RunningSubscriptions {
                 (None, None)
             };
             let (state, failure) = match &status.state {
-                ProjectionState::Starting => ("starting", None),
-                ProjectionState::CatchingUp => ("catching_up", None),
-                ProjectionState::Live => ("live", None),
-                ProjectionState::Standby => ("standby", None),
-                ProjectionState::Stopped => ("stopped", None),
-                ProjectionState::Failed(error) => ("failed", Some(error.clone())),
+                RunnerState::Starting => ("starting", None),
+                RunnerState::CatchingUp => ("catching_up", None),
+                RunnerState::Live => ("live", None),
+                RunnerState::Standby => ("standby", None),
+                RunnerState::Stopped => ("stopped", None),
+                RunnerState::Failed(error) => ("failed", Some(error.clone())),
                 #[allow(unreachable_patterns)]
                 _ => ("unknown", None),
             };

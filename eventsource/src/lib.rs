@@ -328,23 +328,38 @@ pub mod __private {
         name == event_type || aliases.contains(&name)
     }
 
-    /// How an in-memory projection without `reset = ...` empties itself: `Default`, whose
-    /// absence is reported in our words.
-    #[diagnostic::on_unimplemented(
-        message = "an in-memory projection starts empty: derive `Default` for `{Self}`, or name a reset method with `#[projection(reset = clear)]`",
-        label = "`{Self}` is not `Default`"
-    )]
-    pub trait StartsEmpty: Sized {
-        /// The empty read model.
-        fn empty() -> Self;
-    }
+    /// How `#[projection]` without `reset = ...` empties a read model: to `Default::default()`
+    /// if the type is `Default` ([`Probe`]'s inherent items, chosen when they apply), and not at
+    /// all otherwise ([`NotDefault`]'s, the fallback): a projection whose effects live elsewhere
+    /// (run with `add_durable`) need not be `Default`, and the in-memory `add` refuses one
+    /// whose `RESETS` is false.
+    #[derive(Debug)]
+    pub struct Probe<T>(core::marker::PhantomData<T>);
 
-    impl<T: Default> StartsEmpty for T {
+    impl<T: Default> Probe<T> {
+        /// The type is `Default`: a rebuild starts from it.
+        pub const IS_DEFAULT: bool = true;
+
+        /// Empties `model`.
         #[inline]
-        fn empty() -> Self {
-            T::default()
+        pub fn reset(model: &mut T) {
+            *model = T::default();
         }
     }
+
+    /// [`Probe`]'s fallback, for a type that is not `Default`.
+    pub trait NotDefault {
+        /// The type is not `Default`.
+        const IS_DEFAULT: bool = false;
+
+        /// Leaves `model` as it is.
+        #[inline]
+        fn reset<T>(model: &mut T) {
+            let _ = model;
+        }
+    }
+
+    impl<T> NotDefault for Probe<T> {}
 
     /// Whether two event types share a stored name, counting aliases.
     pub const fn names_overlap(a: &str, a_aliases: &[&str], b: &str, b_aliases: &[&str]) -> bool {

@@ -4,7 +4,7 @@
 //! [`react`](ProcessManager::react) that sends commands through [`Reaction::send`]: a
 //! [`Repository::update_once`] whose idempotency key is derived from the process's name, the
 //! triggering event's id and the step's name. The subscription manager runs it
-//! ([`Subscriptions::add_process`]) like a durable projection: catch-up then live, its checkpoint
+//! ([`Subscriptions::add_process`](crate::subscription::Subscriptions::add_process)) like a durable projection: catch-up then live, its checkpoint
 //! in the event store's database, retries, dead letters, one runner at a time (the lease).
 //!
 //! Delivery is at least once: a crash after a reaction's commands are saved and before the
@@ -89,17 +89,13 @@
 
 use crate::aggregate::{Aggregate, Root};
 use crate::checkpoint::CheckpointStore;
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::event::{DomainEvent, Metadata, RecordedEvent};
 use crate::projection::HandlerError;
 use crate::repository::{Once, Repository, UpdateError};
 use crate::store::EventStore;
 use crate::stream::Position;
-use crate::subscription::{
-    Command, OnFailure, Progress, ProjectionOptions, ProjectionStatus, Runner, Step, StepError,
-    Subscriptions, event_at, item_position, letter_for, letter_for_damaged, read_page,
-};
-use std::fmt;
+use crate::subscription::{Applied, Replayed, Runner, RunnerCore, Step, StepError, item_position};
 use std::future::Future;
 use std::sync::Arc;
 use uuid::Uuid;
@@ -214,86 +210,11 @@ impl<'a> Reaction<'a> {
     }
 }
 
-/// A running process manager: its state and checkpoint, and the manager itself.
-pub struct ProcessHandle<M> {
-    manager: Arc<M>,
-    progress: Arc<Progress>,
-}
-
-impl<M> Clone for ProcessHandle<M> {
-    fn clone(&self) -> Self {
-        ProcessHandle {
-            manager: Arc::clone(&self.manager),
-            progress: Arc::clone(&self.progress),
-        }
-    }
-}
-
-impl<M> fmt::Debug for ProcessHandle<M> {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("ProcessHandle")
-            .field("status", &self.progress.get())
-            .finish_non_exhaustive()
-    }
-}
-
-impl<M> ProcessHandle<M> {
-    /// The process manager.
-    pub fn manager(&self) -> &M {
-        &self.manager
-    }
-
-    /// Its state and checkpoint.
-    pub fn status(&self) -> ProjectionStatus {
-        self.progress.get()
-    }
-}
-
-impl<S> Subscriptions<S>
-where
-    S: EventStore + CheckpointStore + Clone + 'static,
-{
-    /// Adds a process manager, run like a durable projection: its checkpoint in the event
-    /// store's database, moved after each event it has reacted to; at least once, its commands
-    /// made idempotent by [`Reaction::send`]. A reaction that keeps failing is dead-lettered
-    /// ([`replay_dead_letters`](crate::subscription::RunningSubscriptions::replay_dead_letters)
-    /// reacts again). A process manager is not rebuilt: `rebuild` fails, as its effects are
-    /// commands, not a read model.
-    pub fn add_process<M: ProcessManager>(&mut self, manager: M) -> ProcessHandle<M> {
-        let handle = ProcessHandle {
-            manager: Arc::new(manager),
-            progress: Progress::new(M::NAME),
-        };
-        let (manager, progress) = (Arc::clone(&handle.manager), Arc::clone(&handle.progress));
-        self.add_runner(|store, options| ProcessRunner {
-            store,
-            manager,
-            progress,
-            options,
-            event_types: M::event_types(),
-        });
-        handle
-    }
-}
-
 /// One process manager's loop body: react to each event of a page, retried, and move the
 /// checkpoint past it.
-struct ProcessRunner<S, M> {
-    store: S,
-    manager: Arc<M>,
-    progress: Arc<Progress>,
-    options: ProjectionOptions,
-    event_types: Vec<&'static str>,
-}
-
-/// What reacting to one event came to.
-enum Reacted {
-    /// Done, or dead-lettered under [`OnFailure::Skip`]: the checkpoint moves past it; `acted`
-    /// when something was done (a command sent, a dead letter written), so that the checkpoint
-    /// is stored before the next event.
-    Past { acted: bool },
-    /// The process stops before it.
-    Stop(Error),
+pub(crate) struct ProcessRunner<S, M> {
+    pub(crate) core: RunnerCore<S>,
+    pub(crate) manager: Arc<M>,
 }
 
 impl<S, M> ProcessRunner<S, M>
@@ -301,39 +222,25 @@ where
     S: EventStore + CheckpointStore + 'static,
     M: ProcessManager,
 {
-    /// Reacts to one event, with retries; dead-letters it when they run out.
-    async fn react(&self, item: Result<RecordedEvent>) -> Reacted {
-        let event = match item {
-            Ok(event) => event,
-            Err(error) => {
-                return match letter_for_damaged(M::NAME, error) {
-                    Ok(letter) => self.dead_letter(letter).await,
-                    Err(error) => Reacted::Stop(error),
-                };
-            }
-        };
-        let mut attempt = 0;
-        loop {
-            attempt += 1;
-            let reaction = Reaction::new(M::NAME, &event);
-            match self.manager.react(&reaction).await {
-                Ok(()) => {
-                    return Reacted::Past {
-                        acted: reaction.has_acted(),
-                    };
-                }
-                Err(error) if attempt < self.options.max_attempts => {
-                    tracing::debug!(process = M::NAME, position = %event.position, attempt, %error, "reaction failed; retrying");
-                    tokio::time::sleep(self.options.delay(attempt)).await;
-                }
-                Err(error) => {
-                    tracing::warn!(process = M::NAME, position = %event.position, attempts = attempt, %error, "reaction failed; dead-lettering the event");
-                    return self
-                        .dead_letter(letter_for(M::NAME, &event, &*error, attempt))
-                        .await;
-                }
-            }
-        }
+    /// Reacts to one event, with retries; dead-letters it when they run out. `Done(acted)`:
+    /// whether the reaction did something (sent a command), so that the checkpoint is stored
+    /// before the next event (as it is after a dead letter).
+    async fn react(&self, item: Result<RecordedEvent>) -> Applied<bool> {
+        self.core
+            .apply_or_dead_letter(
+                "reaction",
+                item,
+                None,
+                &mut &*self.manager,
+                |_, manager, event| {
+                    Box::pin(async move {
+                        let reaction = Reaction::new(M::NAME, event);
+                        let outcome = manager.react(&reaction).await;
+                        Ok(outcome.map(|()| reaction.has_acted()))
+                    })
+                },
+            )
+            .await
     }
 
     /// Stores the checkpoint at `reached` if it is past `saved` (the stored one), and reports it.
@@ -345,60 +252,14 @@ where
         if let Some(position) = reached
             && reached != *saved
         {
-            self.store
-                .save_checkpoint(M::NAME, *saved, position)
+            let core = &self.core;
+            core.checkpoints
+                .save_checkpoint(&core.name, *saved, position)
                 .await?;
             *saved = reached;
-            self.progress.set(self.progress.get().state, reached);
+            core.progress.set(core.progress.get().state, reached);
         }
         Ok(())
-    }
-
-    async fn dead_letter(&self, letter: crate::checkpoint::DeadLetter) -> Reacted {
-        let position = letter.position;
-        let error = letter.error.clone();
-        if let Err(failed) = self.store.add_dead_letter(&letter).await {
-            return Reacted::Stop(failed);
-        }
-        crate::telemetry::dead_lettered(M::NAME);
-        match self.options.on_failure {
-            OnFailure::Skip => Reacted::Past { acted: true },
-            OnFailure::Stop => Reacted::Stop(Error::ProjectionStopped {
-                projection: M::NAME.to_owned(),
-                position,
-                error,
-            }),
-        }
-    }
-
-    /// Reacts again to each dead letter; one that now succeeds leaves the table.
-    async fn replay(&self) -> Result<usize> {
-        let letters = self.store.dead_letters(M::NAME).await?;
-        let mut left = 0;
-        for letter in letters {
-            let Some(Ok(event)) = event_at(&self.store, letter.position).await? else {
-                left += 1;
-                continue;
-            };
-            match self.manager.react(&Reaction::new(M::NAME, &event)).await {
-                Ok(()) => {
-                    self.store
-                        .remove_dead_letter(M::NAME, letter.position)
-                        .await?;
-                }
-                Err(error) => {
-                    left += 1;
-                    let again = crate::checkpoint::DeadLetter {
-                        attempts: letter.attempts.saturating_add(1),
-                        error: error.to_string(),
-                        failed_at: crate::event::now(),
-                        ..letter
-                    };
-                    self.store.add_dead_letter(&again).await?;
-                }
-            }
-        }
-        Ok(left)
     }
 }
 
@@ -410,23 +271,8 @@ where
     type Store = S;
     type Checkpoints = S;
 
-    fn store(&self) -> &S {
-        &self.store
-    }
-    fn checkpoints(&self) -> &S {
-        &self.store
-    }
-    fn progress(&self) -> &Arc<Progress> {
-        &self.progress
-    }
-    fn options(&self) -> &ProjectionOptions {
-        &self.options
-    }
-    fn name(&self) -> &'static str {
-        M::NAME
-    }
-    fn event_types(&self) -> &[&'static str] {
-        &self.event_types
+    fn core(&self) -> &RunnerCore<S> {
+        &self.core
     }
 
     /// Reacts to a page's events in order, storing the checkpoint after each reaction that did
@@ -436,38 +282,29 @@ where
     /// A process that reacts to one event in twenty pays one checkpoint per reaction, not
     /// twenty.
     async fn step(&mut self, checkpoint: Option<Position>) -> std::result::Result<Step, StepError> {
-        let page = read_page(
-            &self.store,
-            checkpoint,
-            &self.event_types,
-            self.options.batch_size,
-        )
-        .await
-        .map_err(StepError::Read)?;
-        if page.is_empty() {
+        let Some((page, full)) = self.core.next_page(checkpoint).await? else {
             return Ok(Step::Empty);
-        }
-        let full = page.len() >= self.options.batch_size;
+        };
         // The checkpoint as stored, and how far the reactions went.
         let mut saved = checkpoint;
         let mut reached = checkpoint;
         for item in page {
             let position = item_position(&item);
-            match self.react(item).await {
-                Reacted::Stop(error) => {
+            let acted = match self.react(item).await {
+                Applied::Done(acted) => acted,
+                Applied::DeadLettered => true,
+                Applied::Stop(error) => {
                     self.store_checkpoint(&mut saved, reached)
                         .await
                         .map_err(|error| StepError::Stop(saved, error))?;
                     return Err(StepError::Stop(saved, error));
                 }
-                Reacted::Past { acted } => {
-                    reached = Some(position);
-                    if acted {
-                        self.store_checkpoint(&mut saved, reached)
-                            .await
-                            .map_err(|error| StepError::Stop(saved, error))?;
-                    }
-                }
+            };
+            reached = Some(position);
+            if acted {
+                self.store_checkpoint(&mut saved, reached)
+                    .await
+                    .map_err(|error| StepError::Stop(saved, error))?;
             }
         }
         self.store_checkpoint(&mut saved, reached)
@@ -476,25 +313,24 @@ where
         Ok(Step::Moved { to: reached, full })
     }
 
-    async fn command(
-        &mut self,
-        command: Command,
-        checkpoint: Option<Position>,
-    ) -> Option<Position> {
-        match command {
-            Command::Rebuild(reply) => {
-                let _ = reply.send(Err(Error::ProjectionStopped {
-                    projection: M::NAME.to_owned(),
-                    position: checkpoint.unwrap_or(Position::START),
-                    error: "a process manager is not rebuilt (its effects are commands, not a \
-                            read model); it goes on from its checkpoint"
-                        .into(),
-                }));
-            }
-            Command::Replay(reply) => {
-                let _ = reply.send(self.replay().await);
-            }
-        }
-        checkpoint
+    async fn rebuild(&mut self, checkpoint: Option<Position>) -> Result<Option<Position>> {
+        Err(self.core.stopped(
+            checkpoint.unwrap_or(Position::START),
+            "a process manager is not rebuilt (its effects are commands, not a read model); it \
+             goes on from its checkpoint"
+                .into(),
+        ))
+    }
+
+    /// Reacts again to each dead letter; one that now succeeds leaves the table.
+    async fn replay(&mut self) -> Result<usize> {
+        self.core
+            .replay_dead_letters(&mut &*self.manager, |_, manager, event| {
+                Box::pin(async move {
+                    let outcome = manager.react(&Reaction::new(M::NAME, event)).await;
+                    Ok(outcome.map(|()| Replayed::Applied))
+                })
+            })
+            .await
     }
 }

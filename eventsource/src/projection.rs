@@ -189,9 +189,20 @@ pub trait Projection: Send + 'static {
         context: &EventContext<'_>,
     ) -> std::result::Result<(), HandlerError>;
 
-    /// Empties the read model, before a rebuild from the first event. Generated as
-    /// `*self = Default::default()`, or the method named by `#[projection(reset = method)]`.
-    fn reset(&mut self);
+    /// Whether [`reset`](Self::reset) empties the read model, so that an in-memory rebuild
+    /// starts from nothing. `#[projection]` sets it: true for a `Default` type or one that names
+    /// `reset = method`, false otherwise. The in-memory
+    /// [`add`](crate::subscription::Subscriptions::add) refuses (when the program is built) a
+    /// projection for which it is false; a durable one
+    /// ([`add_durable`](crate::subscription::Subscriptions::add_durable)), whose effects live
+    /// elsewhere, needs no reset.
+    const RESETS: bool = true;
+
+    /// Empties the read model, before a rebuild from the first event. `#[projection]` generates
+    /// `*self = Default::default()` for a `Default` type, or calls the method named by
+    /// `#[projection(reset = method)]`; otherwise, and by default, it does nothing: what a
+    /// durable projection whose state lives in another system needs.
+    fn reset(&mut self) {}
 }
 
 /// The transaction a [`SqlProjection`]'s handlers write through: the database of the events.

@@ -41,11 +41,11 @@ pub mod nats;
 pub mod rabbitmq;
 #[cfg(feature = "redis")]
 pub mod redis;
-mod relay;
+pub(crate) mod relay;
 pub(crate) mod wire;
 
 pub use memory::InMemoryBus;
-pub use relay::{Relay, RelayHandle};
+pub use relay::Relay;
 
 use crate::error::Result;
 use crate::event::{DomainEvent, Metadata, RecordedEvent};

@@ -14,20 +14,17 @@ use crate::error::Result;
 use crate::event::DomainEvent;
 use crate::store::EventStore;
 use crate::stream::Position;
-use crate::subscription::{
-    Command, Entry, Progress, ProjectionOptions, ProjectionState, ProjectionStatus, Runner, Step,
-    StepError, Subscriptions, letter_for_damaged, read_page,
-};
+use crate::subscription::{Runner, RunnerCore, RunnerState, Step, StepError, letter_for_damaged};
 use crate::telemetry::Traced;
 use std::fmt;
 use std::sync::Arc;
 
 /// A relay's configuration: its name (the key of its checkpoint and lease), the bus, and the
-/// events it publishes. Add it with [`Subscriptions::add_relay`].
+/// events it publishes. Add it with [`Subscriptions::add_relay`](crate::subscription::Subscriptions::add_relay).
 pub struct Relay<B> {
-    name: &'static str,
-    bus: B,
-    event_types: Vec<&'static str>,
+    pub(crate) name: Arc<str>,
+    pub(crate) bus: B,
+    pub(crate) event_types: Vec<&'static str>,
 }
 
 impl<B: fmt::Debug> fmt::Debug for Relay<B> {
@@ -41,10 +38,11 @@ impl<B: fmt::Debug> fmt::Debug for Relay<B> {
 }
 
 impl<B: EventBus> Relay<B> {
-    /// A relay named `name` publishing every event to `bus`.
-    pub fn new(name: &'static str, bus: B) -> Self {
+    /// A relay named `name` (a `&'static str`, or a name built at run time: a `String`)
+    /// publishing every event to `bus`.
+    pub fn new(name: impl Into<Arc<str>>, bus: B) -> Self {
         Relay {
-            name,
+            name: name.into(),
             bus,
             event_types: Vec::new(),
         }
@@ -64,91 +62,10 @@ impl<B: EventBus> Relay<B> {
     }
 }
 
-/// A relay added to a [`Subscriptions`] manager: its state and checkpoint (the position up to
-/// which every event is confirmed by the broker).
-#[derive(Clone)]
-pub struct RelayHandle {
-    progress: Arc<Progress>,
-}
-
-impl fmt::Debug for RelayHandle {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("RelayHandle")
-            .field("status", &self.progress.get())
-            .finish()
-    }
-}
-
-impl RelayHandle {
-    /// The relay's state and checkpoint.
-    pub fn status(&self) -> ProjectionStatus {
-        self.progress.get()
-    }
-}
-
-impl<S> Subscriptions<S>
-where
-    S: EventStore + CheckpointStore + Clone + 'static,
-{
-    /// Adds a relay that publishes the log to a bus, in position order, at least once, from its
-    /// checkpoint in the store's database. It runs beside the projections and answers the same
-    /// calls ([`status`](crate::subscription::RunningSubscriptions::status),
-    /// [`lag`](crate::subscription::RunningSubscriptions::lag) (the relay's backlog),
-    /// [`wait_until`](crate::subscription::RunningSubscriptions::wait_until),
-    /// [`shutdown`](crate::subscription::RunningSubscriptions::shutdown)); a rebuild publishes
-    /// everything again from the first event.
-    ///
-    /// While the broker refuses, the relay retries the same batch (every `max_backoff` of the
-    /// [`ProjectionOptions`]) and its checkpoint stays: nothing committed is skipped.
-    ///
-    /// ```
-    /// use eventsource::bus::{BusConsumer, InMemoryBus, Relay, EventBus, ConsumerGroup};
-    /// use eventsource::prelude::*;
-    /// use eventsource::{ExpectedVersion, StreamId};
-    /// use eventsource::NewEvent;
-    /// use eventsource::subscription::Subscriptions;
-    /// # #[tokio::main(flavor = "current_thread")]
-    /// # async fn main() -> eventsource::Result<()> {
-    /// let store = InMemoryEventStore::new();
-    /// let bus = InMemoryBus::new(1024);
-    /// let mut mailer = bus.subscribe(&ConsumerGroup::new("mailer")).await?;
-    ///
-    /// let mut subscriptions = Subscriptions::new(store.clone());
-    /// subscriptions.add_relay(Relay::new("outbox", bus.clone()));
-    /// let running = subscriptions.start();
-    ///
-    /// let stream = StreamId::new("Order", "o-1")?;
-    /// store.append(&stream, ExpectedVersion::NoStream, vec![NewEvent::from_json("Placed", 1, "{}")]).await?;
-    /// let delivery = mailer.next().await?;
-    /// assert_eq!(delivery.event().stream, stream);
-    /// mailer.ack(&delivery).await?;
-    /// running.shutdown().await;
-    /// # Ok(())
-    /// # }
-    /// ```
-    pub fn add_relay<B: EventBus>(&mut self, relay: Relay<B>) -> RelayHandle {
-        let progress = Progress::new(relay.name);
-        let runner = RelayRunner {
-            store: self.store.clone(),
-            bus: relay.bus,
-            progress: Arc::clone(&progress),
-            options: self.options.clone(),
-            name: relay.name,
-            event_types: relay.event_types.clone(),
-        };
-        self.entries.push(Entry::new(runner));
-        RelayHandle { progress }
-    }
-}
-
 /// The relay's runner in the manager's loop.
-struct RelayRunner<S, B> {
-    store: S,
-    bus: B,
-    progress: Arc<Progress>,
-    options: ProjectionOptions,
-    name: &'static str,
-    event_types: Vec<&'static str>,
+pub(crate) struct RelayRunner<S, B> {
+    pub(crate) core: RunnerCore<S>,
+    pub(crate) bus: B,
 }
 
 impl<S, B> Runner for RelayRunner<S, B>
@@ -159,34 +76,16 @@ where
     type Store = S;
     type Checkpoints = S;
 
-    fn store(&self) -> &S {
-        &self.store
-    }
-    fn checkpoints(&self) -> &S {
-        &self.store
-    }
-    fn progress(&self) -> &Arc<Progress> {
-        &self.progress
-    }
-    fn options(&self) -> &ProjectionOptions {
-        &self.options
-    }
-    fn name(&self) -> &'static str {
-        self.name
-    }
-    fn event_types(&self) -> &[&'static str] {
-        &self.event_types
+    fn core(&self) -> &RunnerCore<S> {
+        &self.core
     }
 
     async fn step(&mut self, checkpoint: Option<Position>) -> std::result::Result<Step, StepError> {
-        let batch_size = self.options.batch_size;
-        let page = read_page(&self.store, checkpoint, &self.event_types, batch_size)
-            .await
-            .map_err(StepError::Read)?;
-        if page.is_empty() {
+        let core = &self.core;
+        let name = &*core.name;
+        let Some((page, full)) = core.next_page(checkpoint).await? else {
             return Ok(Step::Empty);
-        }
-        let full = page.len() >= batch_size;
+        };
         let mut events = Vec::with_capacity(page.len());
         let mut last = checkpoint;
         for item in page {
@@ -199,13 +98,13 @@ where
                     // A row that cannot be read cannot be published: it goes to the relay's
                     // dead letters, and the rest of the log goes on.
                     let position = error.position();
-                    tracing::error!(relay = self.name, %error, "unreadable row not published");
-                    let letter = letter_for_damaged(self.name, error).map_err(StepError::Read)?;
-                    self.store
+                    tracing::error!(relay = name, %error, "unreadable row not published");
+                    let letter = letter_for_damaged(name, error).map_err(StepError::Read)?;
+                    core.checkpoints
                         .add_dead_letter(&letter)
                         .await
                         .map_err(StepError::Read)?;
-                    crate::telemetry::dead_lettered(self.name);
+                    crate::telemetry::dead_lettered(name);
                     last = position.max(last);
                 }
             }
@@ -213,53 +112,42 @@ where
         if !events.is_empty() {
             let span = tracing::debug_span!(
                 "eventsource.relay.publish",
-                relay = self.name,
+                relay = name,
                 events = events.len(),
                 from = events.first().map(|event| event.position.get()),
                 to = events.last().map(|event| event.position.get()),
             );
             self.bus.publish(&events).traced(span).await.map_err(|error| {
-                tracing::warn!(relay = self.name, %error, "publish failed; the batch will be published again");
+                tracing::warn!(relay = name, %error, "publish failed; the batch will be published again");
                 StepError::Read(error)
             })?;
         }
         if let Some(to) = last
             && last != checkpoint
         {
-            self.store
-                .save_checkpoint(self.name, checkpoint, to)
+            core.checkpoints
+                .save_checkpoint(name, checkpoint, to)
                 .await
                 .map_err(|error| StepError::Stop(checkpoint, error))?;
         }
         Ok(Step::Moved { to: last, full })
     }
 
-    async fn command(
-        &mut self,
-        command: Command,
-        checkpoint: Option<Position>,
-    ) -> Option<Position> {
-        match command {
-            Command::Rebuild(reply) => {
-                let result: Result<()> = match checkpoint {
-                    Some(_) => self.store.delete_checkpoint(self.name).await,
-                    None => Ok(()),
-                };
-                let next = if result.is_ok() {
-                    self.progress.set(ProjectionState::CatchingUp, None);
-                    None
-                } else {
-                    checkpoint
-                };
-                let _ = reply.send(result);
-                next
-            }
-            Command::Replay(reply) => {
-                // Unreadable rows do not read better on a second try: report how many there are.
-                let left = self.store.dead_letters(self.name).await.map(|l| l.len());
-                let _ = reply.send(left);
-                checkpoint
-            }
+    /// Publishes everything again from the first event.
+    async fn rebuild(&mut self, checkpoint: Option<Position>) -> Result<Option<Position>> {
+        if checkpoint.is_some() {
+            self.core
+                .checkpoints
+                .delete_checkpoint(&self.core.name)
+                .await?;
         }
+        self.core.progress.set(RunnerState::CatchingUp, None);
+        Ok(None)
+    }
+
+    /// Unreadable rows do not read better on a second try: reports how many there are.
+    async fn replay(&mut self) -> Result<usize> {
+        let letters = self.core.checkpoints.dead_letters(&self.core.name).await?;
+        Ok(letters.len())
     }
 }

@@ -1,5 +1,5 @@
 // In-memory projections: handlers with and without the context, one returning a `Result`, the
-// default reset (`Default`) and a named one.
+// default reset (`Default`), a named one, and none (a durable projection that is not `Default`).
 use eventsource::prelude::*;
 use eventsource::{EventLocation, Position, Projection};
 use serde::{Deserialize, Serialize};
@@ -95,6 +95,19 @@ impl Located {
     }
 }
 
+// Its effects live elsewhere: run with `add_durable`, it needs neither `Default` nor a reset.
+struct Forwarder {
+    sent: u64,
+}
+
+#[projection]
+impl Forwarder {
+    #[handles]
+    fn deposited(&mut self, _event: &Deposited) {
+        self.sent += 1;
+    }
+}
+
 fn assert_projection<P: Projection>() {}
 
 fn main() {
@@ -112,4 +125,8 @@ fn main() {
     let mut counter = Counter { seen: 3 };
     Projection::reset(&mut counter);
     assert_eq!(counter.seen, 0);
+    assert!(!<Forwarder as Projection>::RESETS);
+    let mut subscriptions =
+        eventsource::subscription::Subscriptions::new(eventsource::InMemoryEventStore::new());
+    subscriptions.add_durable(Forwarder { sent: 0 });
 }

@@ -1,5 +1,7 @@
-// An in-memory projection without `reset = ...` must be `Default`.
+// An in-memory projection must empty itself for a rebuild: `Default`, or `reset = ...`. (A
+// durable one, added with `add_durable`, needs neither: see `pass/projection_in_memory.rs`.)
 use eventsource::prelude::*;
+use eventsource::subscription::Subscriptions;
 use serde::{Deserialize, Serialize};
 
 #[derive(DomainEvent, Serialize, Deserialize)]
@@ -19,4 +21,7 @@ impl Balances {
     }
 }
 
-fn main() {}
+fn main() {
+    let mut subscriptions = Subscriptions::new(InMemoryEventStore::new());
+    subscriptions.add(Balances { total: 0 });
+}
