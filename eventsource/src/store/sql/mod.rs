@@ -1,0 +1,38 @@
+//! What every SQL backend shares, written once: row decoding and its checks, the retry policy
+//! for transient errors, the statements that differ only by dialect.
+
+mod retry;
+mod rows;
+
+#[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
+pub(crate) use retry::*;
+pub(crate) use rows::*;
+
+use super::*;
+
+impl StreamQuery {
+    /// The limit as an SQL `LIMIT` value (-1: none; SQLite and PostgreSQL both read a negative
+    /// or NULL limit as "all", we use `i64::MAX` to be explicit).
+    pub(crate) fn sql_limit(&self) -> i64 {
+        self.limit
+            .map_or(i64::MAX, |n| i64::try_from(n).unwrap_or(i64::MAX))
+    }
+
+    /// The version range as SQL bounds.
+    pub(crate) fn sql_versions(&self) -> (i64, i64) {
+        let from = i64::try_from(self.from_version).unwrap_or(i64::MAX);
+        let to = self
+            .to_version
+            .map_or(i64::MAX, |v| i64::try_from(v).unwrap_or(i64::MAX));
+        (from, to)
+    }
+}
+
+/// The free-form part of the metadata as JSON, `None` when there is none.
+pub(crate) fn extra_json(metadata: &crate::event::Metadata) -> Option<String> {
+    if metadata.extra.is_empty() {
+        None
+    } else {
+        serde_json::to_string(&metadata.extra).ok()
+    }
+}
