@@ -16,7 +16,7 @@ pub mod memory;
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-mod sql;
+pub(crate) mod sql;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod sqlite;
@@ -24,6 +24,7 @@ pub mod sqlite;
 mod warm;
 
 pub use any::AnyStore;
+pub(crate) use any::each;
 pub use dynamic::DynEventStore;
 
 pub(crate) use checks::*;

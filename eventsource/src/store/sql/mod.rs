@@ -1,6 +1,8 @@
 //! What every SQL backend shares, written once: row decoding and its checks, the retry policy
 //! for transient errors, the statements that differ only by dialect.
 
+pub(crate) mod checkpoint;
+pub(crate) mod dialect;
 mod retry;
 mod rows;
 

@@ -15,7 +15,7 @@ use super::{
     StreamQuery, check_sequence, extra_json, feed_row, feed_stream_row, paged, retried_append,
     row_view, snapshot_row, validate_append,
 };
-use crate::checkpoint::{CheckpointStore, DeadLetter, TransactionalStore, conflict};
+use crate::checkpoint::{CheckpointStore, DeadLetter, TransactionalStore};
 use crate::error::{Error, Result};
 use crate::event::{EventView, NewEvent, RecordedEvent};
 use crate::projection::ContextFields;
