@@ -24,6 +24,15 @@ pub(crate) enum Value<'a> {
     Id(Option<Uuid>),
     /// A time: microseconds since the epoch on SQLite, a `TIMESTAMPTZ` on PostgreSQL.
     Time(DateTime<Utc>),
+    /// A key id: text on SQLite (the keys table's first form), a UUID on PostgreSQL.
+    #[cfg(feature = "encryption")]
+    KeyId(Uuid),
+    /// A key store's time stamp: RFC 3339 text on SQLite, a `TIMESTAMPTZ` on PostgreSQL.
+    #[cfg(feature = "encryption")]
+    Stamp(DateTime<Utc>),
+    /// Bytes, or NULL.
+    #[cfg(feature = "encryption")]
+    Bytes(Option<&'a [u8]>),
 }
 
 impl From<i64> for Value<'_> {
@@ -113,6 +122,14 @@ pub(crate) trait Dialect: sqlx::Database {
 
     /// Column `index` as a time (see [`Value::Time`]), `None` for NULL or out of range.
     fn time(row: &Self::Row, index: usize) -> sqlx::Result<Option<DateTime<Utc>>>;
+
+    /// Column `index` as a key id (see [`Value::KeyId`]).
+    #[cfg(feature = "encryption")]
+    fn key_id(row: &Self::Row, index: usize) -> crate::Result<Uuid>;
+
+    /// Column `index` as bytes, `None` for NULL.
+    #[cfg(feature = "encryption")]
+    fn bytes(row: &Self::Row, index: usize) -> sqlx::Result<Option<Vec<u8>>>;
 }
 
 /// Runs `sql` and returns its first row, if any.
@@ -209,6 +226,22 @@ impl Dialect for sqlx::Sqlite {
         let micros: Option<i64> = sqlx::Row::try_get(row, index)?;
         Ok(micros.and_then(DateTime::from_timestamp_micros))
     }
+
+    #[cfg(feature = "encryption")]
+    fn key_id(row: &Self::Row, index: usize) -> crate::Result<Uuid> {
+        let id: String =
+            sqlx::Row::try_get(row, index).map_err(crate::Error::database("read a subject key"))?;
+        id.parse().map_err(|_| {
+            crate::Error::InvalidConfig(format!(
+                "the keys table holds a key id that is not a UUID: `{id}`"
+            ))
+        })
+    }
+
+    #[cfg(feature = "encryption")]
+    fn bytes(row: &Self::Row, index: usize) -> sqlx::Result<Option<Vec<u8>>> {
+        sqlx::Row::try_get(row, index)
+    }
 }
 
 #[cfg(feature = "sqlite")]
@@ -221,6 +254,12 @@ fn sqlite_arguments<'a>(values: Vec<Value<'a>>) -> sqlx::Result<sqlx::sqlite::Sq
             Value::Text(value) => arguments.add(value),
             Value::Id(value) => arguments.add(value),
             Value::Time(time) => arguments.add(time.timestamp_micros()),
+            #[cfg(feature = "encryption")]
+            Value::KeyId(id) => arguments.add(id.to_string()),
+            #[cfg(feature = "encryption")]
+            Value::Stamp(time) => arguments.add(time.to_rfc3339()),
+            #[cfg(feature = "encryption")]
+            Value::Bytes(value) => arguments.add(value),
         },
     )
 }
@@ -287,6 +326,16 @@ impl Dialect for sqlx::Postgres {
     fn time(row: &Self::Row, index: usize) -> sqlx::Result<Option<DateTime<Utc>>> {
         sqlx::Row::try_get(row, index)
     }
+
+    #[cfg(feature = "encryption")]
+    fn key_id(row: &Self::Row, index: usize) -> crate::Result<Uuid> {
+        sqlx::Row::try_get(row, index).map_err(crate::Error::database("read a subject key"))
+    }
+
+    #[cfg(feature = "encryption")]
+    fn bytes(row: &Self::Row, index: usize) -> sqlx::Result<Option<Vec<u8>>> {
+        sqlx::Row::try_get(row, index)
+    }
 }
 
 #[cfg(feature = "postgres")]
@@ -299,6 +348,12 @@ fn postgres_arguments(values: Vec<Value<'_>>) -> sqlx::Result<sqlx::postgres::Pg
             Value::Text(value) => arguments.add(value),
             Value::Id(value) => arguments.add(value),
             Value::Time(time) => arguments.add(time),
+            #[cfg(feature = "encryption")]
+            Value::Stamp(time) => arguments.add(time),
+            #[cfg(feature = "encryption")]
+            Value::KeyId(id) => arguments.add(id),
+            #[cfg(feature = "encryption")]
+            Value::Bytes(value) => arguments.add(value),
         },
     )
 }
