@@ -31,29 +31,18 @@ pub(crate) use checks::*;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 pub(crate) use sql::*;
 
+use crate::context::{ContextFields, EventContext};
 use crate::error::{Error, Result};
 use crate::event::{EventView, NewEvent, RecordedEvent};
-use crate::projection::{ContextFields, EventContext};
 use futures::stream::BoxStream;
 use std::future::Future;
 use std::time::Duration;
 
-pub use crate::stream::{ExpectedVersion, MAX_ID_LEN, Position, StreamId};
+pub use crate::stream::{AppendResult, ExpectedVersion, MAX_ID_LEN, Position, StreamId};
 
 /// The most events one append takes (PostgreSQL positions leave room for this many per
 /// transaction; every store enforces the same limit).
 pub const MAX_BATCH: usize = 65_536;
-
-/// What an append did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct AppendResult {
-    /// The stream's version after the append (the version of its last event).
-    pub stream_version: u64,
-    /// The global position of the last appended event (for an empty batch, of the stream's last
-    /// event; [`Position::START`] if the stream has none).
-    pub last_position: Position,
-}
 
 /// What [`EventStore::fold_all`] feeds its callback: an event (borrowed view and context), or
 /// the error of a damaged row (its position in [`Error::position`]).

@@ -29,9 +29,9 @@ use super::{
     validate_append,
 };
 use crate::checkpoint::{CheckpointStore, DeadLetter, TransactionalStore};
+use crate::context::ContextFields;
 use crate::error::{Error, Result};
 use crate::event::{EventView, NewEvent, RecordedEvent};
-use crate::projection::ContextFields;
 use crate::snapshot::{Snapshot, SnapshotStore};
 use futures::TryStreamExt;
 use futures::future::BoxFuture;

@@ -16,9 +16,9 @@ use super::{
     row_view, snapshot_row, validate_append,
 };
 use crate::checkpoint::{CheckpointStore, DeadLetter, TransactionalStore};
+use crate::context::ContextFields;
 use crate::error::{Error, Result};
 use crate::event::{EventView, NewEvent, RecordedEvent};
-use crate::projection::ContextFields;
 use crate::snapshot::{Snapshot, SnapshotStore};
 use futures::stream::BoxStream;
 use sqlx::sqlite::{
