@@ -173,3 +173,39 @@ async fn write<W: GroupWriter>(writer: &W, mut group: Vec<Pending>) {
         let _ = pending.reply.send(outcome);
     }
 }
+
+/// A batch to append alone: as the caller gave it, or shared with a group that did not take it.
+pub(crate) enum Alone {
+    Owned(Vec<NewEvent>),
+    Shared(Arc<[NewEvent]>),
+}
+
+impl std::ops::Deref for Alone {
+    type Target = [NewEvent];
+
+    fn deref(&self) -> &[NewEvent] {
+        match self {
+            Alone::Owned(events) => events,
+            Alone::Shared(events) => events,
+        }
+    }
+}
+
+/// The first step of every SQL store's append: through `group`'s committer when it is on and
+/// takes the batch (its result), else the batch back, to append alone.
+pub(crate) async fn route(
+    group: Option<&GroupCommit>,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+) -> std::result::Result<Result<AppendResult>, Alone> {
+    let Some(group) = group.filter(|_| !events.is_empty() && events.len() <= MAX_GROUP_EVENTS)
+    else {
+        return Err(Alone::Owned(events));
+    };
+    let events: Arc<[NewEvent]> = events.into();
+    match group.append(stream, expected, events.clone()).await {
+        Some(result) => Ok(result),
+        None => Err(Alone::Shared(events)),
+    }
+}

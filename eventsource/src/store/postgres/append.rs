@@ -573,20 +573,12 @@ impl PostgresEventStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
         validate_append(stream, &events)?;
-        if let Some(group) = &self.group
-            && !events.is_empty()
-            && events.len() <= crate::store::group::MAX_GROUP_EVENTS
-        {
-            let events: Arc<[NewEvent]> = events.into();
-            if let Some(result) = group.append(stream, expected, events.clone()).await {
-                return result;
-            }
-            return self
-                .retrying("append", |_| self.append_attempt(stream, expected, &events))
-                .await;
-        }
-        let events = events.as_slice();
-        self.retrying("append", |_| self.append_attempt(stream, expected, events))
+        let events =
+            match crate::store::group::route(self.group.as_ref(), stream, expected, events).await {
+                Ok(result) => return result,
+                Err(events) => events,
+            };
+        self.retrying("append", |_| self.append_attempt(stream, expected, &events))
             .await
     }
 }

@@ -349,23 +349,12 @@ impl EventStore for PostgresEventStore {
         F: for<'e> FnMut(FoldItem<'e>) -> std::ops::ControlFlow<()> + Send,
     {
         let details = query.context == ContextFields::All;
-        let mut attempt = 1;
-        let mut delay = Duration::from_millis(10);
+        // Nothing fed yet: the read is safe to repeat.
+        let mut retries = crate::store::Retries::new("read_all");
         loop {
             let mut end = FoldEnd::default();
             match self.stream_page(query, details, &mut end, &mut apply).await {
-                // Nothing was fed yet: the read is safe to repeat.
-                Err(error)
-                    if error.is_transient()
-                        && end.rows == 0
-                        && attempt < crate::store::TRANSIENT_ATTEMPTS =>
-                {
-                    tracing::warn!(operation = "read_all", attempt, %error, "transient database error; trying again");
-                    tokio::time::sleep(delay).await;
-                    close_dropped(&self.pool).await;
-                    delay = (delay * 2).min(Duration::from_secs(1));
-                    attempt += 1;
-                }
+                Err(error) if end.rows == 0 && retries.again(&error).await => self.recover().await,
                 result => return result.map(|()| end),
             }
         }

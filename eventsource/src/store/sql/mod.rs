@@ -6,7 +6,6 @@ pub(crate) mod dialect;
 mod retry;
 mod rows;
 
-#[cfg_attr(not(feature = "postgres"), allow(unused_imports))]
 pub(crate) use retry::*;
 pub(crate) use rows::*;
 

@@ -2,17 +2,33 @@
 
 use super::*;
 
-/// How often a store tries an operation that failed with a transient error
-/// ([`Error::is_transient`]), and the first wait between attempts (it doubles, up to a second).
+/// How often a store tries an operation that failed with a retryable error
+/// ([`is_retryable`]), and the first wait between attempts (it doubles, up to a second).
 pub(crate) const TRANSIENT_ATTEMPTS: u32 = 10;
 pub(super) const TRANSIENT_FIRST_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// Whether `error` is worth another attempt: a transient error ([`Error::is_transient`]), or
+/// SQLite's "database is busy" or "locked" (`SQLITE_BUSY`, `SQLITE_LOCKED` and their extended
+/// codes), which another connection's write lock causes and its commit ends. SQLite's codes are
+/// numbers and PostgreSQL's five-character SQLSTATEs, so one test serves every backend.
+pub(crate) fn is_retryable(error: &Error) -> bool {
+    if error.is_transient() {
+        return true;
+    }
+    let Error::Database { source, .. } = error else {
+        return false;
+    };
+    matches!(
+        source.code(),
+        Some("5" | "261" | "517" | "773" | "6" | "262" | "518")
+    )
+}
 
 /// Runs `attempt` again while it fails with a transient error, with backoff, up to
 /// [`TRANSIENT_ATTEMPTS`] times; `recover` runs after each wait, before the next attempt (a
 /// PostgreSQL store closes the idle connections the server dropped). Only for operations that
 /// are safe to repeat: reads, and appends (idempotent by their event ids: see
 /// [`retried_append`]).
-#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) async fn retrying<T, F, Fut, R, RFut>(
     operation: &'static str,
     mut recover: R,
@@ -35,7 +51,6 @@ where
 
 /// The attempts of one operation retried on transient errors (see [`retrying`]), for loops that
 /// decide themselves whether an attempt may be repeated.
-#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 pub(crate) struct Retries {
     operation: &'static str,
     /// The attempt being made, from 1.
@@ -43,7 +58,6 @@ pub(crate) struct Retries {
     delay: Duration,
 }
 
-#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
 impl Retries {
     pub(crate) fn new(operation: &'static str) -> Self {
         Retries {
@@ -56,7 +70,7 @@ impl Retries {
     /// After `error`: whether to try again, having waited if so (a transient error, attempts
     /// left).
     pub(crate) async fn again(&mut self, error: &Error) -> bool {
-        if !error.is_transient() || self.attempt >= TRANSIENT_ATTEMPTS {
+        if !is_retryable(error) || self.attempt >= TRANSIENT_ATTEMPTS {
             return false;
         }
         let (operation, attempt) = (self.operation, self.attempt);

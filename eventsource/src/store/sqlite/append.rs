@@ -393,8 +393,10 @@ impl crate::store::group::GroupWriter for SqliteEventStore {
     }
 
     async fn write_one(&self, append: &crate::store::group::Pending) -> Result<AppendResult> {
-        self.append_inner(&append.stream, append.expected, &append.events)
-            .await
+        self.retrying("append", |_| {
+            self.append_inner(&append.stream, append.expected, &append.events)
+        })
+        .await
     }
 
     fn committed(&self) {
@@ -487,37 +489,43 @@ impl SqliteEventStore {
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
         validate_append(stream, &events)?;
-        if let Some(group) = &self.group
-            && !events.is_empty()
-            && events.len() <= crate::store::group::MAX_GROUP_EVENTS
-        {
-            let events: Arc<[NewEvent]> = events.into();
-            if let Some(result) = group.append(stream, expected, events.clone()).await {
-                return result;
-            }
-            return self.append_inner(stream, expected, &events).await;
-        }
+        let events =
+            match crate::store::group::route(self.group.as_ref(), stream, expected, events).await {
+                Ok(result) => return result,
+                Err(events) => events,
+            };
         if events.is_empty() {
-            // Nothing to write: where the stream is, read without taking the write lock.
-            let (current, last): (i64, Option<i64>) = sqlx::query_as(
-                "SELECT COALESCE(MAX(version), 0), MAX(position) FROM events \
-                 WHERE aggregate_type = ? AND aggregate_id = ?",
-            )
-            .bind(stream.aggregate_type())
-            .bind(stream.aggregate_id())
-            .fetch_one(&self.reader)
-            .await
-            .map_err(Error::database("append"))?;
-            let current = current.max(0) as u64;
-            if !expected.is_satisfied_by(current) {
-                return Err(expected.conflict(stream, current));
-            }
-            return Ok(AppendResult {
-                stream_version: current,
-                last_position: Position::new(last.unwrap_or(0).max(0) as u64),
-            });
+            return self
+                .retrying("append", |_| self.stream_head(stream, expected))
+                .await;
         }
-        self.append_inner(stream, expected, &events).await
+        self.retrying("append", |_| self.append_inner(stream, expected, &events))
+            .await
+    }
+
+    /// Where `stream` is, for an append of nothing: read without taking the write lock.
+    async fn stream_head(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+    ) -> Result<AppendResult> {
+        let (current, last): (i64, Option<i64>) = sqlx::query_as(
+            "SELECT COALESCE(MAX(version), 0), MAX(position) FROM events \
+             WHERE aggregate_type = ? AND aggregate_id = ?",
+        )
+        .bind(stream.aggregate_type())
+        .bind(stream.aggregate_id())
+        .fetch_one(&self.reader)
+        .await
+        .map_err(Error::database("append"))?;
+        let current = current.max(0) as u64;
+        if !expected.is_satisfied_by(current) {
+            return Err(expected.conflict(stream, current));
+        }
+        Ok(AppendResult {
+            stream_version: current,
+            last_position: Position::new(last.unwrap_or(0).max(0) as u64),
+        })
     }
 }
 

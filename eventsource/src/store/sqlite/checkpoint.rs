@@ -15,13 +15,18 @@ impl SqliteEventStore {
     }
 }
 
+/// Each operation is retried while the database is busy (see `retrying`): a statement that
+/// failed so wrote nothing.
 impl CheckpointStore for SqliteEventStore {
     async fn checkpoint(&self, projection: &str) -> Result<Option<Position>> {
         crate::checkpoint::check_projection_name(projection)?;
-        let mut conn = Self::connection(&self.reader, "load checkpoint").await?;
-        sql::load_checkpoint::<Sqlite>(&mut conn, projection)
-            .await
-            .map_err(Error::database("load checkpoint"))
+        self.retrying("load checkpoint", |_| async move {
+            let mut conn = Self::connection(&self.reader, "load checkpoint").await?;
+            sql::load_checkpoint::<Sqlite>(&mut conn, projection)
+                .await
+                .map_err(Error::database("load checkpoint"))
+        })
+        .await
     }
 
     async fn save_checkpoint(
@@ -30,34 +35,49 @@ impl CheckpointStore for SqliteEventStore {
         previous: Option<Position>,
         position: Position,
     ) -> Result<()> {
-        let mut conn = Self::connection(&self.writer, "save checkpoint").await?;
-        sql::save_checkpoint::<Sqlite>(&mut conn, projection, previous, position).await
+        self.retrying("save checkpoint", |_| async move {
+            let mut conn = Self::connection(&self.writer, "save checkpoint").await?;
+            sql::save_checkpoint::<Sqlite>(&mut conn, projection, previous, position).await
+        })
+        .await
     }
 
     async fn delete_checkpoint(&self, projection: &str) -> Result<()> {
         crate::checkpoint::check_projection_name(projection)?;
-        let mut conn = Self::connection(&self.writer, "delete checkpoint").await?;
-        sql::delete_checkpoint::<Sqlite>(&mut conn, projection)
-            .await
-            .map_err(Error::database("delete checkpoint"))
+        self.retrying("delete checkpoint", |_| async move {
+            let mut conn = Self::connection(&self.writer, "delete checkpoint").await?;
+            sql::delete_checkpoint::<Sqlite>(&mut conn, projection)
+                .await
+                .map_err(Error::database("delete checkpoint"))
+        })
+        .await
     }
 
     async fn add_dead_letter(&self, letter: &DeadLetter) -> Result<()> {
-        let mut conn = Self::connection(&self.writer, "add dead letter").await?;
-        sql::add_dead_letter::<Sqlite>(&mut conn, letter).await
+        self.retrying("add dead letter", |_| async move {
+            let mut conn = Self::connection(&self.writer, "add dead letter").await?;
+            sql::add_dead_letter::<Sqlite>(&mut conn, letter).await
+        })
+        .await
     }
 
     async fn dead_letters(&self, projection: &str) -> Result<Vec<DeadLetter>> {
         crate::checkpoint::check_projection_name(projection)?;
-        let mut conn = Self::connection(&self.reader, "dead letters").await?;
-        sql::dead_letters::<Sqlite>(&mut conn, projection)
-            .await
-            .map_err(Error::database("dead letters"))
+        self.retrying("dead letters", |_| async move {
+            let mut conn = Self::connection(&self.reader, "dead letters").await?;
+            sql::dead_letters::<Sqlite>(&mut conn, projection)
+                .await
+                .map_err(Error::database("dead letters"))
+        })
+        .await
     }
 
     async fn remove_dead_letter(&self, projection: &str, position: Position) -> Result<bool> {
-        let mut conn = Self::connection(&self.writer, "remove dead letter").await?;
-        sql::remove_dead_letter::<Sqlite>(&mut conn, projection, position).await
+        self.retrying("remove dead letter", |_| async move {
+            let mut conn = Self::connection(&self.writer, "remove dead letter").await?;
+            sql::remove_dead_letter::<Sqlite>(&mut conn, projection, position).await
+        })
+        .await
     }
 
     async fn lease(&self, projection: &str) -> Result<Option<crate::checkpoint::Lease>> {
@@ -74,10 +94,13 @@ impl TransactionalStore for SqliteEventStore {
 
     async fn begin(&self) -> Result<sqlx::Transaction<'static, Sqlite>> {
         // BEGIN IMMEDIATE: take the write lock up front, as appends do.
-        self.writer
-            .begin_with("BEGIN IMMEDIATE")
-            .await
-            .map_err(Error::database("begin"))
+        self.retrying("begin", |_| async {
+            self.writer
+                .begin_with("BEGIN IMMEDIATE")
+                .await
+                .map_err(Error::database("begin"))
+        })
+        .await
     }
 
     crate::store::sql::checkpoint::checkpoints_in_transaction!();

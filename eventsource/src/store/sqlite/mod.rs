@@ -166,7 +166,7 @@ impl SqliteEventStore {
         let options = options
             .create_if_missing(create)
             .synchronous(SqliteSynchronous::Full)
-            .busy_timeout(Duration::from_secs(10));
+            .busy_timeout(BUSY_TIMEOUT);
         // A database opened as it is keeps its journal mode: switching it would write to a file
         // that may not be an event store at all (ours are in WAL mode since their creation).
         let options = if create {
@@ -257,6 +257,23 @@ impl SqliteEventStore {
         self.readers.clear();
         self.reader.close().await;
         self.writer.close().await;
+    }
+}
+
+/// How long one attempt waits for another connection's write lock before it fails with
+/// `SQLITE_BUSY`, which the retry policy every SQL store follows tries again
+/// ([`crate::store::retrying`]: its attempts, with backoff, make about 13 s in all).
+const BUSY_TIMEOUT: Duration = Duration::from_secs(1);
+
+impl SqliteEventStore {
+    /// Runs `attempt` again while it fails with a retryable error, "database is busy"
+    /// included ([`crate::store::retrying`]).
+    pub(super) async fn retrying<T, F, Fut>(&self, operation: &'static str, attempt: F) -> Result<T>
+    where
+        F: FnMut(u32) -> Fut,
+        Fut: std::future::Future<Output = Result<T>>,
+    {
+        crate::store::retrying(operation, || async {}, attempt).await
     }
 }
 

@@ -334,16 +334,21 @@ impl EventStore for SqliteEventStore {
         let sql = if query.backwards { BACKWARDS } else { FORWARDS };
         let until = query.until.map(|t| t.timestamp_micros());
         let (from, to) = query.sql_versions();
-        let mut conn = self
-            .readers
-            .acquire()
-            .await
-            .map_err(Error::database("read_stream"))?;
-        let rows = stream_query(sql, stream, (from, to), until, query.sql_limit())
-            .fetch_all(&mut *conn)
-            .await
-            .map_err(Error::database("read_stream"))?;
-        self.readers.put(conn);
+        let rows = self
+            .retrying("read_stream", |_| async {
+                let mut conn = self
+                    .readers
+                    .acquire()
+                    .await
+                    .map_err(Error::database("read_stream"))?;
+                let rows = stream_query(sql, stream, (from, to), until, query.sql_limit())
+                    .fetch_all(&mut *conn)
+                    .await
+                    .map_err(Error::database("read_stream"))?;
+                self.readers.put(conn);
+                Ok(rows)
+            })
+            .await?;
         let events = rows
             .iter()
             .filter_map(|row| match decode_row(row, Some(stream)) {
@@ -356,36 +361,64 @@ impl EventStore for SqliteEventStore {
     }
 
     fn read_all(&self, query: ReadAll) -> BoxStream<'_, Result<RecordedEvent>> {
-        paged(query, move |query| self.read_page(query))
+        paged(query, move |query| async move {
+            let query = &query;
+            self.retrying("read_all", |_| self.read_page(query.clone()))
+                .await
+        })
     }
 
-    async fn fold_stream<F>(&self, stream: &StreamId, query: StreamQuery, apply: F) -> Result<()>
+    async fn fold_stream<F>(
+        &self,
+        stream: &StreamId,
+        query: StreamQuery,
+        mut apply: F,
+    ) -> Result<()>
     where
         F: FnMut(EventView<'_>) -> Result<()> + Send,
     {
         stream.validate()?;
-        // One reader connection for the whole load, kept for the next operation if the load
-        // ran to its end (see `store::warm`).
-        let mut conn = self
-            .readers
-            .acquire()
-            .await
-            .map_err(Error::database("load"))?;
-        Self::fold_stream_on(&mut conn, stream, query, apply).await?;
-        self.readers.put(conn);
-        Ok(())
+        // Rows are applied as they are read: an attempt is repeated after a retryable error
+        // only if it applied no row yet.
+        let mut retries = crate::store::Retries::new("load");
+        loop {
+            let mut fed = false;
+            let attempt = async {
+                // One reader connection for the whole load, kept for the next operation if the
+                // load ran to its end (see `store::warm`).
+                let mut conn = self
+                    .readers
+                    .acquire()
+                    .await
+                    .map_err(Error::database("load"))?;
+                let feed = |view: EventView<'_>| {
+                    fed = true;
+                    apply(view)
+                };
+                Self::fold_stream_on(&mut conn, stream, query.clone(), feed).await?;
+                self.readers.put(conn);
+                Ok(())
+            };
+            match attempt.await {
+                Err(error) if !fed && retries.again(&error).await => {}
+                result => return result,
+            }
+        }
     }
 
     async fn stream_version(&self, stream: &StreamId) -> Result<u64> {
         stream.validate()?;
-        let mut conn = self
-            .readers
-            .acquire()
-            .await
-            .map_err(Error::database("stream_version"))?;
-        let version = current_version(&mut conn, stream, "stream_version").await?;
-        self.readers.put(conn);
-        Ok(version)
+        self.retrying("stream_version", |_| async {
+            let mut conn = self
+                .readers
+                .acquire()
+                .await
+                .map_err(Error::database("stream_version"))?;
+            let version = current_version(&mut conn, stream, "stream_version").await?;
+            self.readers.put(conn);
+            Ok(version)
+        })
+        .await
     }
 
     fn watch_appends(&self) -> tokio::sync::watch::Receiver<u64> {
@@ -400,7 +433,10 @@ impl EventStore for SqliteEventStore {
         let details = query.context == ContextFields::All;
         let mut end = FoldEnd::default();
         let mut streams = StreamCache::default();
-        if let Some(page) = self.framed_page(query, details).await? {
+        let first = self
+            .retrying("read_all", |_| self.framed_page(query, details))
+            .await?;
+        if let Some(page) = first {
             if page.count == 0 {
                 return Ok(end);
             }
@@ -449,24 +485,33 @@ impl EventStore for SqliteEventStore {
     }
 
     async fn count(&self, query: ReadAll) -> Result<u64> {
-        let mut select =
-            QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM events WHERE position > ");
-        select.push_bind(query.after.to_sql());
-        push_filters(&mut select, &query);
-        let count: i64 = select
-            .build_query_scalar()
-            .fetch_one(&self.reader)
-            .await
-            .map_err(Error::database("count"))?;
+        let query = &query;
+        let count: i64 = self
+            .retrying("count", |_| async move {
+                let mut select =
+                    QueryBuilder::<Sqlite>::new("SELECT COUNT(*) FROM events WHERE position > ");
+                select.push_bind(query.after.to_sql());
+                push_filters(&mut select, query);
+                select
+                    .build_query_scalar()
+                    .fetch_one(&self.reader)
+                    .await
+                    .map_err(Error::database("count"))
+            })
+            .await?;
         Ok(count.max(0) as u64)
     }
 
     async fn log_head(&self) -> Result<LogHead> {
         // One writer at a time, positions in commit order: everything committed is readable.
-        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(position) FROM events")
-            .fetch_one(&self.reader)
-            .await
-            .map_err(Error::database("log_head"))?;
+        let last: Option<i64> = self
+            .retrying("log_head", |_| async {
+                sqlx::query_scalar("SELECT MAX(position) FROM events")
+                    .fetch_one(&self.reader)
+                    .await
+                    .map_err(Error::database("log_head"))
+            })
+            .await?;
         let last = Position::new(last.unwrap_or(0).max(0) as u64);
         Ok(LogHead {
             last,

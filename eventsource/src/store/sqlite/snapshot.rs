@@ -5,6 +5,26 @@ use super::*;
 impl SnapshotStore for SqliteEventStore {
     async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
         snapshot.stream().validate()?;
+        self.retrying("save snapshot", |_| self.save_snapshot_once(snapshot))
+            .await
+    }
+
+    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
+        stream.validate()?;
+        self.retrying("load snapshot", |_| self.load_snapshot_once(stream))
+            .await
+    }
+
+    async fn delete_snapshot(&self, stream: &StreamId) -> Result<bool> {
+        stream.validate()?;
+        self.retrying("delete snapshot", |_| self.delete_snapshot_once(stream))
+            .await
+    }
+}
+
+/// One attempt of each operation, retried while the database is busy.
+impl SqliteEventStore {
+    async fn save_snapshot_once(&self, snapshot: &Snapshot) -> Result<()> {
         sqlx::query(
             "INSERT INTO snapshots (aggregate_type, aggregate_id, version, state_version, state, \
              taken_at) VALUES (?, ?, ?, ?, ?, ?) \
@@ -26,8 +46,7 @@ impl SnapshotStore for SqliteEventStore {
         Ok(())
     }
 
-    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
-        stream.validate()?;
+    async fn load_snapshot_once(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
         let mut conn = self
             .readers
             .acquire()
@@ -55,8 +74,7 @@ impl SnapshotStore for SqliteEventStore {
         .transpose()
     }
 
-    async fn delete_snapshot(&self, stream: &StreamId) -> Result<bool> {
-        stream.validate()?;
+    async fn delete_snapshot_once(&self, stream: &StreamId) -> Result<bool> {
         let done =
             sqlx::query("DELETE FROM snapshots WHERE aggregate_type = ? AND aggregate_id = ?")
                 .bind(stream.aggregate_type())
