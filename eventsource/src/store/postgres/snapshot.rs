@@ -9,33 +9,25 @@ impl SnapshotStore for PostgresEventStore {
             .session()
             .await
             .map_err(Error::database("save snapshot"))?;
-        sqlx::query(
-            "INSERT INTO snapshots (aggregate_type, aggregate_id, version, state_version, state, \
-             taken_at) VALUES ($1, $2, $3, $4, $5::TEXT::JSONB, $6) \
-             ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET version = excluded.version, \
-             state_version = excluded.state_version, state = excluded.state, \
-             taken_at = excluded.taken_at \
-             WHERE excluded.version >= snapshots.version \
-             OR excluded.state_version <> snapshots.state_version",
-        )
-        .bind(snapshot.stream().aggregate_type())
-        .bind(snapshot.stream().aggregate_id())
-        .bind(i64::try_from(snapshot.version()).unwrap_or(i64::MAX))
-        .bind(i32::try_from(snapshot.state_version()).unwrap_or(i32::MAX))
-        .bind(snapshot.state())
-        .bind(snapshot.time())
-        .execute(session.conn())
-        .await
-        .map_err(
-            |err| match err.as_database_error().and_then(|db| db.code()) {
-                // invalid_text_representation: the state is not JSON.
-                Some(code) if code == "22P02" => Error::InvalidInput {
-                    stream: snapshot.stream().clone(),
-                    reason: "the snapshot's state is not valid JSON".into(),
+        sqlx::query(crate::store::sql::save_snapshot!("$5::TEXT::JSONB"))
+            .bind(snapshot.stream().aggregate_type())
+            .bind(snapshot.stream().aggregate_id())
+            .bind(i64::try_from(snapshot.version()).unwrap_or(i64::MAX))
+            .bind(i32::try_from(snapshot.state_version()).unwrap_or(i32::MAX))
+            .bind(snapshot.state())
+            .bind(snapshot.time())
+            .execute(session.conn())
+            .await
+            .map_err(
+                |err| match err.as_database_error().and_then(|db| db.code()) {
+                    // invalid_text_representation: the state is not JSON.
+                    Some(code) if code == "22P02" => Error::InvalidInput {
+                        stream: snapshot.stream().clone(),
+                        reason: "the snapshot's state is not valid JSON".into(),
+                    },
+                    _ => Error::database("save snapshot")(err),
                 },
-                _ => Error::database("save snapshot")(err),
-            },
-        )?;
+            )?;
         session
             .end()
             .await

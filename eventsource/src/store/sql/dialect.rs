@@ -170,6 +170,48 @@ fn arguments<'a, A: sqlx::Arguments<'a>>(
     Ok(arguments)
 }
 
+/// The parts of a dialect that differ only by the database type: running a statement with the
+/// arguments `$arguments` makes of its values, and the getters whose codec is sqlx's own.
+macro_rules! run_with {
+    ($arguments:ident) => {
+        fn execute<'c>(
+            conn: &'c mut Self::Connection,
+            sql: &'c str,
+            values: Vec<Value<'c>>,
+        ) -> BoxFuture<'c, sqlx::Result<u64>> {
+            Box::pin(async move {
+                let arguments = $arguments(values)?;
+                let done = sqlx::query_with(sql, arguments).execute(conn).await?;
+                Ok(done.rows_affected())
+            })
+        }
+
+        fn fetch_all<'c>(
+            conn: &'c mut Self::Connection,
+            sql: &'c str,
+            values: Vec<Value<'c>>,
+        ) -> BoxFuture<'c, sqlx::Result<Vec<Self::Row>>> {
+            Box::pin(async move {
+                let arguments = $arguments(values)?;
+                sqlx::query_with(sql, arguments).fetch_all(conn).await
+            })
+        }
+
+        fn text(row: &Self::Row, index: usize) -> sqlx::Result<Option<String>> {
+            sqlx::Row::try_get(row, index)
+        }
+
+        fn id(row: &Self::Row, index: usize) -> sqlx::Result<Option<Uuid>> {
+            sqlx::Row::try_get(row, index)
+        }
+
+        #[cfg(feature = "encryption")]
+        fn bytes(row: &Self::Row, index: usize) -> sqlx::Result<Option<Vec<u8>>> {
+            sqlx::Row::try_get(row, index)
+        }
+    };
+}
+
 #[cfg(feature = "sqlite")]
 impl Dialect for sqlx::Sqlite {
     const INT_MAX: i64 = i64::MAX;
@@ -187,38 +229,9 @@ impl Dialect for sqlx::Sqlite {
     const SIZE: &'static str =
         "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()";
 
-    fn execute<'c>(
-        conn: &'c mut Self::Connection,
-        sql: &'c str,
-        values: Vec<Value<'c>>,
-    ) -> BoxFuture<'c, sqlx::Result<u64>> {
-        Box::pin(async move {
-            let arguments = sqlite_arguments(values)?;
-            let done = sqlx::query_with(sql, arguments).execute(conn).await?;
-            Ok(done.rows_affected())
-        })
-    }
-
-    fn fetch_all<'c>(
-        conn: &'c mut Self::Connection,
-        sql: &'c str,
-        values: Vec<Value<'c>>,
-    ) -> BoxFuture<'c, sqlx::Result<Vec<Self::Row>>> {
-        Box::pin(async move {
-            let arguments = sqlite_arguments(values)?;
-            sqlx::query_with(sql, arguments).fetch_all(conn).await
-        })
-    }
+    run_with!(sqlite_arguments);
 
     fn int(row: &Self::Row, index: usize) -> sqlx::Result<Option<i64>> {
-        sqlx::Row::try_get(row, index)
-    }
-
-    fn text(row: &Self::Row, index: usize) -> sqlx::Result<Option<String>> {
-        sqlx::Row::try_get(row, index)
-    }
-
-    fn id(row: &Self::Row, index: usize) -> sqlx::Result<Option<Uuid>> {
         sqlx::Row::try_get(row, index)
     }
 
@@ -236,11 +249,6 @@ impl Dialect for sqlx::Sqlite {
                 "the keys table holds a key id that is not a UUID: `{id}`"
             ))
         })
-    }
-
-    #[cfg(feature = "encryption")]
-    fn bytes(row: &Self::Row, index: usize) -> sqlx::Result<Option<Vec<u8>>> {
-        sqlx::Row::try_get(row, index)
     }
 }
 
@@ -282,28 +290,7 @@ impl Dialect for sqlx::Postgres {
          (SELECT to_regclass(name) AS t FROM UNNEST(ARRAY['events', 'snapshots', \
          'checkpoints', 'dead_letters']) AS name) AS tables WHERE t IS NOT NULL";
 
-    fn execute<'c>(
-        conn: &'c mut Self::Connection,
-        sql: &'c str,
-        values: Vec<Value<'c>>,
-    ) -> BoxFuture<'c, sqlx::Result<u64>> {
-        Box::pin(async move {
-            let arguments = postgres_arguments(values)?;
-            let done = sqlx::query_with(sql, arguments).execute(conn).await?;
-            Ok(done.rows_affected())
-        })
-    }
-
-    fn fetch_all<'c>(
-        conn: &'c mut Self::Connection,
-        sql: &'c str,
-        values: Vec<Value<'c>>,
-    ) -> BoxFuture<'c, sqlx::Result<Vec<Self::Row>>> {
-        Box::pin(async move {
-            let arguments = postgres_arguments(values)?;
-            sqlx::query_with(sql, arguments).fetch_all(conn).await
-        })
-    }
+    run_with!(postgres_arguments);
 
     fn int(row: &Self::Row, index: usize) -> sqlx::Result<Option<i64>> {
         // `INTEGER` columns (a dead letter's attempts, a snapshot's state version) are 32 bits.
@@ -315,14 +302,6 @@ impl Dialect for sqlx::Postgres {
         }
     }
 
-    fn text(row: &Self::Row, index: usize) -> sqlx::Result<Option<String>> {
-        sqlx::Row::try_get(row, index)
-    }
-
-    fn id(row: &Self::Row, index: usize) -> sqlx::Result<Option<Uuid>> {
-        sqlx::Row::try_get(row, index)
-    }
-
     fn time(row: &Self::Row, index: usize) -> sqlx::Result<Option<DateTime<Utc>>> {
         sqlx::Row::try_get(row, index)
     }
@@ -330,11 +309,6 @@ impl Dialect for sqlx::Postgres {
     #[cfg(feature = "encryption")]
     fn key_id(row: &Self::Row, index: usize) -> crate::Result<Uuid> {
         sqlx::Row::try_get(row, index).map_err(crate::Error::database("read a subject key"))
-    }
-
-    #[cfg(feature = "encryption")]
-    fn bytes(row: &Self::Row, index: usize) -> sqlx::Result<Option<Vec<u8>>> {
-        sqlx::Row::try_get(row, index)
     }
 }
 

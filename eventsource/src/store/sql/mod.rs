@@ -1,6 +1,25 @@
 //! What every SQL backend shares, written once: row decoding and its checks, the retry policy
 //! for transient errors, the statements that differ only by dialect.
 
+/// The statement that saves a snapshot, `$state` the dialect's form of parameter `$5` (the state
+/// as JSON text): it replaces the stored snapshot unless that one is newer for the same state
+/// version.
+macro_rules! save_snapshot {
+    ($state:literal) => {
+        concat!(
+            "INSERT INTO snapshots (aggregate_type, aggregate_id, version, state_version, state, \
+             taken_at) VALUES ($1, $2, $3, $4, ",
+            $state,
+            ", $6) ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET \
+             version = excluded.version, state_version = excluded.state_version, \
+             state = excluded.state, taken_at = excluded.taken_at \
+             WHERE excluded.version >= snapshots.version \
+             OR excluded.state_version <> snapshots.state_version"
+        )
+    };
+}
+pub(crate) use save_snapshot;
+
 pub(crate) mod checkpoint;
 pub(crate) mod dialect;
 mod retry;

@@ -2,6 +2,7 @@
 //! too large for one statement, group commit, and what a failed append finds out.
 
 use super::*;
+use crate::store::group::{GroupWriter, Grouped, Pending};
 
 /// Parameters per inserted row; SQLite allows 32,766 bound parameters per statement.
 pub(super) const INSERT_COLUMNS: usize = 13;
@@ -352,15 +353,11 @@ pub(super) async fn appended(
     })
 }
 
-impl crate::store::group::GroupWriter for SqliteEventStore {
+impl GroupWriter for SqliteEventStore {
     const SAME_STREAM_TWICE: bool = true;
     const IN_FLIGHT: usize = 1;
 
-    async fn write_group(
-        &self,
-        group: &[crate::store::group::Pending],
-    ) -> Vec<crate::store::group::Grouped> {
-        use crate::store::group::Grouped;
+    async fn write_group(&self, group: &[Pending]) -> Vec<Grouped> {
         let alone = || group.iter().map(|_| Grouped::Alone).collect();
         let Ok(mut tx) = self.writer.begin_with("BEGIN IMMEDIATE").await else {
             return alone();
@@ -392,7 +389,7 @@ impl crate::store::group::GroupWriter for SqliteEventStore {
         }
     }
 
-    async fn write_one(&self, append: &crate::store::group::Pending) -> Result<AppendResult> {
+    async fn write_one(&self, append: &Pending) -> Result<AppendResult> {
         self.retrying("append", |_| {
             self.append_inner(&append.stream, append.expected, &append.events)
         })

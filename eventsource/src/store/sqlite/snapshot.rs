@@ -25,24 +25,16 @@ impl SnapshotStore for SqliteEventStore {
 /// One attempt of each operation, retried while the database is busy.
 impl SqliteEventStore {
     async fn save_snapshot_once(&self, snapshot: &Snapshot) -> Result<()> {
-        sqlx::query(
-            "INSERT INTO snapshots (aggregate_type, aggregate_id, version, state_version, state, \
-             taken_at) VALUES (?, ?, ?, ?, ?, ?) \
-             ON CONFLICT (aggregate_type, aggregate_id) DO UPDATE SET version = excluded.version, \
-             state_version = excluded.state_version, state = excluded.state, \
-             taken_at = excluded.taken_at \
-             WHERE excluded.version >= snapshots.version \
-             OR excluded.state_version <> snapshots.state_version",
-        )
-        .bind(snapshot.stream().aggregate_type())
-        .bind(snapshot.stream().aggregate_id())
-        .bind(to_i64(snapshot.version()))
-        .bind(i64::from(snapshot.state_version()))
-        .bind(snapshot.state())
-        .bind(snapshot.time().timestamp_micros())
-        .execute(&self.writer)
-        .await
-        .map_err(Error::database("save snapshot"))?;
+        sqlx::query(crate::store::sql::save_snapshot!("$5"))
+            .bind(snapshot.stream().aggregate_type())
+            .bind(snapshot.stream().aggregate_id())
+            .bind(to_i64(snapshot.version()))
+            .bind(i64::from(snapshot.state_version()))
+            .bind(snapshot.state())
+            .bind(snapshot.time().timestamp_micros())
+            .execute(&self.writer)
+            .await
+            .map_err(Error::database("save snapshot"))?;
         Ok(())
     }
 
