@@ -1,6 +1,7 @@
 //! Reads: streams, pages of the global log below the fence, counts, the head and waiting.
 
 use super::*;
+use crate::store::sql::stream_query;
 
 impl PostgresEventStore {
     /// One page of a global read: the next events of finished transactions only (the fence).
@@ -296,14 +297,14 @@ impl EventStore for PostgresEventStore {
         const FORWARDS: &str = concat!(
             "SELECT ",
             stream_columns!(),
-            " FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND version BETWEEN $3 AND $4 \
-             AND ($5::TIMESTAMPTZ IS NULL OR occurred_at <= $5) ORDER BY version ASC LIMIT $6"
+            crate::store::sql::stream_range!("$5::TIMESTAMPTZ"),
+            " ASC LIMIT $6"
         );
         const BACKWARDS: &str = concat!(
             "SELECT ",
             stream_columns!(),
-            " FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 AND version BETWEEN $3 AND $4 \
-             AND ($5::TIMESTAMPTZ IS NULL OR occurred_at <= $5) ORDER BY version DESC LIMIT $6"
+            crate::store::sql::stream_range!("$5::TIMESTAMPTZ"),
+            " DESC LIMIT $6"
         );
         let (from, to) = query.sql_versions();
         let (sql, until, limit) = (
@@ -437,9 +438,9 @@ impl EventStore for PostgresEventStore {
         const SQL: &str = concat!(
             "SELECT position, version, event_type, schema_version::BIGINT, ",
             damage!(),
-            ", payload::TEXT FROM events \
-             WHERE aggregate_type = $1 AND aggregate_id = $2 AND version BETWEEN $3 AND $4 \
-             AND ($5::TIMESTAMPTZ IS NULL OR occurred_at <= $5) ORDER BY version ASC LIMIT $6"
+            ", payload::TEXT",
+            crate::store::sql::stream_range!("$5::TIMESTAMPTZ"),
+            " ASC LIMIT $6"
         );
         let (from, to) = query.sql_versions();
         let (until, limit) = (query.until, query.sql_limit());
@@ -505,24 +506,6 @@ impl EventStore for PostgresEventStore {
         })
         .await
     }
-}
-
-/// A statement of a stream read with its parameters bound: the stream, the version range, the
-/// time-travel bound and the row limit.
-pub(super) fn stream_query<'q>(
-    sql: &'q str,
-    stream: &'q StreamId,
-    (from, to): (i64, i64),
-    until: Option<chrono::DateTime<chrono::Utc>>,
-    limit: i64,
-) -> sqlx::query::Query<'q, sqlx::Postgres, sqlx::postgres::PgArguments> {
-    sqlx::query(sql)
-        .bind(stream.aggregate_type())
-        .bind(stream.aggregate_id())
-        .bind(from)
-        .bind(to)
-        .bind(until)
-        .bind(limit)
 }
 
 /// Reads one row of the `events` table: its position (an error here is the database's), then

@@ -20,6 +20,21 @@ macro_rules! save_snapshot {
 }
 pub(crate) use save_snapshot;
 
+/// Where a stream read's rows come from: stream `$1`/`$2`, versions `$3` to `$4`, occurred at
+/// or before `$5` (NULL: whenever; `$until` is the dialect's form of that parameter), in version
+/// order; a statement ends it with `ASC` or `DESC` and `LIMIT $6` (see [`stream_query`]).
+macro_rules! stream_range {
+    ($until:literal) => {
+        concat!(
+            " FROM events WHERE aggregate_type = $1 AND aggregate_id = $2 \
+             AND version BETWEEN $3 AND $4 AND (",
+            $until,
+            " IS NULL OR occurred_at <= $5) ORDER BY version"
+        )
+    };
+}
+pub(crate) use stream_range;
+
 pub(crate) mod checkpoint;
 pub(crate) mod dialect;
 mod retry;
@@ -55,4 +70,29 @@ pub(crate) fn extra_json(metadata: &crate::event::Metadata) -> Option<String> {
     } else {
         serde_json::to_string(&metadata.extra).ok()
     }
+}
+
+/// A stream read's statement (see [`stream_range!`]) with its parameters bound: the stream, the
+/// version range, the time-travel bound (in the dialect's codec) and the row limit.
+pub(crate) fn stream_query<'q, D, T>(
+    sql: &'q str,
+    stream: &'q StreamId,
+    (from, to): (i64, i64),
+    until: Option<T>,
+    limit: i64,
+) -> sqlx::query::Query<'q, D, <D as sqlx::Database>::Arguments<'q>>
+where
+    D: sqlx::Database,
+    &'q str: sqlx::Encode<'q, D> + sqlx::Type<D>,
+    i64: sqlx::Encode<'q, D> + sqlx::Type<D>,
+    Option<T>: sqlx::Encode<'q, D> + sqlx::Type<D>,
+    T: 'q + Send,
+{
+    sqlx::query(sql)
+        .bind(stream.aggregate_type())
+        .bind(stream.aggregate_id())
+        .bind(from)
+        .bind(to)
+        .bind(until)
+        .bind(limit)
 }

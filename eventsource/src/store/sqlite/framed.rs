@@ -45,9 +45,9 @@ pub(super) const STREAM_FRAMED: &str = concat!(
      damage, payload), '' ORDER BY version) FROM (SELECT position, version, \
      event_type, schema_version, ",
     damage!(),
-    " AS damage, payload FROM events \
-     WHERE aggregate_type = ? AND aggregate_id = ? AND version BETWEEN ? AND ? \
-     AND (? IS NULL OR occurred_at <= ?) ORDER BY version ASC LIMIT ?)"
+    " AS damage, payload",
+    crate::store::sql::stream_range!("$5"),
+    " ASC LIMIT $6)"
 );
 
 /// The first framed text of a stream read of `stream` from version `from` (`STREAM_FRAMED`), as
@@ -58,11 +58,18 @@ pub(crate) async fn stream_text(
     stream: &StreamId,
     from: i64,
 ) -> Result<Option<String>> {
-    use super::read::{STREAM_CHUNK, stream_query};
-    let row = stream_query(STREAM_FRAMED, stream, (from, i64::MAX), None, STREAM_CHUNK)
-        .fetch_one(store.pool())
-        .await
-        .map_err(Error::database("load"))?;
+    use super::read::STREAM_CHUNK;
+    use crate::store::sql::stream_query;
+    let row = stream_query(
+        STREAM_FRAMED,
+        stream,
+        (from, i64::MAX),
+        None::<i64>,
+        STREAM_CHUNK,
+    )
+    .fetch_one(store.pool())
+    .await
+    .map_err(Error::database("load"))?;
     row.try_get(1).map_err(Error::database("load"))
 }
 

@@ -1,6 +1,7 @@
 //! Reads: streams (row by row, then framed texts), pages of the global log, counts and the head.
 
 use super::*;
+use crate::store::sql::stream_query;
 
 impl SqliteEventStore {
     /// One page of `read_all`: as one framed text with the whole context
@@ -96,25 +97,6 @@ pub(super) fn push_filters(select: &mut QueryBuilder<'_, Sqlite>, query: &ReadAl
     }
 }
 
-/// A statement of a stream read with its parameters bound: the stream, the version range, the
-/// time-travel bound (twice: `? IS NULL OR occurred_at <= ?`) and the row limit.
-pub(super) fn stream_query<'q>(
-    sql: &'q str,
-    stream: &'q StreamId,
-    (from, to): (i64, i64),
-    until: Option<i64>,
-    limit: i64,
-) -> sqlx::query::Query<'q, Sqlite, sqlx::sqlite::SqliteArguments<'q>> {
-    sqlx::query(sql)
-        .bind(stream.aggregate_type())
-        .bind(stream.aggregate_id())
-        .bind(from)
-        .bind(to)
-        .bind(until)
-        .bind(until)
-        .bind(limit)
-}
-
 /// How many rows a stream read reads row by row before it reads the rest as framed texts.
 pub(super) const STREAM_HEAD: i64 = 64;
 
@@ -189,9 +171,9 @@ impl SqliteEventStore {
         const SQL: &str = concat!(
             "SELECT position, version, event_type, schema_version, ",
             damage!(),
-            ", payload FROM events \
-             WHERE aggregate_type = ? AND aggregate_id = ? AND version BETWEEN ? AND ? \
-             AND (? IS NULL OR occurred_at <= ?) ORDER BY version ASC LIMIT ?"
+            ", payload",
+            crate::store::sql::stream_range!("$5"),
+            " ASC LIMIT $6"
         );
         let rows = stream_query(SQL, stream, (from, to), until, limit)
             .fetch_all(conn)
@@ -322,14 +304,14 @@ impl EventStore for SqliteEventStore {
         const FORWARDS: &str = concat!(
             "SELECT ",
             stream_columns!(),
-            " FROM events WHERE aggregate_type = ? AND aggregate_id = ? AND version BETWEEN ? AND ? \
-             AND (? IS NULL OR occurred_at <= ?) ORDER BY version ASC LIMIT ?"
+            crate::store::sql::stream_range!("$5"),
+            " ASC LIMIT $6"
         );
         const BACKWARDS: &str = concat!(
             "SELECT ",
             stream_columns!(),
-            " FROM events WHERE aggregate_type = ? AND aggregate_id = ? AND version BETWEEN ? AND ? \
-             AND (? IS NULL OR occurred_at <= ?) ORDER BY version DESC LIMIT ?"
+            crate::store::sql::stream_range!("$5"),
+            " DESC LIMIT $6"
         );
         let sql = if query.backwards { BACKWARDS } else { FORWARDS };
         let until = query.until.map(|t| t.timestamp_micros());
