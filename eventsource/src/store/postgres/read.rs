@@ -294,21 +294,11 @@ impl EventStore for PostgresEventStore {
         query: StreamQuery,
     ) -> Result<Vec<RecordedEvent>> {
         stream.validate()?;
-        const FORWARDS: &str = concat!(
-            "SELECT ",
-            stream_columns!(),
-            crate::store::sql::stream_range!("$5::TIMESTAMPTZ"),
-            " ASC LIMIT $6"
-        );
-        const BACKWARDS: &str = concat!(
-            "SELECT ",
-            stream_columns!(),
-            crate::store::sql::stream_range!("$5::TIMESTAMPTZ"),
-            " DESC LIMIT $6"
-        );
+        const READS: [&str; 2] =
+            crate::store::sql::stream_reads!(stream_columns!(), "$5::TIMESTAMPTZ");
         let (from, to) = query.sql_versions();
         let (sql, until, limit) = (
-            if query.backwards { BACKWARDS } else { FORWARDS },
+            READS[usize::from(query.backwards)],
             query.until,
             query.sql_limit(),
         );
@@ -318,15 +308,7 @@ impl EventStore for PostgresEventStore {
             })
             .await?;
         let mut of = RowsOf::Stream(stream);
-        let events = rows
-            .iter()
-            .filter_map(|row| match decode_row(row, &mut of) {
-                Ok((_, event)) => event,
-                Err(error) => Some(Err(error)),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        check_sequence(stream, &query, &events)?;
-        Ok(events)
+        crate::store::sql::stream_events(stream, &query, &rows, |row| decode_row(row, &mut of))
     }
 
     fn read_all(&self, query: ReadAll) -> BoxStream<'_, Result<RecordedEvent>> {

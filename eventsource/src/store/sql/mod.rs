@@ -35,6 +35,28 @@ macro_rules! stream_range {
 }
 pub(crate) use stream_range;
 
+/// The two statements of `read_stream`, oldest first and newest first: `$columns` of
+/// [`stream_range!`]`($until)`.
+macro_rules! stream_reads {
+    ($columns:expr, $until:literal) => {
+        [
+            concat!(
+                "SELECT ",
+                $columns,
+                crate::store::sql::stream_range!($until),
+                " ASC LIMIT $6"
+            ),
+            concat!(
+                "SELECT ",
+                $columns,
+                crate::store::sql::stream_range!($until),
+                " DESC LIMIT $6"
+            ),
+        ]
+    };
+}
+pub(crate) use stream_reads;
+
 pub(crate) mod checkpoint;
 pub(crate) mod dialect;
 mod retry;
@@ -95,4 +117,23 @@ where
         .bind(to)
         .bind(until)
         .bind(limit)
+}
+
+/// The events of a stream read's `rows`, each decoded by `decode`, checked for gaps
+/// ([`check_sequence`]): the end of every SQL store's `read_stream`.
+pub(crate) fn stream_events<R>(
+    stream: &StreamId,
+    query: &StreamQuery,
+    rows: &[R],
+    mut decode: impl FnMut(&R) -> Result<PageRow>,
+) -> Result<Vec<RecordedEvent>> {
+    let events = rows
+        .iter()
+        .filter_map(|row| match decode(row) {
+            Ok((_, event)) => event,
+            Err(error) => Some(Err(error)),
+        })
+        .collect::<Result<Vec<_>>>()?;
+    check_sequence(stream, query, &events)?;
+    Ok(events)
 }

@@ -12,8 +12,8 @@ use super::warm::Warm;
 use super::{
     AppendResult, AppendSignal, Columns, EventRow, EventStore, ExpectedVersion, FoldEnd, FoldItem,
     LeanRow, LogHead, PageRow, Position, ReadAll, RowDetails, RowReader, StreamCache, StreamId,
-    StreamQuery, check_sequence, extra_json, feed_row, feed_stream_row, paged, retried_append,
-    row_view, snapshot_row, validate_append,
+    StreamQuery, extra_json, feed_row, feed_stream_row, paged, retried_append, row_view,
+    snapshot_row, validate_append,
 };
 use crate::checkpoint::{CheckpointStore, DeadLetter, TransactionalStore};
 use crate::context::ContextFields;

@@ -301,19 +301,8 @@ impl EventStore for SqliteEventStore {
         query: StreamQuery,
     ) -> Result<Vec<RecordedEvent>> {
         stream.validate()?;
-        const FORWARDS: &str = concat!(
-            "SELECT ",
-            stream_columns!(),
-            crate::store::sql::stream_range!("$5"),
-            " ASC LIMIT $6"
-        );
-        const BACKWARDS: &str = concat!(
-            "SELECT ",
-            stream_columns!(),
-            crate::store::sql::stream_range!("$5"),
-            " DESC LIMIT $6"
-        );
-        let sql = if query.backwards { BACKWARDS } else { FORWARDS };
+        const READS: [&str; 2] = crate::store::sql::stream_reads!(stream_columns!(), "$5");
+        let sql = READS[usize::from(query.backwards)];
         let until = query.until.map(|t| t.timestamp_micros());
         let (from, to) = query.sql_versions();
         let rows = self
@@ -331,15 +320,7 @@ impl EventStore for SqliteEventStore {
                 Ok(rows)
             })
             .await?;
-        let events = rows
-            .iter()
-            .filter_map(|row| match decode_row(row, Some(stream)) {
-                Ok((_, event)) => event,
-                Err(error) => Some(Err(error)),
-            })
-            .collect::<Result<Vec<_>>>()?;
-        check_sequence(stream, &query, &events)?;
-        Ok(events)
+        crate::store::sql::stream_events(stream, &query, &rows, |row| decode_row(row, Some(stream)))
     }
 
     fn read_all(&self, query: ReadAll) -> BoxStream<'_, Result<RecordedEvent>> {
