@@ -64,9 +64,14 @@ pub(crate) trait GroupWriter: Send + Sync + 'static {
     /// Writes `group` (at least two appends) in one transaction.
     fn write_group(&self, group: &[Pending]) -> impl Future<Output = Vec<Grouped>> + Send;
 
-    /// Writes one append on its own (the group of one), as an append without group commit
-    /// does, wake-up of subscribers included.
-    fn write_one(&self, append: &Pending) -> impl Future<Output = Result<AppendResult>> + Send;
+    /// Writes one append on its own (a group of one, or an append without group commit),
+    /// retried by the store's policy, wake-up of subscribers included.
+    fn append_alone(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> impl Future<Output = Result<AppendResult>> + Send;
 
     /// Called after a group committed something: wakes the store's subscribers.
     fn committed(&self);
@@ -158,7 +163,9 @@ async fn write<W: GroupWriter>(writer: &W, mut group: Vec<Pending>) {
     if group.len() == 1 {
         let pending = group.pop().expect("one append");
         // The store's own append, retries and conflict reporting included: its outcome is final.
-        let outcome = writer.write_one(&pending).await;
+        let outcome = writer
+            .append_alone(&pending.stream, pending.expected, &pending.events)
+            .await;
         let _ = pending.reply.send(Grouped::Done(outcome));
         return;
     }
@@ -191,9 +198,25 @@ impl std::ops::Deref for Alone {
     }
 }
 
-/// The first step of every SQL store's append: through `group`'s committer when it is on and
-/// takes the batch (its result), else the batch back, to append alone.
-pub(crate) async fn route(
+/// Every SQL store's append (without its telemetry): checked, then through `group`'s committer
+/// when it is on and takes the batch, else on its own.
+pub(crate) async fn append<W: GroupWriter>(
+    store: &W,
+    group: Option<&GroupCommit>,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+) -> Result<AppendResult> {
+    super::validate_append(stream, &events)?;
+    match route(group, stream, expected, events).await {
+        Ok(result) => result,
+        Err(events) => store.append_alone(stream, expected, &events).await,
+    }
+}
+
+/// Through `group`'s committer when it is on and takes the batch (its result), else the batch
+/// back, to append alone.
+async fn route(
     group: Option<&GroupCommit>,
     stream: &StreamId,
     expected: ExpectedVersion,

@@ -515,6 +515,25 @@ macro_rules! forward_event_store {
 
 forward_event_store!(&S, std::sync::Arc<S>, Box<S>);
 
+/// [`EventStore::append`] of a built-in store, observed (a span, metrics: see
+/// [`telemetry`](crate::telemetry)): the store's `append_unobserved` does the work.
+macro_rules! observed_append {
+    () => {
+        async fn append(
+            &self,
+            stream: &crate::stream::StreamId,
+            expected: crate::stream::ExpectedVersion,
+            events: Vec<crate::event::NewEvent>,
+        ) -> crate::error::Result<crate::stream::AppendResult> {
+            let observed = crate::telemetry::Append::start(stream, expected, &events);
+            observed
+                .run(self.append_unobserved(stream, expected, events))
+                .await
+        }
+    };
+}
+pub(crate) use observed_append;
+
 /// The in-process signal of new appends behind [`EventStore::watch_appends`]: a counter bumped
 /// after each committed append.
 #[derive(Debug)]

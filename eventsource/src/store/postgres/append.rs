@@ -219,11 +219,14 @@ impl GroupWriter for PostgresEventStore {
         outcomes
     }
 
-    async fn write_one(&self, append: &Pending) -> Result<AppendResult> {
-        self.retrying("append", |_| {
-            self.append_attempt(&append.stream, append.expected, &append.events)
-        })
-        .await
+    async fn append_alone(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendResult> {
+        self.retrying("append", |_| self.append_attempt(stream, expected, events))
+            .await
     }
 
     fn committed(&self) {
@@ -569,13 +572,6 @@ impl PostgresEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
-        validate_append(stream, &events)?;
-        let events =
-            match crate::store::group::route(self.group.as_ref(), stream, expected, events).await {
-                Ok(result) => return result,
-                Err(events) => events,
-            };
-        self.retrying("append", |_| self.append_attempt(stream, expected, &events))
-            .await
+        crate::store::group::append(self, self.group.as_ref(), stream, expected, events).await
     }
 }

@@ -25,7 +25,7 @@ use super::warm::Warm;
 use super::{
     AppendResult, Columns, EventRow, EventStore, ExpectedVersion, FoldEnd, FoldItem, LeanRow,
     LogHead, PageRow, Position, ReadAll, RowDetails, RowReader, StreamCache, StreamId, StreamQuery,
-    extra_json, feed_row, feed_stream_row, paged, retried_append, snapshot_row, validate_append,
+    extra_json, feed_row, feed_stream_row, paged, retried_append, snapshot_row,
 };
 use crate::checkpoint::{CheckpointStore, DeadLetter, TransactionalStore};
 use crate::context::ContextFields;

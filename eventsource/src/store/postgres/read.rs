@@ -276,17 +276,7 @@ pub(super) fn push_filters<'q>(select: &mut QueryBuilder<'q, Postgres>, query: &
     }
 }
 impl EventStore for PostgresEventStore {
-    async fn append(
-        &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<AppendResult> {
-        let observed = crate::telemetry::Append::start(stream, expected, &events);
-        observed
-            .run(self.append_unobserved(stream, expected, events))
-            .await
-    }
+    crate::store::observed_append!();
 
     async fn read_stream(
         &self,

@@ -389,11 +389,19 @@ impl GroupWriter for SqliteEventStore {
         }
     }
 
-    async fn write_one(&self, append: &Pending) -> Result<AppendResult> {
-        self.retrying("append", |_| {
-            self.append_inner(&append.stream, append.expected, &append.events)
-        })
-        .await
+    async fn append_alone(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> Result<AppendResult> {
+        if events.is_empty() {
+            return self
+                .retrying("append", |_| self.stream_head(stream, expected))
+                .await;
+        }
+        self.retrying("append", |_| self.append_inner(stream, expected, events))
+            .await
     }
 
     fn committed(&self) {
@@ -485,19 +493,7 @@ impl SqliteEventStore {
         expected: ExpectedVersion,
         events: Vec<NewEvent>,
     ) -> Result<AppendResult> {
-        validate_append(stream, &events)?;
-        let events =
-            match crate::store::group::route(self.group.as_ref(), stream, expected, events).await {
-                Ok(result) => return result,
-                Err(events) => events,
-            };
-        if events.is_empty() {
-            return self
-                .retrying("append", |_| self.stream_head(stream, expected))
-                .await;
-        }
-        self.retrying("append", |_| self.append_inner(stream, expected, &events))
-            .await
+        crate::store::group::append(self, self.group.as_ref(), stream, expected, events).await
     }
 
     /// Where `stream` is, for an append of nothing: read without taking the write lock.

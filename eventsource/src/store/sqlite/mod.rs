@@ -13,7 +13,7 @@ use super::{
     AppendResult, AppendSignal, Columns, EventRow, EventStore, ExpectedVersion, FoldEnd, FoldItem,
     LeanRow, LogHead, PageRow, Position, ReadAll, RowDetails, RowReader, StreamCache, StreamId,
     StreamQuery, extra_json, feed_row, feed_stream_row, paged, retried_append, row_view,
-    snapshot_row, validate_append,
+    snapshot_row,
 };
 use crate::checkpoint::{CheckpointStore, DeadLetter, TransactionalStore};
 use crate::context::ContextFields;
