@@ -232,3 +232,24 @@ async fn route(
         None => Err(Alone::Shared(events)),
     }
 }
+
+/// `store` with group commit on: a committer task writing through a clone of it without one.
+/// Outside a Tokio runtime, `store` as it is.
+pub(crate) fn turn_on<W: GroupWriter + Clone>(
+    mut store: W,
+    group: impl Fn(&mut W) -> &mut Option<GroupCommit>,
+) -> W {
+    let mut writer = store.clone();
+    *group(&mut writer) = None;
+    *group(&mut store) = GroupCommit::start(writer);
+    store
+}
+
+/// What every store's `with_group_commit` says of the runtime and of clones.
+macro_rules! runtime_note {
+    () => {
+        "Needs a Tokio runtime (the committer is a task of the runtime this is called on); \
+         outside one, the store is returned as it is. Clones made after this share the committer."
+    };
+}
+pub(crate) use runtime_note;

@@ -201,15 +201,9 @@ impl PostgresEventStore {
     /// BENCHMARKS.md (W5b) for what it gives. A tenant-scoped store
     /// ([`for_tenant`](crate::tenant::Tenancy)) appends on its own.
     ///
-    /// Needs a Tokio runtime (the committer is a task of the runtime this is called on); outside
-    /// one, the store is returned as it is. Clones made after this share the committer.
-    pub fn with_group_commit(mut self) -> Self {
-        let writer = PostgresEventStore {
-            group: None,
-            ..self.clone()
-        };
-        self.group = crate::store::group::GroupCommit::start(writer);
-        self
+    #[doc = crate::store::group::runtime_note!()]
+    pub fn with_group_commit(self) -> Self {
+        crate::store::group::turn_on(self, |store| &mut store.group)
     }
 
     /// This store, with each of its event and snapshot statements run in a transaction that

@@ -261,16 +261,8 @@ pub(super) fn push_wanted<'q>(select: &mut QueryBuilder<'q, Postgres>, query: &'
 
 /// Appends the `ReadAll` filters to a `WHERE` clause.
 pub(super) fn push_filters<'q>(select: &mut QueryBuilder<'q, Postgres>, query: &'q ReadAll) {
-    if !query.event_types.is_empty() {
-        select.push(" AND event_type = ANY(");
-        select.push_bind(storable(&query.event_types));
-        select.push(")");
-    }
-    if !query.aggregate_types.is_empty() {
-        select.push(" AND aggregate_type = ANY(");
-        select.push_bind(storable(&query.aggregate_types));
-        select.push(")");
-    }
+    select.push(" AND ");
+    push_wanted(select, query);
     if let Some(tenant) = &query.tenant_id {
         push_tenant(select, tenant);
     }

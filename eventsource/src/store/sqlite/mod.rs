@@ -220,15 +220,9 @@ impl SqliteEventStore {
     /// A lone writer commits alone, without waiting for company. Worth it when many tasks save
     /// at once; see BENCHMARKS.md (W5b) for what it gives.
     ///
-    /// Needs a Tokio runtime (the committer is a task of the runtime this is called on); outside
-    /// one, the store is returned as it is. Clones made after this share the committer.
-    pub fn with_group_commit(mut self) -> Self {
-        let writer = SqliteEventStore {
-            group: None,
-            ..self.clone()
-        };
-        self.group = crate::store::group::GroupCommit::start(writer);
-        self
+    #[doc = crate::store::group::runtime_note!()]
+    pub fn with_group_commit(self) -> Self {
+        crate::store::group::turn_on(self, |store| &mut store.group)
     }
 
     /// The pool of reader connections, for queries of your own (read models in the same file).
