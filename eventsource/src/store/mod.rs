@@ -1,6 +1,8 @@
 //! Event stores: the [`EventStore`] trait and what it speaks in (queries, append results), its
-//! object-safe form [`DynEventStore`], and [`AnyStore`], a store chosen at run time. Backends
-//! live one per file: [`memory`], `sqlite` and `postgres` (behind features of those names).
+//! object-safe form [`DynEventStore`], and [`AnyStore`], a store chosen at run time. Backends:
+//! [`memory`], and `sqlite` and `postgres` (behind features of those names), each a folder split
+//! by concern over what every SQL backend shares (`store/sql`: row decoding, the dialect, the
+//! retry policy, checkpoints).
 //!
 //! A store keeps one ordered log. Each event belongs to one stream (an aggregate type and id)
 //! where it has a version (1, 2, 3, ...), and has a position in the global order of the whole
