@@ -353,3 +353,60 @@ async fn kept_connections_are_given_back_after_a_transient_error() {
         "one dead connection met, not one per kept one: {retries:?}"
     );
 }
+
+/// SQLite's "database is busy" is retried by the policy every SQL store follows: another
+/// connection (another process, in production) holds the write lock longer than one attempt
+/// waits for it (the store's busy timeout, 1 s), and the append still goes through, once the
+/// lock is released, instead of failing with SQLITE_BUSY.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sqlite_appends_are_retried_while_another_connection_holds_the_write_lock() {
+    use sqlx::Connection;
+    let dir = tempfile::tempdir().expect("a temporary directory");
+    let path = dir.path().join("events.db");
+    let store = eventsource::SqliteEventStore::open(&path).await.unwrap();
+    let stream = StreamId::new("Counter", "busy").unwrap();
+    let event = || NewEvent::from_json("resilience.Incremented", 1, r#"{"by":1}"#);
+    store
+        .append(&stream, ExpectedVersion::NoStream, vec![event()])
+        .await
+        .unwrap();
+
+    // A second connection, of its own, takes the write lock and keeps it for 2.5 s.
+    let mut other = sqlx::sqlite::SqliteConnectOptions::new()
+        .filename(&path)
+        .connect()
+        .await
+        .unwrap();
+    sqlx::query("BEGIN IMMEDIATE")
+        .execute(&mut other)
+        .await
+        .unwrap();
+    let held = Duration::from_millis(2500);
+    let holder = tokio::spawn(async move {
+        tokio::time::sleep(held).await;
+        sqlx::query("COMMIT").execute(&mut other).await.unwrap();
+        other.close().await.unwrap();
+    });
+
+    let started = std::time::Instant::now();
+    let appended = store
+        .append(&stream, ExpectedVersion::Exact(1), vec![event()])
+        .await;
+    let waited = started.elapsed();
+    holder.await.unwrap();
+    assert_eq!(
+        appended.unwrap().stream_version,
+        2,
+        "the append went through"
+    );
+    assert!(
+        waited >= Duration::from_millis(2000),
+        "it waited for the lock, over more than one attempt: {waited:?}"
+    );
+    let head = store
+        .append(&stream, ExpectedVersion::Any, Vec::new())
+        .await
+        .unwrap();
+    assert_eq!(head.stream_version, 2);
+    store.close().await;
+}

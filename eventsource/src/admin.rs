@@ -79,12 +79,6 @@ impl StreamListing {
         self.limit = Some(n);
         self
     }
-
-    #[cfg(any(feature = "sqlite", feature = "postgres"))]
-    fn sql_limit(&self) -> i64 {
-        self.limit
-            .map_or(i64::MAX, |n| i64::try_from(n).unwrap_or(i64::MAX))
-    }
 }
 
 /// One stream, as [`Inspect::list_streams`] lists it.
@@ -338,378 +332,277 @@ impl Inspect for InMemoryEventStore {
     }
 }
 
-// ---------------------------------------------------------------------------------------------
-// SQL stores.
+// SQL stores: written once over the dialect (`store::sql::dialect`).
 
-/// The applied migrations against the ones this code embeds.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn schema_state_of(migrator: &sqlx::migrate::Migrator, applied: Option<Vec<i64>>) -> SchemaState {
-    let Some(applied) = applied else {
-        return SchemaState::Missing;
-    };
-    let pending = migrator
-        .iter()
-        .filter(|m| !applied.contains(&m.version))
-        .count();
-    match pending {
-        0 => SchemaState::Current,
-        pending => SchemaState::Outdated { pending },
+mod sql {
+    use super::*;
+    use crate::store::sql::dialect::{Dialect, Statement, fetch_optional, int, text};
+
+    /// Events per event type, most first.
+    const BY_EVENT_TYPE: &str = "SELECT event_type, COUNT(*) AS n FROM events \
+         GROUP BY event_type ORDER BY n DESC, event_type";
+
+    /// Events per aggregate type, most first.
+    const BY_AGGREGATE_TYPE: &str = "SELECT aggregate_type, COUNT(*) AS n FROM events \
+         GROUP BY aggregate_type ORDER BY n DESC, aggregate_type";
+
+    /// Every projection with a checkpoint or dead letters: name, checkpoint, its time, and how
+    /// many dead letters.
+    const PROJECTIONS: &str = "SELECT c.name, c.position, c.updated_at, \
+         (SELECT COUNT(*) FROM dead_letters d WHERE d.projection = c.name) \
+         FROM checkpoints c \
+         UNION ALL \
+         SELECT projection, NULL, NULL, COUNT(*) FROM dead_letters \
+         WHERE projection NOT IN (SELECT name FROM checkpoints) GROUP BY projection \
+         ORDER BY 1";
+
+    /// A connection of the store's (reading) pool.
+    async fn connection<D: Dialect>(
+        pool: &sqlx::Pool<D>,
+        operation: &'static str,
+    ) -> Result<sqlx::pool::PoolConnection<D>> {
+        pool.acquire().await.map_err(Error::database(operation))
     }
-}
 
-/// Events per event type, most first (the same SQL on both databases).
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-const BY_EVENT_TYPE: &str =
-    "SELECT event_type, COUNT(*) AS n FROM events GROUP BY event_type ORDER BY n DESC, event_type";
+    /// The applied migrations against the ones this code embeds.
+    fn schema_state_of(
+        migrator: &sqlx::migrate::Migrator,
+        applied: Option<Vec<i64>>,
+    ) -> SchemaState {
+        let Some(applied) = applied else {
+            return SchemaState::Missing;
+        };
+        let pending = migrator
+            .iter()
+            .filter(|m| !applied.contains(&m.version))
+            .count();
+        match pending {
+            0 => SchemaState::Current,
+            pending => SchemaState::Outdated { pending },
+        }
+    }
 
-/// Events per aggregate type, most first.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-const BY_AGGREGATE_TYPE: &str = "SELECT aggregate_type, COUNT(*) AS n FROM events \
-     GROUP BY aggregate_type ORDER BY n DESC, aggregate_type";
+    pub(super) async fn schema_state<D: Dialect>(pool: &sqlx::Pool<D>) -> Result<SchemaState> {
+        let database = || Error::database("schema_state");
+        let mut conn = connection(pool, "schema_state").await?;
+        let has_table = match fetch_optional::<D>(&mut conn, D::HAS_MIGRATIONS, Vec::new())
+            .await
+            .map_err(database())?
+        {
+            Some(row) => int::<D>(&row, 0).map_err(database())? > 0,
+            None => false,
+        };
+        let applied = if has_table {
+            let sql = "SELECT version FROM _sqlx_migrations WHERE success";
+            let rows = D::fetch_all(&mut conn, sql, Vec::new())
+                .await
+                .map_err(database())?;
+            let versions = rows.iter().map(|row| int::<D>(row, 0));
+            Some(versions.collect::<sqlx::Result<_>>().map_err(database())?)
+        } else {
+            None
+        };
+        Ok(schema_state_of(&D::migrator(), applied))
+    }
 
-/// Every projection with a checkpoint or dead letters: name, checkpoint, its time, and how many
-/// dead letters.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-const PROJECTIONS: &str = "SELECT c.name, c.position, c.updated_at, \
-     (SELECT COUNT(*) FROM dead_letters d WHERE d.projection = c.name) \
-     FROM checkpoints c \
-     UNION ALL \
-     SELECT projection, NULL, NULL, COUNT(*) FROM dead_letters \
-     WHERE projection NOT IN (SELECT name FROM checkpoints) GROUP BY projection \
-     ORDER BY 1";
+    /// The `WHERE`, `GROUP BY` and `HAVING` of a stream listing.
+    fn push_listing<'a>(select: &mut Statement<'a>, listing: &'a StreamListing) {
+        select.push(" FROM events WHERE TRUE");
+        if let Some(aggregate_type) = &listing.aggregate_type {
+            select
+                .push(" AND aggregate_type = ")
+                .bind(aggregate_type.as_str());
+        }
+        if let Some(after) = &listing.after {
+            select
+                .push(" AND (aggregate_type > ")
+                .bind(after.aggregate_type());
+            select
+                .push(" OR (aggregate_type = ")
+                .bind(after.aggregate_type());
+            select
+                .push(" AND aggregate_id > ")
+                .bind(after.aggregate_id());
+            select.push("))");
+        }
+        select.push(" GROUP BY aggregate_type, aggregate_id");
+        if let Some(tenant) = &listing.tenant_id {
+            select
+                .push(" HAVING SUM(CASE WHEN tenant_id = ")
+                .bind(tenant.as_str());
+            select.push(" THEN 1 ELSE 0 END) > 0");
+        }
+        let limit = listing
+            .limit
+            .map_or(i64::MAX, |n| i64::try_from(n).unwrap_or(i64::MAX));
+        select
+            .push(" ORDER BY aggregate_type, aggregate_id LIMIT ")
+            .bind(limit);
+    }
 
-/// The (key, count) rows of `sql` (an event type, an aggregate type, a day), for either database.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-async fn name_counts<DB>(pool: &sqlx::Pool<DB>, sql: &'static str) -> Result<Vec<(String, i64)>>
-where
-    DB: sqlx::Database,
-    for<'c> &'c sqlx::Pool<DB>: sqlx::Executor<'c, Database = DB>,
-    for<'q> <DB as sqlx::Database>::Arguments<'q>: sqlx::IntoArguments<'q, DB>,
-    (String, i64): for<'r> sqlx::FromRow<'r, DB::Row>,
-{
-    sqlx::query_as(sql)
-        .fetch_all(pool)
-        .await
-        .map_err(Error::database("stats"))
-}
-
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn count(n: i64) -> u64 {
-    n.max(0) as u64
-}
-
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn named_counts(rows: Vec<(String, i64)>) -> Vec<NamedCount> {
-    rows.into_iter()
-        .map(|(name, events)| NamedCount {
-            name,
-            events: count(events),
-        })
-        .collect()
-}
-
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn day_counts(rows: Vec<(String, i64)>) -> Result<Vec<DayCount>> {
-    rows.into_iter()
-        .map(|(day, events)| {
-            let day =
-                NaiveDate::parse_from_str(&day, "%Y-%m-%d").map_err(|error| Error::Database {
-                    operation: "stats",
-                    source: crate::error::DatabaseError::new(format!(
-                        "unexpected day `{day}`: {error}"
-                    )),
-                })?;
-            Ok(DayCount {
-                day,
-                events: count(events),
+    pub(super) async fn list_streams<D: Dialect>(
+        pool: &sqlx::Pool<D>,
+        listing: &StreamListing,
+    ) -> Result<Vec<StreamSummary>> {
+        let database = || Error::database("list_streams");
+        let mut select = Statement::new(
+            "SELECT aggregate_type, aggregate_id, MAX(version), MAX(occurred_at), MAX(position)",
+        );
+        push_listing(&mut select, listing);
+        let mut conn = connection(pool, "list_streams").await?;
+        let rows = D::fetch_all(&mut conn, &select.sql, select.values)
+            .await
+            .map_err(database())?;
+        rows.iter()
+            .map(|row| {
+                Ok(StreamSummary {
+                    stream: StreamId::unchecked(text::<D>(row, 0)?, text::<D>(row, 1)?),
+                    version: count(int::<D>(row, 2)?),
+                    last_event_at: D::time(row, 3)?.unwrap_or_default(),
+                    last_position: Position::new(count(int::<D>(row, 4)?)),
+                })
             })
+            .collect::<sqlx::Result<_>>()
+            .map_err(database())
+    }
+
+    /// The (key, count) rows of `sql` (an event type, an aggregate type, a day).
+    async fn name_counts<D: Dialect>(
+        conn: &mut D::Connection,
+        sql: &'static str,
+    ) -> Result<Vec<(String, u64)>> {
+        let rows = D::fetch_all(conn, sql, Vec::new())
+            .await
+            .map_err(Error::database("stats"))?;
+        rows.iter()
+            .map(|row| Ok((text::<D>(row, 0)?, count(int::<D>(row, 1)?))))
+            .collect::<sqlx::Result<_>>()
+            .map_err(Error::database("stats"))
+    }
+
+    /// The one value of `sql`'s one row.
+    async fn scalar<D: Dialect>(conn: &mut D::Connection, sql: &'static str) -> Result<u64> {
+        let row = fetch_optional::<D>(conn, sql, Vec::new())
+            .await
+            .map_err(Error::database("stats"))?;
+        let value = row.map(|row| int::<D>(&row, 0)).transpose();
+        Ok(count(value.map_err(Error::database("stats"))?.unwrap_or(0)))
+    }
+
+    pub(super) async fn stats<D: Dialect>(pool: &sqlx::Pool<D>) -> Result<StoreStats> {
+        let mut conn = connection(pool, "stats").await?;
+        let events = scalar::<D>(&mut conn, "SELECT COUNT(*) FROM events").await?;
+        let streams = scalar::<D>(
+            &mut conn,
+            "SELECT COUNT(*) FROM (SELECT 1 FROM events GROUP BY aggregate_type, aggregate_id) AS s",
+        )
+        .await?;
+        let named = |rows: Vec<(String, u64)>| {
+            rows.into_iter()
+                .map(|(name, events)| NamedCount { name, events })
+                .collect()
+        };
+        let by_event_type = named(name_counts::<D>(&mut conn, BY_EVENT_TYPE).await?);
+        let by_aggregate_type = named(name_counts::<D>(&mut conn, BY_AGGREGATE_TYPE).await?);
+        let by_day = day_counts(name_counts::<D>(&mut conn, D::EVENTS_BY_DAY).await?)?;
+        let size = scalar::<D>(&mut conn, D::SIZE).await?;
+        Ok(StoreStats {
+            events,
+            streams,
+            by_event_type,
+            by_aggregate_type,
+            by_day,
+            size_bytes: Some(size),
         })
-        .collect()
+    }
+
+    pub(super) async fn projections<D: Dialect>(
+        pool: &sqlx::Pool<D>,
+    ) -> Result<Vec<ProjectionRecord>> {
+        let database = || Error::database("projections");
+        let mut conn = connection(pool, "projections").await?;
+        let rows = D::fetch_all(&mut conn, PROJECTIONS, Vec::new())
+            .await
+            .map_err(database())?;
+        rows.iter()
+            .map(|row| {
+                Ok(ProjectionRecord {
+                    name: text::<D>(row, 0)?,
+                    checkpoint: D::int(row, 1)?.map(|p| Position::new(count(p))),
+                    updated_at: D::time(row, 2)?,
+                    dead_letters: count(int::<D>(row, 3)?),
+                })
+            })
+            .collect::<sqlx::Result<_>>()
+            .map_err(database())
+    }
+
+    fn count(n: i64) -> u64 {
+        n.max(0) as u64
+    }
+
+    fn day_counts(rows: Vec<(String, u64)>) -> Result<Vec<DayCount>> {
+        rows.into_iter()
+            .map(|(day, events)| {
+                let day = NaiveDate::parse_from_str(&day, "%Y-%m-%d").map_err(|error| {
+                    Error::Database {
+                        operation: "stats",
+                        source: crate::error::DatabaseError::new(format!(
+                            "unexpected day `{day}`: {error}"
+                        )),
+                    }
+                })?;
+                Ok(DayCount { day, events })
+            })
+            .collect()
+    }
 }
 
-/// A stream summary from its row; rows come from the store's own tables, so parts are trusted.
+/// [`Inspect`] for an SQL store whose `pool()` is the pool to read: the statements of `sql`.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn summary(
-    aggregate_type: String,
-    aggregate_id: String,
-    version: i64,
-    last_event_at: Option<DateTime<Utc>>,
-    last_position: i64,
-) -> StreamSummary {
-    StreamSummary {
-        stream: StreamId::unchecked(aggregate_type, aggregate_id),
-        version: count(version),
-        last_event_at: last_event_at.unwrap_or_default(),
-        last_position: Position::new(count(last_position)),
-    }
-}
+macro_rules! inspect_sql {
+    ($store:ty, $database:ty) => {
+        impl Inspect for $store {
+            async fn schema_state(&self) -> Result<SchemaState> {
+                sql::schema_state::<$database>(self.pool()).await
+            }
 
-/// The `WHERE`, `GROUP BY` and `HAVING` of a stream listing, for either database.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn push_listing<DB>(select: &mut sqlx::QueryBuilder<'_, DB>, listing: &StreamListing)
-where
-    DB: sqlx::Database,
-    String: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-    i64: for<'q> sqlx::Encode<'q, DB> + sqlx::Type<DB>,
-{
-    select.push(" FROM events WHERE TRUE");
-    if let Some(aggregate_type) = &listing.aggregate_type {
-        select.push(" AND aggregate_type = ");
-        select.push_bind(aggregate_type.clone());
-    }
-    if let Some(after) = &listing.after {
-        select.push(" AND (aggregate_type > ");
-        select.push_bind(after.aggregate_type().to_owned());
-        select.push(" OR (aggregate_type = ");
-        select.push_bind(after.aggregate_type().to_owned());
-        select.push(" AND aggregate_id > ");
-        select.push_bind(after.aggregate_id().to_owned());
-        select.push("))");
-    }
-    select.push(" GROUP BY aggregate_type, aggregate_id");
-    if let Some(tenant) = &listing.tenant_id {
-        select.push(" HAVING SUM(CASE WHEN tenant_id = ");
-        select.push_bind(tenant.clone());
-        select.push(" THEN 1 ELSE 0 END) > 0");
-    }
-    select.push(" ORDER BY aggregate_type, aggregate_id LIMIT ");
-    select.push_bind(listing.sql_limit());
+            async fn list_streams(&self, listing: &StreamListing) -> Result<Vec<StreamSummary>> {
+                sql::list_streams::<$database>(self.pool(), listing).await
+            }
+
+            async fn stats(&self) -> Result<StoreStats> {
+                sql::stats::<$database>(self.pool()).await
+            }
+
+            async fn projections(&self) -> Result<Vec<ProjectionRecord>> {
+                sql::projections::<$database>(self.pool()).await
+            }
+        }
+    };
 }
 
 #[cfg(feature = "sqlite")]
-mod sqlite {
-    use super::*;
-    use crate::store::sqlite::SqliteEventStore;
-    use sqlx::Sqlite;
-
-    fn micros(value: i64) -> Option<DateTime<Utc>> {
-        DateTime::from_timestamp_micros(value)
-    }
-
-    impl Inspect for SqliteEventStore {
-        async fn schema_state(&self) -> Result<SchemaState> {
-            let pool = self.pool();
-            let has_table: i64 = sqlx::query_scalar(
-                "SELECT COUNT(*) FROM sqlite_master WHERE type = 'table' AND name = '_sqlx_migrations'",
-            )
-            .fetch_one(pool)
-            .await
-            .map_err(Error::database("schema_state"))?;
-            let applied = if has_table == 0 {
-                None
-            } else {
-                Some(
-                    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-                        .fetch_all(pool)
-                        .await
-                        .map_err(Error::database("schema_state"))?,
-                )
-            };
-            Ok(schema_state_of(
-                &sqlx::migrate!("./migrations/sqlite"),
-                applied,
-            ))
-        }
-
-        async fn list_streams(&self, listing: &StreamListing) -> Result<Vec<StreamSummary>> {
-            let mut select = sqlx::QueryBuilder::<Sqlite>::new(
-                "SELECT aggregate_type, aggregate_id, MAX(version), MAX(occurred_at), MAX(position)",
-            );
-            push_listing(&mut select, listing);
-            let rows: Vec<(String, String, i64, i64, i64)> = select
-                .build_query_as()
-                .fetch_all(self.pool())
-                .await
-                .map_err(Error::database("list_streams"))?;
-            Ok(rows
-                .into_iter()
-                .map(|(t, id, version, at, position)| summary(t, id, version, micros(at), position))
-                .collect())
-        }
-
-        async fn stats(&self) -> Result<StoreStats> {
-            let pool = self.pool();
-            let (events, streams): (i64, i64) = sqlx::query_as(
-                "SELECT (SELECT COUNT(*) FROM events), \
-                 (SELECT COUNT(*) FROM (SELECT 1 FROM events GROUP BY aggregate_type, aggregate_id))",
-            )
-            .fetch_one(pool)
-            .await
-            .map_err(Error::database("stats"))?;
-            let by_event_type = name_counts(pool, BY_EVENT_TYPE).await?;
-            let by_aggregate_type = name_counts(pool, BY_AGGREGATE_TYPE).await?;
-            let by_day = name_counts(
-                pool,
-                "SELECT strftime('%Y-%m-%d', occurred_at / 1000000, 'unixepoch') AS day, COUNT(*) \
-                 FROM events GROUP BY day ORDER BY day",
-            )
-            .await?;
-            let size: i64 = sqlx::query_scalar(
-                "SELECT page_count * page_size FROM pragma_page_count(), pragma_page_size()",
-            )
-            .fetch_one(pool)
-            .await
-            .map_err(Error::database("stats"))?;
-            Ok(StoreStats {
-                events: count(events),
-                streams: count(streams),
-                by_event_type: named_counts(by_event_type),
-                by_aggregate_type: named_counts(by_aggregate_type),
-                by_day: day_counts(by_day)?,
-                size_bytes: Some(count(size)),
-            })
-        }
-
-        async fn projections(&self) -> Result<Vec<ProjectionRecord>> {
-            let rows: Vec<(String, Option<i64>, Option<i64>, i64)> = sqlx::query_as(PROJECTIONS)
-                .fetch_all(self.pool())
-                .await
-                .map_err(Error::database("projections"))?;
-            Ok(rows
-                .into_iter()
-                .map(|(name, position, updated_at, letters)| ProjectionRecord {
-                    name,
-                    checkpoint: position.map(|p| Position::new(count(p))),
-                    updated_at: updated_at.and_then(micros),
-                    dead_letters: count(letters),
-                })
-                .collect())
-        }
-    }
-}
-
+inspect_sql!(crate::store::sqlite::SqliteEventStore, sqlx::Sqlite);
 #[cfg(feature = "postgres")]
-mod postgres {
-    use super::*;
-    use crate::store::postgres::PostgresEventStore;
-    use sqlx::Postgres;
-
-    /// A stream listing's row: type, id, version, last time, last position.
-    type StreamRow = (String, String, i64, Option<DateTime<Utc>>, i64);
-    /// A projection listing's row: name, checkpoint, updated, dead letters.
-    type ProjectionRow = (String, Option<i64>, Option<DateTime<Utc>>, i64);
-
-    impl Inspect for PostgresEventStore {
-        async fn schema_state(&self) -> Result<SchemaState> {
-            let pool = self.pool();
-            let has_table: bool =
-                sqlx::query_scalar("SELECT to_regclass('_sqlx_migrations') IS NOT NULL")
-                    .fetch_one(pool)
-                    .await
-                    .map_err(Error::database("schema_state"))?;
-            let applied = if has_table {
-                Some(
-                    sqlx::query_scalar("SELECT version FROM _sqlx_migrations WHERE success")
-                        .fetch_all(pool)
-                        .await
-                        .map_err(Error::database("schema_state"))?,
-                )
-            } else {
-                None
-            };
-            Ok(schema_state_of(
-                &sqlx::migrate!("./migrations/postgres"),
-                applied,
-            ))
-        }
-
-        async fn list_streams(&self, listing: &StreamListing) -> Result<Vec<StreamSummary>> {
-            let mut select = sqlx::QueryBuilder::<Postgres>::new(
-                "SELECT aggregate_type, aggregate_id, MAX(version), MAX(occurred_at), MAX(position)",
-            );
-            push_listing(&mut select, listing);
-            let rows: Vec<StreamRow> = select
-                .build_query_as()
-                .fetch_all(self.pool())
-                .await
-                .map_err(Error::database("list_streams"))?;
-            Ok(rows
-                .into_iter()
-                .map(|(t, id, version, at, position)| summary(t, id, version, at, position))
-                .collect())
-        }
-
-        async fn stats(&self) -> Result<StoreStats> {
-            let pool = self.pool();
-            let (events, streams): (i64, i64) = sqlx::query_as(
-                "SELECT (SELECT COUNT(*) FROM events), \
-                 (SELECT COUNT(*) FROM (SELECT 1 FROM events GROUP BY aggregate_type, aggregate_id) AS s)",
-            )
-            .fetch_one(pool)
-            .await
-            .map_err(Error::database("stats"))?;
-            let by_event_type = name_counts(pool, BY_EVENT_TYPE).await?;
-            let by_aggregate_type = name_counts(pool, BY_AGGREGATE_TYPE).await?;
-            let by_day = name_counts(
-                pool,
-                "SELECT to_char(occurred_at AT TIME ZONE 'UTC', 'YYYY-MM-DD') AS day, COUNT(*) \
-                 FROM events GROUP BY day ORDER BY day",
-            )
-            .await?;
-            let size: i64 = sqlx::query_scalar(
-                "SELECT COALESCE(SUM(pg_total_relation_size(t)), 0)::BIGINT FROM \
-                 (SELECT to_regclass(name) AS t FROM UNNEST(ARRAY['events', 'snapshots', \
-                 'checkpoints', 'dead_letters']) AS name) AS tables WHERE t IS NOT NULL",
-            )
-            .fetch_one(pool)
-            .await
-            .map_err(Error::database("stats"))?;
-            Ok(StoreStats {
-                events: count(events),
-                streams: count(streams),
-                by_event_type: named_counts(by_event_type),
-                by_aggregate_type: named_counts(by_aggregate_type),
-                by_day: day_counts(by_day)?,
-                size_bytes: Some(count(size)),
-            })
-        }
-
-        async fn projections(&self) -> Result<Vec<ProjectionRecord>> {
-            let rows: Vec<ProjectionRow> = sqlx::query_as(PROJECTIONS)
-                .fetch_all(self.pool())
-                .await
-                .map_err(Error::database("projections"))?;
-            Ok(rows
-                .into_iter()
-                .map(|(name, position, updated_at, letters)| ProjectionRecord {
-                    name,
-                    checkpoint: position.map(|p| Position::new(count(p))),
-                    updated_at,
-                    dead_letters: count(letters),
-                })
-                .collect())
-        }
-    }
-}
-
-/// `$body` with `$store` bound to the store inside, whatever the backend.
-macro_rules! each {
-    ($self:expr, $store:ident => $body:expr) => {
-        match $self {
-            AnyStore::Memory($store) => $body,
-            #[cfg(feature = "sqlite")]
-            AnyStore::Sqlite($store) => $body,
-            #[cfg(feature = "postgres")]
-            AnyStore::Postgres($store) => $body,
-        }
-    };
-}
+inspect_sql!(crate::store::postgres::PostgresEventStore, sqlx::Postgres);
 
 impl Inspect for AnyStore {
     async fn schema_state(&self) -> Result<SchemaState> {
-        each!(self, store => store.schema_state().await)
+        crate::store::each!(self, store => store.schema_state().await)
     }
 
     async fn list_streams(&self, listing: &StreamListing) -> Result<Vec<StreamSummary>> {
-        each!(self, store => store.list_streams(listing).await)
+        crate::store::each!(self, store => store.list_streams(listing).await)
     }
 
     async fn stats(&self) -> Result<StoreStats> {
-        each!(self, store => store.stats().await)
+        crate::store::each!(self, store => store.stats().await)
     }
 
     async fn projections(&self) -> Result<Vec<ProjectionRecord>> {
-        each!(self, store => store.projections().await)
+        crate::store::each!(self, store => store.projections().await)
     }
 }
 

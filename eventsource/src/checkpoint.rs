@@ -303,6 +303,20 @@ pub(crate) fn conflict(
     }
 }
 
+/// The transaction a [`SqlProjection`]'s handlers write through: the database of the events.
+///
+/// [`SqlProjection`]: crate::SqlProjection
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub type Transaction<DB> = sqlx::Transaction<'static, DB>;
+
+/// A transaction of the SQLite event store's database.
+#[cfg(feature = "sqlite")]
+pub type SqliteTx = sqlx::Transaction<'static, sqlx::Sqlite>;
+
+/// A transaction of the PostgreSQL event store's database.
+#[cfg(feature = "postgres")]
+pub type PgTx = sqlx::Transaction<'static, sqlx::Postgres>;
+
 /// A transaction of the event store's own database, in which a [`SqlProjection`]'s handlers
 /// write and its checkpoint moves: implemented by the SQLite and PostgreSQL stores.
 ///
@@ -313,13 +327,11 @@ pub trait TransactionalStore: crate::store::EventStore + CheckpointStore + Clone
     type Database: sqlx::Database;
 
     /// Begins a transaction.
-    fn begin(
-        &self,
-    ) -> impl Future<Output = Result<crate::projection::Transaction<Self::Database>>> + Send;
+    fn begin(&self) -> impl Future<Output = Result<Transaction<Self::Database>>> + Send;
 
     /// [`CheckpointStore::save_checkpoint`], inside `tx`.
     fn save_checkpoint_in<'a>(
-        tx: &'a mut crate::projection::Transaction<Self::Database>,
+        tx: &'a mut Transaction<Self::Database>,
         projection: &'a str,
         previous: Option<Position>,
         position: Position,
@@ -327,13 +339,13 @@ pub trait TransactionalStore: crate::store::EventStore + CheckpointStore + Clone
 
     /// [`CheckpointStore::add_dead_letter`], inside `tx`.
     fn add_dead_letter_in<'a>(
-        tx: &'a mut crate::projection::Transaction<Self::Database>,
+        tx: &'a mut Transaction<Self::Database>,
         letter: &'a DeadLetter,
     ) -> impl Future<Output = Result<()>> + Send + 'a;
 
     /// [`CheckpointStore::remove_dead_letter`], inside `tx`.
     fn remove_dead_letter_in<'a>(
-        tx: &'a mut crate::projection::Transaction<Self::Database>,
+        tx: &'a mut Transaction<Self::Database>,
         projection: &'a str,
         position: Position,
     ) -> impl Future<Output = Result<bool>> + Send + 'a;

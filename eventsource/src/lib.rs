@@ -63,6 +63,7 @@ pub mod aggregate;
 pub mod bus;
 mod cache; // the repository's optional aggregate cache
 pub mod checkpoint;
+pub(crate) mod context; // EventContext, EventLocation, ContextFields (re-exported by projection)
 pub mod error;
 pub mod event;
 pub mod projection;

@@ -183,3 +183,14 @@ pub(crate) fn checked_versions(version: i64, schema_version: i64) -> Option<(u64
         _ => None,
     }
 }
+
+/// What an append did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct AppendResult {
+    /// The stream's version after the append (the version of its last event).
+    pub stream_version: u64,
+    /// The global position of the last appended event (for an empty batch, of the stream's last
+    /// event; [`Position::START`] if the stream has none).
+    pub last_position: Position,
+}

@@ -46,8 +46,7 @@
 
 use crate::error::{Error, Result};
 use crate::event::Metadata;
-use crate::store::AppendResult;
-use crate::stream::{ExpectedVersion, StreamId};
+use crate::stream::{AppendResult, ExpectedVersion, StreamId};
 use std::future::Future;
 use std::time::Instant;
 use tracing::Instrument;

@@ -199,43 +199,338 @@ impl KeyStore for InMemoryKeyStore {
     }
 }
 
-/// The tenant column's value for `tenant`: `''` stands for "no tenant" (a tenant id is never
-/// empty), so that the column is `NOT NULL` and one index serves every lookup.
+/// The keys tables' statements, written once over the SQL dialect (`store::sql::dialect`):
+/// each backend gives the connection a tenant's statements run on, what forgetting does
+/// besides the statement, and its own schema.
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn tenant_column(tenant: Option<&str>) -> &str {
-    tenant.unwrap_or("")
+mod sql {
+    use super::{DataKey, KeyState, MasterKey};
+    use crate::error::{Error, Result};
+    use crate::store::sql::dialect::{Dialect, Value, fetch_optional, text};
+    use futures::future::BoxFuture;
+    use uuid::Uuid;
+
+    /// The id and subject under which the master-key check is wrapped.
+    const CHECK_ID: Uuid = Uuid::nil();
+    const CHECK_SUBJECT: &str = "eventsource master key check";
+
+    /// The connection a tenant's key statements run on: one of the pool, or (PostgreSQL, under
+    /// row-level security) a transaction that has named the tenant.
+    pub(super) enum Scope<D: sqlx::Database> {
+        Pool(sqlx::pool::PoolConnection<D>),
+        #[cfg_attr(not(feature = "postgres"), allow(dead_code))]
+        Tenant(sqlx::Transaction<'static, D>),
+    }
+
+    impl<D: sqlx::Database> Scope<D> {
+        fn conn(&mut self) -> &mut D::Connection {
+            match self {
+                Scope::Pool(conn) => conn,
+                Scope::Tenant(tx) => tx,
+            }
+        }
+
+        /// Ends the operation: commits a tenant's transaction.
+        async fn end(self) -> sqlx::Result<()> {
+            match self {
+                Scope::Pool(_) => Ok(()),
+                Scope::Tenant(tx) => tx.commit().await,
+            }
+        }
+    }
+
+    /// What a backend's key store does its own way.
+    pub(super) trait KeysDialect: Dialect {
+        /// Statements run before and after the one that destroys keys, on its connection.
+        const AROUND_FORGET: (&'static [&'static str], &'static [&'static str]) = (&[], &[]);
+
+        /// The connection for `tenant`'s key statements.
+        fn scope<'a>(
+            pool: &'a sqlx::Pool<Self>,
+            tenant: Option<&'a str>,
+        ) -> BoxFuture<'a, sqlx::Result<Scope<Self>>>;
+    }
+
+    #[cfg(feature = "sqlite")]
+    impl KeysDialect for sqlx::Sqlite {
+        /// The old page, wrapped key and all, is overwritten (`secure_delete`), and it is still a
+        /// frame of the write-ahead log until a checkpoint copies the new one over it and the
+        /// log is cut.
+        const AROUND_FORGET: (&'static [&'static str], &'static [&'static str]) = (
+            &["PRAGMA secure_delete = ON"],
+            &["PRAGMA wal_checkpoint(TRUNCATE)"],
+        );
+
+        fn scope<'a>(
+            pool: &'a sqlx::Pool<Self>,
+            _tenant: Option<&'a str>,
+        ) -> BoxFuture<'a, sqlx::Result<Scope<Self>>> {
+            Box::pin(async move { Ok(Scope::Pool(pool.acquire().await?)) })
+        }
+    }
+
+    #[cfg(feature = "postgres")]
+    impl KeysDialect for sqlx::Postgres {
+        fn scope<'a>(
+            pool: &'a sqlx::Pool<Self>,
+            tenant: Option<&'a str>,
+        ) -> BoxFuture<'a, sqlx::Result<Scope<Self>>> {
+            Box::pin(async move {
+                let Some(tenant) = tenant else {
+                    return Ok(Scope::Pool(pool.acquire().await?));
+                };
+                let mut tx = pool.begin().await?;
+                sqlx::query("SELECT set_config('eventsource.tenant', $1, true)")
+                    .bind(tenant)
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(Scope::Tenant(tx))
+            })
+        }
+    }
+
+    /// The tenant column's value for `tenant`: `''` stands for "no tenant" (a tenant id is
+    /// never empty), so that the column is `NOT NULL` and one index serves every lookup.
+    fn tenant_column(tenant: Option<&str>) -> &str {
+        tenant.unwrap_or("")
+    }
+
+    fn tenant_of(column: &str) -> Option<&str> {
+        (!column.is_empty()).then_some(column)
+    }
+
+    fn rand_bytes() -> [u8; 32] {
+        use aes_gcm::aead::{KeyInit, OsRng};
+        aes_gcm::Aes256Gcm::generate_key(&mut OsRng).into()
+    }
+
+    /// Column `index` as non-NULL bytes.
+    fn bytes<D: Dialect>(row: &D::Row, index: usize) -> sqlx::Result<Vec<u8>> {
+        Ok(D::bytes(row, index)?.unwrap_or_default())
+    }
+
+    /// The keys of one database, wrapped by one master key.
+    #[derive(Debug)]
+    pub(super) struct SqlKeys<D: sqlx::Database> {
+        pub(super) pool: sqlx::Pool<D>,
+        pub(super) master: MasterKey,
+    }
+
+    impl<D: KeysDialect> SqlKeys<D> {
+        /// Runs `statement` with `values` on `tenant`'s connection, and returns its rows.
+        async fn rows(
+            &self,
+            tenant: Option<&str>,
+            operation: &'static str,
+            statement: &str,
+            values: Vec<Value<'_>>,
+        ) -> Result<Vec<D::Row>> {
+            let failed = || Error::database(operation);
+            let mut scope = D::scope(&self.pool, tenant).await.map_err(failed())?;
+            let rows = D::fetch_all(scope.conn(), statement, values)
+                .await
+                .map_err(failed())?;
+            scope.end().await.map_err(failed())?;
+            Ok(rows)
+        }
+
+        /// Checks the master key against the stored check value (made at the first opening), so
+        /// that a wrong master key is refused when the key store opens, not at the first row it
+        /// reads.
+        pub(super) async fn check_master(&self) -> Result<()> {
+            let read = || Error::database("check the master key");
+            let mut conn = self.pool.acquire().await.map_err(read())?;
+            let check = "SELECT wrapped FROM eventsource_master_key_check WHERE id = 1";
+            if let Some(row) = fetch_optional::<D>(&mut conn, check, Vec::new())
+                .await
+                .map_err(read())?
+            {
+                return self.verify(&bytes::<D>(&row, 0).map_err(read())?);
+            }
+            // A keys table from before the check: the newest live key must unwrap.
+            let newest = "SELECT key_id, tenant_id, subject, wrapped_key \
+                 FROM eventsource_subject_keys WHERE wrapped_key IS NOT NULL \
+                 ORDER BY key_id DESC LIMIT 1";
+            if let Some(row) = fetch_optional::<D>(&mut conn, newest, Vec::new())
+                .await
+                .map_err(read())?
+            {
+                let tenant = text::<D>(&row, 1).map_err(read())?;
+                let subject = text::<D>(&row, 2).map_err(read())?;
+                let wrapped = bytes::<D>(&row, 3).map_err(read())?;
+                self.master
+                    .unwrap(D::key_id(&row, 0)?, tenant_of(&tenant), &subject, &wrapped)?;
+            }
+            let wrapped =
+                self.master
+                    .wrap(&DataKey::new(CHECK_ID, None, CHECK_SUBJECT, rand_bytes()));
+            let insert = "INSERT INTO eventsource_master_key_check (id, wrapped) VALUES (1, $1) \
+                 ON CONFLICT (id) DO NOTHING";
+            D::execute(&mut conn, insert, vec![Value::Bytes(Some(&wrapped))])
+                .await
+                .map_err(read())?;
+            let row = fetch_optional::<D>(&mut conn, check, Vec::new())
+                .await
+                .map_err(read())?
+                .ok_or_else(|| read()(sqlx::Error::RowNotFound))?;
+            self.verify(&bytes::<D>(&row, 0).map_err(read())?)
+        }
+
+        fn verify(&self, wrapped: &[u8]) -> Result<()> {
+            self.master
+                .unwrap(CHECK_ID, None, CHECK_SUBJECT, wrapped)
+                .map(drop)
+        }
+
+        async fn insert(&self, tenant: Option<&str>, subject: &str) -> Result<DataKey> {
+            let key = DataKey::generate(tenant, subject);
+            let wrapped = self.master.wrap(&key);
+            let values = vec![
+                Value::KeyId(key.id()),
+                tenant_column(tenant).into(),
+                subject.into(),
+                Value::Bytes(Some(&wrapped)),
+                Value::Stamp(crate::event::now()),
+            ];
+            let insert = "INSERT INTO eventsource_subject_keys \
+                 (key_id, tenant_id, subject, wrapped_key, created_at) VALUES ($1, $2, $3, $4, $5)";
+            self.rows(tenant, "create a subject key", insert, values)
+                .await?;
+            Ok(key)
+        }
+    }
+
+    impl<D: KeysDialect> super::KeyStore for SqlKeys<D> {
+        async fn get_or_create(&self, tenant: Option<&str>, subject: &str) -> Result<DataKey> {
+            let select = "SELECT key_id, wrapped_key FROM eventsource_subject_keys \
+                 WHERE tenant_id = $1 AND subject = $2 AND wrapped_key IS NOT NULL \
+                 ORDER BY key_id DESC LIMIT 1";
+            let values = vec![tenant_column(tenant).into(), subject.into()];
+            let rows = self
+                .rows(tenant, "read a subject key", select, values)
+                .await?;
+            match rows.first() {
+                Some(row) => {
+                    let wrapped =
+                        bytes::<D>(row, 1).map_err(Error::database("read a subject key"))?;
+                    self.master
+                        .unwrap(D::key_id(row, 0)?, tenant, subject, &wrapped)
+                }
+                None => self.insert(tenant, subject).await,
+            }
+        }
+
+        async fn get(&self, tenant: Option<&str>, key_id: Uuid) -> Result<KeyState> {
+            let select = "SELECT subject, wrapped_key FROM eventsource_subject_keys \
+                 WHERE key_id = $1 AND tenant_id = $2";
+            let values = vec![Value::KeyId(key_id), tenant_column(tenant).into()];
+            let rows = self
+                .rows(tenant, "read a subject key", select, values)
+                .await?;
+            let Some(row) = rows.first() else {
+                return Ok(KeyState::Unknown);
+            };
+            let read = || Error::database("read a subject key");
+            let subject = text::<D>(row, 0).map_err(read())?;
+            Ok(match D::bytes(row, 1).map_err(read())? {
+                Some(wrapped) => {
+                    KeyState::Live(self.master.unwrap(key_id, tenant, &subject, &wrapped)?)
+                }
+                None => KeyState::Destroyed,
+            })
+        }
+
+        async fn key_ids(&self, tenant: Option<&str>, subject: &str) -> Result<Vec<Uuid>> {
+            let select = "SELECT key_id FROM eventsource_subject_keys \
+                 WHERE tenant_id = $1 AND subject = $2 ORDER BY key_id";
+            let values = vec![tenant_column(tenant).into(), subject.into()];
+            let rows = self
+                .rows(tenant, "read subject keys", select, values)
+                .await?;
+            rows.iter().map(|row| D::key_id(row, 0)).collect()
+        }
+
+        async fn forget(&self, tenant: Option<&str>, subject: &str) -> Result<u64> {
+            let failed = || Error::database("forget a subject");
+            let mut scope = D::scope(&self.pool, tenant).await.map_err(failed())?;
+            let (before, after) = D::AROUND_FORGET;
+            for statement in before {
+                D::execute(scope.conn(), statement, Vec::new())
+                    .await
+                    .map_err(failed())?;
+            }
+            let update = "UPDATE eventsource_subject_keys SET wrapped_key = NULL, \
+                 destroyed_at = $1 WHERE tenant_id = $2 AND subject = $3 \
+                 AND wrapped_key IS NOT NULL";
+            let values = vec![
+                Value::Stamp(crate::event::now()),
+                tenant_column(tenant).into(),
+                subject.into(),
+            ];
+            let destroyed = D::execute(scope.conn(), update, values)
+                .await
+                .map_err(failed())?;
+            for statement in after {
+                D::execute(scope.conn(), statement, Vec::new())
+                    .await
+                    .map_err(failed())?;
+            }
+            scope.end().await.map_err(failed())?;
+            Ok(destroyed)
+        }
+
+        async fn rotate(&self, tenant: Option<&str>, subject: &str) -> Result<DataKey> {
+            self.insert(tenant, subject).await
+        }
+    }
 }
 
+/// [`KeyStore`] for a wrapper of [`sql::SqlKeys`] (field `keys`).
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn tenant_of(column: &str) -> Option<&str> {
-    (!column.is_empty()).then_some(column)
-}
+macro_rules! forward_key_store {
+    ($store:ty) => {
+        impl KeyStore for $store {
+            fn get_or_create(
+                &self,
+                tenant: Option<&str>,
+                subject: &str,
+            ) -> impl Future<Output = Result<DataKey>> + Send {
+                self.keys.get_or_create(tenant, subject)
+            }
 
-/// The id and subject under which the master-key check is wrapped.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-const CHECK_ID: Uuid = Uuid::nil();
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-const CHECK_SUBJECT: &str = "eventsource master key check";
+            fn get(
+                &self,
+                tenant: Option<&str>,
+                key_id: Uuid,
+            ) -> impl Future<Output = Result<KeyState>> + Send {
+                self.keys.get(tenant, key_id)
+            }
 
-/// A fresh check value: a random key wrapped by `master`, stored once per keys database so that
-/// a wrong master key is refused when the key store opens, not at the first row it reads.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn new_check(master: &MasterKey) -> Vec<u8> {
-    master.wrap(&DataKey::new(CHECK_ID, None, CHECK_SUBJECT, rand_bytes()))
-}
+            fn key_ids(
+                &self,
+                tenant: Option<&str>,
+                subject: &str,
+            ) -> impl Future<Output = Result<Vec<Uuid>>> + Send {
+                self.keys.key_ids(tenant, subject)
+            }
 
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn rand_bytes() -> [u8; 32] {
-    use aes_gcm::aead::{KeyInit, OsRng};
-    aes_gcm::Aes256Gcm::generate_key(&mut OsRng).into()
-}
+            fn forget(
+                &self,
+                tenant: Option<&str>,
+                subject: &str,
+            ) -> impl Future<Output = Result<u64>> + Send {
+                self.keys.forget(tenant, subject)
+            }
 
-/// Checks `master` against the stored check value.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn verify_check(master: &MasterKey, wrapped: &[u8]) -> Result<()> {
-    master
-        .unwrap(CHECK_ID, None, CHECK_SUBJECT, wrapped)
-        .map(drop)
+            fn rotate(
+                &self,
+                tenant: Option<&str>,
+                subject: &str,
+            ) -> impl Future<Output = Result<DataKey>> + Send {
+                self.keys.rotate(tenant, subject)
+            }
+        }
+    };
 }
 
 /// The keys tables, created by the key store itself (they are not part of the event store's
@@ -271,8 +566,7 @@ CREATE INDEX IF NOT EXISTS eventsource_subject_keys_by_tenant_subject
 #[cfg_attr(docsrs, doc(cfg(all(feature = "encryption", feature = "sqlite"))))]
 #[derive(Debug)]
 pub struct SqliteKeyStore {
-    pool: sqlx::SqlitePool,
-    master: MasterKey,
+    keys: sql::SqlKeys<sqlx::Sqlite>,
 }
 
 #[cfg(feature = "sqlite")]
@@ -283,16 +577,16 @@ impl SqliteKeyStore {
     /// the events, and from their backups). Fails with [`Error::MasterKey`](crate::Error::MasterKey)
     /// if `master` is not the key this database's keys were wrapped with.
     pub async fn new(pool: sqlx::SqlitePool, master: MasterKey) -> Result<Self> {
-        let schema = crate::Error::database("create the keys table");
+        let schema = || crate::Error::database("create the keys table");
         sqlx::raw_sql(SQLITE_SCHEMA)
             .execute(&pool)
             .await
-            .map_err(schema)?;
+            .map_err(schema())?;
         let columns: Vec<(String,)> =
             sqlx::query_as("SELECT name FROM pragma_table_info('eventsource_subject_keys')")
                 .fetch_all(&pool)
                 .await
-                .map_err(crate::Error::database("create the keys table"))?;
+                .map_err(schema())?;
         if !columns.iter().any(|(name,)| name == "tenant_id") {
             // Keys of the first release belong to no tenant.
             sqlx::query(
@@ -300,175 +594,20 @@ impl SqliteKeyStore {
             )
             .execute(&pool)
             .await
-            .map_err(crate::Error::database("create the keys table"))?;
+            .map_err(schema())?;
         }
         sqlx::raw_sql(SQLITE_INDEX)
             .execute(&pool)
             .await
-            .map_err(crate::Error::database("create the keys table"))?;
-        let store = SqliteKeyStore { pool, master };
-        store.check_master().await?;
-        Ok(store)
-    }
-
-    async fn check_master(&self) -> Result<()> {
-        let read = crate::Error::database("check the master key");
-        let stored: Option<(Vec<u8>,)> =
-            sqlx::query_as("SELECT wrapped FROM eventsource_master_key_check WHERE id = 1")
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(read)?;
-        if let Some((wrapped,)) = stored {
-            return verify_check(&self.master, &wrapped);
-        }
-        // A keys table from before the check: the newest live key must unwrap.
-        let newest: Option<(String, String, String, Vec<u8>)> = sqlx::query_as(
-            "SELECT key_id, tenant_id, subject, wrapped_key FROM eventsource_subject_keys \
-             WHERE wrapped_key IS NOT NULL ORDER BY key_id DESC LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(crate::Error::database("check the master key"))?;
-        if let Some((id, tenant, subject, wrapped)) = newest {
-            self.master
-                .unwrap(parse_id(&id)?, tenant_of(&tenant), &subject, &wrapped)?;
-        }
-        sqlx::query(
-            "INSERT OR IGNORE INTO eventsource_master_key_check (id, wrapped) VALUES (1, ?)",
-        )
-        .bind(new_check(&self.master))
-        .execute(&self.pool)
-        .await
-        .map_err(crate::Error::database("check the master key"))?;
-        let (wrapped,): (Vec<u8>,) =
-            sqlx::query_as("SELECT wrapped FROM eventsource_master_key_check WHERE id = 1")
-                .fetch_one(&self.pool)
-                .await
-                .map_err(crate::Error::database("check the master key"))?;
-        verify_check(&self.master, &wrapped)
-    }
-
-    async fn insert(&self, tenant: Option<&str>, subject: &str) -> Result<DataKey> {
-        let key = DataKey::generate(tenant, subject);
-        sqlx::query(
-            "INSERT INTO eventsource_subject_keys \
-             (key_id, tenant_id, subject, wrapped_key, created_at) VALUES (?, ?, ?, ?, ?)",
-        )
-        .bind(key.id().to_string())
-        .bind(tenant_column(tenant))
-        .bind(subject)
-        .bind(self.master.wrap(&key))
-        .bind(crate::event::now().to_rfc3339())
-        .execute(&self.pool)
-        .await
-        .map_err(crate::Error::database("create a subject key"))?;
-        Ok(key)
+            .map_err(schema())?;
+        let keys = sql::SqlKeys { pool, master };
+        keys.check_master().await?;
+        Ok(SqliteKeyStore { keys })
     }
 }
 
 #[cfg(feature = "sqlite")]
-impl KeyStore for SqliteKeyStore {
-    async fn get_or_create(&self, tenant: Option<&str>, subject: &str) -> Result<DataKey> {
-        let row: Option<(String, Vec<u8>)> = sqlx::query_as(
-            "SELECT key_id, wrapped_key FROM eventsource_subject_keys \
-             WHERE tenant_id = ? AND subject = ? AND wrapped_key IS NOT NULL \
-             ORDER BY key_id DESC LIMIT 1",
-        )
-        .bind(tenant_column(tenant))
-        .bind(subject)
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(crate::Error::database("read a subject key"))?;
-        match row {
-            Some((id, wrapped)) => self
-                .master
-                .unwrap(parse_id(&id)?, tenant, subject, &wrapped),
-            None => self.insert(tenant, subject).await,
-        }
-    }
-
-    async fn get(&self, tenant: Option<&str>, key_id: Uuid) -> Result<KeyState> {
-        let row: Option<(String, Option<Vec<u8>>)> = sqlx::query_as(
-            "SELECT subject, wrapped_key FROM eventsource_subject_keys \
-             WHERE key_id = ? AND tenant_id = ?",
-        )
-        .bind(key_id.to_string())
-        .bind(tenant_column(tenant))
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(crate::Error::database("read a subject key"))?;
-        key_state(&self.master, tenant, key_id, row)
-    }
-
-    async fn key_ids(&self, tenant: Option<&str>, subject: &str) -> Result<Vec<Uuid>> {
-        let ids: Vec<(String,)> = sqlx::query_as(
-            "SELECT key_id FROM eventsource_subject_keys \
-             WHERE tenant_id = ? AND subject = ? ORDER BY key_id",
-        )
-        .bind(tenant_column(tenant))
-        .bind(subject)
-        .fetch_all(&self.pool)
-        .await
-        .map_err(crate::Error::database("read subject keys"))?;
-        ids.iter().map(|(id,)| parse_id(id)).collect()
-    }
-
-    async fn forget(&self, tenant: Option<&str>, subject: &str) -> Result<u64> {
-        let failed = || crate::Error::database("forget a subject");
-        let mut conn = self.pool.acquire().await.map_err(failed())?;
-        sqlx::query("PRAGMA secure_delete = ON")
-            .execute(&mut *conn)
-            .await
-            .map_err(failed())?;
-        let done = sqlx::query(
-            "UPDATE eventsource_subject_keys SET wrapped_key = NULL, destroyed_at = ? \
-             WHERE tenant_id = ? AND subject = ? AND wrapped_key IS NOT NULL",
-        )
-        .bind(crate::event::now().to_rfc3339())
-        .bind(tenant_column(tenant))
-        .bind(subject)
-        .execute(&mut *conn)
-        .await
-        .map_err(failed())?;
-        // The old page, wrapped key and all, is still a frame of the write-ahead log until a
-        // checkpoint copies the new one over it and the log is cut.
-        sqlx::query("PRAGMA wal_checkpoint(TRUNCATE)")
-            .execute(&mut *conn)
-            .await
-            .map_err(failed())?;
-        Ok(done.rows_affected())
-    }
-
-    async fn rotate(&self, tenant: Option<&str>, subject: &str) -> Result<DataKey> {
-        self.insert(tenant, subject).await
-    }
-}
-
-/// A key's state from its row in the keys table (subject, wrapped key), if it has one.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-fn key_state(
-    master: &MasterKey,
-    tenant: Option<&str>,
-    key_id: Uuid,
-    row: Option<(String, Option<Vec<u8>>)>,
-) -> Result<KeyState> {
-    Ok(match row {
-        Some((subject, Some(wrapped))) => {
-            KeyState::Live(master.unwrap(key_id, tenant, &subject, &wrapped)?)
-        }
-        Some((_, None)) => KeyState::Destroyed,
-        None => KeyState::Unknown,
-    })
-}
-
-#[cfg(feature = "sqlite")]
-fn parse_id(id: &str) -> Result<Uuid> {
-    id.parse().map_err(|_| {
-        crate::Error::InvalidConfig(format!(
-            "the keys table holds a key id that is not a UUID: `{id}`"
-        ))
-    })
-}
+forward_key_store!(SqliteKeyStore);
 
 /// The keys tables of [`PostgresKeyStore`], created by the key store itself; every statement
 /// checks first, so that a role that does not own the tables (the application's, under
@@ -523,8 +662,7 @@ $$;
 #[cfg_attr(docsrs, doc(cfg(all(feature = "encryption", feature = "postgres"))))]
 #[derive(Debug)]
 pub struct PostgresKeyStore {
-    pool: sqlx::PgPool,
-    master: MasterKey,
+    keys: sql::SqlKeys<sqlx::Postgres>,
 }
 
 #[cfg(feature = "postgres")]
@@ -537,188 +675,11 @@ impl PostgresKeyStore {
             .execute(&pool)
             .await
             .map_err(crate::Error::database("create the keys table"))?;
-        let store = PostgresKeyStore { pool, master };
-        store.check_master().await?;
-        Ok(store)
-    }
-
-    async fn check_master(&self) -> Result<()> {
-        let read = || crate::Error::database("check the master key");
-        let stored: Option<(Vec<u8>,)> =
-            sqlx::query_as("SELECT wrapped FROM eventsource_master_key_check WHERE id = 1")
-                .fetch_optional(&self.pool)
-                .await
-                .map_err(read())?;
-        if let Some((wrapped,)) = stored {
-            return verify_check(&self.master, &wrapped);
-        }
-        let newest: Option<(Uuid, String, String, Vec<u8>)> = sqlx::query_as(
-            "SELECT key_id, tenant_id, subject, wrapped_key FROM eventsource_subject_keys \
-             WHERE wrapped_key IS NOT NULL ORDER BY key_id DESC LIMIT 1",
-        )
-        .fetch_optional(&self.pool)
-        .await
-        .map_err(read())?;
-        if let Some((id, tenant, subject, wrapped)) = newest {
-            self.master
-                .unwrap(id, tenant_of(&tenant), &subject, &wrapped)?;
-        }
-        sqlx::query(
-            "INSERT INTO eventsource_master_key_check (id, wrapped) VALUES (1, $1) \
-             ON CONFLICT (id) DO NOTHING",
-        )
-        .bind(new_check(&self.master))
-        .execute(&self.pool)
-        .await
-        .map_err(read())?;
-        let (wrapped,): (Vec<u8>,) =
-            sqlx::query_as("SELECT wrapped FROM eventsource_master_key_check WHERE id = 1")
-                .fetch_one(&self.pool)
-                .await
-                .map_err(read())?;
-        verify_check(&self.master, &wrapped)
-    }
-
-    /// Runs `statement` in a transaction scoped to `tenant` (row-level security), or on the pool
-    /// for keys of no tenant.
-    async fn scoped<T, F>(
-        &self,
-        tenant: Option<&str>,
-        operation: &'static str,
-        statement: F,
-    ) -> Result<T>
-    where
-        F: for<'c> FnOnce(
-            &'c mut sqlx::PgConnection,
-        )
-            -> futures::future::BoxFuture<'c, std::result::Result<T, sqlx::Error>>,
-    {
-        let failed = || crate::Error::database(operation);
-        let Some(tenant) = tenant else {
-            let mut conn = self.pool.acquire().await.map_err(failed())?;
-            return statement(&mut conn).await.map_err(failed());
-        };
-        let mut tx = self.pool.begin().await.map_err(failed())?;
-        sqlx::query("SELECT set_config('eventsource.tenant', $1, true)")
-            .bind(tenant)
-            .execute(&mut *tx)
-            .await
-            .map_err(failed())?;
-        let value = statement(&mut tx).await.map_err(failed())?;
-        tx.commit().await.map_err(failed())?;
-        Ok(value)
-    }
-
-    async fn insert(&self, tenant: Option<&str>, subject: &str) -> Result<DataKey> {
-        let key = DataKey::generate(tenant, subject);
-        let wrapped = self.master.wrap(&key);
-        let (id, tenant_id, subject) = (
-            key.id(),
-            tenant_column(tenant).to_owned(),
-            subject.to_owned(),
-        );
-        self.scoped(tenant, "create a subject key", move |conn| {
-            Box::pin(async move {
-                sqlx::query(
-                    "INSERT INTO eventsource_subject_keys (key_id, tenant_id, subject, wrapped_key) \
-                     VALUES ($1, $2, $3, $4)",
-                )
-                .bind(id)
-                .bind(tenant_id)
-                .bind(subject)
-                .bind(wrapped)
-                .execute(conn)
-                .await
-                .map(drop)
-            })
-        })
-        .await?;
-        Ok(key)
+        let keys = sql::SqlKeys { pool, master };
+        keys.check_master().await?;
+        Ok(PostgresKeyStore { keys })
     }
 }
 
 #[cfg(feature = "postgres")]
-impl KeyStore for PostgresKeyStore {
-    async fn get_or_create(&self, tenant: Option<&str>, subject: &str) -> Result<DataKey> {
-        let (tenant_id, owned_subject) = (tenant_column(tenant).to_owned(), subject.to_owned());
-        let row: Option<(Uuid, Vec<u8>)> = self
-            .scoped(tenant, "read a subject key", move |conn| {
-                Box::pin(async move {
-                    sqlx::query_as(
-                        "SELECT key_id, wrapped_key FROM eventsource_subject_keys \
-                         WHERE tenant_id = $1 AND subject = $2 AND wrapped_key IS NOT NULL \
-                         ORDER BY key_id DESC LIMIT 1",
-                    )
-                    .bind(tenant_id)
-                    .bind(owned_subject)
-                    .fetch_optional(conn)
-                    .await
-                })
-            })
-            .await?;
-        match row {
-            Some((id, wrapped)) => self.master.unwrap(id, tenant, subject, &wrapped),
-            None => self.insert(tenant, subject).await,
-        }
-    }
-
-    async fn get(&self, tenant: Option<&str>, key_id: Uuid) -> Result<KeyState> {
-        let tenant_id = tenant_column(tenant).to_owned();
-        let row: Option<(String, Option<Vec<u8>>)> = self
-            .scoped(tenant, "read a subject key", move |conn| {
-                Box::pin(async move {
-                    sqlx::query_as(
-                        "SELECT subject, wrapped_key FROM eventsource_subject_keys \
-                         WHERE key_id = $1 AND tenant_id = $2",
-                    )
-                    .bind(key_id)
-                    .bind(tenant_id)
-                    .fetch_optional(conn)
-                    .await
-                })
-            })
-            .await?;
-        key_state(&self.master, tenant, key_id, row)
-    }
-
-    async fn key_ids(&self, tenant: Option<&str>, subject: &str) -> Result<Vec<Uuid>> {
-        let (tenant_id, subject) = (tenant_column(tenant).to_owned(), subject.to_owned());
-        let ids: Vec<(Uuid,)> = self
-            .scoped(tenant, "read subject keys", move |conn| {
-                Box::pin(async move {
-                    sqlx::query_as(
-                        "SELECT key_id FROM eventsource_subject_keys \
-                         WHERE tenant_id = $1 AND subject = $2 ORDER BY key_id",
-                    )
-                    .bind(tenant_id)
-                    .bind(subject)
-                    .fetch_all(conn)
-                    .await
-                })
-            })
-            .await?;
-        Ok(ids.into_iter().map(|(id,)| id).collect())
-    }
-
-    async fn forget(&self, tenant: Option<&str>, subject: &str) -> Result<u64> {
-        let (tenant_id, subject) = (tenant_column(tenant).to_owned(), subject.to_owned());
-        self.scoped(tenant, "forget a subject", move |conn| {
-            Box::pin(async move {
-                sqlx::query(
-                    "UPDATE eventsource_subject_keys SET wrapped_key = NULL, destroyed_at = now() \
-                     WHERE tenant_id = $1 AND subject = $2 AND wrapped_key IS NOT NULL",
-                )
-                .bind(tenant_id)
-                .bind(subject)
-                .execute(conn)
-                .await
-                .map(|done| done.rows_affected())
-            })
-        })
-        .await
-    }
-
-    async fn rotate(&self, tenant: Option<&str>, subject: &str) -> Result<DataKey> {
-        self.insert(tenant, subject).await
-    }
-}
+forward_key_store!(PostgresKeyStore);

@@ -403,24 +403,11 @@ impl<S: EventStore, K: KeyStore> ProtectedStore<S, K> {
         self.shared.personal.get(event_type)
     }
 
-    /// The keys of the envelopes in `event`'s declared personal fields.
+    /// The keys of the envelopes in `event`'s declared personal fields. A malformed envelope
+    /// is skipped: the key it would name is unknown.
     fn envelope_keys(&self, event: &RecordedEvent, into: &mut BTreeSet<KeyRef>) {
-        let Some((_, fields)) = self.declared(&event.event_type) else {
-            return;
-        };
-        if !event.payload.contains("\"$enc\"") {
-            return;
-        }
-        let Ok(payload) =
-            serde_json::from_str::<serde_json::Map<String, serde_json::Value>>(&event.payload)
-        else {
-            return;
-        };
-        for field in fields {
-            if let Some(value) = payload.get(field.field())
-                && Envelope::is_envelope(value)
-                && let Ok(envelope) = Envelope::parse(value)
-            {
+        for (_, envelope, _) in self.sealed_texts(&event.event_type, &event.payload) {
+            if let Ok(envelope) = envelope {
                 into.insert(KeyRef {
                     tenant: event.metadata.tenant_id.clone(),
                     key_id: envelope.key_id,
@@ -547,17 +534,33 @@ impl<S: EventStore, K: KeyStore> ProtectedStore<S, K> {
         &self,
         event: &EventView<'_>,
     ) -> Result<Vec<(&'static str, Envelope, std::ops::Range<usize>)>> {
-        let Some((_, fields)) = self.declared(event.event_type) else {
-            return Ok(Vec::new());
+        self.sealed_texts(event.event_type, event.payload)
+            .into_iter()
+            .map(|(field, envelope, at)| {
+                let envelope = envelope.map_err(|reason| {
+                    corrupt_view(event, format!("personal field `{field}`: {reason}"))
+                })?;
+                Ok((field, envelope, at))
+            })
+            .collect()
+    }
+
+    /// The declared personal fields of an `event_type` event that are sealed in `payload`:
+    /// each field's name, its envelope or why that is malformed, and where its text lies in
+    /// `payload`. What both the reads (which report a malformed envelope) and the key lookups
+    /// (which skip it) go by.
+    fn sealed_texts(&self, event_type: &str, payload: &str) -> Vec<SealedText> {
+        let Some((_, fields)) = self.declared(event_type) else {
+            return Vec::new();
         };
-        if !event.payload.contains("\"$enc\"") {
-            return Ok(Vec::new());
+        if !payload.contains("\"$enc\"") {
+            return Vec::new();
         }
         // The top-level fields as raw text, borrowed from the payload: only the declared
         // fields' envelopes are parsed, and the plain values are later spliced in where they
         // stood, so the rest of the payload is neither parsed into values nor written again.
-        let Some(raw) = TopLevel::read(event.payload) else {
-            return Ok(Vec::new());
+        let Some(raw) = TopLevel::read(payload) else {
+            return Vec::new();
         };
         let mut sealed = Vec::new();
         for field in fields.iter().map(PersonalField::field) {
@@ -572,14 +575,11 @@ impl<S: EventStore, K: KeyStore> ProtectedStore<S, K> {
             let Some(envelope) = Envelope::parse_text(text) else {
                 continue;
             };
-            let envelope = envelope.map_err(|reason| {
-                corrupt_view(event, format!("personal field `{field}`: {reason}"))
-            })?;
             // Where the raw text lies in the payload it was borrowed from.
-            let start = text.as_ptr() as usize - event.payload.as_ptr() as usize;
+            let start = text.as_ptr() as usize - payload.as_ptr() as usize;
             sealed.push((field, envelope, start..start + text.len()));
         }
-        Ok(sealed)
+        sealed
     }
 
     /// The payload with each sealed field replaced by its plain value, given each field's key
@@ -688,6 +688,14 @@ impl<S: EventStore, K: KeyStore> ProtectedStore<S, K> {
         Some(Self::open_fields(event, &sealed, keys).map(Some))
     }
 }
+
+/// A sealed personal field: its name, its envelope or why that is malformed, and where its
+/// text lies in the payload.
+type SealedText = (
+    &'static str,
+    std::result::Result<Envelope, String>,
+    std::ops::Range<usize>,
+);
 
 /// The top-level fields of a JSON object as raw text borrowed from it: names without escapes
 /// are read without allocating (the usual case: struct field names), the others owned.

@@ -101,14 +101,15 @@ impl From<PostgresEventStore> for AnyStore {
 macro_rules! each {
     ($self:expr, $store:ident => $body:expr) => {
         match $self {
-            AnyStore::Memory($store) => $body,
+            $crate::store::AnyStore::Memory($store) => $body,
             #[cfg(feature = "sqlite")]
-            AnyStore::Sqlite($store) => $body,
+            $crate::store::AnyStore::Sqlite($store) => $body,
             #[cfg(feature = "postgres")]
-            AnyStore::Postgres($store) => $body,
+            $crate::store::AnyStore::Postgres($store) => $body,
         }
     };
 }
+pub(crate) use each;
 
 impl EventStore for AnyStore {
     async fn append(

@@ -64,9 +64,14 @@ pub(crate) trait GroupWriter: Send + Sync + 'static {
     /// Writes `group` (at least two appends) in one transaction.
     fn write_group(&self, group: &[Pending]) -> impl Future<Output = Vec<Grouped>> + Send;
 
-    /// Writes one append on its own (the group of one), as an append without group commit
-    /// does, wake-up of subscribers included.
-    fn write_one(&self, append: &Pending) -> impl Future<Output = Result<AppendResult>> + Send;
+    /// Writes one append on its own (a group of one, or an append without group commit),
+    /// retried by the store's policy, wake-up of subscribers included.
+    fn append_alone(
+        &self,
+        stream: &StreamId,
+        expected: ExpectedVersion,
+        events: &[NewEvent],
+    ) -> impl Future<Output = Result<AppendResult>> + Send;
 
     /// Called after a group committed something: wakes the store's subscribers.
     fn committed(&self);
@@ -158,7 +163,9 @@ async fn write<W: GroupWriter>(writer: &W, mut group: Vec<Pending>) {
     if group.len() == 1 {
         let pending = group.pop().expect("one append");
         // The store's own append, retries and conflict reporting included: its outcome is final.
-        let outcome = writer.write_one(&pending).await;
+        let outcome = writer
+            .append_alone(&pending.stream, pending.expected, &pending.events)
+            .await;
         let _ = pending.reply.send(Grouped::Done(outcome));
         return;
     }
@@ -173,3 +180,76 @@ async fn write<W: GroupWriter>(writer: &W, mut group: Vec<Pending>) {
         let _ = pending.reply.send(outcome);
     }
 }
+
+/// A batch to append alone: as the caller gave it, or shared with a group that did not take it.
+pub(crate) enum Alone {
+    Owned(Vec<NewEvent>),
+    Shared(Arc<[NewEvent]>),
+}
+
+impl std::ops::Deref for Alone {
+    type Target = [NewEvent];
+
+    fn deref(&self) -> &[NewEvent] {
+        match self {
+            Alone::Owned(events) => events,
+            Alone::Shared(events) => events,
+        }
+    }
+}
+
+/// Every SQL store's append (without its telemetry): checked, then through `group`'s committer
+/// when it is on and takes the batch, else on its own.
+pub(crate) async fn append<W: GroupWriter>(
+    store: &W,
+    group: Option<&GroupCommit>,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+) -> Result<AppendResult> {
+    super::validate_append(stream, &events)?;
+    match route(group, stream, expected, events).await {
+        Ok(result) => result,
+        Err(events) => store.append_alone(stream, expected, &events).await,
+    }
+}
+
+/// Through `group`'s committer when it is on and takes the batch (its result), else the batch
+/// back, to append alone.
+async fn route(
+    group: Option<&GroupCommit>,
+    stream: &StreamId,
+    expected: ExpectedVersion,
+    events: Vec<NewEvent>,
+) -> std::result::Result<Result<AppendResult>, Alone> {
+    let Some(group) = group.filter(|_| !events.is_empty() && events.len() <= MAX_GROUP_EVENTS)
+    else {
+        return Err(Alone::Owned(events));
+    };
+    let events: Arc<[NewEvent]> = events.into();
+    match group.append(stream, expected, events.clone()).await {
+        Some(result) => Ok(result),
+        None => Err(Alone::Shared(events)),
+    }
+}
+
+/// `store` with group commit on: a committer task writing through a clone of it without one.
+/// Outside a Tokio runtime, `store` as it is.
+pub(crate) fn turn_on<W: GroupWriter + Clone>(
+    mut store: W,
+    group: impl Fn(&mut W) -> &mut Option<GroupCommit>,
+) -> W {
+    let mut writer = store.clone();
+    *group(&mut writer) = None;
+    *group(&mut store) = GroupCommit::start(writer);
+    store
+}
+
+/// What every store's `with_group_commit` says of the runtime and of clones.
+macro_rules! runtime_note {
+    () => {
+        "Needs a Tokio runtime (the committer is a task of the runtime this is called on); \
+         outside one, the store is returned as it is. Clones made after this share the committer."
+    };
+}
+pub(crate) use runtime_note;

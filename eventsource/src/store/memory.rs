@@ -188,17 +188,7 @@ impl InMemoryEventStore {
 }
 
 impl EventStore for InMemoryEventStore {
-    async fn append(
-        &self,
-        stream: &StreamId,
-        expected: ExpectedVersion,
-        events: Vec<NewEvent>,
-    ) -> Result<AppendResult> {
-        let observed = crate::telemetry::Append::start(stream, expected, &events);
-        observed
-            .run(self.append_unobserved(stream, expected, events))
-            .await
-    }
+    crate::store::observed_append!();
 
     async fn read_stream(
         &self,

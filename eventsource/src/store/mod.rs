@@ -1,12 +1,15 @@
 //! Event stores: the [`EventStore`] trait and what it speaks in (queries, append results), its
-//! object-safe form [`DynEventStore`], and [`AnyStore`], a store chosen at run time. Backends
-//! live one per file: [`memory`], `sqlite` and `postgres` (behind features of those names).
+//! object-safe form [`DynEventStore`], and [`AnyStore`], a store chosen at run time. Backends:
+//! [`memory`], and `sqlite` and `postgres` (behind features of those names), each a folder split
+//! by concern over what every SQL backend shares (`store/sql`: row decoding, the dialect, the
+//! retry policy, checkpoints).
 //!
 //! A store keeps one ordered log. Each event belongs to one stream (an aggregate type and id)
 //! where it has a version (1, 2, 3, ...), and has a position in the global order of the whole
 //! store. Appends to a stream are atomic and guarded by an [`ExpectedVersion`].
 
 mod any;
+mod checks;
 mod dynamic;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 mod group;
@@ -14,6 +17,8 @@ pub mod memory;
 #[cfg(feature = "postgres")]
 #[cfg_attr(docsrs, doc(cfg(feature = "postgres")))]
 pub mod postgres;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) mod sql;
 #[cfg(feature = "sqlite")]
 #[cfg_attr(docsrs, doc(cfg(feature = "sqlite")))]
 pub mod sqlite;
@@ -21,31 +26,25 @@ pub mod sqlite;
 mod warm;
 
 pub use any::AnyStore;
+pub(crate) use any::each;
 pub use dynamic::DynEventStore;
 
+pub(crate) use checks::*;
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+pub(crate) use sql::*;
+
+use crate::context::{ContextFields, EventContext};
 use crate::error::{Error, Result};
 use crate::event::{EventView, NewEvent, RecordedEvent};
-use crate::projection::{ContextFields, EventContext};
 use futures::stream::BoxStream;
 use std::future::Future;
 use std::time::Duration;
 
-pub use crate::stream::{ExpectedVersion, MAX_ID_LEN, Position, StreamId};
+pub use crate::stream::{AppendResult, ExpectedVersion, MAX_ID_LEN, Position, StreamId};
 
 /// The most events one append takes (PostgreSQL positions leave room for this many per
 /// transaction; every store enforces the same limit).
 pub const MAX_BATCH: usize = 65_536;
-
-/// What an append did.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-#[non_exhaustive]
-pub struct AppendResult {
-    /// The stream's version after the append (the version of its last event).
-    pub stream_version: u64,
-    /// The global position of the last appended event (for an empty batch, of the stream's last
-    /// event; [`Position::START`] if the stream has none).
-    pub last_position: Position,
-}
 
 /// What [`EventStore::fold_all`] feeds its callback: an event (borrowed view and context), or
 /// the error of a damaged row (its position in [`Error::position`]).
@@ -149,24 +148,6 @@ impl StreamQuery {
         event.version >= self.from_version
             && self.to_version.is_none_or(|to| event.version <= to)
             && self.until.is_none_or(|until| event.occurred_at <= until)
-    }
-
-    /// The limit as an SQL `LIMIT` value (-1: none; SQLite and PostgreSQL both read a negative
-    /// or NULL limit as "all", we use `i64::MAX` to be explicit).
-    #[cfg(any(feature = "sqlite", feature = "postgres"))]
-    pub(crate) fn sql_limit(&self) -> i64 {
-        self.limit
-            .map_or(i64::MAX, |n| i64::try_from(n).unwrap_or(i64::MAX))
-    }
-
-    /// The version range as SQL bounds.
-    #[cfg(any(feature = "sqlite", feature = "postgres"))]
-    pub(crate) fn sql_versions(&self) -> (i64, i64) {
-        let from = i64::try_from(self.from_version).unwrap_or(i64::MAX);
-        let to = self
-            .to_version
-            .map_or(i64::MAX, |v| i64::try_from(v).unwrap_or(i64::MAX));
-        (from, to)
     }
 }
 
@@ -536,212 +517,24 @@ macro_rules! forward_event_store {
 
 forward_event_store!(&S, std::sync::Arc<S>, Box<S>);
 
-/// Checks a batch before any store writes it, so that every backend refuses the same input with
-/// the same error: a bad stream id, an empty or NUL-holding event type, a schema version of 0,
-/// a payload that is not JSON or holds a NUL character, metadata holding a NUL character,
-/// duplicate ids within the batch.
-pub(crate) fn validate_append(stream: &StreamId, events: &[NewEvent]) -> Result<()> {
-    stream.validate()?;
-    if events.len() > MAX_BATCH {
-        return Err(Error::InvalidInput {
-            stream: stream.clone(),
-            reason: format!(
-                "{} events in one append, the limit is {MAX_BATCH}",
-                events.len()
-            ),
-        });
-    }
-    let mut ids = std::collections::HashSet::with_capacity(events.len());
-    for event in events {
-        if !ids.insert(event.event_id) {
-            return Err(Error::DuplicateEvent {
-                stream: stream.clone(),
-                event_id: event.event_id,
-            });
+/// [`EventStore::append`] of a built-in store, observed (a span, metrics: see
+/// [`telemetry`](crate::telemetry)): the store's `append_unobserved` does the work.
+macro_rules! observed_append {
+    () => {
+        async fn append(
+            &self,
+            stream: &crate::stream::StreamId,
+            expected: crate::stream::ExpectedVersion,
+            events: Vec<crate::event::NewEvent>,
+        ) -> crate::error::Result<crate::stream::AppendResult> {
+            let observed = crate::telemetry::Append::start(stream, expected, &events);
+            observed
+                .run(self.append_unobserved(stream, expected, events))
+                .await
         }
-        let reason = if event.event_type.is_empty() {
-            "an event type is empty".to_owned()
-        } else if event.event_type.len() > MAX_ID_LEN || event.event_type.contains('\0') {
-            format!(
-                "event type `{}` is too long or holds a NUL byte",
-                event.event_type.escape_debug()
-            )
-        } else if event.schema_version == 0 || event.schema_version > i32::MAX as u32 {
-            format!(
-                "event `{}` has schema version {}; versions go from 1 to {}",
-                event.event_type,
-                event.schema_version,
-                i32::MAX
-            )
-        } else if let Err(err) = serde_json::from_str::<serde::de::IgnoredAny>(&event.payload) {
-            format!(
-                "the payload of event `{}` is not JSON: {err}",
-                event.event_type
-            )
-        } else if has_nul_escape(&event.payload) {
-            // PostgreSQL's JSONB cannot hold U+0000; refuse it everywhere so that data written to
-            // one store can be copied to any other.
-            format!(
-                "the payload of event `{}` holds a NUL character (\\u0000)",
-                event.event_type
-            )
-        } else if let Some(field) = nul_in_metadata(&event.metadata) {
-            format!(
-                "the {field} of event `{}` holds a NUL character",
-                event.event_type
-            )
-        } else {
-            continue;
-        };
-        return Err(Error::InvalidInput {
-            stream: stream.clone(),
-            reason,
-        });
-    }
-    Ok(())
+    };
 }
-
-/// Which part of `metadata` holds a NUL character, which PostgreSQL cannot store in text or JSON.
-fn nul_in_metadata(metadata: &crate::event::Metadata) -> Option<&'static str> {
-    if metadata
-        .tenant_id
-        .as_deref()
-        .is_some_and(|t| t.contains('\0'))
-    {
-        Some("tenant id")
-    } else if metadata
-        .actor_id
-        .as_deref()
-        .is_some_and(|a| a.contains('\0'))
-    {
-        Some("actor id")
-    } else if !metadata.extra.is_empty()
-        && serde_json::to_string(&metadata.extra).is_ok_and(|json| has_nul_escape(&json))
-    {
-        Some("metadata")
-    } else {
-        None
-    }
-}
-
-/// Whether JSON text holds the escape `\u0000` (and not an escaped backslash followed by `u0000`).
-fn has_nul_escape(json: &str) -> bool {
-    let bytes = json.as_bytes();
-    // Most payloads hold no escape at all: one `memchr` instead of a substring search.
-    if !bytes.contains(&b'\\') {
-        return false;
-    }
-    let mut from = 0;
-    while let Some(found) = json[from..].find("u0000") {
-        let at = from + found;
-        let backslashes = bytes[..at]
-            .iter()
-            .rev()
-            .take_while(|b| **b == b'\\')
-            .count();
-        if backslashes % 2 == 1 {
-            return true;
-        }
-        from = at + 1;
-    }
-    false
-}
-
-/// For an append whose event ids are all stored already: if they are stored in `stream`, at
-/// consecutive versions in the batch's order, after a version that satisfies `expected`, this is
-/// the same append retried after its outcome was lost (a connection dropped during the commit),
-/// and it reports the result the first attempt had. `stored` gives, in the batch's order, each
-/// event's stream, version and position.
-pub(crate) fn retried_append<'a>(
-    stream: &StreamId,
-    expected: ExpectedVersion,
-    stored: impl IntoIterator<Item = (&'a StreamId, u64, Position)>,
-) -> Option<AppendResult> {
-    let mut first = None;
-    let mut last = None;
-    for (at, version, position) in stored {
-        if at != stream {
-            return None;
-        }
-        match last {
-            None => first = Some(version),
-            Some((previous, _)) if version == previous + 1 => {}
-            Some(_) => return None,
-        }
-        last = Some((version, position));
-    }
-    let (first, (version, position)) = (first?, last?);
-    expected.is_satisfied_by(first - 1).then_some(AppendResult {
-        stream_version: version,
-        last_position: position,
-    })
-}
-
-/// How often a store tries an operation that failed with a transient error
-/// ([`Error::is_transient`]), and the first wait between attempts (it doubles, up to a second).
-pub(crate) const TRANSIENT_ATTEMPTS: u32 = 10;
-const TRANSIENT_FIRST_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
-
-/// Runs `attempt` again while it fails with a transient error, with backoff, up to
-/// [`TRANSIENT_ATTEMPTS`] times; `recover` runs after each wait, before the next attempt (a
-/// PostgreSQL store closes the idle connections the server dropped). Only for operations that
-/// are safe to repeat: reads, and appends (idempotent by their event ids: see
-/// [`retried_append`]).
-#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-pub(crate) async fn retrying<T, F, Fut, R, RFut>(
-    operation: &'static str,
-    mut recover: R,
-    mut attempt: F,
-) -> Result<T>
-where
-    F: FnMut(u32) -> Fut,
-    Fut: Future<Output = Result<T>>,
-    R: FnMut() -> RFut,
-    RFut: Future<Output = ()>,
-{
-    let mut retries = Retries::new(operation);
-    loop {
-        match attempt(retries.attempt).await {
-            Err(error) if retries.again(&error).await => recover().await,
-            result => return result,
-        }
-    }
-}
-
-/// The attempts of one operation retried on transient errors (see [`retrying`]), for loops that
-/// decide themselves whether an attempt may be repeated.
-#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-pub(crate) struct Retries {
-    operation: &'static str,
-    /// The attempt being made, from 1.
-    attempt: u32,
-    delay: Duration,
-}
-
-#[cfg_attr(not(feature = "postgres"), allow(dead_code))]
-impl Retries {
-    pub(crate) fn new(operation: &'static str) -> Self {
-        Retries {
-            operation,
-            attempt: 1,
-            delay: TRANSIENT_FIRST_DELAY,
-        }
-    }
-
-    /// After `error`: whether to try again, having waited if so (a transient error, attempts
-    /// left).
-    pub(crate) async fn again(&mut self, error: &Error) -> bool {
-        if !error.is_transient() || self.attempt >= TRANSIENT_ATTEMPTS {
-            return false;
-        }
-        let (operation, attempt) = (self.operation, self.attempt);
-        tracing::warn!(operation, attempt, %error, "transient database error; trying again");
-        tokio::time::sleep(self.delay).await;
-        self.delay = (self.delay * 2).min(Duration::from_secs(1));
-        self.attempt += 1;
-        true
-    }
-}
+pub(crate) use observed_append;
 
 /// The in-process signal of new appends behind [`EventStore::watch_appends`]: a counter bumped
 /// after each committed append.
@@ -807,508 +600,4 @@ where
         }
     });
     pages.flatten().boxed()
-}
-
-/// Checks that a stream read returned consecutive versions (ascending, or descending for a
-/// backwards read) starting where the query starts: a gap means rows were deleted or changed
-/// behind the store's back, and every read path reports it the same way.
-pub(crate) fn check_sequence(
-    stream: &StreamId,
-    query: &StreamQuery,
-    events: &[RecordedEvent],
-) -> Result<()> {
-    let mut expected = if query.backwards {
-        None
-    } else {
-        Some(query.from_version)
-    };
-    for event in events {
-        if let Some(due) = expected
-            && event.version != due
-        {
-            return Err(Error::corrupt(
-                stream,
-                format!(
-                    "the store returned version {} where version {due} was due",
-                    event.version
-                ),
-            )
-            .at_row(
-                Some(event.position),
-                Some(event.version),
-                Some(&event.event_type),
-            ));
-        }
-        expected = Some(if query.backwards {
-            event.version.saturating_sub(1)
-        } else {
-            event.version + 1
-        });
-    }
-    Ok(())
-}
-
-/// The free-form part of the metadata as JSON, `None` when there is none.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn extra_json(metadata: &crate::event::Metadata) -> Option<String> {
-    if metadata.extra.is_empty() {
-        None
-    } else {
-        serde_json::to_string(&metadata.extra).ok()
-    }
-}
-
-/// One row of an SQL `events` table, as read, before its invariants are checked.
-///
-/// Reads select the metadata as one packed column, NULL when an event has none (the common
-/// case): the SQL drivers copy every column of every row, so five mostly-NULL columns cost more
-/// than one JSON array `[tenant, actor, correlation, causation, extra]` decoded when present.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) struct EventRow {
-    pub(crate) stream: StreamId,
-    pub(crate) position: Position,
-    pub(crate) event_id: uuid::Uuid,
-    pub(crate) version: i64,
-    pub(crate) event_type: String,
-    pub(crate) schema_version: i64,
-    pub(crate) occurred_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub(crate) metadata: Option<String>,
-    pub(crate) payload: String,
-}
-
-/// Reads the columns of one row, turning a column that cannot be read into an
-/// [`Error::Corrupt`] that names the stream, the position and whatever else was read before it.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) struct RowReader<'r, R> {
-    pub(crate) row: &'r R,
-    pub(crate) stream: &'r StreamId,
-    pub(crate) position: Option<Position>,
-    pub(crate) version: Option<u64>,
-    pub(crate) event_type: Option<&'r str>,
-    /// Whether sqlx checks each value's type before decoding it.
-    columns: Columns,
-}
-
-/// Whether sqlx checks each value's column type before decoding it.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) enum Columns {
-    /// Checked: SQLite, where a column of a table written by hand can hold a value of any type.
-    Checked,
-    /// Not checked: PostgreSQL statements whose every column has the table's type or a cast's,
-    /// so it cannot hold a value of another type. Values are still decoded (text still checked
-    /// as UTF-8). The check was nearly half of the client's work per value read by a load
-    /// (`callgrind`: 16.3M -> 9.2M instructions for the values of 1,000 ten-event loads).
-    #[cfg(feature = "postgres")]
-    Typed,
-}
-
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-impl Columns {
-    /// Column `index` of `row` as a `T`, with sqlx's type check or without it.
-    pub(crate) fn get<'r, R, T>(self, row: &'r R, index: usize) -> sqlx::Result<T>
-    where
-        R: sqlx::Row,
-        T: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        usize: sqlx::ColumnIndex<R>,
-    {
-        match self {
-            Columns::Checked => row.try_get(index),
-            #[cfg(feature = "postgres")]
-            Columns::Typed => row.try_get_unchecked(index),
-        }
-    }
-}
-
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-impl<'r, R: sqlx::Row> RowReader<'r, R> {
-    /// A reader of a row whose column types are checked ([`Columns::Checked`]).
-    pub(crate) fn new(row: &'r R, stream: &'r StreamId, position: Option<Position>) -> Self {
-        Self::of(row, stream, position, Columns::Checked)
-    }
-
-    pub(crate) fn of(
-        row: &'r R,
-        stream: &'r StreamId,
-        position: Option<Position>,
-        columns: Columns,
-    ) -> Self {
-        RowReader {
-            row,
-            stream,
-            position,
-            version: None,
-            event_type: None,
-            columns,
-        }
-    }
-
-    /// Column `index` (named `name` in errors) as a `T`.
-    pub(crate) fn get<T>(&self, index: usize, name: &str) -> Result<T>
-    where
-        T: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-        usize: sqlx::ColumnIndex<R>,
-    {
-        self.columns
-            .get(self.row, index)
-            .map_err(|err| self.damaged(format!("column `{name}` cannot be read: {err}")))
-    }
-
-    /// The error for this row.
-    pub(crate) fn damaged(&self, reason: String) -> Error {
-        Error::corrupt(self.stream, reason).at_row(self.position, self.version, self.event_type)
-    }
-}
-
-/// The reason every read path gives for a row whose fault is one column's value, whether the
-/// read decoded that column or had the database check it (the `damage!()` expression of each SQL
-/// store, which names the first bad column of a row, or is NULL).
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn damaged_column(column: &str) -> String {
-    match column {
-        "occurred_at" => "column `occurred_at` holds a time out of range".to_owned(),
-        "metadata" => "column `metadata` does not hold a JSON object".to_owned(),
-        other => format!("column `{other}` does not hold a UUID"),
-    }
-}
-
-/// The values of a stream row, in the order `feed_stream_row` reads them.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-type StreamRowValues<'r> = (i64, i64, &'r str, i64, Option<&'r str>, &'r str);
-
-/// Feeds one row of a stream read (position, version, event type, schema version as a 64-bit
-/// integer, the store's `damage!()` expression, payload, in that order) to `apply`; returns its
-/// version.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn feed_stream_row<'r, R, F>(
-    row: &'r R,
-    stream: &'r StreamId,
-    columns: Columns,
-    apply: &mut F,
-) -> Result<i64>
-where
-    R: sqlx::Row,
-    usize: sqlx::ColumnIndex<R>,
-    i64: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    &'r str: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    Option<&'r str>: sqlx::Decode<'r, R::Database> + sqlx::Type<R::Database>,
-    F: FnMut(EventView<'_>) -> Result<()>,
-{
-    // All six values first, with no error context built: the context (which column of which
-    // row) is put together only when one fails to decode.
-    let values = (|| -> sqlx::Result<StreamRowValues<'r>> {
-        Ok((
-            columns.get::<_, i64>(row, 0)?,
-            columns.get::<_, i64>(row, 1)?,
-            columns.get::<_, &str>(row, 2)?,
-            columns.get::<_, i64>(row, 3)?,
-            columns.get::<_, Option<&str>>(row, 4)?,
-            columns.get::<_, &str>(row, 5)?,
-        ))
-    })();
-    let Ok((position, version, event_type, schema_version, damage, payload)) = values else {
-        // Read again, column by column, naming the one that fails and as much of the row
-        // (position, version, type) as could be read.
-        let position: i64 = columns.get(row, 0).map_err(Error::database("load"))?;
-        let position = Position::new(position.max(0) as u64);
-        let mut reader = RowReader::of(row, stream, Some(position), columns);
-        let version: i64 = reader.get(1, "version")?;
-        reader.version = u64::try_from(version).ok();
-        let event_type: &str = reader.get(2, "event_type")?;
-        reader.event_type = Some(event_type);
-        reader.get::<i64>(3, "schema_version")?;
-        reader.get::<Option<&str>>(4, "damage")?;
-        reader.get::<&str>(5, "payload")?;
-        return Err(reader.damaged("a value cannot be read".to_owned()));
-    };
-    let position = Position::new(position.max(0) as u64);
-    apply(row_view(
-        stream,
-        position,
-        version,
-        event_type,
-        schema_version,
-        damage,
-        payload,
-    )?)?;
-    Ok(version)
-}
-
-/// A view of a row read by a store's `fold_stream`, after the checks every read path makes:
-/// versions in range, and no column the view leaves out damaged (`damage`, the store's
-/// `damage!()` expression: the name of the first damaged column, if any).
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn row_view<'a>(
-    stream: &'a StreamId,
-    position: Position,
-    version: i64,
-    event_type: &'a str,
-    schema_version: i64,
-    damage: Option<&str>,
-    payload: &'a str,
-) -> Result<EventView<'a>> {
-    let (version, schema_version) = match crate::stream::checked_versions(version, schema_version) {
-        Some(versions) => versions,
-        None => {
-            return Err(Error::corrupt(
-                stream,
-                format!("version {version} or schema version {schema_version} out of range"),
-            )
-            .at_row(
-                Some(position),
-                u64::try_from(version).ok(),
-                Some(event_type),
-            ));
-        }
-    };
-    if let Some(column) = damage {
-        return Err(Error::corrupt(stream, damaged_column(column)).at_row(
-            Some(position),
-            Some(version),
-            Some(event_type),
-        ));
-    }
-    Ok(EventView::new(
-        stream,
-        position,
-        version,
-        event_type,
-        schema_version,
-        payload,
-    ))
-}
-
-/// A snapshot read from a `snapshots` row, or [`Error::Corrupt`] if its numbers are out of
-/// range. (A state that does not decode is the repository's concern: it ignores the snapshot.)
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn snapshot_row(
-    stream: &StreamId,
-    version: i64,
-    state_version: i64,
-    state: String,
-    taken_at: Option<chrono::DateTime<chrono::Utc>>,
-) -> Result<crate::snapshot::Snapshot> {
-    match (
-        u64::try_from(version),
-        u32::try_from(state_version),
-        taken_at,
-    ) {
-        (Ok(version), Ok(state_version), Some(taken_at)) => {
-            Ok(
-                crate::snapshot::Snapshot::new(stream.clone(), version, state_version, state)
-                    .taken_at(taken_at),
-            )
-        }
-        _ => Err(Error::corrupt(
-            stream,
-            format!(
-                "snapshot version {version}, state version {state_version} or time out of range"
-            ),
-        )),
-    }
-}
-
-/// The packed metadata column: `[tenant, actor, correlation, causation, extra]`. The stores pack
-/// a NULL `metadata` column as `{}`, so that `extra` is a JSON object unless the column holds
-/// something else (JSON `null` included): then the row is damaged, as on every read path.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-type PackedMetadata = (
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    Option<String>,
-    serde_json::Map<String, serde_json::Value>,
-);
-
-/// Decodes the packed metadata column, or says why it cannot be (naming the column at fault).
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn unpack_metadata(packed: &str) -> std::result::Result<crate::event::Metadata, String> {
-    // The other columns are typed (text, and a UUID or its hex): only `metadata` can fail here.
-    let (tenant_id, actor_id, correlation, causation, extra): PackedMetadata =
-        serde_json::from_str(packed).map_err(|_| damaged_column("metadata"))?;
-    let uuid = |column: &str, text: Option<String>| match text.filter(|t| !t.is_empty()) {
-        None => Ok(None),
-        Some(t) => uuid::Uuid::try_parse(&t)
-            .map(Some)
-            .map_err(|_| damaged_column(column)),
-    };
-    let mut metadata = crate::event::Metadata::new();
-    metadata.tenant_id = tenant_id;
-    metadata.actor_id = actor_id;
-    metadata.correlation_id = uuid("correlation_id", correlation)?;
-    metadata.causation_id = uuid("causation_id", causation)?;
-    metadata.extra = extra;
-    Ok(metadata)
-}
-
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-impl EventRow {
-    /// The recorded event, or [`Error::Corrupt`] if the row breaks the store's invariants.
-    pub(crate) fn into_event(self) -> Result<RecordedEvent> {
-        let EventRow {
-            stream,
-            position,
-            event_id,
-            version,
-            event_type,
-            schema_version,
-            occurred_at,
-            metadata,
-            payload,
-        } = self;
-        let damaged = |reason: String, version: Option<u64>| {
-            Error::corrupt(&stream, reason).at_row(Some(position), version, Some(&event_type))
-        };
-        let Some((version, schema_version)) =
-            crate::stream::checked_versions(version, schema_version)
-        else {
-            return Err(damaged(
-                format!("version {version} or schema version {schema_version} out of range"),
-                None,
-            ));
-        };
-        let Some(occurred_at) = occurred_at else {
-            return Err(damaged(damaged_column("occurred_at"), Some(version)));
-        };
-        let metadata = match metadata {
-            None => crate::event::Metadata::new(),
-            Some(packed) => {
-                unpack_metadata(&packed).map_err(|reason| damaged(reason, Some(version)))?
-            }
-        };
-        Ok(RecordedEvent {
-            event_id,
-            stream,
-            version,
-            position,
-            event_type,
-            schema_version,
-            occurred_at,
-            metadata,
-            payload,
-        })
-    }
-}
-
-/// The stream of consecutive rows, allocated once per run of rows of the same stream.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-#[derive(Default)]
-pub(crate) struct StreamCache(Option<StreamId>);
-
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-impl StreamCache {
-    pub(crate) fn get(&mut self, aggregate_type: &str, aggregate_id: &str) -> &StreamId {
-        let reuse = self.0.as_ref().is_some_and(|stream| {
-            stream.aggregate_id() == aggregate_id && stream.aggregate_type() == aggregate_type
-        });
-        if !reuse {
-            self.0 = Some(StreamId::unchecked(aggregate_type, aggregate_id));
-        }
-        self.0.as_ref().expect("just set")
-    }
-}
-
-/// The columns of one lean row, read; checked and fed to a fold's callback by [`feed_row`].
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) struct LeanRow<'r> {
-    pub(crate) version: i64,
-    pub(crate) event_type: &'r str,
-    pub(crate) schema_version: i64,
-    pub(crate) payload: &'r str,
-    /// The rest of the context; `None` when the fold reads the location only.
-    pub(crate) details: Option<RowDetails<'r>>,
-    /// Without details: the store's `damage!()` expression, which checks in the database the
-    /// columns the fold does not read (the first damaged one's name, or `None`).
-    pub(crate) damage: Option<&'r str>,
-}
-
-/// The columns of a lean row that only the whole [`EventContext`] needs.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) struct RowDetails<'r> {
-    pub(crate) event_id: uuid::Uuid,
-    pub(crate) occurred_at: Option<chrono::DateTime<chrono::Utc>>,
-    pub(crate) metadata: Option<&'r str>,
-}
-
-/// Checks a lean row by the rule every read path shares and feeds it to `apply` (or feeds its
-/// error). Without details, the context's id, time and metadata are the nil id, the epoch and
-/// empty metadata ([`ContextFields::Location`]), and the row's `damage` says whether those
-/// columns are sound.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-pub(crate) fn feed_row<F>(
-    stream: &StreamId,
-    position: Position,
-    row: Result<LeanRow<'_>>,
-    apply: &mut F,
-) -> std::ops::ControlFlow<()>
-where
-    F: for<'e> FnMut(FoldItem<'e>) -> std::ops::ControlFlow<()>,
-{
-    static EMPTY: std::sync::OnceLock<crate::event::Metadata> = std::sync::OnceLock::new();
-    let checked = row.and_then(|row| {
-        let damaged = |reason: String, version: Option<u64>| {
-            Error::corrupt(stream, reason).at_row(Some(position), version, Some(row.event_type))
-        };
-        let (version, schema_version) =
-            crate::stream::checked_versions(row.version, row.schema_version).ok_or_else(|| {
-                damaged(
-                    format!(
-                        "version {} or schema version {} out of range",
-                        row.version, row.schema_version
-                    ),
-                    None,
-                )
-            })?;
-        if let Some(column) = row.damage {
-            return Err(damaged(damaged_column(column), Some(version)));
-        }
-        let (event_id, occurred_at, metadata) = match &row.details {
-            None => (uuid::Uuid::nil(), chrono::DateTime::UNIX_EPOCH, None),
-            Some(details) => {
-                let occurred_at = details
-                    .occurred_at
-                    .ok_or_else(|| damaged(damaged_column("occurred_at"), Some(version)))?;
-                let metadata = match details.metadata {
-                    None => None,
-                    Some(packed) => Some(
-                        unpack_metadata(packed).map_err(|reason| damaged(reason, Some(version)))?,
-                    ),
-                };
-                (details.event_id, occurred_at, metadata)
-            }
-        };
-        Ok((
-            row,
-            version,
-            schema_version,
-            event_id,
-            occurred_at,
-            metadata,
-        ))
-    });
-    match checked {
-        Ok((row, version, schema_version, event_id, occurred_at, metadata)) => {
-            let context = EventContext {
-                event_id,
-                stream,
-                version,
-                position,
-                event_type: row.event_type,
-                occurred_at,
-                metadata: metadata
-                    .as_ref()
-                    .unwrap_or_else(|| EMPTY.get_or_init(crate::event::Metadata::new)),
-            };
-            let view = EventView::new(
-                stream,
-                position,
-                version,
-                row.event_type,
-                schema_version,
-                row.payload,
-            );
-            apply(Ok((view, &context)))
-        }
-        Err(error) => apply(Err(&error)),
-    }
 }
