@@ -95,10 +95,21 @@ use crate::projection::HandlerError;
 use crate::repository::{Once, Repository, UpdateError};
 use crate::store::EventStore;
 use crate::stream::Position;
-use crate::subscription::{Applied, Replayed, Runner, RunnerCore, Step, StepError, item_position};
+use crate::subscription::{
+    Applied, Handle, Replayed, Runner, RunnerCore, Step, StepError, item_position,
+};
 use std::future::Future;
 use std::sync::Arc;
 use uuid::Uuid;
+
+// The process manager's accessor on the one handle type, here so that the subscription
+// module (below) does not import process managers (above).
+impl<M: ProcessManager> Handle<M> {
+    /// The process manager.
+    pub fn manager(&self) -> &M {
+        self.target()
+    }
+}
 
 /// Reacts to events by sending commands: a saga, a policy, a workflow. Implement it by hand (no
 /// macro): a name, the event types, and one async `react`.

@@ -1,7 +1,6 @@
 //! What every `add_*` returns: the runner's status, and what it shares with the caller.
 
 use super::status::{Progress, RunnerStatus};
-use crate::process::ProcessManager;
 use std::fmt;
 use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 
@@ -12,7 +11,7 @@ use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard};
 /// | added with | handle | besides `status()` |
 /// | --- | --- | --- |
 /// | [`add`](super::Subscriptions::add), [`add_durable`](super::Subscriptions::add_durable) | `Handle<RwLock<P>>` | [`read`](Self::read): the read model |
-/// | [`add_process`](super::Subscriptions::add_process) | `Handle<M>` | [`manager`](Self::manager) |
+/// | [`add_process`](super::Subscriptions::add_process) | `Handle<M>` | [`manager`](Self::manager) (in `process`) |
 /// | `add_sql`, [`add_relay`](super::Subscriptions::add_relay) | `Handle` | (the model lives in the database; a relay has none) |
 pub struct Handle<T = ()> {
     target: Arc<T>,
@@ -28,19 +27,17 @@ impl<T> Handle<T> {
     pub fn status(&self) -> RunnerStatus {
         self.progress.get()
     }
+
+    /// What the runner shares with the caller (the model, the process manager).
+    pub(crate) fn target(&self) -> &T {
+        &self.target
+    }
 }
 
 impl<P> Handle<RwLock<P>> {
     /// The read model, read-locked (the manager applies a batch at a time under the write lock).
     pub fn read(&self) -> RwLockReadGuard<'_, P> {
         self.target.read().unwrap_or_else(PoisonError::into_inner)
-    }
-}
-
-impl<M: ProcessManager> Handle<M> {
-    /// The process manager.
-    pub fn manager(&self) -> &M {
-        &self.target
     }
 }
 

@@ -1,13 +1,14 @@
 //! The manager: the runners it was given, started, and the operations on them.
 
 use super::handle::Handle;
-use super::lease::{Stored, read_stored};
+use super::lease::read_stored;
 use super::memory::MemoryRunner;
 use super::options::RunnerOptions;
 use super::runner::{Command, Runner, RunnerCore, drive};
 use super::shared;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
 use super::sql::SqlRunner;
+use super::status::Stored;
 use super::status::{Progress, RunnerState, RunnerStatus};
 use crate::bus::relay::RelayRunner;
 use crate::bus::{EventBus, Relay};

@@ -1,8 +1,7 @@
 //! The in-memory (and durable, at-least-once) projection's runner.
 
-use super::runner::{
-    Applied, Replayed, Runner, RunnerCore, Step, StepError, event_at, item_position,
-};
+use super::page::{event_at, item_position};
+use super::runner::{Applied, Replayed, Runner, RunnerCore, Step, StepError};
 use super::shared;
 use super::status::RunnerState;
 use crate::checkpoint::CheckpointStore;

@@ -18,6 +18,7 @@ mod lease;
 mod manager;
 mod memory;
 mod options;
+mod page;
 mod runner;
 mod shared;
 #[cfg(any(feature = "sqlite", feature = "postgres"))]
@@ -29,6 +30,7 @@ pub use manager::{RunningSubscriptions, Subscriptions};
 pub use options::{OnFailure, RunnerOptions};
 pub use status::{RunnerState, RunnerStatus};
 
+pub(crate) use page::item_position;
 pub(crate) use runner::{
-    Applied, Replayed, Runner, RunnerCore, Step, StepError, item_position, letter_for_damaged,
+    Applied, Replayed, Runner, RunnerCore, Step, StepError, letter_for_damaged,
 };

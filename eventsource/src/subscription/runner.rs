@@ -1,18 +1,19 @@
 //! What every runner is driven by: the `Runner` trait, the loop of `drive`, and the reads and
 //! dead letters runners share.
 
-use super::lease::take_lease;
+use super::lease::read_stored;
 use super::options::{OnFailure, RunnerOptions};
+use super::page::{event_at, read_page};
 use super::status::{Progress, RunnerState};
 use crate::checkpoint::{CheckpointStore, DeadLetter};
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
 use crate::projection::HandlerError;
-use crate::store::{EventStore, ReadAll};
+use crate::store::EventStore;
 use crate::stream::Position;
 use crate::telemetry::Traced;
+use futures::FutureExt;
 use futures::future::BoxFuture;
-use futures::{FutureExt, StreamExt};
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Duration;
@@ -442,6 +443,38 @@ pub(crate) async fn drive<R: Runner>(
     runner.core().progress.set(RunnerState::Stopped, checkpoint);
 }
 
+/// Waits for the runner's lease (standing by while another process holds it, showing the
+/// progress that one stores); `None` on shutdown.
+pub(super) async fn take_lease<S: EventStore, C: CheckpointStore>(
+    core: &RunnerCore<S, C>,
+    shutdown: &mut watch::Receiver<bool>,
+) -> Option<crate::checkpoint::Lease> {
+    let name = &*core.name;
+    loop {
+        match core.checkpoints.lease(name).await {
+            Ok(Some(lease)) => return Some(lease),
+            Ok(None) => {
+                let stored =
+                    read_stored(&core.store, &core.checkpoints, name, &core.event_types).await;
+                if let Err(error) = &stored {
+                    tracing::debug!(projection = name, %error, "cannot read the stored progress");
+                }
+                core.progress.stand_by(stored.ok());
+            }
+            Err(error) => {
+                tracing::warn!(projection = name, %error, "cannot take the projection's lease; retrying");
+            }
+        }
+        if *shutdown.borrow() {
+            return None;
+        }
+        sleep_or_stop(shutdown, core.options.lease_retry).await;
+        if *shutdown.borrow() {
+            return None;
+        }
+    }
+}
+
 pub(super) async fn sleep_or_stop(shutdown: &mut watch::Receiver<bool>, delay: Duration) {
     let stop = shutdown.changed().fuse();
     let sleep = tokio::time::sleep(delay).fuse();
@@ -449,54 +482,6 @@ pub(super) async fn sleep_or_stop(shutdown: &mut watch::Receiver<bool>, delay: D
     futures::select_biased! {
         _ = stop => {}
         () = sleep => {}
-    }
-}
-
-/// One page of the global log after `after`, filtered to `event_types`: the events, and the
-/// damaged rows as their errors. An error that is not about a row (the database failing) fails
-/// the whole read.
-pub(crate) async fn read_page<S: EventStore>(
-    store: &S,
-    after: Option<Position>,
-    event_types: &[&'static str],
-    batch_size: usize,
-) -> Result<Vec<Result<RecordedEvent>>> {
-    let query = ReadAll::after(after.unwrap_or(Position::START))
-        .event_types(event_types.iter().copied())
-        .batch_size(batch_size);
-    let mut page = Vec::new();
-    let mut events = store.read_all(query).take(batch_size);
-    while let Some(item) = events.next().await {
-        match item {
-            Err(error) if error.position().is_none() => return Err(error),
-            item => page.push(item),
-        }
-    }
-    Ok(page)
-}
-
-/// The event (or damaged row) at `position`, if the store has one there.
-pub(crate) async fn event_at<S: EventStore>(
-    store: &S,
-    position: Position,
-) -> Result<Option<Result<RecordedEvent>>> {
-    let before = Position::new(position.get().saturating_sub(1));
-    match store
-        .read_all(ReadAll::after(before).batch_size(1))
-        .next()
-        .await
-    {
-        Some(Err(error)) if error.position().is_none() => Err(error),
-        Some(item) if item_position(&item) == position => Ok(Some(item)),
-        _ => Ok(None),
-    }
-}
-
-/// The position of a page item.
-pub(crate) fn item_position(item: &Result<RecordedEvent>) -> Position {
-    match item {
-        Ok(event) => event.position,
-        Err(error) => error.position().unwrap_or(Position::START),
     }
 }
 

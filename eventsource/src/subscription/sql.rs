@@ -1,9 +1,8 @@
 //! The database read model's runner: a transaction per batch, with the checkpoint in it.
 
 use super::options::OnFailure;
-use super::runner::{
-    Replayed, Runner, RunnerCore, Step, StepError, item_position, letter_for_damaged,
-};
+use super::page::item_position;
+use super::runner::{Replayed, Runner, RunnerCore, Step, StepError, letter_for_damaged};
 use super::status::RunnerState;
 use crate::checkpoint::TransactionalStore;
 use crate::error::{Error, Result};

@@ -1,9 +1,17 @@
 //! Where a runner is: its state and checkpoint, shared with its handle and the manager.
 
-use super::lease::Stored;
 use crate::stream::Position;
 use std::sync::{Arc, Mutex, PoisonError};
 use tokio::sync::watch;
+
+/// A projection's progress as its stores tell it, for an instance that does not run it.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Stored {
+    /// The stored checkpoint.
+    pub(super) checkpoint: Option<Position>,
+    /// Every event the projection handles up to here is applied (see [`Progress::caught_up`]).
+    pub(super) caught_up: Option<Position>,
+}
 
 /// Where a runner (a projection, a process manager, a relay) is.
 #[derive(Clone, Debug, PartialEq, Eq)]
