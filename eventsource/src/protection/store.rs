@@ -12,16 +12,20 @@ use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::store::{AppendResult, EventStore, LogHead, ReadAll, StreamQuery};
 use crate::stream::{ExpectedVersion, Position, StreamId};
 use futures::StreamExt;
-use futures::future::BoxFuture;
 use futures::stream::BoxStream;
-use lru::LruCache;
 use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::future::Future;
-use std::num::NonZeroUsize;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 use uuid::Uuid;
+
+mod erasure;
+mod forward;
+mod key_cache;
+
+pub use erasure::{EraseSnapshots, Erasure, ErasureHook};
+use key_cache::KeyCache;
 
 /// An [`EventStore`] that keeps the `#[personal]` fields of events encrypted, one key per data
 /// subject from a [`KeyStore`], and can [`forget`](Self::forget) a subject.
@@ -78,94 +82,6 @@ struct Shared<K> {
     hooks: Vec<Box<dyn ErasureHook>>,
 }
 
-/// A cached key by id: when it was read, its tenant, the key (`None`: destroyed).
-type CachedKey = (Instant, Option<String>, Option<DataKey>);
-/// A subject: its tenant and its id.
-type SubjectSlot = (Option<String>, String);
-
-/// Unwrapped keys, bounded in number and age.
-struct KeyCache {
-    ttl: Duration,
-    by_id: Option<Mutex<LruCache<Uuid, CachedKey>>>,
-    /// Current key by subject, with when it was read.
-    current: Option<Mutex<LruCache<SubjectSlot, (Instant, DataKey)>>>,
-}
-
-impl KeyCache {
-    fn new(capacity: usize, ttl: Duration) -> Self {
-        let capacity = NonZeroUsize::new(capacity).filter(|_| !ttl.is_zero());
-        KeyCache {
-            ttl,
-            by_id: capacity.map(|c| Mutex::new(LruCache::new(c))),
-            current: capacity.map(|c| Mutex::new(LruCache::new(c))),
-        }
-    }
-
-    fn fresh(&self, at: Instant) -> bool {
-        at.elapsed() < self.ttl
-    }
-
-    fn key(&self, tenant: Option<&str>, id: Uuid) -> Option<KeyState> {
-        let mut cache = self.by_id.as_ref()?.lock().expect("key cache");
-        let (at, owner, key) = cache.get(&id)?;
-        if owner.as_deref() != tenant {
-            return Some(KeyState::Unknown);
-        }
-        // A destroyed key never comes back: that answer does not age.
-        match key {
-            None => Some(KeyState::Destroyed),
-            Some(key) if self.fresh(*at) => Some(KeyState::Live(key.clone())),
-            Some(_) => {
-                cache.pop(&id);
-                None
-            }
-        }
-    }
-
-    fn put_key(&self, tenant: Option<&str>, id: Uuid, key: Option<DataKey>) {
-        if let Some(cache) = &self.by_id {
-            let owner = tenant.map(str::to_owned);
-            cache
-                .lock()
-                .expect("key cache")
-                .put(id, (Instant::now(), owner, key));
-        }
-    }
-
-    fn current(&self, tenant: Option<&str>, subject: &str) -> Option<DataKey> {
-        let mut cache = self.current.as_ref()?.lock().expect("key cache");
-        let slot = (tenant.map(str::to_owned), subject.to_owned());
-        match cache.get(&slot) {
-            Some((at, key)) if self.fresh(*at) => Some(key.clone()),
-            Some(_) => {
-                cache.pop(&slot);
-                None
-            }
-            None => None,
-        }
-    }
-
-    fn put_current(&self, key: &DataKey) {
-        if let Some(cache) = &self.current {
-            let slot = (key.tenant().map(str::to_owned), key.subject().to_owned());
-            cache
-                .lock()
-                .expect("key cache")
-                .put(slot, (Instant::now(), key.clone()));
-        }
-    }
-
-    fn forget(&self, tenant: Option<&str>, subject: &str, ids: &[Uuid]) {
-        for id in ids {
-            self.put_key(tenant, *id, None);
-        }
-        if let Some(cache) = &self.current {
-            let slot = (tenant.map(str::to_owned), subject.to_owned());
-            cache.lock().expect("key cache").pop(&slot);
-        }
-    }
-}
-
 impl<S: Clone, K> Clone for ProtectedStore<S, K> {
     fn clone(&self) -> Self {
         ProtectedStore {
@@ -182,54 +98,6 @@ impl<S: fmt::Debug, K: fmt::Debug> fmt::Debug for ProtectedStore<S, K> {
             .field("keys", &self.shared.keys)
             .field("hooks", &self.shared.hooks.len())
             .finish_non_exhaustive()
-    }
-}
-
-/// What [`ProtectedStore::forget`] did, as handed to each [`ErasureHook`].
-#[derive(Clone, Debug, PartialEq)]
-#[non_exhaustive]
-pub struct Erasure {
-    /// The forgotten subject.
-    pub subject: String,
-    /// How many live keys were destroyed (0 when the subject was already forgotten).
-    pub keys_destroyed: u64,
-    /// The streams holding events encrypted for the subject: their snapshots were deleted.
-    pub streams: Vec<StreamId>,
-}
-
-/// Called by [`ProtectedStore::forget`] after the subject's keys are destroyed, to remove the
-/// plain copies the application made: read-model rows, caches, search indexes. Runs again,
-/// with the same [`Erasure`], if `forget` is called again after a failure, so make it
-/// idempotent.
-pub trait ErasureHook: Send + Sync {
-    /// Removes what this hook keeps of `erasure.subject`.
-    fn erase<'a>(&'a self, erasure: &'a Erasure) -> BoxFuture<'a, Result<()>>;
-}
-
-impl<F, Fut> ErasureHook for F
-where
-    F: Fn(Erasure) -> Fut + Send + Sync,
-    Fut: Future<Output = Result<()>> + Send + 'static,
-{
-    fn erase<'a>(&'a self, erasure: &'a Erasure) -> BoxFuture<'a, Result<()>> {
-        Box::pin(self(erasure.clone()))
-    }
-}
-
-/// An [`ErasureHook`] that deletes the snapshots of the erased streams from a snapshot store
-/// other than the event store (the event store's own snapshots are deleted by `forget`
-/// itself).
-#[derive(Debug)]
-pub struct EraseSnapshots<T>(pub T);
-
-impl<T: SnapshotStore> ErasureHook for EraseSnapshots<T> {
-    fn erase<'a>(&'a self, erasure: &'a Erasure) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async move {
-            for stream in &erasure.streams {
-                self.0.delete_snapshot(stream).await?;
-            }
-            Ok(())
-        })
     }
 }
 
@@ -908,169 +776,5 @@ impl<S: EventStore, K: KeyStore> EventStore for ProtectedStore<S, K> {
         timeout: Duration,
     ) -> impl Future<Output = Result<()>> + Send {
         self.inner.wait_for(position, timeout)
-    }
-}
-
-/// Snapshots of streams holding personal data are sealed under the keys of every subject of
-/// the stream (see [`ProtectedStore`]); the others go to the wrapped store as they are.
-impl<S: EventStore + SnapshotStore, K: KeyStore> SnapshotStore for ProtectedStore<S, K> {
-    async fn save_snapshot(&self, snapshot: &Snapshot) -> Result<()> {
-        let stream = snapshot.stream();
-        let refs = self.snapshot_keys(stream, snapshot.version()).await?;
-        if refs.is_empty() {
-            return self.inner.save_snapshot(snapshot).await;
-        }
-        let mut keys = Vec::with_capacity(refs.len());
-        for reference in &refs {
-            match self
-                .key(reference.tenant.as_deref(), reference.key_id)
-                .await?
-            {
-                KeyState::Live(key) => keys.push(key),
-                // A subject of the stream was forgotten: the state may still hold what was
-                // read before, so it is not written (the events replay instead).
-                _ => {
-                    tracing::debug!(%stream, "snapshot not taken: a subject of the stream was forgotten");
-                    return Ok(());
-                }
-            }
-        }
-        let state = sealed::seal_state(
-            &keys,
-            stream,
-            snapshot.version(),
-            snapshot.state_version(),
-            snapshot.state(),
-        );
-        let sealed = Snapshot::new(
-            stream.clone(),
-            snapshot.version(),
-            snapshot.state_version(),
-            state,
-        )
-        .taken_at(snapshot.time());
-        self.inner.save_snapshot(&sealed).await
-    }
-
-    async fn load_snapshot(&self, stream: &StreamId) -> Result<Option<Snapshot>> {
-        let Some(snapshot) = self.inner.load_snapshot(stream).await? else {
-            return Ok(None);
-        };
-        let Some(sealed) = sealed::parse(snapshot.state()) else {
-            return Ok(Some(snapshot));
-        };
-        let mut keys = Vec::with_capacity(sealed.shares.len());
-        for (reference, _) in &sealed.shares {
-            match self
-                .key(reference.tenant.as_deref(), reference.key_id)
-                .await
-            {
-                Ok(KeyState::Live(key)) => keys.push(key),
-                // Forgotten, unknown or damaged: no snapshot; the events replay.
-                Ok(_) | Err(Error::MasterKey { .. }) => return Ok(None),
-                Err(error) => return Err(error),
-            }
-        }
-        let version = snapshot.version();
-        let state_version = snapshot.state_version();
-        Ok(sealed
-            .open(&keys, stream, version, state_version)
-            .map(|state| {
-                Snapshot::new(stream.clone(), version, state_version, state)
-                    .taken_at(snapshot.time())
-            }))
-    }
-
-    fn delete_snapshot(&self, stream: &StreamId) -> impl Future<Output = Result<bool>> + Send {
-        self.inner.delete_snapshot(stream)
-    }
-}
-
-/// Checkpoints and dead letters go to the wrapped store, so that the subscription manager runs
-/// projections over a `ProtectedStore` (they read decrypted events).
-impl<S: CheckpointStore, K: Send + Sync> CheckpointStore for ProtectedStore<S, K> {
-    fn checkpoint(
-        &self,
-        projection: &str,
-    ) -> impl Future<Output = Result<Option<Position>>> + Send {
-        self.inner.checkpoint(projection)
-    }
-
-    fn save_checkpoint(
-        &self,
-        projection: &str,
-        previous: Option<Position>,
-        position: Position,
-    ) -> impl Future<Output = Result<()>> + Send {
-        self.inner.save_checkpoint(projection, previous, position)
-    }
-
-    fn delete_checkpoint(&self, projection: &str) -> impl Future<Output = Result<()>> + Send {
-        self.inner.delete_checkpoint(projection)
-    }
-
-    fn add_dead_letter(&self, letter: &DeadLetter) -> impl Future<Output = Result<()>> + Send {
-        self.inner.add_dead_letter(letter)
-    }
-
-    fn dead_letters(
-        &self,
-        projection: &str,
-    ) -> impl Future<Output = Result<Vec<DeadLetter>>> + Send {
-        self.inner.dead_letters(projection)
-    }
-
-    fn remove_dead_letter(
-        &self,
-        projection: &str,
-        position: Position,
-    ) -> impl Future<Output = Result<bool>> + Send {
-        self.inner.remove_dead_letter(projection, position)
-    }
-
-    fn lease(&self, projection: &str) -> impl Future<Output = Result<Option<Lease>>> + Send {
-        self.inner.lease(projection)
-    }
-}
-
-/// Transactions go to the wrapped store, so that SQL projections (`Subscriptions::add_sql`) run
-/// over a `ProtectedStore` too: they read decrypted events, and write their rows and checkpoint
-/// in one transaction of the wrapped store's database.
-#[cfg(any(feature = "sqlite", feature = "postgres"))]
-impl<S, K> crate::checkpoint::TransactionalStore for ProtectedStore<S, K>
-where
-    S: crate::checkpoint::TransactionalStore,
-    K: KeyStore + 'static,
-{
-    type Database = S::Database;
-
-    fn begin(
-        &self,
-    ) -> impl Future<Output = Result<crate::projection::Transaction<Self::Database>>> + Send {
-        self.inner.begin()
-    }
-
-    fn save_checkpoint_in<'a>(
-        tx: &'a mut crate::projection::Transaction<Self::Database>,
-        projection: &'a str,
-        previous: Option<Position>,
-        position: Position,
-    ) -> impl Future<Output = Result<()>> + Send + 'a {
-        S::save_checkpoint_in(tx, projection, previous, position)
-    }
-
-    fn add_dead_letter_in<'a>(
-        tx: &'a mut crate::projection::Transaction<Self::Database>,
-        letter: &'a DeadLetter,
-    ) -> impl Future<Output = Result<()>> + Send + 'a {
-        S::add_dead_letter_in(tx, letter)
-    }
-
-    fn remove_dead_letter_in<'a>(
-        tx: &'a mut crate::projection::Transaction<Self::Database>,
-        projection: &'a str,
-        position: Position,
-    ) -> impl Future<Output = Result<bool>> + Send + 'a {
-        S::remove_dead_letter_in(tx, projection, position)
     }
 }
