@@ -6,7 +6,8 @@ use crate::stream::StreamId;
 use futures::future::BoxFuture;
 use std::future::Future;
 
-/// What [`ProtectedStore::forget`] did, as handed to each [`ErasureHook`].
+/// What [`ProtectedStore::forget`](super::ProtectedStore::forget) did, as handed to each
+/// [`ErasureHook`].
 #[derive(Clone, Debug, PartialEq)]
 #[non_exhaustive]
 pub struct Erasure {
@@ -18,8 +19,9 @@ pub struct Erasure {
     pub streams: Vec<StreamId>,
 }
 
-/// Called by [`ProtectedStore::forget`] after the subject's keys are destroyed, to remove the
-/// plain copies the application made: read-model rows, caches, search indexes. Runs again,
+/// Called by [`ProtectedStore::forget`](super::ProtectedStore::forget) after the subject's keys
+/// are destroyed, to remove the plain copies the application made: read-model rows, caches,
+/// search indexes. Runs again,
 /// with the same [`Erasure`], if `forget` is called again after a failure, so make it
 /// idempotent.
 pub trait ErasureHook: Send + Sync {
