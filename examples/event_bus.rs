@@ -14,7 +14,7 @@ use eventsource::bus::kafka::KafkaBus;
 use eventsource::bus::nats::NatsBus;
 use eventsource::bus::rabbitmq::RabbitMqBus;
 use eventsource::bus::redis::RedisBus;
-use eventsource::bus::{BusConsumer, EventBus, InMemoryBus, Relay, Subscription};
+use eventsource::bus::{BusConsumer, ConsumerGroup, EventBus, InMemoryBus, Relay};
 use eventsource::prelude::*;
 use eventsource::subscription::Subscriptions;
 use serde::{Deserialize, Serialize};
@@ -117,10 +117,10 @@ async fn run<B: EventBus + Clone>(bus: B) -> Result<(), Box<dyn std::error::Erro
 
     // The consuming services join their groups (a group receives what is published after).
     let notify = bus
-        .subscribe(&Subscription::new("notifications").aggregate_types(["Order"]))
+        .subscribe(&ConsumerGroup::new("notifications").aggregate_types(["Order"]))
         .await?;
     let stock = bus
-        .subscribe(&Subscription::new("inventory").event::<OrderPlaced>())
+        .subscribe(&ConsumerGroup::new("inventory").event::<OrderPlaced>())
         .await?;
 
     // The order service: the relay publishes what its repository commits.

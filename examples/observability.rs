@@ -10,11 +10,12 @@
 //!
 //! Run it with `cargo run --example observability --features otel`.
 
-use eventsource::bus::{BusConsumer, EventBus, InMemoryBus, Relay, Subscription};
+use eventsource::bus::{BusConsumer, ConsumerGroup, EventBus, InMemoryBus, Relay};
 use eventsource::health::HealthOptions;
 use eventsource::prelude::*;
 use eventsource::subscription::Subscriptions;
 use eventsource::{EventView, HandlerError};
+use eventsource::{Projection, StreamId, StreamQuery};
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use opentelemetry::trace::TracerProvider as _;
 use opentelemetry_sdk::trace::SdkTracerProvider;
@@ -124,7 +125,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = tempfile::tempdir()?;
     let store = SqliteEventStore::open(dir.path().join("observability.db")).await?;
     let bus = InMemoryBus::new(64);
-    let mut receipts_consumer = bus.subscribe(&Subscription::new("receipts")).await?;
+    let mut receipts_consumer = bus.subscribe(&ConsumerGroup::new("receipts")).await?;
     let mut subscriptions = Subscriptions::new(store.clone());
     let revenue = subscriptions.add(Revenue::default());
     subscriptions.add_relay(Relay::new("outbox", bus.clone()));

@@ -8,6 +8,7 @@
 //! Run it with `cargo run --example order_processing`.
 
 use eventsource::prelude::*;
+use eventsource::{Repository, StreamQuery};
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::PgConnectOptions;
 use std::collections::BTreeMap;
@@ -176,6 +177,7 @@ async fn command<E: DomainEvent + eventsource::AppliesTo<Order>>(
             Ok(())
         })
         .await
+        .map(drop)
 }
 
 #[tokio::main]

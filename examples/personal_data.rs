@@ -8,6 +8,7 @@
 use eventsource::prelude::*;
 use eventsource::protection::{Erasure, SqliteKeyStore};
 use eventsource::{MasterKey, Personal, ProtectedStore};
+use eventsource::{ReadAll, RecordedEvent, Root};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 

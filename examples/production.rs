@@ -10,10 +10,12 @@
 //! `DATABASE_URL=postgres://...` for a fresh schema of that database. It serves a few requests,
 //! prints the health report and the metrics, and shuts down; press Ctrl-C to stop it earlier.
 
-use eventsource::bus::{BusConsumer, EventBus, InMemoryBus, Relay, Subscription};
+use eventsource::SnapshotStore;
+use eventsource::bus::{BusConsumer, ConsumerGroup, EventBus, InMemoryBus, Relay};
 use eventsource::health::HealthOptions;
 use eventsource::prelude::*;
 use eventsource::subscription::Subscriptions;
+use eventsource::tenant::Tenancy;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -139,7 +141,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     // The read side and the publisher, run by one manager.
     let bus = InMemoryBus::new(1024);
     let mut billing = bus
-        .subscribe(&Subscription::new("billing").event::<InvoicePaid>())
+        .subscribe(&ConsumerGroup::new("billing").event::<InvoicePaid>())
         .await?;
     let mut subscriptions = Subscriptions::new(store.clone());
     let revenue = subscriptions.add(Revenue::default());

@@ -16,7 +16,9 @@
 //! place, pay and cancel orders; at the end every read model equals a fold of the whole log.
 
 use eventsource::prelude::*;
+use eventsource::projection::{PgTx, SqliteTx};
 use eventsource::subscription::{RunnerState, Subscriptions};
+use eventsource::{ReadAll, RecordedEvent, SqlProjection};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;

@@ -4,6 +4,7 @@
 //!
 //! Run it with `cargo run --example quickstart`.
 
+use eventsource::StreamQuery;
 use eventsource::prelude::*;
 use serde::{Deserialize, Serialize};
 

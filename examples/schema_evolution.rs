@@ -10,6 +10,7 @@
 //! Run it with `cargo run --example schema_evolution`.
 
 use eventsource::prelude::*;
+use eventsource::{ExpectedVersion, StreamId, StreamQuery};
 use eventsource::{NewEvent, SnapshotStrategy};
 use serde::{Deserialize, Serialize};
 use std::time::Instant;

@@ -23,6 +23,7 @@
 //! With `DATABASE_URL=postgres://...` it uses a fresh schema of that database instead.
 
 use eventsource::prelude::*;
+use eventsource::{Root, StreamQuery};
 
 // ----- The task domain: events, the aggregate and its commands (examples/shared/task.rs) -----
 

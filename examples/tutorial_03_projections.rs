@@ -18,6 +18,7 @@
 //! With `DATABASE_URL=postgres://...` it uses a fresh schema of that database instead.
 
 use eventsource::AnyStore;
+use eventsource::Repository;
 use eventsource::prelude::*;
 use eventsource::subscription::Subscriptions;
 use std::collections::BTreeMap;

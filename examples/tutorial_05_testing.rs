@@ -19,6 +19,7 @@
 //! the other, so that the example is a program. Each one is plain code you can paste into
 //! `tests/`.
 
+use eventsource::Root;
 use eventsource::prelude::*;
 use eventsource::testing::{AggregateFixture, ProjectionFixture, event};
 use std::collections::BTreeMap;

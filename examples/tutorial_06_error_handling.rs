@@ -22,6 +22,7 @@
 //!
 //! With `DATABASE_URL=postgres://...` it uses a fresh schema of that database instead.
 
+use eventsource::Repository;
 use eventsource::prelude::*;
 use eventsource::subscription::{OnFailure, RunnerOptions, RunnerState, Subscriptions};
 use eventsource::{AnyStore, CheckpointStore};

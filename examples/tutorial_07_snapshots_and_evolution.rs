@@ -23,6 +23,7 @@
 use eventsource::NewEvent;
 use eventsource::prelude::*;
 use eventsource::snapshot::Snapshot;
+use eventsource::{ExpectedVersion, SnapshotStore, StreamId, StreamQuery};
 use serde::{Deserialize, Serialize};
 
 // ----- The event, version 2, and how version 1 reaches it -----

@@ -21,8 +21,10 @@
 //! The database is kept: inspect it afterwards with the command line (see docs/cli.md).
 
 use eventsource::prelude::*;
+use eventsource::process::{ProcessManager, Reaction};
 use eventsource::subscription::Subscriptions;
 use eventsource::{AnyStore, CheckpointStore};
+use eventsource::{HandlerError, ReadAll, Repository, StreamId, StreamQuery};
 use serde::{Deserialize, Serialize};
 use std::time::Duration;
 

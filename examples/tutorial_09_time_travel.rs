@@ -17,6 +17,7 @@
 
 use eventsource::prelude::*;
 use eventsource::subscription::Subscriptions;
+use eventsource::{Projection, ReadAll, RecordedEvent};
 use futures::TryStreamExt;
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -27,7 +27,9 @@
 
 use eventsource::prelude::*;
 use eventsource::subscription::Subscriptions;
-use eventsource::{AnyStore, NewEvent, TenantStore};
+use eventsource::tenant::{Tenancy, TenantStore};
+use eventsource::{AnyStore, NewEvent};
+use eventsource::{ExpectedVersion, Position, ReadAll, RecordedEvent, StreamId, StreamQuery};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -4,6 +4,7 @@
 use eventsource::admin::{Inspect, SchemaState, StreamListing};
 use eventsource::checkpoint::DeadLetter;
 use eventsource::prelude::*;
+use eventsource::{AnyStore, ExpectedVersion, Position, StreamId, StreamQuery};
 use eventsource::{Metadata, NewEvent};
 use eventsource_tests::databases;
 

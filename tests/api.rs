@@ -5,6 +5,10 @@
 use eventsource::prelude::*;
 use eventsource::store::DynEventStore;
 use eventsource::{AggregateId, DatabaseError, NewEvent};
+use eventsource::{
+    AnyStore, ExpectedVersion, Position, ReadAll, RecordedEvent, Repository, Root, SnapshotStore,
+    StoreRepository, StreamId, StreamQuery,
+};
 use eventsource_tests::databases;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;

@@ -42,11 +42,11 @@ fn _uses(_: OrderPlaced) {}
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn redis_malformed_message_is_reported_and_skipped() {
     use eventsource::Error;
-    use eventsource::bus::{BusConsumer, EventBus, Subscription};
+    use eventsource::bus::{BusConsumer, ConsumerGroup, EventBus};
     let Some(bus) = buses::redis_bus().await else {
         return;
     };
-    let mut consumer = bus.subscribe(&Subscription::new("audit")).await.unwrap();
+    let mut consumer = bus.subscribe(&ConsumerGroup::new("audit")).await.unwrap();
     let client = redis::Client::open(buses::redis_url()).unwrap();
     let mut conn = client.get_multiplexed_async_connection().await.unwrap();
     let _: String = redis::cmd("XADD")

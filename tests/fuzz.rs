@@ -14,71 +14,15 @@ use eventsource::{
     EventRegistry, InMemoryKeyStore, Metadata, NewEvent, Personal, ProtectedStore, Snapshot,
     SnapshotStore,
 };
+use eventsource::{ExpectedVersion, Position, ReadAll, RecordedEvent, StreamId, StreamQuery};
 use futures::TryStreamExt;
 use proptest::prelude::*;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Version 1 to 2 at the JSON level: whole euros, stored as a string by an older release,
-/// become cents; what does not parse is refused (a typed upcast error).
-fn v1_to_v2(v: serde_json::Value) -> Result<serde_json::Value, String> {
-    let euros = v.get("euros").and_then(|e| e.as_str()).ok_or("no euros")?;
-    let euros: i64 = euros.trim().parse().map_err(|e| format!("euros: {e}"))?;
-    let cents = euros.checked_mul(100).ok_or("euros out of range")?;
-    Ok(serde_json::json!({ "cents": cents }))
-}
-
-/// Version 2: cents, no currency.
-#[derive(Deserialize)]
-struct PaidV2 {
-    cents: i64,
-}
-
-/// Why version 2 does not become version 3.
-#[derive(Debug, thiserror::Error)]
-#[error("a negative payment")]
-struct Negative;
-
-/// Version 2 to 3: refuses negative amounts.
-impl TryFrom<PaidV2> for Paid {
-    type Error = Negative;
-    fn try_from(v2: PaidV2) -> Result<Self, Negative> {
-        if v2.cents < 0 {
-            return Err(Negative);
-        }
-        Ok(Paid {
-            amount: Amount {
-                cents: v2.cents,
-                currency: "EUR".into(),
-            },
-        })
-    }
-}
-
-#[derive(DomainEvent, Serialize, Deserialize, Debug, PartialEq)]
-#[event(
-    name = "fuzz.Paid",
-    version = 3,
-    alias = "fuzz.OldPaid",
-    upcast(from_version = 1, json = v1_to_v2),
-    upcast(from_version = 2, via = PaidV2)
-)]
-struct Paid {
-    amount: Amount,
-}
-
-#[derive(Serialize, Deserialize, Debug, PartialEq)]
-struct Amount {
-    cents: i64,
-    currency: String,
-}
-
-#[derive(DomainEvent, Serialize, Deserialize, Debug, PartialEq)]
-#[event(name = "fuzz.Noted")]
-struct Noted {
-    text: String,
-    tags: Vec<String>,
-}
+#[path = "support/fuzz_events.rs"]
+mod fuzz_events;
+use fuzz_events::{Noted, Paid};
 
 /// Arbitrary JSON, nested a few levels.
 fn json() -> impl Strategy<Value = serde_json::Value> {

@@ -7,6 +7,7 @@
 //! under grouped saves in `tests/resilience.rs`.
 
 use eventsource::prelude::*;
+use eventsource::{ExpectedVersion, RecordedEvent, StreamId};
 use eventsource::{NewEvent, ReadAll};
 use eventsource_tests::databases;
 use futures::TryStreamExt;

@@ -3,7 +3,7 @@
 //! event to the events recorded in reaction, the metrics that move, health reports on every
 //! store, and shutdown on a signal.
 
-use eventsource::bus::{BusConsumer, EventBus, InMemoryBus, Relay, Subscription};
+use eventsource::bus::{BusConsumer, ConsumerGroup, EventBus, InMemoryBus, Relay};
 use eventsource::health::{HealthOptions, HealthReport, Status};
 use eventsource::prelude::*;
 use eventsource::projection::HandlerError;
@@ -11,6 +11,7 @@ use eventsource::subscription::{
     OnFailure, RunnerOptions, RunnerState, RunningSubscriptions, Subscriptions,
 };
 use eventsource::{CheckpointStore, EventView, NewEvent};
+use eventsource::{ExpectedVersion, Position, Projection, StreamId, StreamQuery};
 use eventsource_tests::databases;
 use metrics_util::debugging::{DebugValue, DebuggingRecorder, Snapshotter};
 use serde::{Deserialize, Serialize};
@@ -304,7 +305,7 @@ async fn spans_carry_ids_versions_and_counts_and_never_a_payload() {
     // A projection's batch, the relay's publish and the bus's consume.
     let bus = InMemoryBus::new(64);
     let mut consumer = bus
-        .subscribe(&Subscription::new("obs-spans"))
+        .subscribe(&ConsumerGroup::new("obs-spans"))
         .await
         .unwrap();
     let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
@@ -378,7 +379,7 @@ async fn correlation_flows_from_a_command_and_from_a_consumed_event() {
     // Consumed from the bus, the deposit causes a ledger entry.
     let bus = InMemoryBus::new(8);
     let mut consumer = bus
-        .subscribe(&Subscription::new("obs-flow").event::<Deposited>())
+        .subscribe(&ConsumerGroup::new("obs-flow").event::<Deposited>())
         .await
         .unwrap();
     bus.publish(&events).await.unwrap();
@@ -522,7 +523,7 @@ async fn metrics_count_appends_conflicts_retries_snapshots_dead_letters_and_the_
     open(&store, "a-poison", 13, Metadata::new()).await;
     let bus = InMemoryBus::new(64);
     let mut consumer = bus
-        .subscribe(&Subscription::new("obs-metrics"))
+        .subscribe(&ConsumerGroup::new("obs-metrics"))
         .await
         .unwrap();
     let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());

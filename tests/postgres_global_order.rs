@@ -8,6 +8,7 @@
 
 use eventsource::NewEvent;
 use eventsource::prelude::*;
+use eventsource::{ExpectedVersion, Position, ReadAll, RecordedEvent, StreamId};
 use eventsource_tests::databases;
 use futures::TryStreamExt;
 use std::collections::{HashMap, HashSet};

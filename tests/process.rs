@@ -4,7 +4,12 @@
 
 use eventsource::CheckpointStore;
 use eventsource::prelude::*;
+use eventsource::process::{ProcessManager, Reaction};
+use eventsource::repository::Once;
 use eventsource::subscription::{RunnerOptions, Subscriptions};
+use eventsource::{
+    ExpectedVersion, HandlerError, Position, ReadAll, Repository, Root, StreamId, StreamQuery,
+};
 use eventsource_tests::databases;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -3,6 +3,7 @@
 
 use eventsource::prelude::*;
 use eventsource::{EventView, HandlerError, NewEvent};
+use eventsource::{ExpectedVersion, Position, Projection, RecordedEvent, StreamId};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;

@@ -10,6 +10,10 @@ use eventsource::subscription::{
     OnFailure, RunnerOptions, RunnerState, RunningSubscriptions, Subscriptions,
 };
 use eventsource::{CheckpointStore, EventView, NewEvent};
+use eventsource::{
+    EventLocation, ExpectedVersion, Position, Projection, ReadAll, RecordedEvent, SqlProjection,
+    StreamId,
+};
 use eventsource_tests::databases;
 use futures::future::BoxFuture;
 use serde::{Deserialize, Serialize};

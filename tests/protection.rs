@@ -4,11 +4,14 @@
 //! wrong master key are typed errors.
 
 use eventsource::prelude::*;
+use eventsource::projection::SqliteTx;
 use eventsource::protection::{Erasure, KeyStore, MasterKey, SqliteKeyStore};
 use eventsource::subscription::Subscriptions;
+use eventsource::tenant::Tenancy;
 use eventsource::{
-    CheckpointStore, InMemoryKeyStore, NewEvent, Personal, ProtectedStore, SnapshotStore,
+    CheckpointStore, InMemoryKeyStore, NewEvent, Personal, ProtectedStore, Snapshot, SnapshotStore,
 };
+use eventsource::{ExpectedVersion, Position, ReadAll, RecordedEvent, StreamId, StreamQuery};
 use eventsource_tests::databases;
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
@@ -609,7 +612,7 @@ impl MailingList {
         &mut self,
         e: &CustomerRegistered,
         _: &EventContext<'_>,
-        tx: &mut eventsource::prelude::SqliteTx,
+        tx: &mut SqliteTx,
     ) -> Result<(), sqlx::Error> {
         if let Personal::Known(email) = &e.email {
             sqlx::query("INSERT INTO mailing_list (customer_id, email) VALUES (?, ?)")
@@ -621,7 +624,7 @@ impl MailingList {
         Ok(())
     }
 
-    async fn clear(&mut self, tx: &mut eventsource::prelude::SqliteTx) -> Result<(), sqlx::Error> {
+    async fn clear(&mut self, tx: &mut SqliteTx) -> Result<(), sqlx::Error> {
         sqlx::query("DELETE FROM mailing_list")
             .execute(&mut **tx)
             .await?;
@@ -707,10 +710,11 @@ fn database_bytes(path: &std::path::Path) -> Vec<u8> {
     bytes
 }
 
-fn holds(haystack: &[u8], needle: &str) -> bool {
+fn holds(haystack: &[u8], needle: impl AsRef<[u8]>) -> bool {
+    let needle = needle.as_ref();
     haystack
         .windows(needle.len())
-        .any(|window| window == needle.as_bytes())
+        .any(|window| window == needle)
 }
 
 /// The words of a subject that must never reach a file in plain.
@@ -749,7 +753,9 @@ async fn no_plaintext_after_forget(keys_apart: bool) {
         .as_ref()
         .map_or(events.writer_pool(), |k| k.writer_pool())
         .clone();
-    let keys = SqliteKeyStore::new(key_pool, master()).await.unwrap();
+    let keys = SqliteKeyStore::new(key_pool.clone(), master())
+        .await
+        .unwrap();
     let store = ProtectedStore::new(events.clone(), keys);
     let customers = Customer::repository(store.clone()).with_snapshots();
     let mut root = eventsource::Root::<Customer>::new("z-1".to_owned());
@@ -766,6 +772,24 @@ async fn no_plaintext_after_forget(keys_apart: bool) {
     let loaded = customers.load("z-1".to_owned()).await.unwrap();
     assert_eq!(loaded.state().name, Personal::Known(SECRET_NAME.to_owned()));
 
+    // The subject's wrapped key, as stored: after `forget` its bytes must be gone too (a
+    // wrapped key and the master key together still read the data).
+    let (wrapped,): (Vec<u8>,) =
+        sqlx::query_as("SELECT wrapped_key FROM eventsource_subject_keys WHERE subject = 'z-1'")
+            .fetch_one(&key_pool)
+            .await
+            .unwrap();
+    assert!(
+        wrapped.len() >= 32,
+        "a wrapped key: {} bytes",
+        wrapped.len()
+    );
+    let keys_file = if keys_apart { &keys_path } else { &events_path };
+    assert!(
+        holds(&database_bytes(keys_file), &wrapped),
+        "the wrapped key is found in the keys file before forget, so the search below can fail"
+    );
+
     store.forget("z-1").await.unwrap();
     let loaded = customers.load("z-1".to_owned()).await.unwrap();
     assert!(loaded.state().name.is_forgotten() && loaded.state().email.is_forgotten());
@@ -777,6 +801,10 @@ async fn no_plaintext_after_forget(keys_apart: bool) {
         assert!(
             !holds(&bytes, SECRET_EMAIL),
             "email in {path:?} after forget"
+        );
+        assert!(
+            !holds(&bytes, &wrapped),
+            "wrapped key in {path:?} after forget"
         );
     }
     drop((customers, store, loaded));
@@ -793,7 +821,46 @@ async fn no_plaintext_after_forget(keys_apart: bool) {
             !holds(&bytes, SECRET_EMAIL),
             "email in {path:?} after close"
         );
+        assert!(
+            !holds(&bytes, &wrapped),
+            "wrapped key in {path:?} after close"
+        );
     }
+}
+
+/// A state read before `forget` and snapshotted after it is not written: not sealed under the
+/// forgotten subject's (destroyed) key, and not in plain either.
+#[tokio::test]
+async fn no_snapshot_is_written_while_a_subject_is_forgotten() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("events.db");
+    let events = SqliteEventStore::open(path.to_str().unwrap())
+        .await
+        .unwrap();
+    let keys = SqliteKeyStore::new(events.writer_pool().clone(), master())
+        .await
+        .unwrap();
+    let store = ProtectedStore::new(events.clone(), keys);
+    let customers = Customer::repository(store.clone());
+    let mut root = eventsource::Root::<Customer>::new("z-2".to_owned());
+    root.record(secret("z-2"));
+    customers.save(&mut root).await.unwrap();
+    let state = format!(r#"{{"name":"{SECRET_NAME}","email":"{SECRET_EMAIL}"}}"#);
+    let before = Snapshot::new(stream("z-2"), 1, 1, state);
+
+    store.forget("z-2").await.unwrap();
+    store.save_snapshot(&before).await.unwrap();
+    assert!(
+        events
+            .load_snapshot(&stream("z-2"))
+            .await
+            .unwrap()
+            .is_none(),
+        "no snapshot row for a stream whose subject is forgotten"
+    );
+    assert!(store.load_snapshot(&stream("z-2")).await.unwrap().is_none());
+    let bytes = database_bytes(&path);
+    assert!(!holds(&bytes, SECRET_NAME) && !holds(&bytes, SECRET_EMAIL));
 }
 
 #[tokio::test]

@@ -4,6 +4,7 @@
 
 use eventsource::prelude::*;
 use eventsource::{EventRegistry, NewEvent, RecordedEvent};
+use eventsource::{ExpectedVersion, StreamId, StreamQuery};
 use eventsource_tests::logs;
 use serde::{Deserialize, Serialize};
 

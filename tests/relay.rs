@@ -2,10 +2,11 @@
 //! (only committed appends) and nothing lost (a crash mid-batch, a broker that refuses for a
 //! while, a relay that dies and another that takes over). On SQLite and PostgreSQL.
 
-use eventsource::bus::{BusConsumer, EventBus, InMemoryBus, Relay, Subscription};
+use eventsource::bus::{BusConsumer, ConsumerGroup, EventBus, InMemoryBus, Relay};
 use eventsource::prelude::*;
 use eventsource::subscription::{RunnerOptions, RunnerState, RunningSubscriptions, Subscriptions};
 use eventsource::{CheckpointStore, NewEvent, SqliteEventStore};
+use eventsource::{ExpectedVersion, Position, ReadAll, RecordedEvent, StreamId};
 use eventsource_tests::buses::{drain, next_within};
 use eventsource_tests::databases;
 use serde::{Deserialize, Serialize};
@@ -123,7 +124,7 @@ impl EventBus for FaultyBus {
         Ok(())
     }
 
-    async fn subscribe(&self, subscription: &Subscription) -> eventsource::Result<Self::Consumer> {
+    async fn subscribe(&self, subscription: &ConsumerGroup) -> eventsource::Result<Self::Consumer> {
         self.inner.subscribe(subscription).await
     }
 }
@@ -135,7 +136,7 @@ where
     S: EventStore + CheckpointStore + Clone + 'static,
 {
     let bus = InMemoryBus::new(1024);
-    let mut consumer = bus.subscribe(&Subscription::new("audit")).await.unwrap();
+    let mut consumer = bus.subscribe(&ConsumerGroup::new("audit")).await.unwrap();
     write(store, 0, 30).await;
     let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
     let relay = subscriptions.add_relay(Relay::new("outbox", bus.clone()));
@@ -174,7 +175,7 @@ where
     S: EventStore + CheckpointStore + Clone + 'static,
 {
     let inner = InMemoryBus::new(1024);
-    let mut consumer = inner.subscribe(&Subscription::new("audit")).await.unwrap();
+    let mut consumer = inner.subscribe(&ConsumerGroup::new("audit")).await.unwrap();
     write(store, 0, 30).await;
 
     let faulty = FaultyBus::new(inner.clone());
@@ -220,7 +221,7 @@ where
     S: EventStore + CheckpointStore + Clone + 'static,
 {
     let inner = InMemoryBus::new(1024);
-    let mut consumer = inner.subscribe(&Subscription::new("audit")).await.unwrap();
+    let mut consumer = inner.subscribe(&ConsumerGroup::new("audit")).await.unwrap();
     let faulty = FaultyBus::new(inner.clone());
     faulty.refuse.store(4, Ordering::SeqCst);
     let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
@@ -249,7 +250,7 @@ where
     T: EventStore + CheckpointStore + Clone + 'static,
 {
     let bus = InMemoryBus::new(1024);
-    let mut consumer = bus.subscribe(&Subscription::new("audit")).await.unwrap();
+    let mut consumer = bus.subscribe(&ConsumerGroup::new("audit")).await.unwrap();
     let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
     let first_relay = subscriptions.add_relay(Relay::new("outbox", bus.clone()));
     let first = subscriptions.start();
@@ -348,7 +349,7 @@ async fn one_relay_at_a_time_in_memory() {
 async fn through<B: eventsource_tests::buses::TestBus>(bus: B) {
     let db = databases::sqlite().await.unwrap();
     let store = db.store();
-    let mut consumer = bus.subscribe(&Subscription::new("audit")).await.unwrap();
+    let mut consumer = bus.subscribe(&ConsumerGroup::new("audit")).await.unwrap();
     write(store, 0, 25).await;
     let mut subscriptions = Subscriptions::new(store.clone()).with_options(fast());
     subscriptions.add_relay(Relay::new("outbox", bus.clone()));
@@ -514,7 +515,10 @@ async fn relay_survives_a_broker_restart() {
 
     // A consumer of a fresh connection reads the stream the restarted server kept.
     let reader = NatsBus::connect(&server.url(), "restart").await.unwrap();
-    let mut consumer = reader.subscribe(&Subscription::new("audit")).await.unwrap();
+    let mut consumer = reader
+        .subscribe(&ConsumerGroup::new("audit"))
+        .await
+        .unwrap();
     let received = drain(&mut consumer, Duration::from_secs(2)).await;
     assert_eq!(
         received.iter().map(|e| e.event_id).collect::<Vec<_>>(),
@@ -552,7 +556,7 @@ async fn a_damaged_row_is_dead_lettered_not_published() {
     let db = databases::sqlite().await.unwrap();
     let store = db.store();
     let bus = InMemoryBus::new(1024);
-    let mut consumer = bus.subscribe(&Subscription::new("audit")).await.unwrap();
+    let mut consumer = bus.subscribe(&ConsumerGroup::new("audit")).await.unwrap();
     write(store, 0, 3).await;
     sqlx::query(
         "INSERT INTO events (event_id, aggregate_type, aggregate_id, version, event_type, \

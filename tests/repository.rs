@@ -4,6 +4,9 @@
 
 use eventsource::prelude::*;
 use eventsource::{EventRegistry, NewEvent};
+use eventsource::{
+    ExpectedVersion, Repository, SnapshotStore, SnapshotStrategy, StreamId, StreamQuery,
+};
 use serde::{Deserialize, Serialize};
 
 #[derive(DomainEvent, Serialize, Deserialize, Clone, Debug, PartialEq)]
@@ -232,7 +235,7 @@ async fn a_command_error_saves_nothing_and_comes_back_typed() {
     );
     assert_eq!(store.len(), 2, "neither update stored anything");
 
-    let balance = repo
+    let updated = repo
         .update("ada", |root| {
             let event = root.deposit(5)?;
             root.record(event);
@@ -240,7 +243,23 @@ async fn a_command_error_saves_nothing_and_comes_back_typed() {
         })
         .await
         .unwrap();
-    assert_eq!(balance, 15, "update returns the command's output");
+    assert_eq!(updated.output, 15, "update returns the command's output");
+    // ... and where it stored: the stream's new version and the event's global position.
+    let head = store.log_head().await.unwrap();
+    assert_eq!(updated.stream_version, 3);
+    assert_eq!(updated.last_position, head.last);
+    let stored = store
+        .read_stream(&repo.stream_id(&"ada".to_owned()), StreamQuery::all())
+        .await
+        .unwrap();
+    assert_eq!(stored.last().unwrap().position, updated.last_position);
+
+    // A command that records nothing is stored nowhere new: where the stream already ends.
+    let unchanged = repo.update("ada", |root| Ok(root.balance)).await.unwrap();
+    assert_eq!(
+        (unchanged.stream_version, unchanged.last_position),
+        (3, updated.last_position)
+    );
 }
 
 #[tokio::test]

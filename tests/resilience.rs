@@ -6,6 +6,7 @@ use eventsource::prelude::*;
 use eventsource::projection::PgTx;
 use eventsource::subscription::{RunnerOptions, Subscriptions};
 use eventsource::{CheckpointStore, EventContext, HandlerError, NewEvent, PostgresEventStore};
+use eventsource::{ExpectedVersion, ReadAll, RecordedEvent, StreamId};
 use eventsource_tests::databases;
 use serde::{Deserialize, Serialize};
 use sqlx::ConnectOptions;

@@ -5,6 +5,9 @@
 
 use eventsource::prelude::*;
 use eventsource::{ContextFields, NewEvent, Snapshot, SnapshotStrategy};
+use eventsource::{
+    ExpectedVersion, ReadAll, RecordedEvent, Repository, SnapshotStore, StreamId, StreamQuery,
+};
 use eventsource_tests::{databases, logs};
 use futures::{StreamExt, TryStreamExt};
 use serde::{Deserialize, Serialize};
@@ -954,7 +957,7 @@ async fn every_read_path<S: EventStore>(
     paths.push((
         "update",
         match update {
-            Ok(()) => Err("saved".to_owned()),
+            Ok(_) => Err("saved".to_owned()),
             Err(UpdateError::Store(error)) => corrupt(&error),
             Err(other) => Err(format!("{other:?}")),
         },

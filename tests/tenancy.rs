@@ -4,7 +4,9 @@
 use eventsource::checkpoint::CheckpointStore;
 use eventsource::prelude::*;
 use eventsource::subscription::Subscriptions;
+use eventsource::tenant::Tenancy;
 use eventsource::{DeadLetter, NewEvent, Snapshot};
+use eventsource::{ExpectedVersion, ReadAll, RecordedEvent, SnapshotStore, StreamId, StreamQuery};
 use eventsource_tests::databases;
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};

@@ -9,8 +9,9 @@ use eventsource::bus::kafka::KafkaBus;
 use eventsource::bus::nats::NatsBus;
 use eventsource::bus::rabbitmq::RabbitMqBus;
 use eventsource::bus::redis::RedisBus;
-use eventsource::bus::{BusConsumer, EventBus, InMemoryBus, Subscription};
+use eventsource::bus::{BusConsumer, ConsumerGroup, EventBus, InMemoryBus};
 use eventsource::prelude::*;
+use eventsource::{Position, RecordedEvent, StreamId};
 use futures::StreamExt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -90,7 +91,7 @@ fn index_of(event: &RecordedEvent) -> usize {
 pub(crate) async fn framework<B: EventBus>(bus: &B, events: &[RecordedEvent]) -> Measured {
     let n = events.len();
     let mut consumer = bus
-        .subscribe(&Subscription::new("bench").prefetch(256))
+        .subscribe(&ConsumerGroup::new("bench").prefetch(256))
         .await
         .expect("subscribe");
     let clock = Clock::new(n);

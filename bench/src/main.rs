@@ -41,6 +41,7 @@ mod bus;
 use clap::{Parser, ValueEnum};
 use eventsource::NewEvent;
 use eventsource::prelude::*;
+use eventsource::{EventLocation, ExpectedVersion, ReadAll, Repository, SnapshotStore, StreamId};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use sqlx::postgres::{PgConnectOptions, PgPool, PgPoolOptions};

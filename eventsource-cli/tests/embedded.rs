@@ -10,6 +10,7 @@ mod common;
 use common::{Backend, TestDb, json_lines};
 use eventsource::AnyStore;
 use eventsource::prelude::*;
+use eventsource::projection::{PgTx, SqliteTx};
 use eventsource::subscription::RunnerOptions;
 use serde::{Deserialize, Serialize};
 use std::process::{Command, ExitCode, Output};

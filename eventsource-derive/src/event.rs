@@ -48,10 +48,28 @@ pub(crate) fn expand(input: &syn::DeriveInput) -> TokenStream {
         versions
     };
 
-    let personal = event.personal.iter().filter_map(|field| {
-        let name = field.ident.unraw().to_string();
-        let subject = field.subject.as_ref()?.unraw().to_string();
-        Some(quote!(#krate::PersonalField::new(#name, #subject)))
+    let personal: Vec<TokenStream> = event
+        .personal
+        .iter()
+        .filter_map(|field| {
+            let name = field.ident.unraw().to_string();
+            let subject = field.subject.as_ref()?.unraw().to_string();
+            Some(quote!(#krate::protection::PersonalField::new(#name, #subject)))
+        })
+        .collect();
+    // Personal fields are declared apart from the core event trait: their own trait, and an
+    // entry in the registry the `ProtectedStore` reads.
+    let personal = (!personal.is_empty()).then(|| {
+        quote! {
+            #[automatically_derived]
+            impl #krate::protection::PersonalData for #ident {
+                const FIELDS: &'static [#krate::protection::PersonalField] = &[#(#personal),*];
+            }
+
+            #krate::__private::inventory::submit! {
+                #krate::protection::PersonalEventType::of::<#ident>()
+            }
+        }
     });
 
     quote! {
@@ -64,7 +82,6 @@ pub(crate) fn expand(input: &syn::DeriveInput) -> TokenStream {
                 const AGGREGATE_TYPE: #krate::__private::Option<&'static str> = #aggregate;
                 const ALIASES: &'static [&'static str] = &[#(#aliases),*];
                 const DECODABLE_VERSIONS: &'static [u32] = &[#(#versions),*];
-                const PERSONAL: &'static [#krate::PersonalField] = &[#(#personal),*];
 
                 fn decode(
                     __schema_version: u32,
@@ -77,6 +94,8 @@ pub(crate) fn expand(input: &syn::DeriveInput) -> TokenStream {
             #krate::__private::inventory::submit! {
                 #krate::__private::EventType::of::<#ident>()
             }
+
+            #personal
         };
     }
 }

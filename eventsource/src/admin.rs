@@ -8,6 +8,7 @@
 //! ```
 //! use eventsource::admin::{Inspect, StreamListing};
 //! use eventsource::prelude::*;
+//! use eventsource::{ExpectedVersion, StreamId};
 //!
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> eventsource::Result<()> {
@@ -79,6 +80,7 @@ impl StreamListing {
         self
     }
 
+    #[cfg(any(feature = "sqlite", feature = "postgres"))]
     fn sql_limit(&self) -> i64 {
         self.limit
             .map_or(i64::MAX, |n| i64::try_from(n).unwrap_or(i64::MAX))

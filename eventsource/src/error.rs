@@ -594,3 +594,43 @@ pub enum DecodeError {
         current: u32,
     },
 }
+
+// The constructors of the identity types that can fail, written here so that `stream.rs` stays
+// below the error it would otherwise import.
+impl StreamId {
+    /// The stream of aggregate `aggregate_id` of type `aggregate_type`.
+    ///
+    /// Fails with [`Error::InvalidInput`] if either part is empty, longer than
+    /// [`MAX_ID_LEN`](crate::stream::MAX_ID_LEN) bytes, or holds a NUL byte.
+    pub fn new(
+        aggregate_type: impl Into<std::sync::Arc<str>>,
+        aggregate_id: impl Into<std::sync::Arc<str>>,
+    ) -> Result<Self> {
+        let stream = Self::unchecked(aggregate_type, aggregate_id);
+        stream.validate()?;
+        Ok(stream)
+    }
+
+    /// Checks what every store requires of a stream id: neither part empty, longer than
+    /// [`MAX_ID_LEN`](crate::stream::MAX_ID_LEN) bytes, or holding a NUL byte.
+    pub fn validate(&self) -> Result<()> {
+        match self.problem() {
+            None => Ok(()),
+            Some(reason) => Err(Error::InvalidInput {
+                stream: self.clone(),
+                reason,
+            }),
+        }
+    }
+}
+
+impl ExpectedVersion {
+    /// The conflict error for a stream found at `actual`.
+    pub fn conflict(self, stream: &StreamId, actual: u64) -> Error {
+        Error::Concurrency {
+            stream: stream.clone(),
+            expected: self,
+            actual,
+        }
+    }
+}

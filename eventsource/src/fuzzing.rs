@@ -6,12 +6,12 @@ use crate::event::RecordedEvent;
 
 /// The bus's wire envelope: a message's bytes as the event, or why they are not one.
 pub fn bus_decode(bytes: &[u8]) -> Result<RecordedEvent, String> {
-    crate::bus::decode(bytes)
+    crate::bus::wire::decode(bytes)
 }
 
 /// An event as the bytes of a bus message.
 pub fn bus_encode(event: &RecordedEvent) -> Vec<u8> {
-    crate::bus::encode(event)
+    crate::bus::wire::encode(event)
 }
 
 /// The SQL stores' packed metadata column (`[tenant, actor, correlation, causation, extra]`).

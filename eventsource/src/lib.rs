@@ -9,6 +9,7 @@
 //!
 //! ```
 //! use eventsource::prelude::*;
+//! use eventsource::Root;
 //! use serde::{Deserialize, Serialize};
 //!
 //! #[derive(DomainEvent, Serialize, Deserialize, Debug)]
@@ -86,7 +87,7 @@ pub use event::{DomainEvent, EventView, Metadata, NewEvent, RecordedEvent};
 pub use projection::SqlProjection;
 pub use projection::{ContextFields, EventContext, EventLocation, HandlerError, Projection};
 pub use registry::{EventRegistry, EventType};
-pub use repository::{AggregateRepository, Repository, StoreRepository, UpdateError};
+pub use repository::{AggregateRepository, Repository, StoreRepository, UpdateError, Updated};
 pub use snapshot::{Snapshot, SnapshotStore, SnapshotStrategy};
 pub use store::memory::InMemoryEventStore;
 #[cfg(feature = "postgres")]
@@ -100,12 +101,9 @@ pub use stream::{ExpectedVersion, Position, StreamId};
 
 // Process managers (sagas): reactions to events that send idempotent commands.
 pub mod process;
-pub use process::{ProcessManager, Reaction};
-pub use repository::Once;
 
 // Multi-tenancy: a view of a store scoped to one tenant (and PostgreSQL's row-level security).
 pub mod tenant;
-pub use tenant::{Tenancy, TenantStore};
 // Personal data: fields encrypted per data subject, erasure by key destruction.
 pub mod protection;
 #[cfg(feature = "encryption")]
@@ -131,30 +129,24 @@ pub use uuid::{self, Uuid};
 #[cfg(feature = "derive")]
 pub use eventsource_derive::{DomainEvent, aggregate, handles, projection};
 
-/// Everything an application needs: `use eventsource::prelude::*;`.
+/// What a first application needs: `use eventsource::prelude::*;`.
 pub mod prelude {
+    // What the first aggregate and a first projection need, and no more (15 names at the most):
+    // tenancy, process managers, buses, snapshots, administration and health are reached
+    // through their modules.
     #[cfg(feature = "derive")]
     pub use eventsource_derive::{aggregate, handles, projection};
 
-    // The trait and, with the `derive` feature, the derive macro of the same name.
+    // `DomainEvent` is the trait and, with the `derive` feature, the derive macro of that name.
     #[cfg(feature = "postgres")]
     pub use crate::PostgresEventStore;
     #[cfg(feature = "sqlite")]
     pub use crate::SqliteEventStore;
-    #[cfg(feature = "postgres")]
-    pub use crate::projection::PgTx;
-    #[cfg(any(feature = "sqlite", feature = "postgres"))]
-    pub use crate::projection::SqlProjection;
-    #[cfg(feature = "sqlite")]
-    pub use crate::projection::SqliteTx;
+    pub use crate::subscription::Subscriptions;
     pub use crate::{
-        Aggregate, AggregateRepository, AnyStore, DomainEvent, Error, EventContext, EventLocation,
-        EventStore, ExpectedVersion, Handles, InMemoryEventStore, Metadata, Position, Projection,
-        ReadAll, RecordedEvent, Repository, Root, SnapshotStore, SnapshotStrategy, StoreRepository,
-        StreamId, StreamQuery, UpdateError, Uuid,
+        AggregateRepository, DomainEvent, Error, EventContext, EventStore, InMemoryEventStore,
+        Metadata, UpdateError, Uuid,
     };
-    pub use crate::{HandlerError, Once, ProcessManager, Reaction};
-    pub use crate::{Tenancy, TenantStore};
 }
 
 /// Support for the generated code. Not public API: no semver promise.

@@ -20,6 +20,7 @@
 //!
 //! ```
 //! use eventsource::prelude::*;
+//! use eventsource::{HandlerError, Repository};
 //! use eventsource::process::{ProcessManager, Reaction};
 //! use eventsource::subscription::Subscriptions;
 //! use serde::{Deserialize, Serialize};

@@ -146,6 +146,7 @@ impl ContextFields {
 ///
 /// ```
 /// use eventsource::prelude::*;
+/// use eventsource::Projection;
 /// use serde::{Deserialize, Serialize};
 /// use std::collections::HashMap;
 ///

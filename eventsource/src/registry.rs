@@ -17,7 +17,6 @@ pub struct EventType {
     aggregate: Option<&'static str>,
     aliases: &'static [&'static str],
     versions: &'static [u32],
-    personal: &'static [crate::protection::PersonalField],
     rust_type: fn() -> &'static str,
     to_json: fn(u32, &str) -> std::result::Result<serde_json::Value, DecodeError>,
 }
@@ -31,7 +30,6 @@ impl EventType {
             aggregate: E::AGGREGATE_TYPE,
             aliases: E::ALIASES,
             versions: E::DECODABLE_VERSIONS,
-            personal: E::PERSONAL,
             rust_type: std::any::type_name::<E>,
             to_json: decode_to_json::<E>,
         }
@@ -61,11 +59,6 @@ impl EventType {
     /// ascending.
     pub fn versions(&self) -> &'static [u32] {
         self.versions
-    }
-
-    /// The fields marked `#[personal(subject = ...)]`.
-    pub fn personal(&self) -> &'static [crate::protection::PersonalField] {
-        self.personal
     }
 
     /// The Rust type's path, as `std::any::type_name` gives it.

@@ -7,6 +7,7 @@ use crate::error::{Error, Result};
 use crate::event::Metadata;
 use crate::snapshot::{Restored, Snapshot, SnapshotStore, SnapshotStrategy, Snapshots};
 use crate::store::{AppendResult, EventStore, ExpectedVersion, StreamId, StreamQuery};
+use crate::stream::Position;
 use crate::telemetry::Traced;
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -90,6 +91,28 @@ impl<E> UpdateError<E> {
             UpdateError::Store(error) => Some(error),
             UpdateError::Rejected(_) => None,
         }
+    }
+}
+
+/// What [`Repository::update`] did: the command's output and where its events were stored, so
+/// that the caller can wait for its own write (a projection caught up to
+/// [`last_position`](Self::last_position)) without asking the store for its head.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct Updated<T> {
+    /// What the command returned.
+    pub output: T,
+    /// The stream's version after the update (the version of its last event).
+    pub stream_version: u64,
+    /// The global position of the last event the command recorded; if it recorded none, of the
+    /// stream's last event.
+    pub last_position: Position,
+}
+
+impl<T> Updated<T> {
+    /// The command's output, without where it was stored.
+    pub fn into_output(self) -> T {
+        self.output
     }
 }
 
@@ -402,7 +425,8 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
     /// Loads the aggregate, runs `command` on it and saves what it recorded; on a concurrency
     /// conflict, does it all again on the fresh state, up to the repository's attempt limit
     /// ([`Error::RetriesExhausted`] after that). A command that returns the aggregate's error
-    /// ends the update at once with nothing saved: [`UpdateError::Rejected`].
+    /// ends the update at once with nothing saved: [`UpdateError::Rejected`]. On success,
+    /// [`Updated`] holds the command's output and where its events were stored.
     ///
     /// ```
     /// # use eventsource::prelude::*;
@@ -451,7 +475,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         &self,
         id: impl Into<A::Id>,
         command: F,
-    ) -> Result<T, UpdateError<A::Error>>
+    ) -> Result<Updated<T>, UpdateError<A::Error>>
     where
         F: FnMut(&mut Root<A>) -> Result<T, A::Error>,
     {
@@ -465,7 +489,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         id: impl Into<A::Id>,
         metadata: Metadata,
         command: F,
-    ) -> Result<T, UpdateError<A::Error>>
+    ) -> Result<Updated<T>, UpdateError<A::Error>>
     where
         F: FnMut(&mut Root<A>) -> Result<T, A::Error>,
     {
@@ -488,12 +512,24 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         id: impl Into<A::Id>,
         key: uuid::Uuid,
         metadata: Metadata,
+        command: F,
+    ) -> Result<Once<T>, UpdateError<A::Error>>
+    where
+        F: FnMut(&mut Root<A>) -> Result<T, A::Error>,
+    {
+        self.run_once(id.into(), key, metadata, command).await
+    }
+
+    async fn run_once<T, F>(
+        &self,
+        id: A::Id,
+        key: uuid::Uuid,
+        metadata: Metadata,
         mut command: F,
     ) -> Result<Once<T>, UpdateError<A::Error>>
     where
         F: FnMut(&mut Root<A>) -> Result<T, A::Error>,
     {
-        let id = id.into();
         let first_id = crate::event::derived_event_id(key, 0);
         let mut attempt = 0;
         loop {
@@ -530,21 +566,28 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
                 Err(Error::DuplicateEvent { event_id, .. }) if ours.contains(&event_id) => {
                     return Ok(Once::AlreadyApplied);
                 }
-                Err(conflict @ Error::Concurrency { .. }) if attempt < self.max_attempts => {
-                    tracing::debug!(stream = %root.stream_id(), attempt, error = %conflict, "retrying command after a concurrent write");
-                    metrics::counter!(crate::telemetry::COMMAND_RETRIES, "aggregate_type" => A::TYPE).increment(1);
-                }
                 Err(conflict @ Error::Concurrency { .. }) => {
-                    return Err(Error::RetriesExhausted {
-                        stream: root.stream_id().clone(),
-                        attempts: attempt,
-                        last: Box::new(conflict),
-                    }
-                    .into());
+                    self.after_conflict(root.stream_id(), attempt, conflict)?;
                 }
                 Err(other) => return Err(other.into()),
             }
         }
+    }
+
+    /// After a concurrency conflict on attempt `attempt` of a command: `Ok` to run it again on
+    /// the fresh state, [`Error::RetriesExhausted`] once the attempts are spent.
+    fn after_conflict(&self, stream: &StreamId, attempt: u32, conflict: Error) -> Result<()> {
+        if attempt >= self.max_attempts {
+            return Err(Error::RetriesExhausted {
+                stream: stream.clone(),
+                attempts: attempt,
+                last: Box::new(conflict),
+            });
+        }
+        tracing::debug!(%stream, attempt, error = %conflict, "retrying command after a concurrent write");
+        metrics::counter!(crate::telemetry::COMMAND_RETRIES, "aggregate_type" => A::TYPE)
+            .increment(1);
+        Ok(())
     }
 
     /// The span of one attempt of a command (`update`, `update_with`, `update_once`).
@@ -568,7 +611,7 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
         id: A::Id,
         metadata: Option<Metadata>,
         mut command: F,
-    ) -> Result<T, UpdateError<A::Error>>
+    ) -> Result<Updated<T>, UpdateError<A::Error>>
     where
         F: FnMut(&mut Root<A>) -> Result<T, A::Error>,
     {
@@ -582,18 +625,15 @@ impl<A: Aggregate, S: EventStore> Repository<A, S> {
             }
             let output = span.in_scope(|| command(&mut root).map_err(UpdateError::Rejected))?;
             match self.save(&mut root).traced(span).await {
-                Ok(_) => return Ok(output),
-                Err(conflict @ Error::Concurrency { .. }) if attempt < self.max_attempts => {
-                    tracing::debug!(stream = %root.stream_id(), attempt, error = %conflict, "retrying command after a concurrent write");
-                    metrics::counter!(crate::telemetry::COMMAND_RETRIES, "aggregate_type" => A::TYPE).increment(1);
+                Ok(stored) => {
+                    return Ok(Updated {
+                        output,
+                        stream_version: stored.stream_version,
+                        last_position: stored.last_position,
+                    });
                 }
                 Err(conflict @ Error::Concurrency { .. }) => {
-                    return Err(Error::RetriesExhausted {
-                        stream: root.stream_id().clone(),
-                        attempts: attempt,
-                        last: Box::new(conflict),
-                    }
-                    .into());
+                    self.after_conflict(root.stream_id(), attempt, conflict)?;
                 }
                 Err(other) => return Err(other.into()),
             }

@@ -2,9 +2,10 @@
 //! it to be) and [`Position`] (where an event sits in the global order).
 //!
 //! The bottom layer of the crate: events, aggregates, errors and stores all speak these types,
-//! and this module imports none of them but the error.
+//! and this module imports none of them. The two constructors that can fail, [`StreamId::new`]
+//! and [`StreamId::validate`], and [`ExpectedVersion::conflict`] are written beside the error
+//! they return, in `error.rs`, so that the error can name these types without a circle.
 
-use crate::error::{Error, Result};
 use std::fmt;
 use std::sync::Arc;
 
@@ -22,19 +23,6 @@ pub struct StreamId {
 }
 
 impl StreamId {
-    /// The stream of aggregate `aggregate_id` of type `aggregate_type`.
-    ///
-    /// Fails with [`Error::InvalidInput`] if either part is empty, longer than [`MAX_ID_LEN`]
-    /// bytes, or holds a NUL byte.
-    pub fn new(
-        aggregate_type: impl Into<Arc<str>>,
-        aggregate_id: impl Into<Arc<str>>,
-    ) -> Result<Self> {
-        let stream = Self::unchecked(aggregate_type, aggregate_id);
-        stream.validate()?;
-        Ok(stream)
-    }
-
     /// A stream id whose parts are checked later, by the store that receives it (ids built from
     /// an aggregate's id at `create`, rows read back from a database).
     pub(crate) fn unchecked(
@@ -57,31 +45,28 @@ impl StreamId {
         &self.aggregate_id
     }
 
-    /// Checks what every store requires of a stream id: neither part empty, longer than
+    /// What is wrong with this id for a store, if anything: a part empty, longer than
     /// [`MAX_ID_LEN`] bytes, or holding a NUL byte.
-    pub fn validate(&self) -> Result<()> {
-        for (what, value) in [
+    pub(crate) fn problem(&self) -> Option<String> {
+        [
             ("aggregate type", &*self.aggregate_type),
             ("aggregate id", &*self.aggregate_id),
-        ] {
-            let reason = if value.is_empty() {
-                format!("the {what} is empty")
+        ]
+        .into_iter()
+        .find_map(|(what, value)| {
+            if value.is_empty() {
+                Some(format!("the {what} is empty"))
             } else if value.len() > MAX_ID_LEN {
-                format!(
+                Some(format!(
                     "the {what} is {} bytes long, the limit is {MAX_ID_LEN}",
                     value.len()
-                )
+                ))
             } else if value.contains('\0') {
-                format!("the {what} holds a NUL byte")
+                Some(format!("the {what} holds a NUL byte"))
             } else {
-                continue;
-            };
-            return Err(Error::InvalidInput {
-                stream: self.clone(),
-                reason,
-            });
-        }
-        Ok(())
+                None
+            }
+        })
     }
 }
 
@@ -117,15 +102,6 @@ impl ExpectedVersion {
             ExpectedVersion::NoStream => current == 0,
             ExpectedVersion::StreamExists => current > 0,
             ExpectedVersion::Exact(version) => current == version,
-        }
-    }
-
-    /// The conflict error for a stream found at `actual`.
-    pub fn conflict(self, stream: &StreamId, actual: u64) -> Error {
-        Error::Concurrency {
-            stream: stream.clone(),
-            expected: self,
-            actual,
         }
     }
 }

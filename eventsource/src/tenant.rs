@@ -30,6 +30,8 @@
 //! # #[tokio::main(flavor = "current_thread")]
 //! # async fn main() -> eventsource::Result<()> {
 //! use eventsource::prelude::*;
+//! use eventsource::tenant::Tenancy;
+//! use eventsource::{ExpectedVersion, StreamId};
 //! use eventsource::{NewEvent, StreamQuery};
 //!
 //! let store = InMemoryEventStore::new();

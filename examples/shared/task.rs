@@ -4,6 +4,7 @@
 //! Shared by several examples, which do not all use every item.
 #![allow(dead_code)]
 
+use eventsource::Root;
 use eventsource::prelude::*;
 use serde::{Deserialize, Serialize};
 

@@ -4,74 +4,12 @@
 //! The first byte picks the version, the second the name.
 #![no_main]
 
-use eventsource::prelude::*;
-use eventsource::{EventRegistry, NewEvent};
+use eventsource::{DomainEvent, EventRegistry, NewEvent, Position, RecordedEvent, StreamId};
 use libfuzzer_sys::fuzz_target;
-use serde::{Deserialize, Serialize};
 
-/// Version 1 to 2 at the JSON level: whole euros as a string become cents.
-fn v1_to_v2(v: serde_json::Value) -> Result<serde_json::Value, String> {
-    let euros = v.get("euros").and_then(|e| e.as_str()).ok_or("no euros")?;
-    let euros: i64 = euros.trim().parse().map_err(|e| format!("euros: {e}"))?;
-    let cents = euros.checked_mul(100).ok_or("euros out of range")?;
-    Ok(serde_json::json!({ "cents": cents }))
-}
-
-#[derive(Deserialize)]
-struct PaidV2 {
-    cents: i64,
-}
-
-#[derive(Debug)]
-struct Negative;
-
-impl std::fmt::Display for Negative {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("a negative payment")
-    }
-}
-
-impl std::error::Error for Negative {}
-
-impl TryFrom<PaidV2> for Paid {
-    type Error = Negative;
-    fn try_from(v2: PaidV2) -> Result<Self, Negative> {
-        if v2.cents < 0 {
-            return Err(Negative);
-        }
-        Ok(Paid {
-            amount: Amount {
-                cents: v2.cents,
-                currency: "EUR".into(),
-            },
-        })
-    }
-}
-
-#[derive(DomainEvent, Serialize, Deserialize, Debug, PartialEq)]
-#[event(
-    name = "fuzz.Paid",
-    version = 3,
-    alias = "fuzz.OldPaid",
-    upcast(from_version = 1, json = v1_to_v2),
-    upcast(from_version = 2, via = PaidV2)
-)]
-struct Paid {
-    amount: Amount,
-}
-
-#[derive(Serialize, Deserialize, Debug, PartialEq)]
-struct Amount {
-    cents: i64,
-    currency: String,
-}
-
-#[derive(DomainEvent, Serialize, Deserialize, Debug, PartialEq)]
-#[event(name = "fuzz.Noted")]
-struct Noted {
-    text: String,
-    tags: Vec<String>,
-}
+#[path = "../../tests/support/fuzz_events.rs"]
+mod fuzz_events;
+use fuzz_events::{Noted, Paid};
 
 const NAMES: [&str; 4] = ["fuzz.Paid", "fuzz.OldPaid", "fuzz.Noted", "fuzz.Unknown"];
 

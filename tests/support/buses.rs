@@ -10,9 +10,10 @@ use eventsource::bus::kafka::KafkaBus;
 use eventsource::bus::nats::NatsBus;
 use eventsource::bus::rabbitmq::RabbitMqBus;
 use eventsource::bus::redis::RedisBus;
-use eventsource::bus::{BusConsumer, Delivery, EventBus, InMemoryBus, Subscription};
+use eventsource::bus::{BusConsumer, ConsumerGroup, Delivery, EventBus, InMemoryBus};
 use eventsource::prelude::*;
 use eventsource::{Metadata, NewEvent};
+use eventsource::{Position, RecordedEvent, StreamId};
 use serde::{Deserialize, Serialize};
 use std::collections::{HashMap, HashSet};
 use std::future::Future;
@@ -312,7 +313,7 @@ const PATIENCE: Duration = Duration::from_secs(10);
 
 /// Every field of the event and its metadata arrives as published; typed decoding upcasts.
 pub async fn round_trip_every_field<B: TestBus>(bus: B) {
-    let mut consumer = bus.subscribe(&Subscription::new("audit")).await.unwrap();
+    let mut consumer = bus.subscribe(&ConsumerGroup::new("audit")).await.unwrap();
     let mut metadata = Metadata::new()
         .with_tenant("tenant-7")
         .with_actor("alice")
@@ -358,14 +359,14 @@ pub async fn round_trip_every_field<B: TestBus>(bus: B) {
 /// Groups by event type, by aggregate type, and for everything each get exactly theirs.
 pub async fn filters<B: TestBus>(bus: B) {
     let mut shipping = bus
-        .subscribe(&Subscription::new("shipping").event::<OrderShipped>())
+        .subscribe(&ConsumerGroup::new("shipping").event::<OrderShipped>())
         .await
         .unwrap();
     let mut users = bus
-        .subscribe(&Subscription::new("users").aggregate_types(["BusUser"]))
+        .subscribe(&ConsumerGroup::new("users").aggregate_types(["BusUser"]))
         .await
         .unwrap();
-    let mut all = bus.subscribe(&Subscription::new("all")).await.unwrap();
+    let mut all = bus.subscribe(&ConsumerGroup::new("all")).await.unwrap();
     let events = vec![
         recorded("BusOrder", "o-1", 1, 1, placed(10)),
         recorded(
@@ -411,10 +412,10 @@ pub async fn filters<B: TestBus>(bus: B) {
 
 /// Two consumers of one group share the events, none twice; another group gets them all.
 pub async fn consumers_share_groups_copy<B: TestBus>(bus: B) {
-    let subscription = Subscription::new("workers").prefetch(1);
+    let subscription = ConsumerGroup::new("workers").prefetch(1);
     let first = bus.subscribe(&subscription).await.unwrap();
     let second = bus.subscribe(&subscription).await.unwrap();
-    let mut audit = bus.subscribe(&Subscription::new("audit")).await.unwrap();
+    let mut audit = bus.subscribe(&ConsumerGroup::new("audit")).await.unwrap();
     let events: Vec<_> = (1..=30)
         .map(|n| recorded("BusOrder", &format!("o-{n}"), 1, n, placed(n as i64)))
         .collect();
@@ -450,7 +451,7 @@ pub async fn consumers_share_groups_copy<B: TestBus>(bus: B) {
 
 /// A consumer that dies before acknowledging: the event goes to another consumer of the group.
 pub async fn unacknowledged_is_delivered_again<B: TestBus>(bus: B) {
-    let subscription = Subscription::new("mailer");
+    let subscription = ConsumerGroup::new("mailer");
     let mut doomed = bus.subscribe(&subscription).await.unwrap();
     let event = recorded("BusOrder", "o-9", 1, 9, placed(99));
     bus.publish(std::slice::from_ref(&event)).await.unwrap();
@@ -478,7 +479,7 @@ pub async fn unacknowledged_is_delivered_again<B: TestBus>(bus: B) {
 /// dead-lettered, while the events behind it go on.
 pub async fn nack_retries_then_dead_letters<B: TestBus>(bus: B) {
     let mut consumer = bus
-        .subscribe(&Subscription::new("fragile").max_deliveries(2))
+        .subscribe(&ConsumerGroup::new("fragile").max_deliveries(2))
         .await
         .unwrap();
     let poison = recorded("BusOrder", "o-1", 1, 1, placed(-1));
@@ -533,7 +534,7 @@ pub fn assert_in_stream_order(received: &[RecordedEvent], published: &[RecordedE
 
 /// Events of a stream arrive in version order, interleaved with other streams.
 pub async fn per_stream_order<B: TestBus>(bus: B) {
-    let mut consumer = bus.subscribe(&Subscription::new("ordered")).await.unwrap();
+    let mut consumer = bus.subscribe(&ConsumerGroup::new("ordered")).await.unwrap();
     let mut events = Vec::new();
     let mut position = 0;
     for version in 1..=20 {
@@ -565,7 +566,7 @@ pub async fn per_stream_order<B: TestBus>(bus: B) {
 pub async fn cancelled_next_loses_nothing<B: TestBus>(bus: B) {
     const EVENTS: u64 = 300;
     let mut consumer = bus
-        .subscribe(&Subscription::new("impatient"))
+        .subscribe(&ConsumerGroup::new("impatient"))
         .await
         .unwrap();
     let events: Vec<_> = (1..=EVENTS)

@@ -4,6 +4,10 @@
 use chrono::{Duration, Utc};
 use eventsource::prelude::*;
 use eventsource::{AppendResult, NewEvent};
+use eventsource::{
+    ExpectedVersion, Position, ReadAll, RecordedEvent, Repository, SnapshotStore, SnapshotStrategy,
+    StreamId, StreamQuery,
+};
 use futures::TryStreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::HashSet;

@@ -1,7 +1,8 @@
 //! Kafka: one topic per application, keyed by stream, consumer groups that commit offsets only
 //! after processing.
 
-use super::{BusConsumer, Delivery, EventBus, Filter, Subscription, Tag, check_name};
+use super::wire::check_name;
+use super::{BusConsumer, ConsumerGroup, Delivery, EventBus, Filter, Tag};
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
 use futures::future::Either;
@@ -81,14 +82,14 @@ impl TopicSpec {
 /// `aggregate-type`. The producer is idempotent with `acks=all`;
 /// [`publish`](EventBus::publish) returns once every message of the batch is confirmed.
 ///
-/// A [`Subscription`]'s group is the Kafka consumer group `{name}.{group}`, reading a new
+/// A [`ConsumerGroup`]'s group is the Kafka consumer group `{name}.{group}`, reading a new
 /// group's partitions from the beginning. Its consumers share the partitions; the group's
 /// filter is applied in the client (events it does not take are passed over, and count as
 /// processed). Offsets are committed by hand, only for processed events: a partition's
 /// committed offset is the oldest event handed out and not yet acknowledged (or dead-lettered),
 /// so a consumer that stops without acknowledging leaves its events to the next owner of the
 /// partition. A [nack](BusConsumer::nack) gives the event back to the same consumer at once,
-/// ahead of the events behind it; after [`Subscription::max_deliveries`] attempts it goes to
+/// ahead of the events behind it; after [`ConsumerGroup::max_deliveries`] attempts it goes to
 /// the topic `{name}.dlq`, with the group in its `group` header, and counts as processed.
 ///
 /// Kafka keeps no delivery count. The consumer counts the attempts it makes itself; what other
@@ -98,7 +99,7 @@ impl TopicSpec {
 /// a consumer stopped without acknowledging it has an attempt of 2 — not more: a consumer that
 /// crashes on an event every time is not stopped by `max_deliveries`.
 ///
-/// Each consumer fetches ahead, up to [`Subscription::prefetch`] events, in a task that also
+/// Each consumer fetches ahead, up to [`ConsumerGroup::prefetch`] events, in a task that also
 /// serves the group's rebalances: a consumer whose `next` is not called while its prefetch is
 /// full holds up the rebalances of its group. [`subscribe`](EventBus::subscribe) returns once
 /// the group has handed the new consumer its partitions.
@@ -385,7 +386,7 @@ fn read_dead_letters(servers: &str, topic: &str, group: &str) -> Result<Vec<Reco
         };
         let message = message.map_err(error("read dead letters"))?;
         if header(&message, "group") == Some(group.as_bytes())
-            && let Some(event) = message.payload().and_then(|p| super::decode(p).ok())
+            && let Some(event) = message.payload().and_then(|p| super::wire::decode(p).ok())
         {
             letters.push(event);
         }
@@ -408,7 +409,7 @@ impl KafkaBus {
         let mut reports: Vec<DeliveryFuture> = Vec::with_capacity(events.len());
         for event in events {
             let key = event.stream.to_string();
-            let payload = super::encode(event);
+            let payload = super::wire::encode(event);
             let id = event.event_id.to_string();
             let headers = OwnedHeaders::new_with_capacity(3)
                 .insert(Header {
@@ -474,7 +475,7 @@ impl EventBus for KafkaBus {
         crate::telemetry::publish(BUS, events.len(), self.publish_unobserved(events)).await
     }
 
-    async fn subscribe(&self, subscription: &Subscription) -> Result<KafkaConsumer> {
+    async fn subscribe(&self, subscription: &ConsumerGroup) -> Result<KafkaConsumer> {
         let group = subscription.checked_group()?.to_owned();
         let group_id = self.group_id(&group);
         let state = Arc::new(Mutex::new(State::default()));
@@ -943,7 +944,7 @@ impl BusConsumer for KafkaConsumer {
                     }
                 },
             };
-            let event = match fetched.payload.as_deref().map(super::decode) {
+            let event = match fetched.payload.as_deref().map(super::wire::decode) {
                 Some(Ok(event)) => event,
                 failed => {
                     if let Step::Stale = self.step(&fetched, false) {
@@ -1000,7 +1001,7 @@ impl BusConsumer for KafkaConsumer {
             partition: tag.partition,
             offset: tag.offset,
             epoch: tag.epoch,
-            payload: Some(super::encode(delivery.event())),
+            payload: Some(super::wire::encode(delivery.event())),
             attempt: Some(delivery.attempt() + 1),
         };
         if delivery.attempt() >= self.max_deliveries {

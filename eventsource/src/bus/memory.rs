@@ -1,6 +1,6 @@
 //! The in-process bus: bounded queues, one per group, with back-pressure.
 
-use super::{BusConsumer, Delivery, EventBus, Filter, Subscription, Tag};
+use super::{BusConsumer, ConsumerGroup, Delivery, EventBus, Filter, Tag};
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
 use std::collections::{HashMap, VecDeque};
@@ -18,17 +18,18 @@ use tokio::sync::Notify;
 /// published after it was first subscribed.
 ///
 /// ```
-/// use eventsource::bus::{BusConsumer, EventBus, InMemoryBus, Subscription};
+/// use eventsource::bus::{BusConsumer, EventBus, InMemoryBus, ConsumerGroup};
 /// # #[tokio::main(flavor = "current_thread")]
 /// # async fn main() -> eventsource::Result<()> {
 /// # use eventsource::prelude::*;
+/// # use eventsource::{ExpectedVersion, StreamId};
 /// # use eventsource::NewEvent;
 /// # let store = InMemoryEventStore::new();
 /// # let stream = StreamId::new("Order", "o-1")?;
 /// # store.append(&stream, ExpectedVersion::Any, vec![NewEvent::from_json("Placed", 1, "{}")]).await?;
 /// # let events = store.read_stream(&stream, eventsource::StreamQuery::all()).await?;
 /// let bus = InMemoryBus::new(1024);
-/// let mut mailer = bus.subscribe(&Subscription::new("mailer")).await?;
+/// let mut mailer = bus.subscribe(&ConsumerGroup::new("mailer")).await?;
 /// bus.publish(&events).await?;
 /// let delivery = mailer.next().await?;
 /// assert_eq!(delivery.event().event_type, "Placed");
@@ -163,7 +164,7 @@ impl EventBus for InMemoryBus {
         crate::telemetry::publish("memory", events.len(), self.publish_unobserved(events)).await
     }
 
-    async fn subscribe(&self, subscription: &Subscription) -> Result<InMemoryConsumer> {
+    async fn subscribe(&self, subscription: &ConsumerGroup) -> Result<InMemoryConsumer> {
         let group = {
             let mut groups = lock(&self.inner.groups);
             let group = groups

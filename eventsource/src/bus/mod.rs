@@ -4,14 +4,14 @@
 //! positions) from a publisher to consumer groups. Every bus behaves the same way, and one
 //! conformance suite proves it for each:
 //!
-//! - **Groups share, groups copy.** Each [`Subscription`] names a group: every group receives
+//! - **Groups share, groups copy.** Each [`ConsumerGroup`] names a group: every group receives
 //!   every event its filter takes; the consumers of one group share them, each event going to
 //!   one consumer at a time.
 //! - **Acknowledged, or delivered again.** A consumer [`ack`](BusConsumer::ack)s an event once
 //!   its effect is done. An event not acknowledged (the consumer crashed, or
 //!   [`nack`](BusConsumer::nack)ed it) is delivered again, to it or to another consumer of the
 //!   group, with [`Delivery::attempt`] counting up; after
-//!   [`Subscription::max_deliveries`] attempts it is dead-lettered instead, so that one poisoned
+//!   [`ConsumerGroup::max_deliveries`] attempts it is dead-lettered instead, so that one poisoned
 //!   event does not block the group.
 //! - **Per-stream order.** Events of one stream reach a group in their version order (a
 //!   redelivery may repeat an earlier one), also when [`BusConsumer::next`] is cancelled (a
@@ -42,19 +42,15 @@ pub mod rabbitmq;
 #[cfg(feature = "redis")]
 pub mod redis;
 pub(crate) mod relay;
+pub(crate) mod wire;
 
 pub use memory::InMemoryBus;
 pub use relay::Relay;
 
-use crate::error::{Error, Result};
+use crate::error::Result;
 use crate::event::{DomainEvent, Metadata, RecordedEvent};
 use crate::projection::{EventContext, HandlerError, Projection};
-use crate::stream::{Position, StreamId};
-use chrono::{DateTime, Utc};
-use serde::{Deserialize, Serialize};
-use std::borrow::Cow;
 use std::future::Future;
-use uuid::Uuid;
 
 /// A message broker that carries stored events to consumer groups. See the [module
 /// documentation](self) for the guarantees every bus keeps.
@@ -70,7 +66,7 @@ pub trait EventBus: Send + Sync + 'static {
     /// Joins `subscription`'s group (creating it the first time) as one more consumer.
     fn subscribe(
         &self,
-        subscription: &Subscription,
+        subscription: &ConsumerGroup,
     ) -> impl Future<Output = Result<Self::Consumer>> + Send;
 }
 
@@ -85,7 +81,7 @@ pub trait BusConsumer: Send + 'static {
     fn ack(&mut self, delivery: &Delivery) -> impl Future<Output = Result<()>> + Send;
 
     /// The delivery failed: deliver it again, or dead-letter it if it has had
-    /// [`Subscription::max_deliveries`] attempts.
+    /// [`ConsumerGroup::max_deliveries`] attempts.
     fn nack(&mut self, delivery: &Delivery) -> impl Future<Output = Result<()>> + Send;
 }
 
@@ -117,16 +113,16 @@ impl Filter {
 /// dead-lettered.
 ///
 /// ```
-/// use eventsource::bus::Subscription;
-/// let all = Subscription::new("audit");
-/// let orders = Subscription::new("notifications").aggregate_types(["Order"]);
-/// let paid = Subscription::new("billing").event_types(["OrderPaid"]).max_deliveries(3);
+/// use eventsource::bus::ConsumerGroup;
+/// let all = ConsumerGroup::new("audit");
+/// let orders = ConsumerGroup::new("notifications").aggregate_types(["Order"]);
+/// let paid = ConsumerGroup::new("billing").event_types(["OrderPaid"]).max_deliveries(3);
 /// assert!(paid.filter().matches("OrderPaid", "Order"));
 /// assert!(!orders.filter().matches("UserCreated", "User"));
 /// # let _ = all;
 /// ```
 #[derive(Clone, Debug)]
-pub struct Subscription {
+pub struct ConsumerGroup {
     group: String,
     consumer: Option<String>,
     filter: Filter,
@@ -134,10 +130,10 @@ pub struct Subscription {
     prefetch: usize,
 }
 
-impl Subscription {
+impl ConsumerGroup {
     /// The group `group`, receiving every event, tried 5 times.
     pub fn new(group: impl Into<String>) -> Self {
-        Subscription {
+        ConsumerGroup {
             group: group.into(),
             consumer: None,
             filter: Filter::All,
@@ -157,7 +153,7 @@ impl Subscription {
     }
 
     /// Receives only events of `E` (under its name or an alias), with the other types given so
-    /// far: `Subscription::new("g").event::<Paid>().event::<Shipped>()`.
+    /// far: `ConsumerGroup::new("g").event::<Paid>().event::<Shipped>()`.
     pub fn event<E: DomainEvent>(mut self) -> Self {
         let mut types = match self.filter {
             Filter::EventTypes(types) => types,
@@ -213,73 +209,6 @@ impl Subscription {
     pub fn max_delivery_count(&self) -> u32 {
         self.max_deliveries
     }
-
-    #[cfg_attr(
-        not(any(
-            feature = "redis",
-            feature = "rabbitmq",
-            feature = "nats",
-            feature = "kafka"
-        )),
-        allow(dead_code)
-    )]
-    /// This consumer's name: the one given, or a new one.
-    pub(crate) fn consumer_name(&self) -> String {
-        self.consumer
-            .clone()
-            .unwrap_or_else(|| format!("consumer-{}", Uuid::now_v7().simple()))
-    }
-
-    #[cfg_attr(
-        not(any(
-            feature = "redis",
-            feature = "rabbitmq",
-            feature = "nats",
-            feature = "kafka"
-        )),
-        allow(dead_code)
-    )]
-    pub(crate) fn prefetch_count(&self) -> usize {
-        self.prefetch
-    }
-
-    #[cfg_attr(
-        not(any(
-            feature = "redis",
-            feature = "rabbitmq",
-            feature = "nats",
-            feature = "kafka"
-        )),
-        allow(dead_code)
-    )]
-    /// The group's name checked for use in broker names (queues, consumers, keys).
-    pub(crate) fn checked_group(&self) -> Result<&str> {
-        check_name("group", &self.group)?;
-        Ok(&self.group)
-    }
-}
-
-#[cfg_attr(
-    not(any(
-        feature = "redis",
-        feature = "rabbitmq",
-        feature = "nats",
-        feature = "kafka"
-    )),
-    allow(dead_code)
-)]
-/// Broker names are made of these: letters, digits, `-` and `_`.
-pub(crate) fn check_name(what: &str, name: &str) -> Result<()> {
-    if name.is_empty()
-        || !name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
-    {
-        return Err(Error::InvalidConfig(format!(
-            "bus {what} `{name}`: use letters, digits, `-` and `_` only, and at least one"
-        )));
-    }
-    Ok(())
 }
 
 /// An event handed to a consumer: the stored event, and how many times it was handed out.
@@ -400,142 +329,5 @@ impl Delivery {
         handler: &mut P,
     ) -> std::result::Result<(), HandlerError> {
         handler.handle(self.event.view(), &self.context())
-    }
-}
-
-#[cfg_attr(
-    not(any(
-        feature = "redis",
-        feature = "rabbitmq",
-        feature = "nats",
-        feature = "kafka"
-    )),
-    allow(dead_code)
-)]
-/// The event on the wire: every field of a [`RecordedEvent`], as JSON.
-#[derive(Serialize, Deserialize)]
-struct Envelope<'a> {
-    event_id: Uuid,
-    #[serde(borrow)]
-    aggregate_type: Cow<'a, str>,
-    #[serde(borrow)]
-    aggregate_id: Cow<'a, str>,
-    version: u64,
-    position: u64,
-    #[serde(borrow)]
-    event_type: Cow<'a, str>,
-    schema_version: u32,
-    occurred_at: DateTime<Utc>,
-    #[serde(default)]
-    metadata: Cow<'a, Metadata>,
-    #[serde(borrow)]
-    payload: Cow<'a, str>,
-}
-
-#[cfg_attr(
-    not(any(
-        feature = "redis",
-        feature = "rabbitmq",
-        feature = "nats",
-        feature = "kafka"
-    )),
-    allow(dead_code)
-)]
-/// Writes an event as the bytes of a message.
-pub(crate) fn encode(event: &RecordedEvent) -> Vec<u8> {
-    let envelope = Envelope {
-        event_id: event.event_id,
-        aggregate_type: Cow::Borrowed(event.stream.aggregate_type()),
-        aggregate_id: Cow::Borrowed(event.stream.aggregate_id()),
-        version: event.version,
-        position: event.position.get(),
-        event_type: Cow::Borrowed(&event.event_type),
-        schema_version: event.schema_version,
-        occurred_at: event.occurred_at,
-        metadata: Cow::Borrowed(&event.metadata),
-        payload: Cow::Borrowed(&event.payload),
-    };
-    // Only strings, numbers and JSON maps: serialising cannot fail.
-    serde_json::to_vec(&envelope).unwrap_or_default()
-}
-
-#[cfg_attr(
-    not(any(
-        feature = "redis",
-        feature = "rabbitmq",
-        feature = "nats",
-        feature = "kafka"
-    )),
-    allow(dead_code)
-)]
-/// Reads a message's bytes back as the event; the reason it cannot, as text.
-pub(crate) fn decode(bytes: &[u8]) -> std::result::Result<RecordedEvent, String> {
-    let envelope: Envelope<'_> = serde_json::from_slice(bytes).map_err(|e| e.to_string())?;
-    let stream = StreamId::new(
-        envelope.aggregate_type.into_owned(),
-        envelope.aggregate_id.into_owned(),
-    )
-    .map_err(|e| e.to_string())?;
-    Ok(RecordedEvent {
-        event_id: envelope.event_id,
-        stream,
-        version: envelope.version,
-        position: Position::new(envelope.position),
-        event_type: envelope.event_type.into_owned(),
-        schema_version: envelope.schema_version,
-        occurred_at: envelope.occurred_at,
-        metadata: envelope.metadata.into_owned(),
-        payload: envelope.payload.into_owned(),
-    })
-}
-
-/// A name made safe for a routing key or subject token: `.`, `*`, `>`, `#` and whitespace
-/// become `_`.
-#[cfg_attr(not(any(feature = "rabbitmq", feature = "nats")), allow(dead_code))]
-pub(crate) fn token(name: &str) -> String {
-    name.chars()
-        .map(|c| match c {
-            '.' | '*' | '>' | '#' | ' ' | '\t' | '\n' | '\r' => '_',
-            c => c,
-        })
-        .collect()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn an_envelope_round_trips_every_field() {
-        let mut metadata = Metadata::new()
-            .with_tenant("t-1")
-            .with_correlation_id(Uuid::now_v7());
-        metadata
-            .extra
-            .insert("k".into(), serde_json::json!([1, "two"]));
-        let event = RecordedEvent {
-            event_id: Uuid::now_v7(),
-            stream: StreamId::new("Order", "o-1").unwrap(),
-            version: 7,
-            position: Position::new(42),
-            event_type: "OrderPaid".into(),
-            schema_version: 2,
-            occurred_at: crate::event::now(),
-            metadata,
-            payload: r#"{"cents":5,"note":"a \"quoted\" word"}"#.into(),
-        };
-        assert_eq!(decode(&encode(&event)).unwrap(), event);
-    }
-
-    #[test]
-    fn a_foreign_message_is_refused_with_its_reason() {
-        assert!(decode(b"not json").unwrap_err().contains("expected"));
-        let no_stream = br#"{"event_id":"0190c0de-0000-7000-8000-000000000000","aggregate_type":"","aggregate_id":"x","version":1,"position":1,"event_type":"E","schema_version":1,"occurred_at":"2026-01-01T00:00:00Z","payload":"{}"}"#;
-        assert!(decode(no_stream).is_err());
-    }
-
-    #[test]
-    fn tokens_have_no_separators() {
-        assert_eq!(token("a.b*c>d#e f"), "a_b_c_d_e_f");
     }
 }

@@ -1,7 +1,8 @@
 //! NATS JetStream: a stream per application, subjects by aggregate and event type, durable pull
 //! consumers, de-duplication by event id.
 
-use super::{BusConsumer, Delivery, EventBus, Filter, Subscription, Tag, check_name, token};
+use super::wire::{check_name, token};
+use super::{BusConsumer, ConsumerGroup, Delivery, EventBus, Filter, Tag};
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
 use async_nats::jetstream::consumer::pull;
@@ -28,7 +29,7 @@ const BUS: &str = "nats";
 /// A group is a durable pull consumer named after it, filtered by subject where one subject
 /// says it (all events, one event type, one aggregate type) and in the client otherwise;
 /// explicit acks; a message not acknowledged within [`ack_wait`](Self::ack_wait) (or nacked) is
-/// delivered again, and after [`Subscription::max_deliveries`] attempts it is republished to
+/// delivered again, and after [`ConsumerGroup::max_deliveries`] attempts it is republished to
 /// `{name}.dead.{group}` and terminated.
 ///
 /// ```no_run
@@ -126,7 +127,7 @@ impl NatsBus {
             .map_err(Error::bus(BUS, "read dead letters"))?;
         while let Some(message) = batch.next().await {
             let message = message.map_err(Error::bus(BUS, "read dead letters"))?;
-            if let Ok(event) = super::decode(&message.payload) {
+            if let Ok(event) = super::wire::decode(&message.payload) {
                 letters.push(event);
             }
         }
@@ -150,7 +151,7 @@ impl NatsBus {
         let mut acks = Vec::with_capacity(events.len());
         for event in events {
             let publish = PublishMessage::build()
-                .payload(super::encode(event).into())
+                .payload(super::wire::encode(event).into())
                 .message_id(event.event_id.to_string());
             let ack = self
                 .js
@@ -173,7 +174,7 @@ impl EventBus for NatsBus {
         crate::telemetry::publish("nats", events.len(), self.publish_unobserved(events)).await
     }
 
-    async fn subscribe(&self, subscription: &Subscription) -> Result<NatsConsumer> {
+    async fn subscribe(&self, subscription: &ConsumerGroup) -> Result<NatsConsumer> {
         let group = subscription.checked_group()?.to_owned();
         let prefix = format!("{}.events", self.name);
         let filter_subject = match subscription.filter() {
@@ -292,7 +293,7 @@ impl BusConsumer for NatsConsumer {
                 .info()
                 .map(|info| u32::try_from(info.delivered).unwrap_or(1))
                 .unwrap_or(1);
-            let event = match super::decode(&message.payload) {
+            let event = match super::wire::decode(&message.payload) {
                 Ok(event) => event,
                 Err(reason) => {
                     let id = message.subject.to_string();

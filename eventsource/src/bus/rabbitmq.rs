@@ -1,7 +1,8 @@
 //! RabbitMQ: a topic exchange routed by aggregate and event type, a durable quorum queue per
 //! group, publisher confirms, manual acks, a dead-letter exchange.
 
-use super::{BusConsumer, Delivery, EventBus, Filter, Subscription, Tag, check_name, token};
+use super::wire::{check_name, token};
+use super::{BusConsumer, ConsumerGroup, Delivery, EventBus, Filter, Tag};
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
 use futures::StreamExt;
@@ -27,7 +28,7 @@ const BUS: &str = "rabbitmq";
 ///
 /// A group is the durable quorum queue `{name}.{group}`, bound by its filter (`#`, `*.{type}`
 /// or `{aggregate}.*`). Its consumers take deliveries with manual acks (at most
-/// [`Subscription::prefetch`] unacknowledged each). A delivery not acknowledged when its
+/// [`ConsumerGroup::prefetch`] unacknowledged each). A delivery not acknowledged when its
 /// consumer's channel closes (a crash), or nacked, is queued again; the queue counts the
 /// attempts (`x-delivery-count`), and a delivery nacked at its last attempt is rejected into
 /// the dead-letter exchange `{name}.dead`, which routes it to the queue `{name}.{group}.dead`.
@@ -144,7 +145,7 @@ impl RabbitMqBus {
             .await
             .map_err(Error::bus(BUS, "read dead letters"))?
         {
-            if let Ok(event) = super::decode(&message.delivery.data) {
+            if let Ok(event) = super::wire::decode(&message.delivery.data) {
                 letters.push(event);
             }
         }
@@ -191,7 +192,7 @@ impl RabbitMqBus {
                     short(exchange.clone()),
                     short(Self::routing_key_of(event)),
                     BasicPublishOptions::default(),
-                    &super::encode(event),
+                    &super::wire::encode(event),
                     properties,
                 )
                 .await
@@ -220,7 +221,7 @@ impl EventBus for RabbitMqBus {
         crate::telemetry::publish("rabbitmq", events.len(), self.publish_unobserved(events)).await
     }
 
-    async fn subscribe(&self, subscription: &Subscription) -> Result<RabbitMqConsumer> {
+    async fn subscribe(&self, subscription: &ConsumerGroup) -> Result<RabbitMqConsumer> {
         let group = subscription.checked_group()?.to_owned();
         let channel = self
             .connection
@@ -382,7 +383,7 @@ impl BusConsumer for RabbitMqConsumer {
                 });
             };
             let message = message.map_err(Error::bus(BUS, "receive"))?;
-            let event = match super::decode(&message.data) {
+            let event = match super::wire::decode(&message.data) {
                 Ok(event) => event,
                 Err(reason) => {
                     message

@@ -1,7 +1,8 @@
 //! Redis Streams: one stream per application, consumer groups, reclaim of a dead consumer's
 //! pending messages (`XAUTOCLAIM`), trimming.
 
-use super::{BusConsumer, Delivery, EventBus, Filter, Subscription, Tag, check_name};
+use super::wire::check_name;
+use super::{BusConsumer, ConsumerGroup, Delivery, EventBus, Filter, Tag};
 use crate::error::{Error, Result};
 use crate::event::RecordedEvent;
 use redis::aio::MultiplexedConnection;
@@ -21,12 +22,12 @@ type Fields = Vec<(String, Vec<u8>)>;
 /// A bus on Redis Streams (feature `redis`).
 ///
 /// Every event goes to one stream, `{name}:events`, as an entry with the fields `event` (the
-/// event as JSON), `type` and `aggregate`. A [`Subscription`]'s group is a Redis consumer
+/// event as JSON), `type` and `aggregate`. A [`ConsumerGroup`]'s group is a Redis consumer
 /// group on that stream, created at its first subscription and reading from the stream's first
 /// retained entry; its consumers share the entries (`XREADGROUP`), acknowledge them (`XACK`),
 /// and claim (`XAUTOCLAIM`) the entries another consumer took and left unacknowledged for
 /// longer than [`claim_after`](Self::claim_after): a crashed consumer's events go to the
-/// living. An entry delivered [`Subscription::max_deliveries`] times goes to `{name}:dead` and
+/// living. An entry delivered [`ConsumerGroup::max_deliveries`] times goes to `{name}:dead` and
 /// is acknowledged. Entries of types the group's filter does not take are acknowledged unseen.
 ///
 /// The stream keeps every entry unless [`max_len`](Self::max_len) trims it (`MAXLEN ~`):
@@ -136,7 +137,7 @@ impl RedisBus {
                 continue;
             }
             if let Some((_, data)) = fields.iter().find(|(k, _)| k == "event")
-                && let Ok(event) = super::decode(data)
+                && let Ok(event) = super::wire::decode(data)
             {
                 letters.push(event);
             }
@@ -169,7 +170,7 @@ impl RedisBus {
             }
             cmd.arg("*")
                 .arg("event")
-                .arg(super::encode(event))
+                .arg(super::wire::encode(event))
                 .arg("type")
                 .arg(&event.event_type)
                 .arg("aggregate")
@@ -188,7 +189,7 @@ impl EventBus for RedisBus {
         crate::telemetry::publish("redis", events.len(), self.publish_unobserved(events)).await
     }
 
-    async fn subscribe(&self, subscription: &Subscription) -> Result<RedisConsumer> {
+    async fn subscribe(&self, subscription: &ConsumerGroup) -> Result<RedisConsumer> {
         let group = subscription.checked_group()?.to_owned();
         let name = subscription.consumer_name();
         // The consumer's own connection: its blocking reads do not hold up the publisher's, nor
@@ -391,7 +392,7 @@ impl Reader {
                 }));
                 continue;
             };
-            let event = match super::decode(data) {
+            let event = match super::wire::decode(data) {
                 Ok(event) => event,
                 Err(reason) => {
                     self.dead_letter(&entry.id, data, &reason).await?;
@@ -569,7 +570,11 @@ impl BusConsumer for RedisConsumer {
             crate::telemetry::bus_dead_lettered("redis", &self.control.group);
             return self
                 .control
-                .dead_letter(&id, &super::encode(delivery.event()), "no attempts left")
+                .dead_letter(
+                    &id,
+                    &super::wire::encode(delivery.event()),
+                    "no attempts left",
+                )
                 .await;
         }
         // Handed out first (queued before the claim, so a cancelled nack still retries it), and

@@ -19,6 +19,7 @@
 //! `ProtectedStore::forget(subject)` the key is gone: the events stay, and their personal
 //! fields read as [`Personal::Forgotten`]. Without the wrapper they are stored in plain.
 
+use crate::event::DomainEvent;
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
 #[cfg(feature = "encryption")]
@@ -76,6 +77,64 @@ impl PersonalField {
         self.subject
     }
 }
+
+/// An event type with personal fields: what `#[derive(DomainEvent)]` implements, beside
+/// [`DomainEvent`], for an event with a field marked `#[personal(subject = ...)]`. An event
+/// without such a field does not implement it. Kept apart from the core event trait so that
+/// events, stores and projections know nothing of personal data.
+pub trait PersonalData: DomainEvent {
+    /// The fields marked `#[personal(subject = ...)]` in the current schema version.
+    const FIELDS: &'static [PersonalField];
+}
+
+/// The registry entry of an event type with personal fields, which the derive submits for each
+/// [`PersonalData`] type: what a `ProtectedStore` encrypts, found by stored name (and alias).
+#[derive(Clone, Copy, Debug)]
+pub struct PersonalEventType {
+    name: &'static str,
+    aliases: &'static [&'static str],
+    schema_version: u32,
+    fields: &'static [PersonalField],
+}
+
+impl PersonalEventType {
+    /// The entry of `E`, as the derive submits it.
+    pub const fn of<E: PersonalData>() -> Self {
+        PersonalEventType {
+            name: E::EVENT_TYPE,
+            aliases: E::ALIASES,
+            schema_version: E::SCHEMA_VERSION,
+            fields: E::FIELDS,
+        }
+    }
+
+    /// The stored name.
+    pub fn name(&self) -> &'static str {
+        self.name
+    }
+
+    /// Older names stored events of this type may carry.
+    pub fn aliases(&self) -> &'static [&'static str] {
+        self.aliases
+    }
+
+    /// The current schema version.
+    pub fn schema_version(&self) -> u32 {
+        self.schema_version
+    }
+
+    /// The personal fields of the current schema version.
+    pub fn fields(&self) -> &'static [PersonalField] {
+        self.fields
+    }
+
+    /// Every event type of the program with personal fields.
+    pub fn all() -> impl Iterator<Item = &'static PersonalEventType> {
+        inventory::iter::<PersonalEventType>.into_iter()
+    }
+}
+
+inventory::collect!(PersonalEventType);
 
 /// The type of a `#[personal]` field: the value, or the fact that it was erased.
 ///

@@ -8,7 +8,6 @@ use super::{PersonalField, forgotten_value};
 use crate::checkpoint::{CheckpointStore, DeadLetter, Lease};
 use crate::error::{Error, Result};
 use crate::event::{EventView, NewEvent, RecordedEvent};
-use crate::registry::EventRegistry;
 use crate::snapshot::{Snapshot, SnapshotStore};
 use crate::store::{AppendResult, EventStore, LogHead, ReadAll, StreamQuery};
 use crate::stream::{ExpectedVersion, Position, StreamId};
@@ -27,8 +26,8 @@ use uuid::Uuid;
 /// An [`EventStore`] that keeps the `#[personal]` fields of events encrypted, one key per data
 /// subject from a [`KeyStore`], and can [`forget`](Self::forget) a subject.
 ///
-/// - On append, each personal field of a registered event type (looked up by stored name in the
-///   [`EventRegistry`]) is replaced by an envelope
+/// - On append, each personal field of a registered event type (looked up by stored name among
+///   the [`PersonalEventType`](super::PersonalEventType)s) is replaced by an envelope
 ///   `{"$enc": "v1", "kid": key id, "n": nonce, "c": ciphertext}` (AES-256-GCM, base64),
 ///   encrypted with the current key of the subject named by the field's `subject`; the key is
 ///   created on first use. Only payloads of the type's current schema version are encrypted
@@ -238,17 +237,14 @@ impl<S: EventStore, K: KeyStore> ProtectedStore<S, K> {
     /// Protects `inner` with the keys of `keys`.
     pub fn new(inner: S, keys: K) -> Self {
         let mut personal: HashMap<&'static str, (u32, Vec<PersonalField>)> = HashMap::new();
-        for event_type in EventRegistry::global().iter() {
-            if event_type.personal().is_empty() {
-                continue;
-            }
+        for event_type in super::PersonalEventType::all() {
             for name in std::iter::once(&event_type.name()).chain(event_type.aliases()) {
                 // A name several types claim encrypts the fields any of them declares.
                 let (version, fields) = personal
                     .entry(name)
                     .or_insert_with(|| (event_type.schema_version(), Vec::new()));
                 *version = event_type.schema_version();
-                for field in event_type.personal() {
+                for field in event_type.fields() {
                     if !fields.contains(field) {
                         fields.push(*field);
                     }

@@ -342,7 +342,7 @@ pub trait EventStore: Send + Sync {
 
     /// Whether the stream has events that this store cannot see: on PostgreSQL, another
     /// tenant's, hidden by row-level security from a tenant-scoped session. What a
-    /// [`TenantStore`](crate::TenantStore) asks of a stream it sees no events of before it
+    /// [`TenantStore`](crate::tenant::TenantStore) asks of a stream it sees no events of before it
     /// refuses an append that needs one. `false` for every other store.
     #[doc(hidden)]
     fn stream_hidden(&self, stream: &StreamId) -> impl Future<Output = Result<bool>> + Send {

@@ -89,6 +89,7 @@ impl Entry {
 ///
 /// ```
 /// use eventsource::prelude::*;
+/// use eventsource::{ExpectedVersion, StreamId};
 /// use eventsource::subscription::Subscriptions;
 /// use serde::{Deserialize, Serialize};
 ///
@@ -309,15 +310,16 @@ where
     /// [`RunnerOptions`]) and its checkpoint stays: nothing committed is skipped.
     ///
     /// ```
-    /// use eventsource::bus::{BusConsumer, InMemoryBus, Relay, EventBus, Subscription};
+    /// use eventsource::bus::{BusConsumer, InMemoryBus, Relay, EventBus, ConsumerGroup};
     /// use eventsource::prelude::*;
+    /// use eventsource::{ExpectedVersion, StreamId};
     /// use eventsource::NewEvent;
     /// use eventsource::subscription::Subscriptions;
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() -> eventsource::Result<()> {
     /// let store = InMemoryEventStore::new();
     /// let bus = InMemoryBus::new(1024);
-    /// let mut mailer = bus.subscribe(&Subscription::new("mailer")).await?;
+    /// let mut mailer = bus.subscribe(&ConsumerGroup::new("mailer")).await?;
     ///
     /// let mut subscriptions = Subscriptions::new(store.clone());
     /// subscriptions.add_relay(Relay::new("outbox", bus.clone()));

@@ -1,5 +1,5 @@
 // The event is borrowed for the call only: no lifetime on its reference.
-use eventsource::prelude::*;
+use eventsource::prelude::*; use eventsource::Root;
 use serde::{Deserialize, Serialize};
 
 #[derive(DomainEvent, Serialize, Deserialize)]

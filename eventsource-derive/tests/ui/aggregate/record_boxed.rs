@@ -1,5 +1,5 @@
 // Recording an event behind a pointer: record the event itself.
-use eventsource::prelude::*;
+use eventsource::prelude::*; use eventsource::Root;
 use serde::{Deserialize, Serialize};
 
 #[derive(DomainEvent, Serialize, Deserialize)]

@@ -1,5 +1,5 @@
 // Recording something that is not a DomainEvent at all.
-use eventsource::prelude::*;
+use eventsource::prelude::*; use eventsource::Root;
 use serde::{Deserialize, Serialize};
 
 #[derive(DomainEvent, Serialize, Deserialize)]

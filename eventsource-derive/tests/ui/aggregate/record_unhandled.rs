@@ -1,5 +1,5 @@
 // Recording an event the aggregate has no #[handles] method for does not compile.
-use eventsource::prelude::*;
+use eventsource::prelude::*; use eventsource::Root;
 use serde::{Deserialize, Serialize};
 
 #[derive(DomainEvent, Serialize, Deserialize)]

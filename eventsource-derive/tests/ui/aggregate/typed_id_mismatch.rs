@@ -1,5 +1,5 @@
 // Typed ids keep aggregates apart: an account's id does not load an order.
-use eventsource::prelude::*;
+use eventsource::prelude::*; use eventsource::Repository;
 use serde::{Deserialize, Serialize};
 
 eventsource::typed_id!(pub struct AccountId;);

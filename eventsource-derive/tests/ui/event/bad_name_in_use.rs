@@ -1,5 +1,5 @@
 // An event whose name is refused is still an event: its handler and `record` raise nothing more.
-use eventsource::prelude::*;
+use eventsource::prelude::*; use eventsource::Root;
 use serde::{Deserialize, Serialize};
 
 #[derive(DomainEvent, Serialize, Deserialize)]

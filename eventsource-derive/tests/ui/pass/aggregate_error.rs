@@ -1,5 +1,6 @@
 // `#[aggregate(error = Type)]` names the domain error of the commands; without it, `Infallible`.
 use eventsource::prelude::*;
+use eventsource::{Aggregate, Root};
 use serde::{Deserialize, Serialize};
 use std::fmt;
 

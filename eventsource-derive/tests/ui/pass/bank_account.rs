@@ -1,5 +1,6 @@
 // The happy path: struct, unit and enum events, defaults and explicit names, commands as methods.
 use eventsource::prelude::*;
+use eventsource::{Aggregate, Root};
 use serde::{Deserialize, Serialize};
 
 #[derive(DomainEvent, Serialize, Deserialize, Debug, PartialEq)]

@@ -1,5 +1,6 @@
 // Events from other modules, named by path; `self: &mut Self`; a raw identifier; a string id.
 use eventsource::prelude::*;
+use eventsource::Root;
 
 mod events {
     use eventsource::prelude::*;

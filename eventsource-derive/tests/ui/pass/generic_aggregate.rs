@@ -1,6 +1,7 @@
 // A generic aggregate: one impl block, generated impls for every instantiation. It names its
 // stored type (required: all instances share it).
 use eventsource::prelude::*;
+use eventsource::Root;
 use serde::{Deserialize, Serialize};
 
 #[derive(DomainEvent, Serialize, Deserialize)]

@@ -1,6 +1,7 @@
 // Lifetimes that change nothing are accepted: `&'_ E` is `&E`, and a handler may name the
 // lifetime of its borrows.
 use eventsource::prelude::*;
+use eventsource::Root;
 use serde::{Deserialize, Serialize};
 
 #[derive(DomainEvent, Serialize, Deserialize)]

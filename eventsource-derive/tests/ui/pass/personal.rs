@@ -1,5 +1,6 @@
 // Personal fields: the derive records them, with their subject, for the `ProtectedStore`.
 use eventsource::prelude::*;
+use eventsource::protection::{PersonalData, PersonalEventType};
 use eventsource::{Personal, PersonalField};
 use serde::{Deserialize, Serialize};
 
@@ -20,11 +21,14 @@ struct Plain {
 
 fn main() {
     assert_eq!(
-        Registered::PERSONAL,
+        <Registered as PersonalData>::FIELDS,
         &[
             PersonalField::new("email", "customer_id"),
             PersonalField::new("type", "customer_id"),
         ]
     );
-    assert!(Plain::PERSONAL.is_empty());
+    // Only the event with personal fields is in the registry the `ProtectedStore` reads.
+    let names: Vec<&str> = PersonalEventType::all().map(|t| t.name()).collect();
+    assert_eq!(names, ["Registered"]);
+    let _ = Plain { plan: String::new() }.plan;
 }

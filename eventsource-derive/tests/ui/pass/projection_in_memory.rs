@@ -1,6 +1,7 @@
 // In-memory projections: handlers with and without the context, one returning a `Result`, the
 // default reset (`Default`), a named one, and none (a durable projection that is not `Default`).
 use eventsource::prelude::*;
+use eventsource::{EventLocation, Position, Projection};
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
 

@@ -1,6 +1,8 @@
 // A database read model in PostgreSQL, and one that writes through `sqlx::Transaction` spelled
 // out, without a reset method.
 use eventsource::prelude::*;
+use eventsource::SqlProjection;
+use eventsource::projection::PgTx;
 use serde::{Deserialize, Serialize};
 
 #[derive(DomainEvent, Serialize, Deserialize)]

@@ -1,5 +1,7 @@
 // A database read model in SQLite: async handlers writing through the transaction.
 use eventsource::prelude::*;
+use eventsource::{EventLocation, SqlProjection};
+use eventsource::projection::SqliteTx;
 use serde::{Deserialize, Serialize};
 
 #[derive(DomainEvent, Serialize, Deserialize)]

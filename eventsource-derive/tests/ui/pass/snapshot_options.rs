@@ -1,6 +1,7 @@
 // Snapshot options become the aggregate's constants; without them, manual snapshots and state
 // schema version 1.
 use eventsource::prelude::*;
+use eventsource::Aggregate;
 use eventsource::SnapshotStrategy;
 use serde::{Deserialize, Serialize};
 

@@ -1,5 +1,5 @@
 // An async handler without a transaction, and a transactional one that is not async.
-use eventsource::prelude::*;
+use eventsource::prelude::*; use eventsource::projection::SqliteTx;
 use serde::{Deserialize, Serialize};
 
 #[derive(DomainEvent, Serialize, Deserialize)]

@@ -1,5 +1,5 @@
 // In-memory and database handlers in one projection: reported on the odd one.
-use eventsource::prelude::*;
+use eventsource::prelude::*; use eventsource::projection::SqliteTx;
 use serde::{Deserialize, Serialize};
 
 #[derive(DomainEvent, Serialize, Deserialize)]

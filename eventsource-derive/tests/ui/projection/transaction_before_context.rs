@@ -1,5 +1,5 @@
 // The context comes before the transaction.
-use eventsource::prelude::*;
+use eventsource::prelude::*; use eventsource::projection::SqliteTx;
 use serde::{Deserialize, Serialize};
 
 #[derive(DomainEvent, Serialize, Deserialize)]
